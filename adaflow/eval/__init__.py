@@ -1,1 +1,26 @@
-"""adaflow.eval."""
+"""adaflow.eval: sample-quality metrics (classifier-feature Frechet distance, class accuracy).
+
+See `adaflow.eval.quality` for what "FD" is (and is not: it is not Inception FID).
+"""
+from adaflow.eval.classifier import (
+    ClassifierNet,
+    FeatureClassifier,
+    build_classifier,
+    get_classifier,
+    train_classifier,
+)
+from adaflow.eval.frechet import StreamingStatistics, feature_statistics, frechet_distance
+from adaflow.eval.quality import evaluate_samples, real_vs_real_fd
+
+__all__ = [
+    "ClassifierNet",
+    "FeatureClassifier",
+    "StreamingStatistics",
+    "build_classifier",
+    "evaluate_samples",
+    "feature_statistics",
+    "frechet_distance",
+    "get_classifier",
+    "real_vs_real_fd",
+    "train_classifier",
+]

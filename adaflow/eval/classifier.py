@@ -1,0 +1,396 @@
+"""A small per-dataset classifier whose penultimate features define adaflow's "FD" metric.
+
+The network (`ClassifierNet`) is three conv blocks (Conv3x3 -> GroupNorm -> ReLU, twice, then a
+2x2 average pool) with 32/64/128 channels, a global average pool giving a 128-d feature vector,
+and a linear head. It accepts [B, H, W, C] images in [-1, 1] with H = W in {16, 32, 64} and
+C in {1, 3}. It is trained once per dataset with Adam and random shifts of up to two pixels,
+deterministically from a seed, and cached with orbax under `cache_dir` together with the real-data
+feature statistics (`FeatureClassifier.reference_stats`) that generated samples are compared with.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adaflow.eval.frechet import StreamingStatistics
+
+SUPPORTED_SIZES = (16, 32, 64)
+SUPPORTED_CHANNELS = (1, 3)
+FEATURE_DIM = 128
+EVAL_BATCH = 512
+# Bump when the architecture or training recipe changes, so stale caches are not reused.
+RECIPE_VERSION = 1
+# Data config fields that change which images the classifier is trained and evaluated on.
+KEY_FIELDS = ("name", "image_size", "channels", "data_dir", "split", "num_crops")
+DEFAULT_STEPS = 300
+DEFAULT_BATCH_SIZE = 64
+MAX_TRAIN_EXAMPLES = 8192
+HELDOUT_FRACTION = 0.1
+
+
+class ClassifierNet(nn.Module):
+  """Conv feature extractor + linear head; returns (logits [B, K], features [B, 128])."""
+  num_classes: int
+  widths: Sequence[int] = (32, 64, 128)
+  num_groups: int = 8
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.astype(jnp.float32)
+    for width in self.widths:
+      for _ in range(2):
+        x = nn.Conv(width, (3, 3), padding="SAME")(x)
+        x = nn.GroupNorm(num_groups=self.num_groups)(x)
+        x = nn.relu(x)
+      x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    features = x.mean(axis=(1, 2))
+    logits = nn.Dense(self.num_classes)(features)
+    return logits, features
+
+
+def _check_images(images, image_shape=None) -> np.ndarray:
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f"images must be [N, H, W, C]; got shape {images.shape}.")
+  _, h, w, c = images.shape
+  if image_shape is not None:
+    if tuple(images.shape[1:]) != tuple(image_shape):
+      raise ValueError(
+          f"images have shape [N, {h}, {w}, {c}] but the classifier was trained on "
+          f"[N, {', '.join(map(str, image_shape))}]; evaluate with the dataset's image size.")
+  elif h != w or h not in SUPPORTED_SIZES or c not in SUPPORTED_CHANNELS:
+    raise ValueError(
+        f"images must be square with size in {SUPPORTED_SIZES} and channels in "
+        f"{SUPPORTED_CHANNELS}; got [N, {h}, {w}, {c}].")
+  return images
+
+
+def _random_shift(images, key, max_shift):
+  """Shifts each image by an integer offset in [-max_shift, max_shift]^2 (edge padding)."""
+  if max_shift <= 0:
+    return images
+  b, h, w, _ = images.shape
+  padded = jnp.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)),
+                   mode="edge")
+  offsets = jax.random.randint(key, (b, 2), 0, 2 * max_shift + 1)
+
+  def crop(img, off):
+    return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
+
+  return jax.vmap(crop)(padded, offsets)
+
+
+def _learning_rate(step, total_steps, peak):
+  """Linear warmup (min(50, steps // 10) steps) then cosine decay to 0; traced in `step`."""
+  step = step.astype(jnp.float32)
+  total = total_steps.astype(jnp.float32)
+  warmup = jnp.maximum(1.0, jnp.minimum(50.0, jnp.floor(total / 10.0)))
+  warm = peak * (step + 1.0) / warmup
+  progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+  cosine = 0.5 * peak * (1.0 + jnp.cos(jnp.pi * progress))
+  return jnp.where(step < warmup, warm, cosine)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "batch_size", "max_shift"),
+                   donate_argnames=("params", "opt_state"))
+def _train_step(params, opt_state, x_all, y_all, data_key, step, total_steps, peak_lr, *,
+                num_classes, batch_size, max_shift):
+  """One Adam step on a random batch; compiled once per (shapes, num_classes, batch, shift)."""
+  model = ClassifierNet(num_classes=num_classes)
+  step_key = jax.random.fold_in(data_key, step)
+  idx_key, aug_key = jax.random.split(step_key)
+  idx = jax.random.randint(idx_key, (batch_size,), 0, x_all.shape[0])
+  x = _random_shift(x_all[idx], aug_key, max_shift)
+  y = y_all[idx]
+
+  def loss_fn(p):
+    logits, _ = model.apply(p, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  updates, opt_state = optax.scale_by_adam().update(grads, opt_state, params)
+  lr = _learning_rate(step, total_steps, peak_lr)
+  updates = jax.tree.map(lambda u: -lr * u, updates)
+  return optax.apply_updates(params, updates), opt_state, loss
+
+
+def train_classifier(images, labels, num_classes: int, seed: int = 0,
+                     steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
+                     learning_rate: float = 3e-3, max_shift: int = 2):
+  """Trains `ClassifierNet` on (images [N,H,W,C] in [-1,1], labels [N]); returns params.
+
+  Adam with a linear-warmup + cosine-decay learning rate, batches drawn uniformly with
+  replacement, each image shifted by up to `max_shift` pixels (edge padding). Deterministic
+  given `seed`: initialisation, batch sampling and augmentation all derive from one PRNG key.
+  """
+  images = _check_images(images)
+  labels = np.asarray(labels)
+  if labels.shape != (images.shape[0],):
+    raise ValueError(f"labels must have shape [{images.shape[0]}]; got {labels.shape}.")
+  if num_classes < 2:
+    raise ValueError(f"num_classes must be at least 2; got {num_classes}.")
+  if steps < 1 or batch_size < 1:
+    raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}.")
+
+  key = jax.random.PRNGKey(seed)
+  init_key, data_key = jax.random.split(key)
+  params = ClassifierNet(num_classes=num_classes).init(
+      init_key, jnp.zeros((1,) + images.shape[1:], jnp.float32))
+  opt_state = optax.scale_by_adam().init(params)
+  x_all = jnp.asarray(images, jnp.float32)
+  y_all = jnp.asarray(labels, jnp.int32)
+  total = jnp.asarray(steps, jnp.int32)
+  peak = jnp.asarray(learning_rate, jnp.float32)
+  for step in range(steps):
+    params, opt_state, _ = _train_step(
+        params, opt_state, x_all, y_all, data_key, jnp.asarray(step, jnp.int32), total, peak,
+        num_classes=num_classes, batch_size=batch_size, max_shift=max_shift)
+  return jax.tree.map(np.asarray, jax.device_get(params))
+
+
+def _bucket(n: int) -> int:
+  """Padded batch size for a chunk of n <= EVAL_BATCH rows (few distinct compiled shapes)."""
+  size = 8
+  while size < n:
+    size *= 2
+  return min(size, EVAL_BATCH)
+
+
+class FeatureClassifier:
+  """A trained `ClassifierNet` with jitted, internally batched inference.
+
+  Attributes:
+    params: the Flax parameter pytree.
+    num_classes, image_shape: what it was trained for.
+    reference_stats: (mu [F], sigma [F, F]) float64 of real-data features, or None.
+    heldout_accuracy: accuracy on the held-out real images when it was trained, or None.
+  """
+
+  def __init__(self, params, num_classes: int, image_shape, reference_stats=None,
+               heldout_accuracy: float | None = None):
+    self.params = params
+    self.num_classes = int(num_classes)
+    self.image_shape = tuple(int(s) for s in image_shape)
+    self.reference_stats = reference_stats
+    self.heldout_accuracy = heldout_accuracy
+    self._model = ClassifierNet(num_classes=self.num_classes)
+    self._apply = jax.jit(self._model.apply)
+
+  @property
+  def feature_dim(self) -> int:
+    return FEATURE_DIM
+
+  def _run(self, images):
+    """Returns (logits [N, K] float32, features [N, F] float32) as numpy, batched by 512."""
+    images = _check_images(images, self.image_shape)
+    n = images.shape[0]
+    logits_out, feats_out = [], []
+    for start in range(0, n, EVAL_BATCH):
+      chunk = np.asarray(images[start:start + EVAL_BATCH], np.float32)
+      m = chunk.shape[0]
+      padded = _bucket(m)
+      if padded != m:
+        chunk = np.concatenate([chunk, np.zeros((padded - m,) + chunk.shape[1:], np.float32)])
+      logits, feats = self._apply(self.params, chunk)
+      logits_out.append(np.asarray(logits)[:m])
+      feats_out.append(np.asarray(feats)[:m])
+    if not logits_out:
+      return (np.zeros((0, self.num_classes), np.float32),
+              np.zeros((0, FEATURE_DIM), np.float32))
+    return np.concatenate(logits_out), np.concatenate(feats_out)
+
+  def features(self, images) -> np.ndarray:
+    return self._run(images)[1]
+
+  def logits(self, images) -> np.ndarray:
+    return self._run(images)[0]
+
+  def predict(self, images) -> np.ndarray:
+    return np.argmax(self.logits(images), axis=-1).astype(np.int32)
+
+  def features_and_logits(self, images):
+    """One pass giving (features [N, F], logits [N, K])."""
+    logits, feats = self._run(images)
+    return feats, logits
+
+  def accuracy(self, images, labels) -> float:
+    return float(np.mean(self.predict(images) == np.asarray(labels)))
+
+  def feature_statistics(self, images, batch_size: int = 4 * EVAL_BATCH):
+    """(mu, sigma) float64 of this classifier's features over `images`, accumulated in batches."""
+    stats = StreamingStatistics()
+    for start in range(0, len(images), batch_size):
+      stats.update(self.features(images[start:start + batch_size]))
+    return stats.result()
+
+
+# ----------------------------------------------------------------------------- caching
+
+
+def _field(cfg, name):
+  if isinstance(cfg, Mapping):
+    value = cfg.get(name)
+  else:
+    value = getattr(cfg, name, None)
+  if isinstance(value, (tuple, list)):
+    return list(value)
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  return str(value)
+
+
+def cache_key(data_config, seed: int, steps: int, batch_size: int) -> str:
+  """Hash of the data config fields that matter, the seed and the training recipe."""
+  desc = {f: _field(data_config, f) for f in KEY_FIELDS}
+  desc.update(seed=int(seed), steps=int(steps), batch_size=int(batch_size),
+              recipe=RECIPE_VERSION)
+  blob = json.dumps(desc, sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _checksum(tree) -> np.ndarray:
+  """Order-dependent float64 fingerprint of a pytree of arrays (detects silent corruption)."""
+  leaves = jax.tree.leaves(tree)
+  total = 0.0
+  for i, leaf in enumerate(leaves):
+    leaf = np.asarray(leaf, np.float64).ravel()
+    weights = np.arange(1, leaf.size + 1, dtype=np.float64) / leaf.size
+    total += (i + 1) * (float(np.sum(np.abs(leaf))) + float(np.dot(leaf, weights)))
+  return np.asarray(total, np.float64)
+
+
+def _cache_payload(clf: FeatureClassifier, num_reference: int):
+  mu, sigma = clf.reference_stats
+  body = {
+      "params": clf.params,
+      "reference_mu": np.asarray(mu, np.float64),
+      "reference_sigma": np.asarray(sigma, np.float64),
+      "num_reference": np.asarray(num_reference, np.int64),
+      "heldout_accuracy": np.asarray(clf.heldout_accuracy, np.float64),
+      "num_classes": np.asarray(clf.num_classes, np.int64),
+      "image_shape": np.asarray(clf.image_shape, np.int64),
+  }
+  body["checksum"] = _checksum({k: v for k, v in body.items()})
+  return body
+
+
+def _restore(path: str, num_classes: int, image_shape) -> FeatureClassifier:
+  """Restores and validates a cached classifier; raises on any inconsistency."""
+  import orbax.checkpoint as ocp
+
+  params_shape = jax.eval_shape(
+      ClassifierNet(num_classes=num_classes).init, jax.random.PRNGKey(0),
+      jnp.zeros((1,) + tuple(image_shape), jnp.float32))
+  target = {
+      "params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_shape),
+      "reference_mu": np.zeros((FEATURE_DIM,), np.float64),
+      "reference_sigma": np.zeros((FEATURE_DIM, FEATURE_DIM), np.float64),
+      "num_reference": np.zeros((), np.int64),
+      "heldout_accuracy": np.zeros((), np.float64),
+      "num_classes": np.zeros((), np.int64),
+      "image_shape": np.zeros((3,), np.int64),
+      "checksum": np.zeros((), np.float64),
+  }
+  with ocp.StandardCheckpointer() as ckptr:
+    restored = ckptr.restore(path, target)
+  restored = jax.tree.map(np.asarray, restored)
+  chex_ok = jax.tree.all(jax.tree.map(
+      lambda a, b: a.shape == b.shape and a.dtype == b.dtype, restored, target))
+  if not chex_ok:
+    raise ValueError("restored arrays do not have the expected shapes/dtypes")
+  if int(restored["num_classes"]) != num_classes or \
+      tuple(restored["image_shape"].tolist()) != tuple(image_shape):
+    raise ValueError("restored classifier was trained for a different dataset shape")
+  if not all(np.isfinite(x).all() for x in jax.tree.leaves(restored)):
+    raise ValueError("restored arrays contain non-finite values")
+  body = {k: v for k, v in restored.items() if k != "checksum"}
+  if not np.allclose(_checksum(body), restored["checksum"], rtol=1e-9, atol=0):
+    raise ValueError("checksum mismatch")
+  return FeatureClassifier(
+      restored["params"], num_classes, image_shape,
+      reference_stats=(restored["reference_mu"], restored["reference_sigma"]),
+      heldout_accuracy=float(restored["heldout_accuracy"]))
+
+
+def _save(path: str, clf: FeatureClassifier, num_reference: int):
+  import orbax.checkpoint as ocp
+
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path, _cache_payload(clf, num_reference), force=True)
+    ckptr.wait_until_finished()
+
+
+def build_classifier(images, labels, num_classes: int, seed: int = 0,
+                     steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
+                     heldout_fraction: float = HELDOUT_FRACTION):
+  """Trains on a (1 - heldout_fraction) split, measures held-out accuracy, and computes the
+  reference statistics over all `images`. Returns a FeatureClassifier."""
+  images = _check_images(images)
+  labels = np.asarray(labels, np.int32)
+  n = images.shape[0]
+  perm = np.random.RandomState(seed).permutation(n)
+  num_heldout = max(1, int(round(n * heldout_fraction)))
+  held, train = perm[:num_heldout], perm[num_heldout:]
+  params = train_classifier(images[train], labels[train], num_classes, seed=seed,
+                            steps=steps, batch_size=batch_size)
+  clf = FeatureClassifier(params, num_classes, images.shape[1:])
+  clf.heldout_accuracy = clf.accuracy(images[held], labels[held])
+  clf.reference_stats = clf.feature_statistics(images)
+  return clf
+
+
+def get_classifier(data_config, cache_dir: str, seed: int = 0,
+                   log: Callable[[str], Any] = print, steps: int = DEFAULT_STEPS,
+                   batch_size: int = DEFAULT_BATCH_SIZE,
+                   num_train: int | None = None) -> FeatureClassifier:
+  """Returns the dataset's evaluation classifier, from `cache_dir` if cached, else trained.
+
+  Training uses `adaflow.data.load_arrays(data_config, num)` with num = all examples up to
+  8192 (all 1797 for digits), of which 10% are held out for the reported accuracy. The
+  reference statistics are over all `num` loaded real images. A cache entry that fails to
+  restore or validate is reported through `log`, deleted and retrained.
+  """
+  from adaflow import data as data_lib
+
+  info = data_lib.get_info(data_config)
+  image_shape = tuple(int(s) for s in info.image_shape)
+  num_classes = int(info.num_classes)
+  key = cache_key(data_config, seed, steps, batch_size)
+  name = str(_field(data_config, "name") or "data")
+  path = os.path.abspath(os.path.join(cache_dir, f"eval_classifier_{name}_{key}"))
+
+  if os.path.exists(path):
+    try:
+      clf = _restore(path, num_classes, image_shape)
+      log(f"[eval] loaded cached classifier {path} "
+          f"(held-out accuracy {clf.heldout_accuracy:.4f})")
+      return clf
+    except Exception as e:  # pylint: disable=broad-except
+      log(f"[eval] cached classifier at {path} is corrupted or unreadable "
+          f"({type(e).__name__}: {str(e)[:200]}); deleting it and retraining.")
+      shutil.rmtree(path, ignore_errors=True)
+
+  if num_train is None:
+    total = getattr(info, "num_examples", None)
+    num_train = min(int(total), MAX_TRAIN_EXAMPLES) if total else MAX_TRAIN_EXAMPLES
+  images, labels = data_lib.load_arrays(data_config, num=num_train, seed=seed)
+  t0 = time.time()
+  clf = build_classifier(images, labels, num_classes, seed=seed, steps=steps,
+                         batch_size=batch_size)
+  log(f"[eval] trained classifier for '{name}' on {len(images)} images in "
+      f"{time.time() - t0:.1f}s: held-out accuracy {clf.heldout_accuracy:.4f}")
+  os.makedirs(cache_dir, exist_ok=True)
+  _save(path, clf, num_reference=len(images))
+  log(f"[eval] saved classifier to {path}")
+  return clf

@@ -1,1 +1,5 @@
-"""adaflow.flow."""
+"""Flow matching: interpolants, training-time distributions, ODE samplers."""
+from adaflow.flow.interpolants import (CosineInterpolant, Interpolant, LinearInterpolant,
+                                       log_snr_db, make_interpolant)
+from adaflow.flow.samplers import guided, integrate, sample, time_grid
+from adaflow.flow.timesteps import sample_t, sample_t_in_range

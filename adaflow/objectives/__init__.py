@@ -1,1 +1,21 @@
-"""adaflow.objectives."""
+"""Objectives: what one training step optimises. The loop in `adaflow.train` is written once and
+calls an objective; each method adds an objective (and a config), never a second loop.
+
+An objective provides:
+  init(rng) -> boxed Flax variables (logical axis names attached, for sharding)
+  loss(params, batch, rng) -> (scalar loss, dict of scalar metrics)
+  generate(params, rng, labels, **sample_kw) -> images [B, H, W, C] in about [-1, 1]
+"""
+from __future__ import annotations
+
+from adaflow.objectives.flow_matching import FlowMatchingObjective
+
+OBJECTIVES = {"flow_matching": FlowMatchingObjective}
+
+
+def build_objective(config, info):
+  """Objective named by `config.objective` for the dataset described by `info`."""
+  name = config.get("objective", "flow_matching")
+  if name not in OBJECTIVES:
+    raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {name!r}")
+  return OBJECTIVES[name](config, info)

@@ -1,1 +1,1 @@
-"""adaflow.train."""
+"""Train state, jitted step, loop, checkpoints, logging and evaluation glue."""

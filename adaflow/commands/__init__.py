@@ -1,0 +1,4 @@
+"""CLI commands, one module each. A module defines its absl flags at import time and registers
+its entry point with `adaflow.commands.registry.command`. Add a command by adding a module here
+and one import line below."""
+from adaflow.commands import core  # noqa: F401  train, sample, eval

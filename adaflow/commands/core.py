@@ -1,0 +1,53 @@
+"""`adaflow train | sample | eval`."""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import flags
+
+from adaflow.commands.registry import FLAGS, command, need
+
+flags.DEFINE_string("init", None, "Initialise parameters from this workdir's latest checkpoint (fine-tuning).")
+flags.DEFINE_integer("num", 64, "Number of images for `sample`.")
+flags.DEFINE_string("out", None, "Output path (`sample`: PNG grid; default <workdir>/samples/cli_step_<step>.png).")
+
+
+@command("train")
+def cmd_train():
+  from adaflow.parallel.distributed import maybe_initialize_distributed
+  maybe_initialize_distributed()
+  from adaflow.train.loop import train
+  from adaflow.train.restore import load_params
+  config = need("config")
+  init = load_params(FLAGS.init) if FLAGS.init else None
+  train(config, need("workdir"), init_params=init)
+
+
+@command("sample")
+def cmd_sample():
+  import jax
+  import numpy as np
+  from adaflow.train.evaluate import generate_images
+  from adaflow.train.images import save_grid
+  from adaflow.train.restore import load_trainer_and_params
+  tr, params, step = load_trainer_and_params(need("workdir"), FLAGS.config)
+  s = tr.config.sample
+  k = max(tr.objective.num_classes, 1)
+  labels = np.sort((np.arange(FLAGS.num) % k).astype(np.int32))
+  imgs = generate_images(tr.objective, params, tr.mesh, jax.random.PRNGKey(tr.config.seed), labels,
+                         steps=s.steps, method=s.method, cfg_scale=s.cfg_scale)
+  out = FLAGS.out or os.path.join(FLAGS.workdir, "samples", f"cli_step_{step}.png")
+  save_grid(np.clip(imgs, -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // imgs.shape[1]))
+  print(f"wrote {out}")
+
+
+@command("eval")
+def cmd_eval():
+  from adaflow.train.evaluate import evaluate_generator
+  from adaflow.train.loop import cache_dir
+  from adaflow.train.restore import load_trainer_and_params
+  tr, params, step = load_trainer_and_params(need("workdir"), FLAGS.config)
+  result = evaluate_generator(tr.objective, params, tr.config, tr.mesh, cache_dir(tr.config, FLAGS.workdir))
+  result["step"] = step
+  print(json.dumps(result, indent=2))

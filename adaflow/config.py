@@ -1,0 +1,105 @@
+"""Config validation: every setting that cannot work fails here, before anything is compiled.
+
+Each error is a `ValueError` whose message names the config field and says how to fix it.
+Methods add their own checks by registering a validator with `register_validator`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+from adaflow.flow.interpolants import INTERPOLANTS, PREDICTIONS
+from adaflow.flow.samplers import METHODS
+from adaflow.flow.timesteps import T_SAMPLERS
+
+_VALIDATORS: list[Callable] = []
+
+
+def register_validator(fn: Callable) -> Callable:
+  """Adds `fn(config, info)` to the checks `validate` runs (methods extend validation this way)."""
+  _VALIDATORS.append(fn)
+  return fn
+
+
+def _require(cond: bool, field: str, message: str) -> None:
+  if not cond:
+    raise ValueError(f"config.{field}: {message}")
+
+
+def validate_train(config) -> None:
+  t = config.train
+  _require(isinstance(t.steps, int) and t.steps >= 0, "train.steps", f"must be an integer >= 0, got {t.steps!r}")
+  _require(t.batch_size > 0, "train.batch_size", f"must be positive, got {t.batch_size}")
+  _require(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")
+  _require(t.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
+  _require(0.0 <= t.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
+  for field in ("log_every", "ckpt_every"):
+    _require(t.get(field, 1) > 0, f"train.{field}", f"must be positive, got {t.get(field)}")
+  _require(t.get("sample_every", 0) >= 0, "train.sample_every", "must be >= 0 (0 = only at the end)")
+  _require(t.get("keep_checkpoints", 3) >= 1, "train.keep_checkpoints", "must be >= 1")
+
+
+def validate_flow(config) -> None:
+  f = config.flow
+  _require(f.get("interpolant", "linear") in INTERPOLANTS, "flow.interpolant",
+           f"must be one of {sorted(INTERPOLANTS)}, got {f.get('interpolant')!r}")
+  _require(f.get("prediction", "velocity") in PREDICTIONS, "flow.prediction",
+           f"must be one of {PREDICTIONS}, got {f.get('prediction')!r}")
+  _require(f.get("t_sampler", "uniform") in T_SAMPLERS, "flow.t_sampler",
+           f"must be one of {T_SAMPLERS}, got {f.get('t_sampler')!r}")
+  s = config.sample
+  _require(int(s.steps) >= 1, "sample.steps", f"must be >= 1, got {s.steps}")
+  _require(s.method in METHODS, "sample.method", f"must be one of {METHODS}, got {s.method!r}")
+  _require(s.cfg_scale >= 0, "sample.cfg_scale", f"must be >= 0 (1.0 = no guidance), got {s.cfg_scale}")
+
+
+def validate_model(config, info) -> None:
+  m = config.model
+  h, w, _ = info.image_shape
+  p = m.patch_size
+  _require(p >= 1, "model.patch_size", f"must be >= 1, got {p}")
+  for g in m.get("stage_groups", ((1, 1),)):
+    gh, gw = g
+    _require(h % (p * gh) == 0 and w % (p * gw) == 0, "model.patch_size",
+             f"image {h}x{w} (data.image_size) is not divisible by the patch {p * gh}x{p * gw} "
+             f"(patch_size {p} x stage grouping {gh}x{gw}); choose a patch size that divides the image")
+  if not m.get("size"):
+    _require(m.hidden_size % m.num_heads == 0, "model.hidden_size",
+             f"{m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
+    _require(m.hidden_size % 4 == 0, "model.hidden_size", "must be divisible by 4 (2D sin-cos positions)")
+    _require(m.depth >= 1, "model.depth", f"must be >= 1, got {m.depth}")
+  _require(0.0 <= m.get("class_dropout", 0.1) < 1.0, "model.class_dropout", "must be in [0, 1)")
+  _require(m.dtype in ("bfloat16", "float32", "float16"), "model.dtype",
+           f"must be bfloat16, float32 or float16, got {m.dtype!r}")
+
+
+def validate_mesh(config, num_devices: int, num_processes: int = 1) -> None:
+  from adaflow.parallel.mesh import mesh_shape
+  try:
+    data, fsdp, _ = mesh_shape(config.mesh, num_devices)
+  except ValueError as e:
+    raise ValueError(f"config.mesh: {e}") from None
+  b = config.train.batch_size
+  _require(b % (data * fsdp) == 0, "train.batch_size",
+           f"global batch {b} is not divisible by the batch-sharding mesh axes data*fsdp = {data}*{fsdp}; "
+           f"use a multiple of {data * fsdp}")
+  _require(b % num_processes == 0, "train.batch_size",
+           f"global batch {b} is not divisible by the number of processes {num_processes}")
+
+
+def validate(config, info=None, num_devices: Optional[int] = None, num_processes: int = 1) -> None:
+  """All checks that need no compilation. `info` is the dataset's DatasetInfo (from
+  `adaflow.data.get_info`, which itself validates `config.data`)."""
+  validate_train(config)
+  validate_flow(config)
+  if info is not None:
+    validate_model(config, info)
+  if num_devices is not None:
+    validate_mesh(config, num_devices, num_processes)
+  for fn in _VALIDATORS:
+    fn(config, info)
+
+
+def num_params(tree) -> int:
+  import jax
+  return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))

@@ -1,0 +1,90 @@
+"""Every config field with its default; `configs/*.py` start from `base_config()` and override.
+
+Any field can be overridden on the command line: `--config.train.steps=100`.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "run"
+  c.seed = 0
+  c.objective = "flow_matching"
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="digits",          # digits | crops | tfds:<name> | folder
+      image_size=16,
+      channels=1,
+      random_flip=False,
+      data_dir=None,          # TFDS data_dir, or the image folder root for `folder`
+      split="train",
+      num_crops=8192,         # examples per epoch of the `crops` dataset
+      resize=False,           # resize images of another size instead of rejecting them
+      image_key="image",
+      label_key="label",
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(
+      name="dit",
+      size="",                # "", or S | B | L | XL (then depth/hidden_size/num_heads are ignored)
+      patch_size=4,
+      hidden_size=192,
+      depth=6,
+      num_heads=3,
+      mlp_ratio=4.0,
+      class_dropout=0.1,
+      learn_sigma=False,
+      time_scale=1000.0,
+      time_freq_shift=0.0,
+      dtype="bfloat16",       # matmul inputs; params and accumulation are float32
+      stage_groups=((1, 1),),
+  ))
+
+  c.flow = ml_collections.ConfigDict(dict(
+      interpolant="linear",   # linear (rectified flow / SiT) | cosine (VP)
+      prediction="velocity",  # velocity | noise | data
+      t_sampler="logit_normal",
+      logit_mean=0.0,
+      logit_std=1.0,
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000,
+      batch_size=128,         # global batch over all processes
+      lr=1e-3,
+      schedule="constant",    # constant | cosine (after linear warm-up)
+      final_lr_fraction=0.0,
+      warmup_steps=100,
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.99,
+      eps=1e-8,
+      grad_clip=1.0,
+      ema_decay=0.999,
+      log_every=50,
+      ckpt_every=500,
+      keep_checkpoints=3,
+      sample_every=0,
+      grid_per_class=8,
+      final_samples=True,
+  ))
+
+  c.sample = ml_collections.ConfigDict(dict(
+      method="heun",          # euler | heun
+      steps=16,
+      cfg_scale=2.0,          # 1.0 = no guidance
+  ))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      at_end=False,
+      num_samples=1000,
+      batch_size=250,
+      seed=1234,
+      classifier_seed=0,
+      cache_dir="",
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+  return c

@@ -1,0 +1,254 @@
+"""DiT backbone (Peebles & Xie 2023) with adaLN-Zero, as a plain Flax module.
+
+    tokens = StagePatchEmbed[stage](x) + pos[stage]                      [B, N, D]
+    c      = TimestepEmbed(t * time_scale) + LabelEmbed(y) (+ level[stage])  [B, D]
+    tokens = Block_i(tokens, c)  for i in 0..depth-1                   [B, N, D]
+    out    = StageUnpatchify[stage](FinalLayer(tokens, c))            [B, H, W, C]
+
+Labels `y` index a table of `num_classes + 1` rows; row `num_classes` is the null class used for
+classifier-free guidance (the objective replaces labels by it with probability `class_dropout`).
+The backbone serves every method: `stage` selects a PPFlow patch stage (one compiled program per
+stage, static token count); per-block `block_heads` / `block_mlp_dims` describe structurally pruned
+sub-models (train-then-prune); `block_fn` lets token routing wrap a block without copying it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from adaflow.models import layers
+from adaflow.models.patchify import StagePatchEmbed, StageUnpatchify, stage_position_embedding
+
+# name -> (depth, hidden_size, num_heads), as in the DiT paper (Table 1).
+DIT_SIZES = {
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention over the given tokens; `num_heads * head_dim` may differ from D
+  (pruned heads). Softmax in float32; matmul inputs in `dtype`, accumulation in float32."""
+  hidden: int
+  num_heads: int
+  head_dim: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [B, N, D] -> [B, N, D]."""
+    b, n, _ = x.shape
+    h, hd = self.num_heads, self.head_dim
+    qkv = layers.dense(3 * h * hd, axes=("embed", "heads"), dtype=self.dtype, name="qkv")(x)
+    # [3, B, H, N, hd]: the (batch, heads) leading layout keeps every product of the forward and
+    # backward pass on XLA's fast batched-matmul path for bf16 x bf16 -> f32.
+    qkv = qkv.reshape(b, n, 3, h, hd).transpose(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    logits = layers.matmul("bhqd,bhkd->bhqk", q * (hd ** -0.5), k, self.dtype)
+    probs = jax.nn.softmax(logits, axis=-1)                      # float32
+    out = layers.matmul("bhqk,bhkd->bhqd", probs, v, self.dtype)
+    out = out.transpose(0, 2, 1, 3).reshape(b, n, h * hd)
+    return layers.dense(self.hidden, axes=("heads", "embed"), dtype=self.dtype, name="proj")(out)
+
+
+class Mlp(nn.Module):
+  hidden: int
+  mlp_dim: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [B, N, D] -> [B, N, D]; GELU (tanh approximation) as in DiT."""
+    x = layers.dense(self.mlp_dim, axes=("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
+    x = nn.gelu(x, approximate=True)
+    return layers.dense(self.hidden, axes=("mlp", "embed"), dtype=self.dtype, name="fc2")(x)
+
+
+class DiTBlock(nn.Module):
+  """adaLN-Zero transformer block. A block with 0 heads (or 0 MLP channels) has no attention
+  (or MLP) branch: that is how structured pruning removes a whole branch."""
+  hidden: int
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array, c: jax.Array, residual_scale: Optional[jax.Array] = None):
+    """x: [B, N, D]; c: [B, D]; residual_scale: optional [B, N, 1] multiplier on both residual
+    branches (token routing scales the block's update by the router weight)."""
+    mod = layers.dense(6 * self.hidden, axes=("embed", "cond"), dtype=self.dtype, name="adaLN",
+                       kernel_init=nn.initializers.zeros)(nn.silu(c))
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = layers.chunk(mod, 6)
+    scale = 1.0 if residual_scale is None else residual_scale
+    if self.num_heads > 0:
+      h = layers.modulate(layers.layer_norm("norm1")(x), shift_a, scale_a)
+      h = Attention(self.hidden, self.num_heads, self.head_dim, self.dtype, name="attn")(h)
+      x = x + scale * gate_a[:, None, :] * h
+    if self.mlp_dim > 0:
+      h = layers.modulate(layers.layer_norm("norm2")(x), shift_m, scale_m)
+      h = Mlp(self.hidden, self.mlp_dim, self.dtype, name="mlp")(h)
+      x = x + scale * gate_m[:, None, :] * h
+    return x
+
+
+class TimestepEmbed(nn.Module):
+  hidden: int
+  freq_dim: int = 256
+  freq_shift: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, t: jax.Array) -> jax.Array:
+    """t: [B] (already scaled) -> [B, D]."""
+    init = nn.initializers.normal(0.02)
+    f = layers.timestep_embedding(t, self.freq_dim, freq_shift=self.freq_shift)
+    h = layers.dense(self.hidden, axes=("freq", "embed"), dtype=self.dtype, name="fc1", kernel_init=init)(f)
+    return layers.dense(self.hidden, axes=("embed", "embed_out"), dtype=self.dtype, name="fc2",
+                        kernel_init=init)(nn.silu(h))
+
+
+class FinalLayer(nn.Module):
+  hidden: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    """x: [B, N, D], c: [B, D] -> modulated, normalised tokens [B, N, D] (head applied by stage)."""
+    mod = layers.dense(2 * self.hidden, axes=("embed", "cond"), dtype=self.dtype, name="adaLN",
+                       kernel_init=nn.initializers.zeros)(nn.silu(c))
+    shift, scale = layers.chunk(mod, 2)
+    return layers.modulate(layers.layer_norm("norm")(x), shift, scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+  """Structure of one block: attention heads and MLP hidden channels (0 removes the branch)."""
+  num_heads: int
+  mlp_dim: int
+
+
+BlockFn = Callable[..., jax.Array]
+
+
+class DiT(nn.Module):
+  """Class-conditional DiT for images [B, H, W, C] predicting [B, H, W, C] (velocity by default).
+
+  Attributes:
+    image_size: (H, W). in_channels: C.
+    patch_size: base patch p. stage_groups: per-stage space-to-depth groupings, ((1, 1),) = dense.
+    hidden_size, depth, num_heads, mlp_ratio: the usual DiT sizes; head_dim = hidden / num_heads.
+    blocks: optional per-block BlockSpec (pruned sub-models); overrides depth/num_heads/mlp_ratio.
+    num_classes: labels 0..K-1 plus the null label K.
+    learn_sigma: emit 2C channels like the original DiT; the extra C are kept and ignored.
+    time_scale: t in [0, 1] is multiplied by this before the sinusoidal features (1000 = DiT).
+    time_freq_shift: 0 (DiT) or 1 (diffusers) in the timestep frequencies.
+    dtype: matmul input dtype (bfloat16 default; float32 for exact tests).
+  """
+  image_size: tuple[int, int]
+  in_channels: int
+  patch_size: int
+  hidden_size: int
+  depth: int
+  num_heads: int
+  num_classes: int
+  mlp_ratio: float = 4.0
+  stage_groups: tuple[tuple[int, int], ...] = ((1, 1),)
+  blocks: Optional[tuple[BlockSpec, ...]] = None
+  learn_sigma: bool = False
+  time_scale: float = 1000.0
+  time_freq_shift: float = 0.0
+  dtype: Any = jnp.bfloat16
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def block_specs(self) -> tuple[BlockSpec, ...]:
+    if self.blocks is not None:
+      return tuple(self.blocks)
+    mlp = int(self.hidden_size * self.mlp_ratio)
+    return tuple(BlockSpec(self.num_heads, mlp) for _ in range(self.depth))
+
+  @property
+  def num_stages(self) -> int:
+    return len(self.stage_groups)
+
+  def setup(self):
+    d = self.hidden_size
+    self.embedders = [StagePatchEmbed(self.patch_size, tuple(g), d, self.dtype, name=f"embed_{s}")
+                      for s, g in enumerate(self.stage_groups)]
+    out_c = self.in_channels * (2 if self.learn_sigma else 1)
+    self.heads = [StageUnpatchify(self.patch_size, tuple(g), out_c, tuple(self.image_size), self.dtype,
+                                  name=f"head_{s}") for s, g in enumerate(self.stage_groups)]
+    self.t_embed = TimestepEmbed(d, freq_shift=self.time_freq_shift, dtype=self.dtype, name="t_embed")
+    self.y_embed = self.param("y_embed", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), ("vocab", "embed")), (self.num_classes + 1, d), jnp.float32)
+    if self.num_stages > 1:
+      self.level_embed = self.param("level_embed", nn.with_logical_partitioning(
+          nn.initializers.normal(0.02), (None, "embed")), (self.num_stages, d), jnp.float32)
+    self.block_modules = [DiTBlock(d, spec.num_heads, self.head_dim, spec.mlp_dim, self.dtype,
+                                   name=f"block_{i}") for i, spec in enumerate(self.block_specs)]
+    self.final = FinalLayer(d, self.dtype, name="final")
+
+  def condition(self, t: jax.Array, y: jax.Array, stage: int = 0) -> jax.Array:
+    """t: [B] in [0, 1], y: [B] int -> conditioning vector c: [B, D]."""
+    c = self.t_embed(t * self.time_scale) + jnp.take(self.y_embed, y, axis=0)
+    if self.num_stages > 1:
+      c = c + self.level_embed[stage][None]
+    return c
+
+  def embed(self, x: jax.Array, stage: int = 0) -> jax.Array:
+    """x: [B, H, W, C] -> tokens with positions [B, N_stage, D] (float32)."""
+    tokens = self.embedders[stage](x)
+    pos = stage_position_embedding(self.hidden_size, tuple(self.image_size), self.patch_size,
+                                   tuple(self.stage_groups[stage]))
+    return tokens + pos[None]
+
+  def unembed(self, tokens: jax.Array, c: jax.Array, stage: int = 0) -> jax.Array:
+    """tokens [B, N, D] -> prediction [B, H, W, C] (learned-sigma channels dropped)."""
+    out = self.heads[stage](self.final(tokens, c))
+    return out[..., : self.in_channels]
+
+  def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, *, stage: int = 0,
+               block_fn: Optional[BlockFn] = None) -> jax.Array:
+    """x: [B, H, W, C]; t: [B] in [0, 1]; y: [B] int32 -> prediction [B, H, W, C] float32.
+
+    `block_fn(index, block, tokens, c)` (optional) runs block `index`; the default calls
+    `block(tokens, c)`. Token routing passes its own to run a block on a subset of tokens.
+    """
+    chex.assert_rank(x, 4)
+    chex.assert_shape(t, (x.shape[0],))
+    chex.assert_shape(y, (x.shape[0],))
+    c = self.condition(t, y, stage)
+    tokens = self.embed(x, stage)
+    for i, block in enumerate(self.block_modules):
+      tokens = block(tokens, c) if block_fn is None else block_fn(i, block, tokens, c)
+    return self.unembed(tokens, c, stage)
+
+
+def dit_from_config(model_config, image_shape: Sequence[int], num_classes: int) -> DiT:
+  """Builds a DiT from `config.model` (see configs/) and the dataset's image shape and classes."""
+  h, w, ch = image_shape
+  depth, hidden, heads = model_config.depth, model_config.hidden_size, model_config.num_heads
+  if model_config.get("size"):
+    depth, hidden, heads = DIT_SIZES[model_config.size]
+  groups = tuple(tuple(g) for g in model_config.get("stage_groups", ((1, 1),)))
+  blocks = model_config.get("blocks")
+  if blocks:
+    blocks = tuple(BlockSpec(int(b[0]), int(b[1])) for b in blocks)
+  return DiT(
+      image_size=(h, w), in_channels=ch, patch_size=model_config.patch_size, hidden_size=hidden,
+      depth=depth, num_heads=heads, num_classes=num_classes, mlp_ratio=model_config.mlp_ratio,
+      stage_groups=groups, blocks=blocks or None, learn_sigma=model_config.get("learn_sigma", False),
+      time_scale=model_config.get("time_scale", 1000.0),
+      time_freq_shift=model_config.get("time_freq_shift", 0.0),
+      dtype=layers.dtype_from_name(model_config.dtype))

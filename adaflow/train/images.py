@@ -1,0 +1,31 @@
+"""Sample grids as PNG files."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[..., H, W, C] in [-1, 1] -> uint8 [0, 255]."""
+  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def save_grid(images: np.ndarray, path: str, rows: int, upscale: int = 1) -> str:
+  """images [N, H, W, C] in [-1, 1] laid out `rows` x ceil(N / rows) with 1-px gaps -> PNG."""
+  imgs = to_uint8(images)
+  n, h, w, c = imgs.shape
+  cols = -(-n // rows)
+  grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, np.uint8)
+  for i in range(n):
+    r, q = divmod(i, cols)
+    grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = imgs[i]
+  if c == 1:
+    grid = grid[..., 0]
+  img = Image.fromarray(grid)
+  if upscale > 1:
+    img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  img.save(path)
+  return path

@@ -1,0 +1,40 @@
+"""The jitted train step: loss -> grads -> optax update -> EMA."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adaflow.train.state import TrainState, ema_update
+
+
+def make_train_step(objective, tx: optax.GradientTransformation, ema_decay: float, lr_schedule=None):
+  """Returns `step(state, batch) -> (state, metrics)` (pure; jit it with shardings).
+
+  The per-step key is `fold_in(state.rng, state.step)`, so a resumed run draws exactly the noise,
+  times and label drops that an uninterrupted run draws.
+  """
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      return objective.loss(params, batch, rng)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = dict(metrics)
+    side = metrics.pop("_side", None)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if side is not None:
+      # Non-gradient updates computed by the loss (e.g. EMA codebook statistics): the objective
+      # returns them under metrics["_side"] and applies them here, after the optimizer step.
+      params = objective.post_update(params, side)
+    ema = ema_update(state.ema_params, params, state.step, ema_decay)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    if lr_schedule is not None:
+      metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+    return new_state, metrics
+
+  return train_step

@@ -1,0 +1,45 @@
+"""Shared test helpers: tiny configs and a fake dataset info."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+
+def tiny_config(**overrides):
+  """A DiT small enough to compile and train in seconds on CPU (digits 16x16)."""
+  from adaflow.config_defaults import base_config
+  c = base_config()
+  c.name = "test"
+  c.data.name = "digits"
+  c.data.image_size = 16
+  c.model.patch_size = 4
+  c.model.hidden_size = 32
+  c.model.depth = 2
+  c.model.num_heads = 2
+  c.model.dtype = "float32"
+  c.train.steps = 4
+  c.train.batch_size = 8
+  c.train.lr = 1e-3
+  c.train.warmup_steps = 1
+  c.train.log_every = 1
+  c.train.ckpt_every = 2
+  c.train.final_samples = False
+  c.sample.steps = 2
+  c.sample.method = "euler"
+  c.mesh.data = -1
+  for k, v in overrides.items():
+    node = c
+    parts = k.split(".")
+    for p in parts[:-1]:
+      node = node[p]
+    node[parts[-1]] = v
+  return c
+
+
+@pytest.fixture
+def tiny():
+  return tiny_config

@@ -1,0 +1,35 @@
+"""Config validation: impossible settings raise ValueError naming the field, before compiling."""
+import pytest
+
+from conftest import tiny_config
+from adaflow.train.loop import Trainer, train
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"model.patch_size": 3}, "model.patch_size"),
+    ({"train.batch_size": 6, "mesh.data": 4}, "mesh"),
+    ({"data.name": "imagenet_from_nowhere"}, "data.name"),
+    ({"train.steps": -5}, "train.steps"),
+    ({"train.lr": 0.0}, "train.lr"),
+    ({"sample.method": "rk45"}, "sample.method"),
+    ({"flow.interpolant": "ddpm"}, "flow.interpolant"),
+    ({"model.hidden_size": 30}, "model.hidden_size"),
+    ({"model.dtype": "int8"}, "model.dtype"),
+    ({"mesh.data": -1, "mesh.fsdp": -1}, "mesh"),
+])
+def test_bad_config_raises_before_compile(tmp_path, monkeypatch, overrides, field):
+  import jax
+  compiled = []
+  monkeypatch.setattr(jax, "jit", lambda *a, **k: compiled.append(1))
+  with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+    train(tiny_config(**overrides), str(tmp_path))
+  assert not compiled
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_batch_not_divisible_by_data_axis_names_the_field(tmp_path):
+  import jax
+  from adaflow import config as config_lib
+  c = tiny_config(**{"train.batch_size": 6})
+  with pytest.raises(ValueError, match=r"train\.batch_size"):
+    config_lib.validate_mesh(c, num_devices=4)

@@ -2,3 +2,6 @@
 its entry point with `adaflow.commands.registry.command`. Add a command by adding a module here
 and one import line below."""
 from adaflow.commands import core  # noqa: F401  train, sample, eval
+from adaflow.commands import convert  # noqa: F401  convert (PyTorch DiT import; uses core's --out)
+from adaflow.commands import adadiff  # noqa: F401  sample --selector (AdaDiff)
+from adaflow.commands import convert_stages  # noqa: F401  convert-stages (dense DiT -> PPFlow)

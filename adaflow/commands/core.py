@@ -20,12 +20,22 @@ def cmd_train():
   from adaflow.train.loop import train
   from adaflow.train.restore import load_params
   config = need("config")
-  init = load_params(FLAGS.init) if FLAGS.init else None
+  from adaflow.objectives import OBJECTIVES
+  objective_cls = OBJECTIVES.get(config.get("objective", "flow_matching"))
+  if FLAGS.init and hasattr(objective_cls, "use_init_workdir"):
+    # The objective consumes --init itself (e.g. step_selector: the frozen generator's workdir).
+    objective_cls.use_init_workdir(config, FLAGS.init)
+    init = None
+  else:
+    init = load_params(FLAGS.init) if FLAGS.init else None
   train(config, need("workdir"), init_params=init)
 
 
 @command("sample")
 def cmd_sample():
+  if getattr(FLAGS, "selector", None):  # AdaDiff: per-input step counts (adaflow/commands/adadiff.py)
+    from adaflow.commands.adadiff import sample_with_selector
+    return sample_with_selector()
   import jax
   import numpy as np
   from adaflow.train.evaluate import generate_images

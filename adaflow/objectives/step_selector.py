@@ -1,0 +1,260 @@
+"""Objective `step_selector` (AdaDiff): trains ONLY a step-count policy; the generator is frozen.
+
+The generator (any flow-matching checkpoint) is loaded from `config.selector.generator_workdir`
+(`adaflow train --init <generator workdir>` sets it) and is a constant of this objective; the
+trainable state is the policy plus the REINFORCE baseline:
+
+    params = {'params': <StepPolicy params>, 'reinforce': {'value': f32[], 'initialized': f32[]}}
+
+One training step (batch labels [B] from the dataset; the images are not used):
+
+    noise [B, H, W, C] ~ N(0, 1);  logits = policy(features(y_embed[y], noise stats))
+    a ~ softmax(logits);  for EVERY s in the step set: x_s = ODE(noise, y, s steps)  (jitted,
+    static shapes: one scan per step count, each over the whole batch)
+    R = quality(x_a, x_max, y) - beta * s_a / s_max;  REINFORCE loss (adaflow.rl.reinforce)
+    baseline <- moving average of R  (returned as metrics['_side'], applied by `post_update`)
+
+Batching choice: every step count is run on the whole batch (cost per input = sum of the step
+set, e.g. 124 steps for (4, 8, 16, 32, 64), under 2x the max-step sample that the `closeness` and
+`features` rewards need anyway). Shapes are static, there is one compiled program, and the
+rewards of all actions are known (logged as `oracle_*`), at the price of compute the chosen
+actions alone would not need. Test-time sampling (`sample_grouped`) instead groups inputs by the
+policy's argmax step count and runs each group only at its own step count.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from adaflow import flow
+from adaflow.config import register_validator
+from adaflow.models import step_selector as sel
+from adaflow.rl import reinforce as rl
+from adaflow.rl import rewards as rw
+
+
+def selector_defaults() -> ml_collections.ConfigDict:
+  """`config.selector` with every field and its default (configs/quickstart_adadiff.py uses it)."""
+  return ml_collections.ConfigDict(dict(
+      generator_workdir="",    # frozen flow-matching generator; `--init <workdir>` sets it
+      step_set=sel.DEFAULT_STEP_SET,
+      quality="classifier",    # closeness | classifier | features  (adaflow.rl.rewards)
+      beta=0.5,                # R = quality - beta * steps / max_steps
+      entropy_coef=0.01,
+      baseline_decay=0.9,
+      hidden=64,
+      depth=2,
+      use_noise_stats=False,   # add initial-noise statistics to the policy input
+      method="",               # ODE method; "" = the generator's sample.method
+      cfg_scale=-1.0,          # CFG scale; < 0 = the generator's sample.cfg_scale
+      classifier_seed=0,
+  ))
+
+
+@register_validator
+def validate_selector(config, info) -> None:
+  """Checks `config.selector` when `config.objective == 'step_selector'` (no compilation)."""
+  del info
+  if config.get("objective") != "step_selector":
+    return
+  s = config.get("selector")
+  if s is None:
+    raise ValueError("config.selector: missing; start from adaflow.objectives.step_selector.selector_defaults()")
+  sel.validate_step_set(s.get("step_set"))
+  if s.get("quality") not in rw.QUALITIES:
+    raise ValueError(f"config.selector.quality: must be one of {rw.QUALITIES}, got {s.get('quality')!r}")
+  if not s.get("generator_workdir"):
+    raise ValueError("config.selector.generator_workdir: the frozen generator is not set; pass "
+                     "`--init <generator workdir>` or --config.selector.generator_workdir=<dir>")
+  if not (s.get("beta", 0.0) >= 0):
+    raise ValueError(f"config.selector.beta: must be >= 0, got {s.get('beta')}")
+  if not (s.get("entropy_coef", 0.0) >= 0):
+    raise ValueError(f"config.selector.entropy_coef: must be >= 0, got {s.get('entropy_coef')}")
+  if not (0.0 <= s.get("baseline_decay", 0.9) < 1.0):
+    raise ValueError(f"config.selector.baseline_decay: must be in [0, 1), got {s.get('baseline_decay')}")
+  if s.get("hidden", 64) < 1 or s.get("depth", 2) < 0:
+    raise ValueError("config.selector.hidden must be >= 1 and config.selector.depth >= 0")
+  if s.get("method") and s.get("method") not in flow.samplers.METHODS:
+    raise ValueError(f"config.selector.method: must be '' or one of {flow.samplers.METHODS}, got {s.method!r}")
+
+
+class StepSelectorObjective:
+  """REINFORCE training of `StepPolicy` against a frozen generator (see the module docstring)."""
+
+  @staticmethod
+  def use_init_workdir(config, workdir: str) -> None:
+    """`adaflow train --init <dir>` for this objective: <dir> is the frozen generator."""
+    config.selector.generator_workdir = os.path.abspath(workdir)
+
+  def __init__(self, config, info, generator=None, generator_params=None, classifier=None):
+    """`generator` / `generator_params` / `classifier` may be passed directly (tests, benchmarks);
+    otherwise they are loaded from `selector.generator_workdir` and its evaluation cache."""
+    s = config.selector
+    self.config, self.info = config, info
+    self.step_set = sel.validate_step_set(s.step_set)
+    self.max_steps = self.step_set[-1]
+    self.num_classes = info.num_classes
+    gen_config = None
+    if generator is None:
+      from adaflow.train.restore import load_trainer_and_params
+      gen_tr, generator_params, _ = load_trainer_and_params(s.generator_workdir)
+      generator, gen_config = gen_tr.objective, gen_tr.config
+      if tuple(gen_tr.info.image_shape) != tuple(info.image_shape) or gen_tr.info.num_classes != info.num_classes:
+        raise ValueError(f"config.data: the generator in {s.generator_workdir} was trained on "
+                         f"{tuple(gen_tr.info.image_shape)} with {gen_tr.info.num_classes} classes, this config "
+                         f"describes {tuple(info.image_shape)} with {info.num_classes}; use the generator's data config")
+    self.generator = generator
+    self.generator_params = jax.tree_util.tree_map(jnp.asarray, jax.device_get(generator_params))
+    sample_cfg = gen_config.sample if gen_config is not None else config.sample
+    self.method = s.get("method") or sample_cfg.method
+    self.cfg_scale = float(s.cfg_scale) if s.get("cfg_scale", -1.0) >= 0 else float(sample_cfg.cfg_scale)
+    self.use_noise_stats = bool(s.get("use_noise_stats", False))
+    self.beta = float(s.beta)
+    self.entropy_coef = float(s.entropy_coef)
+    self.baseline_decay = float(s.baseline_decay)
+    self.policy = sel.StepPolicy(num_actions=len(self.step_set), hidden=int(s.hidden), depth=int(s.depth))
+    if classifier is None and s.quality in ("classifier", "features"):
+      from adaflow.eval import get_classifier
+      from adaflow.train.loop import cache_dir
+      workdir = s.generator_workdir or "."
+      classifier = get_classifier(config.data, cache_dir(gen_config or config, workdir),
+                                  seed=int(s.get("classifier_seed", 0)))
+    self.classifier = classifier
+    self.quality_fn = rw.make_quality_fn(s.quality, classifier)
+    self._group_fns: dict = {}
+
+  # ---- policy -------------------------------------------------------------------------------
+  @property
+  def feature_dim(self) -> int:
+    d = int(self.generator_params["params"]["y_embed"].shape[-1])
+    if self.use_noise_stats:
+      d += sel.NUM_NOISE_STATS_PER_CHANNEL * int(self.info.image_shape[-1])
+    return d
+
+  def init(self, rng: jax.Array):
+    """{'params': policy params, 'reinforce': baseline state} (no logical axes: replicated)."""
+    policy = self.policy.init(rng, jnp.zeros((1, self.feature_dim), jnp.float32))["params"]
+    return {"params": policy, "reinforce": rl.init_baseline()}
+
+  def noise(self, rng: jax.Array, batch: int) -> jax.Array:
+    """Initial noise [batch, H, W, C], drawn exactly as the generator's `generate` draws it."""
+    return jax.random.normal(rng, (batch,) + tuple(self.info.image_shape), jnp.float32)
+
+  def logits(self, params, labels: jax.Array, noise: jax.Array) -> jax.Array:
+    """labels [B], noise [B, H, W, C] -> logits [B, A]."""
+    feats = sel.policy_features(self.generator_params, labels, noise, self.use_noise_stats)
+    return self.policy.apply({"params": params["params"]}, feats)
+
+  def choose(self, params, labels: jax.Array, noise: jax.Array) -> jax.Array:
+    """Test-time (argmax) action indices [B]."""
+    return sel.greedy_actions(self.logits(params, labels, noise))
+
+  # ---- generation -----------------------------------------------------------------------------
+  def generate_with_steps(self, generator_params, labels: jax.Array, noise: jax.Array, steps: int) -> jax.Array:
+    """The frozen generator's sample from `noise` [B, H, W, C] with `steps` (static) steps."""
+    vel = self.generator.velocity_fn(generator_params, labels, self.cfg_scale)
+    return flow.sample(vel, noise, int(steps), self.method)
+
+  def generate_all(self, labels: jax.Array, noise: jax.Array) -> jax.Array:
+    """Every step count on the whole batch: [A, B, H, W, C] (no gradient)."""
+    out = jnp.stack([self.generate_with_steps(self.generator_params, labels, noise, s) for s in self.step_set])
+    return jax.lax.stop_gradient(out)
+
+  def generate(self, params, rng: jax.Array, labels: jax.Array, *, steps: Optional[int] = None,
+               method: Optional[str] = None, cfg_scale: Optional[float] = None, grid=None) -> jax.Array:
+    """labels [B] -> images [B, H, W, C] at the policy's argmax step count per input (jittable).
+
+    `steps`, `method`, `cfg_scale`, `grid` are ignored: the policy picks the steps and the
+    selector's own method / CFG scale are used. Runs every step count on the whole batch and
+    selects (static shapes); `sample_grouped` is the efficient version with the same noise.
+    """
+    del steps, method, cfg_scale, grid
+    noise = self.noise(rng, labels.shape[0])
+    actions = self.choose(params, labels, noise)
+    imgs = self.generate_all(labels, noise)
+    return jnp.take_along_axis(imgs, actions[None, :, None, None, None], axis=0)[0]
+
+  def _group_fn(self, steps: int):
+    if steps not in self._group_fns:
+      self._group_fns[steps] = jax.jit(lambda p, y, z: self.generate_with_steps(p, y, z, steps))
+    return self._group_fns[steps]
+
+  def sample_grouped(self, params, rng: jax.Array, labels: np.ndarray, batch_size: int = 256,
+                     actions: Optional[np.ndarray] = None) -> dict:
+    """Policy sampling, inputs grouped by chosen step count (each group runs only its steps).
+
+    labels [N] -> {'images': [N, H, W, C] numpy, 'steps': [N] int, 'actions': [N],
+    'seconds_per_group': {steps: s}}. The noise is `self.noise(rng, N)` (so a fixed key gives the
+    same images). Groups are cut into chunks of at most `batch_size`, each padded to a power of two
+    (>= 8) so few shapes are compiled. `actions` overrides the policy (e.g. fixed-step baselines).
+    """
+    labels = np.asarray(labels, np.int32)
+    chex.assert_rank(labels, 1)
+    n = labels.shape[0]
+    noise = self.noise(rng, n)
+    if actions is None:
+      actions = np.asarray(jax.jit(self.choose)(params, jnp.asarray(labels), noise))
+    actions = np.asarray(actions, np.int32)
+    noise_np = np.asarray(noise)
+    out = np.zeros((n,) + tuple(self.info.image_shape), np.float32)
+    seconds = {}
+    for a, s in enumerate(self.step_set):
+      idx = np.nonzero(actions == a)[0]
+      if idx.size == 0:
+        continue
+      t0 = time.perf_counter()
+      for start in range(0, idx.size, batch_size):
+        chunk = idx[start:start + batch_size]
+        size = 8
+        while size < chunk.size:
+          size *= 2
+        size = max(min(size, batch_size), chunk.size)
+        pad = size - chunk.size
+        y = np.concatenate([labels[chunk], np.zeros(pad, np.int32)])
+        z = np.concatenate([noise_np[chunk], np.zeros((pad,) + noise_np.shape[1:], np.float32)])
+        imgs = self._group_fn(s)(self.generator_params, jnp.asarray(y), jnp.asarray(z))
+        out[chunk] = np.asarray(jax.device_get(imgs))[:chunk.size]
+      seconds[s] = time.perf_counter() - t0
+    steps = np.asarray(self.step_set, np.int32)[actions]
+    return {"images": out, "steps": steps, "actions": actions, "seconds_per_group": seconds}
+
+  # ---- training --------------------------------------------------------------------------------
+  def loss(self, params, batch, rng: jax.Array):
+    """batch {'label': [B], ...} -> (REINFORCE surrogate loss, metrics incl. '_side' baseline)."""
+    labels = batch["label"].astype(jnp.int32)
+    chex.assert_rank(labels, 1)
+    b = labels.shape[0]
+    k_noise, k_act = jax.random.split(rng)
+    noise = self.noise(k_noise, b)
+    logits = self.logits(params, labels, noise)
+    actions = sel.sample_actions(k_act, logits)
+    images = self.generate_all(labels, noise)                            # [A, B, H, W, C]
+    q_all = jax.lax.stop_gradient(rw.all_action_quality(self.quality_fn, images, labels))  # [B, A]
+    quality = jnp.take_along_axis(q_all, actions[:, None], axis=-1)[:, 0]
+    steps = sel.steps_of(actions, self.step_set)
+    rewards = rw.step_reward(quality, steps, self.max_steps, self.beta)
+    baseline = rl.current_baseline(params["reinforce"], rewards)
+    loss, m = rl.reinforce_loss(logits, actions, rewards, baseline, self.entropy_coef)
+    set_f = jnp.asarray(self.step_set, jnp.float32)
+    r_all = q_all - self.beta * set_f[None, :] / self.max_steps
+    greedy = sel.greedy_actions(logits)
+    metrics = dict(m, loss=loss, reward=jnp.mean(rewards), quality=jnp.mean(quality),
+                   avg_steps=jnp.mean(steps.astype(jnp.float32)), baseline=baseline,
+                   greedy_avg_steps=jnp.mean(set_f[greedy]),
+                   oracle_reward=jnp.mean(jnp.max(r_all, axis=-1)),
+                   max_step_quality=jnp.mean(q_all[:, -1]))
+    for i, s in enumerate(self.step_set):
+      metrics[f"frac_{s}"] = jnp.mean((actions == i).astype(jnp.float32))
+    metrics["_side"] = rl.update_baseline(params["reinforce"], rewards, self.baseline_decay)
+    return loss, metrics
+
+  def post_update(self, params, side):
+    """Writes the new moving-average baseline into the params tree (after the optimizer step)."""
+    return dict(params, reinforce=side)

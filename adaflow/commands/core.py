@@ -20,6 +20,10 @@ def cmd_train():
   from adaflow.train.loop import train
   from adaflow.train.restore import load_params
   config = need("config")
+  if config.get("grouped"):  # train-then-prune: stage 1, pruning, stage 2 (adaflow/prune/pipeline.py)
+    from adaflow.prune.pipeline import run_grouped
+    run_grouped(config, need("workdir"))
+    return
   from adaflow.objectives import OBJECTIVES
   objective_cls = OBJECTIVES.get(config.get("objective", "flow_matching"))
   if FLAGS.init and hasattr(objective_cls, "use_init_workdir"):

@@ -1,0 +1,305 @@
+"""The train-then-prune driver: `adaflow train --config configs/quickstart_grouped.py --workdir W`
+(the `train` command dispatches here when `config.grouped` is set).
+
+    W/stage1/          stage 1: the dense base, ordinary trainer, `grouped.stage1_steps` steps
+    W/prune/           pruning: memory_bank.json (every structure scored, saved each round),
+                       result.json (per group: t range, budget, chosen structure, FLOPs, proxy)
+    W/group_<i>/       stage 2: group i's sliced sub-model fine-tuned on t inside group i
+    W/grouped.json     edges, budgets, structures, FLOPs per group and per sampled image
+    W/eval.json        FD / class accuracy of the grouped sampler (when eval.at_end)
+
+Every stage resumes: stage 1 and each group from their orbax checkpoints (a finished stage leaves
+a DONE file and is skipped), pruning from its memory bank (finished groups are kept, an
+interrupted group continues after its last saved round).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from adaflow import config as config_lib
+from adaflow import data as data_lib
+from adaflow import flow
+from adaflow.models.dit import BlockSpec, dit_from_config
+from adaflow.models.grouped import group_key
+from adaflow.objectives.flow_matching import FlowMatchingObjective
+from adaflow.objectives.grouped import GroupedFlowObjective, sample_t_truncated
+from adaflow.prune import budget as budget_lib
+from adaflow.prune import importance as importance_lib
+from adaflow.prune.groups import group_edges, group_ranges
+from adaflow.prune.search import (PROPOSERS, MemoryBank, Proposer, ProxyEvaluator, SearchSpace, make_proposer,
+                                  search_group)
+from adaflow.prune.slicing import Structure, slice_params
+
+
+def _log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(f"[adaflow] {msg}", flush=True)
+
+
+# ---- config ---------------------------------------------------------------------------------
+def grouped_defaults() -> ml_collections.ConfigDict:
+  """Every `config.grouped` field with its default."""
+  return ml_collections.ConfigDict(dict(
+      num_groups=4,            # N timestep groups (contiguous, equal width in SNR dB)
+      k=0.5,                   # smallest budget fraction: budget(i) = (i/N + (N-i)/N k) F
+      largest="data",          # which end of t gets the full-size model: data (t ~ 1) | noise (t ~ 0)
+      snr_range_db=(-20.0, 20.0),
+      stage1_steps=1500,       # dense base steps (batch train.batch_size)
+      stage2_steps=250,        # fine-tune steps PER GROUP (0 = pruning only)
+      stage2_lr=3e-4,
+      stage2_warmup_steps=20,
+      importance="taylor",     # taylor | magnitude
+      importance_batches=4,
+      proposer="importance",   # importance | random
+      rounds=4,
+      proposals_per_round=4,
+      proxy_samples=256,       # held-out examples per proxy evaluation
+      proxy_finetune_steps=0,  # optional Adam steps before the proxy loss
+      proxy_lr=1e-4,
+      mlp_granularity=32,      # MLP channels move in chunks of this size
+      allow_block_drop=True,
+      search_seed=0,
+      eval_stage1=False,       # FD of the dense base after stage 1
+  ))
+
+
+def grouped_config(config) -> ml_collections.ConfigDict:
+  """`config.grouped` merged over the defaults."""
+  given = config.grouped
+  given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
+  return ml_collections.ConfigDict({**grouped_defaults().to_dict(), **given})
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def validate_grouped(config, info=None) -> None:
+  """Checks `config.grouped` (no-op without it); ValueError naming the field."""
+  if not config.get("grouped"):
+    return
+  g = grouped_config(config)
+  budget_lib.check_budget_args(g.num_groups, g.k, g.largest)
+  r = tuple(g.snr_range_db)
+  if len(r) != 2 or not float(r[0]) < float(r[1]):
+    raise ValueError(f"config.grouped.snr_range_db: must be (low_db, high_db) with low < high, got {r}")
+  for f, lo in (("stage1_steps", 1), ("stage2_steps", 0), ("rounds", 1), ("proposals_per_round", 1),
+                ("proxy_samples", 1), ("proxy_finetune_steps", 0), ("importance_batches", 1), ("mlp_granularity", 1)):
+    v = g[f]
+    if not _is_int(v) or v < lo:
+      raise ValueError(f"config.grouped.{f}: must be an integer >= {lo}, got {v!r}")
+  if g.importance not in importance_lib.METHODS:
+    raise ValueError(f"config.grouped.importance: must be one of {importance_lib.METHODS}, got {g.importance!r}")
+  if g.proposer not in PROPOSERS:
+    raise ValueError(f"config.grouped.proposer: must be one of {sorted(PROPOSERS)}, got {g.proposer!r}")
+  if not g.stage2_lr > 0:
+    raise ValueError(f"config.grouped.stage2_lr: must be positive, got {g.stage2_lr}")
+  if config.train.batch_size < g.num_groups:
+    raise ValueError(f"config.train.batch_size: {config.train.batch_size} < grouped.num_groups {g.num_groups}")
+
+
+config_lib.register_validator(validate_grouped)
+
+
+def stage1_config(config) -> ml_collections.ConfigDict:
+  g = grouped_config(config)
+  c = config.copy_and_resolve_references()
+  c.name = f"{config.get('name', 'run')}_stage1"
+  c.train.steps = int(g.stage1_steps)
+  c.eval.at_end = bool(g.eval_stage1)
+  return c
+
+
+def group_config(config, i: int, structure: Structure, t_range: tuple[float, float]) -> ml_collections.ConfigDict:
+  """Stage-2 config of group i: its pruned blocks, its time range, the stage-2 schedule."""
+  g = grouped_config(config)
+  c = config.copy_and_resolve_references()
+  c.name = f"{config.get('name', 'run')}_group{i}"
+  c.objective = "grouped_finetune"
+  c.model.blocks = [[s.num_heads, s.mlp_dim] for s in structure.block_specs()]
+  c.grouped.group = i
+  c.grouped.t_range = (float(t_range[0]), float(t_range[1]))
+  c.train.steps = int(g.stage2_steps)
+  c.train.lr = float(g.stage2_lr)
+  c.train.warmup_steps = int(g.stage2_warmup_steps)
+  c.train.ckpt_every = max(1, min(int(c.train.ckpt_every), int(g.stage2_steps) or 1))
+  c.train.log_every = max(1, min(int(c.train.log_every), int(g.stage2_steps) or 1))
+  c.train.final_samples = False
+  c.train.sample_every = 0
+  c.eval.at_end = False
+  return c
+
+
+def _done(path: str) -> bool:
+  return os.path.exists(os.path.join(path, "DONE"))
+
+
+def _mark_done(path: str, info: dict) -> None:
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "DONE"), "w") as f:
+    json.dump(info, f)
+
+
+# ---- pruning --------------------------------------------------------------------------------
+def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] = None, log=_log) -> dict:
+  """Pruning pass for every group (see adaflow.prune.search); writes memory_bank.json and
+  result.json under `out_dir` and returns the result dict."""
+  g = grouped_config(config)
+  info = data_lib.get_info(config.data)
+  obj = FlowMatchingObjective(config, info)
+  base = obj.model
+  edges = group_edges(g.num_groups, obj.interpolant, tuple(g.snr_range_db))
+  base_f = budget_lib.model_flops(base)
+  budgets = budget_lib.group_budgets(g.num_groups, g.k, base_f, g.largest)
+  proposer = proposer or make_proposer(g.proposer)
+  os.makedirs(out_dir, exist_ok=True)
+  bank_path, result_path = os.path.join(out_dir, "memory_bank.json"), os.path.join(out_dir, "result.json")
+  bank = MemoryBank.load(bank_path)
+  x_all, y_all = data_lib.load_arrays(config.data, int(g.proxy_samples), seed=int(config.seed) + 7919)
+  train_batches = data_lib.make_train_batches(config.data, global_batch_size=min(int(config.train.batch_size), 64),
+                                              seed=int(config.seed) + 104729)
+  groups = []
+  for i, (lo, hi) in enumerate(group_ranges(edges)):
+    key = jax.random.PRNGKey(int(config.seed) * 1000 + i)
+    k_noise, k_t, k_imp = jax.random.split(key, 3)
+    noise = np.asarray(jax.random.normal(k_noise, x_all.shape, jnp.float32))
+    t = np.asarray(sample_t_truncated(k_t, x_all.shape[0], config.flow, lo, hi))
+    heldout = (jnp.asarray(x_all), jnp.asarray(y_all), jnp.asarray(noise), jnp.asarray(t))
+
+    def in_range_batch(step: int, lo=lo, hi=hi, i=i) -> tuple:
+      b = train_batches[step]
+      kk = jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 31 * i + 1), step)
+      k1, k2 = jax.random.split(kk)
+      n = b["image"].shape[0]
+      return (jnp.asarray(b["image"]), jnp.asarray(b["label"]), jax.random.normal(k1, b["image"].shape),
+              sample_t_truncated(k2, n, config.flow, lo, hi))
+
+    if g.importance == "magnitude":
+      imp = importance_lib.magnitude(base_params, base)
+    else:
+      interp = obj.interpolant
+
+      def loss_fn(params, batch):
+        x, y, nz, tt = batch
+        x_t, target = interp.path(x, nz, tt)
+        return jnp.mean(jnp.square(base.apply(params, x_t, tt, y) - target))
+      imp = importance_lib.taylor(base_params, base, loss_fn, [in_range_batch(s) for s in range(g.importance_batches)])
+    space = SearchSpace(base, imp, float(budgets[i]), int(g.mlp_granularity), bool(g.allow_block_drop))
+    proxy = ProxyEvaluator(obj, base_params, heldout, int(g.proxy_finetune_steps),
+                           lambda s: in_range_batch(1000 + s), float(g.proxy_lr))
+    log(f"pruning group {i}: t in [{lo:.3f}, {hi:.3f}), budget {budgets[i] / base_f:.3f} F, "
+        f"proposer {proposer.name}, rounds {g.rounds} x {g.proposals_per_round}")
+    best = search_group(space, proposer, proxy, bank, i, int(g.rounds), int(g.proposals_per_round),
+                        seed=int(g.search_seed), on_round=lambda b: b.save(bank_path), log=log)
+    bank.save(bank_path)
+    log(f"group {i}: chose counts {best.structure.counts()} ({best.flops / base_f:.3f} F, proxy {best.score:.5f})")
+    groups.append({"group": i, "t_range": [lo, hi], "budget": float(budgets[i]), "budget_fraction": float(budgets[i] / base_f),
+                   "flops": best.flops, "flops_fraction": best.flops / base_f, "proxy": best.score,
+                   "counts": best.structure.counts(), "structure": best.structure.to_json()})
+  result = {"edges": [float(e) for e in edges], "base_flops": int(base_f), "k": float(g.k), "largest": g.largest,
+            "proposer": proposer.name, "importance": g.importance, "groups": groups}
+  with open(result_path, "w") as f:
+    json.dump(result, f, indent=1)
+  return result
+
+
+# ---- sampling cost --------------------------------------------------------------------------
+def sampling_summary(config, result: dict) -> dict:
+  """FLOPs per sampled image of the grouped model vs the dense base (same grid, method, CFG)."""
+  info = data_lib.get_info(config.data)
+  base = dit_from_config(config.model, info.image_shape, info.num_classes)
+  s = config.sample
+  grid = flow.time_grid(int(s.steps))
+  from adaflow.models.grouped import GroupedModel
+  steps_g = GroupedModel([base] * len(result["groups"]), result["edges"]).steps_per_group(grid)
+  gf = [gr["flops"] for gr in result["groups"]]
+  grouped = budget_lib.sampling_flops(gf, steps_g, s.method, float(s.cfg_scale))
+  dense = budget_lib.sampling_flops([budget_lib.model_flops(base)] * len(gf), steps_g, s.method, float(s.cfg_scale))
+  return {"sampling_flops_per_image": grouped, "dense_sampling_flops_per_image": dense,
+          "flops_fraction": grouped / dense, "steps_per_group": [steps_g.count(i) for i in range(len(gf))]}
+
+
+def grouped_objective(config, result: dict) -> GroupedFlowObjective:
+  info = data_lib.get_info(config.data)
+  blocks = [Structure.from_json(gr["structure"]).block_specs() for gr in result["groups"]]
+  return GroupedFlowObjective(config, info, blocks, result["edges"])
+
+
+# ---- the driver -----------------------------------------------------------------------------
+def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_log) -> dict:
+  """Stage 1 -> pruning -> stage 2 per group -> evaluation; resumable. Returns the summary."""
+  from adaflow.train.loop import cache_dir, train
+  from adaflow.train.restore import load_params
+  validate_grouped(config)
+  info = data_lib.get_info(config.data)
+  config_lib.validate(config, info, num_devices=jax.device_count(), num_processes=jax.process_count())
+  g = grouped_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+  s1 = os.path.join(workdir, "stage1")
+  log(f"===== stage 1/3: dense base, {g.stage1_steps} steps -> {s1} =====")
+  if _done(s1):
+    log("stage 1 already finished (DONE); skipping")
+  else:
+    train(stage1_config(config), s1)
+    _mark_done(s1, {"steps": int(g.stage1_steps)})
+  base_params = load_params(s1)
+
+  pdir = os.path.join(workdir, "prune")
+  log(f"===== stage 2/3 (pruning): N={g.num_groups}, k={g.k}, largest={g.largest} -> {pdir} =====")
+  result_path = os.path.join(pdir, "result.json")
+  if os.path.exists(result_path):
+    log("pruning already finished (result.json); skipping")
+    with open(result_path) as f:
+      result = json.load(f)
+  else:
+    result = prune(config, base_params, pdir, proposer=proposer, log=log)
+
+  info_obj = FlowMatchingObjective(config, info)
+  params = {}
+  log(f"===== stage 3/3: fine-tune each group, {g.stage2_steps} steps per group =====")
+  for gr in result["groups"]:
+    i = gr["group"]
+    structure = Structure.from_json(gr["structure"])
+    sliced = slice_params(base_params, info_obj.model, structure)
+    gdir = os.path.join(workdir, f"group_{i}")
+    if int(g.stage2_steps) == 0:
+      log(f"group {i}: stage2_steps = 0, using the sliced weights (pruning only)")
+      params[group_key(i)] = sliced
+      continue
+    log(f"----- group {i}: t in [{gr['t_range'][0]:.3f}, {gr['t_range'][1]:.3f}), counts {gr['counts']}, "
+        f"{gr['flops_fraction']:.3f} F -> {gdir} -----")
+    if _done(gdir):
+      log(f"group {i} already finished (DONE); skipping")
+    else:
+      train(group_config(config, i, structure, tuple(gr["t_range"])), gdir, init_params=sliced)
+      _mark_done(gdir, {"steps": int(g.stage2_steps)})
+    params[group_key(i)] = load_params(gdir)
+
+  summary = {"edges": result["edges"], "groups": [{k: v for k, v in gr.items() if k != "structure"}
+                                                   for gr in result["groups"]],
+             **sampling_summary(config, result)}
+  with open(os.path.join(workdir, "grouped.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  log(f"grouped model: {summary['flops_fraction']:.3f} of the dense sampling FLOPs "
+      f"(steps per group {summary['steps_per_group']})")
+  if config.eval.get("at_end", False):
+    from adaflow.parallel import make_mesh
+    from adaflow.train.evaluate import evaluate_generator
+    obj = grouped_objective(config, result)
+    res = evaluate_generator(obj, params, config, make_mesh(config.mesh), cache_dir(config, workdir), log=log)
+    res.update(flops_fraction=summary["flops_fraction"], sampling_flops_per_image=summary["sampling_flops_per_image"])
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(res, f, indent=2)
+    log("grouped eval: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
+    summary["eval"] = res
+  return summary

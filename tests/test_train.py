@@ -57,11 +57,19 @@ def test_resume_matches_uninterrupted_run(tmp_path):
   assert resumed["param_sum"] == straight["param_sum"]
 
 
+SHARDED_OVERRIDES = {"train.steps": 3, "train.ckpt_every": 3, "model.hidden_size": 32, "model.num_heads": 2,
+                     "train.batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def single_device_run(tmp_path_factory):
+  return run_worker(tmp_path_factory.mktemp("one"), SHARDED_OVERRIDES, devices=1)
+
+
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
-def test_sharded_step_matches_single_device(tmp_path, mesh):
-  over = {"train.steps": 3, "train.ckpt_every": 3, "model.hidden_size": 32, "model.num_heads": 2,
-          "train.batch_size": 8}
-  single = run_worker(tmp_path / "one", over, devices=1)
+def test_sharded_step_matches_single_device(tmp_path, mesh, single_device_run):
+  over = SHARDED_OVERRIDES
+  single = single_device_run
   sharded = run_worker(tmp_path / "many", dict(over, **{"mesh.data": mesh[0], "mesh.fsdp": mesh[1],
                                                        "mesh.model": mesh[2]}), devices=8)
   assert single["devices"] == 1 and sharded["devices"] == 8

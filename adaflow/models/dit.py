@@ -42,8 +42,9 @@ class Attention(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [B, N, D] -> [B, N, D]."""
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+    """x: [B, N, D] -> [B, N, D]. mask: optional bool key mask broadcastable to [B, H, N, N]
+    (e.g. [B, 1, 1, N]); False keys are excluded (token routing's masked training path)."""
     b, n, _ = x.shape
     h, hd = self.num_heads, self.head_dim
     qkv = layers.dense(3 * h * hd, axes=("embed", "heads"), dtype=self.dtype, name="qkv")(x)
@@ -52,6 +53,8 @@ class Attention(nn.Module):
     qkv = qkv.reshape(b, n, 3, h, hd).transpose(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
     logits = layers.matmul("bhqd,bhkd->bhqk", q * (hd ** -0.5), k, self.dtype)
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     probs = jax.nn.softmax(logits, axis=-1)                      # float32
     out = layers.matmul("bhqk,bhkd->bhqd", probs, v, self.dtype)
     out = out.transpose(0, 2, 1, 3).reshape(b, n, h * hd)
@@ -81,16 +84,18 @@ class DiTBlock(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x: jax.Array, c: jax.Array, residual_scale: Optional[jax.Array] = None):
+  def __call__(self, x: jax.Array, c: jax.Array, residual_scale: Optional[jax.Array] = None,
+               attn_mask: Optional[jax.Array] = None):
     """x: [B, N, D]; c: [B, D]; residual_scale: optional [B, N, 1] multiplier on both residual
-    branches (token routing scales the block's update by the router weight)."""
+    branches (token routing scales the block's update by the router weight); attn_mask: optional
+    bool key mask [B, 1, 1, N] for the attention (see Attention)."""
     mod = layers.dense(6 * self.hidden, axes=("embed", "cond"), dtype=self.dtype, name="adaLN",
                        kernel_init=nn.initializers.zeros)(nn.silu(c))
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = layers.chunk(mod, 6)
     scale = 1.0 if residual_scale is None else residual_scale
     if self.num_heads > 0:
       h = layers.modulate(layers.layer_norm("norm1")(x), shift_a, scale_a)
-      h = Attention(self.hidden, self.num_heads, self.head_dim, self.dtype, name="attn")(h)
+      h = Attention(self.hidden, self.num_heads, self.head_dim, self.dtype, name="attn")(h, attn_mask)
       x = x + scale * gate_a[:, None, :] * h
     if self.mlp_dim > 0:
       h = layers.modulate(layers.layer_norm("norm2")(x), shift_m, scale_m)

@@ -68,6 +68,8 @@ class Trainer:
     if state is not None:
       self.log(f"resumed from {ckpt.checkpoint_dir(self.workdir)}/{step}")
       return state
+    if init_params is not None and hasattr(self.objective, "merge_init_params"):
+      init_params = self.objective.merge_init_params(init_params, self.root_rng)  # e.g. add routers
     return init_state(self.objective, self.tx, self.mesh, self.root_rng, self.shardings, params=init_params)
 
   def jitted_step(self):

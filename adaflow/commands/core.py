@@ -24,6 +24,9 @@ def cmd_train():
     from adaflow.prune.pipeline import run_grouped
     run_grouped(config, need("workdir"))
     return
+  if getattr(FLAGS, "tokenizer", None):  # DQ-Transformer: the DQ-VAE workdir (adaflow/commands/dq.py)
+    from adaflow.commands.dq import apply_tokenizer_flag
+    apply_tokenizer_flag(config, FLAGS.tokenizer)
   from adaflow.objectives import OBJECTIVES
   objective_cls = OBJECTIVES.get(config.get("objective", "flow_matching"))
   if FLAGS.init and hasattr(objective_cls, "use_init_workdir"):
@@ -54,6 +57,9 @@ def cmd_sample():
   out = FLAGS.out or os.path.join(FLAGS.workdir, "samples", f"cli_step_{step}.png")
   save_grid(np.clip(imgs, -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // imgs.shape[1]))
   print(f"wrote {out}")
+  if hasattr(tr.objective, "images_and_maps"):  # DQ: coarse/fine map picture (adaflow/commands/dq.py)
+    from adaflow.commands.dq import sample_map
+    print(f"wrote {sample_map(tr.objective, params, labels, tr.config.seed, out)}")
 
 
 @command("eval")

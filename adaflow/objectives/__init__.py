@@ -17,6 +17,10 @@ from adaflow.objectives.grouped import GroupFinetuneObjective  # noqa: E402  tra
 OBJECTIVES["grouped_finetune"] = GroupFinetuneObjective
 from adaflow.objectives.step_selector import StepSelectorObjective  # noqa: E402  AdaDiff
 OBJECTIVES["step_selector"] = StepSelectorObjective
+from adaflow.objectives.dqvae import DQVAEObjective  # noqa: E402  DQ-VAE (stage 1)
+OBJECTIVES["dqvae"] = DQVAEObjective
+from adaflow.objectives.dq_transformer import DQTransformerObjective  # noqa: E402  DQ-Transformer (stage 2)
+OBJECTIVES["dq_transformer"] = DQTransformerObjective
 
 
 def build_objective(config, info):

@@ -1,0 +1,130 @@
+"""DQ-Transformer objective (stage 2 of DQ): next-position / next-code cross-entropy over the
+code sequences of a frozen DQ-VAE tokenizer.
+
+The tokenizer is the latest checkpoint of `config.tokenizer_workdir` (set by
+`adaflow train --tokenizer <dqvae workdir>`); its parameters are frozen constants of the step.
+Each batch is encoded on the fly (the DQ-VAE routes deterministically at encode time), then
+    loss = CE(content) + 1/2 (CE(coarse positions) + CE(fine positions)).
+`generate` samples sequences with the KV-cached sampler (`dq_transformer.top_k`, `.temperature`)
+and decodes them with the tokenizer. With a fixed-map tokenizer (`dqvae.router='fixed'`) the
+positions are forced: this is the raster-order transformer baseline over fixed VQ codes.
+"""
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from adaflow import config as config_lib
+from adaflow.models import dq_transformer as dqt
+from adaflow.models import dqvae as dq
+
+
+def dq_transformer_defaults() -> ml_collections.ConfigDict:
+  """`config.dq_transformer` fields with their defaults."""
+  return ml_collections.ConfigDict(dict(
+      width=128,
+      depth_pos=2,
+      depth_content=2,
+      num_heads=4,
+      mlp_ratio=4.0,
+      dtype="bfloat16",       # matmul inputs; params and accumulation float32
+      position_weight=0.5,    # the 1/2 in CE(content) + 1/2 (CE coarse pos + CE fine pos)
+      top_k=0,                # 0 = no top-k filtering
+      temperature=1.0,
+  ))
+
+
+@config_lib.register_validator
+def _validate(config, info) -> None:
+  if config.get("objective") != "dq_transformer":
+    return
+  req = config_lib._require  # pylint: disable=protected-access
+  req(bool(config.get("tokenizer_workdir")), "tokenizer_workdir",
+      "must name a trained DQ-VAE workdir: pass --tokenizer <dqvae workdir> to `adaflow train`")
+  t = config.get("dq_transformer")
+  req(t is not None, "dq_transformer", "missing; start from adaflow.objectives.dq_transformer.dq_transformer_defaults()")
+  req(int(t.width) % int(t.num_heads) == 0, "dq_transformer.width",
+      f"{t.width} is not divisible by dq_transformer.num_heads={t.num_heads}")
+  req(int(t.depth_pos) >= 1 and int(t.depth_content) >= 1, "dq_transformer.depth_pos",
+      "depth_pos and depth_content must be >= 1")
+  req(float(t.temperature) > 0, "dq_transformer.temperature", f"must be > 0, got {t.temperature}")
+  req(int(t.top_k) >= 0, "dq_transformer.top_k", f"must be >= 0 (0 = off), got {t.top_k}")
+  req(t.dtype in ("bfloat16", "float32"), "dq_transformer.dtype", f"must be bfloat16 or float32, got {t.dtype!r}")
+
+
+def load_tokenizer(workdir: str):
+  """(DQTokenizer, frozen params, tokenizer config) from a DQ-VAE workdir's latest checkpoint."""
+  from adaflow.train.restore import load_trainer_and_params
+  tr, params, _ = load_trainer_and_params(workdir)
+  if tr.config.get("objective") != "dqvae":
+    raise ValueError(f"config.tokenizer_workdir={workdir!r} holds a {tr.config.get('objective')!r} run, "
+                     "not a DQ-VAE (objective 'dqvae'); train one with configs/quickstart_dqvae.py")
+  return tr.objective.tokenizer, jax.device_get(params), tr.config
+
+
+class DQTransformerObjective:
+  """Stage-2 objective; see the module docstring."""
+
+  def __init__(self, config, info, tokenizer=None):
+    self.config, self.info = config, info
+    self.num_classes = info.num_classes
+    if tokenizer is None:
+      tok, tok_params, tok_cfg = load_tokenizer(config.tokenizer_workdir)
+      for field in ("name", "image_size", "channels"):
+        if tok_cfg.data.get(field) != config.data.get(field):
+          raise ValueError(f"config.data.{field}={config.data.get(field)!r} differs from the tokenizer's "
+                           f"{tok_cfg.data.get(field)!r} ({config.tokenizer_workdir}); use the same data settings")
+    else:
+      tok, tok_params = tokenizer
+    self.tokenizer, self.tokenizer_params = tok, tok_params
+    self.layout = tok.layout
+    t = config.dq_transformer
+    self.model = dqt.DQTransformer(self.layout, width=int(t.width), depth_pos=int(t.depth_pos),
+                                   depth_content=int(t.depth_content), heads=int(t.num_heads),
+                                   mlp_ratio=float(t.mlp_ratio),
+                                   dtype=jnp.bfloat16 if t.dtype == "bfloat16" else jnp.float32)
+    self.fixed_map = dq.fixed_fine_map(self.layout.nc, tok.fine_fraction) if tok.router == "fixed" else None
+    # A fixed map makes every position deterministic: no position loss (the raster baseline).
+    self.position_weight = 0.0 if self.fixed_map is not None else float(t.position_weight)
+
+  def init(self, rng: jax.Array):
+    z = jnp.zeros((1, self.layout.seq_len), jnp.int32)
+    return self.model.init(rng, z, z, z)
+
+  def encode(self, images, labels) -> dict:
+    """Frozen tokenizer: images [B, H, W, C], labels [B] -> sequence dict [B, L]."""
+    return jax.lax.stop_gradient(self.tokenizer.encode(self.tokenizer_params, images, labels))
+
+  def loss(self, params, batch, rng: jax.Array):
+    del rng
+    x, y = batch["image"], batch["label"]
+    chex.assert_rank(x, 4)
+    seq = self.encode(x, y)
+    loss, metrics = dqt.sequence_loss(self.model, params, seq, self.position_weight)
+    metrics["codes_per_image"] = jnp.mean(seq["length"] - 3).astype(jnp.float32)
+    return loss, metrics
+
+  def sample_sequences(self, params, rng: jax.Array, labels: jax.Array, cached: bool = True) -> dict:
+    t = self.config.dq_transformer
+    return dqt.sample_sequences(self.model, params, rng, labels, top_k=int(t.top_k),
+                                temperature=float(t.temperature), cached=cached, fixed_map=self.fixed_map)
+
+  def generate(self, params, rng: jax.Array, labels: jax.Array, **unused) -> jax.Array:
+    """labels [B] -> images [B, H, W, C] (sampled code sequences decoded by the tokenizer)."""
+    seq = self.sample_sequences(params, rng, labels)
+    return self.tokenizer.decode(self.tokenizer_params, seq)
+
+  def images_and_maps(self, params, rng: jax.Array, labels) -> tuple:
+    """(samples [N, H, W, C], fine_mask [N, Nc], None) as numpy, for `adaflow sample`'s map picture."""
+    import numpy as np
+
+    @jax.jit
+    def run(p, r, y):
+      seq = self.sample_sequences(p, r, y)
+      return self.tokenizer.decode(self.tokenizer_params, seq), dq.sequence_to_codes(self.layout, seq)["fine_mask"]
+    imgs, mask = run(params, rng, jnp.asarray(labels, jnp.int32))
+    return np.asarray(imgs), np.asarray(mask), None

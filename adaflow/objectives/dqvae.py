@@ -1,0 +1,243 @@
+"""DQ-VAE objective (stage 1 of DQ): reconstruction + commitment + budget (+ perceptual, + GAN).
+
+    loss = l1 |x - x_rec| + l2 (x - x_rec)^2                 (means over pixels)
+         + commitment * ||z - sg(q)||^2                        (over the vectors actually used)
+         + gamma (fine_fraction - r)^2                         (router 'gumbel' only)
+         + perceptual_weight ||phi(x) - phi(x_rec)||^2         (phi = adaflow.eval classifier features)
+         + disc_weight * hinge-GAN generator term + critic hinge loss (critic params only)
+
+The codebook gets no gradient: the loss returns batch statistics under metrics['_side'] and the
+train step calls `post_update(params, side)` after the optimizer update, which applies the EMA
+k-means step (decay `dqvae.ema_decay`) and restarts dead codes from encoder vectors of the batch.
+
+`generate(params, rng, labels)` returns reconstructions of real examples of the requested classes
+(a tokenizer cannot sample), so `adaflow sample` shows reconstructions and `adaflow eval` reports
+the FD of reconstructions (rFD).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from adaflow import config as config_lib
+from adaflow.models import dqvae as dq
+from adaflow.models.vq import codebook_statistics, ema_codebook_update, quantize, restart_candidates
+
+
+def dqvae_defaults() -> ml_collections.ConfigDict:
+  """`config.dqvae` fields with their defaults (configs start from these)."""
+  return ml_collections.ConfigDict(dict(
+      router="gumbel",          # gumbel | entropy | fixed (fixed = the fixed-grid VQ baseline)
+      fine_fraction=0.5,        # target r (gumbel: budget target; entropy: percentile; fixed: exact)
+      budget_weight=10.0,       # gamma
+      gumbel_tau=1.0,
+      entropy_bins=16,
+      entropy_num_images=1024,  # training images used to set the entropy threshold
+      coarse_stride=8,          # F: coarse regions F x F, fine cells F/2 x F/2
+      width=64,
+      num_res_blocks=1,
+      embed_dim=32,
+      codebook_size=256,
+      ema_decay=0.99,
+      commitment=0.25,
+      restart_threshold=0.05,   # EMA cluster size below which a code is restarted
+      l1_weight=1.0,
+      l2_weight=1.0,
+      perceptual_weight=0.0,    # > 0 uses the adaflow.eval classifier's features
+      disc_weight=0.0,          # > 0 adds a PatchGAN critic (hinge loss)
+      disc_width=32,
+      recon_bank_per_class=64,  # real examples per class behind generate() (reconstructions)
+  ))
+
+
+def _is_pow2(n) -> bool:
+  return isinstance(n, int) and n >= 2 and (n & (n - 1)) == 0
+
+
+def validate_dqvae_section(config, info, field: str = "dqvae") -> None:
+  """Checks `config.<field>` (also used by the DQ-Transformer for its tokenizer config)."""
+  d = config.get(field)
+  if d is None:
+    raise ValueError(f"config.{field}: missing; start from adaflow.objectives.dqvae.dqvae_defaults()")
+  req = config_lib._require  # pylint: disable=protected-access
+  req(d.router in dq.ROUTERS, f"{field}.router", f"must be one of {dq.ROUTERS}, got {d.router!r}")
+  req(0.0 <= float(d.fine_fraction) <= 1.0, f"{field}.fine_fraction", f"must be in [0, 1], got {d.fine_fraction}")
+  req(_is_pow2(d.coarse_stride), f"{field}.coarse_stride", f"must be a power of two >= 2, got {d.coarse_stride!r}")
+  req(int(d.embed_dim) % 4 == 0 and d.embed_dim > 0, f"{field}.embed_dim",
+      f"must be a positive multiple of 4 (2-D positions), got {d.embed_dim}")
+  req(int(d.codebook_size) >= 2, f"{field}.codebook_size", f"must be >= 2, got {d.codebook_size}")
+  req(0.0 <= float(d.ema_decay) < 1.0, f"{field}.ema_decay", f"must be in [0, 1), got {d.ema_decay}")
+  req(int(d.width) >= 8, f"{field}.width", f"must be >= 8, got {d.width}")
+  req(float(d.gumbel_tau) > 0, f"{field}.gumbel_tau", "must be > 0")
+  if info is not None:
+    h, w, _ = info.image_shape
+    req(h == w, "data.image_size", f"DQ-VAE needs square images, got {h}x{w}")
+    req(h % int(d.coarse_stride) == 0, f"{field}.coarse_stride",
+        f"image size {h} (data.image_size) is not divisible by coarse_stride {d.coarse_stride}; use a divisor")
+
+
+@config_lib.register_validator
+def _validate(config, info) -> None:
+  if config.get("objective") != "dqvae":
+    return
+  validate_dqvae_section(config, info)
+  config_lib._require(float(config.train.get("weight_decay", 0.0)) == 0.0, "train.weight_decay",  # pylint: disable=protected-access
+                      "must be 0 for dqvae (weight decay would shrink the EMA codebook statistics)")
+
+
+def build_tokenizer(dq_cfg, info, data_config=None) -> dq.DQTokenizer:
+  """A `DQTokenizer` for `config.dqvae` on the dataset `info` (the entropy router sets its
+  threshold from `data_config`'s first `entropy_num_images` training images)."""
+  layout = dq.layout_from_config(dq_cfg, info.image_shape[0], info.num_classes)
+  net = dq.net_from_config(dq_cfg, info.image_shape[2])
+  threshold = 0.0
+  if dq_cfg.router == "entropy":
+    if data_config is None:
+      raise ValueError("dqvae.router='entropy' needs the data config to set its threshold")
+    from adaflow import data as data_lib
+    imgs, _ = data_lib.load_arrays(data_config, int(dq_cfg.entropy_num_images), seed=0)
+    threshold = dq.entropy_threshold(imgs, layout.coarse_stride, float(dq_cfg.fine_fraction),
+                                     int(dq_cfg.entropy_bins))
+  return dq.DQTokenizer(net, layout, dq_cfg.router, float(dq_cfg.fine_fraction), threshold, int(dq_cfg.entropy_bins))
+
+
+class DQVAEObjective:
+  """Stage-1 objective; see the module docstring."""
+
+  def __init__(self, config, info):
+    self.config, self.info = config, info
+    self.dq = config.dqvae
+    self.num_classes = info.num_classes
+    self.tokenizer = build_tokenizer(self.dq, info, config.data)
+    self.layout = self.tokenizer.layout
+    self.net = self.tokenizer.net
+    self._classifier = None
+    if float(self.dq.perceptual_weight) > 0:
+      from adaflow.eval import get_classifier
+      cache = config.eval.get("cache_dir") or os.environ.get("ADAFLOW_CACHE") or ".adaflow_cache"
+      self._classifier = get_classifier(config.data, cache, seed=config.eval.get("classifier_seed", 0))
+    self._bank = None
+
+  # ---- parameters ---------------------------------------------------------------------------
+  def init(self, rng: jax.Array):
+    h, w, c = self.info.image_shape
+    return self.net.init(rng, jnp.zeros((1, h, w, c), jnp.float32))
+
+  # ---- training -----------------------------------------------------------------------------
+  def _perceptual(self, x, xr):
+    from adaflow.eval.classifier import ClassifierNet
+    clf = self._classifier
+    model = ClassifierNet(num_classes=clf.num_classes)
+    p = jax.lax.stop_gradient(clf.params)
+    _, fx = model.apply(p, x)
+    _, fr = model.apply(p, xr)
+    return jnp.mean(jnp.square(jax.lax.stop_gradient(fx) - fr))
+
+  def loss(self, params, batch, rng: jax.Array):
+    """batch {'image': [B, H, W, C] in [-1, 1], 'label': [B]} -> (loss, metrics incl. '_side')."""
+    x = batch["image"]
+    chex.assert_rank(x, 4)
+    d = self.dq
+    k_gate, k_restart = jax.random.split(rng)
+    fine, coarse = self.net.apply(params, x, method=dq.DQVAENet.features)
+    b, gc = x.shape[0], self.layout.gc
+    sel, gate = self.tokenizer.fine_decision(params, x, fine, coarse, rng=k_gate, tau=float(d.gumbel_tau))
+    if gate is not None:
+      scale = jnp.max(gate, axis=-1)
+      fine_frac = jnp.mean(gate[..., 1])
+      budget = float(d.budget_weight) * jnp.square(fine_frac - float(d.fine_fraction))
+    else:
+      scale = None
+      fine_frac = jnp.mean(sel.astype(jnp.float32))
+      budget = jnp.zeros((), jnp.float32)
+    embed = params["params"]["codebook_embed"]
+    ic, qc = quantize(coarse, embed)
+    if_, qf = quantize(fine, embed)
+    w_c = (~sel).astype(jnp.float32)                     # [B, Gc, Gc]
+    w_f = dq.upsample2(sel).astype(jnp.float32)          # [B, Gf, Gf]
+    err_c = jnp.sum(jnp.square(coarse - qc), -1)
+    err_f = jnp.sum(jnp.square(fine - qf), -1)
+    n_used = jnp.sum(w_c) + jnp.sum(w_f)
+    commit = float(d.commitment) * (jnp.sum(w_c * err_c) + jnp.sum(w_f * err_f)) / (n_used * coarse.shape[-1])
+    qc_st = coarse + jax.lax.stop_gradient(qc - coarse)
+    qf_st = fine + jax.lax.stop_gradient(qf - fine)
+    qmap = dq.assemble_map(sel, qc_st, qf_st, scale)
+    xr = self.net.apply(params, qmap, method=dq.DQVAENet.decode)
+    chex.assert_equal_shape([xr, x])
+    mse = jnp.mean(jnp.square(xr - x))
+    rec = float(d.l1_weight) * jnp.mean(jnp.abs(xr - x)) + float(d.l2_weight) * mse
+    total = rec + commit + budget
+    metrics = {"rec": rec, "mse": mse, "psnr": 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-12)),
+               "commit": commit, "budget": budget, "fine_fraction": fine_frac,
+               "codes_per_image": jnp.mean(jnp.sum(w_c, (1, 2)) + jnp.sum(w_f, (1, 2)))}
+    if self._classifier is not None:
+      perc = self._perceptual(x, xr)
+      total = total + float(d.perceptual_weight) * perc
+      metrics["perceptual"] = perc
+    if float(d.disc_weight) > 0:
+      frozen = dict(params)
+      frozen["params"] = dict(params["params"])
+      frozen["params"]["disc"] = jax.lax.stop_gradient(params["params"]["disc"])
+      g_loss = -jnp.mean(self.net.apply(frozen, xr, method=dq.DQVAENet.critic))
+      d_real = self.net.apply(params, x, method=dq.DQVAENet.critic)
+      d_fake = self.net.apply(params, jax.lax.stop_gradient(xr), method=dq.DQVAENet.critic)
+      d_loss = jnp.mean(jax.nn.relu(1.0 - d_real)) + jnp.mean(jax.nn.relu(1.0 + d_fake))
+      total = total + float(d.disc_weight) * g_loss + d_loss
+      metrics.update(g_loss=g_loss, d_loss=d_loss)
+    dim = coarse.shape[-1]
+    z = jnp.concatenate([coarse.reshape(-1, dim), fine.reshape(-1, dim)])
+    idx = jnp.concatenate([ic.reshape(-1), if_.reshape(-1)])
+    wts = jnp.concatenate([w_c.reshape(-1), w_f.reshape(-1)])
+    counts, sums = codebook_statistics(z, idx, wts, self.layout.codebook_size)
+    probs = counts / jnp.maximum(counts.sum(), 1.0)
+    metrics["perplexity"] = jnp.exp(-jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.maximum(probs, 1e-12)), 0.0)))
+    metrics["loss"] = total
+    metrics["_side"] = {"counts": counts, "sums": sums,
+                        "candidates": restart_candidates(k_restart, z, wts, self.layout.codebook_size)}
+    return total, metrics
+
+  def post_update(self, params, side):
+    """EMA codebook step + dead-code restart (called by the train step after the optimizer)."""
+    new = ema_codebook_update(dq.codebook_of(params), side["counts"], side["sums"], side["candidates"],
+                              decay=float(self.dq.ema_decay), restart_threshold=float(self.dq.restart_threshold))
+    return dq.with_codebook(params, new)
+
+  # ---- "sampling": reconstructions of real examples -------------------------------------------
+  def _reconstruction_bank(self) -> np.ndarray:
+    """[num_classes, M, H, W, C] real training examples, M = dqvae.recon_bank_per_class."""
+    if self._bank is None:
+      from adaflow import data as data_lib
+      k, m = max(self.num_classes, 1), int(self.dq.recon_bank_per_class)
+      imgs, labels = data_lib.load_arrays(self.config.data, min(k * m * 4, 16384), seed=123)
+      bank = []
+      for c in range(k):
+        sel = imgs[labels == c] if self.num_classes > 1 else imgs
+        if len(sel) == 0:   # a class missing from the loaded examples: show any examples
+          sel = imgs
+        bank.append(sel[np.arange(m) % len(sel)])
+      self._bank = np.stack(bank)
+    return self._bank
+
+  def generate(self, params, rng: jax.Array, labels: jax.Array, **unused) -> jax.Array:
+    """labels [B] -> reconstructions [B, H, W, C] of random real examples of those classes."""
+    bank = jnp.asarray(self._reconstruction_bank())
+    idx = jax.random.randint(rng, labels.shape, 0, bank.shape[1])
+    lab = labels if self.num_classes > 1 else jnp.zeros_like(labels)
+    x = bank[lab, idx]
+    return self.tokenizer.reconstruct(params, x)[0]
+
+  def images_and_maps(self, params, rng: jax.Array, labels) -> tuple:
+    """(reconstructions [N, H, W, C], fine_mask [N, Nc], real inputs [N, H, W, C]) as numpy,
+    for the coarse/fine map picture of `adaflow sample`."""
+    bank = self._reconstruction_bank()
+    labels = np.asarray(labels, np.int32) if self.num_classes > 1 else np.zeros(len(labels), np.int32)
+    idx = np.asarray(jax.random.randint(rng, labels.shape, 0, bank.shape[1]))
+    x = jnp.asarray(bank[labels, idx])
+    rec, mask = jax.jit(self.tokenizer.reconstruct)(params, x)
+    return np.asarray(rec), np.asarray(mask), np.asarray(x)

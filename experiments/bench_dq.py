@@ -1,0 +1,242 @@
+"""DQ-VAE vs fixed-grid VQ (reconstruction), then DQ-Transformer vs raster transformer (generation).
+
+    flock /tmp/adaflow-bench.lock python experiments/bench_dq.py --phase recon [--steps 600]
+    flock /tmp/adaflow-bench.lock python experiments/bench_dq.py --phase gen   [--gen_steps 800]
+
+Data: the embedded `crops` photos, 32x32 RGB. Coarse regions 8x8 px (16 per image), fine cells
+4x4 px (64 per image). Every tokenizer has the same encoder/decoder/codebook; only the router
+differs:
+  * fixed r=0 / r=1        uniform grids: 16 / 64 codes per image (every region one granularity)
+  * fixed r=0.25/0.5/0.75  a fixed (content-independent) map with the same number of codes for
+                           every image as DQ's average at that r: 28 / 40 / 52 codes
+  * dq r=...               the learned Gumbel gate with the budget loss (variable length)
+  * entropy r=0.5          the entropy router
+Reconstruction metrics on 512 crops not used for the threshold (seed 999): MSE, PSNR (images in
+[-1, 1], peak-to-peak 2) and FD of reconstructions (adaflow.eval classifier features, not
+Inception FID). Writes experiments/results/dq.md (recon and gen sections) and PNG maps.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from adaflow import data as data_lib  # noqa: E402
+from adaflow.eval import evaluate_samples, get_classifier, real_vs_real_fd  # noqa: E402
+from adaflow.models import dqvae as dq  # noqa: E402
+from adaflow.train.images import save_grid  # noqa: E402
+from adaflow.train.loop import train  # noqa: E402
+from adaflow.train.restore import load_trainer_and_params  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+RESULTS = os.path.join(ROOT, "experiments", "results")
+
+
+def vae_config(router: str, r: float, steps: int, width: int, batch: int):
+  sys.path.insert(0, ROOT)
+  from configs.quickstart_dqvae import get_config
+  c = get_config()
+  c.name = f"bench_{router}_{r}"
+  c.dqvae.router = router
+  c.dqvae.fine_fraction = r
+  c.dqvae.width = width
+  c.train.steps = steps
+  c.train.batch_size = batch
+  c.train.warmup_steps = min(100, steps // 10)
+  c.train.ckpt_every = steps
+  c.train.log_every = max(steps // 4, 1)
+  c.train.final_samples = False
+  return c
+
+
+def recon_metrics(tr, params, images, labels, classifier) -> dict:
+  fn = jax.jit(tr.objective.tokenizer.reconstruct)
+  recs, masks = [], []
+  for s in range(0, len(images), 128):
+    r, m = fn(params, jnp.asarray(images[s:s + 128]))
+    recs.append(np.asarray(r))
+    masks.append(np.asarray(m))
+  rec, mask = np.concatenate(recs), np.concatenate(masks)
+  mse = float(np.mean((np.clip(rec, -1, 1) - images) ** 2))
+  q = evaluate_samples(classifier, np.clip(rec, -1, 1), labels)
+  frac = float(mask.mean())
+  codes = tr.objective.layout.nc * (1 + 3 * mask.mean(1))
+  return {"mse": mse, "psnr": 10 * np.log10(4.0 / mse), "fd": q["fd"], "class_acc": q.get("class_acc"),
+          "fine_fraction": frac, "codes_mean": float(codes.mean()), "codes_min": int(codes.min()),
+          "codes_max": int(codes.max()), "rec": rec, "mask": mask}
+
+
+def phase_recon(args, cache, on_row=None):
+  runs = [("fixed", 0.5), ("gumbel", 0.5), ("fixed", 0.0), ("fixed", 1.0), ("entropy", 0.5),
+          ("fixed", 0.25), ("gumbel", 0.25), ("fixed", 0.75), ("gumbel", 0.75)]
+  base = vae_config("fixed", 0.0, 1, args.width, args.batch)
+  images, labels = data_lib.load_arrays(base.data, args.num_eval, seed=999)
+  classifier = get_classifier(base.data, cache)
+  floor = real_vs_real_fd(classifier, base.data, args.num_eval)
+  rows = []
+  for router, r in runs:
+    wd = os.path.join(args.workdir, f"vae_{router}_{r}")
+    c = vae_config(router, r, args.steps, args.width, args.batch)
+    t0 = time.time()
+    train(c, wd, log=lambda m: None)
+    secs = time.time() - t0
+    tr, params, _ = load_trainer_and_params(wd)
+    m = recon_metrics(tr, params, images, labels, classifier)
+    m.update(router=router, r=r, train_seconds=secs)
+    rows.append(m)
+    if on_row is not None:
+      on_row(rows, floor)
+    print(f"{router:8s} r={r:.2f} codes {m['codes_mean']:5.1f} [{m['codes_min']}-{m['codes_max']}] "
+          f"mse {m['mse']:.4f} psnr {m['psnr']:.2f} fd {m['fd']:.3f} ({secs:.0f}s)", flush=True)
+    if router in ("gumbel", "entropy") and r == 0.5:
+      n = 8
+      maps = dq.render_granularity(images[:n], m["mask"][:n], tr.objective.layout.coarse_stride)
+      grid = np.concatenate([images[:n], np.clip(m["rec"][:n], -1, 1), maps])
+      save_grid(grid, os.path.join(RESULTS, f"dq_map_{router}.png"), rows=3, upscale=4)
+  return rows, floor
+
+
+def gen_config(tokenizer_wd: str, steps: int, batch: int):
+  sys.path.insert(0, ROOT)
+  from configs.quickstart_dqtransformer import get_config
+  c = get_config()
+  c.tokenizer_workdir = tokenizer_wd
+  c.dq_transformer.width = 96
+  c.dq_transformer.depth_pos = 2
+  c.dq_transformer.depth_content = 2
+  c.train.steps = steps
+  c.train.batch_size = batch
+  c.train.warmup_steps = min(100, steps // 10)
+  c.train.ckpt_every = steps
+  c.train.log_every = max(steps // 4, 1)
+  c.train.final_samples = False
+  c.eval.at_end = False
+  return c
+
+
+def phase_gen(args, cache, cmd):
+  """DQ-Transformer on the DQ r=0.5 tokenizer vs the raster transformer on the fixed-map r=0.5
+  tokenizer (same average code count, 40) and on the uniform fine grid (64 codes)."""
+  pairs = [("DQ-Transformer (DQ-VAE r=0.50)", "vae_gumbel_0.5"),
+           ("raster transformer (fixed map r=0.50)", "vae_fixed_0.5"),
+           ("raster transformer (fixed grid r=1.00)", "vae_fixed_1.0")]
+  base = vae_config("fixed", 0.0, 1, args.width, args.batch)
+  classifier = get_classifier(base.data, cache)
+  n = args.gen_samples
+  labels = (np.arange(n) % 12).astype(np.int32)
+  gens = []
+  for name, tok in pairs:
+    tok_wd = os.path.join(args.workdir, tok)
+    if not os.path.isdir(tok_wd):
+      print(f"skip {name}: no tokenizer at {tok_wd} (run --phase recon first)")
+      continue
+    wd = os.path.join(args.workdir, "gen_" + tok)
+    c = gen_config(tok_wd, args.gen_steps, args.batch)
+    t0 = time.time()
+    train(c, wd, log=lambda m: None)
+    tr, params, _ = load_trainer_and_params(wd)
+    fn = jax.jit(tr.objective.generate)
+    fn(params, jax.random.PRNGKey(0), jnp.asarray(labels[:60])).block_until_ready()    # compile
+    gens.append((name, tr, params, fn, time.time() - t0))
+  # Timed repetitions interleaved across generators (batch of 60 images each).
+  times = {g[0]: [] for g in gens}
+  for rep in range(3):
+    for name, tr, params, fn, _ in gens:
+      t0 = time.perf_counter()
+      fn(params, jax.random.PRNGKey(100 + rep), jnp.asarray(labels[:60])).block_until_ready()
+      times[name].append((time.perf_counter() - t0) / 60)
+  lines = ["| generator | codes/image (mean) | FD | class acc | ms / image (batch 60, median of 3) |",
+           "|---|---|---|---|---|"]
+  for name, tr, params, fn, secs in gens:
+    imgs, codes = [], []
+    for s in range(0, n, 60):
+      seq = jax.jit(tr.objective.sample_sequences)(params, jax.random.PRNGKey(7 + s), jnp.asarray(labels[s:s + 60]))
+      imgs.append(np.asarray(tr.objective.tokenizer.decode(tr.objective.tokenizer_params, seq)))
+      codes.append(np.asarray(seq["length"] if "length" in seq else (seq["segment"] != 3).sum(1) - 3))
+    imgs = np.clip(np.concatenate(imgs), -1, 1)
+    q = evaluate_samples(classifier, imgs, labels)
+    ms = 1000 * float(np.median(times[name]))
+    lines.append(f"| {name} | {np.concatenate(codes).mean():.1f} | {q['fd']:.3f} | {q['class_acc']:.3f} | {ms:.2f} |")
+    print(lines[-1], flush=True)
+    save_grid(imgs[:48], os.path.join(RESULTS, "dq_gen_" + name.split()[0].lower().replace("-", "") + ".png"),
+              rows=4, upscale=2)
+  return (header(cmd) + f"\nTransformers: width 96, 2 + 2 layers, {args.gen_steps} steps x batch {args.batch}; "
+          f"top-k 32, temperature 1; {n} class-balanced samples.\n\n" + "\n".join(lines))
+
+
+def write_recon(rows, floor, args):
+  lines = ["| tokenizer | r | codes/image mean [min-max] | MSE | PSNR (dB) | rFD | class acc of recon |",
+           "|---|---|---|---|---|---|---|"]
+  for m in rows:
+    name = {"fixed": "fixed-grid VQ" if m["r"] in (0.0, 1.0) else "fixed map VQ", "gumbel": "DQ-VAE (gate)",
+            "entropy": "DQ-VAE (entropy router)"}[m["router"]]
+    acc = "" if m["class_acc"] is None else f"{m['class_acc']:.3f}"
+    lines.append(f"| {name} | {m['r']:.2f} | {m['codes_mean']:.1f} [{m['codes_min']}-{m['codes_max']}] | "
+                 f"{m['mse']:.4f} | {m['psnr']:.2f} | {m['fd']:.3f} | {acc} |")
+  lines.append(f"\nReal-vs-real FD floor ({args.num_eval} vs {args.num_eval} crops): {floor:.3f}.")
+  return "\n".join(lines)
+
+
+def header(cmd: str) -> str:
+  date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+  return (f"Machine: 2-core CPU, no GPU ({platform.processor() or platform.machine()}), jax {jax.__version__}. "
+          f"Date: {date}. Other jobs may have shared the CPU.\n\nCommand: `{cmd}`\n")
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--phase", choices=("recon", "gen", "all"), default="all")
+  p.add_argument("--steps", type=int, default=600)
+  p.add_argument("--width", type=int, default=48)
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--num_eval", type=int, default=512)
+  p.add_argument("--gen_steps", type=int, default=800)
+  p.add_argument("--gen_samples", type=int, default=240)
+  p.add_argument("--workdir", default="/tmp/adaflow_bench_dq")
+  args = p.parse_args()
+  os.makedirs(RESULTS, exist_ok=True)
+  cache = os.environ.get("ADAFLOW_CACHE") or os.path.join(args.workdir, ".adaflow_cache")
+  cmd = "python experiments/bench_dq.py " + " ".join(sys.argv[1:])
+  state_path = os.path.join(args.workdir, "sections.json")
+  os.makedirs(args.workdir, exist_ok=True)
+  sections = json.load(open(state_path)) if os.path.exists(state_path) else {}
+  if args.phase in ("recon", "all"):
+    def on_row(rows, floor):
+      sections["recon"] = (header(cmd) + f"\nTokenizers: {args.steps} steps x batch {args.batch}, width "
+                           f"{args.width}, codebook 256 x 32, EMA 0.99 (small CPU budgets; far from converged). "
+                           f"Metrics on {args.num_eval} crops (seed 999).\n\n" + write_recon(rows, floor, args))
+      json.dump(sections, open(state_path, "w"))
+      write_results(sections)
+    phase_recon(args, cache, on_row)
+  if args.phase in ("gen", "all"):
+    sections["gen"] = phase_gen(args, cache, cmd)
+  json.dump(sections, open(state_path, "w"))
+  write_results(sections)
+
+
+def write_results(sections):
+  out = ["# DQ-VAE / DQ-Transformer benchmark (experiments/bench_dq.py)", ""]
+  if "recon" in sections:
+    out += ["## Reconstruction: DQ-VAE vs fixed-grid VQ at equal code budgets", "", sections["recon"], "",
+            "Coarse/fine maps (rows: input, DQ reconstruction, map; red = fine region with 4 codes, "
+            "blue = coarse region with 1 code): `dq_map_gumbel.png`, `dq_map_entropy.png`.", ""]
+  if "gen" in sections:
+    out += ["## Generation: DQ-Transformer vs raster transformer on fixed VQ codes", "", sections["gen"], ""]
+  with open(os.path.join(RESULTS, "dq.md"), "w") as f:
+    f.write("\n".join(out))
+  print("\n".join(out))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,277 @@
+"""DQ-VAE / DQ-Transformer: sequences, gate budget, EMA codebook, causality, KV-cache sampling."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from adaflow.models import dqvae as dq
+from adaflow.models.vq import codebook_statistics, ema_codebook_update, quantize
+
+
+def _dq_config(**over):
+  from conftest import tiny_config
+  from adaflow.objectives.dqvae import dqvae_defaults
+  c = tiny_config()
+  c.objective = "dqvae"
+  c.data.name = "digits"
+  c.data.image_size = 16
+  c.data.channels = 1
+  c.dqvae = dqvae_defaults()
+  c.dqvae.coarse_stride = 4
+  c.dqvae.width = 16
+  c.dqvae.embed_dim = 8
+  c.dqvae.codebook_size = 16
+  c.train.ema_decay = 0.0
+  for k, v in over.items():
+    c.dqvae[k] = v
+  return c
+
+
+def _random_codes(rng, layout, b):
+  k1, k2, k3, k4 = jax.random.split(rng, 4)
+  mask = jax.random.bernoulli(k1, 0.5, (b, layout.nc))
+  mask = mask.at[0].set(False).at[1].set(True)   # all-coarse and all-fine rows
+  cc = jax.random.randint(k2, (b, layout.nc), 0, layout.codebook_size)
+  cf = jax.random.randint(k3, (b, layout.nf), 0, layout.codebook_size)
+  labels = jax.random.randint(k4, (b,), 0, max(layout.num_classes, 1))
+  return mask, cc, cf, labels
+
+
+def test_sequence_round_trip():
+  layout = dq.Layout(image_size=16, coarse_stride=4, codebook_size=16, num_classes=10)
+  mask, cc, cf, labels = _random_codes(jax.random.PRNGKey(0), layout, 6)
+  seq = dq.codes_to_sequence(layout, mask, cc, cf, labels)
+  assert seq["content"].shape == (6, layout.seq_len)
+  back = dq.sequence_to_codes(layout, seq)
+  np.testing.assert_array_equal(back["fine_mask"], mask)
+  np.testing.assert_array_equal(back["labels"], labels)
+  coarse_used = ~np.asarray(mask)
+  fine_used = np.asarray(mask)[:, layout.parent()]
+  np.testing.assert_array_equal(np.where(coarse_used, back["codes_coarse"], -1), np.where(coarse_used, cc, -1))
+  np.testing.assert_array_equal(np.where(fine_used, back["codes_fine"], -1), np.where(fine_used, cf, -1))
+  # Lengths: class + coarse codes + EOS + fine codes + EOS.
+  n_codes = coarse_used.sum(1) + fine_used.sum(1)
+  np.testing.assert_array_equal(seq["length"], n_codes + 3)
+  assert int(seq["length"][0]) == layout.nc + 3 and int(seq["length"][1]) == layout.nf + 3
+  # The structure: [class] coarse... EOS fine... EOS pad...
+  s0 = np.asarray(seq["content"][2])
+  n_c = int(coarse_used[2].sum())
+  assert s0[0] == layout.class_offset + int(labels[2])
+  assert s0[n_c + 1] == layout.eos and s0[int(seq["length"][2]) - 1] == layout.eos
+  assert np.all(s0[int(seq["length"][2]):] == layout.pad)
+  pos = np.asarray(seq["position"][2])
+  assert np.all(np.diff(pos[1:n_c + 1]) > 0)                                 # raster order, coarse grid
+  assert np.all(np.diff(pos[n_c + 2:int(seq["length"][2]) - 1]) > 0)        # raster order, fine grid
+  # sequence -> codes -> sequence is the identity.
+  again = dq.codes_to_sequence(layout, back["fine_mask"], back["codes_coarse"], back["codes_fine"], back["labels"])
+  for k in ("content", "position", "segment"):
+    np.testing.assert_array_equal(again[k], seq[k])
+
+
+def test_tokenizer_decode_inverts_encode():
+  from adaflow.objectives.dqvae import build_tokenizer
+  from adaflow.data import get_info
+  c = _dq_config()
+  info = get_info(c.data)
+  tok = build_tokenizer(c.dqvae, info, c.data)
+  params = nn.meta.unbox(tok.net.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1))))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (3, 16, 16, 1), minval=-1, maxval=1)
+  y = jnp.array([0, 1, 2])
+  seq = tok.encode(params, x, y)
+  rec_direct, mask = tok.reconstruct(params, x)
+  np.testing.assert_allclose(tok.decode(params, seq), rec_direct, atol=1e-6)
+  np.testing.assert_array_equal(dq.sequence_to_codes(tok.layout, seq)["fine_mask"], mask)
+
+
+def test_gate_respects_budget_under_budget_loss_alone():
+  """Only the gate MLP is trained, only on gamma (fine_fraction - r)^2: the fine fraction of the
+  hard Gumbel decisions moves from ~0.5 to the target."""
+  net = dq.DQVAENet(width=16, embed_dim=8, coarse_stride=4, codebook_size=8, channels=1)
+  params = nn.meta.unbox(net.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1))))
+  fine = jax.random.normal(jax.random.PRNGKey(1), (32, 8, 8, 8))
+  coarse = jax.random.normal(jax.random.PRNGKey(2), (32, 4, 4, 8))
+  gate_keys = ("gate_fc1", "gate_fc2")
+  gate_p = {k: params["params"][k] for k in gate_keys}
+  target = 0.15
+
+  def fraction(gp, rng):
+    full = {"params": {**params["params"], **gp}}
+    logits = net.apply(full, fine, coarse, method=dq.DQVAENet.gate_logits)
+    return jnp.mean(dq.gumbel_hard(rng, logits)[..., 1])
+
+  def loss(gp, rng):
+    return 10.0 * jnp.square(fraction(gp, rng) - target)
+
+  tx = optax.adam(1e-2)
+  opt = tx.init(gate_p)
+
+  @jax.jit
+  def step(gp, opt, rng):
+    g = jax.grad(loss)(gp, rng)
+    u, opt = tx.update(g, opt, gp)
+    return optax.apply_updates(gp, u), opt
+
+  before = float(np.mean([fraction(gate_p, jax.random.PRNGKey(100 + i)) for i in range(8)]))
+  for i in range(300):
+    gate_p, opt = step(gate_p, opt, jax.random.PRNGKey(i))
+  after = float(np.mean([fraction(gate_p, jax.random.PRNGKey(1000 + i)) for i in range(8)]))
+  assert abs(before - 0.5) < 0.2
+  assert abs(after - target) < 0.06, (before, after)
+
+
+def test_codebook_ema_update_and_dead_code_restart():
+  k, d = 4, 3
+  cb = {"embed": jnp.eye(4, 3), "cluster_size": jnp.array([5.0, 5.0, 5.0, 0.01]),
+        "embed_sum": 5.0 * jnp.eye(4, 3)}
+  z = jnp.array([[1.0, 0.0, 0.0], [1.2, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 9.0]])
+  idx, q = quantize(z, cb["embed"])
+  np.testing.assert_array_equal(idx, [0, 0, 1, 2])
+  w = jnp.array([1.0, 1.0, 1.0, 0.0])                     # the last vector is unused
+  counts, sums = codebook_statistics(z, idx, w, k)
+  np.testing.assert_allclose(counts, [2, 1, 0, 0])
+  np.testing.assert_allclose(sums[0], [2.2, 0, 0], rtol=1e-6)
+  cand = jnp.full((k, d), 7.0)
+  new = ema_codebook_update(cb, counts, sums, cand, decay=0.9, restart_threshold=0.1)
+  cs = 0.9 * np.array([5.0, 5.0, 5.0, 0.01]) + 0.1 * np.array([2, 1, 0, 0])
+  np.testing.assert_allclose(new["cluster_size"][:3], cs[:3], rtol=1e-6)
+  es0 = 0.9 * 5.0 * np.eye(4, 3)[0] + 0.1 * np.array([2.2, 0, 0])
+  n = cs.sum()
+  smoothed0 = (cs[0] + 1e-5) / (n + 4e-5) * n
+  np.testing.assert_allclose(new["embed"][0], es0 / smoothed0, rtol=1e-5)
+  # Code 3 was dead (EMA size 0.009 < 0.1): restarted at the candidate with size 1.
+  np.testing.assert_allclose(new["embed"][3], 7.0)
+  np.testing.assert_allclose(new["cluster_size"][3], 1.0)
+  np.testing.assert_allclose(new["embed_sum"][3], 7.0)
+
+
+def test_dqvae_train_step_updates_codebook_by_ema_only():
+  """Through the shared train step: the codebook moves only by post_update (no gradient), all
+  codes start dead and restart from encoder vectors, and the loss is finite."""
+  from adaflow.data import get_info
+  from adaflow.objectives import build_objective
+  from adaflow.train.optim import make_optimizer
+  from adaflow.train.state import create_state
+  from adaflow.train.step import make_train_step
+  c = _dq_config()
+  info = get_info(c.data)
+  obj = build_objective(c, info)
+  params = nn.meta.unbox(obj.init(jax.random.PRNGKey(0)))
+  tx = make_optimizer(c.train)
+  state = create_state(params, tx, jax.random.PRNGKey(1))
+  x = jax.random.uniform(jax.random.PRNGKey(2), (8, 16, 16, 1), minval=-1, maxval=1)
+  batch = {"image": x, "label": jnp.zeros((8,), jnp.int32)}
+  (_, metrics), grads = jax.value_and_grad(obj.loss, has_aux=True)(params, batch, jax.random.PRNGKey(3))
+  assert float(jnp.abs(grads["params"]["codebook_embed"]).max()) == 0.0
+  assert float(jnp.abs(grads["params"]["gate_fc2"]["kernel"]).max()) > 0.0     # gate learns (ST path)
+  new_state, m = jax.jit(make_train_step(obj, tx, 0.0))(state, batch)
+  assert np.isfinite(float(m["loss"]))
+  new_cb = dq.codebook_of(new_state.params)
+  _, m2 = obj.loss(params, batch, jax.random.fold_in(state.rng, 0))        # the step's own statistics
+  counts, sums = np.asarray(m2["_side"]["counts"]), np.asarray(m2["_side"]["sums"])
+  # Every code was dead at init (cluster size 0). Codes that got fewer than threshold/(1-decay)
+  # assignments stay dead and restart at an encoder vector of the batch with size 1; the others
+  # move to the mean of their assigned vectors.
+  restarted = counts * (1 - c.dqvae.ema_decay) < c.dqvae.restart_threshold
+  assert restarted.any() and (~restarted).any()
+  np.testing.assert_allclose(np.asarray(new_cb["cluster_size"])[restarted], 1.0)
+  fine, coarse = obj.net.apply(params, x, method=dq.DQVAENet.features)
+  pool = np.concatenate([np.asarray(coarse).reshape(-1, 8), np.asarray(fine).reshape(-1, 8)])
+  emb = np.asarray(new_cb["embed"])
+  dist = np.min(np.sum((emb[restarted][:, None] - pool[None]) ** 2, -1), axis=1)
+  assert dist.max() < 1e-8
+  live = ~restarted
+  np.testing.assert_allclose(emb[live], sums[live] / counts[live][:, None], rtol=1e-3, atol=1e-4)
+
+
+def test_dqvae_config_errors():
+  from adaflow import config as config_lib
+  from adaflow.data import get_info
+  c = _dq_config(coarse_stride=6)
+  with pytest.raises(ValueError, match="dqvae.coarse_stride"):
+    config_lib.validate(c, get_info(c.data))
+  c = _dq_config(router="random")
+  with pytest.raises(ValueError, match="dqvae.router"):
+    config_lib.validate(c, get_info(c.data))
+
+
+def test_entropy_router_and_fixed_map():
+  x = jnp.concatenate([jnp.zeros((1, 8, 8, 1)), jax.random.uniform(jax.random.PRNGKey(0), (1, 8, 8, 1), minval=-1,
+                                                                      maxval=1)], axis=2)   # [1, 8, 16, 1]
+  x = jnp.concatenate([x, x], axis=1)                                        # 16 x 16: left flat, right noisy
+  e = dq.region_entropy(x, 8)
+  assert e.shape == (1, 2, 2)
+  assert float(e[0, 0, 0]) == 0.0 and float(e[0, 0, 1]) > 1.0
+  m = dq.fixed_fine_map(16, 0.25)
+  assert m.sum() == 4
+
+
+# ---- DQ-Transformer ----------------------------------------------------------------------------
+
+def _tiny_transformer():
+  from adaflow.models.dq_transformer import DQTransformer
+  layout = dq.Layout(image_size=16, coarse_stride=8, codebook_size=8, num_classes=3)   # Nc 4, Nf 16, L 19
+  model = DQTransformer(layout, width=32, depth_pos=1, depth_content=1, heads=2, dtype=jnp.float32)
+  z = jnp.zeros((1, layout.seq_len), jnp.int32)
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), z, z, z))
+  # Non-trivial position / content heads so that sampling is not uniform.
+  params = jax.tree_util.tree_map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(9), p.shape), params)
+  return layout, model, params
+
+
+def test_transformer_is_causal():
+  """Changing token j never changes the logits of rows < j (row i predicts token i+1 and may see
+  token i+1's position only through the content stack's target embedding, row i itself)."""
+  layout, model, params = _tiny_transformer()
+  mask, cc, cf, labels = _random_codes(jax.random.PRNGKey(1), layout, 4)
+  seq = dq.codes_to_sequence(layout, mask, cc, cf, labels)
+  pl, cl = model.apply(params, seq["content"], seq["position"], seq["segment"])
+  for j in (3, 7, 12):
+    c2 = seq["content"].at[:, j].set((seq["content"][:, j] + 1) % layout.codebook_size)
+    p2 = seq["position"].at[:, j].set((seq["position"][:, j] + 1) % layout.nf)
+    pl2, cl2 = model.apply(params, c2, p2, seq["segment"])
+    np.testing.assert_allclose(pl2[:, :j], pl[:, :j], atol=1e-5)
+    np.testing.assert_allclose(cl2[:, :j - 1], cl[:, :j - 1], atol=1e-5)
+    assert float(jnp.abs(pl2[:, j:] - pl[:, j:]).max()) > 1e-4        # later rows do see it
+
+
+def test_kv_cache_sampling_equals_uncached_and_is_valid():
+  from adaflow.models.dq_transformer import sample_sequences
+  layout, model, params = _tiny_transformer()
+  labels = jnp.array([0, 1, 2, 0, 1, 2])
+  fn = jax.jit(sample_sequences, static_argnums=(0,), static_argnames=("top_k", "temperature", "cached"))
+  a = fn(model, params, jax.random.PRNGKey(3), labels, top_k=5, temperature=1.0, cached=True)
+  b = fn(model, params, jax.random.PRNGKey(3), labels, top_k=5, temperature=1.0, cached=False)
+  for k in ("content", "position", "segment"):
+    np.testing.assert_array_equal(a[k], b[k])
+  # Sampled sequences are well formed: they survive sequence -> codes -> sequence unchanged.
+  codes = dq.sequence_to_codes(layout, a)
+  again = dq.codes_to_sequence(layout, codes["fine_mask"], codes["codes_coarse"], codes["codes_fine"], codes["labels"])
+  for k in ("content", "position", "segment"):
+    np.testing.assert_array_equal(again[k], a[k])
+  np.testing.assert_array_equal(codes["labels"], labels)
+  assert len(set(np.asarray(codes["fine_mask"]).sum(1).tolist())) > 1     # variable length
+
+
+def test_sequence_loss_learns_and_fixed_map_forces_positions():
+  from adaflow.models.dq_transformer import sample_sequences, sequence_loss
+  layout, model, params = _tiny_transformer()
+  mask, cc, cf, labels = _random_codes(jax.random.PRNGKey(5), layout, 8)
+  seq = dq.codes_to_sequence(layout, mask, cc, cf, labels)
+  tx = optax.adam(3e-3)
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(p, o):
+    (l, m), g = jax.value_and_grad(lambda q: sequence_loss(model, q, seq), has_aux=True)(p)
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), o, l
+  l0 = None
+  for _ in range(40):
+    params, opt, l = step(params, opt, )
+    l0 = float(l) if l0 is None else l0
+  assert float(l) < 0.7 * l0
+  fixed = dq.fixed_fine_map(layout.nc, 0.5)
+  s = sample_sequences(model, params, jax.random.PRNGKey(0), jnp.array([0, 1]), fixed_map=fixed)
+  np.testing.assert_array_equal(dq.sequence_to_codes(layout, s)["fine_mask"], np.stack([fixed, fixed]))

@@ -20,6 +20,8 @@ def main(argv=None):
           f"[--config.a.b=value ...]", file=sys.stderr)
     sys.exit(2)
   name = argv.pop(1)
+  if len(argv) > 1 and f"{name} {argv[1]}" in COMMANDS:   # two-word commands: `eval fid`
+    name = f"{name} {argv.pop(1)}"
 
   def run(_):
     from absl import logging

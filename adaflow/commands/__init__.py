@@ -5,4 +5,6 @@ from adaflow.commands import core  # noqa: F401  train, sample, eval
 from adaflow.commands import convert  # noqa: F401  convert (PyTorch DiT import; uses core's --out)
 from adaflow.commands import adadiff  # noqa: F401  sample --selector (AdaDiff)
 from adaflow.commands import convert_stages  # noqa: F401  convert-stages (dense DiT -> PPFlow)
+from adaflow.commands import fid  # noqa: F401  fid / eval fid (FID-50K protocol)
 from adaflow.commands import dq  # noqa: F401  --tokenizer, DQ coarse/fine maps in `sample`
+from adaflow.commands import inspect  # noqa: F401  inspect ratios (DiffCR)

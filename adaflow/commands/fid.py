@@ -1,0 +1,90 @@
+"""`adaflow fid` (also `adaflow eval fid`): the FID-50K protocol for a trained workdir.
+
+  adaflow eval fid --workdir W --num 50000 --ref VIRTUAL_imagenet64_labeled.npz \\
+      --inception ~/.cache/adaflow/pt_inception-2015-12-05-6726825d.pth [--config.sample.steps=250]
+
+Samples use the checkpoint's EMA params and `config.sample` (override with --config.sample.*; pass
+--config=<the run's config file> to change them); the seed is `config.eval.seed`. Shards go to
+<workdir>/fid/<tag>/ and a rerun resumes from them. `--ref=dataset[:split]` computes reference
+statistics from the run's own dataset (`--fid_ref_num` images), cached under <workdir>/fid/.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import flags
+
+from adaflow.commands.registry import FLAGS, command, need
+
+flags.DEFINE_string("ref", None, "Reference: an .npz with mu/sigma, activations or arr_0 images "
+                    "(e.g. ADM's VIRTUAL_imagenet64_labeled.npz), or `dataset[:split]`.")
+flags.DEFINE_string("inception", None, "Path to pt_inception-2015-12-05-6726825d.pth (.pth, "
+                    ".safetensors or .npz); default ~/.cache/adaflow/<that name>.")
+flags.DEFINE_integer("fid_random_inception", None, "Use random Inception weights with this seed "
+                     "(smoke tests only: the numbers mean nothing).")
+flags.DEFINE_enum("fid_resize", "tf", ["tf", "pytorch"], "Resize to 299: 'tf' (TF1 graph / ADM "
+                  "evaluator / torch-fidelity) or 'pytorch' (pytorch-fid).")
+flags.DEFINE_integer("fid_batch", 200, "Images per Inception forward.")
+flags.DEFINE_integer("fid_gen_batch", 256, "Images per generation batch.")
+flags.DEFINE_integer("fid_shard", 1000, "Images per resumable sample shard.")
+flags.DEFINE_integer("fid_ref_num", 50000, "Reference images when --ref=dataset.")
+flags.DEFINE_bool("fid_pr", False, "Also compute improved precision/recall (k=3).")
+flags.DEFINE_integer("fid_pr_num", 10000, "Images per side for precision/recall.")
+flags.DEFINE_integer("fid_input_size", 299, "Inception input size (299 for real FIDs; tests only "
+                     "use less).")
+flags.DEFINE_bool("fid_progress", True, "Show progress bars.")
+
+DEFAULT_NUM = 50000
+
+
+def fid_main():
+  import numpy as np
+  from adaflow.eval import fid as fid_lib
+  from adaflow.train.evaluate import balanced_labels
+  from adaflow.train.restore import load_trainer_and_params
+  workdir = need("workdir")
+  ref_arg = need("ref")
+  num = FLAGS.num if FLAGS["num"].present else DEFAULT_NUM
+  tr, params, step = load_trainer_and_params(workdir, FLAGS.config)
+  config = tr.config
+  if tr.info.image_shape[-1] not in (1, 3):
+    raise ValueError(f"FID needs 1- or 3-channel images; data has shape {tr.info.image_shape}.")
+  features = fid_lib.build_inception_features(
+      FLAGS.inception, random_seed=FLAGS.fid_random_inception, resize=FLAGS.fid_resize,
+      batch_size=FLAGS.fid_batch, size=FLAGS.fid_input_size, mesh=tr.mesh)
+  fid_dir = os.path.join(workdir, "fid")
+  os.makedirs(fid_dir, exist_ok=True)
+  ref_images = None
+  if ref_arg == "dataset" or ref_arg.startswith("dataset:"):
+    split = ref_arg.split(":", 1)[1] if ":" in ref_arg else None
+    source = f"dataset|{config.data.name}|{split}|{FLAGS.fid_ref_num}"
+    cache = os.path.join(fid_dir, fid_lib.reference_cache_name(source, features))
+    if os.path.exists(cache):
+      reference = fid_lib.load_reference(cache)
+      reference.source = f"dataset {config.data.name} ({FLAGS.fid_ref_num} images, cached {cache})"
+    else:
+      reference = fid_lib.reference_from_dataset(config.data, FLAGS.fid_ref_num, features, split=split)
+      fid_lib.save_reference(reference, cache)
+  else:
+    reference = fid_lib.load_reference(ref_arg, features)
+    if FLAGS.fid_pr and reference.activations is None:
+      ref_images = fid_lib.reference_images(ref_arg)
+  s = config.sample
+  seed = int(config.eval.get("seed", 1234))
+  out_dir = os.path.join(fid_dir, fid_lib.run_tag(step, num, seed, s.steps, s.method, s.cfg_scale))
+  labels = balanced_labels(num, tr.objective.num_classes)
+  result = fid_lib.run_fid(
+      tr.objective, params, tr.mesh, out_dir=out_dir, num=num, features=features, reference=reference,
+      labels=labels, seed=seed, steps=s.steps, method=s.method, cfg_scale=s.cfg_scale,
+      gen_batch=FLAGS.fid_gen_batch, shard_size=FLAGS.fid_shard, with_pr=FLAGS.fid_pr,
+      pr_num=FLAGS.fid_pr_num, ref_images=ref_images, progress=FLAGS.fid_progress)
+  result["step"] = int(step)
+  result["workdir"] = workdir
+  np.set_printoptions(precision=4)
+  print(json.dumps(result, indent=2))
+  return result
+
+
+command("fid")(fid_main)
+command("eval fid")(fid_main)

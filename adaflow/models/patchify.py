@@ -65,12 +65,14 @@ def stage_grid(image_size: tuple[int, int], patch: int, group: tuple[int, int]) 
 def stage_position_embedding(hidden: int, image_size: tuple[int, int], patch: int,
                              group: tuple[int, int]) -> jax.Array:
   """[N_stage, D] fixed sin-cos code evaluated on the base-resolution token grid at the strided
-  positions the stage's tokens cover (the centre of each merged block), so all stages share one
-  coordinate frame. For group (1, 1) this is exactly the DiT position embedding."""
+  positions the stage's tokens cover, so all stages share one coordinate frame: stage token (i, j)
+  sits at base-grid position (gh * i, gw * j), its first merged sub-patch. This is the official
+  PPFlow convention (`np.arange(0, grid, 2)` in fudan-generative-vision/PPFlow); it also means a
+  stage converted from a one-level model only sees positions that model was trained on. For group
+  (1, 1) this is exactly the DiT position embedding."""
   gh, gw = group
   rows, cols = stage_grid(image_size, patch, group)
-  return jnp.asarray(layers.grid_position_embedding(
-      hidden, rows, cols, float(gh), float(gw), (gh - 1) / 2.0, (gw - 1) / 2.0))
+  return jnp.asarray(layers.grid_position_embedding(hidden, rows, cols, float(gh), float(gw), 0.0, 0.0))
 
 
 class StagePatchEmbed(nn.Module):

@@ -11,6 +11,8 @@ from __future__ import annotations
 from adaflow.objectives.flow_matching import FlowMatchingObjective
 
 OBJECTIVES = {"flow_matching": FlowMatchingObjective}
+from adaflow.objectives.ppflow import PPFlowObjective  # noqa: E402  PPFlow
+OBJECTIVES["ppflow"] = PPFlowObjective
 from adaflow.objectives.routed import RoutedFlowMatchingObjective  # noqa: E402  DiffCR
 OBJECTIVES["routed_flow_matching"] = RoutedFlowMatchingObjective
 from adaflow.objectives.grouped import GroupFinetuneObjective  # noqa: E402  train-then-prune stage 2

@@ -39,6 +39,7 @@ def measure(batch: int) -> dict:
   from adaflow.train.loop import Trainer
 
   c = recipes.get_config("dense")
+  recipe = recipes.get_config("dense")   # the real global batch / steps (c is resized to `batch`)
   c.train.batch_size = batch
   with tfds.testing.mock_data(num_examples=batch):
     tr = Trainer(c, "/tmp/adaflow_in64_flops", log=lambda m: None)
@@ -57,7 +58,7 @@ def measure(batch: int) -> dict:
   inc_flops = _flops(feat.lower(iparams, jax.ShapeDtypeStruct((batch, h, w, 3), jnp.uint8)).compile())
   nparams = sum(int(x.size) for x in jax.tree.leaves(params))
   return dict(train=train_flops / batch, fwd=fwd_flops / batch, inception=inc_flops / batch,
-              params=nparams, config=c, classes=tr.info.num_classes)
+              params=nparams, config=recipe, classes=tr.info.num_classes)
 
 
 def main():
@@ -96,11 +97,11 @@ def main():
       "",
       "| job | work | chip-hours |",
       "|---|---|---|",
-      f"| dense training | {c.train.steps} steps x {c.train.batch_size} = {images / 1e6:.1f}M images | {train_h:.0f} |",
-      f"| FID-50K sampling | 50k images x {nfe} NFE ({c.sample.method}, {c.sample.steps} steps) | {sample_h:.1f} |",
-      f"| FID-50K Inception features | 50k images | {fid_h:.2f} |",
+      f"| dense training | {c.train.steps} steps x {c.train.batch_size} = {images / 1e6:.1f}M images | {train_h:.3g} |",
+      f"| FID-50K sampling | 50k images x {nfe} NFE ({c.sample.method}, {c.sample.steps} steps) | {sample_h:.3g} |",
+      f"| FID-50K Inception features | 50k images | {fid_h:.3g} |",
       "",
-      "Divide by the number of chips for wall-clock hours (a v5p-N slice has N/2 chips). Method runs "
+      "Divide by the number of chips for wall-clock hours (v4-N and v5p-N slices have N/2 chips, v5litepod-N has N). Method runs "
       "scale the training row by their training-FLOPs ratio (see README.md).",
   ]
   text = "\n".join(lines) + "\n"

@@ -17,7 +17,8 @@ subclassing it or through `TextProposer(fn)` where `fn(prompt: str) -> str` retu
     FLOP until the budget holds, then refill leftover budget with the most important units);
     later rounds do local search: mutate the best bank entries (move heads / MLP channel chunks
     between blocks, drop or revive a block) and repair back into the budget greedily.
-  * `RandomProposer`: random unit removals with random unit identities (the ablation).
+  * `RandomProposer`: random unit removals, then random additions that still fit (so it uses the
+    budget like the others), with random unit identities (the ablation).
 Search space: per base block, the number of heads h_b and MLP channels m_b (multiples of
 `mlp_granularity`), a block with h_b = m_b = 0 dropped; which heads / channels survive is the
 top-h_b / top-m_b by importance (random for the random proposer).
@@ -149,15 +150,19 @@ class SearchSpace:
       c = self._apply(c, kind, b, -1)
     return c
 
-  def grow(self, c: Counts, frozen: set = frozenset()) -> Counts:
-    """Adds the most important unit per FLOP that still fits, until none fits."""
+  def grow(self, c: Counts, frozen: set = frozenset(), rng: Optional[np.random.Generator] = None) -> Counts:
+    """Adds the most important unit per FLOP (or a random one with `rng`) that still fits, until
+    none fits."""
     c = [list(x) for x in c]
     while True:
       f = self.flops(c)
       cand = [x for x in self._additions(c, set(frozen)) if f + x[2] <= self.budget]
       if not cand:
         return c
-      kind, b, _, _ = max(cand, key=lambda x: x[3] / max(x[2], 1))
+      if rng is not None:
+        kind, b, _, _ = cand[rng.integers(len(cand))]
+      else:
+        kind, b, _, _ = max(cand, key=lambda x: x[3] / max(x[2], 1))
       c = self._apply(c, kind, b, +1)
 
   def structure(self, counts: Counts, rng: Optional[np.random.Generator] = None) -> Structure:
@@ -308,7 +313,8 @@ class ImportanceProposer(Proposer):
 
 
 class RandomProposer(Proposer):
-  """Random removals (random block, random unit kind) until within budget, random unit identities."""
+  """Random removals (random block, random unit kind) until within budget, random refill of the
+  leftover budget, random unit identities."""
   name = "random"
 
   def propose(self, space, history, round_index, num, rng):
@@ -316,7 +322,7 @@ class RandomProposer(Proposer):
     for _ in range(50 * num):
       if len(out) >= num:
         break
-      c = space.shrink(space.full_counts(), rng=rng)
+      c = space.grow(space.shrink(space.full_counts(), rng=rng), rng=rng)   # random fill of what is left
       if not space.fits(c):
         continue
       s = space.structure(c, rng=rng)

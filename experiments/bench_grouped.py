@@ -1,0 +1,223 @@
+"""Benchmark: timestep-grouped train-then-prune vs the dense base at the same training images.
+
+    flock /tmp/adaflow-bench.lock python experiments/bench_grouped.py [--out experiments/results/grouped.md]
+
+Digits quick-start model (16x16, patch 4, width 128, depth 4, 4 heads), with a SMALLER step budget
+than the quick start so the whole benchmark fits in ~10-20 minutes on a shared 2-core CPU:
+batch 64, TOTAL = 480 steps for every arm (30,720 training images).
+  dense          : 480 steps on all t
+  stage-1 base   : the first 300 steps of train-then-prune (reference only, fewer images)
+  TDC data/noise : 300 steps dense + pruning (N = 4, k = 0.5, Taylor importance, importance
+                   proposer, 2 rounds x 3 proposals) + 45 steps per group (4 x 45 = 180)
+                   `largest` = data (full model near t = 1) or noise (full model near t = 0)
+  prune-only     : the TDC structures with the sliced stage-1 weights, no stage 2
+  random prune   : random proposer (same rounds / proxy), no stage 2 (ablation of the proposer)
+Sampling: Heun, 16 steps, CFG 3 (quick-start settings). FLOPs are analytic network FLOPs per image
+(adaflow.prune.budget, checked against XLA in tests). Wall-clock: per batch of 250 images, the
+arms timed in interleaved repetitions after compilation.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from adaflow import data as data_lib  # noqa: E402
+from adaflow.eval import evaluate_samples, get_classifier  # noqa: E402
+from adaflow.models.grouped import group_key  # noqa: E402
+from adaflow.objectives.flow_matching import FlowMatchingObjective  # noqa: E402
+from adaflow.parallel import make_mesh  # noqa: E402
+from adaflow.prune import budget as budget_lib  # noqa: E402
+from adaflow.prune.pipeline import (grouped_defaults, grouped_objective, prune, run_grouped,  # noqa: E402
+                                    sampling_summary)
+from adaflow.prune.slicing import Structure, slice_params  # noqa: E402
+from adaflow.train.evaluate import balanced_labels, make_generate_fn  # noqa: E402
+from adaflow.train.loop import train  # noqa: E402
+from adaflow.train.restore import load_params  # noqa: E402
+
+
+def load_quickstart():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("_qs", os.path.join(ROOT, "configs", "quickstart.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def base_config(args):
+  c = load_quickstart()
+  c.train.batch_size = args.batch
+  c.train.warmup_steps = 50
+  c.train.ckpt_every = 10000
+  c.train.log_every = 50
+  c.train.final_samples = False
+  c.eval.at_end = False
+  c.eval.cache_dir = args.cache
+  return c
+
+
+def grouped_cfg(args, largest, proposer="importance", stage2=None):
+  c = base_config(args)
+  c.grouped = grouped_defaults()
+  g = c.grouped
+  g.num_groups, g.k, g.largest = 4, 0.5, largest
+  g.stage1_steps, g.stage2_steps = args.stage1, args.stage2 if stage2 is None else stage2
+  g.stage2_lr, g.stage2_warmup_steps = 3e-4, 10
+  g.rounds, g.proposals_per_round, g.proxy_samples = args.rounds, args.proposals, 128
+  g.importance, g.proposer = "taylor", proposer
+  return c
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--work", default="/tmp/adaflow_bench_grouped")
+  ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "grouped.md"))
+  ap.add_argument("--cache", default="/tmp/.adaflow_cache")
+  ap.add_argument("--batch", type=int, default=64)
+  ap.add_argument("--stage1", type=int, default=300)
+  ap.add_argument("--stage2", type=int, default=45)
+  ap.add_argument("--rounds", type=int, default=2)
+  ap.add_argument("--proposals", type=int, default=3)
+  ap.add_argument("--num_eval", type=int, default=500)
+  ap.add_argument("--reps", type=int, default=3)
+  args = ap.parse_args()
+  total = args.stage1 + 4 * args.stage2
+  t_start = time.time()
+  os.makedirs(args.work, exist_ok=True)
+  log = lambda m: print(f"[bench {time.time() - t_start:6.0f}s] {m}", flush=True)
+  timings = {}
+
+  # ---- dense baseline, whole budget -------------------------------------------------------
+  dense_cfg = base_config(args)
+  dense_cfg.train.steps = total
+  t0 = time.time()
+  train(dense_cfg, os.path.join(args.work, "dense"))
+  timings["dense train s"] = time.time() - t0
+  log(f"dense trained {total} steps in {timings['dense train s']:.0f}s")
+
+  # ---- train-then-prune, both orientations (stage 1 shared) -------------------------------
+  wd = {o: os.path.join(args.work, f"tdc_{o}") for o in ("data", "noise")}
+  t0 = time.time()
+  run_grouped(grouped_cfg(args, "data"), wd["data"])
+  timings["tdc data s"] = time.time() - t0
+  if not os.path.exists(os.path.join(wd["noise"], "stage1")):
+    shutil.copytree(os.path.join(wd["data"], "stage1"), os.path.join(wd["noise"], "stage1"))
+  t0 = time.time()
+  run_grouped(grouped_cfg(args, "noise"), wd["noise"])
+  timings["tdc noise s (stage 1 reused)"] = time.time() - t0
+  stage1_params = load_params(os.path.join(wd["data"], "stage1"))
+  rnd_dir = os.path.join(args.work, "random_prune")
+  rnd_path = os.path.join(rnd_dir, "result.json")
+  t0 = time.time()
+  if os.path.exists(rnd_path):
+    rnd_result = json.load(open(rnd_path))
+  else:
+    rnd_result = prune(grouped_cfg(args, "data", "random"), stage1_params, rnd_dir)
+  timings["random prune s"] = time.time() - t0
+
+  # ---- the arms -------------------------------------------------------------------------------
+  cfg = base_config(args)
+  info = data_lib.get_info(cfg.data)
+  dense_obj = FlowMatchingObjective(cfg, info)
+  base_flops = budget_lib.model_flops(dense_obj.model)
+  arms = {}   # name -> (objective, params, flops fraction, note)
+  arms[f"dense ({total} steps)"] = (dense_obj, load_params(os.path.join(args.work, "dense")), 1.0)
+  arms[f"stage-1 base ({args.stage1} steps)"] = (dense_obj, stage1_params, 1.0)
+  results = {}
+  for o in ("data", "noise"):
+    res = json.load(open(os.path.join(wd[o], "prune", "result.json")))
+    results[o] = res
+    gcfg = grouped_cfg(args, o)
+    obj = grouped_objective(gcfg, res)
+    frac = sampling_summary(gcfg, res)["flops_fraction"]
+    tuned = {group_key(i): load_params(os.path.join(wd[o], f"group_{i}")) for i in range(4)}
+    sliced = {group_key(gr["group"]): slice_params(stage1_params, dense_obj.model, Structure.from_json(gr["structure"]))
+              for gr in res["groups"]}
+    arms[f"TDC largest={o}"] = (obj, tuned, frac)
+    arms[f"prune-only largest={o}"] = (obj, sliced, frac)
+  results["random"] = rnd_result
+  robj = grouped_objective(grouped_cfg(args, "data"), rnd_result)
+  rsliced = {group_key(gr["group"]): slice_params(stage1_params, dense_obj.model, Structure.from_json(gr["structure"]))
+             for gr in rnd_result["groups"]}
+  arms["random-prune-only largest=data"] = (robj, rsliced, sampling_summary(cfg, rnd_result)["flops_fraction"])
+
+  # ---- quality --------------------------------------------------------------------------------
+  mesh = make_mesh(cfg.mesh)
+  clf = get_classifier(cfg.data, args.cache, seed=0, log=log)
+  labels = balanced_labels(args.num_eval, info.num_classes)
+  s = cfg.sample
+  fns = {}
+  quality = {}
+  for name, (obj, params, frac) in arms.items():
+    fn = make_generate_fn(obj, mesh, steps=s.steps, method=s.method, cfg_scale=s.cfg_scale)
+    fns[name] = fn
+    imgs = []
+    for i, a in enumerate(range(0, args.num_eval, 250)):
+      y = jax.numpy.asarray(labels[a:a + 250])
+      imgs.append(np.asarray(fn(params, jax.random.fold_in(jax.random.PRNGKey(1234), i), y)))
+    q = evaluate_samples(clf, np.concatenate(imgs), labels)
+    quality[name] = q
+    log(f"{name}: FD {q['fd']:.3f} acc {q['class_acc']:.3f} FLOPs {frac:.3f}")
+
+  # ---- wall-clock, interleaved ----------------------------------------------------------------
+  y = jax.numpy.asarray(labels[:250])
+  wall = {n: [] for n in arms}
+  for r in range(args.reps):
+    for name, (obj, params, frac) in arms.items():
+      if name.startswith("stage-1") or name.startswith("prune-only") or name.startswith("random"):
+        continue   # same compiled structure as another arm
+      t0 = time.time()
+      jax.block_until_ready(fns[name](params, jax.random.PRNGKey(r), y))
+      wall[name].append(time.time() - t0)
+
+  # ---- table --------------------------------------------------------------------------------
+  nfe = 2 * s.steps * (2 if s.cfg_scale != 1.0 else 1)
+  rows = []
+  dense_wall = np.median(wall[f"dense ({total} steps)"])
+  for name, (obj, params, frac) in arms.items():
+    w = f"{np.median(wall[name]):.3f} ({np.median(wall[name]) / dense_wall:.2f}x)" if wall[name] else "-"
+    rows.append(f"| {name} | {frac:.3f} | {frac * base_flops * nfe / 1e9:.3f} | {w} | {quality[name]['fd']:.3f} | "
+                f"{quality[name]['class_acc']:.3f} |")
+  struct_rows = []
+  for key, res in results.items():
+    for gr in res["groups"]:
+      struct_rows.append(f"| {key} | {gr['group']} | [{gr['t_range'][0]:.3f}, {gr['t_range'][1]:.3f}) | "
+                         f"{gr['budget_fraction']:.3f} | {gr['flops_fraction']:.3f} | {gr['counts']} | {gr['proxy']:.4f} |")
+  date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+  md = [
+      "# Timestep-grouped train-then-prune (TDC) vs dense — digits quick-start model", "",
+      f"Date: {date}. Machine: 2-core CPU, no GPU; other jobs (other helpers' tests and benchmarks) "
+      "may have shared the CPU, so wall-clock numbers are noisy (interleaved repetitions, median).",
+      f"Command: `flock /tmp/adaflow-bench.lock python experiments/bench_grouped.py` "
+      f"(batch {args.batch}, {total} total steps per arm = {total * args.batch} training images; the quick start "
+      "uses 2500 x 128, this is a smaller budget to keep the benchmark to minutes).",
+      f"TDC: stage 1 {args.stage1} steps, N = 4 groups (equal SNR-dB width over [-20, 20] dB), k = 0.5, "
+      f"Taylor importance, {args.rounds} rounds x {args.proposals} proposals, proxy = held-out flow loss on 128 "
+      f"examples at the group's times, stage 2 {args.stage2} steps per group. Sampling: {s.method}, {s.steps} steps, "
+      f"CFG {s.cfg_scale}; FD/accuracy on {args.num_eval} class-balanced samples (classifier-feature FD, not Inception FID).",
+      "", "| arm | FLOPs vs dense | GFLOPs / image | wall-clock per 250 images, s | FD | class acc |",
+      "|---|---|---|---|---|---|", *rows, "",
+      "Chosen structures ([heads, MLP channels] per base block; base = 4 x [4, 512]):", "",
+      "| run | group | t range | budget | FLOPs | counts | proxy loss |", "|---|---|---|---|---|---|---|", *struct_rows, "",
+      "Timings of the pipeline (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), ""]
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    f.write("\n".join(md))
+  with open(os.path.join(args.work, "bench.json"), "w") as f:
+    json.dump({"quality": quality, "wall": wall, "timings": timings}, f, indent=1, default=float)
+  print("\n".join(md))
+
+
+if __name__ == "__main__":
+  main()

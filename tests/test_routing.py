@@ -1,4 +1,6 @@
 """DiffCR token routing: exactness, gather/scatter, differentiable ratios, snapping, validation."""
+import os
+
 import chex
 import flax.linen as nn
 import jax
@@ -244,3 +246,42 @@ def test_routing_inside_a_patch_stage():
     assert not np.allclose(np.asarray(dense), np.asarray(routed), atol=1e-4)
     np.testing.assert_allclose(np.asarray(_run(model, _with_rho(params, 1.0), x, t, y, "train", stage)),
                                np.asarray(dense), rtol=1e-6, atol=1e-6)
+
+
+def test_inspect_table_and_heatmap(tmp_path):
+  from adaflow.commands.inspect import format_ratio_table, save_heatmap
+  table = np.array([[1.0, 0.72], [0.55, 0.31]], np.float32)
+  spec = routing.spec_from_config(ml_collections.ConfigDict({"routing": dict(num_regions=2)}))
+  snapped = routing.snapped_table(table, spec)
+  np.testing.assert_allclose(snapped, [[1.0, 0.7], [0.6, 0.3]])
+  text = format_ratio_table(table, snapped, spec.boundaries, 64)
+  assert "0.720 [0.7/45]" in text and "0.310 [0.3/20]" in text and "(0.50,1.00]" in text
+  path = str(tmp_path / "r.png")
+  save_heatmap(table, spec.boundaries, path)
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_finetune_from_dense_checkpoint_and_inspect(tmp_path):
+  """CLI path: dense run -> routed fine-tune with init_params -> `inspect ratios`."""
+  from adaflow.train.loop import train
+  from adaflow.train.restore import load_params
+  dense_dir, routed_dir = str(tmp_path / "dense"), str(tmp_path / "routed")
+  train(tiny_config(**{"train.steps": 2}), dense_dir, log=lambda m: None)
+  dense = load_params(dense_dir)
+  cfg = tiny_config(**{"train.steps": 3, "objective": "routed_flow_matching"})
+  cfg.routing = routing.routing_defaults()
+  cfg.routing.bins = TEST_BINS
+  cfg.routing.ratio_lr_scale = 50.0
+  cfg.routing.target = 0.5
+  state = train(cfg, routed_dir, init_params=dense, log=lambda m: None)
+  rho = np.asarray(state.params["params"]["rho"]) * 50.0
+  assert np.all(rho < 1.0) and np.all(rho >= 0.1)
+  p0 = jax.device_get(state.params)["params"]
+  assert set(dense["params"]) < set(p0)
+  import subprocess, sys
+  out = subprocess.run([sys.executable, "-m", "adaflow.cli", "inspect", "ratios", "--workdir", routed_dir],
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "mean learned ratio" in out.stdout and os.path.exists(os.path.join(routed_dir, "ratios.png"))

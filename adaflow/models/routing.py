@@ -20,8 +20,10 @@ Residual scaling (`routing.scale`). The router weight multiplies **both** residu
   * "weight": s = w, the update is multiplied by sigmoid(score) as in the official pseudocode (which
     scales only the MLP branch; we scale both). Changes the function at every ratio.
 
-Learnable ratios. `rho` is a Flax param [depth, R] (one scalar per layer and timestep region),
-initialised to `routing.init_ratio` (1.0 = no compression) and projected onto
+Learnable ratios. `rho` is a Flax param [depth, R] (one scalar per layer and timestep region;
+the ratio is `routing.ratio_lr_scale * rho`, so that Adam, whose steps are ~lr whatever the
+gradient scale, can move ratios faster than weights), initialised to `routing.init_ratio`
+(1.0 = no compression) and projected onto
 [rho_min, rho_max] = [0.1, 1] after every optimizer step (`project_ratios`; the forward pass also
 clamps with a straight-through clip). Timestep regions: R contiguous ranges of t given by
 `routing.boundaries` (default: R = `routing.num_regions` even ranges of [0, 1]); region r holds
@@ -87,6 +89,7 @@ def routing_defaults() -> ml_collections.ConfigDict:
       rho_max=1.0,
       scale="ste",              # ste | weight (see adaflow.models.routing)
       fixed_ratio=0.0,          # > 0: non-learned uniform ratio for every layer/region (baseline)
+      ratio_lr_scale=1.0,       # rho = ratio_lr_scale * param: with Adam, rho moves ~scale x faster
   ))
 
 
@@ -102,6 +105,7 @@ class RoutingSpec:
   rho_max: float = 1.0
   scale: str = "ste"
   fixed_ratio: float = 0.0
+  ratio_lr_scale: float = 1.0
 
   @property
   def num_regions(self) -> int:
@@ -174,8 +178,12 @@ def spec_from_config(config) -> RoutingSpec:
   fixed = float(rc.fixed_ratio)
   if fixed != 0.0 and not (0.0 < fixed <= 1.0):
     raise _err("fixed_ratio", f"must be 0 (learned ratios) or in (0, 1], got {fixed}")
+  lr_scale = float(rc.ratio_lr_scale)
+  if not lr_scale > 0:
+    raise _err("ratio_lr_scale", f"must be > 0, got {lr_scale}")
   return RoutingSpec(bins=tuple(sorted(bins)), boundaries=edges, target=target, ratio_loss_weight=w,
-                     init_ratio=init, rho_min=rho_min, rho_max=rho_max, scale=str(rc.scale), fixed_ratio=fixed)
+                     init_ratio=init, rho_min=rho_min, rho_max=rho_max, scale=str(rc.scale), fixed_ratio=fixed,
+                     ratio_lr_scale=lr_scale)
 
 
 def validate_routing_config(config, info=None) -> None:
@@ -318,7 +326,7 @@ class RoutedDiT(DiT):
                                  kernel_init=nn.initializers.normal(0.02), name=f"router_{i}")
                     for i in range(len(self.block_specs))]
     self.rho = self.param("rho", nn.with_logical_partitioning(
-        nn.initializers.constant(self.routing.init_ratio), ("layers", "regions")),
+        nn.initializers.constant(self.routing.init_ratio / self.routing.ratio_lr_scale), ("layers", "regions")),
         (len(self.block_specs), self.routing.num_regions), jnp.float32)
 
   def ratios(self) -> jax.Array:
@@ -326,7 +334,7 @@ class RoutedDiT(DiT):
     s = self.routing
     if not s.learned:
       return jnp.full(self.rho.shape, s.fixed_ratio, jnp.float32)
-    return clamp_ratio(self.rho, s.rho_min, s.rho_max)
+    return clamp_ratio(s.ratio_lr_scale * self.rho, s.rho_min, s.rho_max)
 
   def router_weights(self, i: int, tokens: jax.Array) -> jax.Array:
     """tokens [B, N, D] -> w [B, N] = sigmoid(Linear(D -> 1, no bias))."""
@@ -383,14 +391,15 @@ def project_ratios(params: Any, spec: RoutingSpec) -> Any:
   """Projects `params['params']['rho']` onto [rho_min, rho_max] (after each optimizer step)."""
   p = dict(params)
   inner = dict(p["params"])
-  inner["rho"] = jnp.clip(inner["rho"], spec.rho_min, spec.rho_max)
+  inner["rho"] = jnp.clip(inner["rho"], spec.rho_min / spec.ratio_lr_scale, spec.rho_max / spec.ratio_lr_scale)
   p["params"] = inner
   return p
 
 
 def ratio_loss(rho: jax.Array, spec: RoutingSpec) -> jax.Array:
-  """(mean over layers and regions of the clamped rho - target)^2 (regions equally weighted)."""
-  return jnp.square(jnp.mean(clamp_ratio(rho, spec.rho_min, spec.rho_max)) - spec.target)
+  """(mean over layers and regions of the clamped rho - target)^2 (regions equally weighted).
+  `rho` is the raw param [depth, R] (ratio = ratio_lr_scale * param)."""
+  return jnp.square(jnp.mean(clamp_ratio(spec.ratio_lr_scale * rho, spec.rho_min, spec.rho_max)) - spec.target)
 
 
 def merge_params(dense: Any, fresh: Any, path: str = "params") -> Any:
@@ -409,7 +418,7 @@ def merge_params(dense: Any, fresh: Any, path: str = "params") -> Any:
 
 def ratio_table(params: Any, spec: RoutingSpec) -> np.ndarray:
   """Host array [depth, R] of the clamped learned ratios (the fixed ratio for the baseline)."""
-  rho = np.asarray(jax.device_get(params["params"]["rho"]), np.float32)
+  rho = spec.ratio_lr_scale * np.asarray(jax.device_get(params["params"]["rho"]), np.float32)
   if not spec.learned:
     return np.full(rho.shape, spec.fixed_ratio, np.float32)
   return np.clip(rho, spec.rho_min, spec.rho_max)

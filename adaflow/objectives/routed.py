@@ -56,7 +56,7 @@ class RoutedFlowMatchingObjective(FlowMatchingObjective):
     rho = params["params"]["rho"]
     if self.spec.learned:
       r_loss = routing.ratio_loss(rho, self.spec)
-      mean_ratio = jnp.mean(routing.clamp_ratio(rho, self.spec.rho_min, self.spec.rho_max))
+      mean_ratio = jnp.mean(routing.clamp_ratio(self.spec.ratio_lr_scale * rho, self.spec.rho_min, self.spec.rho_max))
     else:
       r_loss = jnp.zeros((), jnp.float32)
       mean_ratio = jnp.float32(self.spec.fixed_ratio)

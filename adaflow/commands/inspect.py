@@ -1,0 +1,74 @@
+"""`adaflow inspect ratios --workdir DIR [--out ratios.png]`: the learned DiffCR kept-token ratios.
+
+Prints the layers x timestep-regions table of the clamped learned ratios (EMA parameters of the
+latest checkpoint), the bin each snaps to at inference and the kept-token count, and saves a
+heat map (matplotlib) to `--out` (default `<workdir>/ratios.png`).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from adaflow.commands.registry import FLAGS, command, need
+
+
+def format_ratio_table(table: np.ndarray, snapped: np.ndarray, boundaries, num_tokens: int) -> str:
+  """table, snapped: [depth, R] -> a text table (learned ratio, [snapped bin / kept tokens])."""
+  from adaflow.models.routing import num_kept
+  heads = [f"({boundaries[i]:.2f},{boundaries[i + 1]:.2f}]" for i in range(table.shape[1])]
+  width = max(18, max(len(h) for h in heads) + 2)
+  lines = ["layer " + "".join(h.rjust(width) for h in heads)]
+  for layer in range(table.shape[0]):
+    cells = [f"{table[layer, r]:.3f} [{snapped[layer, r]:.1f}/{num_kept(float(snapped[layer, r]), num_tokens)}]"
+             for r in range(table.shape[1])]
+    lines.append(f"{layer:5d} " + "".join(c.rjust(width) for c in cells))
+  lines.append(f"mean learned ratio {table.mean():.3f}, mean snapped {snapped.mean():.3f} "
+               f"(t = 0 noise, t = 1 data; [bin/kept tokens of {num_tokens}])")
+  return "\n".join(lines)
+
+
+def save_heatmap(table: np.ndarray, boundaries, path: str, title: str = "learned kept-token ratio") -> None:
+  """Writes a layers x regions heat map PNG of `table` [depth, R]."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  depth, regions = table.shape
+  fig, ax = plt.subplots(figsize=(1.2 + 1.1 * regions, 1.0 + 0.45 * depth))
+  im = ax.imshow(table, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+  ax.set_xticks(range(regions), [f"({boundaries[i]:.2f},{boundaries[i + 1]:.2f}]" for i in range(regions)],
+                fontsize=7)
+  ax.set_yticks(range(depth), [str(i) for i in range(depth)])
+  ax.set_xlabel("timestep region (t = 0 noise, t = 1 data)")
+  ax.set_ylabel("layer")
+  for i in range(depth):
+    for j in range(regions):
+      ax.text(j, i, f"{table[i, j]:.2f}", ha="center", va="center", fontsize=7,
+              color="white" if table[i, j] < 0.6 else "black")
+  fig.colorbar(im, ax=ax, label="kept ratio")
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+@command("inspect ratios")
+def cmd_inspect_ratios():
+  from adaflow.models import routing
+  from adaflow.train.restore import load_trainer_and_params
+  workdir = need("workdir")
+  tr, params, step = load_trainer_and_params(workdir, FLAGS.config)
+  if tr.config.get("objective") != "routed_flow_matching":
+    raise ValueError(f"{workdir} was trained with objective {tr.config.get('objective')!r}; "
+                     "`inspect ratios` needs a routed_flow_matching run (config.objective)")
+  spec = tr.objective.spec
+  table = routing.ratio_table(params, spec)
+  snapped = routing.snapped_table(table, spec)
+  model = tr.objective.model
+  n = (tr.info.image_shape[0] // model.patch_size) * (tr.info.image_shape[1] // model.patch_size)
+  print(f"{workdir} step {step}: kept-token ratio per layer x timestep region")
+  print(format_ratio_table(table, snapped, spec.boundaries, n))
+  out = FLAGS.out or os.path.join(workdir, "ratios.png")
+  save_heatmap(table, spec.boundaries, out, title=f"learned kept-token ratio, step {step}")
+  print(f"wrote {out}")

@@ -2,68 +2,44 @@
 
 Methods: dense | ppflow2 | ppflow3 | diffcr | grouped | adadiff | smoke.
 
-All share the dense baseline: DiT-B/4 on `tfds:imagenet_resized/64x64` (1.28M labelled images,
-64x64x3 -> 16x16 = 256 tokens with patch 4, the patch size pixel-space transformers use at 64x64),
-global batch 1024, AdamW-style Adam lr 1e-4 (constant after 5k warm-up), EMA 0.9999, label dropout
-0.1, bf16 matmuls with fp32 params, 400k steps (~320 epochs). Sampling for FID: Heun, 125 steps
-(250 NFE, close to the 250-step protocol of iDDPM/ADM), CFG scale 1.0 (no guidance; the anchors in
-README are unguided). Per-method fields follow SPEC.md and each method's own module:
+`dense`, `ppflow2`, `ppflow3` and `grouped` ARE the method owners' `configs/imagenet64_<method>.py`
+(loaded by path, so there is one source of truth); `diffcr` and `adadiff` are built here on top of
+`configs/imagenet64_dense.py`; `smoke` shrinks the dense recipe's model for the CPU smoke run.
 
-* ppflow2 / ppflow3: `objective='ppflow'`, stages (t <= 0.5: 8x8 patches = 64 tokens;
-  ppflow3 adds (0.5, 0.75]: 4 rows x 8 columns = 128 tokens), base patch 4 (256 tokens).
-* diffcr: `objective='routed_flow_matching'`, `config.routing` (4 regions, target 0.75 kept).
-* grouped: train-then-prune (N = 5 groups, k = 0.5: mean 0.8 F, as the paper's ~20% saving);
-  stage 1 = the dense recipe's first 320k steps, then pruning, then 5 x 16k fine-tuning steps.
-* adadiff: a step-count policy on top of a trained dense generator (`--init <dense workdir>`).
-* smoke: the same data path and model code at toy size, for the CPU smoke run (`smoke.py`).
+Dense baseline (configs/imagenet64_dense.py): DiT-B/4 on `tfds:imagenet_resized/64x64` (64x64x3 ->
+16x16 = 256 tokens), global batch 1024, lr 1e-4, EMA 0.9999, label dropout 0.1, bf16 matmuls with
+fp32 params, 400k steps; sampling Heun 125 steps (250 NFE). Per-method fields follow SPEC.md:
+
+* ppflow2 / ppflow3: `objective='ppflow'`, coarse 8x8 patches for t <= 0.5 (and 4x8 for
+  (0.5, 0.75] with 3 levels), base patch 4.
+* diffcr: `objective='routed_flow_matching'`, `config.routing` (4 regions, target 0.75 kept,
+  ratio-loss weight 0.3).
+* grouped: train-then-prune, N = 5 SNR groups, k = 0.5 (see configs/imagenet64_grouped.py).
+* adadiff: a step-count policy on a trained dense generator (`--init <dense workdir>`).
 
 The dataset must be prepared once in ArrayRecord format (see README.md); `data_dir` is a
 command-line override: `--config.data.data_dir=gs://bucket/tfds`.
 """
+import importlib.util
+import os
+
 import ml_collections
 
-from adaflow.config_defaults import base_config
-
 METHODS = ("dense", "ppflow2", "ppflow3", "diffcr", "grouped", "adadiff", "smoke")
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs")
+
+
+def _load(name: str) -> ml_collections.ConfigDict:
+  """configs/<name>.py's get_config(), loaded by path (config files are not a package)."""
+  path = os.path.normpath(os.path.join(CONFIGS, f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(f"_adaflow_in64_{name}", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
 
 
 def dense() -> ml_collections.ConfigDict:
-  c = base_config()
-  c.name = "imagenet64_dense_B4"
-  c.data.name = "tfds:imagenet_resized/64x64"
-  c.data.image_size = 64
-  c.data.channels = 3
-  c.data.random_flip = True
-  c.model.size = "B"
-  c.model.patch_size = 4
-  c.model.class_dropout = 0.1
-  c.model.dtype = "bfloat16"
-  c.train.steps = 400_000
-  c.train.batch_size = 1024
-  c.train.lr = 1e-4
-  c.train.warmup_steps = 5000
-  c.train.schedule = "constant"
-  c.train.weight_decay = 0.0
-  c.train.ema_decay = 0.9999
-  c.train.log_every = 100
-  c.train.ckpt_every = 10_000
-  c.train.sample_every = 50_000
-  c.sample.method = "heun"
-  c.sample.steps = 125
-  c.sample.cfg_scale = 1.0
-  c.eval.num_samples = 10_000     # in-training FD check; FID-50K is `adaflow eval fid`
-  c.eval.batch_size = 1024
-  c.mesh.data = -1                # all devices on the data axis (DiT-B fits per chip)
-  return c
-
-
-def _ppflow(c, three: bool):
-  c.name = "imagenet64_ppflow3_B4" if three else "imagenet64_ppflow2_B4"
-  c.objective = "ppflow"
-  c.model.stages = (((0.5, (8, 8)), (0.75, (4, 8)), (1.0, (4, 4))) if three
-                    else ((0.5, (8, 8)), (1.0, (4, 4))))
-  c.sample.cfg_scales = (1.0, 1.0, 1.0) if three else (1.0, 1.0)
-  return c
+  return _load("imagenet64_dense")
 
 
 def _diffcr(c):
@@ -74,20 +50,6 @@ def _diffcr(c):
   c.routing.num_regions = 4
   c.routing.target = 0.75
   c.routing.ratio_loss_weight = 0.3
-  return c
-
-
-def _grouped(c):
-  from adaflow.prune.pipeline import grouped_defaults  # pylint: disable=g-import-not-at-top
-  c.name = "imagenet64_grouped_B4"
-  c.grouped = grouped_defaults()
-  c.grouped.num_groups = 5
-  c.grouped.k = 0.5
-  c.grouped.largest = "data"
-  c.grouped.stage1_steps = 320_000
-  c.grouped.stage2_steps = 16_000
-  c.grouped.stage2_lr = 5e-5
-  c.grouped.stage2_warmup_steps = 500
   return c
 
 
@@ -128,6 +90,7 @@ def smoke() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.5
   c.sample.method = "euler"
   c.sample.steps = 2
+  c.sample.cfg_scale = 1.0
   c.eval.num_samples = 8
   c.eval.batch_size = 8
   return c
@@ -139,12 +102,10 @@ def get_config(method: str = "dense") -> ml_collections.ConfigDict:
   if method == "smoke":
     return smoke()
   c = dense()
-  if method in ("ppflow2", "ppflow3"):
-    return _ppflow(c, method == "ppflow3")
+  if method in ("ppflow2", "ppflow3", "grouped"):
+    return _load(f"imagenet64_{method}")
   if method == "diffcr":
     return _diffcr(c)
-  if method == "grouped":
-    return _grouped(c)
   if method == "adadiff":
     return _adadiff(c)
   return c

@@ -72,9 +72,10 @@ def main():
   c = m["config"]
   images = c.train.steps * c.train.batch_size
   nfe = 2 * c.sample.steps - 1 if c.sample.method == "heun" else c.sample.steps
+  cfg_mult = 1 if float(c.sample.cfg_scale) == 1.0 else 2   # CFG: conditional + unconditional pass
   rate = args.peak * args.mfu
   train_h = images * m["train"] / rate / 3600
-  sample_h = 50_000 * nfe * m["fwd"] / rate / 3600
+  sample_h = 50_000 * nfe * cfg_mult * m["fwd"] / rate / 3600
   fid_h = 50_000 * m["inception"] / rate / 3600
   now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   lines = [
@@ -98,7 +99,8 @@ def main():
       "| job | work | chip-hours |",
       "|---|---|---|",
       f"| dense training | {c.train.steps} steps x {c.train.batch_size} = {images / 1e6:.1f}M images | {train_h:.3g} |",
-      f"| FID-50K sampling | 50k images x {nfe} NFE ({c.sample.method}, {c.sample.steps} steps) | {sample_h:.3g} |",
+      f"| FID-50K sampling | 50k images x {nfe} NFE ({c.sample.method}, {c.sample.steps} steps)"
+      f" x {cfg_mult} (CFG scale {c.sample.cfg_scale}) | {sample_h:.3g} |",
       f"| FID-50K Inception features | 50k images | {fid_h:.3g} |",
       "",
       "Divide by the number of chips for wall-clock hours (v4-N and v5p-N slices have N/2 chips, v5litepod-N has N). Method runs "

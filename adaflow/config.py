@@ -37,6 +37,11 @@ def validate_train(config) -> None:
     _require(t.get(field, 1) > 0, f"train.{field}", f"must be positive, got {t.get(field)}")
   _require(t.get("sample_every", 0) >= 0, "train.sample_every", "must be >= 0 (0 = only at the end)")
   _require(t.get("keep_checkpoints", 3) >= 1, "train.keep_checkpoints", "must be >= 1")
+  _require(t.get("nan_policy", "stop") in ("stop", "skip"), "train.nan_policy",
+           f"must be 'stop' or 'skip', got {t.get('nan_policy')!r}")
+  _require(isinstance(t.get("debug_nan_step", -1), int), "train.debug_nan_step",
+           f"must be an integer (-1 = off), got {t.get('debug_nan_step')!r}")
+  _require(t.get("preemption_sync_every", 1) >= 1, "train.preemption_sync_every", "must be >= 1")
 
 
 def validate_flow(config) -> None:

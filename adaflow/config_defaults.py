@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
       sample_every=0,
       grid_per_class=8,
       final_samples=True,
+      nan_policy="stop",      # NaN/Inf loss: "stop" (raise, keep the last good checkpoint) | "skip" the update
+      debug_nan_step=-1,      # >= 0: inject a NaN loss at this step (tests the nan_policy path)
+      preemption_sync_every=1,  # multi-process: steps between all-gathers of the stop-signal flag
   ))
 
   c.sample = ml_collections.ConfigDict(dict(

@@ -1,20 +1,92 @@
 """Orbax checkpointing of the train state (+ a JSON record of the config that produced it).
 
 Layout: `<workdir>/checkpoints/<step>/{state,meta}`. Saves are asynchronous; orbax writes to a
-temporary directory and renames it when complete, so a checkpoint that exists is finished.
-Restoring tries the newest step first and falls back to older ones if it cannot be read
-(truncated or corrupted files are reported, never silently trusted).
+temporary directory (`<step>.orbax-checkpoint-tmp*`) and renames it when complete, so a checkpoint
+that exists is finished, and old steps (beyond `max_to_keep`) are deleted only after the newer one
+is finalized (a failed save leaves every older step in place; tests/test_reliability.py checks it).
+
+Integrity: `save` stores a checksum of the whole state (`state_checksum`, an order-independent
+uint32 hash of every array's bits, identical on any mesh) in the JSON metadata; `restore_latest`
+recomputes it after reading, so truncated *or silently corrupted* files are detected, reported,
+and the next older checkpoint is used instead.
+
+Write errors (full disk, read-only or unwritable directory) raise `CheckpointWriteError` naming the
+directory, instead of a deep orbax/tensorstore trace (and never hang).
 """
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+CHECKSUM_KEY = "_state_checksum"
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+_DISK_PHRASES = ("no space left", "resource_exhausted", "read-only file system", "permission denied",
+                 "disk quota", "os_error_code='28'")
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written: the disk is full or the directory is not writable."""
+
+
+def _is_disk_error(e: BaseException) -> bool:
+  while e is not None:
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+      return True
+    if any(p in str(e).lower() for p in _DISK_PHRASES):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def _write_error(manager: ocp.CheckpointManager, step: Optional[int], e: BaseException) -> CheckpointWriteError:
+  where = f"step {step} " if step is not None else ""
+  return CheckpointWriteError(
+      errno.ENOSPC if "space" in str(e).lower() or getattr(e, "errno", None) == errno.ENOSPC else errno.EIO,
+      f"could not write checkpoint {where}to {manager.directory}: the disk is full or the directory is "
+      f"not writable ({type(e).__name__}: {str(e)[:300]}). Free space or point --workdir at a writable "
+      f"disk; completed older checkpoints there are untouched")
+
+
+def _leaf_words(x: jax.Array) -> jax.Array:
+  """The bits of `x` as a flat uint32 vector (any 8/16/32-bit dtype; bool as 0/1)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  x = jnp.ravel(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  size = jnp.dtype(x.dtype).itemsize
+  word = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}.get(size)
+  if word is None:
+    raise ValueError(f"state_checksum: unsupported dtype {x.dtype}")
+  return jax.lax.bitcast_convert_type(x, word).astype(jnp.uint32)
+
+
+@jax.jit
+def _checksum(tree: Any) -> jax.Array:
+  total = jnp.zeros((), jnp.uint32)
+  for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
+    w = _leaf_words(leaf)
+    pos = jnp.arange(w.shape[0], dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+    # uint32 arithmetic wraps mod 2^32: the sum is exact and independent of reduction order and
+    # sharding; odd position weights make any single changed word change the sum.
+    total = total + jnp.sum(w * pos, dtype=jnp.uint32) * jnp.uint32(2 * i + 1) + jnp.uint32(w.shape[0])
+  return total
+
+
+def state_checksum(tree: Any) -> int:
+  """uint32 hash of the bits of every array in `tree` (same value on every mesh / process count)."""
+  return int(jax.device_get(_checksum(tree)))
 
 
 def checkpoint_dir(workdir: str) -> str:
+  if "://" in workdir:  # gs://bucket/run etc.: orbax writes there directly
+    return workdir.rstrip("/") + "/checkpoints"
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
@@ -25,8 +97,45 @@ def make_manager(workdir: str, max_to_keep: int = 3, async_save: bool = True) ->
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, force: bool = False) -> bool:
-  return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(meta)), force=force)
+  """Starts an (async) save of `state` + `meta` (+ the state's checksum) at `step`.
+
+  Raises CheckpointWriteError if the directory is not writable or the disk is full (errors of the
+  previous async save surface here or in `wait`).
+  """
+  meta = dict(meta, **{CHECKSUM_KEY: state_checksum(state)})
+  try:
+    return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      meta=ocp.args.JsonSave(meta)), force=force)
+  except Exception as e:
+    if _is_disk_error(e):
+      raise _write_error(manager, step, e) from e
+    raise
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Blocks until pending async saves are finalized; CheckpointWriteError on a full/unwritable disk."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    if _is_disk_error(e):
+      raise _write_error(manager, manager.latest_step(), e) from e
+    raise
+
+
+def check_writable(workdir: str) -> None:
+  """Raises CheckpointWriteError early (before training) if `<workdir>/checkpoints` is unwritable."""
+  d = checkpoint_dir(workdir)
+  if "://" in d:
+    return
+  try:
+    os.makedirs(d, exist_ok=True)
+    probe = os.path.join(d, f".write_probe_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise CheckpointWriteError(e.errno, f"checkpoint directory {d} is not writable or the disk is full "
+                               f"({e.strerror}); fix permissions/space or choose another --workdir") from e
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
@@ -34,13 +143,20 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   """(state, meta, step) from the newest readable checkpoint, or (None, None, None) if none.
 
   `abstract_state` is a tree of `jax.ShapeDtypeStruct` with shardings: the restore lands directly
-  on the current mesh, whatever mesh wrote the checkpoint.
+  on the current mesh, whatever mesh wrote the checkpoint. A checkpoint that cannot be read, or
+  whose recomputed checksum differs from the stored one, is reported via `log` and skipped.
   """
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-      return restored["state"], restored["meta"], step
+      meta = restored["meta"]
+      expected = meta.get(CHECKSUM_KEY) if isinstance(meta, dict) else None
+      if expected is not None:
+        got = state_checksum(restored["state"])
+        if got != int(expected):
+          raise ValueError(f"checksum mismatch (stored {expected}, recomputed {got}): the files are corrupted")
+      return restored["state"], meta, step
     except Exception as e:  # orbax raises many types for unreadable data; report and fall back
       log(f"checkpoint at step {step} in {manager.directory} could not be restored "
           f"({type(e).__name__}: {str(e)[:300]}); trying an older one")

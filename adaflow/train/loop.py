@@ -6,12 +6,27 @@
 
 Resuming: the latest readable checkpoint in `<workdir>/checkpoints` is restored automatically.
 The input position is the step itself (batches are a pure function of the step), so a resumed
-run sees exactly the batches and random keys of an uninterrupted run.
+run sees exactly the batches and random keys of an uninterrupted run: the input-pipeline state
+*is* the checkpointed `state.step`.
+
+Reliability (see tests/test_reliability.py, tests/test_multiprocess.py):
+  * SIGTERM / SIGINT: the current step finishes, a checkpoint is saved at that step boundary,
+    `train` logs where it is and returns normally (the CLI exits 0); rerunning resumes exactly.
+    With several processes the stop is agreed on (any process's signal, or orbax's preemption
+    sync point) so that all of them save the same step.
+  * NaN/Inf loss or gradients: the update is dropped inside the compiled step; with
+    `train.nan_policy="stop"` (default) training raises NonFiniteLossError naming the step and
+    the last good checkpoint (nothing is saved after the bad step), with `"skip"` it goes on.
+  * Full or unwritable disk while checkpointing: `checkpoint.CheckpointWriteError` naming the dir.
+  * Several processes: each feeds its own rows of the global batch; the global batch is put in
+    the order of a single-process run, so losses do not depend on the process count.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Optional
 
@@ -38,6 +53,91 @@ def _log(msg: str) -> None:
     tqdm.write(f"[adaflow] {msg}")
 
 
+class NonFiniteLossError(FloatingPointError):
+  """Training stopped on a NaN/Inf loss (train.nan_policy="stop"); `.step`, `.last_checkpoint`."""
+
+  def __init__(self, message: str, step: int, last_checkpoint: Optional[int]):
+    super().__init__(message)
+    self.step, self.last_checkpoint = step, last_checkpoint
+
+
+class PreemptionGuard:
+  """Turns SIGTERM/SIGINT into a stop request honoured at the next step boundary.
+
+  Use as a context manager around the step loop (handlers are installed only in the main thread and
+  restored on exit). A second SIGINT raises KeyboardInterrupt at once. `should_stop(manager, step)`
+  is collective with several processes: it is True on every process when any process got a signal
+  (checked every `sync_every` steps with an all-gather) or orbax reached a preemption sync point.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self, sync_every: int = 1):
+    self.requested: Optional[str] = None
+    self.sync_every = max(int(sync_every), 1)
+    self._old = {}
+
+  def _handler(self, signum, frame):
+    name = signal.Signals(signum).name
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = self.requested or name
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._old[sig] = signal.signal(sig, self._handler)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+    self._old = {}
+    return False
+
+  def should_stop(self, manager, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.requested is not None
+    stop = False
+    if step % self.sync_every == 0:
+      from jax.experimental import multihost_utils
+      flags = multihost_utils.process_allgather(np.asarray(self.requested is not None, np.int32))
+      stop = bool(np.max(flags))
+      if stop and self.requested is None:
+        self.requested = "signal on another process"
+    if manager.reached_preemption(step):
+      self.requested = self.requested or "preemption sync point"
+      stop = True
+    return stop
+
+
+def _finite_mean(values) -> float:
+  a = np.asarray(values, np.float64)
+  a = a[np.isfinite(a)]
+  return float(a.mean()) if a.size else float("nan")
+
+
+def _process_order_permutation(sharding, global_batch: int) -> Optional[np.ndarray]:
+  """Row permutation that puts a multi-process global batch into single-process order.
+
+  `make_train_batches` gives process p the rows p, p+P, p+2P, ... of the step's global batch;
+  `make_array_from_process_local_data` stacks them onto p's devices, i.e. the block
+  [p*L, (p+1)*L) with L = B/P. Returns perm with canonical[i] = stacked[perm[i]] (None for one
+  process, or if the processes' rows are not contiguous blocks in process order).
+  """
+  P = jax.process_count()
+  if P == 1:
+    return None
+  L = global_batch // P
+  owned = {}
+  for d, idx in sharding.devices_indices_map((global_batch,)).items():
+    owned.setdefault(d.process_index, set()).update(range(*idx[0].indices(global_batch)))
+  if any(sorted(owned.get(p, ())) != list(range(p * L, (p + 1) * L)) for p in range(P)):
+    return None
+  i = np.arange(global_batch)
+  return (i % P) * L + i // P
+
+
 def cache_dir(config, workdir: str) -> str:
   """Where the evaluation classifier is cached (`eval.cache_dir`, default `<workdir>/../.adaflow_cache`)."""
   d = config.eval.get("cache_dir") or os.environ.get("ADAFLOW_CACHE") or os.path.join(
@@ -60,6 +160,12 @@ class Trainer:
     self.root_rng = jax.random.PRNGKey(config.seed)
     self.abstract_state, self.shardings = state_shardings(self.objective, self.tx, self.mesh, self.root_rng)
     self.batch_sharding = batch_sharding(self.mesh)
+    self._perm = _process_order_permutation(self.batch_sharding, config.train.batch_size)
+    self._reorder = None
+    if self._perm is not None:
+      perm = jnp.asarray(self._perm)
+      self._reorder = jax.jit(lambda b: jax.tree_util.tree_map(lambda x: jnp.take(x, perm, axis=0), b),
+                              out_shardings=self.batch_sharding)
 
   def initial_state(self, manager, init_params: Optional[Any] = None):
     """Latest checkpoint if the workdir has one, else a fresh (or `init_params`) state."""
@@ -73,12 +179,16 @@ class Trainer:
     return init_state(self.objective, self.tx, self.mesh, self.root_rng, self.shardings, params=init_params)
 
   def jitted_step(self):
-    step = make_train_step(self.objective, self.tx, self.config.train.ema_decay, self.lr_schedule)
+    step = make_train_step(self.objective, self.tx, self.config.train.ema_decay, self.lr_schedule,
+                           debug_nan_step=int(self.config.train.get("debug_nan_step", -1)))
     return jax.jit(step, in_shardings=(self.shardings, self.batch_sharding),
                    out_shardings=(self.shardings, replicated(self.mesh)), donate_argnums=(0,))
 
   def global_batch(self, local: dict) -> dict:
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v)) for k, v in local.items()}
+    """This process's rows (`make_train_batches(..., process_index, process_count)[step]`) ->
+    global arrays [B, ...] sharded on ('data', 'fsdp'), in single-process row order."""
+    out = {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v)) for k, v in local.items()}
+    return out if self._reorder is None else self._reorder(out)
 
   def sample_grid(self, params, step: int) -> str:
     s = self.config.sample
@@ -101,7 +211,9 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   """Runs (or resumes) training to `config.train.steps`; returns the final TrainState."""
   tr = Trainer(config, workdir, log)
   tc = config.train
+  nan_policy = tc.get("nan_policy", "stop")
   os.makedirs(workdir, exist_ok=True)
+  ckpt.check_writable(workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -113,31 +225,62 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   step_fn = tr.jitted_step()
   writer = MetricWriter(workdir)
   n_params = config_lib.num_params(state.params)
-  log(f"{config.get('name', 'run')}: {tr.info.image_shape} {tr.info.num_classes} classes, "
-      f"{n_params / 1e6:.2f}M params, mesh {dict(tr.mesh.shape)}, steps {start} -> {tc.steps}")
 
   pbar = tqdm(total=tc.steps, initial=start, disable=jax.process_index() != 0, dynamic_ncols=True,
               desc="train", mininterval=1.0)
-  pending, t_last, n_last = [], time.time(), start
-  for step in range(start, tc.steps):
-    state, metrics = step_fn(state, tr.global_batch(batches[step]))
-    pending.append(metrics)
-    done = step + 1
-    if done % tc.log_every == 0 or done == tc.steps:
-      host = jax.device_get(pending)
-      mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-      now = time.time()
-      mean["images_per_second"] = (done - n_last) * tc.batch_size / max(now - t_last, 1e-9)
-      t_last, n_last, pending = now, done, []
-      writer.write(done, mean)
-      pbar.set_postfix(loss=f"{mean['loss']:.4f}", img_s=f"{mean['images_per_second']:.0f}")
-    pbar.update(1)
-    if done % tc.ckpt_every == 0 or done == tc.steps:
-      ckpt.save(manager, done, state, tr.meta())
-    if tc.get("sample_every", 0) and done % tc.sample_every == 0 and done != tc.steps:
-      tr.sample_grid(state.ema_params, done)
+
+  def check_finite(flag, at_step: int) -> None:
+    """nan_policy="stop": raise if the update at state.step == at_step was non-finite."""
+    if nan_policy == "stop" and float(jax.device_get(flag)) > 0:
+      ckpt.wait(manager)
+      last = manager.latest_step()
+      writer.flush()
+      where = f"{ckpt.checkpoint_dir(workdir)}/{last}" if last is not None else "none (no checkpoint was saved)"
+      raise NonFiniteLossError(
+          f"non-finite loss or gradients at step {at_step} (update {at_step + 1}); training stopped and the "
+          f"update was not applied. Last good checkpoint: {where}. Lower train.lr / raise train.warmup_steps, "
+          f"or set train.nan_policy='skip' to skip such updates", step=at_step, last_checkpoint=last)
+
+  pending, t_last, n_last, prev_flag = [], time.time(), start, None
+  guard = PreemptionGuard(sync_every=tc.get("preemption_sync_every", 1))
+  with guard:
+    log(f"{config.get('name', 'run')}: {tr.info.image_shape} {tr.info.num_classes} classes, "
+        f"{n_params / 1e6:.2f}M params, mesh {dict(tr.mesh.shape)}, steps {start} -> {tc.steps}")
+    for step in range(start, tc.steps):
+      state, metrics = step_fn(state, tr.global_batch(batches[step]))
+      if prev_flag is not None:
+        check_finite(prev_flag, step - 1)        # one step behind: keeps the device queue full
+      prev_flag = metrics["nonfinite"]
+      pending.append(metrics)
+      done = step + 1
+      if done % tc.log_every == 0 or done == tc.steps:
+        host = jax.device_get(pending)
+        mean = {k: _finite_mean([m[k] for m in host]) for k in host[0]}
+        mean["nonfinite"] = float(np.sum([m["nonfinite"] for m in host]))
+        if mean["nonfinite"] and nan_policy == "skip":
+          log(f"skipped {int(mean['nonfinite'])} non-finite update(s) in steps {n_last}..{done - 1}")
+        now = time.time()
+        mean["images_per_second"] = (done - n_last) * tc.batch_size / max(now - t_last, 1e-9)
+        t_last, n_last, pending = now, done, []
+        writer.write(done, mean)
+        pbar.set_postfix(loss=f"{mean['loss']:.4f}", img_s=f"{mean['images_per_second']:.0f}")
+      pbar.update(1)
+      preempt = guard.should_stop(manager, done) and done != tc.steps
+      if done % tc.ckpt_every == 0 or done == tc.steps or preempt:
+        check_finite(prev_flag, step)            # never checkpoint past a bad step
+        ckpt.save(manager, done, state, tr.meta(), force=preempt)
+      if preempt:
+        ckpt.wait(manager)
+        writer.close()
+        pbar.close()
+        manager.close()
+        log(f"stopping on {guard.requested} after step {done}: checkpoint saved to "
+            f"{ckpt.checkpoint_dir(workdir)}/{done}; run the same command again to resume")
+        return state
+      if tc.get("sample_every", 0) and done % tc.sample_every == 0 and done != tc.steps:
+        tr.sample_grid(state.ema_params, done)
   pbar.close()
-  manager.wait_until_finished()
+  ckpt.wait(manager)
   writer.flush()
 
   final_step = int(jax.device_get(state.step))

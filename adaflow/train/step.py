@@ -8,18 +8,28 @@ import optax
 from adaflow.train.state import TrainState, ema_update
 
 
-def make_train_step(objective, tx: optax.GradientTransformation, ema_decay: float, lr_schedule=None):
+def make_train_step(objective, tx: optax.GradientTransformation, ema_decay: float, lr_schedule=None,
+                    debug_nan_step: int = -1):
   """Returns `step(state, batch) -> (state, metrics)` (pure; jit it with shardings).
 
   The per-step key is `fold_in(state.rng, state.step)`, so a resumed run draws exactly the noise,
   times and label drops that an uninterrupted run draws.
+
+  Non-finite guard: if the loss or the gradient norm is NaN/Inf, the update is dropped inside the
+  compiled step (`jnp.where` on `jnp.isfinite`): params, optimizer state and EMA keep their
+  previous values, only `step` advances, and `metrics["nonfinite"]` is 1.0. The loop then stops
+  (`train.nan_policy="stop"`) or continues (`"skip"`). `debug_nan_step >= 0` multiplies the loss
+  by NaN at that `state.step` (NaN loss and gradients) to test this path.
   """
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
-      return objective.loss(params, batch, rng)
+      loss, metrics = objective.loss(params, batch, rng)
+      if debug_nan_step >= 0:
+        loss = loss * jnp.where(state.step == debug_nan_step, jnp.nan, 1.0).astype(loss.dtype)
+      return loss, metrics
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = dict(metrics)
@@ -31,7 +41,14 @@ def make_train_step(objective, tx: optax.GradientTransformation, ema_decay: floa
       # returns them under metrics["_side"] and applies them here, after the optimizer step.
       params = objective.post_update(params, side)
     ema = ema_update(state.ema_params, params, state.step, ema_decay)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+    params, opt_state, ema = (keep(params, state.params), keep(opt_state, state.opt_state),
+                              keep(ema, state.ema_params))
+    metrics.setdefault("loss", loss)
+    metrics["grad_norm"] = grad_norm
+    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
     if lr_schedule is not None:
       metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)

@@ -8,7 +8,7 @@ batch 64, TOTAL = 480 steps for every arm (30,720 training images).
   dense          : 480 steps on all t
   stage-1 base   : the first 300 steps of train-then-prune (reference only, fewer images)
   TDC data/noise : 300 steps dense + pruning (N = 4, k = 0.5, Taylor importance, importance
-                   proposer, 2 rounds x 3 proposals) + 45 steps per group (4 x 45 = 180)
+                   proposer, 2 rounds x 2 proposals) + 45 steps per group (4 x 45 = 180)
                    `largest` = data (full model near t = 1) or noise (full model near t = 0)
   prune-only     : the TDC structures with the sliced stage-1 weights, no stage 2
   random prune   : random proposer (same rounds / proxy), no stage 2 (ablation of the proposer)
@@ -88,7 +88,7 @@ def main():
   ap.add_argument("--stage1", type=int, default=300)
   ap.add_argument("--stage2", type=int, default=45)
   ap.add_argument("--rounds", type=int, default=2)
-  ap.add_argument("--proposals", type=int, default=3)
+  ap.add_argument("--proposals", type=int, default=2)
   ap.add_argument("--num_eval", type=int, default=500)
   ap.add_argument("--reps", type=int, default=3)
   args = ap.parse_args()

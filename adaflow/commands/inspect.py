@@ -72,3 +72,9 @@ def cmd_inspect_ratios():
   out = FLAGS.out or os.path.join(workdir, "ratios.png")
   save_heatmap(table, spec.boundaries, out, title=f"learned kept-token ratio, step {step}")
   print(f"wrote {out}")
+
+
+@command("inspect")
+def cmd_inspect():
+  from absl import app
+  raise app.UsageError("`adaflow inspect` needs a subject: `adaflow inspect ratios --workdir DIR`")

@@ -122,6 +122,19 @@ def test_missing_weights_file_says_where_to_put_it(tmp_path):
     fid_lib.build_inception_features(missing)
 
 
+def test_fid_command_fails_on_missing_weights_before_restoring(tmp_path):
+  from absl import flags
+  from adaflow.commands.registry import COMMANDS
+  missing = str(tmp_path / inc.WEIGHTS_FILENAME)
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["adaflow", f"--workdir={tmp_path / 'no_run'}", "--ref=dataset", f"--inception={missing}"])
+  try:
+    with pytest.raises(ValueError, match="--inception=/path/to/pt_inception"):
+      COMMANDS["eval fid"]()
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
 def test_wrong_state_dict_is_rejected(tmp_path, random_params):
   sd = inc.params_to_state_dict(random_params)
   del sd["Mixed_7c.branch_pool.conv.weight"]

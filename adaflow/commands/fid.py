@@ -46,6 +46,11 @@ def fid_main():
   workdir = need("workdir")
   ref_arg = need("ref")
   num = FLAGS.num if FLAGS["num"].present else DEFAULT_NUM
+  if FLAGS.fid_random_inception is None:   # fail on missing weights before restoring anything
+    from adaflow.eval import inception as inception_lib
+    path = os.path.expanduser(FLAGS.inception) if FLAGS.inception else inception_lib.default_weights_path()
+    if not os.path.isfile(path):
+      raise ValueError(inception_lib.missing_weights_message(path))
   tr, params, step = load_trainer_and_params(workdir, FLAGS.config)
   config = tr.config
   if tr.info.image_shape[-1] not in (1, 3):

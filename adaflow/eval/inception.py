@@ -408,7 +408,7 @@ def missing_weights_message(path: Optional[str]) -> str:
   return (
       f"FID Inception weights not found at {where}. They are never downloaded at run time: fetch "
       f"{WEIGHTS_FILENAME} once (pytorch-fid's release asset, {WEIGHTS_URL}; torch-fidelity's "
-      f"weights-inception-2015-12-05-6726825d.pth is the same state dict), then either put it at "
+      f"weights-inception-2015-12-05-6726825d.pth has the same keys and hash prefix), then put it at "
       f"{default_weights_path()} or pass --inception=/path/to/{WEIGHTS_FILENAME} "
       "(.pth, .safetensors, or .npz with the same keys).")
 

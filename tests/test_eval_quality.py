@@ -206,3 +206,10 @@ def test_cache_key_depends_on_fields_that_matter():
                                    batch_size=8)
   assert base != clf_lib.cache_key(dict(DIGITS, image_size=32), seed=0, steps=10, batch_size=8)
   assert base != clf_lib.cache_key(DIGITS, seed=1, steps=10, batch_size=8)
+
+
+def test_frechet_distance_one_dimensional():
+  """1-D case (SciPy returns a bare array from sqrtm for 1x1 input): (m1-m2)^2 + (s1-s2)^2."""
+  from adaflow.eval.frechet import frechet_distance
+  d = frechet_distance(np.array([0.0]), np.array([[4.0]]), np.array([1.0]), np.array([[1.0]]))
+  assert abs(d - 2.0) < 1e-9

@@ -24,8 +24,9 @@ def _sqrtm(matrix):
   with warnings.catch_warnings():
     # `disp` is deprecated in recent SciPy but kept for parity with the standard FID tools.
     warnings.simplefilter("ignore", DeprecationWarning)
-    covmean, _ = scipy.linalg.sqrtm(matrix, disp=False)
-  return covmean
+    out = scipy.linalg.sqrtm(matrix, disp=False)
+  # SciPy returns (sqrtm, error estimate) with disp=False, except a bare array for 1x1 input.
+  return out[0] if isinstance(out, tuple) else out
 
 
 def _as_features(features) -> np.ndarray:

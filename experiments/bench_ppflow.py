@@ -1,6 +1,6 @@
 """PPFlow vs the dense DiT, side by side in one run (SPEC section 1, issue 5).
 
-    flock /tmp/adaflow-bench.lock python experiments/bench_ppflow.py [--steps 400 --batch 64]
+    ADAFLOW_BENCH_LOCKED=1 flock /tmp/adaflow-bench.lock python experiments/bench_ppflow.py [--steps 400 --batch 64]
 
 Setting: embedded digits 16x16, the quick start DiT (width 128, depth 4, 4 heads) with base patch
 2 (64 tokens in the fine stage; 16 in the 2x2 stage, 32 in the 1x2 stage). With the quick start's
@@ -191,7 +191,9 @@ def main():
   for name in ("ppflow2", "ppflow3"):
     theory[name] = loaded[name][0].objective.schedule.token_cost_ratio()
   date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
-  cmd = "flock /tmp/adaflow-bench.lock python experiments/bench_ppflow.py " + " ".join(sys.argv[1:])
+  cmd = "python experiments/bench_ppflow.py " + " ".join(sys.argv[1:])
+  if os.environ.get("ADAFLOW_BENCH_LOCKED"):
+    cmd = "ADAFLOW_BENCH_LOCKED=1 flock /tmp/adaflow-bench.lock " + cmd
   lines = [
       "# PPFlow vs dense DiT (SPEC section 1)", "",
       f"Machine: 2-core CPU, no GPU (jax {jax.__version__}, backend {jax.default_backend()}); other jobs may "

@@ -79,9 +79,9 @@ def test_tokenizer_decode_inverts_encode():
   params = nn.meta.unbox(tok.net.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1))))
   x = jax.random.uniform(jax.random.PRNGKey(1), (3, 16, 16, 1), minval=-1, maxval=1)
   y = jnp.array([0, 1, 2])
-  seq = tok.encode(params, x, y)
-  rec_direct, mask = tok.reconstruct(params, x)
-  np.testing.assert_allclose(tok.decode(params, seq), rec_direct, atol=1e-6)
+  seq = jax.jit(tok.encode)(params, x, y)
+  rec_direct, mask = jax.jit(tok.reconstruct)(params, x)
+  np.testing.assert_allclose(jax.jit(tok.decode)(params, seq), rec_direct, atol=1e-6)
   np.testing.assert_array_equal(dq.sequence_to_codes(tok.layout, seq)["fine_mask"], mask)
 
 
@@ -146,6 +146,7 @@ def test_codebook_ema_update_and_dead_code_restart():
   np.testing.assert_allclose(new["embed_sum"][3], 7.0)
 
 
+@pytest.mark.slow
 def test_dqvae_train_step_updates_codebook_by_ema_only():
   """Through the shared train step: the codebook moves only by post_update (no gradient), all
   codes start dead and restart from encoder vectors, and the loss is finite."""
@@ -226,11 +227,12 @@ def test_transformer_is_causal():
   layout, model, params = _tiny_transformer()
   mask, cc, cf, labels = _random_codes(jax.random.PRNGKey(1), layout, 4)
   seq = dq.codes_to_sequence(layout, mask, cc, cf, labels)
-  pl, cl = model.apply(params, seq["content"], seq["position"], seq["segment"])
+  apply = jax.jit(model.apply)
+  pl, cl = apply(params, seq["content"], seq["position"], seq["segment"])
   for j in (3, 7, 12):
     c2 = seq["content"].at[:, j].set((seq["content"][:, j] + 1) % layout.codebook_size)
     p2 = seq["position"].at[:, j].set((seq["position"][:, j] + 1) % layout.nf)
-    pl2, cl2 = model.apply(params, c2, p2, seq["segment"])
+    pl2, cl2 = apply(params, c2, p2, seq["segment"])
     np.testing.assert_allclose(pl2[:, :j], pl[:, :j], atol=1e-5)
     np.testing.assert_allclose(cl2[:, :j - 1], cl[:, :j - 1], atol=1e-5)
     assert float(jnp.abs(pl2[:, j:] - pl[:, j:]).max()) > 1e-4        # later rows do see it
@@ -273,5 +275,5 @@ def test_sequence_loss_learns_and_fixed_map_forces_positions():
     l0 = float(l) if l0 is None else l0
   assert float(l) < 0.7 * l0
   fixed = dq.fixed_fine_map(layout.nc, 0.5)
-  s = sample_sequences(model, params, jax.random.PRNGKey(0), jnp.array([0, 1]), fixed_map=fixed)
+  s = jax.jit(lambda p: sample_sequences(model, p, jax.random.PRNGKey(0), jnp.array([0, 1]), fixed_map=fixed))(params)
   np.testing.assert_array_equal(dq.sequence_to_codes(layout, s)["fine_mask"], np.stack([fixed, fixed]))

@@ -370,7 +370,7 @@ class DQTokenizer:
     """[B, Nc] bool, [B, Nc], [B, Nf] -> images [B, H, W, C]."""
     b = fine_mask.shape[0]
     gc, gf = self.layout.gc, self.layout.gf
-    embed = params["params"]["codebook_embed"]
+    embed = jnp.asarray(params["params"]["codebook_embed"])
     qc = embed[codes_coarse].reshape(b, gc, gc, -1)
     qf = embed[codes_fine].reshape(b, gf, gf, -1)
     qmap = assemble_map(fine_mask.reshape(b, gc, gc), qc, qf)

@@ -80,7 +80,7 @@ class DQTransformerObjective:
                            f"{tok_cfg.data.get(field)!r} ({config.tokenizer_workdir}); use the same data settings")
     else:
       tok, tok_params = tokenizer
-    self.tokenizer, self.tokenizer_params = tok, tok_params
+    self.tokenizer, self.tokenizer_params = tok, jax.tree_util.tree_map(jnp.asarray, tok_params)
     self.layout = tok.layout
     t = config.dq_transformer
     self.model = dqt.DQTransformer(self.layout, width=int(t.width), depth_pos=int(t.depth_pos),

@@ -267,3 +267,25 @@ def test_sampling_switches_stage_with_per_stage_cfg():
   assert float(jnp.abs(a - b).max()) > 1e-4
   with pytest.raises(ValueError, match="config.sample.cfg_scales"):
     obj.stage_cfg_scales(1.0, (1.0, 2.0, 3.0))
+
+
+@pytest.mark.slow
+def test_convert_stages_workdir_round_trip(tmp_path):
+  """`adaflow convert-stages` path: dense run -> step-0 PPFlow checkpoint -> fine-tune resumes it."""
+  from adaflow.commands.convert_stages import convert_workdir
+  from adaflow.train.loop import train
+  from adaflow.train.restore import load_trainer_and_params
+  dense_cfg = tiny_config(**{"model.patch_size": 2, "train.steps": 2, "train.ckpt_every": 2})
+  train(dense_cfg, str(tmp_path / "dense"), log=lambda m: None)
+  cfg = pp_config(stages=((0.5, (4, 4)), (1.0, (2, 2))), **{"train.steps": 2, "train.ckpt_every": 2})
+  convert_workdir(str(tmp_path / "dense"), cfg, str(tmp_path / "pp"), log=lambda m: None)
+  _, dense, _ = load_trainer_and_params(str(tmp_path / "dense"))
+  tr, conv, step = load_trainer_and_params(str(tmp_path / "pp"))
+  assert step == 0 and tr.objective.schedule.num_stages == 2
+  np.testing.assert_array_equal(conv["params"]["head_1"]["linear"]["kernel"], dense["params"]["head_0"]["linear"]["kernel"])
+  np.testing.assert_allclose(conv["params"]["embed_0"]["proj"]["kernel"],
+                             pp.repeat_embed_kernel(np.asarray(dense["params"]["embed_0"]["proj"]["kernel"]), 2, (2, 2), 1))
+  state = train(cfg, str(tmp_path / "pp"), log=lambda m: None)      # resumes from the converted step 0
+  assert int(state.step) == 2
+  with pytest.raises(ValueError, match="config.objective"):
+    convert_workdir(str(tmp_path / "dense"), dense_cfg, str(tmp_path / "bad"), log=lambda m: None)

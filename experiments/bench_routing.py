@@ -1,6 +1,11 @@
 """DiffCR token routing vs the dense DiT, side by side in one run (digits 16x16, patch 2: 64 tokens).
 
-    flock /tmp/adaflow-bench.lock python experiments/bench_routing.py [--pre 500 --ft 250]
+    python experiments/bench_routing.py --train-only [--pre 500 --ft 250]
+    ADAFLOW_BENCH_LOCKED=1 flock /tmp/adaflow-bench.lock python experiments/bench_routing.py --reuse [same flags]
+
+Two phases: `--train-only` trains every variant (untimed, may run beside other jobs), then the same
+command with `--reuse` under the benchmark lock restores the checkpoints and does every timed and
+quality measurement side by side.
 
 Protocol (same training budget for every variant): one dense DiT (configs/quickstart_routed.py's
 model, width 128, depth 4, patch 2) is trained for `--pre` steps; then each variant is fine-tuned
@@ -137,6 +142,9 @@ def main():
   ap.add_argument("--num-eval", type=int, default=500)
   ap.add_argument("--reps", type=int, default=3)
   ap.add_argument("--workdir", default="/tmp/bench_routing")
+  ap.add_argument("--train-only", action="store_true",
+                  help="only train the variants into --workdir and compile their programs (untimed; run the "
+                       "measurement later with --reuse under the benchmark lock)")
   ap.add_argument("--reuse", action="store_true",
                   help="keep --workdir: finished runs are restored from their checkpoints, not retrained")
   ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "routing.md"))
@@ -191,6 +199,8 @@ def main():
       r["table"] = routing.ratio_table(r["params"], spec)
       r["snapped"] = routing.snapped_table(r["table"], spec)
 
+  if args.train_only:
+    return   # the compiled programs are now in the persistent compilation cache
   # FLOPs: dense from XLA directly; routed = dense + per-block differences at the snapped bins.
   dense_tr, dense_p = runs["dense"]["tr"], runs["dense"]["params"]
   dense_flops = runs["dense"]["gen_flops_xla"]
@@ -211,6 +221,35 @@ def main():
       times[name].append(time.perf_counter() - t0)
   for name in runs:
     runs[name]["sample_s"] = float(np.median(times[name]))
+
+  # 3b. where the time goes: one block at batch 2*sample_batch (CFG), plain on k tokens vs routed
+  # (router + top-k + gather + block + scatter), interleaved.
+  model = runs["dense"]["tr"].objective.model
+  bsz = 2 * args.sample_batch
+  n = (runs["dense"]["tr"].info.image_shape[0] // model.patch_size) ** 2
+  blk = DiTBlock(model.hidden_size, model.num_heads, model.head_dim, int(model.hidden_size * model.mlp_ratio),
+                 model.dtype)
+  bp = {"params": runs["dense"]["params"]["params"]["block_0"]}
+  xb = jax.random.normal(jax.random.PRNGKey(0), (bsz, n, model.hidden_size))
+  cb = jax.random.normal(jax.random.PRNGKey(1), (bsz, model.hidden_size))
+  wk = jax.random.normal(jax.random.PRNGKey(2), (model.hidden_size, 1)) * 0.02
+  prof_fns = {}
+  for k in sorted({n, routing.num_kept(0.75, n), routing.num_kept(0.5, n)}, reverse=True):
+    prof_fns[f"plain block, {k} tokens"] = jax.jit(lambda p, x, c, k=k: blk.apply(p, x[:, :k], c))
+    prof_fns[f"routed block, k={k}"] = jax.jit(lambda p, x, c, k=k: blk.apply(
+        p, x, c, method=lambda m, x, c: routing.routed_block(m, x, c, jax.nn.sigmoid((x @ wk)[..., 0]), k, "ste")))
+  prof_t = {name: [] for name in prof_fns}
+  for f in prof_fns.values():
+    jax.block_until_ready(f(bp, xb, cb))
+  for _ in range(5):
+    for name, f in prof_fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(f(bp, xb, cb))
+      prof_t[name].append(time.perf_counter() - t0)
+  prof_rows = ["| program (one block, batch %d, N=%d) | ms (median of 5) |" % (bsz, n), "|---|---|"]
+  for name in prof_fns:
+    prof_rows.append(f"| {name} | {1e3 * float(np.median(prof_t[name])):.2f} |")
+  profile_table = "\n".join(prof_rows)
 
   # 4. quality.
   classifier = get_classifier(base.data, os.path.join(args.workdir, ".cache"), log=quiet)
@@ -249,12 +288,16 @@ def main():
     r = runs[name]
     check += (f"- {name}: FLOPs by per-block accounting {r['flops'] / 1e9:.2f} G vs XLA on the whole sampler "
               f"{r['gen_flops_xla'] / 1e9:.2f} G\n")
-  cmd = "flock /tmp/adaflow-bench.lock python experiments/bench_routing.py " + " ".join(sys.argv[1:])
+  cmd = "python experiments/bench_routing.py " + " ".join(sys.argv[1:])
+  if args.reuse:
+    cmd = (f"python experiments/bench_routing.py {' '.join(a for a in sys.argv[1:] if a != '--reuse')} --train-only` "
+           f"(training, untimed), then `{cmd}")
+  locked = "held" if os.environ.get("ADAFLOW_BENCH_LOCKED") else "NOT held (set ADAFLOW_BENCH_LOCKED=1 when run under flock)"
   date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
   md = f"""# DiffCR token routing vs dense DiT (digits 16x16, patch 2 = 64 tokens)
 
 Machine: 2-core CPU, no GPU (other jobs may have shared the CPU). Date: {date}.
-Command: `{cmd}` (total {time.time() - t_start:.0f} s).
+Command: `{cmd}` (total {time.time() - t_start:.0f} s). Benchmark lock /tmp/adaflow-bench.lock: {locked}.
 JAX {jax.__version__}, backend {jax.default_backend()}.
 
 Budget: dense pre-training {args.pre} steps x batch {args.batch}, then {args.ft} fine-tuning steps per
@@ -270,6 +313,11 @@ batch of {args.sample_batch} images (x2 for CFG). Train temp MiB: XLA temporary 
 step (activation memory); routed training computes two full-width masked blocks per layer (see
 adaflow/models/routing.py), so it needs more activation memory than dense training here, unlike the
 paper's gathered training.
+
+Where the time goes (one block; "routed" = router + top-k + sort + gather + block + scatter, so
+routed k minus plain k is the routing overhead):
+
+{profile_table}
 
 FLOPs cross-check (uniform variants have no lax.switch, so XLA can count the whole sampler):
 {check}

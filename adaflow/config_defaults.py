@@ -16,7 +16,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="digits",          # digits | crops | tfds:<name> | folder
       image_size=16,
-      channels=1,
+      channels=None,          # None: the dataset's natural channels (digits 1, crops 3, tfds as stored)
       random_flip=False,
       data_dir=None,          # TFDS data_dir, or the image folder root for `folder`
       split="train",

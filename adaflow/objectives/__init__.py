@@ -8,21 +8,23 @@ An objective provides:
 """
 from __future__ import annotations
 
+from adaflow.objectives.dq_transformer import DQTransformerObjective
+from adaflow.objectives.dqvae import DQVAEObjective
 from adaflow.objectives.flow_matching import FlowMatchingObjective
+from adaflow.objectives.grouped import GroupFinetuneObjective
+from adaflow.objectives.ppflow import PPFlowObjective
+from adaflow.objectives.routed import RoutedFlowMatchingObjective
+from adaflow.objectives.step_selector import StepSelectorObjective
 
-OBJECTIVES = {"flow_matching": FlowMatchingObjective}
-from adaflow.objectives.ppflow import PPFlowObjective  # noqa: E402  PPFlow
-OBJECTIVES["ppflow"] = PPFlowObjective
-from adaflow.objectives.routed import RoutedFlowMatchingObjective  # noqa: E402  DiffCR
-OBJECTIVES["routed_flow_matching"] = RoutedFlowMatchingObjective
-from adaflow.objectives.grouped import GroupFinetuneObjective  # noqa: E402  train-then-prune stage 2
-OBJECTIVES["grouped_finetune"] = GroupFinetuneObjective
-from adaflow.objectives.step_selector import StepSelectorObjective  # noqa: E402  AdaDiff
-OBJECTIVES["step_selector"] = StepSelectorObjective
-from adaflow.objectives.dqvae import DQVAEObjective  # noqa: E402  DQ-VAE (stage 1)
-OBJECTIVES["dqvae"] = DQVAEObjective
-from adaflow.objectives.dq_transformer import DQTransformerObjective  # noqa: E402  DQ-Transformer (stage 2)
-OBJECTIVES["dq_transformer"] = DQTransformerObjective
+OBJECTIVES = {
+    "flow_matching": FlowMatchingObjective,              # dense DiT (foundation)
+    "ppflow": PPFlowObjective,                           # pyramidal patchification
+    "routed_flow_matching": RoutedFlowMatchingObjective, # DiffCR token routing + ratio loss
+    "grouped_finetune": GroupFinetuneObjective,          # train-then-prune, stage 2 per group
+    "step_selector": StepSelectorObjective,              # AdaDiff policy (REINFORCE)
+    "dqvae": DQVAEObjective,                             # DQ-VAE tokenizer (stage 1)
+    "dq_transformer": DQTransformerObjective,            # DQ-Transformer (stage 2)
+}
 
 
 def build_objective(config, info):

@@ -121,8 +121,8 @@ def main():
       f"# Training and sampling throughput: DiT-{args.size} at {args.image}x{args.image}x3, batch {args.batch}",
       "",
       f"Measured {now} on this project's machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), "
-      f"no GPU, jax {jax.__version__}. Command: `python experiments/bench_train.py --size {args.size} "
-      f"--image {args.image} --batch {args.batch}`. Other jobs may have shared the CPU.",
+      f"no GPU, jax {jax.__version__}. Command: `python experiments/bench_train.py {' '.join(sys.argv[1:])}`. "
+      f"Other jobs may have shared the CPU.",
       "",
       "| compute dtype | train img/s | forward img/s | sampling img/s (Euler, "
       f"{args.sample_steps} steps) | train-step GFLOP (XLA) | matmul peak GFLOP/s (measured) | train MFU | forward MFU | XLA temp MiB |",

@@ -91,3 +91,18 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
   return c
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config([arg])` of the config file at `path` (config files are not a package; one
+  config builds on another by loading it with this). Relative paths resolve against the caller's
+  file when given as `os.path.join(os.path.dirname(__file__), "quickstart.py")`."""
+  import importlib.util
+  import os
+  if not os.path.exists(path):
+    raise ValueError(f"config file {path!r} does not exist")
+  name = "_adaflow_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if arg is None else module.get_config(arg)

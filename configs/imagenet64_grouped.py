@@ -11,22 +11,20 @@ importance on 8 batches, importance proposer, 6 rounds x 8 proposals, proxy = he
 1024 examples after 50 fine-tune steps. Stage 2: 20k steps per group (5 x 20k = 100k), so
 stage 1 + stage 2 = 400k steps, the dense budget.
 """
-import importlib.util
 import os
+
+from adaflow.config_defaults import load_config_file
 
 from adaflow.prune.pipeline import grouped_defaults
 
 
 def _dense():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet64_dense.py")
-  spec = importlib.util.spec_from_file_location("_adaflow_imagenet64_dense_config_grouped", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  """configs/imagenet64_dense.py, which this config builds on."""
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet64_dense.py"))
 
 
 def get_config():
-  c = _dense().get_config()
+  c = _dense()
   c.name = "imagenet64_grouped"
   c.grouped = grouped_defaults()
   g = c.grouped

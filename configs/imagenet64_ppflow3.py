@@ -10,16 +10,14 @@ From a trained dense run (the paper's recipe; fine-tune for a fraction of the de
   adaflow convert-stages --workdir gs://.../dense64 --config configs/imagenet64_ppflow3.py --out gs://.../ppflow3_64ft
   adaflow train --config configs/imagenet64_ppflow3.py --workdir gs://.../ppflow3_64ft --config.train.steps=100000
 """
-import importlib.util
 import os
+
+from adaflow.config_defaults import load_config_file
 
 
 def _dense():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet64_dense.py")
-  spec = importlib.util.spec_from_file_location("_adaflow_imagenet64_dense_config", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  """configs/imagenet64_dense.py, which this config builds on."""
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet64_dense.py"))
 
 
 def get_config():

@@ -8,19 +8,16 @@ Only the policy (a 2-layer MLP over the generator's class embedding) is trained;
 samples the batch at every step count of `selector.step_set` (heun + CFG as the generator's
 `sample` config), scores it with `selector.quality` and applies one REINFORCE update.
 """
-import importlib.util
 import os
+
+from adaflow.config_defaults import load_config_file
 
 from adaflow.objectives.step_selector import selector_defaults
 
 
 def _quickstart_config():
-  """configs/quickstart.py's config, loaded by path (config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py")
-  spec = importlib.util.spec_from_file_location("_adaflow_quickstart_config_adadiff", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  """configs/quickstart.py, which this config builds on."""
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))
 
 
 def get_config():

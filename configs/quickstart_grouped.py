@@ -7,23 +7,20 @@ group (N = 4 groups equal in SNR dB, budgets (i/N + (N-i)/N k) F with k = 0.5, t
 at the data end); stage 2 fine-tunes each group for 250 steps on its own times. Total training
 images = (1500 + 4 * 250) * 128, the same as the dense quick start (2500 * 128).
 """
-import importlib.util
 import os
+
+from adaflow.config_defaults import load_config_file
 
 from adaflow.prune.pipeline import grouped_defaults
 
 
 def _quickstart():
-  """configs/quickstart.py, loaded by path (config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py")
-  spec = importlib.util.spec_from_file_location("_adaflow_quickstart_config_grouped", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  """configs/quickstart.py, which this config builds on."""
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))
 
 
 def get_config():
-  c = _quickstart().get_config()
+  c = _quickstart()
   c.name = "quickstart_grouped"
   c.grouped = grouped_defaults()
   c.grouped.num_groups = 4

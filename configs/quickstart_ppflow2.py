@@ -8,17 +8,14 @@ Base patch 2 rather than the quick start's 4: with patch 4 the coarse 8x8 stage 
 cost on CPU. The dense baseline for this config is `configs/quickstart.py` with
 `--config.model.patch_size=2` (see experiments/bench_ppflow.py).
 """
-import importlib.util
 import os
+
+from adaflow.config_defaults import load_config_file
 
 
 def _quickstart():
-  """configs/quickstart.py, loaded by path (config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py")
-  spec = importlib.util.spec_from_file_location("_adaflow_quickstart_config", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  """configs/quickstart.py, which this config builds on."""
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))
 
 
 def get_config():

@@ -3,17 +3,14 @@ for t in (0.5, 0.75], 2x2 (the base patch) for t > 0.75. Same DiT as quickstart_
 
 adaflow train --config configs/quickstart_ppflow3.py --workdir runs/quickstart_ppflow3
 """
-import importlib.util
 import os
+
+from adaflow.config_defaults import load_config_file
 
 
 def _quickstart():
-  """configs/quickstart.py, loaded by path (config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py")
-  spec = importlib.util.spec_from_file_location("_adaflow_quickstart_config", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  """configs/quickstart.py, which this config builds on."""
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))
 
 
 def get_config():

@@ -13,19 +13,16 @@ would leave 8 tokens and the per-block fixed costs (adaLN, gather/scatter, kerne
 dominate any saving; 64 tokens give routing something to drop. The matching dense baseline is
 `configs/quickstart.py --config.model.patch_size=2` (experiments/bench_routing.py runs both).
 """
-import importlib.util
 import os
+
+from adaflow.config_defaults import load_config_file
 
 from adaflow.models.routing import routing_defaults
 
 
 def _quickstart():
-  """configs/quickstart.py, loaded by path (config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py")
-  spec = importlib.util.spec_from_file_location("_adaflow_quickstart_config", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  """configs/quickstart.py, which this config builds on."""
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))
 
 
 def get_config():

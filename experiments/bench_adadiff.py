@@ -44,11 +44,9 @@ from adaflow.train import checkpoint as ckpt  # noqa: E402
 
 
 def load_config(path):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("_bench_cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  """A configs/*.py file's get_config() (see adaflow.config_defaults.load_config_file)."""
+  from adaflow.config_defaults import load_config_file
+  return load_config_file(path)
 
 
 def ensure_generator(workdir, steps):

@@ -48,11 +48,9 @@ from adaflow.train.restore import load_params  # noqa: E402
 
 
 def load_quickstart():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("_qs", os.path.join(ROOT, "configs", "quickstart.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  """A configs/*.py file's get_config() (see adaflow.config_defaults.load_config_file)."""
+  from adaflow.config_defaults import load_config_file
+  return load_config_file(os.path.join(ROOT, "configs", "quickstart.py"))
 
 
 def base_config(args):

@@ -18,7 +18,6 @@ Writes experiments/results/ppflow.md (or --out).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -36,10 +35,9 @@ import numpy as np  # noqa: E402
 
 
 def load_config(name: str):
-  spec = importlib.util.spec_from_file_location(f"_cfg_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  """A configs/*.py file's get_config() (see adaflow.config_defaults.load_config_file)."""
+  from adaflow.config_defaults import load_config_file
+  return load_config_file(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
 def bench_config(name: str, args):

@@ -49,11 +49,9 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def load_config():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("qr", os.path.join(ROOT, "configs", "quickstart_routed.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  """A configs/*.py file's get_config() (see adaflow.config_defaults.load_config_file)."""
+  from adaflow.config_defaults import load_config_file
+  return load_config_file(os.path.join(ROOT, "configs", "quickstart_routed.py"))
 
 
 def variant_config(base, name, args):

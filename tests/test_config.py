@@ -33,3 +33,21 @@ def test_batch_not_divisible_by_data_axis_names_the_field(tmp_path):
   c = tiny_config(**{"train.batch_size": 6})
   with pytest.raises(ValueError, match=r"train\.batch_size"):
     config_lib.validate_mesh(c, num_devices=4)
+
+
+def test_every_config_file_loads_and_validates():
+  """Each configs/*.py builds (derived configs load their base through load_config_file) and passes
+  the dataset-independent checks."""
+  import glob
+  import os
+  from adaflow import config as config_lib
+  from adaflow.config_defaults import load_config_file
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  paths = sorted(glob.glob(os.path.join(root, "*.py")))
+  assert len(paths) >= 10
+  for path in paths:
+    c = load_config_file(path, "S/2") if path.endswith("dit.py") else load_config_file(path)
+    config_lib.validate_train(c)
+    config_lib.validate_flow(c)
+  with pytest.raises(ValueError, match="does not exist"):
+    load_config_file(os.path.join(root, "no_such_config.py"))

@@ -20,7 +20,6 @@ fp32 params, 400k steps; sampling Heun 125 steps (250 NFE). Per-method fields fo
 The dataset must be prepared once in ArrayRecord format (see README.md); `data_dir` is a
 command-line override: `--config.data.data_dir=gs://bucket/tfds`.
 """
-import importlib.util
 import os
 
 import ml_collections
@@ -30,12 +29,9 @@ CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "
 
 
 def _load(name: str) -> ml_collections.ConfigDict:
-  """configs/<name>.py's get_config(), loaded by path (config files are not a package)."""
-  path = os.path.normpath(os.path.join(CONFIGS, f"{name}.py"))
-  spec = importlib.util.spec_from_file_location(f"_adaflow_in64_{name}", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  """A configs/*.py file's get_config() (see adaflow.config_defaults.load_config_file)."""
+  from adaflow.config_defaults import load_config_file
+  return load_config_file(os.path.normpath(os.path.join(CONFIGS, f"{name}.py")))
 
 
 def dense() -> ml_collections.ConfigDict:

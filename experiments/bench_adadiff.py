@@ -101,6 +101,8 @@ def main():
   p.add_argument("--chunk", type=int, default=64)
   p.add_argument("--out", default=os.path.join(ROOT, "experiments/results/adadiff.md"))
   args = p.parse_args()
+  from experiments.common import machine_line
+  machine = machine_line()
   t_start = time.time()
   gen_train_s = ensure_generator(os.path.abspath(args.generator), args.gen_steps)
 
@@ -199,20 +201,20 @@ def main():
 
   write_report(args, obj, fixed, policies, ev_labels, S, K,
                dict(gen_train_s=gen_train_s, pool_s=pool_s, eval_gen_s=eval_gen_s, rl_s=rl_s,
-                    total_s=time.time() - t_start), clf)
+                    total_s=time.time() - t_start), clf, machine)
 
 
 def fmt(x, nd=3):
   return "n/a" if x is None else f"{x:.{nd}f}"
 
 
-def write_report(args, obj, fixed, policies, ev_labels, S, K, secs, clf):
+def write_report(args, obj, fixed, policies, ev_labels, S, K, secs, clf, machine):
   ref = fixed[-1]
   lines = []
   add = lines.append
   add("# AdaDiff: per-input step counts (REINFORCE) vs fixed step counts\n")
-  add(f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Machine: 2-core CPU, "
-      "no GPU; other jobs may have shared the CPU (timings are best of repetitions, interleaved).\n")
+  add(f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Machine: {machine}. "
+      "Timings are best of repetitions, interleaved.\n")
   add(f"Command: `flock /tmp/adaflow-bench.lock python experiments/bench_adadiff.py {' '.join(sys.argv[1:])}`\n")
   add(f"Generator: `{args.generator}` (flow-matching DiT, quick start config), sampled with {obj.method} + CFG "
       f"{obj.cfg_scale:g}; step set {tuple(int(s) for s in S)}. Policy: 2-layer MLP (64 wide) over the generator's "

@@ -19,7 +19,6 @@ arms timed in interleaved repetitions after compilation.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -65,11 +64,11 @@ def base_config(args):
   return c
 
 
-def grouped_cfg(args, largest, proposer="importance", stage2=None):
+def grouped_cfg(args, largest, proposer="importance", stage2=None, k=0.5):
   c = base_config(args)
   c.grouped = grouped_defaults()
   g = c.grouped
-  g.num_groups, g.k, g.largest = 4, 0.5, largest
+  g.num_groups, g.k, g.largest = 4, k, largest
   g.stage1_steps, g.stage2_steps = args.stage1, args.stage2 if stage2 is None else stage2
   g.stage2_lr, g.stage2_warmup_steps = 3e-4, 10
   g.rounds, g.proposals_per_round, g.proxy_samples = args.rounds, args.proposals, 128
@@ -89,7 +88,11 @@ def main():
   ap.add_argument("--proposals", type=int, default=2)
   ap.add_argument("--num_eval", type=int, default=500)
   ap.add_argument("--reps", type=int, default=3)
+  ap.add_argument("--extra_k", type=float, default=None,
+                  help="also run TDC (largest=data) with this smaller k, to see where the FLOPs bar is reached")
   args = ap.parse_args()
+  from experiments.common import machine_line
+  machine = machine_line()
   total = args.stage1 + 4 * args.stage2
   t_start = time.time()
   os.makedirs(args.work, exist_ok=True)
@@ -114,6 +117,13 @@ def main():
   t0 = time.time()
   run_grouped(grouped_cfg(args, "noise"), wd["noise"])
   timings["tdc noise s (stage 1 reused)"] = time.time() - t0
+  if args.extra_k is not None:
+    wd["extra"] = os.path.join(args.work, f"tdc_data_k{args.extra_k:g}")
+    if not os.path.exists(os.path.join(wd["extra"], "stage1")):
+      shutil.copytree(os.path.join(wd["data"], "stage1"), os.path.join(wd["extra"], "stage1"))
+    t0 = time.time()
+    run_grouped(grouped_cfg(args, "data", k=args.extra_k), wd["extra"])
+    timings[f"tdc data k={args.extra_k:g} s (stage 1 reused)"] = time.time() - t0
   stage1_params = load_params(os.path.join(wd["data"], "stage1"))
   rnd_dir = os.path.join(args.work, "random_prune")
   rnd_path = os.path.join(rnd_dir, "result.json")
@@ -133,13 +143,16 @@ def main():
   arms[f"dense ({total} steps)"] = (dense_obj, load_params(os.path.join(args.work, "dense")), 1.0)
   arms[f"stage-1 base ({args.stage1} steps)"] = (dense_obj, stage1_params, 1.0)
   results = {}
-  for o in ("data", "noise"):
+  for o in [o for o in ("data", "noise", "extra") if o in wd]:
     res = json.load(open(os.path.join(wd[o], "prune", "result.json")))
     results[o] = res
-    gcfg = grouped_cfg(args, o)
+    gcfg = grouped_cfg(args, "data", k=args.extra_k) if o == "extra" else grouped_cfg(args, o)
     obj = grouped_objective(gcfg, res)
     frac = sampling_summary(gcfg, res)["flops_fraction"]
     tuned = {group_key(i): load_params(os.path.join(wd[o], f"group_{i}")) for i in range(4)}
+    if o == "extra":
+      arms[f"TDC largest=data k={args.extra_k:g}"] = (obj, tuned, frac)
+      continue
     sliced = {group_key(gr["group"]): slice_params(stage1_params, dense_obj.model, Structure.from_json(gr["structure"]))
               for gr in res["groups"]}
     arms[f"TDC largest={o}"] = (obj, tuned, frac)
@@ -195,12 +208,12 @@ def main():
   date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
   md = [
       "# Timestep-grouped train-then-prune (TDC) vs dense — digits quick-start model", "",
-      f"Date: {date}. Machine: 2-core CPU, no GPU; other jobs (other helpers' tests and benchmarks) "
-      "may have shared the CPU, so wall-clock numbers are noisy (interleaved repetitions, median).",
-      f"Command: `flock /tmp/adaflow-bench.lock python experiments/bench_grouped.py` "
+      f"Date: {date}. Machine: {machine}. Wall-clock: interleaved repetitions, median.",
+      f"Command: `python experiments/bench_grouped.py {' '.join(sys.argv[1:])}` "
       f"(batch {args.batch}, {total} total steps per arm = {total * args.batch} training images; the quick start "
-      "uses 2500 x 128, this is a smaller budget to keep the benchmark to minutes).",
-      f"TDC: stage 1 {args.stage1} steps, N = 4 groups (equal SNR-dB width over [-20, 20] dB), k = 0.5, "
+      "uses 2500 x 128, the same or a smaller budget).",
+      f"TDC: stage 1 {args.stage1} steps, N = 4 groups (equal SNR-dB width over [-20, 20] dB), k = 0.5"
+      + (f" (and {args.extra_k:g} for one extra arm)" if args.extra_k is not None else "") + ", "
       f"Taylor importance, {args.rounds} rounds x {args.proposals} proposals, proxy = held-out flow loss on 128 "
       f"examples at the group's times, stage 2 {args.stage2} steps per group. Sampling: {s.method}, {s.steps} steps, "
       f"CFG {s.cfg_scale}; FD/accuracy on {args.num_eval} class-balanced samples (classifier-feature FD, not Inception FID).",

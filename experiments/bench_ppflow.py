@@ -78,6 +78,8 @@ def main():
   ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "ppflow.md"))
   args = ap.parse_args()
   t_start = time.time()
+  from experiments.common import machine_line
+  machine = machine_line()
 
   from adaflow.models.ppflow import convert_params_for
   from adaflow.eval import evaluate_samples
@@ -194,8 +196,7 @@ def main():
     cmd = "ADAFLOW_BENCH_LOCKED=1 flock /tmp/adaflow-bench.lock " + cmd
   lines = [
       "# PPFlow vs dense DiT (SPEC section 1)", "",
-      f"Machine: 2-core CPU, no GPU (jax {jax.__version__}, backend {jax.default_backend()}); other jobs may "
-      f"have shared the CPU during this run. Date: {date}.", f"Command: `{cmd.strip()}`", "",
+      f"Machine: {machine}. Date: {date}.", f"Command: `{cmd.strip()}`", "",
       f"Setting: embedded digits 16x16x1, DiT width 128, depth 4, 4 heads, base patch 2 (64 / 32 / 16 tokens "
       f"for 2x2 / 2x4 / 4x4-pixel patches), bfloat16 matmuls. Training: {args.steps} steps x batch {args.batch} "
       f"for every from-scratch model (a small budget, chosen to keep the whole run near 10 minutes; the quick "

@@ -148,6 +148,8 @@ def main():
                   help="keep --workdir: finished runs are restored from their checkpoints, not retrained")
   ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "routing.md"))
   args = ap.parse_args()
+  from experiments.common import machine_line
+  machine = machine_line()
   t_start = time.time()
   # Identical programs (the train step compiled again for memory_analysis, the two learned
   # variants' samplers) are compiled once: persistent compilation cache for this run.
@@ -295,7 +297,7 @@ def main():
   date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
   md = f"""# DiffCR token routing vs dense DiT (digits 16x16, patch 2 = 64 tokens)
 
-Machine: 2-core CPU, no GPU (other jobs may have shared the CPU). Date: {date}.
+Machine: {machine}. Date: {date}.
 Command: `{cmd}` (total {time.time() - t_start:.0f} s). Benchmark lock /tmp/adaflow-bench.lock: {locked}.
 JAX {jax.__version__}, backend {jax.default_backend()}.
 

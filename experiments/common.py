@@ -1,0 +1,28 @@
+"""Helpers shared by the benchmark scripts: where and when a measurement was taken."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+
+import jax
+
+
+def utc_now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def machine_line() -> str:
+  """One sentence naming the machine a benchmark ran on: accelerator (or CPU), core count, jax,
+  and the load average when it was called (other jobs sharing the CPU distort timings)."""
+  dev = jax.devices()[0]
+  cpu = f"{os.cpu_count()}-core {platform.machine()} CPU"
+  if dev.platform == "cpu":
+    where = f"{cpu}, no accelerator"
+  else:
+    where = f"{len(jax.devices())} x {dev.device_kind} ({dev.platform}) with a {cpu} host"
+  try:
+    load = ", load average {:.1f} / {:.1f} / {:.1f} (1 / 5 / 15 min) at the start".format(*os.getloadavg())
+  except OSError:
+    load = ""
+  return f"{where}; jax {jax.__version__}, backend {jax.default_backend()}{load}"

@@ -292,11 +292,27 @@ def test_driver_end_to_end_and_resume(tmp_path):
   for gr in result["groups"]:
     assert gr["flops"] <= gr["budget"]
   assert summary["flops_fraction"] < 1.0
+  # `adaflow sample / eval` load the finished workdir as the grouped sampler.
+  from adaflow.prune.pipeline import load_grouped
+  obj, params, cfg = load_grouped(wd)
+  assert sorted(params) == ["group_0", "group_1"] and cfg.grouped.num_groups == 2
+  y = jax.numpy.arange(3) % 10
+  imgs = obj.generate(params, jax.random.PRNGKey(0), y, steps=4, method="euler")
+  assert imgs.shape == (3,) + tuple(obj.info.image_shape) and np.all(np.isfinite(imgs))
   before = load_params(os.path.join(wd, "group_1"))
   os.remove(os.path.join(wd, "group_1", "DONE"))
   shutil.rmtree(os.path.join(wd, "group_1", "checkpoints", "4"))
+  with pytest.raises(ValueError, match="has not finished stage 2"):
+    load_grouped(wd)
   logs = []
   run_grouped(c, wd, log=logs.append)
   assert any("stage 1 already finished" in m for m in logs) and any("pruning already finished" in m for m in logs)
   after = load_params(os.path.join(wd, "group_1"))
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), before, after)
+
+
+def test_load_grouped_rejects_a_plain_workdir(tmp_path):
+  from adaflow.prune.pipeline import is_grouped_workdir, load_grouped
+  assert not is_grouped_workdir(str(tmp_path))
+  with pytest.raises(ValueError, match="not a train-then-prune workdir"):
+    load_grouped(str(tmp_path))

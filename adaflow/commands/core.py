@@ -47,27 +47,38 @@ def cmd_sample():
   import numpy as np
   from adaflow.train.evaluate import generate_images
   from adaflow.train.images import save_grid
-  from adaflow.train.restore import load_trainer_and_params
-  tr, params, step = load_trainer_and_params(need("workdir"), FLAGS.config)
-  s = tr.config.sample
-  k = max(tr.objective.num_classes, 1)
+  objective, params, config, mesh, step = _load_generator(need("workdir"))
+  s = config.sample
+  k = max(objective.num_classes, 1)
   labels = np.sort((np.arange(FLAGS.num) % k).astype(np.int32))
-  imgs = generate_images(tr.objective, params, tr.mesh, jax.random.PRNGKey(tr.config.seed), labels,
+  imgs = generate_images(objective, params, mesh, jax.random.PRNGKey(config.seed), labels,
                          steps=s.steps, method=s.method, cfg_scale=s.cfg_scale)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "samples", f"cli_step_{step}.png")
   save_grid(np.clip(imgs, -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // imgs.shape[1]))
   print(f"wrote {out}")
-  if hasattr(tr.objective, "images_and_maps"):  # DQ: coarse/fine map picture (adaflow/commands/dq.py)
+  if hasattr(objective, "images_and_maps"):  # DQ: coarse/fine map picture (adaflow/commands/dq.py)
     from adaflow.commands.dq import sample_map
-    print(f"wrote {sample_map(tr.objective, params, labels, tr.config.seed, out)}")
+    print(f"wrote {sample_map(objective, params, labels, config.seed, out)}")
 
 
 @command("eval")
 def cmd_eval():
   from adaflow.train.evaluate import evaluate_generator
   from adaflow.train.loop import cache_dir
-  from adaflow.train.restore import load_trainer_and_params
-  tr, params, step = load_trainer_and_params(need("workdir"), FLAGS.config)
-  result = evaluate_generator(tr.objective, params, tr.config, tr.mesh, cache_dir(tr.config, FLAGS.workdir))
+  objective, params, config, mesh, step = _load_generator(need("workdir"))
+  result = evaluate_generator(objective, params, config, mesh, cache_dir(config, FLAGS.workdir))
   result["step"] = step
   print(json.dumps(result, indent=2))
+
+
+def _load_generator(workdir: str):
+  """(objective, params, config, mesh, step) of a training workdir or a train-then-prune workdir
+  (stage1/ + prune/ + group_i/: the grouped sampler, each group's fine-tuned sub-model)."""
+  from adaflow.prune.pipeline import is_grouped_workdir, load_grouped
+  if is_grouped_workdir(workdir):
+    from adaflow.parallel import make_mesh
+    objective, params, config = load_grouped(workdir, FLAGS.config)
+    return objective, params, config, make_mesh(config.mesh), "grouped"
+  from adaflow.train.restore import load_trainer_and_params
+  tr, params, step = load_trainer_and_params(workdir, FLAGS.config)
+  return tr.objective, params, tr.config, tr.mesh, step

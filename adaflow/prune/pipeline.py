@@ -303,3 +303,45 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
     log("grouped eval: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
     summary["eval"] = res
   return summary
+
+
+# ---- loading a finished grouped workdir (sample / eval) ----------------------------------
+def is_grouped_workdir(workdir: str) -> bool:
+  """True for a `run_grouped` workdir (stage1/, prune/result.json, group_i/)."""
+  return os.path.exists(os.path.join(workdir, "prune", "result.json")) and os.path.isdir(os.path.join(workdir, "stage1"))
+
+
+def load_grouped(workdir: str, config: Optional[ml_collections.ConfigDict] = None):
+  """(GroupedFlowObjective, params {group_i: {'params': ...}}, config) of a finished grouped run.
+
+  The config is the one stored with stage 1's checkpoint (it carries `config.grouped`) unless
+  `config` overrides it (e.g. other sampling settings). Groups whose stage 2 has not finished are
+  an error, except with `grouped.stage2_steps = 0` (pruning only: the sliced stage-1 weights).
+  """
+  from adaflow.train.restore import config_of, load_params
+  if not is_grouped_workdir(workdir):
+    raise ValueError(f"{workdir} is not a train-then-prune workdir (needs stage1/ and prune/result.json; "
+                     f"run `adaflow train --config <grouped config> --workdir {workdir}` to finish it)")
+  stage1 = os.path.join(workdir, "stage1")
+  config = config if config is not None else config_of(stage1)
+  if not config.get("grouped"):
+    raise ValueError(f"the config of {stage1} has no `grouped` section")
+  with open(os.path.join(workdir, "prune", "result.json")) as f:
+    result = json.load(f)
+  obj = grouped_objective(config, result)
+  base = None
+  params = {}
+  for gr in result["groups"]:
+    i = gr["group"]
+    gdir = os.path.join(workdir, f"group_{i}")
+    if _done(gdir):
+      params[group_key(i)] = load_params(gdir)
+    elif int(grouped_config(config).stage2_steps) == 0:
+      base = load_params(stage1) if base is None else base
+      params[group_key(i)] = slice_params(base, FlowMatchingObjective(config, obj.info).model,
+                                          Structure.from_json(gr["structure"]))
+    else:
+      raise ValueError(f"group {i} of {workdir} has not finished stage 2 ({gdir} has no DONE marker); "
+                       f"re-run `adaflow train` on this workdir to resume it")
+  obj.grouped.check_params(params)
+  return obj, params, config

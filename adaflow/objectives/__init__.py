@@ -8,6 +8,7 @@ An objective provides:
 """
 from __future__ import annotations
 
+from adaflow.compose import spec as _compose_spec  # noqa: F401  registers the `composed` validator
 from adaflow.objectives.dq_transformer import DQTransformerObjective
 from adaflow.objectives.dqvae import DQVAEObjective
 from adaflow.objectives.flow_matching import FlowMatchingObjective
@@ -24,7 +25,17 @@ OBJECTIVES = {
     "step_selector": StepSelectorObjective,              # AdaDiff policy (REINFORCE)
     "dqvae": DQVAEObjective,                             # DQ-VAE tokenizer (stage 1)
     "dq_transformer": DQTransformerObjective,            # DQ-Transformer (stage 2)
+    "composed": None,                                    # any subset of stages/routing/groups (compose)
 }
+
+
+def _composed_objective(config, info):
+  """adaflow.compose.objective imports this package's modules, so it is imported on first use."""
+  from adaflow.compose.objective import ComposedObjective
+  return ComposedObjective(config, info)
+
+
+OBJECTIVES["composed"] = _composed_objective
 
 
 def build_objective(config, info):

@@ -112,6 +112,10 @@ class StepSelectorObjective:
                          f"describes {tuple(info.image_shape)} with {info.num_classes}; use the generator's data config")
     self.generator = generator
     self.generator_params = jax.tree_util.tree_map(jnp.asarray, jax.device_get(generator_params))
+    # The tree whose ['params']['y_embed'] the policy reads; a composed generator (adaflow.compose)
+    # with several timestep groups names one of its groups.
+    cond = getattr(generator, "condition_params", None)
+    self.condition_params = cond(self.generator_params) if cond is not None else self.generator_params
     sample_cfg = gen_config.sample if gen_config is not None else config.sample
     self.method = s.get("method") or sample_cfg.method
     self.cfg_scale = float(s.cfg_scale) if s.get("cfg_scale", -1.0) >= 0 else float(sample_cfg.cfg_scale)
@@ -133,7 +137,7 @@ class StepSelectorObjective:
   # ---- policy -------------------------------------------------------------------------------
   @property
   def feature_dim(self) -> int:
-    d = int(self.generator_params["params"]["y_embed"].shape[-1])
+    d = int(self.condition_params["params"]["y_embed"].shape[-1])
     if self.use_noise_stats:
       d += sel.NUM_NOISE_STATS_PER_CHANNEL * int(self.info.image_shape[-1])
     return d
@@ -149,7 +153,7 @@ class StepSelectorObjective:
 
   def logits(self, params, labels: jax.Array, noise: jax.Array) -> jax.Array:
     """labels [B], noise [B, H, W, C] -> logits [B, A]."""
-    feats = sel.policy_features(self.generator_params, labels, noise, self.use_noise_stats)
+    feats = sel.policy_features(self.condition_params, labels, noise, self.use_noise_stats)
     return self.policy.apply({"params": params["params"]}, feats)
 
   def choose(self, params, labels: jax.Array, noise: jax.Array) -> jax.Array:
@@ -159,6 +163,9 @@ class StepSelectorObjective:
   # ---- generation -----------------------------------------------------------------------------
   def generate_with_steps(self, generator_params, labels: jax.Array, noise: jax.Array, steps: int) -> jax.Array:
     """The frozen generator's sample from `noise` [B, H, W, C] with `steps` (static) steps."""
+    integrate = getattr(self.generator, "integrate_noise", None)
+    if integrate is not None:  # generators that switch networks along the grid (adaflow.compose)
+      return integrate(generator_params, labels, noise, steps=int(steps), method=self.method, cfg_scale=self.cfg_scale)
     vel = self.generator.velocity_fn(generator_params, labels, self.cfg_scale)
     return flow.sample(vel, noise, int(steps), self.method)
 

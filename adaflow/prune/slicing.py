@@ -6,7 +6,9 @@ Parameter layout of a DiT block (see `adaflow.models.dit`), H heads of width hd,
   attn/proj/kernel [H*hd, D]; mlp/fc1/kernel [D, M], fc1/bias [M]; mlp/fc2/kernel [M, D]
 A block keeping no heads and no MLP channels is dropped (its adaLN is removed too); the kept blocks
 are renumbered block_0, block_1, ... in order. Everything outside the blocks (embedders, heads,
-t/y/level embeddings, final layer) is copied unchanged, so PPFlow stage parameters survive.
+t/y/level embeddings, final layer) is copied unchanged, so PPFlow stage parameters survive; a
+routed DiT's `router_{b}` [D, 1] follows its block (renumbered) and `rho` [depth, R] keeps the
+rows of the kept blocks, so DiffCR routers survive too.
 """
 from __future__ import annotations
 
@@ -115,9 +117,14 @@ def slice_params(params: Any, base: DiT, structure: Structure) -> Any:
   (host numpy arrays; shapes exactly those the sub-model initialises)."""
   check_structure(structure, base)
   p = jax.device_get(params)["params"]
-  out = {k: v for k, v in p.items() if not k.startswith("block_")}
-  for new_i, b in enumerate(structure.kept_blocks()):
+  out = {k: v for k, v in p.items() if not (k.startswith("block_") or k.startswith("router_") or k == "rho")}
+  kept = structure.kept_blocks()
+  for new_i, b in enumerate(kept):
     out[f"block_{new_i}"] = _slice_block(p[f"block_{b}"], structure.heads[b], structure.mlp[b], base.head_dim)
+    if f"router_{b}" in p:            # RoutedDiT: the router acts on the residual width (unchanged)
+      out[f"router_{new_i}"] = p[f"router_{b}"]
+  if "rho" in p:                      # RoutedDiT ratios [depth, R]: rows of the kept blocks
+    out["rho"] = np.asarray(p["rho"])[np.asarray(kept, np.int64)]
   return {"params": jax.tree_util.tree_map(np.asarray, out)}
 
 

@@ -224,6 +224,9 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
                                         process_index=jax.process_index(), process_count=jax.process_count())
   step_fn = tr.jitted_step()
   writer = MetricWriter(workdir)
+  dropped = writer.drop_after(start)
+  if dropped:
+    tr.log(f"metrics.jsonl: dropped {dropped} rows logged after step {start} (they are recomputed now)")
   n_params = config_lib.num_params(state.params)
 
   pbar = tqdm(total=tc.steps, initial=start, disable=jax.process_index() != 0, dynamic_ncols=True,

@@ -31,6 +31,29 @@ class MetricWriter:
     for k, v in metrics.items():
       self._tb.add_scalar(f"{kind}/{k}", float(v), int(step))
 
+  def drop_after(self, step: int) -> int:
+    """Removes rows logged after `step` (a resume from the checkpoint at `step` recomputes them, so
+    a run killed between checkpoints does not log those steps twice). Returns how many were removed.
+    Rewrites the file atomically; TensorBoard keeps its events (it shows the newest per step)."""
+    if not self.enabled or not os.path.exists(self.path):
+      return 0
+    with open(self.path) as f:
+      lines = [line for line in f if line.strip()]
+    keep = []
+    for line in lines:
+      try:
+        if int(json.loads(line)["step"]) > step:
+          continue
+      except (ValueError, KeyError, TypeError):
+        continue              # a torn last line from a kill mid-write
+      keep.append(line if line.endswith("\n") else line + "\n")
+    if len(keep) != len(lines):
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(keep)
+      os.replace(tmp, self.path)
+    return len(lines) - len(keep)
+
   def flush(self) -> None:
     if self._tb is not None:
       self._tb.flush()

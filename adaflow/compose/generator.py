@@ -1,0 +1,116 @@
+"""ComposedGenerator: the flow-matching sampler for any subset of {PPFlow stages, routing, timestep
+groups}. The time grid is cut into maximal runs of steps that share one (group, stage): the stage
+of a step is the stage holding its midpoint (PPFlow's rule, `PatchSchedule.step_stages`), its group
+the group holding its start time (`GroupedModel.segments`'s rule). Each run is integrated with
+`flow.integrate` by group g's network at stage s (routing: "infer" mode, the snapped bin of the
+step's timestep region), with stage s's CFG scale. With one method on, the runs are exactly that
+method's own slices, so the result equals the method's own `generate` for the same key.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adaflow import flow
+from adaflow.compose import model as model_lib
+from adaflow.compose.spec import ComposeSpec, spec_from_config
+from adaflow.models.routing import RoutedDiT
+from adaflow.prune.groups import group_of
+
+
+class ComposedGenerator:
+  """Generator of a composed model (see module docstring). Same sampling interface as the
+  objectives: `generate(params, rng, labels, *, steps, method, cfg_scale, grid)`."""
+
+  def __init__(self, config, info, spec: Optional[ComposeSpec] = None):
+    self.config, self.info = config, info
+    self.spec = spec if spec is not None else spec_from_config(config, info)
+    self.num_classes = info.num_classes
+    self.null_label = info.num_classes
+    self.interpolant = flow.make_interpolant(config.flow)
+    self.base = model_lib.base_model(config, info, self.spec)
+    self.models = model_lib.group_models(self.base, self.spec)
+    self.routed = isinstance(self.base, RoutedDiT)
+    self.grouped = self.spec.blocks_per_group is not None
+    self.class_dropout = float(config.model.get("class_dropout", 0.1))
+
+  # ---- parameters ---------------------------------------------------------------------------
+  def dummy_inputs(self, batch: int = 1):
+    return model_lib.dummy_inputs(self.info, batch)
+
+  def init(self, rng: jax.Array):
+    """Boxed variables in the composed layout (every stage, routers/rho, every group)."""
+    return model_lib.init_params(self.models, rng, self.info, self.grouped)
+
+  def check_params(self, params: Any) -> None:
+    model_lib.check_params(params, self.models, self.info, self.spec)
+
+  def condition_params(self, params: Any) -> Any:
+    """The tree whose `['params']['y_embed']` the AdaDiff policy reads: the last group's (the
+    group at the data end, t ~ 1)."""
+    return model_lib.group_params(params, self.spec, self.spec.num_groups - 1)
+
+  # ---- dispatch -----------------------------------------------------------------------------
+  def step_groups(self, grid: np.ndarray) -> list[int]:
+    grid = np.asarray(grid, np.float64)
+    if not self.grouped:
+      return [0] * (len(grid) - 1)
+    return [int(g) for g in group_of(grid[:-1].astype(np.float32), np.asarray(self.spec.edges, np.float64))]
+
+  def step_stages(self, grid: np.ndarray) -> list[int]:
+    if self.spec.schedule is None:
+      return [0] * (len(grid) - 1)
+    return self.spec.schedule.step_stages(grid)
+
+  def segments(self, grid: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """[(group, stage, sub_grid)]: consecutive runs of steps sharing (group, stage); each sub-grid
+    shares its end point with the next one's start."""
+    grid = np.asarray(grid)
+    keys = list(zip(self.step_groups(grid), self.step_stages(grid)))
+    out, a = [], 0
+    for j in range(1, len(keys) + 1):
+      if j == len(keys) or keys[j] != keys[a]:
+        out.append((keys[a][0], keys[a][1], grid[a:j + 1]))
+        a = j
+    return out
+
+  def stage_cfg_scales(self, cfg_scale: float) -> tuple[float, ...]:
+    if self.spec.cfg_scales is not None:
+      return self.spec.cfg_scales
+    return (float(cfg_scale),) * self.spec.num_stages
+
+  # ---- networks -----------------------------------------------------------------------------
+  def apply(self, params, g: int, x, t, y, *, stage: int = 0, mode: str = "infer"):
+    """Group g's network at `stage`: [B, H, W, C] prediction. `mode` (routing) is "infer" for
+    sampling, "train" for the differentiable-ratio training path."""
+    kw = {"mode": mode} if self.routed else {}
+    return self.models[g].apply(model_lib.group_params(params, self.spec, g), x, t, y, stage=stage, **kw)
+
+  def velocity_fn(self, params, g: int, stage: int, labels: jax.Array, cfg_scale: float):
+    def model_fn(x, t, y):
+      return self.interpolant.velocity(self.apply(params, g, x, t, y, stage=stage), x, t)
+    return flow.guided(model_fn, labels, self.null_label, cfg_scale)
+
+  # ---- sampling -----------------------------------------------------------------------------
+  def integrate_noise(self, params, labels: jax.Array, noise: jax.Array, *, steps: int, method: str = "heun",
+                      cfg_scale: float = 1.0, grid: Optional[np.ndarray] = None) -> jax.Array:
+    """noise [B, H, W, C] -> samples, `steps` uniform steps (or `grid`). The AdaDiff selector calls
+    this (adaflow.objectives.step_selector) to run the composed generator at a chosen step count."""
+    grid = flow.time_grid(int(steps)) if grid is None else np.asarray(grid)
+    scales = self.stage_cfg_scales(cfg_scale)
+    x = noise
+    for g, s, sub in self.segments(grid):
+      x = flow.integrate(self.velocity_fn(params, g, s, labels, scales[s]), x, sub, method)
+    return x
+
+  def noise(self, rng: jax.Array, batch: int) -> jax.Array:
+    return jax.random.normal(rng, (batch,) + tuple(self.info.image_shape), jnp.float32)
+
+  def generate(self, params, rng: jax.Array, labels: jax.Array, *, steps: int, method: str = "heun",
+               cfg_scale: float = 1.0, grid: Optional[np.ndarray] = None) -> jax.Array:
+    """labels [B] -> images [B, H, W, C] (not clipped); noise drawn as every objective draws it."""
+    return self.integrate_noise(params, labels, self.noise(rng, labels.shape[0]), steps=steps, method=method,
+                                cfg_scale=cfg_scale, grid=grid)

@@ -1,0 +1,107 @@
+"""The one sampler entry point of a composed model.
+
+    sampler = ComposedSampler(config, info, params, policy_params)   # validates everything first
+    out = sampler.sample(rng, labels)   # {'images': [N, H, W, C], 'steps': [N]}
+
+`config.compose` turns on any subset of {ppflow, routing, grouped, selector} (adaflow.compose.spec).
+The generator (stages / routing / groups) is `ComposedGenerator`; with the selector on, the
+AdaDiff policy (`StepSelectorObjective`, the same class the policy is trained with) picks each
+input's step count and inputs are sampled grouped by count, each group running the composed
+generator at its own count. Every check (config, parameter trees, policy) runs in the
+constructor, before anything is compiled.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adaflow.compose.generator import ComposedGenerator
+from adaflow.compose.spec import spec_from_config
+
+
+def selector_objective(config, info, generator: ComposedGenerator, params: Any):
+  """StepSelectorObjective over the composed generator (no classifier needed for sampling)."""
+  from adaflow.objectives.step_selector import StepSelectorObjective, selector_defaults
+  c = config.copy_and_resolve_references()
+  sc = selector_defaults()
+  sc.update(c.selector.to_dict() if hasattr(c.selector, "to_dict") else dict(c.selector))
+  sc.quality = "closeness"          # the reward is a training-time concept; sampling needs no classifier
+  c.selector = sc
+  return StepSelectorObjective(c, info, generator=generator, generator_params=params, classifier=None)
+
+
+class ComposedSampler:
+  """See the module docstring. `params`: generator params in the composed layout; `policy_params`:
+  the step policy's {'params': ..., 'reinforce': ...} (selector on only)."""
+
+  def __init__(self, config, info, params: Any, policy_params: Optional[Any] = None):
+    self.config, self.info = config, info
+    self.spec = spec_from_config(config, info)
+    if params is None:
+      if self.spec.step_set is not None:
+        raise ValueError("compose.selector is on but no generator params were given: the step policy needs a "
+                         "generator to choose step counts for (train one: adaflow compose)")
+      raise ValueError("ComposedSampler needs generator params")
+    self.generator = ComposedGenerator(config, info, self.spec)
+    self.generator.check_params(params)
+    self.params = params
+    self.policy_params = policy_params
+    self.selector = None
+    if self.spec.step_set is not None:
+      if policy_params is None:
+        raise ValueError("config.compose.selector is on but no policy params were given; pass the selector "
+                         "stage's params or turn compose.selector off")
+      self.selector = selector_objective(config, info, self.generator, params)
+      want = jax.tree_util.tree_map(np.shape, jax.eval_shape(self.selector.init, jax.random.PRNGKey(0))["params"])
+      got = jax.tree_util.tree_map(np.shape, policy_params.get("params") if hasattr(policy_params, "get") else None)
+      if want != got:
+        raise ValueError(f"policy params do not match config.selector (step_set {self.spec.step_set}, hidden, depth, "
+                         f"use_noise_stats): expected {want}, got {got}")
+    elif policy_params is not None:
+      raise ValueError("policy params were given but config.compose.selector is False; turn it on or drop them")
+    self._gen_fns: dict = {}
+
+  def _gen_fn(self, steps: int, method: str, cfg_scale: float):
+    key = (steps, method, cfg_scale)
+    if key not in self._gen_fns:
+      self._gen_fns[key] = jax.jit(lambda p, r, y: self.generator.generate(p, r, y, steps=steps, method=method,
+                                                                            cfg_scale=cfg_scale))
+    return self._gen_fns[key]
+
+  def sample(self, rng: jax.Array, labels: np.ndarray, *, steps: Optional[int] = None, method: Optional[str] = None,
+             cfg_scale: Optional[float] = None, batch_size: int = 256) -> dict:
+    """labels [N] -> {'images': [N, H, W, C] numpy, 'steps': [N] int}.
+
+    Without the selector: `steps` (default config.sample.steps) for every input, batches of
+    `batch_size` with keys fold_in(rng, i) (as adaflow.train.evaluate.generate_images). With the
+    selector: its noise(rng, N), the policy's argmax step counts, grouped sampling (`steps` is
+    then ignored; method / CFG come from config.selector, default config.sample)."""
+    labels = np.asarray(labels, np.int32)
+    if self.selector is not None:
+      res = self.selector.sample_grouped(self.policy_params, rng, labels, batch_size=batch_size)
+      return {"images": res["images"], "steps": np.asarray(res["steps"]), "actions": res["actions"]}
+    s = self.config.sample
+    steps = int(s.steps if steps is None else steps)
+    fn = self._gen_fn(steps, method or s.method, float(s.cfg_scale if cfg_scale is None else cfg_scale))
+    out = []
+    for i, a in enumerate(range(0, len(labels), batch_size)):
+      chunk = labels[a:a + batch_size]
+      y = np.concatenate([chunk, np.zeros(batch_size - len(chunk), np.int32)]) if len(labels) > batch_size else chunk
+      out.append(np.asarray(fn(self.params, jax.random.fold_in(rng, i), jnp.asarray(y)))[:len(chunk)])
+    return {"images": np.concatenate(out), "steps": np.full(len(labels), steps, np.int32)}
+
+  def flops_per_image(self, steps_per_image: Optional[np.ndarray] = None, *, steps: Optional[int] = None,
+                      method: Optional[str] = None, cfg_scale: Optional[float] = None) -> float:
+    """Analytic FLOPs per image (adaflow.compose.flops); with the selector pass the chosen steps."""
+    from adaflow.compose import flops
+    s = self.config.sample
+    if self.selector is not None:
+      if steps_per_image is None:
+        raise ValueError("flops_per_image: pass the selector's chosen steps (sample(...)['steps'])")
+      return flops.selector_flops(self.generator, self.params, steps_per_image, self.selector.method,
+                                  self.selector.cfg_scale)
+    return flops.sampling_flops(self.generator, self.params, int(s.steps if steps is None else steps),
+                                method or s.method, float(s.cfg_scale if cfg_scale is None else cfg_scale))

@@ -1,0 +1,405 @@
+"""Composition of PPFlow stages, DiffCR routing, timestep-grouped pruned sub-models and the AdaDiff
+step policy (adaflow/compose): each single method through the composed sampler equals that
+method's own path for the same key; combinations run; invalid combinations fail before jit."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from adaflow import data as data_lib
+from adaflow.compose import flops as flops_lib
+from adaflow.compose.generator import ComposedGenerator
+from adaflow.compose.model import finest_stage_view
+from adaflow.compose.objective import ComposedObjective, cells
+from adaflow.compose.sampler import ComposedSampler
+from adaflow.compose.spec import compose_defaults, spec_from_config
+from adaflow.models.dit import dit_from_config
+from adaflow.models.grouped import group_key
+from adaflow.models.routing import routing_defaults
+from adaflow.objectives.flow_matching import FlowMatchingObjective
+from adaflow.objectives.grouped import GroupedFlowObjective
+from adaflow.objectives.ppflow import PPFlowObjective
+from adaflow.objectives.routed import RoutedFlowMatchingObjective
+from adaflow.objectives.step_selector import StepSelectorObjective, selector_defaults
+from adaflow.prune import budget as budget_lib
+from adaflow.prune.slicing import Structure, mask_params, slice_params
+from conftest import tiny_config
+
+STAGES = ((0.5, (4, 4)), (0.75, (2, 4)), (1.0, (2, 2)))
+BLOCKS = (((1, 64), (1, 32)), ((2, 128), (2, 128)))        # two groups: a pruned one, the full one
+EDGES = (0.0, 0.6, 1.0)
+STEPS = 4
+
+
+def _config(**compose):
+  c = tiny_config()
+  c.model.patch_size = 2                      # 64 tokens at the finest stage, 16 at the coarsest
+  c.sample.cfg_scale = 2.0
+  c.routing = routing_defaults()
+  c.routing.bins = (1.0, 0.5, 0.25)
+  c.routing.num_regions = 2
+  c.selector = selector_defaults()
+  c.selector.step_set = (2, 4)
+  c.selector.quality = "closeness"
+  c.selector.hidden = 8
+  c.selector.depth = 1
+  c.compose = compose_defaults()
+  for k, v in compose.items():
+    c.compose[k] = v
+  if compose.get("ppflow"):
+    c.compose.stages = STAGES
+  if compose.get("grouped"):
+    c.compose.group_blocks = BLOCKS
+    c.compose.group_edges = EDGES
+  return c
+
+
+def _info(c):
+  return data_lib.get_info(c.data)
+
+
+def _perturb(params, seed=5, scale=0.05):
+  """Non-zero adaLN-Zero gates and heads, so every block and stage matters (numpy: no compile)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(lambda l: np.asarray(l + scale * rng.standard_normal(np.shape(l)), np.float32), params)
+
+
+def _init(obj, seed=0):
+  """Unboxed params (jitted init: eager init compiles every op separately)."""
+  return jax.device_get(nn.meta.unbox(jax.jit(obj.init)(jax.random.PRNGKey(seed))))
+
+
+def _gen(obj, params, key, method="euler", steps=STEPS, b=3):
+  fn = jax.jit(functools.partial(obj.generate, steps=steps, method=method, cfg_scale=2.0))
+  return fn(params, key, _labels(b))
+
+
+def _set_rho(params, values):
+  p = jax.tree_util.tree_map(lambda a: a, params)
+  p["params"]["rho"] = np.asarray(values, np.float32)
+  return p
+
+
+def _labels(b=3):
+  return jnp.arange(b, dtype=jnp.int32) % 10
+
+
+def _close(a, b):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+
+
+# ---- each single method == its own path ---------------------------------------------------------
+
+def test_dense_composition_equals_flow_matching():
+  c = _config()
+  info = _info(c)
+  ref = FlowMatchingObjective(c, info)
+  params = _perturb(_init(ref, 0))
+  gen = ComposedGenerator(c, info)
+  gen.check_params(params)
+  key = jax.random.PRNGKey(3)
+  _close(_gen(gen, params, key), _gen(ref, params, key))
+
+
+def test_ppflow_only_equals_ppflow_objective():
+  c = _config(ppflow=True)
+  info = _info(c)
+  pc = _config()
+  pc.objective = "ppflow"
+  pc.model.stages = STAGES
+  ref = PPFlowObjective(pc, info)
+  params = _perturb(_init(ref, 0))
+  gen = ComposedGenerator(c, info)
+  gen.check_params(params)
+  assert [s for _, s, _ in gen.segments(np.linspace(0, 1, STEPS + 1))] == [0, 1, 2]
+  key = jax.random.PRNGKey(4)
+  _close(_gen(gen, params, key), _gen(ref, params, key))
+
+
+def test_routing_only_equals_routed_objective():
+  c = _config(routing=True)
+  info = _info(c)
+  rc = _config()
+  rc.objective = "routed_flow_matching"
+  ref = RoutedFlowMatchingObjective(rc, info)
+  params = _set_rho(_perturb(_init(ref, 0)), [[0.5, 1.0], [0.3, 0.6]])
+  gen = ComposedGenerator(c, info)
+  gen.check_params(params)
+  key = jax.random.PRNGKey(5)
+  from adaflow.models import routing as routing_lib
+  snapped = routing_lib.snapped_table(routing_lib.ratio_table(params, gen.spec.routing), gen.spec.routing)
+  assert snapped.min() < 1.0                                 # some blocks really drop tokens
+  _close(_gen(gen, params, key), _gen(ref, params, key))
+
+
+def test_grouped_only_equals_grouped_objective():
+  c = _config(grouped=True)
+  info = _info(c)
+  from adaflow.models.dit import BlockSpec
+  ref = GroupedFlowObjective(_config(), info, [tuple(BlockSpec(*b) for b in g) for g in BLOCKS], EDGES)
+  params = _perturb(_init(ref, 0))
+  gen = ComposedGenerator(c, info)
+  gen.check_params(params)
+  key = jax.random.PRNGKey(6)
+  _close(_gen(gen, params, key, "heun"), _gen(ref, params, key, "heun"))
+
+
+def test_selector_only_equals_step_selector_sample_grouped():
+  c = _config(selector=True)
+  info = _info(c)
+  gen_obj = FlowMatchingObjective(c, info)
+  params = _perturb(_init(gen_obj, 0))
+  ref = StepSelectorObjective(c, info, generator=gen_obj, generator_params=params, classifier=None)
+  policy = ref.init(jax.random.PRNGKey(1))
+  policy["params"] = _perturb(policy["params"], seed=9, scale=3.0)       # a mixed, non-uniform policy
+  labels = np.arange(10, dtype=np.int32)
+  want = ref.sample_grouped(policy, jax.random.PRNGKey(2), labels, batch_size=8)
+  assert len(set(want["steps"].tolist())) == 2, "test needs a policy that picks both step counts"
+  sampler = ComposedSampler(c, info, params, policy)
+  got = sampler.sample(jax.random.PRNGKey(2), labels, batch_size=8)
+  np.testing.assert_array_equal(got["steps"], want["steps"])
+  _close(got["images"], want["images"])
+  # and each image equals the dense generator at its chosen step count from the same noise
+  noise = ref.noise(jax.random.PRNGKey(2), len(labels))
+  i = int(np.argmax(want["steps"] == 2))
+  vel = gen_obj.velocity_fn(params, jnp.asarray(labels[i:i + 1]), c.sample.cfg_scale)
+  from adaflow import flow
+  _close(got["images"][i:i + 1], flow.sample(vel, noise[i:i + 1], 2, c.sample.method))
+
+
+# ---- combinations -----------------------------------------------------------------------------
+
+def _all_params(c, info, seed=0):
+  gen = ComposedGenerator(c, info)
+  params = _perturb(_init(gen, seed))
+  trees = [params[group_key(g)] for g in range(gen.spec.num_groups)] if gen.grouped else [params]
+  for tree in trees:
+    if "rho" in tree["params"]:
+      tree["params"]["rho"] = np.full_like(tree["params"]["rho"], 0.5)
+  return gen, params
+
+
+def test_all_methods_compose_and_cost_less():
+  c = _config(ppflow=True, routing=True, grouped=True, selector=True)
+  info = _info(c)
+  gen, params = _all_params(c, info)
+  segs = [(g, s) for g, s, _ in gen.segments(np.linspace(0, 1, STEPS + 1))]
+  assert segs == [(0, 0), (0, 1), (1, 2)]   # group by start time, stage by midpoint
+  policy = StepSelectorObjective(c, info, generator=gen, generator_params=params, classifier=None).init(
+      jax.random.PRNGKey(1))
+  sampler = ComposedSampler(c, info, params, policy)
+  out = sampler.sample(jax.random.PRNGKey(0), np.arange(4, dtype=np.int32), batch_size=8)
+  assert out["images"].shape == (4, 16, 16, 1) and np.all(np.isfinite(out["images"]))
+  assert set(out["steps"].tolist()) <= {2, 4}
+  composed = sampler.flops_per_image(out["steps"])
+  dense_c = _config()
+  dense = flops_lib.sampling_flops(ComposedGenerator(dense_c, info), None, STEPS, dense_c.sample.method, 2.0)
+  assert composed < 0.5 * dense
+
+
+def test_flops_dense_matches_budget_and_routing_counts_kept_tokens():
+  c = _config()
+  info = _info(c)
+  gen = ComposedGenerator(c, info)
+  f = flops_lib.sampling_flops(gen, None, STEPS, "heun", 2.0)
+  assert f == budget_lib.model_flops(gen.models[0]) * STEPS * 2 * 2
+  rc = _config(routing=True)
+  rgen = ComposedGenerator(rc, info)
+  rp = _set_rho(nn.meta.unbox(jax.eval_shape(rgen.init, jax.random.PRNGKey(0))), np.ones((2, 2)))
+  rp = jax.tree_util.tree_map(lambda a: np.ones(a.shape, np.float32), rp)
+  full = flops_lib.sampling_flops(rgen, rp, STEPS, "euler", 1.0)
+  n, d = 64, 32
+  assert full == (budget_lib.model_flops(gen.models[0]) + 2 * 2 * n * d) * STEPS    # + two routers
+  rp["params"]["rho"] = np.full((2, 2), 0.5, np.float32)
+  assert flops_lib.sampling_flops(rgen, rp, STEPS, "euler", 1.0) < 0.7 * full
+
+
+def _objective_grads(**compose):
+  c = _config(**compose)
+  c.objective = "composed"
+  obj = ComposedObjective(c, _info(c))
+  params = _init(obj, 0)
+  batch = {"image": jnp.zeros((8, 16, 16, 1)), "label": jnp.arange(8, dtype=jnp.int32)}
+  (loss, m), grads = jax.jit(jax.value_and_grad(obj.loss, has_aux=True))(params, batch, jax.random.PRNGKey(1))
+  assert np.isfinite(float(loss))
+  return obj, params, m, grads
+
+
+@pytest.mark.slow
+def test_composed_objective_trains_every_stage_of_every_group():
+  obj, _, m, grads = _objective_grads(ppflow=True, grouped=True)
+  assert [(g, s) for g, s, *_ in obj.cells] == [(0, 0), (0, 1), (1, 1), (1, 2)]
+  assert sorted(k for k in m if k.startswith("loss_g")) == ["loss_g0s0", "loss_g0s1", "loss_g1s1", "loss_g1s2"]
+  for g, s in [(0, 0), (0, 1), (1, 1), (1, 2)]:
+    assert float(jnp.abs(grads[group_key(g)]["params"][f"head_{s}"]["linear"]["kernel"]).sum()) > 0, (g, s)
+  assert float(jnp.abs(grads["group_0"]["params"]["head_2"]["linear"]["kernel"]).sum()) == 0   # no cell (0, 2)
+
+
+@pytest.mark.slow
+def test_composed_objective_with_routing_trains_ratios():
+  obj, params, m, grads = _objective_grads(ppflow=True, routing=True, grouped=True)
+  assert "ratio_loss" in m
+  for g in ("group_0", "group_1"):
+    assert float(jnp.abs(grads[g]["params"]["rho"]).sum()) > 0
+  projected = obj.post_update(jax.tree_util.tree_map(lambda a: a + 5.0, params), None)
+  assert float(projected["group_1"]["params"]["rho"].max()) <= 1.0
+
+
+def test_dense_cells_are_one_cell():
+  spec = spec_from_config(_config(), _info(_config()))
+  assert len(cells(spec, _config().flow)) == 1
+
+
+# ---- pruning keeps stage parameters, routers and rho --------------------------------------------
+
+@pytest.mark.slow
+def test_slicing_a_routed_ppflow_model_keeps_routers_and_stages():
+  c = _config(ppflow=True, routing=True)
+  info = _info(c)
+  gen, params = _all_params(c, info)
+  params = _set_rho(params, [[0.5, 1.0], [0.25, 0.75]])
+  base = gen.models[0]
+  s = Structure(heads=((), (0, 1)), mlp=((), tuple(range(0, 128, 2))))      # block 0 dropped
+  sliced = slice_params(params, base, s)
+  assert set(k for k in sliced["params"] if k.startswith("router_")) == {"router_0"}
+  _close(sliced["params"]["router_0"]["kernel"], params["params"]["router_1"]["kernel"])
+  _close(sliced["params"]["rho"], np.asarray(params["params"]["rho"])[1:])
+  small = base.clone(blocks=s.block_specs(), depth=1, parent=None)
+  masked = mask_params(params, base, s)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 1))
+  t, y = jnp.full((2,), 0.7), jnp.arange(2, dtype=jnp.int32)
+  for stage in (0, 2):
+    f_small = jax.jit(functools.partial(small.apply, stage=stage, mode="infer"))
+    f_base = jax.jit(functools.partial(base.apply, stage=stage, mode="infer"))
+    _close(f_small(sliced, x, t, y), f_base(masked, x, t, y))
+
+
+@pytest.mark.slow
+def test_finest_stage_view_equals_the_finest_stage():
+  c = _config(ppflow=True, routing=True)
+  info = _info(c)
+  gen, params = _all_params(c, info)
+  view = finest_stage_view(params, 2)
+  dc = _config()
+  dense = dit_from_config(dc.model, info.image_shape, info.num_classes)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 1))
+  t, y = jnp.asarray([0.8, 0.9]), jnp.arange(2, dtype=jnp.int32)
+  _close(dense.apply(view, x, t, y), gen.models[0].apply(params, x, t, y, stage=2, mode="dense"))
+
+
+# ---- invalid combinations ----------------------------------------------------------------------
+
+def test_selector_without_generator_params_rejected():
+  c = _config(selector=True)
+  with pytest.raises(ValueError, match="no generator params"):
+    ComposedSampler(c, _info(c), None, {"params": {}})
+
+
+def test_selector_without_policy_params_rejected():
+  c = _config(selector=True)
+  info = _info(c)
+  params = _init(FlowMatchingObjective(c, info), 0)
+  with pytest.raises(ValueError, match="no policy params"):
+    ComposedSampler(c, info, params)
+  with pytest.raises(ValueError, match="compose.selector is False"):
+    ComposedSampler(_config(), info, params, {"params": {}})
+
+
+def test_routing_bins_must_fit_the_coarse_stage_tokens():
+  c = _config(ppflow=True, routing=True)
+  c.routing.bins = (1.0, 0.5, 0.05)          # 0.05 * 16 coarse tokens < 1 token
+  c.routing.target = 0.5
+  with pytest.raises(ValueError, match=r"config.routing.bins: bin 0.05 keeps 0.80 < 1 of the 16 tokens of PPFlow stage 0"):
+    spec_from_config(c, _info(c))
+  c.routing.bins = (1.0, 0.99, 0.5)          # 0.99 and 1.0 keep the same 64 tokens at the finest stage
+  with pytest.raises(ValueError, match="two bins keep the same count"):
+    spec_from_config(c, _info(c))
+
+
+def test_grouped_params_must_match():
+  c = _config(grouped=True)
+  info = _info(c)
+  gen = ComposedGenerator(c, info)
+  params = _init(gen, 0)
+  with pytest.raises(ValueError, match=r"must have keys \['group_0', 'group_1'\]"):
+    gen.check_params({"group_0": params["group_0"]})
+  swapped = {"group_0": params["group_1"], "group_1": params["group_0"]}
+  with pytest.raises(ValueError, match="shape mismatch"):
+    gen.check_params(swapped)
+  with pytest.raises(ValueError, match="turn compose.grouped on"):
+    ComposedGenerator(_config(), info).check_params(params)
+
+
+def test_routing_needs_routed_params_and_ppflow_needs_stage_params():
+  c = _config(routing=True, ppflow=True)
+  info = _info(c)
+  dense = _init(FlowMatchingObjective(_config(), info))
+  with pytest.raises(ValueError, match="routers/rho missing.*stage embeddings differ"):
+    ComposedGenerator(c, info).check_params(dense)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("stages", STAGES, "compose.stages: is set but compose.ppflow is False"),
+    ("group_edges", (0.0, 1.0), "compose.group_blocks: pruned structures are given but compose.grouped is False"),
+    ("turbo", True, "config.compose.turbo: unknown field"),
+])
+def test_invalid_compose_fields(field, value, match):
+  c = _config()
+  with c.unlocked():
+    c.compose[field] = value
+  with pytest.raises(ValueError, match=match):
+    spec_from_config(c, _info(c))
+
+
+def test_compose_flags_must_be_booleans():
+  c = _config()
+  with c.unlocked():
+    del c["compose"]
+    c.compose = ml_collections.ConfigDict(dict(ppflow="yes"))
+  with pytest.raises(ValueError, match="compose.ppflow: has type str, expected bool"):
+    spec_from_config(c, _info(c))
+
+
+def test_grouped_structures_must_agree():
+  c = _config(grouped=True)
+  c.compose.group_edges = (0.0, 0.3, 0.6, 1.0)
+  with pytest.raises(ValueError, match="2 groups .* need 3 edges"):
+    spec_from_config(c, _info(c))
+  c = _config(grouped=True)
+  c.compose.group_blocks = (((3, 64),), ((2, 128),))        # 3 heads > the base model's 2
+  with pytest.raises(ValueError, match=r"group_blocks\[0\]"):
+    spec_from_config(c, _info(c))
+  c = _config()
+  c.compose.grouped = True
+  with pytest.raises(ValueError, match="no pruned structures"):
+    spec_from_config(c, _info(c))
+
+
+def test_cfg_scales_and_stage_settings_need_ppflow():
+  c = _config()
+  c.sample.cfg_scales = (2.0, 2.0)
+  with pytest.raises(ValueError, match="per-stage CFG scales need PPFlow"):
+    spec_from_config(c, _info(c))
+  c = _config(ppflow=True)
+  c.sample.cfg_scales = (2.0, 2.0)
+  with pytest.raises(ValueError, match="needs 3 non-negative scales"):
+    spec_from_config(c, _info(c))
+  c = _config(ppflow=True)
+  c.compose.stages = ((0.5, (3, 3)), (1.0, (2, 2)))
+  with pytest.raises(ValueError, match="config.compose.stages"):
+    spec_from_config(c, _info(c))
+
+
+def test_selector_step_set_validated_and_objective_rejects_selector():
+  c = _config(selector=True)
+  c.selector.step_set = (8, 4)
+  with pytest.raises(ValueError, match="selector.step_set"):
+    spec_from_config(c, _info(c))
+  c = _config(selector=True)
+  c.objective = "composed"
+  with pytest.raises(ValueError, match="compose.selector"):
+    ComposedObjective(c, _info(c))

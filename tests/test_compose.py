@@ -403,3 +403,36 @@ def test_selector_step_set_validated_and_objective_rejects_selector():
   c.objective = "composed"
   with pytest.raises(ValueError, match="compose.selector"):
     ComposedObjective(c, _info(c))
+
+
+# ---- the recipe -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_recipe_runs_every_stage_and_resumes(tmp_path):
+  import os
+  from adaflow.compose import recipe
+  from adaflow.prune.pipeline import grouped_defaults
+  c = _config(ppflow=True, routing=True, selector=True)
+  c.compose.grouped = True
+  c.grouped = grouped_defaults()
+  c.grouped.num_groups, c.grouped.rounds, c.grouped.proposals_per_round = 2, 1, 1
+  c.grouped.proxy_samples, c.grouped.importance_batches, c.grouped.mlp_granularity = 8, 1, 16
+  for f in ("dense_steps", "ppflow_steps", "routing_steps", "grouped_steps", "selector_steps"):
+    c.compose[f] = 2
+  c.compose.selector_batch = 4
+  c.eval.cache_dir = str(tmp_path / "cache")
+  w = str(tmp_path / "w")
+  summary = recipe.run_recipe(c, w)
+  for stage in recipe.STAGES:
+    assert os.path.exists(os.path.join(w, stage, "DONE")), stage
+  assert summary["training_images"] == 4 * 2 * c.train.batch_size
+  cfg, info, params, policy = recipe.load_composed(w)
+  sampler = ComposedSampler(cfg, info, params, policy)
+  assert sampler.spec.enabled == ("ppflow", "routing", "grouped", "selector")
+  assert sampler.sample(jax.random.PRNGKey(0), np.arange(3, dtype=np.int32), batch_size=8)["images"].shape == (3, 16, 16, 1)
+  # a finished recipe is skipped; a stage without DONE resumes from its checkpoint (no new steps)
+  os.remove(os.path.join(w, "grouped", "DONE"))
+  before = sorted(os.listdir(os.path.join(w, "grouped", "checkpoints")))
+  recipe.run_recipe(c, w)
+  assert os.path.exists(os.path.join(w, "grouped", "DONE"))
+  assert sorted(os.listdir(os.path.join(w, "grouped", "checkpoints"))) == before

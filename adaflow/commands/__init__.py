@@ -8,3 +8,4 @@ from adaflow.commands import convert_stages  # noqa: F401  convert-stages (dense
 from adaflow.commands import fid  # noqa: F401  fid / eval fid (FID-50K protocol)
 from adaflow.commands import dq  # noqa: F401  --tokenizer, DQ coarse/fine maps in `sample`
 from adaflow.commands import inspect  # noqa: F401  inspect ratios (DiffCR)
+from adaflow.commands import compose  # noqa: F401  compose (all methods in one model: adaflow/compose)

@@ -1,0 +1,295 @@
+"""The composed-model training recipe, resumable at every stage (`adaflow compose`).
+
+    W/dense/     1. dense DiT pretraining                      objective flow_matching, compose.dense_steps
+    W/ppflow/    2. PPFlow levels: convert-stages init from W/dense (step-0 checkpoint), then fine-tune
+                    (objective ppflow, model.stages = compose.stages), compose.ppflow_steps
+    W/routed/    3. routing fine-tune of the (PPFlow) model: objective composed (stages + routing), routers
+                    and rho added fresh to the previous stage's weights, compose.routing_steps
+    W/prune/     4a. pruning per timestep group (adaflow.prune: importance, proxy search under the
+                    progressive budget, memory bank) on the finest-stage dense view of W/routed's weights
+                    (adaflow.compose.model.finest_stage_view): result.json
+    W/grouped/   4b. the pruned groups fine-tuned together: objective composed (stages + routing + groups),
+                    each group initialised by slicing the previous stage's weights (stage embeddings,
+                    routers and rho kept), compose.grouped_steps
+    W/selector/  5. AdaDiff step policy (objective step_selector) over the frozen composed generator,
+                    compose.selector_steps of compose.selector_batch labels
+    W/composed.json   stage directories, steps and training images per stage
+
+Stages whose method is off in `config.compose` are skipped (the next one starts from the last one
+that ran). A finished stage leaves a DONE file and is skipped on a rerun; an interrupted one resumes
+from its latest checkpoint through the trainer's auto-resume (pruning from its memory bank).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+
+from adaflow import data as data_lib
+from adaflow.compose.model import finest_stage_view
+from adaflow.compose.spec import compose_config, spec_from_config
+
+STAGES = ("dense", "ppflow", "routed", "grouped", "selector")
+
+
+def _log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(f"[adaflow compose] {msg}", flush=True)
+
+
+def _done(path: str) -> bool:
+  return os.path.exists(os.path.join(path, "DONE"))
+
+
+def _mark_done(path: str, info: dict) -> None:
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "DONE"), "w") as f:
+    json.dump(info, f)
+
+
+def _has_checkpoint(path: str) -> bool:
+  from adaflow.train import checkpoint as ckpt
+  d = ckpt.checkpoint_dir(path)
+  return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+
+
+# ---- per-stage configs ----------------------------------------------------------------------
+def _base(config, name: str, steps: int, finetune: bool) -> ml_collections.ConfigDict:
+  cc = compose_config(config)
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.compose = cc
+    c.compose.ppflow = c.compose.routing = c.compose.grouped = c.compose.selector = False
+    c.compose.stages, c.compose.group_blocks, c.compose.group_edges = (), (), ()
+    c.model.stages = None
+    c.sample.cfg_scales = None
+  c.name = f"{config.get('name', 'composed')}_{name}"
+  c.train.steps = int(steps)
+  if finetune:
+    c.train.lr = float(cc.finetune_lr)
+    c.train.warmup_steps = int(cc.finetune_warmup_steps)
+  c.train.ckpt_every = max(1, min(int(c.train.ckpt_every), int(steps) or 1))
+  c.train.log_every = max(1, min(int(c.train.log_every), int(steps) or 1))
+  c.train.final_samples = False
+  c.train.sample_every = 0
+  c.eval.at_end = False
+  return c
+
+
+def dense_config(config) -> ml_collections.ConfigDict:
+  c = _base(config, "dense", compose_config(config).dense_steps, finetune=False)
+  c.objective = "flow_matching"
+  return c
+
+
+def ppflow_config(config) -> ml_collections.ConfigDict:
+  cc = compose_config(config)
+  c = _base(config, "ppflow", cc.ppflow_steps, finetune=True)
+  c.objective = "ppflow"
+  c.model.stages = tuple(tuple(s) for s in cc.stages)
+  c.sample.cfg_scales = config.sample.get("cfg_scales")
+  return c
+
+
+def generator_config(config, upto: str, prune_result: Optional[dict] = None) -> ml_collections.ConfigDict:
+  """Objective-`composed` config of the generator after stage `upto` (routed | grouped | final):
+  the methods of config.compose that are on and have been trained by then."""
+  cc = compose_config(config)
+  steps = {"routed": cc.routing_steps, "grouped": cc.grouped_steps}.get(upto, 0)
+  c = _base(config, upto, steps, finetune=True)
+  c.objective = "composed"
+  c.compose.ppflow = bool(cc.ppflow)
+  if cc.ppflow:
+    c.compose.stages = tuple(tuple(s) for s in cc.stages)
+    c.sample.cfg_scales = config.sample.get("cfg_scales")
+  c.compose.routing = bool(cc.routing)
+  if upto in ("grouped", "final") and cc.grouped:
+    if prune_result is None:
+      raise ValueError("generator_config: the grouped stage needs the pruning result")
+    c.compose.grouped = True
+    c.compose.group_blocks = tuple(tuple((int(h), int(m)) for h, m in _blocks(gr)) for gr in prune_result["groups"])
+    c.compose.group_edges = tuple(float(e) for e in prune_result["edges"])
+  return c
+
+
+def _blocks(group_result: dict):
+  from adaflow.prune.slicing import Structure
+  return [(s.num_heads, s.mlp_dim) for s in Structure.from_json(group_result["structure"]).block_specs()]
+
+
+def prune_view_config(config) -> ml_collections.ConfigDict:
+  """Dense one-stage config of the finest PPFlow stage (what adaflow.prune searches on)."""
+  cc = compose_config(config)
+  c = _base(config, "prune", 0, finetune=False)
+  c.objective = "flow_matching"
+  if cc.ppflow:
+    info = data_lib.get_info(config.data)
+    spec = spec_from_config(generator_config(config, "routed"), info)
+    c.model.stage_groups = (tuple(spec.schedule.groups[-1]),)
+  return c
+
+
+def selector_config(config, generator_dir: str) -> ml_collections.ConfigDict:
+  cc = compose_config(config)
+  c = _base(config, "selector", cc.selector_steps, finetune=False)
+  c.objective = "step_selector"
+  c.selector.generator_workdir = os.path.abspath(generator_dir)
+  c.train.batch_size = int(cc.selector_batch)
+  c.train.lr = float(config.selector.get("lr", 3e-3))
+  c.train.warmup_steps = min(10, int(cc.selector_steps))
+  c.train.schedule = "constant"
+  c.train.ema_decay = 0.0          # the policy itself is what gets sampled
+  return c
+
+
+# ---- the driver -----------------------------------------------------------------------------
+def validate_recipe(config) -> None:
+  """Every stage's config is validated before the first step of the first stage."""
+  from adaflow import config as config_lib
+  cc = compose_config(config)
+  info = data_lib.get_info(config.data)
+  gen = generator_config(config, "routed")
+  spec_from_config(gen, info)                     # stages, routing fit, cfg scales
+  if cc.selector:
+    if config.get("selector") is None:
+      raise ValueError("config.selector: compose.selector is on but config.selector is missing; start from "
+                       "adaflow.objectives.step_selector.selector_defaults()")
+    from adaflow.models.step_selector import validate_step_set
+    validate_step_set(config.selector.get("step_set"))
+  if cc.grouped:
+    from adaflow.prune.pipeline import validate_grouped
+    validate_grouped(prune_view_config(config))
+  for name, steps in (("dense_steps", cc.dense_steps), ("ppflow_steps", cc.ppflow_steps),
+                      ("routing_steps", cc.routing_steps), ("grouped_steps", cc.grouped_steps),
+                      ("selector_steps", cc.selector_steps)):
+    if not isinstance(steps, int) or steps < 0:
+      raise ValueError(f"config.compose.{name}: must be an integer >= 0, got {steps!r}")
+  if cc.dense_steps < 1:
+    raise ValueError("config.compose.dense_steps: the recipe starts from a dense DiT; needs >= 1 step")
+  config_lib.validate(dense_config(config), info)
+  if cc.ppflow:
+    config_lib.validate(ppflow_config(config), info)
+  if cc.routing:
+    config_lib.validate(gen, info)
+
+
+def run_recipe(config, workdir: str, log=_log) -> dict:
+  """Runs (or resumes) every enabled stage; returns the summary written to W/composed.json."""
+  from adaflow.train.loop import train
+  from adaflow.train.restore import load_params
+  validate_recipe(config)
+  cc = compose_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  bs = int(config.train.batch_size)
+  summary: dict[str, Any] = {"stages": {}, "batch_size": bs}
+
+  def stage(name: str, steps: int, fn) -> str:
+    d = os.path.join(workdir, name)
+    log(f"===== {name}: {steps} steps -> {d} =====")
+    if _done(d):
+      log(f"{name} already finished (DONE); skipping")
+    else:
+      fn(d)
+      _mark_done(d, {"steps": int(steps)})
+    summary["stages"][name] = {"dir": d, "steps": int(steps)}
+    return d
+
+  last = stage("dense", cc.dense_steps, lambda d: train(dense_config(config), d))
+  summary["stages"]["dense"]["images"] = cc.dense_steps * bs
+
+  if cc.ppflow:
+    def run_ppflow(d):
+      pc = ppflow_config(config)
+      if not _has_checkpoint(d):
+        from adaflow.commands.convert_stages import convert_workdir
+        convert_workdir(last, pc, d, log=log)
+      train(pc, d)
+    last = stage("ppflow", cc.ppflow_steps, run_ppflow)
+    summary["stages"]["ppflow"]["images"] = cc.ppflow_steps * bs
+
+  if cc.routing:
+    prev = last
+    last = stage("routed", cc.routing_steps,
+                 lambda d: train(generator_config(config, "routed"), d,
+                                 init_params=None if _has_checkpoint(d) else load_params(prev)))
+    summary["stages"]["routed"]["images"] = cc.routing_steps * bs
+
+  result = None
+  if cc.grouped:
+    from adaflow.prune.pipeline import prune
+    pdir = os.path.join(workdir, "prune")
+    rpath = os.path.join(pdir, "result.json")
+    prev_params = load_params(last)
+    n_stages = len(cc.stages) if cc.ppflow else 1
+    log(f"===== prune: finest-stage view of {last} -> {pdir} =====")
+    if os.path.exists(rpath):
+      log("pruning already finished (result.json); skipping")
+      with open(rpath) as f:
+        result = json.load(f)
+    else:
+      result = prune(prune_view_config(config), finest_stage_view(prev_params, n_stages - 1), pdir, log=log)
+    gcfg = generator_config(config, "grouped", result)
+    prev = last
+
+    def run_grouped(d):
+      init = None
+      if not _has_checkpoint(d):
+        init = sliced_group_params(config, prev_params, result)
+      train(gcfg, d, init_params=init)
+    last = stage("grouped", cc.grouped_steps, run_grouped)
+    summary["stages"]["grouped"]["images"] = cc.grouped_steps * bs
+    summary["prune"] = {"edges": result["edges"], "groups": [
+        {k: gr[k] for k in ("group", "t_range", "budget_fraction", "flops_fraction", "counts")} for gr in result["groups"]]}
+
+  summary["generator_dir"] = last
+  summary["training_images"] = sum(s.get("images", 0) for s in summary["stages"].values())
+  if cc.selector:
+    d = stage("selector", cc.selector_steps, lambda d: train(selector_config(config, last), d))
+    summary["selector_dir"] = d
+    summary["stages"]["selector"]["labels"] = cc.selector_steps * int(cc.selector_batch)
+  with open(os.path.join(workdir, "composed.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  log(f"composed model ready: generator {last}" + (f", selector {summary.get('selector_dir')}" if cc.selector else "")
+      + f"; {summary['training_images']} training images")
+  return summary
+
+
+def sliced_group_params(config, params: Any, result: dict) -> dict:
+  """{group_i: params of the previous stage sliced by group i's structure} (routers, rho and stage
+  parameters kept; adaflow.prune.slicing)."""
+  from adaflow.compose.model import base_model
+  from adaflow.models.grouped import group_key
+  from adaflow.prune.slicing import Structure, slice_params
+  info = data_lib.get_info(config.data)
+  base = base_model(config, info, spec_from_config(generator_config(config, "routed"), info))
+  return {group_key(gr["group"]): slice_params(params, base, Structure.from_json(gr["structure"]))
+          for gr in result["groups"]}
+
+
+# ---- loading the result ---------------------------------------------------------------------
+def load_composed(workdir: str, selector: Optional[bool] = None):
+  """(sampler config, dataset info, generator params, policy params or None) of a finished recipe.
+  `selector=False` gives the generator alone (no policy) even when the recipe trained one."""
+  from adaflow.train.restore import load_params
+  with open(os.path.join(workdir, "composed.json")) as f:
+    summary = json.load(f)
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  cc = compose_config(config)
+  result = None
+  if cc.grouped:
+    with open(os.path.join(workdir, "prune", "result.json")) as f:
+      result = json.load(f)
+  c = generator_config(config, "final", result)
+  use_selector = cc.selector if selector is None else (selector and cc.selector)
+  policy = None
+  if use_selector:
+    c.compose.selector = True
+    policy = load_params(summary["selector_dir"], ema=False)
+  info = data_lib.get_info(c.data)
+  return c, info, load_params(summary["generator_dir"]), policy

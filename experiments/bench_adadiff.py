@@ -215,7 +215,7 @@ def write_report(args, obj, fixed, policies, ev_labels, S, K, secs, clf, machine
   add("# AdaDiff: per-input step counts (REINFORCE) vs fixed step counts\n")
   add(f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Machine: {machine}. "
       "Timings are best of repetitions, interleaved.\n")
-  add(f"Command: `flock /tmp/adaflow-bench.lock python experiments/bench_adadiff.py {' '.join(sys.argv[1:])}`\n")
+  add(f"Command: `python experiments/bench_adadiff.py {' '.join(sys.argv[1:])}`\n")
   add(f"Generator: `{args.generator}` (flow-matching DiT, quick start config), sampled with {obj.method} + CFG "
       f"{obj.cfg_scale:g}; step set {tuple(int(s) for s in S)}. Policy: 2-layer MLP (64 wide) over the generator's "
       f"class embedding (`+noise`: plus 6 initial-noise statistics), REINFORCE with a moving-average baseline "

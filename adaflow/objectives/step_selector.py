@@ -207,7 +207,9 @@ class StepSelectorObjective:
     n = labels.shape[0]
     noise = self.noise(rng, n)
     if actions is None:
-      actions = np.asarray(jax.jit(self.choose)(params, jnp.asarray(labels), noise))
+      if getattr(self, "_choose_fn", None) is None:
+        self._choose_fn = jax.jit(self.choose)   # one compiled policy, not a new jit wrapper per call
+      actions = np.asarray(self._choose_fn(params, jnp.asarray(labels), noise))
     actions = np.asarray(actions, np.int32)
     noise_np = np.asarray(noise)
     out = np.zeros((n,) + tuple(self.info.image_shape), np.float32)

@@ -105,12 +105,12 @@ def train_all(config, work, log):
 
   def once(name, fn):
     d = os.path.join(work, name)
-    if recipe_lib._done(d):
+    if recipe_lib.stage_done(d):
       log(f"{name}: reusing {d}")
       return d
     t = time.time()
     fn(d)
-    recipe_lib._mark_done(d, {})
+    recipe_lib.mark_stage_done(d, {})
     secs[name] = time.time() - t
     log(f"{name}: trained in {secs[name]:.0f}s")
     return d

@@ -31,6 +31,7 @@ import ml_collections
 from adaflow import data as data_lib
 from adaflow.compose.model import finest_stage_view
 from adaflow.compose.spec import compose_config, spec_from_config
+from adaflow.prune.pipeline import mark_stage_done, stage_done
 
 STAGES = ("dense", "ppflow", "routed", "grouped", "selector")
 
@@ -38,16 +39,6 @@ STAGES = ("dense", "ppflow", "routed", "grouped", "selector")
 def _log(msg: str) -> None:
   if jax.process_index() == 0:
     print(f"[adaflow compose] {msg}", flush=True)
-
-
-def _done(path: str) -> bool:
-  return os.path.exists(os.path.join(path, "DONE"))
-
-
-def _mark_done(path: str, info: dict) -> None:
-  os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, "DONE"), "w") as f:
-    json.dump(info, f)
 
 
 def _has_checkpoint(path: str) -> bool:
@@ -191,11 +182,11 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
   def stage(name: str, steps: int, fn) -> str:
     d = os.path.join(workdir, name)
     log(f"===== {name}: {steps} steps -> {d} =====")
-    if _done(d):
+    if stage_done(d):
       log(f"{name} already finished (DONE); skipping")
     else:
       fn(d)
-      _mark_done(d, {"steps": int(steps)})
+      mark_stage_done(d, {"steps": int(steps)})
     summary["stages"][name] = {"dir": d, "steps": int(steps)}
     return d
 

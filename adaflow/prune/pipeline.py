@@ -26,7 +26,7 @@ import numpy as np
 from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow import flow
-from adaflow.models.dit import BlockSpec, dit_from_config
+from adaflow.models.dit import dit_from_config
 from adaflow.models.grouped import group_key
 from adaflow.objectives.flow_matching import FlowMatchingObjective
 from adaflow.objectives.grouped import GroupedFlowObjective, sample_t_truncated
@@ -137,11 +137,12 @@ def group_config(config, i: int, structure: Structure, t_range: tuple[float, flo
   return c
 
 
-def _done(path: str) -> bool:
+def stage_done(path: str) -> bool:
+  """True once a stage directory has its DONE marker (written after the stage finished)."""
   return os.path.exists(os.path.join(path, "DONE"))
 
 
-def _mark_done(path: str, info: dict) -> None:
+def mark_stage_done(path: str, info: dict) -> None:
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "DONE"), "w") as f:
     json.dump(info, f)
@@ -247,11 +248,11 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
 
   s1 = os.path.join(workdir, "stage1")
   log(f"===== stage 1/3: dense base, {g.stage1_steps} steps -> {s1} =====")
-  if _done(s1):
+  if stage_done(s1):
     log("stage 1 already finished (DONE); skipping")
   else:
     train(stage1_config(config), s1)
-    _mark_done(s1, {"steps": int(g.stage1_steps)})
+    mark_stage_done(s1, {"steps": int(g.stage1_steps)})
   base_params = load_params(s1)
 
   pdir = os.path.join(workdir, "prune")
@@ -278,11 +279,11 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
       continue
     log(f"----- group {i}: t in [{gr['t_range'][0]:.3f}, {gr['t_range'][1]:.3f}), counts {gr['counts']}, "
         f"{gr['flops_fraction']:.3f} F -> {gdir} -----")
-    if _done(gdir):
+    if stage_done(gdir):
       log(f"group {i} already finished (DONE); skipping")
     else:
       train(group_config(config, i, structure, tuple(gr["t_range"])), gdir, init_params=sliced)
-      _mark_done(gdir, {"steps": int(g.stage2_steps)})
+      mark_stage_done(gdir, {"steps": int(g.stage2_steps)})
     params[group_key(i)] = load_params(gdir)
 
   summary = {"edges": result["edges"], "groups": [{k: v for k, v in gr.items() if k != "structure"}
@@ -334,7 +335,7 @@ def load_grouped(workdir: str, config: Optional[ml_collections.ConfigDict] = Non
   for gr in result["groups"]:
     i = gr["group"]
     gdir = os.path.join(workdir, f"group_{i}")
-    if _done(gdir):
+    if stage_done(gdir):
       params[group_key(i)] = load_params(gdir)
     elif int(grouped_config(config).stage2_steps) == 0:
       base = load_params(stage1) if base is None else base

@@ -361,8 +361,7 @@ def write_report(a, results, notes, profiles, elapsed):
            f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; jax {jax.__version__}, "
            f"torch {torch.__version__}, diffusers {diffusers.__version__}; total run {elapsed / 60:.1f} min.",
            f"- Command: `python experiments/bench_vs_torch.py --sizes {a.sizes} "
-           f"--batch {a.batch} --reps {a.reps} --modes {a.modes}{' --profile' if a.profile else ''}`"
-
+           f"--batch {a.batch} --reps {a.reps} --modes {a.modes}{' --profile' if a.profile else ''}`",
            f"- CPU load average (1/5/15 min) at start {'/'.join(f'{x:.1f}' for x in a.load_start)}, at the time of "
            f"writing {'/'.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores: above 2 means other jobs competed)."
            + (f" {a.note}" if a.note else ""),

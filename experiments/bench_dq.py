@@ -9,8 +9,12 @@ differs:
   * fixed r=0 / r=1        uniform grids: 16 / 64 codes per image (every region one granularity)
   * fixed r=0.25/0.5/0.75  a fixed (content-independent) map with the same number of codes for
                            every image as DQ's average at that r: 28 / 40 / 52 codes
-  * dq r=...               the learned Gumbel gate with the budget loss (variable length)
+  * gumbel r=...           the learned Gumbel gate with the budget loss (variable length), the
+                           paper's straight-through estimator (selected map x gate max)
+  * gumbelboth r=0.5       the same gate trained with the 'both' estimator (dqvae.gate_gradient)
   * entropy r=0.5          the entropy router
+Runs are named `<router>_<r>` (`--runs` picks a subset); rows of earlier invocations with the same
+workdir are kept, so the table can be built up run by run; each row says its training steps.
 Reconstruction metrics on 512 crops not used for the threshold (seed 999): MSE, PSNR (images in
 [-1, 1], peak-to-peak 2) and FD of reconstructions (adaflow.eval classifier features, not
 Inception FID). Writes experiments/results/dq.md (recon and gen sections) and PNG maps.
@@ -43,12 +47,28 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 RESULTS = os.path.join(ROOT, "experiments", "results")
 
 
-def vae_config(router: str, r: float, steps: int, width: int, batch: int):
+RECON_RUNS = ("fixed_0.5", "gumbel_0.5", "gumbelboth_0.5", "entropy_0.5", "fixed_0.0", "fixed_1.0",
+              "fixed_0.25", "gumbel_0.25", "fixed_0.75", "gumbel_0.75")
+RUN_NAMES = {"gumbel": "DQ-VAE (gate, paper's estimator)", "gumbelboth": "DQ-VAE (gate, 'both' estimator)",
+             "entropy": "DQ-VAE (entropy router)"}
+
+
+def parse_run(name: str):
+  """'gumbelboth_0.5' -> ('gumbelboth', 0.5)."""
+  kind, r = name.rsplit("_", 1)
+  if kind not in ("fixed", "gumbel", "gumbelboth", "entropy"):
+    raise SystemExit(f"--runs: unknown run {name!r}; names are <fixed|gumbel|gumbelboth|entropy>_<r>")
+  return kind, float(r)
+
+
+def vae_config(kind: str, r: float, steps: int, width: int, batch: int):
   sys.path.insert(0, ROOT)
   from configs.quickstart_dqvae import get_config
   c = get_config()
-  c.name = f"bench_{router}_{r}"
+  c.name = f"bench_{kind}_{r}"
+  router = "gumbel" if kind == "gumbelboth" else kind
   c.dqvae.router = router
+  c.dqvae.gate_gradient = "both" if kind == "gumbelboth" else "max"
   c.dqvae.fine_fraction = r
   c.dqvae.width = width
   c.train.steps = steps
@@ -78,33 +98,30 @@ def recon_metrics(tr, params, images, labels, classifier) -> dict:
 
 
 def phase_recon(args, cache, on_row=None):
-  runs = [("fixed", 0.5), ("gumbel", 0.5), ("fixed", 0.0), ("fixed", 1.0), ("entropy", 0.5),
-          ("fixed", 0.25), ("gumbel", 0.25), ("fixed", 0.75), ("gumbel", 0.75)]
+  runs = [parse_run(n) for n in args.runs.split(",")]
   base = vae_config("fixed", 0.0, 1, args.width, args.batch)
   images, labels = data_lib.load_arrays(base.data, args.num_eval, seed=999)
   classifier = get_classifier(base.data, cache)
   floor = real_vs_real_fd(classifier, base.data, args.num_eval)
-  rows = []
-  for router, r in runs:
-    wd = os.path.join(args.workdir, f"vae_{router}_{r}")
-    c = vae_config(router, r, args.steps, args.width, args.batch)
+  for kind, r in runs:
+    wd = os.path.join(args.workdir, f"vae_{kind}_{r}")
+    c = vae_config(kind, r, args.steps, args.width, args.batch)
     t0 = time.time()
     train(c, wd, log=lambda m: None)
     secs = time.time() - t0
     tr, params, _ = load_trainer_and_params(wd)
     m = recon_metrics(tr, params, images, labels, classifier)
-    m.update(router=router, r=r, train_seconds=secs)
-    rows.append(m)
-    if on_row is not None:
-      on_row(rows, floor)
-    print(f"{router:8s} r={r:.2f} codes {m['codes_mean']:5.1f} [{m['codes_min']}-{m['codes_max']}] "
+    m.update(router=kind, r=r, train_seconds=secs, steps=args.steps)
+    print(f"{kind:10s} r={r:.2f} codes {m['codes_mean']:5.1f} [{m['codes_min']}-{m['codes_max']}] "
           f"mse {m['mse']:.4f} psnr {m['psnr']:.2f} fd {m['fd']:.3f} ({secs:.0f}s)", flush=True)
-    if router in ("gumbel", "entropy") and r == 0.5:
+    if kind in ("gumbel", "gumbelboth", "entropy") and r == 0.5:
       n = 8
       maps = dq.render_granularity(images[:n], m["mask"][:n], tr.objective.layout.coarse_stride)
       grid = np.concatenate([images[:n], np.clip(m["rec"][:n], -1, 1), maps])
-      save_grid(grid, os.path.join(RESULTS, f"dq_map_{router}.png"), rows=3, upscale=4)
-  return rows, floor
+      save_grid(grid, os.path.join(RESULTS, f"dq_map_{kind}.png"), rows=3, upscale=4)
+    row = {k: v for k, v in m.items() if k not in ("rec", "mask")}
+    if on_row is not None:
+      on_row(f"{kind}_{r}", row, floor)
 
 
 def gen_config(tokenizer_wd: str, steps: int, batch: int):
@@ -128,9 +145,14 @@ def gen_config(tokenizer_wd: str, steps: int, batch: int):
 def phase_gen(args, cache, cmd):
   """DQ-Transformer on the DQ r=0.5 tokenizer vs the raster transformer on the fixed-map r=0.5
   tokenizer (same average code count, 40) and on the uniform fine grid (64 codes)."""
-  pairs = [("DQ-Transformer (DQ-VAE r=0.50)", "vae_gumbel_0.5"),
-           ("raster transformer (fixed map r=0.50)", "vae_fixed_0.5"),
-           ("raster transformer (fixed grid r=1.00)", "vae_fixed_1.0")]
+  names = {"gumbel": "DQ-Transformer (DQ-VAE gate r={r:.2f})",
+           "gumbelboth": "DQ-Transformer (DQ-VAE gate, both, r={r:.2f})",
+           "entropy": "DQ-Transformer (DQ-VAE entropy r={r:.2f})",
+           "fixed": "raster transformer (fixed map r={r:.2f})"}
+  pairs = []
+  for run in args.gen_runs.split(","):
+    kind, r = parse_run(run)
+    pairs.append((names[kind].format(r=r).replace("fixed map r=1.00", "fixed grid r=1.00"), f"vae_{kind}_{r}"))
   base = vae_config("fixed", 0.0, 1, args.width, args.batch)
   classifier = get_classifier(base.data, cache)
   n = args.gen_samples
@@ -169,20 +191,22 @@ def phase_gen(args, cache, cmd):
     ms = 1000 * float(np.median(times[name]))
     lines.append(f"| {name} | {np.concatenate(codes).mean():.1f} | {q['fd']:.3f} | {q['class_acc']:.3f} | {ms:.2f} |")
     print(lines[-1], flush=True)
-    save_grid(imgs[:48], os.path.join(RESULTS, "dq_gen_" + name.split()[0].lower().replace("-", "") + ".png"),
-              rows=4, upscale=2)
+    tok_name = [t for nm, t in pairs if nm == name][0].replace("vae_", "")
+    save_grid(imgs[:48], os.path.join(RESULTS, f"dq_gen_{tok_name}.png"), rows=4, upscale=2)
   return (header(cmd) + f"\nTransformers: width 96, 2 + 2 layers, {args.gen_steps} steps x batch {args.batch}; "
           f"top-k 32, temperature 1; {n} class-balanced samples.\n\n" + "\n".join(lines))
 
 
-def write_recon(rows, floor, args):
-  lines = ["| tokenizer | r | codes/image mean [min-max] | MSE | PSNR (dB) | rFD | class acc of recon |",
-           "|---|---|---|---|---|---|---|"]
-  for m in rows:
-    name = {"fixed": "fixed-grid VQ" if m["r"] in (0.0, 1.0) else "fixed map VQ", "gumbel": "DQ-VAE (gate)",
-            "entropy": "DQ-VAE (entropy router)"}[m["router"]]
+def write_recon(rows: dict, floor, args):
+  """rows {run name: metrics} (all runs measured so far in this workdir) -> markdown table."""
+  lines = ["| tokenizer | r | train steps | codes/image mean [min-max] | MSE | PSNR (dB) | rFD | class acc of recon |",
+           "|---|---|---|---|---|---|---|---|"]
+  order = sorted(rows, key=lambda n: (abs(rows[n]["r"] - 0.5) > 1e-9, rows[n]["r"], n))
+  for n in order:
+    m = rows[n]
+    name = RUN_NAMES.get(m["router"], "fixed-grid VQ" if m["r"] in (0.0, 1.0) else "fixed map VQ")
     acc = "" if m["class_acc"] is None else f"{m['class_acc']:.3f}"
-    lines.append(f"| {name} | {m['r']:.2f} | {m['codes_mean']:.1f} [{m['codes_min']}-{m['codes_max']}] | "
+    lines.append(f"| {name} | {m['r']:.2f} | {m.get('steps', '')} | {m['codes_mean']:.1f} [{m['codes_min']}-{m['codes_max']}] | "
                  f"{m['mse']:.4f} | {m['psnr']:.2f} | {m['fd']:.3f} | {acc} |")
   lines.append(f"\nReal-vs-real FD floor ({args.num_eval} vs {args.num_eval} crops): {floor:.3f}.")
   return "\n".join(lines)
@@ -203,6 +227,9 @@ def main():
   p.add_argument("--num_eval", type=int, default=512)
   p.add_argument("--gen_steps", type=int, default=800)
   p.add_argument("--gen_samples", type=int, default=240)
+  p.add_argument("--runs", default=",".join(RECON_RUNS), help="recon runs, e.g. fixed_0.5,gumbel_0.5")
+  p.add_argument("--gen_runs", default="gumbel_0.5,entropy_0.5,fixed_0.5,fixed_1.0",
+                 help="tokenizers (recon run names) to train a transformer on")
   p.add_argument("--workdir", default="/tmp/adaflow_bench_dq")
   args = p.parse_args()
   os.makedirs(RESULTS, exist_ok=True)
@@ -212,10 +239,12 @@ def main():
   os.makedirs(args.workdir, exist_ok=True)
   sections = json.load(open(state_path)) if os.path.exists(state_path) else {}
   if args.phase in ("recon", "all"):
-    def on_row(rows, floor):
-      sections["recon"] = (header(cmd) + f"\nTokenizers: {args.steps} steps x batch {args.batch}, width "
-                           f"{args.width}, codebook 256 x 32, EMA 0.99 (small CPU budgets; far from converged). "
-                           f"Metrics on {args.num_eval} crops (seed 999).\n\n" + write_recon(rows, floor, args))
+    def on_row(name, row, floor):
+      rows = sections.setdefault("recon_rows", {})
+      rows[name] = row
+      sections["recon"] = (header(cmd) + f"\nTokenizers: batch {args.batch}, width {args.width}, codebook 256 x 32, "
+                           f"EMA 0.99 (small CPU budgets; far from converged). Metrics on {args.num_eval} crops "
+                           f"(seed 999).\n\n" + write_recon(rows, floor, args))
       json.dump(sections, open(state_path, "w"))
       write_results(sections)
     phase_recon(args, cache, on_row)
@@ -230,7 +259,8 @@ def write_results(sections):
   if "recon" in sections:
     out += ["## Reconstruction: DQ-VAE vs fixed-grid VQ at equal code budgets", "", sections["recon"], "",
             "Coarse/fine maps (rows: input, DQ reconstruction, map; red = fine region with 4 codes, "
-            "blue = coarse region with 1 code): `dq_map_gumbel.png`, `dq_map_entropy.png`.", ""]
+            "blue = coarse region with 1 code): `dq_map_gumbel.png`, `dq_map_gumbelboth.png`, "
+            "`dq_map_entropy.png`.", ""]
   if "gen" in sections:
     out += ["## Generation: DQ-Transformer vs raster transformer on fixed VQ codes", "", sections["gen"], ""]
   with open(os.path.join(RESULTS, "dq.md"), "w") as f:

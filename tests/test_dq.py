@@ -186,6 +186,46 @@ def test_dqvae_train_step_updates_codebook_by_ema_only():
   np.testing.assert_allclose(emb[live], sums[live] / counts[live][:, None], rtol=1e-3, atol=1e-4)
 
 
+def test_gate_calibration_sets_encoding_fraction_and_both_estimator():
+  """post_update moves params['gate_threshold'] to the batch's (1 - r) quantile of the gate margin,
+  so deterministic encoding codes a fraction r of the regions fine (the raw argmax need not);
+  gate_gradient='both' has the same loss value as the paper's 'max' estimator but its own gate
+  gradient."""
+  from adaflow.data import get_info
+  from adaflow.objectives import build_objective
+  c = _dq_config(fine_fraction=0.25, gate_calibration_decay=0.5)
+  info = get_info(c.data)
+  obj = build_objective(c, info)
+  params = nn.meta.unbox(obj.init(jax.random.PRNGKey(0)))
+  # Push the gate towards fine everywhere: the raw argmax then codes (almost) every region fine.
+  params["params"]["gate_fc2"]["bias"] = jnp.array([0.0, 3.0])
+  x = jax.random.uniform(jax.random.PRNGKey(2), (16, 16, 16, 1), minval=-1, maxval=1)
+  batch = {"image": x, "label": jnp.zeros((16,), jnp.int32)}
+  tok = obj.tokenizer
+  raw = float(jnp.mean(tok.encode_codes(params, x)["fine_mask"]))
+  assert raw > 0.9
+  loss = jax.jit(obj.loss)
+  for i in range(30):
+    _, m = loss(params, batch, jax.random.PRNGKey(i))
+    params = obj.post_update(params, m["_side"])
+  assert float(params["params"]["gate_threshold"]) > 0.5
+  calibrated = float(jnp.mean(tok.encode_codes(params, x)["fine_mask"]))
+  assert abs(calibrated - 0.25) < 0.02, calibrated
+  # Estimators: equal loss value, different (non-zero) gate gradients.
+  c_both = _dq_config(fine_fraction=0.25, gate_gradient="both")
+  obj_both = build_objective(c_both, info)
+  (l_max, _), g_max = jax.value_and_grad(obj.loss, has_aux=True)(params, batch, jax.random.PRNGKey(5))
+  (l_both, _), g_both = jax.value_and_grad(obj_both.loss, has_aux=True)(params, batch, jax.random.PRNGKey(5))
+  np.testing.assert_allclose(float(l_max), float(l_both), rtol=1e-5)
+  gm, gb = g_max["params"]["gate_fc2"]["kernel"], g_both["params"]["gate_fc2"]["kernel"]
+  assert float(jnp.abs(gb).max()) > 0 and float(jnp.abs(gm - gb).max()) > 1e-3 * float(jnp.abs(gb).max())
+  assert float(jnp.abs(g_both["params"]["gate_threshold"])) == 0.0
+  c_bad = _dq_config(gate_gradient="sometimes")
+  from adaflow import config as config_lib
+  with pytest.raises(ValueError, match="dqvae.gate_gradient"):
+    config_lib.validate(c_bad, info)
+
+
 def test_dqvae_config_errors():
   from adaflow import config as config_lib
   from adaflow.data import get_info

@@ -4,9 +4,14 @@ Each coarse region (F x F pixels) is coded either by ONE code (coarse) or by FOU
 2 x 2 fine cells (fine), chosen per region by a router:
   * 'gumbel'  the paper's gating network: input concat(LN(coarse feature), avgpool2x2(LN(fine
               features))) [B, Gc, Gc, 2D] -> Linear 2D->2D, SiLU, Linear 2D->2 -> hard Gumbel-softmax
-              (tau 1) during training, argmax when encoding; the selected map is multiplied by the
-              gate's max for the straight-through path. A budget loss gamma (fine_fraction - r)^2
-              steers the fraction of fine regions to the target r.
+              (tau 1) during training; the selected map is multiplied by the gate's max for the
+              straight-through path (the paper's estimator; `dqvae.gate_gradient='both'` instead
+              mixes both granularities with the one-hot gate, so the gate's gradient compares the
+              two choices). A budget loss gamma (fine_fraction - r)^2 steers the fraction of
+              Gumbel-sampled fine regions to the target r. Encoding is deterministic: fine where
+              logit_fine - logit_coarse > params['gate_threshold'] (0 = the paper's argmax; with
+              `dqvae.gate_calibration` the training step keeps it at an EMA of the batch's (1 - r)
+              quantile, so encoding codes a fraction r of the data's regions fine on average).
   * 'entropy' fine where the region's pixel-intensity entropy exceeds a threshold (the paper's
               entropy router; the threshold is a percentile of training-data region entropies).
   * 'fixed'   a content-independent map with round(r * Nc) fine regions: the fixed-grid VQ baseline
@@ -174,6 +179,8 @@ class DQVAENet(nn.Module):
     # cluster_size starts at 0: every code is "dead" at the first update and restarts from data.
     self.cluster_size = self.param("codebook_cluster_size", nn.initializers.zeros, (k,))
     self.embed_sum = self.param("codebook_embed_sum", nn.initializers.zeros, (k, d))
+    # Encoding threshold on the gate's logit difference; no gradient (set by post_update).
+    self.gate_threshold = self.param("gate_threshold", nn.initializers.zeros, ())
     if self.disc_width > 0:
       self.disc = PatchDiscriminator(self.disc_width)
 
@@ -202,7 +209,7 @@ class DQVAENet(nn.Module):
     """Touches every sub-module (for init). Returns the decoded fine-feature map."""
     fine, coarse = self.features(x)
     logits = self.gate_logits(fine, coarse)
-    out = self.decode(fine + 0.0 * logits.sum() + 0.0 * self.embed.sum())
+    out = self.decode(fine + 0.0 * logits.sum() + 0.0 * self.embed.sum() + 0.0 * self.gate_threshold)
     if self.disc_width > 0:
       out = out + 0.0 * self.critic(out).sum()
     return out
@@ -231,6 +238,22 @@ def with_codebook(params, codebook: dict):
   out = dict(params)
   out["params"] = p
   return out
+
+
+def gate_margin(net: "DQVAENet", params, fine: jax.Array, coarse: jax.Array) -> jax.Array:
+  """logit_fine - logit_coarse [B, Gc, Gc] of the gate for encoder features (see `DQVAENet.gate_logits`)."""
+  logits = net.apply(params, fine, coarse, method=DQVAENet.gate_logits)
+  return logits[..., 1] - logits[..., 0]
+
+
+def mix_map(gate: jax.Array, q_coarse: jax.Array, q_fine: jax.Array) -> jax.Array:
+  """Fine-grid map as gate[..., 0] * coarse + gate[..., 1] * fine (`gate_gradient='both'`).
+
+  gate [B, Gc, Gc, 2] one-hot in value (straight-through Gumbel), q_coarse [B, Gc, Gc, D],
+  q_fine [B, Gf, Gf, D] -> [B, Gf, Gf, D]; equal in value to `assemble_map` of the same choice.
+  """
+  g = upsample2(gate)
+  return g[..., 0:1] * upsample2(q_coarse) + g[..., 1:2] * q_fine
 
 
 def assemble_map(fine_mask: jax.Array, q_coarse: jax.Array, q_fine: jax.Array,
@@ -336,13 +359,15 @@ class DQTokenizer:
   entropy_bins: int = 16
 
   def fine_decision(self, params, images, fine, coarse, rng: Optional[jax.Array] = None, tau: float = 1.0):
-    """(fine_mask [B, Gc, Gc] bool, gate [B, Gc, Gc, 2] or None). Gumbel noise only when rng is given."""
+    """(fine_mask [B, Gc, Gc] bool, gate [B, Gc, Gc, 2] or None). Gumbel noise only when rng is
+    given; without it the gate thresholds its logit margin at params['gate_threshold']."""
     b = images.shape[0]
     gc = self.layout.gc
     if self.router == "gumbel":
       logits = self.net.apply(params, fine, coarse, method=DQVAENet.gate_logits)
       if rng is None:
-        return jnp.argmax(logits, -1) == 1, None
+        margin = logits[..., 1] - logits[..., 0]
+        return margin > params["params"]["gate_threshold"], None
       gate = gumbel_hard(rng, logits.astype(jnp.float32), tau)
       return gate[..., 1] > 0.5, gate
     if self.router == "entropy":

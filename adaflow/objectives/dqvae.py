@@ -3,6 +3,9 @@
     loss = l1 |x - x_rec| + l2 (x - x_rec)^2                 (means over pixels)
          + commitment * ||z - sg(q)||^2                        (over the vectors actually used)
          + gamma (fine_fraction - r)^2                         (router 'gumbel' only)
+where fine_fraction is the mean of the hard Gumbel gate (straight-through). With
+`dqvae.gate_calibration` the side statistics also carry the batch's (1 - r) quantile of the gate
+margin, and `post_update` moves params['gate_threshold'] (the encoding threshold) towards it by EMA.
          + perceptual_weight ||phi(x) - phi(x_rec)||^2         (phi = adaflow.eval classifier features)
          + disc_weight * hinge-GAN generator term + critic hinge loss (critic params only)
 
@@ -37,6 +40,9 @@ def dqvae_defaults() -> ml_collections.ConfigDict:
       fine_fraction=0.5,        # target r (gumbel: budget target; entropy: percentile; fixed: exact)
       budget_weight=10.0,       # gamma
       gumbel_tau=1.0,
+      gate_gradient="max",      # max: the paper's straight-through (selected map x gate max); both: mix
+      gate_calibration=True,    # encode with the EMA (1 - r) quantile of the gate margin as threshold
+      gate_calibration_decay=0.9,
       entropy_bins=16,
       entropy_num_images=1024,  # training images used to set the entropy threshold
       coarse_stride=8,          # F: coarse regions F x F, fine cells F/2 x F/2
@@ -75,6 +81,10 @@ def validate_dqvae_section(config, info, field: str = "dqvae") -> None:
   req(0.0 <= float(d.ema_decay) < 1.0, f"{field}.ema_decay", f"must be in [0, 1), got {d.ema_decay}")
   req(int(d.width) >= 8, f"{field}.width", f"must be >= 8, got {d.width}")
   req(float(d.gumbel_tau) > 0, f"{field}.gumbel_tau", "must be > 0")
+  req(0.0 <= float(d.get("gate_calibration_decay", 0.9)) < 1.0, f"{field}.gate_calibration_decay",
+      f"must be in [0, 1), got {d.get('gate_calibration_decay')}")
+  req(d.get("gate_gradient", "max") in ("max", "both"), f"{field}.gate_gradient",
+      f"must be 'max' (the paper's) or 'both', got {d.get('gate_gradient')!r}")
   if info is not None:
     h, w, _ = info.image_shape
     req(h == w, "data.image_size", f"DQ-VAE needs square images, got {h}x{w}")
@@ -167,7 +177,10 @@ class DQVAEObjective:
     commit = float(d.commitment) * (jnp.sum(w_c * err_c) + jnp.sum(w_f * err_f)) / (n_used * coarse.shape[-1])
     qc_st = coarse + jax.lax.stop_gradient(qc - coarse)
     qf_st = fine + jax.lax.stop_gradient(qf - fine)
-    qmap = dq.assemble_map(sel, qc_st, qf_st, scale)
+    if gate is not None and d.get("gate_gradient", "max") == "both":
+      qmap = dq.mix_map(gate, qc_st, qf_st)
+    else:
+      qmap = dq.assemble_map(sel, qc_st, qf_st, scale)
     xr = self.net.apply(params, qmap, method=dq.DQVAENet.decode)
     chex.assert_equal_shape([xr, x])
     mse = jnp.mean(jnp.square(xr - x))
@@ -200,13 +213,24 @@ class DQVAEObjective:
     metrics["loss"] = total
     metrics["_side"] = {"counts": counts, "sums": sums,
                         "candidates": restart_candidates(k_restart, z, wts, self.layout.codebook_size)}
+    if gate is not None and bool(d.get("gate_calibration", True)):
+      margin = jax.lax.stop_gradient(dq.gate_margin(self.net, params, fine, coarse))
+      metrics["_side"]["gate_quantile"] = jnp.quantile(margin.reshape(-1), 1.0 - float(d.fine_fraction))
+      metrics["gate_threshold"] = params["params"]["gate_threshold"]
     return total, metrics
 
   def post_update(self, params, side):
-    """EMA codebook step + dead-code restart (called by the train step after the optimizer)."""
+    """EMA codebook step + dead-code restart, and the EMA of the gate's encoding threshold (called
+    by the train step after the optimizer)."""
+    decay = float(self.dq.ema_decay)
     new = ema_codebook_update(dq.codebook_of(params), side["counts"], side["sums"], side["candidates"],
-                              decay=float(self.dq.ema_decay), restart_threshold=float(self.dq.restart_threshold))
-    return dq.with_codebook(params, new)
+                              decay=decay, restart_threshold=float(self.dq.restart_threshold))
+    out = dq.with_codebook(params, new)
+    if "gate_quantile" in side:
+      thr = out["params"]["gate_threshold"]
+      a = float(self.dq.get("gate_calibration_decay", 0.9))
+      out["params"]["gate_threshold"] = a * thr + (1.0 - a) * side["gate_quantile"].astype(thr.dtype)
+    return out
 
   # ---- "sampling": reconstructions of real examples -------------------------------------------
   def _reconstruction_bank(self) -> np.ndarray:

@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
       time_scale=1000.0,
       time_freq_shift=0.0,
       dtype="bfloat16",       # matmul inputs; params and accumulation are float32
+      remat=False,            # nn.remat per block: recompute activations in the backward (+33% FLOPs)
       stage_groups=((1, 1),),
   ))
 

@@ -68,6 +68,31 @@ def test_gradients_reach_every_parameter_after_warm_start():
       assert float(jnp.abs(g).max()) > 0, name
 
 
+def test_remat_same_params_outputs_and_gradients():
+  """model.remat recomputes block activations in the backward: same parameter tree, outputs and
+  gradients as the plain DiT (its memory saving is measured in experiments/results/vs_torch.md)."""
+  x, t, y = inputs(b=8)
+  plain, remat = small_dit(depth=3), small_dit(depth=3, remat=True)
+  params = nn.meta.unbox(plain.init(jax.random.key(0), x, t, y))
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  params = jax.tree_util.tree_unflatten(treedef, [l + 0.05 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+  assert (jax.tree_util.tree_structure(nn.meta.unbox(remat.init(jax.random.key(0), x, t, y)))
+          == jax.tree_util.tree_structure(params))
+  np.testing.assert_allclose(remat.apply(params, x, t, y), plain.apply(params, x, t, y), atol=1e-6)
+  grad = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply(p, x, t, y) ** 2)))
+  for a, b in zip(jax.tree_util.tree_leaves(grad(remat)(params)), jax.tree_util.tree_leaves(grad(plain)(params))):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  assert dit_from_config(_remat_model_config(), (16, 16, 3), 5).remat
+
+
+def _remat_model_config():
+  from adaflow.config_defaults import base_config
+  c = base_config().model
+  c.remat = True
+  return c
+
+
 def test_blockspec_pruned_structure_and_removed_branch():
   m = small_dit(blocks=(BlockSpec(1, 16), BlockSpec(0, 8)))
   x, t, y = inputs()

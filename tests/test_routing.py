@@ -159,6 +159,19 @@ def test_gradient_reaches_rho_of_the_used_regions_only():
   np.testing.assert_array_equal(g[:, 2], 0.0)
 
 
+def test_remat_routed_blocks_same_outputs_and_rho_gradient():
+  """model.remat wraps the blocks that routing calls with residual_scale / attn_mask keywords."""
+  model, params, (x, t, y) = _model()
+  remat = model.clone(remat=True)
+  params = _with_rho(params, 0.85)
+
+  def f(m):
+    return jax.jit(jax.grad(lambda rho: jnp.sum(jnp.square(m.apply(dict(params, params=dict(params["params"], rho=rho)),
+                                                                   x, t, y, mode="train")))))
+  np.testing.assert_allclose(f(remat)(params["params"]["rho"]), f(model)(params["params"]["rho"]), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(_run(remat, params, x, t, y, "train"), _run(model, params, x, t, y, "train"), atol=1e-5)
+
+
 def test_ratio_loss_alone_moves_rho_to_target_within_bounds():
   spec = routing.spec_from_config(ml_collections.ConfigDict({"routing": dict(target=0.5, num_regions=3)}))
   params = {"params": {"rho": jnp.ones((4, 3))}}

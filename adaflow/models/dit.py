@@ -156,6 +156,9 @@ class DiT(nn.Module):
     time_scale: t in [0, 1] is multiplied by this before the sinusoidal features (1000 = DiT).
     time_freq_shift: 0 (DiT) or 1 (diffusers) in the timestep frequencies.
     dtype: matmul input dtype (bfloat16 default; float32 for exact tests).
+    remat: recompute each block's activations in the backward pass (`nn.remat` per block) instead
+      of keeping them: less activation memory for about one more forward of compute. Same
+      parameters, outputs and gradients.
   """
   image_size: tuple[int, int]
   in_channels: int
@@ -171,6 +174,7 @@ class DiT(nn.Module):
   time_scale: float = 1000.0
   time_freq_shift: float = 0.0
   dtype: Any = jnp.bfloat16
+  remat: bool = False
 
   @property
   def head_dim(self) -> int:
@@ -200,7 +204,8 @@ class DiT(nn.Module):
     if self.num_stages > 1:
       self.level_embed = self.param("level_embed", nn.with_logical_partitioning(
           nn.initializers.normal(0.02), (None, "embed")), (self.num_stages, d), jnp.float32)
-    self.block_modules = [DiTBlock(d, spec.num_heads, self.head_dim, spec.mlp_dim, self.dtype,
+    block_cls = nn.remat(DiTBlock) if self.remat else DiTBlock
+    self.block_modules = [block_cls(d, spec.num_heads, self.head_dim, spec.mlp_dim, self.dtype,
                                    name=f"block_{i}") for i, spec in enumerate(self.block_specs)]
     self.final = FinalLayer(d, self.dtype, name="final")
 
@@ -256,4 +261,4 @@ def dit_from_config(model_config, image_shape: Sequence[int], num_classes: int) 
       stage_groups=groups, blocks=blocks or None, learn_sigma=model_config.get("learn_sigma", False),
       time_scale=model_config.get("time_scale", 1000.0),
       time_freq_shift=model_config.get("time_freq_shift", 0.0),
-      dtype=layers.dtype_from_name(model_config.dtype))
+      dtype=layers.dtype_from_name(model_config.dtype), remat=bool(model_config.get("remat", False)))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -22,19 +21,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from experiments.common import machine_line  # noqa: E402
+from experiments.common import machine_line, time_calls  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-
-
-def _median_seconds(fn, reps: int) -> float:
-  fn()
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def main():
@@ -71,7 +60,7 @@ def main():
     result = {label: [] for label in contenders}
     for _ in range(args.reps):               # interleaved repetitions
       for label, fn in contenders.items():
-        result[label].append(_median_seconds(fn, 1))
+        result[label].append(time_calls(fn, 1))
     for label in contenders:
       rows.append((name, f"[{mm}, {k}] x [{k}, {n}]", label, flops / np.median(result[label]) / 1e9))
     print(name, {k_: round(flops / np.median(v) / 1e9, 1) for k_, v in result.items()}, flush=True)

@@ -22,7 +22,6 @@ Inception FID). Writes experiments/results/dq.md (recon and gen sections) and PN
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform

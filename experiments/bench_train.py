@@ -12,15 +12,14 @@ import datetime
 import os
 import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from adaflow.config_defaults import base_config  # noqa: E402
+from experiments.common import time_calls  # noqa: E402
 from adaflow.data import make_train_batches  # noqa: E402
 from adaflow.train.evaluate import make_generate_fn  # noqa: E402
 from adaflow.train.loop import Trainer  # noqa: E402
@@ -32,15 +31,6 @@ def flops_of(compiled) -> float:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", 0.0))
 
-
-def time_calls(fn, n: int) -> float:
-  """Median seconds per call over n calls (fn blocks)."""
-  times = []
-  for _ in range(n):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def matmul_peak(dtype, n: int = 2048, reps: int = 10) -> float:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import time
 
 import jax
+import numpy as np
 
 
 def utc_now() -> str:
@@ -26,3 +28,13 @@ def machine_line() -> str:
   except OSError:
     load = ""
   return f"{where}; jax {jax.__version__}, backend {jax.default_backend()}{load}"
+
+
+def time_calls(fn, n: int) -> float:
+  """Median seconds per call over n calls (fn blocks until its result is ready)."""
+  times = []
+  for _ in range(n):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))

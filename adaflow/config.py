@@ -42,6 +42,40 @@ def validate_train(config) -> None:
   _require(isinstance(t.get("debug_nan_step", -1), int), "train.debug_nan_step",
            f"must be an integer (-1 = off), got {t.get('debug_nan_step')!r}")
   _require(t.get("preemption_sync_every", 1) >= 1, "train.preemption_sync_every", "must be >= 1")
+  validate_diagnostics(config)
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_diagnostics(config) -> None:
+  """Milestone checkpoints, compilation cache, profiler window and MFU peak (train.*)."""
+  t = config.train
+  keep_every, ckpt_every = t.get("keep_every", 0), t.get("ckpt_every", 1)
+  _require(_is_int(keep_every) and keep_every >= 0, "train.keep_every",
+           f"must be an integer >= 0 (0 = no milestone checkpoints), got {keep_every!r}")
+  # Milestones are chosen among saved checkpoints: a multiple of keep_every that is never saved
+  # (not a multiple of ckpt_every) would silently never be kept.
+  _require(keep_every == 0 or keep_every % ckpt_every == 0, "train.keep_every",
+           f"{keep_every} is not a multiple of train.ckpt_every={ckpt_every}, so those steps are never saved; "
+           f"use a multiple of {ckpt_every} (or 0 = off)")
+  _require(isinstance(t.get("compilation_cache_dir", ""), str), "train.compilation_cache_dir",
+           f"must be a directory path string (\"\" = off), got {t.get('compilation_cache_dir')!r}")
+  _require(t.get("compilation_cache_min_compile_secs", 1.0) >= 0, "train.compilation_cache_min_compile_secs",
+           f"must be >= 0 seconds, got {t.get('compilation_cache_min_compile_secs')!r}")
+  for field in ("profile_start", "profile_steps"):
+    v = t.get(field, 0)
+    _require(_is_int(v) and v >= 0, f"train.{field}", f"must be an integer >= 0, got {v!r}")
+  _require(t.get("peak_tflops_per_device", 0.0) >= 0, "train.peak_tflops_per_device",
+           f"must be >= 0 (0 = from the device kind), got {t.get('peak_tflops_per_device')!r}")
+
+
+def validate_data(config) -> None:
+  """Loop-side data fields (the dataset fields themselves are checked by `adaflow.data.get_info`)."""
+  p = config.data.get("prefetch", 0) if config.get("data") is not None else 0
+  _require(isinstance(p, int) and not isinstance(p, bool) and p >= 0, "data.prefetch",
+           f"must be an integer >= 0 (batches built ahead on host threads; 0 = synchronous), got {p!r}")
 
 
 def validate_flow(config) -> None:
@@ -50,7 +84,7 @@ def validate_flow(config) -> None:
            f"must be one of {sorted(INTERPOLANTS)}, got {f.get('interpolant')!r}")
   _require(f.get("prediction", "velocity") in PREDICTIONS, "flow.prediction",
            f"must be one of {PREDICTIONS}, got {f.get('prediction')!r}")
-  _require(f.get("t_sampler", "uniform") in T_SAMPLERS, "flow.t_sampler",
+  _require(f.get("t_sampler") in T_SAMPLERS, "flow.t_sampler",
            f"must be one of {T_SAMPLERS}, got {f.get('t_sampler')!r}")
   s = config.sample
   _require(int(s.steps) >= 1, "sample.steps", f"must be >= 1, got {s.steps}")
@@ -97,6 +131,7 @@ def validate(config, info=None, num_devices: Optional[int] = None, num_processes
   """All checks that need no compilation. `info` is the dataset's DatasetInfo (from
   `adaflow.data.get_info`, which itself validates `config.data`)."""
   validate_train(config)
+  validate_data(config)
   validate_flow(config)
   if info is not None:
     validate_model(config, info)

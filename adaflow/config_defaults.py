@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
       resize=False,           # resize images of another size instead of rejecting them
       image_key="image",
       label_key="label",
+      prefetch=2,             # batches built ahead on host threads during device steps; 0 = synchronous
   ))
 
   c.model = ml_collections.ConfigDict(dict(
@@ -72,7 +73,18 @@ def base_config() -> ml_collections.ConfigDict:
       final_samples=True,
       nan_policy="stop",      # NaN/Inf loss: "stop" (raise, keep the last good checkpoint) | "skip" the update
       debug_nan_step=-1,      # >= 0: inject a NaN loss at this step (tests the nan_policy path)
-      preemption_sync_every=1,  # multi-process: steps between all-gathers of the stop-signal flag
+      # Multi-process: steps between all-gathers of the stop-signal flag (one host sync each); 10 pays
+      # 1/10 of the sync per step, a SIGTERM stops <= 9 steps later (experiments/results/preemption_sync.md).
+      preemption_sync_every=10,
+      # Milestones: also keep every checkpoint whose step is a multiple of this (beside the
+      # keep_checkpoints most recent), e.g. for FID-vs-steps curves; 0 = off; a multiple of ckpt_every.
+      keep_every=0,
+      # Diagnostics (adaflow/train/diagnostics.py):
+      compilation_cache_dir="",  # JAX persistent compilation cache dir ("" = off): restarts skip recompiling
+      compilation_cache_min_compile_secs=1.0,  # only cache programs that took longer to compile
+      profile_start=1,        # jax.profiler trace starts this many steps after the run's first step
+      profile_steps=0,        # trace this many steps into <workdir>/profile (process 0); 0 = off
+      peak_tflops_per_device=0.0,  # bf16 peak for mfu; 0 = from device_kind (TPU/GPU table; none on CPU)
   ))
 
   c.sample = ml_collections.ConfigDict(dict(

@@ -28,8 +28,8 @@ if SPEC.get("distributed"):
   d = SPEC["distributed"]
   os.environ.update(ADAFLOW_COORDINATOR=d["coordinator"], ADAFLOW_NUM_PROCESSES=str(d["num_processes"]),
                     ADAFLOW_PROCESS_ID=str(d["process_id"]), JAX_PLATFORMS="cpu")
-  from adaflow.parallel.distributed import maybe_initialize_distributed
-  assert maybe_initialize_distributed(timeout_s=60)    # the path `adaflow train` takes (gloo on CPU)
+  from adaflow.parallel.distributed import initialize_runtime
+  assert initialize_runtime(timeout_s=60)    # the path `adaflow train` takes (gloo on CPU)
 
 import numpy as np  # noqa: E402
 

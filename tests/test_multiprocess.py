@@ -117,6 +117,7 @@ def test_two_processes_resume_and_signal_on_one_process(tmp_path):
   assert p1["runs"][0]["final_step"] == stopped and 5 <= stopped < 400
   assert "signal on another process" in err0 and "SIGTERM" in err1
   assert os.listdir(tmp_path / "w" / "checkpoints") == [str(stopped)]
+  assert not (tmp_path / "w" / "train_complete.json").exists()   # a preemption stop is not the end
   resume = dict(over, **{"train.steps": stopped + 5})
   specs = two_process_specs(tmp_path / "w", resume)
   (r0, _), _ = run_processes(specs)
@@ -126,3 +127,99 @@ def test_two_processes_resume_and_signal_on_one_process(tmp_path):
   record("SIGTERM to one of 2 processes",
          f"both processes stopped after the same step {stopped} (flag all-gathered), one checkpoint, exit 0; "
          f"2-process resume bit-identical to an uninterrupted 2-process run")
+
+
+# ---- every command on two processes ------------------------------------------------------------
+
+ROOT = os.path.dirname(HERE)
+CLI_CONFIG = os.path.join(HERE, "tiny_cli_config.py")
+
+
+def run_cli(args, processes: int, devices_per_process: int, cwd, timeout=TIMEOUT):
+  """`python -m adaflow.cli <args>` as `processes` JAX processes (loopback coordinator, the
+  ADAFLOW_* start-up the CLI does for every command); returns each process's (stdout, stderr)."""
+  coord = f"127.0.0.1:{free_port()}"
+  procs = []
+  for i in range(processes):
+    env = _env()
+    env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices_per_process))
+    if processes > 1:
+      env.update(ADAFLOW_COORDINATOR=coord, ADAFLOW_NUM_PROCESSES=str(processes), ADAFLOW_PROCESS_ID=str(i))
+    procs.append(subprocess.Popen([sys.executable, "-m", "adaflow.cli"] + list(args), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env, cwd=str(cwd)))
+  outs = []
+  try:
+    for p in procs:
+      try:
+        out, err = p.communicate(timeout=timeout)
+      except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"adaflow {' '.join(args[:2])} timed out after {timeout}s; stderr tail:\n{err[-3000:]}")
+      assert p.returncode == 0, f"adaflow {' '.join(args[:2])} failed:\n{err[-4000:]}"
+      outs.append((out, err))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return outs
+
+
+def _last_json(text: str) -> dict:
+  start = text.rindex("\n{") + 1 if "\n{" in text else text.index("{")
+  return json.loads(text[start:])
+
+
+def _png(path) -> np.ndarray:
+  from PIL import Image
+  return np.asarray(Image.open(path))
+
+
+def test_every_command_on_two_processes_matches_one_process(tmp_path):
+  """`adaflow train` with final samples and evaluation on, then `sample`, `eval` and `eval fid`
+  (random Inception weights written here) on 2 processes x 1 CPU device, against the same
+  commands on 1 process x 2 devices: same mesh, so the same images and numbers."""
+  from adaflow.eval import inception as inception_lib
+  weights = tmp_path / "inception_random.npz"
+  inception_lib.save_state_dict_npz(inception_lib.init_random_params(3), str(weights))
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  runs = {}
+  for name, procs, devs in (("two", 2, 1), ("one", 1, 2)):
+    w = tmp_path / name
+    common = [f"--config={CLI_CONFIG}", f"--workdir={w}"]
+    outs = run_cli(["train"] + common, procs, devs, cwd)
+    assert (w / "samples" / "step_0000004.png").exists() and (w / "eval.json").exists()
+    assert json.loads((w / "train_complete.json").read_text())["step"] == 4    # the watcher's signal
+    run_cli(["sample"] + common + ["--num=12", f"--out={w / 'cli.png'}"], procs, devs, cwd)
+    ev = run_cli(["eval"] + common, procs, devs, cwd)
+    fid = run_cli(["eval", "fid"] + common + ["--num=24", "--ref=dataset", "--fid_ref_num=32", f"--inception={weights}",
+                                              "--fid_input_size=75", "--fid_batch=8", "--fid_gen_batch=8",
+                                              "--fid_shard=16", "--nofid_progress"], procs, devs, cwd)
+    # Only process 0 prints results and writes files.
+    assert all("{" not in out for out, _ in ev[1:] + fid[1:])
+    runs[name] = dict(train_eval=json.loads((w / "eval.json").read_text()), eval=_last_json(ev[0][0]),
+                      fid=_last_json(fid[0][0]), grid=_png(w / "samples" / "step_0000004.png"),
+                      sample=_png(w / "cli.png"), metrics=(w / "metrics.jsonl").read_text().count('"train"'))
+  two, one = runs["two"], runs["one"]
+  assert two["metrics"] == one["metrics"] == 4
+  # The same params sampled by 1 process: the same per-image programs on the same mesh -> equal.
+  w = tmp_path / "two"
+  run_cli(["sample", f"--config={CLI_CONFIG}", f"--workdir={w}", "--num=12", f"--out={w / 'single.png'}"], 1, 2, cwd)
+  np.testing.assert_array_equal(_png(w / "single.png"), two["sample"])
+  # Training itself reduces gradients across processes (gloo) in another order than in-process,
+  # so the two workdirs' params differ by float32 noise: grids within one uint8 level, FD/FID
+  # within a small relative tolerance.
+  assert np.max(np.abs(two["grid"].astype(int) - one["grid"].astype(int))) <= 1
+  assert np.max(np.abs(two["sample"].astype(int) - one["sample"].astype(int))) <= 1
+  for key in ("fd", "class_acc"):
+    np.testing.assert_allclose(two["train_eval"][key], one["train_eval"][key], rtol=1e-3)
+    np.testing.assert_allclose(two["eval"][key], one["eval"][key], rtol=1e-3)
+  np.testing.assert_allclose(two["eval"]["fd"], two["train_eval"]["fd"], rtol=1e-6)  # same params, same seed
+  np.testing.assert_allclose(two["fid"]["fid"], one["fid"]["fid"], rtol=1e-3)
+  assert two["fid"]["num"] == one["fid"]["num"] == 24
+  # Nothing was written into the working directory.
+  assert os.listdir(cwd) == []
+  record("every command (train with final samples + eval, sample, eval, eval fid) on 2 processes",
+         f"exit 0 on both; grids within 1 uint8 level of a 1-process 2-device run; FD "
+         f"{two['eval']['fd']:.5f} vs {one['eval']['fd']:.5f}, FID {two['fid']['fid']:.5f} vs {one['fid']['fid']:.5f}")

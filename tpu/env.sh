@@ -10,9 +10,10 @@ export RUNTIME="${RUNTIME:-tpu-ubuntu2204-base}"
 export SPOT="${SPOT:-1}"                          # 1: spot capacity (cheap, preemptible), 0: on-demand
 export REPO_URL="${REPO_URL:-}"                   # git URL of adaflow; empty: copy this checkout with scp
 export REMOTE_DIR="${REMOTE_DIR:-adaflow}"        # checkout path on every worker (relative to $HOME)
-# The workdir must be the SAME shared path on every worker (orbax writes one checkpoint from all
-# hosts): a gcsfuse mount of a bucket (setup.sh mounts $BUCKET at /gcs) or an NFS/Filestore path.
-export BUCKET="${BUCKET:-}"
-export WORKDIR="${WORKDIR:-/gcs/runs/${TPU_NAME}}"
+# The workdir must be the SAME storage for every worker (orbax writes one checkpoint from all
+# hosts): a gs:// bucket (adaflow writes everything there through etils.epath + gcsfs), or an
+# NFS/Filestore path mounted on every worker.
+export BUCKET="${BUCKET:-}"                        # a GCS bucket the TPU VMs' service account can write
+export WORKDIR="${WORKDIR:-${BUCKET:+gs://$BUCKET/runs/$TPU_NAME}}"
 export CONFIG="${CONFIG:-configs/quickstart.py}"
 export LOG="${LOG:-\$HOME/adaflow-train.log}"     # per-worker log file (expanded on the worker)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install adaflow (+ jax[tpu]) on ALL workers of the slice and mount the shared bucket.
+# Install adaflow (+ jax[tpu] at the JAX version of constraints.txt, + gcsfs for gs:// workdirs) on
+# ALL workers of the slice, with the same pinned versions the test suite ran with.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 ssh_all() {
@@ -14,13 +15,8 @@ else
     --project="$PROJECT" --zone="$ZONE" --worker=all
   ssh_all "rm -rf ~/$REMOTE_DIR && mkdir -p ~/$REMOTE_DIR && tar -xzf ~/adaflow.tar.gz -C ~/$REMOTE_DIR"
 fi
-ssh_all "cd ~/$REMOTE_DIR && python3 -m pip install -U pip && python3 -m pip install 'jax[tpu]' -e ."
-if [[ -n "$BUCKET" ]]; then
-  # gcsfuse gives every worker the same /gcs path for the workdir (checkpoints, logs, samples).
-  ssh_all "command -v gcsfuse >/dev/null || (export GCSFUSE_REPO=gcsfuse-\$(lsb_release -c -s) && \
-    echo \"deb https://packages.cloud.google.com/apt \$GCSFUSE_REPO main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list && \
-    curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add - && \
-    sudo apt-get update -q && sudo apt-get install -y -q gcsfuse); \
-    sudo mkdir -p /gcs && sudo chown \$USER /gcs && (mountpoint -q /gcs || gcsfuse --implicit-dirs $BUCKET /gcs)"
-fi
+# jax[tpu] must be the JAX the constraints pin (the CPU tests ran with it); libtpu comes with it.
+jax_version=$(grep -E '^jax==' "$(dirname "$0")/../constraints.txt" | cut -d= -f3)
+ssh_all "cd ~/$REMOTE_DIR && python3 -m pip install -U pip && \
+  python3 -m pip install -c constraints.txt 'jax[tpu]==$jax_version' -e '.[gcs]'"
 ssh_all "python3 -c 'import jax; print(jax.process_index(), jax.process_count(), jax.device_count())'"

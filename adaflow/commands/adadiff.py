@@ -8,11 +8,11 @@ Writes a PNG grid (rows = classes) and `<out>.json` with each image's label and 
 """
 from __future__ import annotations
 
-import json
 import os
 
 from absl import flags
 
+from adaflow import storage
 from adaflow.commands.registry import FLAGS
 
 flags.DEFINE_string("selector", None, "`sample`: a step-selector (AdaDiff) workdir; samples with per-input step counts.")
@@ -21,6 +21,7 @@ flags.DEFINE_string("selector", None, "`sample`: a step-selector (AdaDiff) workd
 def sample_with_selector() -> dict:
   import jax
   import numpy as np
+  from adaflow.parallel.host import is_writer
   from adaflow.train.images import save_grid
   from adaflow.train.restore import config_of, load_trainer_and_params
 
@@ -30,19 +31,20 @@ def sample_with_selector() -> dict:
     raise ValueError(f"--selector {selector_dir}: its config.objective is {config.get('objective')!r}, "
                      "expected 'step_selector' (train one with configs/quickstart_adadiff.py)")
   if FLAGS.workdir:
-    config.selector.generator_workdir = os.path.abspath(FLAGS.workdir)
+    config.selector.generator_workdir = storage.absolute(FLAGS.workdir)
   tr, params, step = load_trainer_and_params(selector_dir, config)
   obj = tr.objective
   k = max(obj.num_classes, 1)
   labels = np.sort((np.arange(FLAGS.num) % k).astype(np.int32))
   res = obj.sample_grouped(params, jax.random.PRNGKey(tr.config.seed), labels)
   out = FLAGS.out or os.path.join(selector_dir, "samples", f"adaptive_step_{step}.png")
+  if not is_writer():   # every process sampled the same images; process 0 writes them
+    return {}
   save_grid(np.clip(res["images"], -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // res["images"].shape[1]))
   counts = {int(s): int(np.sum(res["steps"] == s)) for s in obj.step_set}
   summary = {"selector_step": int(step), "generator_workdir": config.selector.generator_workdir,
              "average_steps": float(np.mean(res["steps"])), "max_steps": obj.max_steps, "step_counts": counts,
              "labels": labels.tolist(), "steps": res["steps"].astype(int).tolist()}
-  with open(os.path.splitext(out)[0] + ".json", "w") as f:
-    json.dump(summary, f, indent=1)
+  storage.write_json(os.path.splitext(out)[0] + ".json", summary, indent=1)
   print(f"wrote {out}; average steps {summary['average_steps']:.2f} of max {obj.max_steps}; counts {counts}")
   return summary

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+from adaflow import storage
 from adaflow.commands.registry import command, need
 
 
@@ -41,7 +42,9 @@ def cmd_compose():
   config, workdir = need("config"), need("workdir")
   run_recipe(config, workdir)
   if config.eval.get("at_end", False):
+    from adaflow.parallel.host import is_writer
     res = evaluate_composed(workdir, int(config.eval.num_samples), int(config.eval.get("seed", 1234)))
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump(res, f, indent=2)
+    if not is_writer():
+      return
+    storage.write_json(os.path.join(workdir, "eval.json"), res, indent=2)
     print("composed eval: " + json.dumps(res))

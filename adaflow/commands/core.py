@@ -15,8 +15,6 @@ flags.DEFINE_string("out", None, "Output path (`sample`: PNG grid; default <work
 
 @command("train")
 def cmd_train():
-  from adaflow.parallel.distributed import maybe_initialize_distributed
-  maybe_initialize_distributed()
   from adaflow.train.loop import train
   from adaflow.train.restore import load_params
   config = need("config")
@@ -45,6 +43,7 @@ def cmd_sample():
     return sample_with_selector()
   import jax
   import numpy as np
+  from adaflow.parallel.host import is_writer
   from adaflow.train.evaluate import generate_images
   from adaflow.train.images import save_grid
   objective, params, config, mesh, step = _load_generator(need("workdir"))
@@ -54,21 +53,26 @@ def cmd_sample():
   imgs = generate_images(objective, params, mesh, jax.random.PRNGKey(config.seed), labels,
                          steps=s.steps, method=s.method, cfg_scale=s.cfg_scale)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "samples", f"cli_step_{step}.png")
-  save_grid(np.clip(imgs, -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // imgs.shape[1]))
-  print(f"wrote {out}")
+  if is_writer():     # every process generated all images; one writes them
+    save_grid(np.clip(imgs, -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // imgs.shape[1]))
+    print(f"wrote {out}")
   if hasattr(objective, "images_and_maps"):  # DQ: coarse/fine map picture (adaflow/commands/dq.py)
     from adaflow.commands.dq import sample_map
-    print(f"wrote {sample_map(objective, params, labels, config.seed, out)}")
+    path = sample_map(objective, params, labels, config.seed, out)
+    if is_writer():
+      print(f"wrote {path}")
 
 
 @command("eval")
 def cmd_eval():
+  from adaflow.parallel.host import is_writer
   from adaflow.train.evaluate import evaluate_generator
   from adaflow.train.loop import cache_dir
   objective, params, config, mesh, step = _load_generator(need("workdir"))
   result = evaluate_generator(objective, params, config, mesh, cache_dir(config, FLAGS.workdir))
   result["step"] = step
-  print(json.dumps(result, indent=2))
+  if is_writer():
+    print(json.dumps(result, indent=2))
 
 
 def _load_generator(workdir: str):

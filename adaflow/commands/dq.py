@@ -10,6 +10,8 @@ import os
 
 from absl import flags
 
+from adaflow import storage
+
 flags.DEFINE_string("tokenizer", None, "DQ-Transformer: the trained DQ-VAE workdir (sets config.tokenizer_workdir).")
 
 
@@ -17,7 +19,7 @@ def apply_tokenizer_flag(config, value) -> None:
   """Sets config.tokenizer_workdir from --tokenizer (absolute path)."""
   if value:
     with config.unlocked():
-      config.tokenizer_workdir = os.path.abspath(value)
+      config.tokenizer_workdir = storage.absolute(value)   # gs:// paths stay as they are
 
 
 def sample_map(objective, params, labels, seed: int, out: str) -> str:
@@ -26,6 +28,7 @@ def sample_map(objective, params, labels, seed: int, out: str) -> str:
   import jax
   import numpy as np
   from adaflow.models import dqvae as dq
+  from adaflow.parallel.host import is_writer
   from adaflow.train.images import save_grid
   labels = np.asarray(labels[:16], np.int32)
   imgs, mask, extra = objective.images_and_maps(params, jax.random.PRNGKey(seed), labels)
@@ -34,5 +37,6 @@ def sample_map(objective, params, labels, seed: int, out: str) -> str:
   rows = [r for r in (extra, np.clip(imgs, -1, 1), maps) if r is not None]
   path = os.path.splitext(out)[0] + "_map.png"
   grid = np.concatenate([np.repeat(r, 3, -1) if r.shape[-1] == 1 else r for r in rows])
-  save_grid(grid, path, rows=len(rows), upscale=max(1, 64 // imgs.shape[1]))
+  if is_writer():
+    save_grid(grid, path, rows=len(rows), upscale=max(1, 64 // imgs.shape[1]))
   return path

@@ -15,6 +15,7 @@ import os
 
 from absl import flags
 
+from adaflow import storage
 from adaflow.commands.registry import FLAGS, command, need
 
 flags.DEFINE_string("ref", None, "Reference: an .npz with mu/sigma, activations or arr_0 images "
@@ -41,6 +42,7 @@ DEFAULT_NUM = 50000
 def fid_main():
   import numpy as np
   from adaflow.eval import fid as fid_lib
+  from adaflow.parallel.host import agree, is_writer
   from adaflow.train.evaluate import balanced_labels
   from adaflow.train.restore import load_trainer_and_params
   workdir = need("workdir")
@@ -59,13 +61,13 @@ def fid_main():
       FLAGS.inception, random_seed=FLAGS.fid_random_inception, resize=FLAGS.fid_resize,
       batch_size=FLAGS.fid_batch, size=FLAGS.fid_input_size, mesh=tr.mesh)
   fid_dir = os.path.join(workdir, "fid")
-  os.makedirs(fid_dir, exist_ok=True)
+  storage.makedirs(fid_dir)
   ref_images = None
   if ref_arg == "dataset" or ref_arg.startswith("dataset:"):
     split = ref_arg.split(":", 1)[1] if ":" in ref_arg else None
     source = f"dataset|{config.data.name}|{split}|{FLAGS.fid_ref_num}"
     cache = os.path.join(fid_dir, fid_lib.reference_cache_name(source, features))
-    if os.path.exists(cache):
+    if agree(storage.exists(cache)):   # process 0 decides: computing the reference is collective
       reference = fid_lib.load_reference(cache)
       reference.source = f"dataset {config.data.name} ({FLAGS.fid_ref_num} images, cached {cache})"
     else:
@@ -86,8 +88,8 @@ def fid_main():
       pr_num=FLAGS.fid_pr_num, ref_images=ref_images, progress=FLAGS.fid_progress)
   result["step"] = int(step)
   result["workdir"] = workdir
-  np.set_printoptions(precision=4)
-  print(json.dumps(result, indent=2))
+  if is_writer():
+    print(json.dumps(result, indent=2))
   return result
 
 

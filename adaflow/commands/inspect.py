@@ -6,10 +6,12 @@ heat map (matplotlib) to `--out` (default `<workdir>/ratios.png`).
 """
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 
+from adaflow import storage
 from adaflow.commands.registry import FLAGS, command, need
 
 
@@ -48,9 +50,10 @@ def save_heatmap(table: np.ndarray, boundaries, path: str, title: str = "learned
   fig.colorbar(im, ax=ax, label="kept ratio")
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
+  buf = io.BytesIO()   # rendered in memory, written through adaflow.storage (local or gs://)
+  fig.savefig(buf, dpi=120, format=os.path.splitext(path)[1].lstrip(".").lower() or "png")
   plt.close(fig)
+  storage.write_bytes(path, buf.getvalue())
 
 
 @command("inspect ratios")

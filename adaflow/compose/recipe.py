@@ -21,7 +21,6 @@ from its latest checkpoint through the trainer's auto-resume (pruning from its m
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Optional
 
@@ -29,6 +28,7 @@ import jax
 import ml_collections
 
 from adaflow import data as data_lib
+from adaflow import storage
 from adaflow.compose.model import finest_stage_view
 from adaflow.compose.spec import compose_config, spec_from_config
 from adaflow.prune.pipeline import mark_stage_done, stage_done
@@ -44,7 +44,7 @@ def _log(msg: str) -> None:
 def _has_checkpoint(path: str) -> bool:
   from adaflow.train import checkpoint as ckpt
   d = ckpt.checkpoint_dir(path)
-  return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+  return any(n.isdigit() for n in storage.listdir(d))
 
 
 # ---- per-stage configs ----------------------------------------------------------------------
@@ -127,7 +127,7 @@ def selector_config(config, generator_dir: str) -> ml_collections.ConfigDict:
   cc = compose_config(config)
   c = _base(config, "selector", cc.selector_steps, finetune=False)
   c.objective = "step_selector"
-  c.selector.generator_workdir = os.path.abspath(generator_dir)
+  c.selector.generator_workdir = storage.absolute(generator_dir)
   c.train.batch_size = int(cc.selector_batch)
   c.train.lr = float(config.selector.get("lr", 3e-3))
   c.train.warmup_steps = min(10, int(cc.selector_steps))
@@ -173,9 +173,8 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
   from adaflow.train.restore import load_params
   validate_recipe(config)
   cc = compose_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  storage.check_writable(workdir, "--workdir")   # creates it; a bad path or bucket fails before stage 1
+  storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   bs = int(config.train.batch_size)
   summary: dict[str, Any] = {"stages": {}, "batch_size": bs}
 
@@ -218,10 +217,9 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
     prev_params = load_params(last)
     n_stages = len(cc.stages) if cc.ppflow else 1
     log(f"===== prune: finest-stage view of {last} -> {pdir} =====")
-    if os.path.exists(rpath):
+    if storage.exists(rpath):
       log("pruning already finished (result.json); skipping")
-      with open(rpath) as f:
-        result = json.load(f)
+      result = storage.read_json(rpath)
     else:
       result = prune(prune_view_config(config), finest_stage_view(prev_params, n_stages - 1), pdir, log=log)
     gcfg = generator_config(config, "grouped", result)
@@ -243,8 +241,7 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
     d = stage("selector", cc.selector_steps, lambda d: train(selector_config(config, last), d))
     summary["selector_dir"] = d
     summary["stages"]["selector"]["labels"] = cc.selector_steps * int(cc.selector_batch)
-  with open(os.path.join(workdir, "composed.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  storage.write_json(os.path.join(workdir, "composed.json"), summary, indent=1)
   log(f"composed model ready: generator {last}" + (f", selector {summary.get('selector_dir')}" if cc.selector else "")
       + f"; {summary['training_images']} training images")
   return summary
@@ -267,15 +264,12 @@ def load_composed(workdir: str, selector: Optional[bool] = None):
   """(sampler config, dataset info, generator params, policy params or None) of a finished recipe.
   `selector=False` gives the generator alone (no policy) even when the recipe trained one."""
   from adaflow.train.restore import load_params
-  with open(os.path.join(workdir, "composed.json")) as f:
-    summary = json.load(f)
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  summary = storage.read_json(os.path.join(workdir, "composed.json"))
+  config = ml_collections.ConfigDict(storage.read_json(os.path.join(workdir, "config.json")))
   cc = compose_config(config)
   result = None
   if cc.grouped:
-    with open(os.path.join(workdir, "prune", "result.json")) as f:
-      result = json.load(f)
+    result = storage.read_json(os.path.join(workdir, "prune", "result.json"))
   c = generator_config(config, "final", result)
   use_selector = cc.selector if selector is None else (selector and cc.selector)
   policy = None

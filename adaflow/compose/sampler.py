@@ -20,6 +20,7 @@ import numpy as np
 
 from adaflow.compose.generator import ComposedGenerator
 from adaflow.compose.spec import spec_from_config
+from adaflow.parallel.host import to_host
 
 
 def selector_objective(config, info, generator: ComposedGenerator, params: Any):
@@ -47,8 +48,10 @@ class ComposedSampler:
       raise ValueError("ComposedSampler needs generator params")
     self.generator = ComposedGenerator(config, info, self.spec)
     self.generator.check_params(params)
-    self.params = params
-    self.policy_params = policy_params
+    # Host copies: sampling runs on each process's own device (checkpoint params may span
+    # processes), every process computing the same images.
+    self.params = to_host(params)
+    self.policy_params = to_host(policy_params)
     self.selector = None
     if self.spec.step_set is not None:
       if policy_params is None:

@@ -49,6 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adaflow import storage
+
 LAYOUTS = ("dit", "diffusers")
 
 ToJax = Callable[..., jax.Array]           # torch arrays (in `keys` order) -> adaflow array
@@ -401,7 +403,7 @@ def write_checkpoint(params: dict, config, out_dir: str, log=print) -> str:
   from adaflow.train import checkpoint as ckpt
   from adaflow.train.loop import Trainer
   from adaflow.train.sharded_state import init_state
-  if os.path.isdir(ckpt.checkpoint_dir(out_dir)) and os.listdir(ckpt.checkpoint_dir(out_dir)):
+  if storage.listdir(ckpt.checkpoint_dir(out_dir)):
     raise ValueError(f"--out: {ckpt.checkpoint_dir(out_dir)} already holds checkpoints; choose an empty directory")
   tr = Trainer(config, out_dir, log=log)
   abstract = tr.abstract_state.params
@@ -409,9 +411,8 @@ def write_checkpoint(params: dict, config, out_dir: str, log=print) -> str:
   if got != jax.tree_util.tree_structure(abstract):
     raise ValueError("converted parameters do not have the structure of the model built from --config "
                      "(check config.model against the checkpoint)")
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  storage.makedirs(out_dir)
+  storage.write_text(os.path.join(out_dir, "config.json"), config.to_json_best_effort(indent=2))
   state = init_state(tr.objective, tr.tx, tr.mesh, tr.root_rng, tr.shardings, params=jax.tree_util.tree_map(
       jnp.asarray, params))
   manager = ckpt.make_manager(out_dir, async_save=False)

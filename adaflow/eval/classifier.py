@@ -13,7 +13,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -23,7 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adaflow import storage
 from adaflow.eval.frechet import StreamingStatistics
+from adaflow.parallel.host import agree
 
 SUPPORTED_SIZES = (16, 32, 64)
 SUPPORTED_CHANNELS = (1, 3)
@@ -368,9 +369,9 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
   num_classes = int(info.num_classes)
   key = cache_key(data_config, seed, steps, batch_size)
   name = str(_field(data_config, "name") or "data")
-  path = os.path.abspath(os.path.join(cache_dir, f"eval_classifier_{name}_{key}"))
+  path = storage.absolute(os.path.join(cache_dir, f"eval_classifier_{name}_{key}"))
 
-  if os.path.exists(path):
+  if agree(storage.exists(path)):   # one decision for all processes: save/restore are collective
     try:
       clf = _restore(path, num_classes, image_shape)
       log(f"[eval] loaded cached classifier {path} "
@@ -379,7 +380,7 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
     except Exception as e:  # pylint: disable=broad-except
       log(f"[eval] cached classifier at {path} is corrupted or unreadable "
           f"({type(e).__name__}: {str(e)[:200]}); deleting it and retraining.")
-      shutil.rmtree(path, ignore_errors=True)
+      storage.rmtree(path, ignore_errors=True)
 
   if num_train is None:
     total = getattr(info, "num_examples", None)
@@ -390,7 +391,7 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
                          batch_size=batch_size)
   log(f"[eval] trained classifier for '{name}' on {len(images)} images in "
       f"{time.time() - t0:.1f}s: held-out accuracy {clf.heldout_accuracy:.4f}")
-  os.makedirs(cache_dir, exist_ok=True)
+  storage.makedirs(cache_dir)
   _save(path, clf, num_reference=len(images))
   log(f"[eval] saved classifier to {path}")
   return clf

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from typing import Any, Callable, Dict, Optional
 
@@ -36,8 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaflow.eval.frechet import StreamingStatistics, feature_statistics, frechet_distance
+from adaflow import storage
+from adaflow.eval.frechet import StreamingStatistics, frechet_distance
 from adaflow.eval import inception as inception_lib
+from adaflow.parallel import batch_sharding
+from adaflow.parallel.host import agree, barrier, is_writer, to_global, to_host
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,11 +95,10 @@ class InceptionFeatures:
       n = len(chunk)
       if n < b:
         chunk = np.concatenate([chunk, np.zeros((b - n,) + chunk.shape[1:], chunk.dtype)])
-      x = jnp.asarray(chunk)
-      if self.mesh is not None:
-        from adaflow.parallel import batch_sharding  # pylint: disable=g-import-not-at-top
-        x = jax.device_put(x, batch_sharding(self.mesh))
-      out = jax.device_get(self._fn(x))
+      # On a mesh the batch is split over ('data', 'fsdp'), possibly across processes; every
+      # process passes the same chunk and gets all features back.
+      x = to_global(chunk, batch_sharding(self.mesh)) if self.mesh is not None else jnp.asarray(chunk)
+      out = to_host(self._fn(x))
       pools.append(np.asarray(out["pool"], np.float32)[:n])
       logits.append(np.asarray(out["logits"], np.float32)[:n])
       if progress is not None:
@@ -210,10 +211,10 @@ def _stats_from_activations(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def load_reference(path: str, features: Optional[InceptionFeatures] = None, progress=None) -> Reference:
   """Reference statistics from an npz (see module docstring). `features` is needed only when the
   file holds images (`arr_0`) and no `mu`/`sigma`."""
-  if not os.path.isfile(path):
+  if not (storage.exists(path) if storage.is_remote(path) else os.path.isfile(path)):
     raise ValueError(f"--ref={path} does not exist; give a reference batch .npz (e.g. ADM's "
                      "VIRTUAL_imagenet64_labeled.npz) or --ref=dataset to use the run's dataset.")
-  with np.load(path, allow_pickle=False) as z:
+  with storage.open_npz(path) as z:
     keys = set(z.files)
     acts = np.asarray(z["activations"], np.float32) if "activations" in keys else None
     if "mu" in keys and "sigma" in keys:
@@ -239,7 +240,7 @@ def load_reference(path: str, features: Optional[InceptionFeatures] = None, prog
 
 def reference_images(path: str) -> Optional[np.ndarray]:
   """The `arr_0` images of a reference npz, or None."""
-  with np.load(path, allow_pickle=False) as z:
+  with storage.open_npz(path) as z:
     return np.asarray(z["arr_0"]) if "arr_0" in z.files else None
 
 
@@ -266,15 +267,15 @@ def save_reference(ref: Reference, path: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def _atomic_savez(path: str, **arrays) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(tmp, path)
+  """Writes `path` atomically, from process 0 only (the others computed the same arrays)."""
+  if not is_writer():
+    return
+  storage.save_npz(path, atomic=True, **arrays)
 
 
 def _read_npz(path: str) -> Optional[Dict[str, np.ndarray]]:
   try:
-    with np.load(path, allow_pickle=False) as z:
+    with storage.open_npz(path) as z:
       return {k: z[k] for k in z.files}
   except (OSError, ValueError, EOFError):
     return None  # a torn or foreign file: treated as missing and regenerated
@@ -299,13 +300,14 @@ def generate_shards(generate: Callable[[int, np.ndarray], np.ndarray], labels: n
 
   generate(i, labels_i [n]) -> images [n, H, W, C] in [-1, 1]; it must be a pure function of
   (i, labels_i) for resumption to be exact. Returns the list of shard paths in order."""
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
   paths = []
   for i, start, stop in shard_plan(len(labels), shard_size):
     path = os.path.join(out_dir, f"samples_{i:05d}.npz")
     paths.append(path)
-    have = _read_npz(path) if os.path.exists(path) else None
-    if have is not None and have.get("images") is not None and len(have["images"]) == stop - start:
+    have = _read_npz(path) if storage.exists(path) else None
+    complete = have is not None and have.get("images") is not None and len(have["images"]) == stop - start
+    if agree(complete):   # process 0 decides, so no process skips a generation the others run
       if progress is not None:
         progress(stop - start)
       continue
@@ -314,6 +316,7 @@ def generate_shards(generate: Callable[[int, np.ndarray], np.ndarray], labels: n
     _atomic_savez(path, images=model_to_pixels(images), labels=labels[start:stop].astype(np.int32))
     if progress is not None:
       progress(stop - start)
+  barrier("fid sample shards written")   # the other processes read the shards next
   return paths
 
 
@@ -323,8 +326,8 @@ def shard_features(sample_paths: list, features: InceptionFeatures, progress=Non
   out = []
   for path in sample_paths:
     fpath = path.replace("samples_", "features_")
-    cached = _read_npz(fpath) if os.path.exists(fpath) else None
-    if cached is not None and str(cached.get("inception", "")) == features.key:
+    cached = _read_npz(fpath) if storage.exists(fpath) else None
+    if agree(cached is not None and str(cached.get("inception", "")) == features.key):
       out.append(cached)
       if progress is not None:
         progress(len(cached["pool"]))
@@ -335,6 +338,7 @@ def shard_features(sample_paths: list, features: InceptionFeatures, progress=Non
     feats = features(shard["images"], progress=progress)
     _atomic_savez(fpath, pool=feats["pool"], logits=feats["logits"], inception=np.asarray(features.key))
     out.append(feats)
+  barrier("fid feature shards written")
   return out
 
 
@@ -399,15 +403,9 @@ def run_fid(objective, params, mesh, *, out_dir: str, num: int, features: Incept
       fake = np.concatenate([f["pool"] for f in feats])[:pr_num]
       result.update(precision_recall(real[:pr_num], fake, k=3))
       result["pr_num"] = int(min(len(real), len(fake), pr_num))
-  with open(os.path.join(out_dir, "result.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  if is_writer():
+    storage.write_json(os.path.join(out_dir, "result.json"), result, indent=2)
   return result
-
-
-def fid_of_images(images: np.ndarray, reference: Reference, features: InceptionFeatures) -> float:
-  """FID of model-range images [N, H, W, C] in [-1, 1] against `reference` (no sharding/caching)."""
-  mu, sigma = feature_statistics(features(model_to_pixels(images))["pool"])
-  return frechet_distance(mu, sigma, reference.mu, reference.sigma)
 
 
 def reference_cache_name(source: str, features: InceptionFeatures) -> str:

@@ -21,6 +21,7 @@ import ml_collections
 from adaflow import config as config_lib
 from adaflow.models import dq_transformer as dqt
 from adaflow.models import dqvae as dq
+from adaflow.parallel.host import to_host
 
 
 def dq_transformer_defaults() -> ml_collections.ConfigDict:
@@ -126,5 +127,6 @@ class DQTransformerObjective:
     def run(p, r, y):
       seq = self.sample_sequences(p, r, y)
       return self.tokenizer.decode(self.tokenizer_params, seq), dq.sequence_to_codes(self.layout, seq)["fine_mask"]
-    imgs, mask = run(params, rng, jnp.asarray(labels, jnp.int32))
+    # Host copies first: this runs on each process's own device (params may span processes).
+    imgs, mask = run(to_host(params), rng, jnp.asarray(labels, jnp.int32))
     return np.asarray(imgs), np.asarray(mask), None

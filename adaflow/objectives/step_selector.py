@@ -23,7 +23,6 @@ policy's argmax step count and runs each group only at its own step count.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Optional
 
@@ -34,8 +33,10 @@ import ml_collections
 import numpy as np
 
 from adaflow import flow
+from adaflow import storage
 from adaflow.config import register_validator
 from adaflow.models import step_selector as sel
+from adaflow.parallel.host import to_host
 from adaflow.rl import reinforce as rl
 from adaflow.rl import rewards as rw
 
@@ -91,7 +92,7 @@ class StepSelectorObjective:
   @staticmethod
   def use_init_workdir(config, workdir: str) -> None:
     """`adaflow train --init <dir>` for this objective: <dir> is the frozen generator."""
-    config.selector.generator_workdir = os.path.abspath(workdir)
+    config.selector.generator_workdir = storage.absolute(workdir)
 
   def __init__(self, config, info, generator=None, generator_params=None, classifier=None):
     """`generator` / `generator_params` / `classifier` may be passed directly (tests, benchmarks);
@@ -207,6 +208,9 @@ class StepSelectorObjective:
     n = labels.shape[0]
     noise = self.noise(rng, n)
     if actions is None:
+      # Host copies: the policy runs on each process's own device (checkpoint params may span
+      # processes); every process computes the same actions and images.
+      params = to_host(params)
       if getattr(self, "_choose_fn", None) is None:
         self._choose_fn = jax.jit(self.choose)   # one compiled policy, not a new jit wrapper per call
       actions = np.asarray(self._choose_fn(params, jnp.asarray(labels), noise))

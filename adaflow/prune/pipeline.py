@@ -14,7 +14,6 @@ interrupted group continues after its last saved round).
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Optional
 
@@ -26,6 +25,7 @@ import numpy as np
 from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow import flow
+from adaflow import storage
 from adaflow.models.dit import dit_from_config
 from adaflow.models.grouped import group_key
 from adaflow.objectives.flow_matching import FlowMatchingObjective
@@ -139,13 +139,12 @@ def group_config(config, i: int, structure: Structure, t_range: tuple[float, flo
 
 def stage_done(path: str) -> bool:
   """True once a stage directory has its DONE marker (written after the stage finished)."""
-  return os.path.exists(os.path.join(path, "DONE"))
+  return storage.exists(os.path.join(path, "DONE"))
 
 
 def mark_stage_done(path: str, info: dict) -> None:
-  os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, "DONE"), "w") as f:
-    json.dump(info, f)
+  storage.makedirs(path)
+  storage.write_json(os.path.join(path, "DONE"), info)
 
 
 # ---- pruning --------------------------------------------------------------------------------
@@ -160,7 +159,7 @@ def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] =
   base_f = budget_lib.model_flops(base)
   budgets = budget_lib.group_budgets(g.num_groups, g.k, base_f, g.largest)
   proposer = proposer or make_proposer(g.proposer)
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
   bank_path, result_path = os.path.join(out_dir, "memory_bank.json"), os.path.join(out_dir, "result.json")
   bank = MemoryBank.load(bank_path)
   x_all, y_all = data_lib.load_arrays(config.data, int(g.proxy_samples), seed=int(config.seed) + 7919)
@@ -206,8 +205,7 @@ def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] =
                    "counts": best.structure.counts(), "structure": best.structure.to_json()})
   result = {"edges": [float(e) for e in edges], "base_flops": int(base_f), "k": float(g.k), "largest": g.largest,
             "proposer": proposer.name, "importance": g.importance, "groups": groups}
-  with open(result_path, "w") as f:
-    json.dump(result, f, indent=1)
+  storage.write_json(result_path, result, indent=1)
   return result
 
 
@@ -242,9 +240,8 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
   info = data_lib.get_info(config.data)
   config_lib.validate(config, info, num_devices=jax.device_count(), num_processes=jax.process_count())
   g = grouped_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  storage.check_writable(workdir, "--workdir")   # creates it; a bad path or bucket fails before stage 1
+  storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   s1 = os.path.join(workdir, "stage1")
   log(f"===== stage 1/3: dense base, {g.stage1_steps} steps -> {s1} =====")
@@ -258,10 +255,9 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
   pdir = os.path.join(workdir, "prune")
   log(f"===== stage 2/3 (pruning): N={g.num_groups}, k={g.k}, largest={g.largest} -> {pdir} =====")
   result_path = os.path.join(pdir, "result.json")
-  if os.path.exists(result_path):
+  if storage.exists(result_path):
     log("pruning already finished (result.json); skipping")
-    with open(result_path) as f:
-      result = json.load(f)
+    result = storage.read_json(result_path)
   else:
     result = prune(config, base_params, pdir, proposer=proposer, log=log)
 
@@ -289,8 +285,7 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
   summary = {"edges": result["edges"], "groups": [{k: v for k, v in gr.items() if k != "structure"}
                                                    for gr in result["groups"]],
              **sampling_summary(config, result)}
-  with open(os.path.join(workdir, "grouped.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  storage.write_json(os.path.join(workdir, "grouped.json"), summary, indent=1)
   log(f"grouped model: {summary['flops_fraction']:.3f} of the dense sampling FLOPs "
       f"(steps per group {summary['steps_per_group']})")
   if config.eval.get("at_end", False):
@@ -299,8 +294,7 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
     obj = grouped_objective(config, result)
     res = evaluate_generator(obj, params, config, make_mesh(config.mesh), cache_dir(config, workdir), log=log)
     res.update(flops_fraction=summary["flops_fraction"], sampling_flops_per_image=summary["sampling_flops_per_image"])
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump(res, f, indent=2)
+    storage.write_json(os.path.join(workdir, "eval.json"), res, indent=2)
     log("grouped eval: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
     summary["eval"] = res
   return summary
@@ -309,7 +303,7 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
 # ---- loading a finished grouped workdir (sample / eval) ----------------------------------
 def is_grouped_workdir(workdir: str) -> bool:
   """True for a `run_grouped` workdir (stage1/, prune/result.json, group_i/)."""
-  return os.path.exists(os.path.join(workdir, "prune", "result.json")) and os.path.isdir(os.path.join(workdir, "stage1"))
+  return storage.exists(os.path.join(workdir, "prune", "result.json")) and storage.isdir(os.path.join(workdir, "stage1"))
 
 
 def load_grouped(workdir: str, config: Optional[ml_collections.ConfigDict] = None):
@@ -327,8 +321,7 @@ def load_grouped(workdir: str, config: Optional[ml_collections.ConfigDict] = Non
   config = config if config is not None else config_of(stage1)
   if not config.get("grouped"):
     raise ValueError(f"the config of {stage1} has no `grouped` section")
-  with open(os.path.join(workdir, "prune", "result.json")) as f:
-    result = json.load(f)
+  result = storage.read_json(os.path.join(workdir, "prune", "result.json"))
   obj = grouped_objective(config, result)
   base = None
   params = {}

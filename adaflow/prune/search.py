@@ -28,7 +28,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
-import os
 import re
 from typing import Any, Callable, Optional, Sequence
 
@@ -37,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adaflow import storage
 from adaflow.models.dit import BlockSpec, DiT
 from adaflow.prune import budget as budget_lib
 from adaflow.prune.importance import Importance
@@ -235,17 +235,14 @@ class MemoryBank:
     return max((e.round for e in self.for_group(group)), default=-1) + 1
 
   def save(self, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump({"entries": [e.to_json() for e in self.entries]}, f, indent=1)
-    os.replace(tmp, path)
+    """Atomic (tmp + rename locally, one upload on gs://): a kill mid-save keeps the last bank."""
+    storage.write_json(path, {"entries": [e.to_json() for e in self.entries]}, atomic=True, indent=1)
 
   @staticmethod
   def load(path: str) -> "MemoryBank":
-    if not os.path.exists(path):
+    if not storage.exists(path):
       return MemoryBank()
-    with open(path) as f:
-      return MemoryBank([Entry.from_json(d) for d in json.load(f)["entries"]])
+    return MemoryBank([Entry.from_json(d) for d in storage.read_json(path)["entries"]])
 
 
 # ---- proposers ------------------------------------------------------------------------------

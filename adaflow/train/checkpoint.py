@@ -2,8 +2,9 @@
 
 Layout: `<workdir>/checkpoints/<step>/{state,meta}`. Saves are asynchronous; orbax writes to a
 temporary directory (`<step>.orbax-checkpoint-tmp*`) and renames it when complete, so a checkpoint
-that exists is finished, and old steps (beyond `max_to_keep`) are deleted only after the newer one
-is finalized (a failed save leaves every older step in place; tests/test_reliability.py checks it).
+that exists is finished, and old steps (beyond `max_to_keep`, except milestones: multiples of
+`keep_every`) are deleted only after the newer one is finalized (a failed save leaves every older
+step in place; tests/test_reliability.py checks it).
 
 Integrity: `save` stores a checksum of the whole state (`state_checksum`, an order-independent
 uint32 hash of every array's bits, identical on any mesh) in the JSON metadata; `restore_latest`
@@ -22,6 +23,8 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from adaflow import storage
 
 CHECKSUM_KEY = "_state_checksum"
 
@@ -90,8 +93,17 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def make_manager(workdir: str, max_to_keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+def make_manager(workdir: str, max_to_keep: int = 3, async_save: bool = True,
+                 keep_every: int = 0) -> ocp.CheckpointManager:
+  """Orbax manager for `<workdir>/checkpoints`: keeps the `max_to_keep` newest steps, plus (if
+  `keep_every` > 0) every step that is a multiple of `keep_every` (milestones, e.g. for FID-vs-steps
+  curves), which are never deleted. Expressed as an orbax preservation policy, because the
+  `max_to_keep` / `keep_period` options are deprecated in favour of it."""
+  policies = ocp.checkpoint_managers
+  keep = policies.LatestN(n=max_to_keep)
+  if keep_every > 0:
+    keep = policies.AnyPreservationPolicy([keep, policies.EveryNSteps(interval_steps=keep_every)])
+  options = ocp.CheckpointManagerOptions(preservation_policy=keep, create=True,
                                          enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "meta"))
 
@@ -123,9 +135,15 @@ def wait(manager: ocp.CheckpointManager) -> None:
 
 
 def check_writable(workdir: str) -> None:
-  """Raises CheckpointWriteError early (before training) if `<workdir>/checkpoints` is unwritable."""
+  """Raises CheckpointWriteError early (before training) if `<workdir>/checkpoints` is unwritable.
+
+  A workdir on an object store (gs://...) is probed with one small object through
+  `adaflow.storage`; missing credentials, an unknown bucket or a missing gcsfs are a ValueError
+  naming --workdir.
+  """
   d = checkpoint_dir(workdir)
-  if "://" in d:
+  if storage.is_remote(d):
+    storage.check_writable(workdir, "--workdir")
     return
   try:
     os.makedirs(d, exist_ok=True)

@@ -6,11 +6,11 @@ import time
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from adaflow.parallel import batch_sharding, replicated
+from adaflow.parallel import batch_sharding
+from adaflow.parallel.host import to_global, to_host
 
 
 def balanced_labels(num: int, num_classes: int) -> np.ndarray:
@@ -35,9 +35,9 @@ def generate_images(objective, params, mesh: Mesh, rng: jax.Array, labels: np.nd
   for i, start in enumerate(range(0, len(labels), batch_size)):
     chunk = labels[start:start + batch_size]
     padded = np.concatenate([chunk, np.zeros(batch_size - len(chunk), np.int32)])
-    y = jax.device_put(jnp.asarray(padded), batch_sharding(mesh))
+    y = to_global(padded, batch_sharding(mesh))
     imgs = fn(params, jax.random.fold_in(rng, i), y)
-    out.append(np.asarray(jax.device_get(imgs))[: len(chunk)])
+    out.append(to_host(imgs)[: len(chunk)])   # every process gets all images (collective)
     if progress is not None:
       progress(len(chunk))
   return np.concatenate(out, axis=0)

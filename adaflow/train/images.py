@@ -1,10 +1,13 @@
-"""Sample grids as PNG files."""
+"""Sample grids as PNG files (local or on an object store, through `adaflow.storage`)."""
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 from PIL import Image
+
+from adaflow import storage
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -26,6 +29,12 @@ def save_grid(images: np.ndarray, path: str, rows: int, upscale: int = 1) -> str
   img = Image.fromarray(grid)
   if upscale > 1:
     img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  img.save(path)
+  # Encoded in memory, then written in one piece: the same bytes as `img.save(path)`, to any path.
+  ext = os.path.splitext(os.fspath(path))[1].lower()
+  fmt = Image.registered_extensions().get(ext)
+  if fmt is None:
+    raise ValueError(f"{path}: unknown image extension {ext!r}; use .png")
+  buf = io.BytesIO()
+  img.save(buf, format=fmt)
+  storage.write_bytes(path, buf.getvalue())
   return path

@@ -20,6 +20,12 @@ Reliability (see tests/test_reliability.py, tests/test_multiprocess.py):
   * Full or unwritable disk while checkpointing: `checkpoint.CheckpointWriteError` naming the dir.
   * Several processes: each feeds its own rows of the global batch; the global batch is put in
     the order of a single-process run, so losses do not depend on the process count.
+
+Diagnostics (adaflow/train/diagnostics.py, tests/test_diagnostics.py): the step is compiled once,
+before the first step, and its XLA cost analysis gives the FLOPs per step, logged as
+`tflops_per_second` and `mfu` with the metrics; `train.compilation_cache_dir` (persistent compile
+cache), `train.profile_start` / `train.profile_steps` (jax.profiler trace in <workdir>/profile),
+`train.keep_every` (milestone checkpoints beside the `keep_checkpoints` newest).
 """
 from __future__ import annotations
 
@@ -37,9 +43,12 @@ from tqdm import tqdm
 
 from adaflow import config as config_lib
 from adaflow import data as data_lib
+from adaflow import storage
+from adaflow.data.prefetch import Prefetcher
 from adaflow.objectives import build_objective
 from adaflow.parallel import batch_sharding, make_mesh, replicated
 from adaflow.train import checkpoint as ckpt
+from adaflow.train import diagnostics
 from adaflow.train.evaluate import balanced_labels, evaluate_generator, generate_images
 from adaflow.train.images import save_grid
 from adaflow.train.metrics_log import MetricWriter
@@ -139,9 +148,10 @@ def _process_order_permutation(sharding, global_batch: int) -> Optional[np.ndarr
 
 
 def cache_dir(config, workdir: str) -> str:
-  """Where the evaluation classifier is cached (`eval.cache_dir`, default `<workdir>/../.adaflow_cache`)."""
+  """Where the evaluation classifier is cached (`eval.cache_dir`, default `<workdir>/../.adaflow_cache`;
+  for a gs:// workdir that is in the same bucket)."""
   d = config.eval.get("cache_dir") or os.environ.get("ADAFLOW_CACHE") or os.path.join(
-      os.path.dirname(os.path.abspath(workdir)), ".adaflow_cache")
+      storage.parent(workdir), ".adaflow_cache")
   return d
 
 
@@ -211,18 +221,26 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   """Runs (or resumes) training to `config.train.steps`; returns the final TrainState."""
   tr = Trainer(config, workdir, log)
   tc = config.train
+  # Before anything compiles (Trainer only traces shapes): the train step is then cached on disk.
+  diagnostics.enable_compilation_cache(tc.get("compilation_cache_dir", ""),
+                                       tc.get("compilation_cache_min_compile_secs", 1.0))
   nan_policy = tc.get("nan_policy", "stop")
-  os.makedirs(workdir, exist_ok=True)
-  ckpt.check_writable(workdir)
+  ckpt.check_writable(workdir)   # creates the workdir; a bad path or bucket fails here, before compiling
+  storage.makedirs(workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  manager = ckpt.make_manager(workdir, max_to_keep=tc.get("keep_checkpoints", 3))
+    storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  manager = ckpt.make_manager(workdir, max_to_keep=tc.get("keep_checkpoints", 3),
+                              keep_every=tc.get("keep_every", 0))   # + milestones (multiples of keep_every)
   state = tr.initial_state(manager, init_params)
   start = int(jax.device_get(state.step))
   batches = data_lib.make_train_batches(config.data, global_batch_size=tc.batch_size, seed=config.seed,
                                         process_index=jax.process_index(), process_count=jax.process_count())
-  step_fn = tr.jitted_step()
+  # Host input overlaps the device step: batches[step + 1 ..] are built on threads (same batches).
+  batches = Prefetcher(batches, start=start, stop=tc.steps, depth=config.data.get("prefetch", 2))
+  jitted, step_fn, flops = tr.jitted_step(), None, None   # compiled at the first step (diagnostics.compile_step)
+  peak = diagnostics.peak_tflops_per_device(override=tc.get("peak_tflops_per_device", 0.0))
+  prof = diagnostics.ProfileWindow(os.path.join(workdir, "profile"), start, tc.get("profile_start", 1),
+                                   tc.get("profile_steps", 0))
   writer = MetricWriter(workdir)
   dropped = writer.drop_after(start)
   if dropped:
@@ -246,11 +264,18 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
 
   pending, t_last, n_last, prev_flag = [], time.time(), start, None
   guard = PreemptionGuard(sync_every=tc.get("preemption_sync_every", 1))
-  with guard:
+  with guard, batches, prof:   # leaving it (end, preemption, error) joins the threads, ends a trace
     log(f"{config.get('name', 'run')}: {tr.info.image_shape} {tr.info.num_classes} classes, "
         f"{n_params / 1e6:.2f}M params, mesh {dict(tr.mesh.shape)}, steps {start} -> {tc.steps}")
     for step in range(start, tc.steps):
-      state, metrics = step_fn(state, tr.global_batch(batches[step]))
+      batch = tr.global_batch(batches[step])
+      if step_fn is None:                        # one compilation, which also gives the FLOPs per step
+        step_fn, flops = diagnostics.compile_step(jitted, state, batch)
+        log(diagnostics.describe_flops(flops, peak, jax.device_count()))
+        t_last = time.time()                     # throughput is measured without the compilation
+      prof.before(step)
+      state, metrics = step_fn(state, batch)
+      prof.after(step, (state, metrics))
       if prev_flag is not None:
         check_finite(prev_flag, step - 1)        # one step behind: keeps the device queue full
       prev_flag = metrics["nonfinite"]
@@ -264,6 +289,7 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
           log(f"skipped {int(mean['nonfinite'])} non-finite update(s) in steps {n_last}..{done - 1}")
         now = time.time()
         mean["images_per_second"] = (done - n_last) * tc.batch_size / max(now - t_last, 1e-9)
+        mean.update(diagnostics.throughput_metrics(flops, done - n_last, now - t_last, peak, jax.device_count()))
         t_last, n_last, pending = now, done, []
         writer.write(done, mean)
         pbar.set_postfix(loss=f"{mean['loss']:.4f}", img_s=f"{mean['images_per_second']:.0f}")
@@ -295,9 +321,12 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
     writer.write(final_step, {k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None},
                  kind="eval")
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, "eval.json"), "w") as f:
-        json.dump(result, f, indent=2)
+      storage.write_json(os.path.join(workdir, "eval.json"), result, indent=2)
     log("eval: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+  if jax.process_index() == 0 and final_step >= tc.steps:
+    # Written last, and never on a preemption stop: a watcher (tpu/resume_after_preemption.sh)
+    # relaunches until it appears.
+    storage.write_json(os.path.join(workdir, "train_complete.json"), {"step": final_step, "time": time.time()})
   writer.close()
   manager.close()
   return state

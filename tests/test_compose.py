@@ -188,7 +188,7 @@ def test_all_methods_compose_and_cost_less():
   info = _info(c)
   gen, params = _all_params(c, info)
   segs = [(g, s) for g, s, _ in gen.segments(np.linspace(0, 1, STEPS + 1))]
-  assert segs == [(0, 0), (0, 1), (1, 2)]   # group by start time, stage by midpoint
+  assert segs == [(0, 0), (0, 1), (1, 1), (1, 2)]   # group edge .6 inserted: each run inside one (group, stage)
   policy = StepSelectorObjective(c, info, generator=gen, generator_params=params, classifier=None).init(
       jax.random.PRNGKey(1))
   sampler = ComposedSampler(c, info, params, policy)

@@ -15,7 +15,7 @@ from adaflow.models.dit import BlockSpec, DiT
 from adaflow.models.grouped import GroupedModel, group_key
 from adaflow.prune import budget as B
 from adaflow.prune import importance
-from adaflow.prune.groups import group_edges, group_of
+from adaflow.prune.groups import group_edges
 from adaflow.prune.search import (Entry, ImportanceProposer, MemoryBank, RandomProposer, SearchSpace, TextProposer,
                                   search_group)
 from adaflow.prune.slicing import Structure, mask_params, slice_params, sub_model
@@ -111,13 +111,18 @@ def test_snr_groups_and_dispatch_at_boundaries():
   snr = 20 * np.log10(e[1:-1] / (1 - e[1:-1]))
   np.testing.assert_allclose(snr, [-10.0, 0.0, 10.0], atol=1e-3)   # equal width in SNR dB
   t = np.asarray([0.0, np.nextafter(np.float32(e[1]), np.float32(0)), e[1], 0.5, e[3], 1.0], np.float32)
-  np.testing.assert_array_equal(group_of(t, e), [0, 0, 1, 2, 3, 3])
-  np.testing.assert_array_equal(np.asarray(group_of(jnp.asarray(t), e)), [0, 0, 1, 2, 3, 3])
   gm = GroupedModel([_dit()] * 4, e)
+  np.testing.assert_array_equal(gm.group_of(t), [0, 0, 1, 2, 3, 3])
+  np.testing.assert_array_equal(np.asarray(gm.group_of(jnp.asarray(t))), [0, 0, 1, 2, 3, 3])
   grid = np.linspace(0, 1, 9)
-  # step starts 0, .125, .25, .375, .5, .625, .75, .875 vs edges .240, .5, .760
-  assert gm.segments(grid) == [(0, 0, 2), (1, 2, 4), (2, 4, 7), (3, 7, 8)]
-  assert gm.steps_per_group(grid) == [0, 0, 1, 1, 2, 2, 2, 3]
+  # grid .125 apart vs edges .240, .5, .760: .240 and .760 become grid points, .5 already is one,
+  # so every step lies inside one group
+  segs = gm.partition.segments(grid)
+  assert [g for g, _ in segs] == [0, 1, 2, 3]
+  np.testing.assert_allclose(np.concatenate([sub[:-1] for _, sub in segs] + [[1.0]]),
+                             [0, .125, e[1], .25, .375, .5, .625, .75, e[3], .875, 1])
+  for g, sub in segs:
+    assert e[g] - 1e-6 <= sub[0] and sub[-1] <= e[g + 1] + 1e-6
 
 
 def test_grouped_apply_and_sampling_pick_the_right_group():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from adaflow import config as config_lib
+from adaflow import flow
 from adaflow import data as data_lib
 from adaflow.models import ppflow as pp
 from adaflow.models.dit import DiT
@@ -106,16 +107,20 @@ def test_validator_other_fields():
 
 def test_stage_choice_at_boundaries():
   s = pp.parse_stages(((0.5, (4, 4)), (0.75, (2, 4)), (1.0, (2, 2))), 2, (16, 16))
-  ts = [0.0, 0.25, 0.5, 0.5 + 1e-6, 0.75, 0.75 + 1e-6, 1.0]
-  want = [0, 0, 0, 1, 1, 2, 2]
+  ts = [0.0, 0.25, 0.5 - 1e-6, 0.5, 0.75 - 1e-6, 0.75, 1.0]
+  want = [0, 0, 0, 1, 1, 2, 2]                 # stage s holds [t_end[s-1], t_end[s])
   assert [s.stage_of(t) for t in ts] == want
-  np.testing.assert_array_equal(pp.stage_of_jnp(jnp.asarray(ts, jnp.float32), s.t_ends), want)
+  np.testing.assert_array_equal(s.partition.index(jnp.asarray(ts, jnp.float32)), want)
   grid = np.linspace(0, 1, 17)
   pieces = s.grid_slices(grid)
   assert [(st, len(g) - 1) for st, g in pieces] == [(0, 8), (1, 4), (2, 4)]
   assert pieces[0][1][-1] == pieces[1][1][0] == 0.5 and pieces[2][1][-1] == 1.0
-  # a grid that does not hit the boundaries: each step goes to the stage of its midpoint
-  assert s.step_stages(np.linspace(0, 1, 6)) == [0, 0, 0, 1, 2]   # midpoints .1 .3 .5 .7 .9
+  # a grid that misses the boundaries gets them inserted: no stage runs outside its range
+  pieces = s.grid_slices(np.linspace(0, 1, 6))                   # .2 apart vs boundaries .5, .75
+  assert [st for st, _ in pieces] == [0, 1, 2]
+  np.testing.assert_allclose(pieces[0][1], [0, .2, .4, .5])
+  np.testing.assert_allclose(pieces[1][1], [.5, .6, .75])
+  np.testing.assert_allclose(pieces[2][1], [.75, .8, 1.0])
 
 
 def test_batch_split_proportions_and_t_ranges():
@@ -133,13 +138,13 @@ def test_batch_split_proportions_and_t_ranges():
   # the stratified draws reproduce the sampler's own distribution
   n = 20000
   counts = pp.batch_split(n, fr)
-  draws = np.concatenate([np.asarray(pp.sample_t_in_stage(jax.random.PRNGKey(i), c, lo, hi, ln))
+  draws = np.concatenate([np.asarray(flow.sample_t_in_range(jax.random.PRNGKey(i), c, lo, hi, ln))
                           for i, (c, lo, hi) in enumerate(zip(counts, s.t_starts, s.t_ends))])
   direct = np.asarray(jax.nn.sigmoid(jax.random.normal(jax.random.PRNGKey(9), (n,))))
   np.testing.assert_allclose(np.quantile(draws, [0.1, 0.3, 0.6, 0.9]), np.quantile(direct, [0.1, 0.3, 0.6, 0.9]),
                              atol=0.01)
   for i, (c, lo, hi) in enumerate(zip(counts, s.t_starts, s.t_ends)):
-    t = np.asarray(pp.sample_t_in_stage(jax.random.PRNGKey(i), c, lo, hi, uni))
+    t = np.asarray(flow.sample_t_in_range(jax.random.PRNGKey(i), c, lo, hi, uni))
     assert t.min() >= lo and t.max() <= hi
 
 

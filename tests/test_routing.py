@@ -122,8 +122,9 @@ def test_bins_regions_and_snapping():
   np.testing.assert_array_equal(np.asarray(j), [6, 5, 0, 0])
   np.testing.assert_allclose(np.asarray(lam), [0.0, 0.5, 1.0, 1.0], atol=1e-5)
   edges = (0.0, 0.25, 0.5, 0.75, 1.0)
-  np.testing.assert_array_equal(np.asarray(routing.region_index(jnp.array([0.0, 0.25, 0.26, 0.75, 1.0]), edges)),
-                                [0, 0, 1, 2, 3])
+  # region r holds [b_r, b_{r+1}) (flow.TimePartition): a step starting on an edge is in the region above
+  np.testing.assert_array_equal(np.asarray(routing.region_index(jnp.array([0.0, 0.2499, 0.25, 0.26, 0.75, 1.0]), edges)),
+                                [0, 0, 1, 1, 3, 3])
   snapped = np.asarray(bins)[np.asarray(routing.snap_index(jnp.array([0.83, 0.86, 0.34, 0.1, 1.0]), bins))]
   np.testing.assert_allclose(snapped, [0.8, 0.9, 0.3, 0.3, 1.0])
   assert [routing.num_kept(b, 64) for b in (1.0, 0.75, 0.5, 0.3)] == [64, 48, 32, 20]

@@ -1,9 +1,9 @@
 """ComposedGenerator: the flow-matching sampler for any subset of {PPFlow stages, routing, timestep
-groups}. The time grid is cut into maximal runs of steps that share one (group, stage): the stage
-of a step is the stage holding its midpoint (PPFlow's rule, `PatchSchedule.step_stages`), its group
-the group holding its start time (`GroupedModel.segments`'s rule). Each run is integrated with
+groups}. The timestep groups, PPFlow stages and routing regions are `flow.TimePartition`s; the
+time grid gets all their edges inserted as grid points and is cut into maximal runs of steps that
+share one (group, stage, region) (`flow.joint_segments`). Each run is integrated with
 `flow.integrate` by group g's network at stage s (routing: "infer" mode, the snapped bin of the
-step's timestep region), with stage s's CFG scale. With one method on, the runs are exactly that
+run's timestep region), with stage s's CFG scale. With one method on, the runs are exactly that
 method's own slices, so the result equals the method's own `generate` for the same key.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ from adaflow import flow
 from adaflow.compose import model as model_lib
 from adaflow.compose.spec import ComposeSpec, spec_from_config
 from adaflow.models.routing import RoutedDiT
-from adaflow.prune.groups import group_of
 
 
 class ComposedGenerator:
@@ -54,28 +53,19 @@ class ComposedGenerator:
     return model_lib.group_params(params, self.spec, self.spec.num_groups - 1)
 
   # ---- dispatch -----------------------------------------------------------------------------
-  def step_groups(self, grid: np.ndarray) -> list[int]:
-    grid = np.asarray(grid, np.float64)
-    if not self.grouped:
-      return [0] * (len(grid) - 1)
-    return [int(g) for g in group_of(grid[:-1].astype(np.float32), np.asarray(self.spec.edges, np.float64))]
-
-  def step_stages(self, grid: np.ndarray) -> list[int]:
-    if self.spec.schedule is None:
-      return [0] * (len(grid) - 1)
-    return self.spec.schedule.step_stages(grid)
+  def partitions(self) -> tuple[flow.TimePartition, flow.TimePartition, flow.TimePartition]:
+    """(groups, PPFlow stages, routing regions) as time partitions (one bucket when a method is off)."""
+    one = flow.TimePartition.single()
+    groups = flow.TimePartition(tuple(self.spec.edges)) if self.grouped else one
+    stages = self.spec.schedule.partition if self.spec.schedule is not None else one
+    regions = flow.TimePartition(tuple(self.spec.routing.boundaries)) if self.routed else one
+    return groups, stages, regions
 
   def segments(self, grid: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-    """[(group, stage, sub_grid)]: consecutive runs of steps sharing (group, stage); each sub-grid
-    shares its end point with the next one's start."""
-    grid = np.asarray(grid)
-    keys = list(zip(self.step_groups(grid), self.step_stages(grid)))
-    out, a = [], 0
-    for j in range(1, len(keys) + 1):
-      if j == len(keys) or keys[j] != keys[a]:
-        out.append((keys[a][0], keys[a][1], grid[a:j + 1]))
-        a = j
-    return out
+    """[(group, stage, sub_grid)]: the grid with every edge inserted, cut into runs of steps that
+    share (group, stage, routing region); each sub-grid shares its end point with the next one's
+    start."""
+    return [(g, s, sub) for (g, s, _), sub in flow.joint_segments(grid, self.partitions())]
 
   def stage_cfg_scales(self, cfg_scale: float) -> tuple[float, ...]:
     if self.spec.cfg_scales is not None:

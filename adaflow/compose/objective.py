@@ -17,11 +17,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adaflow import flow
 from adaflow.compose import model as model_lib
 from adaflow.compose.generator import ComposedGenerator
 from adaflow.models import routing as routing_lib
 from adaflow.models.ppflow import batch_split
-from adaflow.objectives.grouped import sample_t_truncated, t_mass
+from adaflow.objectives.grouped import t_mass
 
 
 def cells(spec, flow_config) -> list[tuple[int, int, float, float, float]]:
@@ -82,7 +83,7 @@ class ComposedObjective(ComposedGenerator):
     for c, ((g, s, lo, hi, mass), n) in enumerate(zip(self.cells, counts)):
       sl = slice(start, start + n)
       start += n
-      t = sample_t_truncated(jax.random.fold_in(k_t, c), n, self.config.flow, lo, hi)
+      t = flow.sample_t_in_range(jax.random.fold_in(k_t, c), n, lo, hi, self.config.flow)
       x_t, target = self.interpolant.path(x[sl], noise[sl], t)
       pred = self.apply(params, g, x_t, t, y[sl], stage=s, mode="train")
       mse = jnp.mean(jnp.square(pred - target))

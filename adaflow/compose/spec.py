@@ -219,14 +219,6 @@ def spec_from_config(config, info) -> ComposeSpec:
                      cfg_scales=cfg_scales)
 
 
-def generator_only(config) -> ml_collections.ConfigDict:
-  """Copy of `config` with compose.selector off (the generator the policy runs on)."""
-  c = config.copy_and_resolve_references()
-  if c.get("compose") is not None:
-    c.compose.selector = False
-  return c
-
-
 @register_validator
 def validate_composed(config, info) -> None:
   """objective 'composed' (adaflow.compose.objective): `config.compose` must describe a valid

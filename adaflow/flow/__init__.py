@@ -2,4 +2,5 @@
 from adaflow.flow.interpolants import (CosineInterpolant, Interpolant, LinearInterpolant,
                                        log_snr_db, make_interpolant)
 from adaflow.flow.samplers import guided, integrate, sample, time_grid
-from adaflow.flow.timesteps import sample_t, sample_t_in_range
+from adaflow.flow.partition import TimePartition, joint_segments, refine_grid
+from adaflow.flow.timesteps import sample_t, sample_t_in_range, t_cdf

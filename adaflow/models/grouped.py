@@ -5,10 +5,10 @@ each `params_i` the unboxed `{'params': ...}` of `models[i]`; the sub-models may
 MLP width and depth (`DiT(blocks=...)`), so each group is its own compiled program.
 
 Dispatch:
-  * sampling — `segments(grid)` cuts the time grid into contiguous runs of steps whose *start*
-    time falls in one group; each run is integrated with that group's network
-    (`adaflow.flow.integrate` on consecutive slices of the same grid, like PPFlow stage switching).
-    A step starting at an edge belongs to the group above the edge.
+  * sampling — `partition.segments(grid)` (`adaflow.flow.TimePartition`) inserts the group edges
+    into the time grid and cuts it into runs of steps inside one group; each run is integrated with
+    that group's network (`adaflow.flow.integrate` on consecutive slices of the same grid, like
+    PPFlow stage switching). Group i holds [edges[i], edges[i + 1]), the last one also t = 1.
   * training on a batch of mixed t — `apply_sliced` runs group i on the static batch slice i
     (sizes fixed at trace time, times drawn inside each group's range by the objective); and
     `apply_select` evaluates an arbitrary batch of t with the right group per example (every group
@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adaflow.flow.partition import TimePartition
 from adaflow.models.dit import DiT
-from adaflow.prune.groups import group_of
 
 
 def group_key(i: int) -> str:
@@ -39,8 +39,7 @@ class GroupedModel:
     edges = np.asarray(edges, np.float64)
     if len(edges) != len(models) + 1:
       raise ValueError(f"GroupedModel: {len(models)} models need {len(models) + 1} edges, got {len(edges)}")
-    if edges[0] != 0.0 or edges[-1] != 1.0 or np.any(np.diff(edges) <= 0):
-      raise ValueError(f"GroupedModel: edges must increase from 0 to 1, got {edges}")
+    self.partition = TimePartition(tuple(edges))
     self.models = tuple(models)
     self.edges = edges
 
@@ -50,7 +49,7 @@ class GroupedModel:
 
   def group_of(self, t):
     """t [B] -> group index [B] (numpy or traced)."""
-    return group_of(t, self.edges)
+    return self.partition.index(t)
 
   def check_params(self, params: Any) -> None:
     keys = sorted(params.keys())
@@ -84,19 +83,3 @@ class GroupedModel:
     for i in range(self.num_groups):
       out = jnp.where((g == i)[:, None, None, None], self.apply_group(params, i, x, t, y, **kw), out)
     return out
-
-  def segments(self, grid: np.ndarray) -> list[tuple[int, int, int]]:
-    """[(group, a, b)]: steps a..b-1 of `grid` (grid[a] .. grid[b]) start in `group`; contiguous
-    and covering all len(grid) - 1 steps, in order."""
-    grid = np.asarray(grid, np.float64)
-    g = self.group_of(grid[:-1].astype(np.float32))
-    segs, a = [], 0
-    for j in range(1, len(g) + 1):
-      if j == len(g) or g[j] != g[a]:
-        segs.append((int(g[a]), a, j))
-        a = j
-    return segs
-
-  def steps_per_group(self, grid: np.ndarray) -> list[int]:
-    """Group of each step of `grid` ([len(grid) - 1] ints)."""
-    return [int(v) for v in self.group_of(np.asarray(grid[:-1], np.float32))]

@@ -7,26 +7,26 @@ A schedule is written in the config in *pixels*:
                            (0.75, (2, 4)),            # t in (0.5, 0.75] : p rows x 2p columns
                            (1.0, (2, 2)))             # t in (0.75, 1]   : p x p (the dense DiT)
 
-Stage s covers `(t_end[s-1], t_end[s]]` (stage 0 starts at 0, closed). Time runs from noise
-(t = 0) to data (t = 1), so the coarse stages come first. Each patch shape must be a multiple of
+Stage s covers `[t_end[s-1], t_end[s])` (stage 0 starts at 0, the last stage holds t = 1): the
+buckets of `adaflow.flow.partition.TimePartition`, whose `segments` put the stage boundaries on
+the sampling grid. Time runs from noise (t = 0) to data (t = 1), so the coarse stages come first. Each patch shape must be a multiple of
 the base patch (the multiple is the space-to-depth grouping `(gh, gw)` handed to the DiT as
 `stage_groups`) and must divide the image. Everything in this module is plain Python / numpy
-(static: it decides shapes), except `stage_of_jnp` and `sample_t_in_stage`.
+(static: it decides shapes).
 
 Also here: converting a trained one-level DiT into a multi-stage one (`convert_dense_params`).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import ndtr, ndtri
 
-from adaflow.flow.timesteps import T_SAMPLERS
+from adaflow.flow.partition import TimePartition
+from adaflow.flow.timesteps import t_cdf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,31 +68,19 @@ class PatchSchedule:
     n_fine = self.tokens(self.num_stages - 1)
     return float(sum(span * self.tokens(s) / n_fine for s, span in enumerate(self.spans)))
 
-  def stage_of(self, t: float) -> int:
-    """Stage of a time point: the first s with t <= t_end[s] (stage 0 also takes t < 0)."""
-    for s, e in enumerate(self.t_ends):
-      if t <= e:
-        return s
-    return self.num_stages - 1
+  @property
+  def partition(self) -> TimePartition:
+    """The stages as buckets of flow time (edges 0, t_end[0], ..., 1)."""
+    return TimePartition((0.0,) + self.t_ends)
 
-  def step_stages(self, grid: np.ndarray) -> list[int]:
-    """Stage of each ODE step [grid[i], grid[i+1]]: the stage of the step's midpoint, so that a
-    step lying inside a stage (boundaries on the grid) is integrated by that stage's network."""
-    grid = np.asarray(grid, np.float64)
-    return [self.stage_of(0.5 * (a + b)) for a, b in zip(grid[:-1], grid[1:])]
+  def stage_of(self, t: float) -> int:
+    """Stage of a time point (stage s holds [t_end[s-1], t_end[s]))."""
+    return int(self.partition.index(t))
 
   def grid_slices(self, grid: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Splits a time grid [n + 1] into consecutive (stage, sub-grid) pieces; each sub-grid shares
-    its end point with the next one's start, so integrating them in order integrates the grid."""
-    stages = self.step_stages(grid)
-    out, i = [], 0
-    while i < len(stages):
-      j = i
-      while j < len(stages) and stages[j] == stages[i]:
-        j += 1
-      out.append((stages[i], np.asarray(grid[i:j + 1])))
-      i = j
-    return out
+    """(stage, sub-grid) pieces of a time grid [n + 1] with the stage boundaries inserted as grid
+    points; each sub-grid shares its end point with the next one's start."""
+    return self.partition.segments(grid)
 
 
 def _field_error(field: str, message: str) -> ValueError:
@@ -151,26 +139,10 @@ def schedule_from_config(config, image_shape: Sequence[int]) -> PatchSchedule:
 
 # ---- time sampling per stage ---------------------------------------------------------------
 
-def _t_cdf(t: float, flow_config) -> float:
-  """CDF of the training-time distribution `flow.t_sampler` at t (uniform or logit-normal)."""
-  kind = flow_config.get("t_sampler", "uniform")
-  if kind == "uniform":
-    return float(t)
-  if kind == "logit_normal":
-    if t <= 0.0:
-      return 0.0
-    if t >= 1.0:
-      return 1.0
-    mu, sd = flow_config.get("logit_mean", 0.0), flow_config.get("logit_std", 1.0)
-    z = (math.log(t) - math.log1p(-t) - mu) / sd
-    return 0.5 * math.erfc(-z / math.sqrt(2.0))
-  raise ValueError(f"config.flow.t_sampler: must be one of {T_SAMPLERS}, got {kind!r}")
-
-
 def stage_fractions(schedule: PatchSchedule, flow_config) -> tuple[float, ...]:
   """Probability mass of each stage under `flow.t_sampler`: the time spans (0.5/0.5,
   0.5/0.25/0.25) for the uniform sampler of the paper; stage masses for logit-normal."""
-  cdf = [_t_cdf(t, flow_config) for t in (0.0,) + schedule.t_ends]
+  cdf = [t_cdf(t, flow_config) for t in (0.0,) + schedule.t_ends]
   return tuple(b - a for a, b in zip(cdf[:-1], cdf[1:]))
 
 
@@ -192,28 +164,6 @@ def batch_split(batch_size: int, fractions: Sequence[float]) -> tuple[int, ...]:
   for i in range(batch_size - int(counts.sum())):
     counts[order[i % k]] += 1
   return tuple(int(c) for c in counts)
-
-
-def sample_t_in_stage(rng: jax.Array, n: int, lo: float, hi: float, flow_config) -> jax.Array:
-  """[n] times from `flow.t_sampler` restricted to [lo, hi] (inverse-CDF sampling), so the union
-  of the stage-stratified draws is the sampler's own distribution (uniform: U(lo, hi))."""
-  kind = flow_config.get("t_sampler", "uniform")
-  u = jax.random.uniform(rng, (n,), jnp.float32)
-  if kind == "uniform":
-    return lo + (hi - lo) * u
-  if kind == "logit_normal":
-    c_lo, c_hi = _t_cdf(lo, flow_config), _t_cdf(hi, flow_config)
-    q = jnp.clip(c_lo + (c_hi - c_lo) * u, 1e-7, 1 - 1e-7)
-    mu, sd = flow_config.get("logit_mean", 0.0), flow_config.get("logit_std", 1.0)
-    t = jax.nn.sigmoid(mu + sd * ndtri(q))
-    return jnp.clip(t, lo, hi)
-  raise ValueError(f"config.flow.t_sampler: must be one of {T_SAMPLERS}, got {kind!r}")
-
-
-def stage_of_jnp(t: jax.Array, t_ends: Sequence[float]) -> jax.Array:
-  """[B] times -> [B] int32 stage indices (same rule as `PatchSchedule.stage_of`)."""
-  ends = jnp.asarray(t_ends[:-1], jnp.float32)
-  return jnp.sum(t[:, None] > ends[None, :], axis=1).astype(jnp.int32)
 
 
 # ---- converting a one-level (dense) DiT into a multi-stage one -----------------------------

@@ -27,7 +27,7 @@ gradient scale, can move ratios faster than weights), initialised to `routing.in
 [rho_min, rho_max] = [0.1, 1] after every optimizer step (`project_ratios`; the forward pass also
 clamps with a straight-through clip). Timestep regions: R contiguous ranges of t given by
 `routing.boundaries` (default: R = `routing.num_regions` even ranges of [0, 1]); region r holds
-t in (b_r, b_{r+1}] (t = b_0 belongs to region 0).
+t in [b_r, b_{r+1}) (t = 1 belongs to the last region): the buckets of `flow.TimePartition`.
 
 Training (differentiable ratio). With bins b1 < rho <= b2 the two neighbours of rho, a block
 returns `lam * y(b1) + (1 - lam) * y(b2)`, `lam = (b2 - rho) / (b2 - b1)`, so d out / d rho =
@@ -68,6 +68,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from adaflow.flow.partition import TimePartition
 from adaflow.models import layers
 from adaflow.models.dit import DiT, dit_from_config
 
@@ -110,6 +111,11 @@ class RoutingSpec:
   @property
   def num_regions(self) -> int:
     return len(self.boundaries) - 1
+
+  @property
+  def partition(self) -> TimePartition:
+    """The timestep regions as buckets of flow time."""
+    return TimePartition(self.boundaries)
 
   @property
   def learned(self) -> bool:
@@ -213,10 +219,8 @@ def num_kept(ratio: float, n: int) -> int:
 
 
 def region_index(t: jax.Array, boundaries: Sequence[float]) -> jax.Array:
-  """t: [...] in [0, 1] -> region [...] int32; region r holds t in (b_r, b_{r+1}], t = 0 in 0."""
-  inner = jnp.asarray(boundaries[1:-1], jnp.float32)
-  r = jnp.searchsorted(inner, t, side="left")
-  return jnp.clip(r, 0, len(boundaries) - 2).astype(jnp.int32)
+  """t: [...] in [0, 1] -> region [...] int32; region r holds t in [b_r, b_{r+1})."""
+  return TimePartition(tuple(boundaries)).index(jnp.asarray(t))
 
 
 def bin_pair(rho: jax.Array, bins: Sequence[float]) -> tuple[jax.Array, jax.Array]:

@@ -12,7 +12,6 @@ the time grid with that group's network. It is what the driver and benchmark sam
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import chex
@@ -27,40 +26,9 @@ from adaflow.models.grouped import GroupedModel, group_key
 from adaflow.objectives.flow_matching import FlowMatchingObjective
 
 
-def _phi(x: float) -> float:
-  if x == math.inf:
-    return 1.0
-  if x == -math.inf:
-    return 0.0
-  return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
-
-
-def _logit(p: float) -> float:
-  if p <= 0.0:
-    return -math.inf
-  if p >= 1.0:
-    return math.inf
-  return math.log(p / (1.0 - p))
-
-
 def t_mass(flow_config, lo: float, hi: float) -> float:
   """Probability of [lo, hi] under the training t distribution (`flow.t_sampler`)."""
-  if flow_config.get("t_sampler", "uniform") == "logit_normal":
-    m, s = float(flow_config.get("logit_mean", 0.0)), float(flow_config.get("logit_std", 1.0))
-    return _phi((_logit(hi) - m) / s) - _phi((_logit(lo) - m) / s)
-  return hi - lo
-
-
-def sample_t_truncated(rng: jax.Array, batch: int, flow_config, lo: float, hi: float) -> jax.Array:
-  """[batch] times from the training distribution restricted to [lo, hi] (inverse CDF)."""
-  if flow_config.get("t_sampler", "uniform") != "logit_normal":
-    return flow.sample_t_in_range(rng, batch, lo, hi)
-  m, s = float(flow_config.get("logit_mean", 0.0)), float(flow_config.get("logit_std", 1.0))
-  u_lo, u_hi = _phi((_logit(lo) - m) / s), _phi((_logit(hi) - m) / s)
-  u = u_lo + (u_hi - u_lo) * jax.random.uniform(rng, (batch,))
-  u = jnp.clip(u, 1e-7, 1.0 - 1e-7)
-  t = jax.nn.sigmoid(m + s * jax.scipy.special.ndtri(u))
-  return jnp.clip(t, lo, hi)
+  return flow.t_cdf(hi, flow_config) - flow.t_cdf(lo, flow_config)
 
 
 def t_range_of(config) -> tuple[float, float]:
@@ -82,8 +50,8 @@ class GroupFinetuneObjective(FlowMatchingObjective):
   def loss(self, params, batch, rng: jax.Array, t: Optional[jax.Array] = None, **apply_kw):
     """batch: {'image': [B, H, W, C], 'label': [B]} -> (loss, metrics); t drawn inside the range."""
     if t is None:
-      t = sample_t_truncated(jax.random.fold_in(rng, 17), batch["image"].shape[0], self.config.flow,
-                             self.t_lo, self.t_hi)
+      t = flow.sample_t_in_range(jax.random.fold_in(rng, 17), batch["image"].shape[0], self.t_lo, self.t_hi,
+                                 self.config.flow)
     return super().loss(params, batch, rng, t=t, **apply_kw)
 
 
@@ -128,7 +96,7 @@ class GroupedFlowObjective(FlowMatchingObjective):
     sizes = slice_sizes(x.shape[0], self.masses)
     k_t, k_noise, k_drop = jax.random.split(rng, 3)
     e = self.grouped.edges
-    t = jnp.concatenate([sample_t_truncated(jax.random.fold_in(k_t, i), s, self.config.flow, e[i], e[i + 1])
+    t = jnp.concatenate([flow.sample_t_in_range(jax.random.fold_in(k_t, i), s, e[i], e[i + 1], self.config.flow)
                          for i, s in enumerate(sizes)])
     noise = jax.random.normal(k_noise, x.shape, jnp.float32)
     x_t, target = self.interpolant.path(x, noise, t)
@@ -147,6 +115,6 @@ class GroupedFlowObjective(FlowMatchingObjective):
     self.grouped.check_params(params)
     grid = flow.time_grid(steps) if grid is None else np.asarray(grid)
     x = jax.random.normal(rng, (labels.shape[0],) + tuple(self.info.image_shape), jnp.float32)
-    for g, a, b in self.grouped.segments(grid):
-      x = flow.integrate(self.group_velocity_fn(params, g, labels, cfg_scale, **apply_kw), x, grid[a:b + 1], method)
+    for g, sub in self.grouped.partition.segments(grid):
+      x = flow.integrate(self.group_velocity_fn(params, g, labels, cfg_scale, **apply_kw), x, sub, method)
     return x

@@ -83,7 +83,7 @@ class PPFlowObjective(FlowMatchingObjective):
       lo, hi = self.schedule.t_starts[s], self.schedule.t_ends[s]
       sl = slice(start, start + n)
       start += n
-      t = schedule_lib.sample_t_in_stage(jax.random.fold_in(k_t, s), n, lo, hi, self.config.flow)
+      t = flow.sample_t_in_range(jax.random.fold_in(k_t, s), n, lo, hi, self.config.flow)
       x_t, target = self.interpolant.path(x[sl], noise[sl], t)
       pred = self.apply(params, x_t, t, y[sl], stage=s)
       chex.assert_equal_shape([pred, target])

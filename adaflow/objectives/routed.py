@@ -16,9 +16,13 @@ Fine-tuning from a dense checkpoint: `adaflow train --init <dense workdir>`; the
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from adaflow import flow
 from adaflow.models import routing
 from adaflow.objectives.flow_matching import FlowMatchingObjective
 
@@ -39,6 +43,14 @@ class RoutedFlowMatchingObjective(FlowMatchingObjective):
   def apply(self, params, x_t, t, y, *, mode: str = "infer", stage: int = 0):
     """Prediction [B, H, W, C]; `mode` as in RoutedDiT (sampling uses "infer": snapped bins)."""
     return self.model.apply(params, x_t, t, y, mode=mode, stage=stage)
+
+  def generate(self, params, rng: jax.Array, labels: jax.Array, *, steps: int, method: str = "heun",
+               cfg_scale: float = 1.0, grid: Optional[np.ndarray] = None) -> jax.Array:
+    """As dense sampling, on the grid with the timestep-region edges inserted: every step lies in
+    one region, so its snapped ratios are the ones trained for that range of t."""
+    grid = flow.time_grid(steps) if grid is None else np.asarray(grid)
+    return super().generate(params, rng, labels, steps=steps, method=method, cfg_scale=cfg_scale,
+                            grid=self.spec.partition.refine(grid))
 
   def merge_init_params(self, init_params, rng: jax.Array):
     """Dense (or routed) `--init` params -> full routed tree (new routers/rho initialised)."""

@@ -3,14 +3,14 @@
 The mesh has axes ('data', 'fsdp', 'model'). Batches shard over ('data', 'fsdp'); parameters
 shard their 'embed' dimension over 'fsdp' (ZeRO-3 style: gathered per layer by GSPMD) and their
 head / MLP dimensions over 'model' (Megatron-style tensor parallelism). A dimension whose size does
-not divide the mesh axis is replicated instead (see `adaflow.parallel.sharding`).
+not divide the mesh axis is replicated instead (`adaflow.parallel.mesh.logical_shardings`). Batches
+are not named here: `adaflow.parallel.mesh.batch_sharding` shards their leading dimension.
 """
 from __future__ import annotations
 
 MESH_AXES = ("data", "fsdp", "model")
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
-    ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
     ("embed_out", None),
     ("heads", "model"),

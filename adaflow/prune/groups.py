@@ -53,18 +53,3 @@ def group_edges(num_groups: int, interpolant: Interpolant,
   if np.any(np.diff(edges) <= 0):
     raise ValueError(f"config.grouped.snr_range_db: {tuple(snr_range_db)} gives empty groups {edges}; widen it")
   return edges
-
-
-def group_of(t, edges: np.ndarray):
-  """Group index of each time: t [B] -> int32 [B] (numpy in, numpy out; jax in, jax out).
-  Group i covers [edges[i], edges[i+1]); t = 1 belongs to the last group."""
-  n = len(edges) - 1
-  inner = np.asarray(edges[1:-1], np.float32)
-  if isinstance(t, np.ndarray) or np.isscalar(t):
-    return np.clip(np.searchsorted(inner, np.asarray(t, np.float32), side="right"), 0, n - 1).astype(np.int32)
-  return jnp.clip(jnp.searchsorted(jnp.asarray(inner), t, side="right"), 0, n - 1).astype(jnp.int32)
-
-
-def group_ranges(edges: np.ndarray) -> list[tuple[float, float]]:
-  """[(lo_i, hi_i)] for each group."""
-  return [(float(edges[i]), float(edges[i + 1])) for i in range(len(edges) - 1)]

@@ -29,10 +29,10 @@ from adaflow import storage
 from adaflow.models.dit import dit_from_config
 from adaflow.models.grouped import group_key
 from adaflow.objectives.flow_matching import FlowMatchingObjective
-from adaflow.objectives.grouped import GroupedFlowObjective, sample_t_truncated
+from adaflow.objectives.grouped import GroupedFlowObjective
 from adaflow.prune import budget as budget_lib
 from adaflow.prune import importance as importance_lib
-from adaflow.prune.groups import group_edges, group_ranges
+from adaflow.prune.groups import group_edges
 from adaflow.prune.search import (PROPOSERS, MemoryBank, Proposer, ProxyEvaluator, SearchSpace, make_proposer,
                                   search_group)
 from adaflow.prune.slicing import Structure, slice_params
@@ -166,11 +166,11 @@ def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] =
   train_batches = data_lib.make_train_batches(config.data, global_batch_size=min(int(config.train.batch_size), 64),
                                               seed=int(config.seed) + 104729)
   groups = []
-  for i, (lo, hi) in enumerate(group_ranges(edges)):
+  for i, (lo, hi) in enumerate(flow.TimePartition(tuple(edges)).ranges):
     key = jax.random.PRNGKey(int(config.seed) * 1000 + i)
     k_noise, k_t, k_imp = jax.random.split(key, 3)
     noise = np.asarray(jax.random.normal(k_noise, x_all.shape, jnp.float32))
-    t = np.asarray(sample_t_truncated(k_t, x_all.shape[0], config.flow, lo, hi))
+    t = np.asarray(flow.sample_t_in_range(k_t, x_all.shape[0], lo, hi, config.flow))
     heldout = (jnp.asarray(x_all), jnp.asarray(y_all), jnp.asarray(noise), jnp.asarray(t))
 
     def in_range_batch(step: int, lo=lo, hi=hi, i=i) -> tuple:
@@ -179,7 +179,7 @@ def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] =
       k1, k2 = jax.random.split(kk)
       n = b["image"].shape[0]
       return (jnp.asarray(b["image"]), jnp.asarray(b["label"]), jax.random.normal(k1, b["image"].shape),
-              sample_t_truncated(k2, n, config.flow, lo, hi))
+              flow.sample_t_in_range(k2, n, lo, hi, config.flow))
 
     if g.importance == "magnitude":
       imp = importance_lib.magnitude(base_params, base)
@@ -211,16 +211,18 @@ def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] =
 
 # ---- sampling cost --------------------------------------------------------------------------
 def sampling_summary(config, result: dict) -> dict:
-  """FLOPs per sampled image of the grouped model vs the dense base (same grid, method, CFG)."""
+  """FLOPs per sampled image of the grouped model vs the dense base (same method, CFG; the grouped
+  sampler integrates the grid with the group edges inserted, which may add steps)."""
   info = data_lib.get_info(config.data)
   base = dit_from_config(config.model, info.image_shape, info.num_classes)
   s = config.sample
   grid = flow.time_grid(int(s.steps))
-  from adaflow.models.grouped import GroupedModel
-  steps_g = GroupedModel([base] * len(result["groups"]), result["edges"]).steps_per_group(grid)
+  segments = flow.TimePartition(tuple(result["edges"])).segments(grid)
+  steps_g = [g for g, sub in segments for _ in range(len(sub) - 1)]
   gf = [gr["flops"] for gr in result["groups"]]
   grouped = budget_lib.sampling_flops(gf, steps_g, s.method, float(s.cfg_scale))
-  dense = budget_lib.sampling_flops([budget_lib.model_flops(base)] * len(gf), steps_g, s.method, float(s.cfg_scale))
+  dense = budget_lib.sampling_flops([budget_lib.model_flops(base)], [0] * (len(grid) - 1), s.method,
+                                    float(s.cfg_scale))
   return {"sampling_flops_per_image": grouped, "dense_sampling_flops_per_image": dense,
           "flops_fraction": grouped / dense, "steps_per_group": [steps_g.count(i) for i in range(len(gf))]}
 

@@ -1,0 +1,114 @@
+"""One rule for "which bucket of flow time is t in", shared by every method that cuts t in [0, 1].
+
+PPFlow stages, DiffCR timestep regions and timestep-grouped sub-models each train a network (or
+a ratio) on one contiguous range of t. A `TimePartition` holds the edges between those ranges:
+
+    edges = (e_0 = 0, e_1, ..., e_K = 1)      bucket k = [e_k, e_{k+1}),  the last one also holds 1
+
+Half-open on the right because sampling runs forward from noise (t = 0) to data (t = 1): a step
+that starts on an edge lies in the bucket above it. For sampling, `segments` first inserts every
+edge into the time grid as a grid point, so that each ODE step lies inside one bucket and is
+integrated by that bucket's network only; no network is ever evaluated outside the range it was
+trained on (Heun's second evaluation at a step's end touches at most the bucket's closed end).
+Inserting an edge adds a step where the grid does not already have a point there.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Edges closer than this to a grid point are taken to be on it: grids come from linspace and edges
+# from float32 computations (SNR bisection), and a 1e-8-long extra step would waste a network call.
+_ON_GRID_TOL = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class TimePartition:
+  """K buckets of flow time; `edges` [K + 1] strictly increasing from 0 to 1."""
+  edges: tuple[float, ...]
+
+  def __post_init__(self):
+    e = np.asarray(self.edges, np.float64)
+    if e.ndim != 1 or len(e) < 2 or e[0] != 0.0 or e[-1] != 1.0 or np.any(np.diff(e) <= 0):
+      raise ValueError(f"time partition edges must increase strictly from 0 to 1, got {tuple(self.edges)}")
+    object.__setattr__(self, "edges", tuple(float(x) for x in e))
+
+  @classmethod
+  def even(cls, k: int) -> "TimePartition":
+    """k equal buckets of [0, 1]."""
+    return cls(tuple(np.linspace(0.0, 1.0, int(k) + 1)))
+
+  @classmethod
+  def single(cls) -> "TimePartition":
+    return cls((0.0, 1.0))
+
+  @property
+  def num_buckets(self) -> int:
+    return len(self.edges) - 1
+
+  @property
+  def ranges(self) -> list[tuple[float, float]]:
+    """[(lo_k, hi_k)] for each bucket."""
+    return list(zip(self.edges[:-1], self.edges[1:]))
+
+  @property
+  def inner(self) -> tuple[float, ...]:
+    return self.edges[1:-1]
+
+  def index(self, t):
+    """Bucket of each time: t [...] -> int32 [...] (numpy or Python float in -> numpy out; a jax
+    array in -> jax array out, usable under jit)."""
+    if isinstance(t, jax.Array):          # tracers are jax.Arrays too
+      inner = jnp.asarray(self.inner, jnp.float32)
+      return jnp.clip(jnp.searchsorted(inner, t, side="right"), 0, self.num_buckets - 1).astype(jnp.int32)
+    # float32 on the host too, so that host decisions and traced ones agree on every input.
+    inner = np.asarray(self.inner, np.float32)
+    out = np.clip(np.searchsorted(inner, np.asarray(t, np.float32), side="right"), 0, self.num_buckets - 1)
+    return out.astype(np.int32)
+
+  def refine(self, grid: np.ndarray) -> np.ndarray:
+    """The grid [n + 1] (increasing) with every edge strictly inside (grid[0], grid[-1]) inserted
+    as a grid point (edges within 1e-6 of a grid point are taken to be on it)."""
+    return refine_grid(grid, [self])
+
+  def segments(self, grid: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """[(bucket, sub_grid)]: the refined grid cut into maximal runs of steps inside one bucket, in
+    order; each sub-grid shares its end point with the next one's start."""
+    return [(keys[0], sub) for keys, sub in joint_segments(grid, [self])]
+
+
+def refine_grid(grid: np.ndarray, partitions: Sequence[TimePartition]) -> np.ndarray:
+  """`grid` with the inner edges of all `partitions` inserted (see `TimePartition.refine`)."""
+  grid = np.asarray(grid, np.float64)
+  if grid.ndim != 1 or len(grid) < 2 or np.any(np.diff(grid) <= 0):
+    raise ValueError(f"a time grid must be increasing with at least 2 points, got {grid}")
+  extra = []
+  for p in partitions:
+    for e in p.inner:
+      if grid[0] < e < grid[-1] and np.min(np.abs(grid - e)) > _ON_GRID_TOL:
+        extra.append(e)
+  if not extra:
+    return grid
+  return np.unique(np.concatenate([grid, np.asarray(extra, np.float64)]))
+
+
+def joint_segments(grid: np.ndarray, partitions: Sequence[TimePartition]
+                   ) -> list[tuple[tuple[int, ...], np.ndarray]]:
+  """[((bucket in partitions[0], bucket in partitions[1], ...), sub_grid)]: the grid refined with
+  every partition's edges, cut into maximal runs of steps that share one bucket in each.
+
+  A step's buckets are those of its midpoint: after refinement the whole open step lies in one
+  bucket of every partition, and its start point does too (half-open buckets)."""
+  fine = refine_grid(grid, partitions)
+  mids = 0.5 * (fine[:-1] + fine[1:])
+  keys = list(zip(*[p.index(mids).tolist() for p in partitions])) if partitions else [()] * len(mids)
+  out, a = [], 0
+  for j in range(1, len(keys) + 1):
+    if j == len(keys) or keys[j] != keys[a]:
+      out.append((tuple(int(k) for k in keys[a]), fine[a:j + 1]))
+      a = j
+  return out

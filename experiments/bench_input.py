@@ -37,7 +37,7 @@ from adaflow.data.prefetch import Prefetcher  # noqa: E402
 from adaflow.train.loop import Trainer, train  # noqa: E402
 from adaflow.train.metrics_log import read_metrics  # noqa: E402
 from adaflow.train.sharded_state import init_state  # noqa: E402
-from experiments.common import machine_line, time_calls, utc_now  # noqa: E402
+from experiments.common import machine_line, time_calls, utc_now, write_report  # noqa: E402
 
 DATASET = "bench_input_images"
 # name: (hidden, depth, heads, patch); all on 32x32x3 data, bf16 matmuls as in the defaults.
@@ -220,11 +220,7 @@ def main():
       f"{', '.join(f'{x:.2f}' for x in r['all2'])}" for r in model_rows) + "."]
   text = "\n".join(lines) + "\n"
   shutil.rmtree(root, ignore_errors=True)   # datasets, workdirs, compilation cache
-  print(text)
-  if out:
-    with open(out, "w") as f:
-      f.write(text)
-    print(f"wrote {out}")
+  write_report(text, out)
 
 
 if __name__ == "__main__":

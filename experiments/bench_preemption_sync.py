@@ -178,7 +178,7 @@ def main():
   out = args.out or (None if args.smoke else os.path.join(HERE, "results", "preemption_sync.md"))
   sys.path.insert(0, ROOT)
   import numpy as np
-  from experiments.common import machine_line, utc_now
+  from experiments.common import machine_line, utc_now, write_report
   header = (f"Measured {utc_now()}: {machine_line()}; CPU flags: {cpu_flags()}. "
             "Command: `" + " ".join(["python", "experiments/bench_preemption_sync.py", *sys.argv[1:]]) + "`.")
   print(header, flush=True)
@@ -232,11 +232,7 @@ def main():
       f"{name}: " + ", ".join(f"every {n}: {[round(x, 1) for x in v]}" for n, v in per.items())
       for name, per in loop.items()) + "."]
   text = "\n".join(lines) + "\n"
-  print(text)
-  if out:
-    with open(out, "w") as f:
-      f.write(text)
-    print(f"wrote {out}")
+  write_report(text, out)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,12 @@ def time_calls(fn, n: int) -> float:
     fn()
     times.append(time.perf_counter() - t0)
   return float(np.median(times))
+
+
+def write_report(text: str, out: str | None) -> None:
+  """Prints a benchmark's markdown report and writes it to `out` (when given)."""
+  print(text)
+  if out:
+    with open(out, "w") as f:
+      f.write(text)
+    print(f"wrote {out}")

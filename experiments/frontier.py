@@ -50,7 +50,7 @@ from adaflow.compose.spec import compose_config  # noqa: E402
 from adaflow.config_defaults import load_config_file  # noqa: E402
 from adaflow.eval import evaluate_samples, get_classifier  # noqa: E402
 from adaflow.models.grouped import group_key  # noqa: E402
-from adaflow.train.evaluate import balanced_labels  # noqa: E402
+from adaflow.eval.generate import balanced_labels  # noqa: E402
 
 SMOKE = dict(dense_steps=20, ppflow_steps=6, routing_steps=6, grouped_steps=8, selector_steps=3, selector_batch=8,
              batch=16, rounds=1, proposals=1, proxy=16, imp_batches=1, num_eval=64, time_n=64, reps=2)

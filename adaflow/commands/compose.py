@@ -23,7 +23,7 @@ def evaluate_composed(workdir: str, num: int, seed: int = 1234, log=print) -> di
   from adaflow.compose.recipe import load_composed
   from adaflow.compose.sampler import ComposedSampler
   from adaflow.eval import evaluate_samples, get_classifier
-  from adaflow.train.evaluate import balanced_labels
+  from adaflow.eval.generate import balanced_labels
   from adaflow.train.loop import cache_dir
   config, info, params, policy = load_composed(workdir)
   sampler = ComposedSampler(config, info, params, policy)

@@ -44,7 +44,7 @@ def cmd_sample():
   import jax
   import numpy as np
   from adaflow.parallel.host import is_writer
-  from adaflow.train.evaluate import generate_images
+  from adaflow.eval.generate import generate_images
   from adaflow.train.images import save_grid
   objective, params, config, mesh, step = _load_generator(need("workdir"))
   s = config.sample
@@ -66,7 +66,7 @@ def cmd_sample():
 @command("eval")
 def cmd_eval():
   from adaflow.parallel.host import is_writer
-  from adaflow.train.evaluate import evaluate_generator
+  from adaflow.eval.generate import evaluate_generator
   from adaflow.train.loop import cache_dir
   objective, params, config, mesh, step = _load_generator(need("workdir"))
   result = evaluate_generator(objective, params, config, mesh, cache_dir(config, FLAGS.workdir))

@@ -43,7 +43,7 @@ def fid_main():
   import numpy as np
   from adaflow.eval import fid as fid_lib
   from adaflow.parallel.host import agree, is_writer
-  from adaflow.train.evaluate import balanced_labels
+  from adaflow.eval.generate import balanced_labels
   from adaflow.train.restore import load_trainer_and_params
   workdir = need("workdir")
   ref_arg = need("ref")

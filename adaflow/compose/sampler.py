@@ -79,7 +79,7 @@ class ComposedSampler:
     """labels [N] -> {'images': [N, H, W, C] numpy, 'steps': [N] int}.
 
     Without the selector: `steps` (default config.sample.steps) for every input, batches of
-    `batch_size` with keys fold_in(rng, i) (as adaflow.train.evaluate.generate_images). With the
+    `batch_size` with keys fold_in(rng, i) (as adaflow.eval.generate.generate_images). With the
     selector: its noise(rng, N), the policy's argmax step counts, grouped sampling (`steps` is
     then ignored; method / CFG come from config.selector, default config.sample)."""
     labels = np.asarray(labels, np.int32)

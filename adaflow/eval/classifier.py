@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adaflow import data as data_lib
 from adaflow import storage
 from adaflow.eval.frechet import StreamingStatistics
 from adaflow.parallel.host import agree
@@ -362,7 +363,6 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
   reference statistics are over all `num` loaded real images. A cache entry that fails to
   restore or validate is reported through `log`, deleted and retrained.
   """
-  from adaflow import data as data_lib
 
   info = data_lib.get_info(data_config)
   image_shape = tuple(int(s) for s in info.image_shape)

@@ -292,7 +292,7 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
       f"(steps per group {summary['steps_per_group']})")
   if config.eval.get("at_end", False):
     from adaflow.parallel import make_mesh
-    from adaflow.train.evaluate import evaluate_generator
+    from adaflow.eval.generate import evaluate_generator
     obj = grouped_objective(config, result)
     res = evaluate_generator(obj, params, config, make_mesh(config.mesh), cache_dir(config, workdir), log=log)
     res.update(flops_fraction=summary["flops_fraction"], sampling_flops_per_image=summary["sampling_flops_per_image"])

@@ -49,7 +49,7 @@ from adaflow.objectives import build_objective
 from adaflow.parallel import batch_sharding, make_mesh, replicated
 from adaflow.train import checkpoint as ckpt
 from adaflow.train import diagnostics
-from adaflow.train.evaluate import balanced_labels, evaluate_generator, generate_images
+from adaflow.eval.generate import balanced_labels, evaluate_generator, generate_images
 from adaflow.train.images import save_grid
 from adaflow.train.metrics_log import MetricWriter
 from adaflow.train.optim import learning_rate_schedule, make_optimizer

@@ -18,14 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adaflow.compose import flops
 from adaflow.compose.generator import ComposedGenerator
 from adaflow.compose.spec import spec_from_config
+from adaflow.objectives.step_selector import StepSelectorObjective, selector_defaults
 from adaflow.parallel.host import to_host
 
 
 def selector_objective(config, info, generator: ComposedGenerator, params: Any):
   """StepSelectorObjective over the composed generator (no classifier needed for sampling)."""
-  from adaflow.objectives.step_selector import StepSelectorObjective, selector_defaults
   c = config.copy_and_resolve_references()
   sc = selector_defaults()
   sc.update(c.selector.to_dict() if hasattr(c.selector, "to_dict") else dict(c.selector))
@@ -99,7 +100,6 @@ class ComposedSampler:
   def flops_per_image(self, steps_per_image: Optional[np.ndarray] = None, *, steps: Optional[int] = None,
                       method: Optional[str] = None, cfg_scale: Optional[float] = None) -> float:
     """Analytic FLOPs per image (adaflow.compose.flops); with the selector pass the chosen steps."""
-    from adaflow.compose import flops
     s = self.config.sample
     if self.selector is not None:
       if steps_per_image is None:

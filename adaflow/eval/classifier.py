@@ -193,6 +193,12 @@ class FeatureClassifier:
   def feature_dim(self) -> int:
     return FEATURE_DIM
 
+  @property
+  def network(self) -> ClassifierNet:
+    """The Flax module (apply it with `params`), for callers that jit it into their own
+    programs (adaflow.rl.rewards, the DQ-VAE perceptual loss)."""
+    return self._model
+
   def _run(self, images):
     """Returns (logits [N, K] float32, features [N, F] float32) as numpy, batched by 512."""
     images = _check_images(images, self.image_shape)
@@ -350,6 +356,14 @@ def build_classifier(images, labels, num_classes: int, seed: int = 0,
   clf.heldout_accuracy = clf.accuracy(images[held], labels[held])
   clf.reference_stats = clf.feature_statistics(images)
   return clf
+
+
+def cache_dir(config, workdir: str) -> str:
+  """Where the evaluation classifier is cached (`eval.cache_dir`, default `<workdir>/../.adaflow_cache`;
+  for a gs:// workdir that is in the same bucket)."""
+  d = config.eval.get("cache_dir") or os.environ.get("ADAFLOW_CACHE") or os.path.join(
+      storage.parent(workdir), ".adaflow_cache")
+  return d
 
 
 def get_classifier(data_config, cache_dir: str, seed: int = 0,

@@ -11,6 +11,7 @@ from absl import app
 
 from adaflow import commands  # noqa: F401  registers every command
 from adaflow.commands.registry import COMMANDS
+from adaflow.parallel.distributed import initialize_runtime
 
 
 def main(argv=None):
@@ -28,7 +29,6 @@ def main(argv=None):
     logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
     # One distributed start-up for every command (pods, SLURM, ADAFLOW_*), before any JAX work:
     # sampling and evaluation span all hosts' devices just like training.
-    from adaflow.parallel.distributed import initialize_runtime
     initialize_runtime()
     COMMANDS[name]()
 

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 from adaflow.flow.interpolants import INTERPOLANTS, PREDICTIONS
 from adaflow.flow.samplers import METHODS
 from adaflow.flow.timesteps import T_SAMPLERS
+from adaflow.parallel.mesh import mesh_shape
 
 _VALIDATORS: list[Callable] = []
 
@@ -114,7 +115,6 @@ def validate_model(config, info) -> None:
 
 
 def validate_mesh(config, num_devices: int, num_processes: int = 1) -> None:
-  from adaflow.parallel.mesh import mesh_shape
   try:
     data, fsdp, _ = mesh_shape(config.mesh, num_devices)
   except ValueError as e:

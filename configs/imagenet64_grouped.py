@@ -15,7 +15,7 @@ import os
 
 from adaflow.config_defaults import load_config_file
 
-from adaflow.prune.pipeline import grouped_defaults
+from adaflow.pipelines.grouped import grouped_defaults
 
 
 def _dense():

@@ -3,7 +3,7 @@ DiffCR routing, timestep-grouped pruned sub-models and an AdaDiff step policy ov
 
     adaflow compose --config configs/quickstart_composed.py --workdir runs/composed
 
-The recipe (adaflow/compose/recipe.py) trains dense -> PPFlow (convert-stages + fine-tune) ->
+The recipe (adaflow/pipelines/recipe.py) trains dense -> PPFlow (convert-stages + fine-tune) ->
 routing fine-tune -> grouped pruning + fine-tune -> step selector, each stage resumable in its own
 subdirectory. The DiT is the quick start's (width 128, depth 4, 4 heads) at base patch 2, so the
 finest stage has 64 tokens (as configs/quickstart_ppflow3.py and quickstart_routed.py). Training
@@ -17,7 +17,7 @@ from adaflow.config_defaults import load_config_file
 from adaflow.compose.spec import compose_defaults
 from adaflow.models.routing import routing_defaults
 from adaflow.objectives.step_selector import selector_defaults
-from adaflow.prune.pipeline import grouped_defaults
+from adaflow.pipelines.grouped import grouped_defaults
 
 
 def _quickstart():

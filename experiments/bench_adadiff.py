@@ -37,10 +37,11 @@ sys.path.insert(0, ROOT)
 from adaflow import data as data_lib  # noqa: E402
 from adaflow.eval import evaluate_samples  # noqa: E402
 from adaflow.models import step_selector as sel  # noqa: E402
-from adaflow.objectives.step_selector import StepSelectorObjective  # noqa: E402
 from adaflow.rl import rewards as rw  # noqa: E402
 from adaflow.rl.reinforce import reinforce_train  # noqa: E402
 from adaflow.train import checkpoint as ckpt  # noqa: E402
+from adaflow.train.loop import load_trainer_and_params  # noqa: E402
+from adaflow.train.registry import build_objective  # noqa: E402
 
 
 def load_config(path):
@@ -110,9 +111,9 @@ def main():
   config.selector.generator_workdir = os.path.abspath(args.generator)
   config.selector.quality = "closeness"        # tables for both qualities are computed below
   info = data_lib.get_info(config.data)
-  obj = StepSelectorObjective(config, info)
+  obj = build_objective(config, info, load_run=load_trainer_and_params)
   from adaflow.eval import get_classifier
-  from adaflow.train.loop import cache_dir
+  from adaflow.eval.classifier import cache_dir
   clf = get_classifier(config.data, cache_dir(config, config.selector.generator_workdir))
   clf_apply = jax.jit(rw.classifier_apply_fn(clf))
   S = np.asarray(obj.step_set)

@@ -40,7 +40,7 @@ from adaflow.eval import evaluate_samples, get_classifier, real_vs_real_fd  # no
 from adaflow.models import dqvae as dq  # noqa: E402
 from adaflow.train.images import save_grid  # noqa: E402
 from adaflow.train.loop import train  # noqa: E402
-from adaflow.train.restore import load_trainer_and_params  # noqa: E402
+from adaflow.train.loop import load_trainer_and_params  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 RESULTS = os.path.join(ROOT, "experiments", "results")

@@ -38,12 +38,12 @@ from adaflow.models.grouped import group_key  # noqa: E402
 from adaflow.objectives.flow_matching import FlowMatchingObjective  # noqa: E402
 from adaflow.parallel import make_mesh  # noqa: E402
 from adaflow.prune import budget as budget_lib  # noqa: E402
-from adaflow.prune.pipeline import (grouped_defaults, grouped_objective, prune, run_grouped,  # noqa: E402
+from adaflow.pipelines.grouped import (grouped_defaults, grouped_objective, prune, run_grouped,  # noqa: E402
                                     sampling_summary)
 from adaflow.prune.slicing import Structure, slice_params  # noqa: E402
-from adaflow.train.evaluate import balanced_labels, make_generate_fn  # noqa: E402
+from adaflow.eval.generate import balanced_labels, make_generate_fn  # noqa: E402
 from adaflow.train.loop import train  # noqa: E402
-from adaflow.train.restore import load_params  # noqa: E402
+from adaflow.train.loop import load_params  # noqa: E402
 
 
 def load_quickstart():

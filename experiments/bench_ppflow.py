@@ -83,8 +83,8 @@ def main():
 
   from adaflow.models.ppflow import convert_params_for
   from adaflow.eval import evaluate_samples
-  from adaflow.train.loop import Trainer, cache_dir, train
-  from adaflow.train.restore import load_trainer_and_params
+  from adaflow.eval.classifier import cache_dir
+  from adaflow.train.loop import Trainer, load_trainer_and_params, train
   from adaflow.eval import get_classifier
   from adaflow.eval.quality import real_vs_real_fd
 

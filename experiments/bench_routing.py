@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from adaflow.eval import evaluate_samples, get_classifier  # noqa: E402
 from adaflow.models import routing  # noqa: E402
 from adaflow.models.dit import DiTBlock  # noqa: E402
-from adaflow.train.evaluate import balanced_labels, generate_images, make_generate_fn  # noqa: E402
+from adaflow.eval.generate import balanced_labels, generate_images, make_generate_fn  # noqa: E402
 from adaflow.train.loop import Trainer, train  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")

@@ -6,11 +6,11 @@ Same data (embedded digits 16x16), same model (configs/quickstart_composed.py: t
 at base patch 2), same total training images T = (dense + ppflow + routing + grouped steps) x batch
 for every arm (the step policies additionally see labels only):
 
-  composed       adaflow.compose.recipe: dense D -> PPFlow-3 -> routing -> grouped pruning -> selector
+  composed       adaflow.pipelines.recipe: dense D -> PPFlow-3 -> routing -> grouped pruning -> selector
   dense          flow matching, T/batch steps from scratch
   PPFlow-3       convert-stages from the recipe's dense stage (D steps) + T/batch - D PPFlow steps
   routed         --init from the recipe's dense stage + T/batch - D routed_flow_matching steps
-  grouped        train-then-prune (adaflow.prune.pipeline.run_grouped) with the recipe's dense stage as
+  grouped        train-then-prune (adaflow.pipelines.grouped.run_grouped) with the recipe's dense stage as
                  stage 1 and (T/batch - D) / N steps per group
   dense+selector AdaDiff policy over the dense arm (same step set / reward as the composed one)
 The recipe's intermediate stages are reported too (cumulative: +ppflow, +routing, +grouped), with
@@ -43,14 +43,14 @@ import numpy as np  # noqa: E402
 
 from adaflow import data as data_lib  # noqa: E402
 from adaflow.compose import flops as flops_lib  # noqa: E402
-from adaflow.compose import recipe as recipe_lib  # noqa: E402
+from adaflow.pipelines import recipe as recipe_lib  # noqa: E402
 from adaflow.compose.generator import ComposedGenerator  # noqa: E402
 from adaflow.compose.sampler import ComposedSampler  # noqa: E402
 from adaflow.compose.spec import compose_config  # noqa: E402
 from adaflow.config_defaults import load_config_file  # noqa: E402
 from adaflow.eval import evaluate_samples, get_classifier  # noqa: E402
 from adaflow.models.grouped import group_key  # noqa: E402
-from adaflow.train.evaluate import balanced_labels  # noqa: E402
+from adaflow.eval.generate import balanced_labels  # noqa: E402
 
 SMOKE = dict(dense_steps=20, ppflow_steps=6, routing_steps=6, grouped_steps=8, selector_steps=3, selector_batch=8,
              batch=16, rounds=1, proposals=1, proxy=16, imp_batches=1, num_eval=64, time_n=64, reps=2)
@@ -90,9 +90,9 @@ def subset_config(config, result, **on):
 
 # ---- training ---------------------------------------------------------------------------------
 def train_all(config, work, log):
-  from adaflow.prune.pipeline import run_grouped
+  from adaflow.pipelines.grouped import run_grouped
   from adaflow.train.loop import train
-  from adaflow.train.restore import load_params
+  from adaflow.train.loop import load_params
   cc = compose_config(config)
   total = cc.dense_steps + cc.ppflow_steps + cc.routing_steps + cc.grouped_steps
   rest = total - cc.dense_steps
@@ -125,7 +125,7 @@ def train_all(config, work, log):
     c = recipe_lib.ppflow_config(config)
     c.train.steps = rest
     if not recipe_lib._has_checkpoint(d):
-      from adaflow.commands.convert_stages import convert_workdir
+      from adaflow.pipelines.convert_stages import convert_workdir
       convert_workdir(dense_stage, c, d, log=log)
     train(c, d)
   dirs["ppflow"] = once("ppflow", pp_fn)
@@ -204,7 +204,7 @@ def sampler_arm(name, images, sampler, time_labels, chunk, note=""):
 
 
 def build_arms(config, summary, dirs, total, args, time_labels):
-  from adaflow.train.restore import load_params, load_trainer_and_params
+  from adaflow.train.loop import load_params, load_trainer_and_params
   cc = compose_config(config)
   info = data_lib.get_info(config.data)
   bs = int(config.train.batch_size)
@@ -230,7 +230,7 @@ def build_arms(config, summary, dirs, total, args, time_labels):
   arms.append(objective_arm("routed", T, tr.objective, r_params, s, int(s.steps),
                             flops_lib.sampling_flops(g, r_params, int(s.steps), s.method, s.cfg_scale), time_labels))
   # grouped (train-then-prune)
-  from adaflow.prune.pipeline import grouped_objective
+  from adaflow.pipelines.grouped import grouped_objective
   with open(os.path.join(dirs["grouped"], "prune", "result.json")) as f:
     g_result = json.load(f)
   gp = {group_key(gr["group"]): load_params(os.path.join(dirs["grouped"], f"group_{gr['group']}")) for gr in g_result["groups"]}

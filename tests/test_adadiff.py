@@ -53,7 +53,7 @@ def test_config_validation_names_fields():
 
 
 def test_use_init_workdir_sets_generator():
-  from adaflow.objectives import OBJECTIVES
+  from adaflow.train.registry import OBJECTIVES
   c = selector_config()
   OBJECTIVES["step_selector"].use_init_workdir(c, "some/gen")
   assert c.selector.generator_workdir == os.path.abspath("some/gen")
@@ -242,7 +242,7 @@ def test_objective_loss_gradient_and_baseline():
 def test_train_loop_with_init_checkpoint_and_resume(tmp_path):
   """Generator via the normal loop, then the selector through `train` (policy only), then resume."""
   from adaflow.train.loop import train
-  from adaflow.train.restore import load_trainer_and_params
+  from adaflow.train.loop import load_trainer_and_params
   gen_dir = str(tmp_path / "gen")
   train(tiny_config(**{"train.steps": 2}), gen_dir, log=lambda m: None)
   c = selector_config(generator_workdir=gen_dir, **{"train.steps": 2})

@@ -410,8 +410,8 @@ def test_selector_step_set_validated_and_objective_rejects_selector():
 @pytest.mark.slow
 def test_recipe_runs_every_stage_and_resumes(tmp_path):
   import os
-  from adaflow.compose import recipe
-  from adaflow.prune.pipeline import grouped_defaults
+  from adaflow.pipelines import recipe
+  from adaflow.pipelines.grouped import grouped_defaults
   c = _config(ppflow=True, routing=True, selector=True)
   c.compose.grouped = True
   c.grouped = grouped_defaults()

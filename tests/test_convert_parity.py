@@ -350,7 +350,7 @@ def test_convert_file_writes_checkpoint_that_restores(tmp_path, tiny):
   """digits (16x16x1, 10 classes), tiny config (patch 4, width 32, depth 2, 2 heads): a .pt in the
   dit layout and a .safetensors in the diffusers layout both become restorable workdirs."""
   from safetensors.torch import save_file
-  from adaflow.train.restore import load_trainer_and_params
+  from adaflow.train.loop import load_trainer_and_params
   ref = randomize(RefDiT(img=16, c=1, p=4, d=32, depth=2, heads=2, k=10, learn_sigma=True), 10).eval()
   pt = tmp_path / "dit.pt"
   torch.save({"ema": ref.state_dict()}, pt)   # training-checkpoint style: the EMA weights are used

@@ -151,7 +151,7 @@ def test_dqvae_train_step_updates_codebook_by_ema_only():
   """Through the shared train step: the codebook moves only by post_update (no gradient), all
   codes start dead and restart from encoder vectors, and the loss is finite."""
   from adaflow.data import get_info
-  from adaflow.objectives import build_objective
+  from adaflow.train.registry import build_objective
   from adaflow.train.optim import make_optimizer
   from adaflow.train.state import create_state
   from adaflow.train.step import make_train_step
@@ -192,7 +192,7 @@ def test_gate_calibration_sets_encoding_fraction_and_both_estimator():
   gate_gradient='both' has the same loss value as the paper's 'max' estimator but its own gate
   gradient."""
   from adaflow.data import get_info
-  from adaflow.objectives import build_objective
+  from adaflow.train.registry import build_objective
   c = _dq_config(fine_fraction=0.25, gate_calibration_decay=0.5)
   info = get_info(c.data)
   obj = build_objective(c, info)

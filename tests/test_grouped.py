@@ -82,7 +82,7 @@ def test_budget_formula_and_orientation():
 def test_bad_n_k_rejected(n, k, largest, field):
   with pytest.raises(ValueError, match=field):
     B.group_budgets(n, k, 1.0, largest)
-  from adaflow.prune.pipeline import grouped_defaults, validate_grouped
+  from adaflow.pipelines.grouped import grouped_defaults, validate_grouped
   c = tiny_config()
   import ml_collections
   c.grouped = ml_collections.ConfigDict({**grouped_defaults().to_dict(), "num_groups": n, "k": k, "largest": largest})
@@ -254,7 +254,7 @@ def test_stage2_resumes_mid_group(tmp_path):
   """Stage 2 of one group, killed after its step-2 checkpoint, resumes to the same parameters."""
   from adaflow.data import get_info
   from adaflow.objectives.flow_matching import FlowMatchingObjective
-  from adaflow.prune.pipeline import grouped_defaults, group_config
+  from adaflow.pipelines.grouped import grouped_defaults, group_config
   from adaflow.train.loop import train
   c = tiny_config()
   c.grouped = grouped_defaults()
@@ -279,8 +279,8 @@ def test_stage2_resumes_mid_group(tmp_path):
 @pytest.mark.slow
 def test_driver_end_to_end_and_resume(tmp_path):
   """The whole schedule through the driver; then group 1 interrupted mid stage 2 and resumed."""
-  from adaflow.prune.pipeline import grouped_defaults, run_grouped
-  from adaflow.train.restore import load_params
+  from adaflow.pipelines.grouped import grouped_defaults, run_grouped
+  from adaflow.train.loop import load_params
   c = tiny_config()
   c.grouped = grouped_defaults()
   g = c.grouped
@@ -298,7 +298,7 @@ def test_driver_end_to_end_and_resume(tmp_path):
     assert gr["flops"] <= gr["budget"]
   assert summary["flops_fraction"] < 1.0
   # `adaflow sample / eval` load the finished workdir as the grouped sampler.
-  from adaflow.prune.pipeline import load_grouped
+  from adaflow.pipelines.grouped import load_grouped
   obj, params, cfg = load_grouped(wd)
   assert sorted(params) == ["group_0", "group_1"] and cfg.grouped.num_groups == 2
   y = jax.numpy.arange(3) % 10
@@ -317,7 +317,7 @@ def test_driver_end_to_end_and_resume(tmp_path):
 
 
 def test_load_grouped_rejects_a_plain_workdir(tmp_path):
-  from adaflow.prune.pipeline import is_grouped_workdir, load_grouped
+  from adaflow.pipelines.grouped import is_grouped_workdir, load_grouped
   assert not is_grouped_workdir(str(tmp_path))
   with pytest.raises(ValueError, match="not a train-then-prune workdir"):
     load_grouped(str(tmp_path))

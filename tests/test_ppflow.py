@@ -11,7 +11,7 @@ from adaflow import data as data_lib
 from adaflow.models import ppflow as pp
 from adaflow.models.dit import DiT
 from adaflow.models.patchify import depth_to_space, space_to_depth, stage_position_embedding
-from adaflow.objectives import build_objective
+from adaflow.train.registry import build_objective
 from conftest import tiny_config
 
 GROUPS3 = ((2, 2), (1, 2), (1, 1))
@@ -278,9 +278,9 @@ def test_sampling_switches_stage_with_per_stage_cfg():
 @pytest.mark.slow
 def test_convert_stages_workdir_round_trip(tmp_path):
   """`adaflow convert-stages` path: dense run -> step-0 PPFlow checkpoint -> fine-tune resumes it."""
-  from adaflow.commands.convert_stages import convert_workdir
+  from adaflow.pipelines.convert_stages import convert_workdir
   from adaflow.train.loop import train
-  from adaflow.train.restore import load_trainer_and_params
+  from adaflow.train.loop import load_trainer_and_params
   dense_cfg = tiny_config(**{"model.patch_size": 2, "train.steps": 2, "train.ckpt_every": 2})
   train(dense_cfg, str(tmp_path / "dense"), log=lambda m: None)
   cfg = pp_config(stages=((0.5, (4, 4)), (1.0, (2, 2))), **{"train.steps": 2, "train.ckpt_every": 2})

@@ -280,7 +280,7 @@ def test_inspect_table_and_heatmap(tmp_path):
 def test_finetune_from_dense_checkpoint_and_inspect(tmp_path):
   """CLI path: dense run -> routed fine-tune with init_params -> `inspect ratios`."""
   from adaflow.train.loop import train
-  from adaflow.train.restore import load_params
+  from adaflow.train.loop import load_params
   dense_dir, routed_dir = str(tmp_path / "dense"), str(tmp_path / "routed")
   train(tiny_config(**{"train.steps": 2}), dense_dir, log=lambda m: None)
   dense = load_params(dense_dir)

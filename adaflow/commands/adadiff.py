@@ -14,6 +14,9 @@ from absl import flags
 
 from adaflow import storage
 from adaflow.commands.registry import FLAGS
+from adaflow.parallel.host import is_writer
+from adaflow.train.images import save_grid
+from adaflow.train.loop import config_of, load_trainer_and_params
 
 flags.DEFINE_string("selector", None, "`sample`: a step-selector (AdaDiff) workdir; samples with per-input step counts.")
 
@@ -21,9 +24,6 @@ flags.DEFINE_string("selector", None, "`sample`: a step-selector (AdaDiff) workd
 def sample_with_selector() -> dict:
   import jax
   import numpy as np
-  from adaflow.parallel.host import is_writer
-  from adaflow.train.images import save_grid
-  from adaflow.train.restore import config_of, load_trainer_and_params
 
   selector_dir = FLAGS.selector
   config = FLAGS.config if FLAGS.config is not None else config_of(selector_dir)

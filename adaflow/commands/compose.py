@@ -1,6 +1,6 @@
 """`adaflow compose --config configs/quickstart_composed.py --workdir runs/composed`.
 
-Trains the composed model with the resumable recipe of `adaflow.compose.recipe` (dense ->
+Trains the composed model with the resumable recipe of `adaflow.pipelines.recipe` (dense ->
 PPFlow levels -> routing fine-tune -> grouped pruning -> step selector; each stage in its own
 subdirectory with a DONE marker; rerun the same command to resume), then, with
 `config.eval.at_end`, samples `eval.num_samples` class-balanced images with the composed sampler
@@ -14,17 +14,18 @@ import os
 
 from adaflow import storage
 from adaflow.commands.registry import command, need
+from adaflow.compose.sampler import ComposedSampler
+from adaflow.eval import evaluate_samples, get_classifier
+from adaflow.eval.classifier import cache_dir
+from adaflow.eval.generate import balanced_labels
+from adaflow.parallel.host import is_writer
+from adaflow.pipelines.recipe import load_composed, run_recipe
 
 
 def evaluate_composed(workdir: str, num: int, seed: int = 1234, log=print) -> dict:
   """FD and class accuracy (adaflow.eval) of the finished recipe's composed sampler."""
   import jax
   import numpy as np
-  from adaflow.compose.recipe import load_composed
-  from adaflow.compose.sampler import ComposedSampler
-  from adaflow.eval import evaluate_samples, get_classifier
-  from adaflow.train.evaluate import balanced_labels
-  from adaflow.train.loop import cache_dir
   config, info, params, policy = load_composed(workdir)
   sampler = ComposedSampler(config, info, params, policy)
   labels = balanced_labels(num, info.num_classes)
@@ -38,11 +39,9 @@ def evaluate_composed(workdir: str, num: int, seed: int = 1234, log=print) -> di
 
 @command("compose")
 def cmd_compose():
-  from adaflow.compose.recipe import run_recipe
   config, workdir = need("config"), need("workdir")
   run_recipe(config, workdir)
   if config.eval.get("at_end", False):
-    from adaflow.parallel.host import is_writer
     res = evaluate_composed(workdir, int(config.eval.num_samples), int(config.eval.get("seed", 1234)))
     if not is_writer():
       return

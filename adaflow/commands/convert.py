@@ -11,6 +11,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from adaflow.commands.registry import FLAGS, command, need
+from adaflow.convert import convert_file
 
 flags.DEFINE_string("from", None, "`convert`: PyTorch checkpoint to import (.pt/.pth/.bin state dict or .safetensors).")
 flags.DEFINE_enum("format", "dit", ["dit", "diffusers"],
@@ -19,7 +20,6 @@ flags.DEFINE_enum("format", "dit", ["dit", "diffusers"],
 
 @command("convert")
 def cmd_convert():
-  from adaflow.convert import convert_file
   src = FLAGS["from"].value
   if src is None:
     raise app.UsageError("--from is required for `convert` (the PyTorch checkpoint file)")

@@ -6,7 +6,17 @@ import os
 
 from absl import flags
 
+from adaflow.commands.adadiff import sample_with_selector
+from adaflow.commands.dq import apply_tokenizer_flag, sample_map
 from adaflow.commands.registry import FLAGS, command, need
+from adaflow.eval.classifier import cache_dir
+from adaflow.eval.generate import evaluate_generator, generate_images
+from adaflow.parallel import make_mesh
+from adaflow.parallel.host import is_writer
+from adaflow.pipelines.grouped import is_grouped_workdir, load_grouped, run_grouped
+from adaflow.train.images import save_grid
+from adaflow.train.loop import load_params, load_trainer_and_params, train
+from adaflow.train.registry import OBJECTIVES
 
 flags.DEFINE_string("init", None, "Initialise parameters from this workdir's latest checkpoint (fine-tuning).")
 flags.DEFINE_integer("num", 64, "Number of images for `sample`.")
@@ -15,17 +25,12 @@ flags.DEFINE_string("out", None, "Output path (`sample`: PNG grid; default <work
 
 @command("train")
 def cmd_train():
-  from adaflow.train.loop import train
-  from adaflow.train.restore import load_params
   config = need("config")
-  if config.get("grouped"):  # train-then-prune: stage 1, pruning, stage 2 (adaflow/prune/pipeline.py)
-    from adaflow.prune.pipeline import run_grouped
+  if config.get("grouped"):  # train-then-prune: stage 1, pruning, stage 2 (adaflow/pipelines/grouped.py)
     run_grouped(config, need("workdir"))
     return
   if getattr(FLAGS, "tokenizer", None):  # DQ-Transformer: the DQ-VAE workdir (adaflow/commands/dq.py)
-    from adaflow.commands.dq import apply_tokenizer_flag
     apply_tokenizer_flag(config, FLAGS.tokenizer)
-  from adaflow.objectives import OBJECTIVES
   objective_cls = OBJECTIVES.get(config.get("objective", "flow_matching"))
   if FLAGS.init and hasattr(objective_cls, "use_init_workdir"):
     # The objective consumes --init itself (e.g. step_selector: the frozen generator's workdir).
@@ -39,13 +44,9 @@ def cmd_train():
 @command("sample")
 def cmd_sample():
   if getattr(FLAGS, "selector", None):  # AdaDiff: per-input step counts (adaflow/commands/adadiff.py)
-    from adaflow.commands.adadiff import sample_with_selector
     return sample_with_selector()
   import jax
   import numpy as np
-  from adaflow.parallel.host import is_writer
-  from adaflow.train.evaluate import generate_images
-  from adaflow.train.images import save_grid
   objective, params, config, mesh, step = _load_generator(need("workdir"))
   s = config.sample
   k = max(objective.num_classes, 1)
@@ -57,7 +58,6 @@ def cmd_sample():
     save_grid(np.clip(imgs, -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // imgs.shape[1]))
     print(f"wrote {out}")
   if hasattr(objective, "images_and_maps"):  # DQ: coarse/fine map picture (adaflow/commands/dq.py)
-    from adaflow.commands.dq import sample_map
     path = sample_map(objective, params, labels, config.seed, out)
     if is_writer():
       print(f"wrote {path}")
@@ -65,9 +65,6 @@ def cmd_sample():
 
 @command("eval")
 def cmd_eval():
-  from adaflow.parallel.host import is_writer
-  from adaflow.train.evaluate import evaluate_generator
-  from adaflow.train.loop import cache_dir
   objective, params, config, mesh, step = _load_generator(need("workdir"))
   result = evaluate_generator(objective, params, config, mesh, cache_dir(config, FLAGS.workdir))
   result["step"] = step
@@ -78,11 +75,8 @@ def cmd_eval():
 def _load_generator(workdir: str):
   """(objective, params, config, mesh, step) of a training workdir or a train-then-prune workdir
   (stage1/ + prune/ + group_i/: the grouped sampler, each group's fine-tuned sub-model)."""
-  from adaflow.prune.pipeline import is_grouped_workdir, load_grouped
   if is_grouped_workdir(workdir):
-    from adaflow.parallel import make_mesh
     objective, params, config = load_grouped(workdir, FLAGS.config)
     return objective, params, config, make_mesh(config.mesh), "grouped"
-  from adaflow.train.restore import load_trainer_and_params
   tr, params, step = load_trainer_and_params(workdir, FLAGS.config)
   return tr.objective, params, tr.config, tr.mesh, step

@@ -11,6 +11,9 @@ import os
 from absl import flags
 
 from adaflow import storage
+from adaflow.models import dqvae as dq
+from adaflow.parallel.host import is_writer
+from adaflow.train.images import save_grid
 
 flags.DEFINE_string("tokenizer", None, "DQ-Transformer: the trained DQ-VAE workdir (sets config.tokenizer_workdir).")
 
@@ -27,9 +30,6 @@ def sample_map(objective, params, labels, seed: int, out: str) -> str:
   region with 4 codes, blue = coarse region with 1 code). Returns the path."""
   import jax
   import numpy as np
-  from adaflow.models import dqvae as dq
-  from adaflow.parallel.host import is_writer
-  from adaflow.train.images import save_grid
   labels = np.asarray(labels[:16], np.int32)
   imgs, mask, extra = objective.images_and_maps(params, jax.random.PRNGKey(seed), labels)
   base = extra if extra is not None else imgs    # the map is drawn over the input when there is one

@@ -17,6 +17,11 @@ from absl import flags
 
 from adaflow import storage
 from adaflow.commands.registry import FLAGS, command, need
+from adaflow.eval import fid as fid_lib
+from adaflow.eval import inception as inception_lib
+from adaflow.eval.generate import balanced_labels
+from adaflow.parallel.host import agree, is_writer
+from adaflow.train.loop import load_trainer_and_params
 
 flags.DEFINE_string("ref", None, "Reference: an .npz with mu/sigma, activations or arr_0 images "
                     "(e.g. ADM's VIRTUAL_imagenet64_labeled.npz), or `dataset[:split]`.")
@@ -41,15 +46,10 @@ DEFAULT_NUM = 50000
 
 def fid_main():
   import numpy as np
-  from adaflow.eval import fid as fid_lib
-  from adaflow.parallel.host import agree, is_writer
-  from adaflow.train.evaluate import balanced_labels
-  from adaflow.train.restore import load_trainer_and_params
   workdir = need("workdir")
   ref_arg = need("ref")
   num = FLAGS.num if FLAGS["num"].present else DEFAULT_NUM
   if FLAGS.fid_random_inception is None:   # fail on missing weights before restoring anything
-    from adaflow.eval import inception as inception_lib
     path = os.path.expanduser(FLAGS.inception) if FLAGS.inception else inception_lib.default_weights_path()
     if not os.path.isfile(path):
       raise ValueError(inception_lib.missing_weights_message(path))

@@ -13,11 +13,13 @@ import numpy as np
 
 from adaflow import storage
 from adaflow.commands.registry import FLAGS, command, need
+from adaflow.models import routing
+from adaflow.models.routing import num_kept
+from adaflow.train.loop import load_trainer_and_params
 
 
 def format_ratio_table(table: np.ndarray, snapped: np.ndarray, boundaries, num_tokens: int) -> str:
   """table, snapped: [depth, R] -> a text table (learned ratio, [snapped bin / kept tokens])."""
-  from adaflow.models.routing import num_kept
   heads = [f"({boundaries[i]:.2f},{boundaries[i + 1]:.2f}]" for i in range(table.shape[1])]
   width = max(18, max(len(h) for h in heads) + 2)
   lines = ["layer " + "".join(h.rjust(width) for h in heads)]
@@ -58,8 +60,6 @@ def save_heatmap(table: np.ndarray, boundaries, path: str, title: str = "learned
 
 @command("inspect ratios")
 def cmd_inspect_ratios():
-  from adaflow.models import routing
-  from adaflow.train.restore import load_trainer_and_params
   workdir = need("workdir")
   tr, params, step = load_trainer_and_params(workdir, FLAGS.config)
   if tr.config.get("objective") != "routed_flow_matching":

@@ -9,5 +9,4 @@
                   with routing's ratio loss, so the loop trains any subset
     sampler.py    ComposedSampler: the one entry point (adds the AdaDiff step policy on top)
     flops.py      analytic FLOPs per sampled image for any subset (same count for every method)
-    recipe.py     the resumable training recipe: dense -> PPFlow -> routing -> grouped pruning -> selector
 """

@@ -18,14 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adaflow.compose import flops
 from adaflow.compose.generator import ComposedGenerator
 from adaflow.compose.spec import spec_from_config
+from adaflow.objectives.step_selector import StepSelectorObjective, selector_defaults
 from adaflow.parallel.host import to_host
 
 
 def selector_objective(config, info, generator: ComposedGenerator, params: Any):
   """StepSelectorObjective over the composed generator (no classifier needed for sampling)."""
-  from adaflow.objectives.step_selector import StepSelectorObjective, selector_defaults
   c = config.copy_and_resolve_references()
   sc = selector_defaults()
   sc.update(c.selector.to_dict() if hasattr(c.selector, "to_dict") else dict(c.selector))
@@ -79,7 +80,7 @@ class ComposedSampler:
     """labels [N] -> {'images': [N, H, W, C] numpy, 'steps': [N] int}.
 
     Without the selector: `steps` (default config.sample.steps) for every input, batches of
-    `batch_size` with keys fold_in(rng, i) (as adaflow.train.evaluate.generate_images). With the
+    `batch_size` with keys fold_in(rng, i) (as adaflow.eval.generate.generate_images). With the
     selector: its noise(rng, N), the policy's argmax step counts, grouped sampling (`steps` is
     then ignored; method / CFG come from config.selector, default config.sample)."""
     labels = np.asarray(labels, np.int32)
@@ -99,7 +100,6 @@ class ComposedSampler:
   def flops_per_image(self, steps_per_image: Optional[np.ndarray] = None, *, steps: Optional[int] = None,
                       method: Optional[str] = None, cfg_scale: Optional[float] = None) -> float:
     """Analytic FLOPs per image (adaflow.compose.flops); with the selector pass the chosen steps."""
-    from adaflow.compose import flops
     s = self.config.sample
     if self.selector is not None:
       if steps_per_image is None:

@@ -37,7 +37,7 @@ def compose_defaults() -> ml_collections.ConfigDict:
       group_blocks=(),        # per group: ((heads, mlp_dim), ...) of its pruned blocks (set by the recipe)
       group_edges=(),         # N + 1 group boundaries in t (set by the recipe)
       selector=False,
-      # recipe budgets (steps of train.batch_size images; adaflow.compose.recipe)
+      # recipe budgets (steps of train.batch_size images; adaflow.pipelines.recipe)
       dense_steps=600,
       ppflow_steps=200,
       routing_steps=200,

@@ -49,7 +49,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adaflow import config as config_lib
+from adaflow import data as data_lib
 from adaflow import storage
+from adaflow.models.dit import dit_from_config
+from adaflow.models.patchify import stage_position_embedding
+from adaflow.train import checkpoint as ckpt
+from adaflow.train.loop import Trainer
+from adaflow.train.sharded_state import init_state
 
 LAYOUTS = ("dit", "diffusers")
 
@@ -295,7 +302,6 @@ def _flat_paths(tree, prefix=()) -> list[tuple[str, ...]]:
 
 
 def _fixed_pos_embed(model) -> np.ndarray:
-  from adaflow.models.patchify import stage_position_embedding
   return np.asarray(stage_position_embedding(model.hidden_size, tuple(model.image_size), model.patch_size, (1, 1)))
 
 
@@ -400,9 +406,6 @@ def write_checkpoint(params: dict, config, out_dir: str, log=print) -> str:
   so that `adaflow sample|eval --workdir out_dir` and `adaflow train --init out_dir` work.
   Returns the checkpoint directory."""
   import json
-  from adaflow.train import checkpoint as ckpt
-  from adaflow.train.loop import Trainer
-  from adaflow.train.sharded_state import init_state
   if storage.listdir(ckpt.checkpoint_dir(out_dir)):
     raise ValueError(f"--out: {ckpt.checkpoint_dir(out_dir)} already holds checkpoints; choose an empty directory")
   tr = Trainer(config, out_dir, log=log)
@@ -429,9 +432,6 @@ def convert_file(path: str, layout: str, config, out_dir: Optional[str] = None, 
   """`adaflow convert`: read `path`, convert for the model of `config`, optionally write `out_dir`.
   Errors (bad layout, unreadable file, any mapping problem) are ValueErrors raised before any
   compilation."""
-  from adaflow import config as config_lib
-  from adaflow import data as data_lib
-  from adaflow.models.dit import dit_from_config
   if layout not in LAYOUTS:
     raise ValueError(f"--format must be one of {LAYOUTS}, got {layout!r}")
   config_lib.validate(config)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adaflow import data as data_lib
 from adaflow import storage
 from adaflow.eval.frechet import StreamingStatistics
 from adaflow.parallel.host import agree
@@ -192,6 +193,12 @@ class FeatureClassifier:
   def feature_dim(self) -> int:
     return FEATURE_DIM
 
+  @property
+  def network(self) -> ClassifierNet:
+    """The Flax module (apply it with `params`), for callers that jit it into their own
+    programs (adaflow.rl.rewards, the DQ-VAE perceptual loss)."""
+    return self._model
+
   def _run(self, images):
     """Returns (logits [N, K] float32, features [N, F] float32) as numpy, batched by 512."""
     images = _check_images(images, self.image_shape)
@@ -351,6 +358,14 @@ def build_classifier(images, labels, num_classes: int, seed: int = 0,
   return clf
 
 
+def cache_dir(config, workdir: str) -> str:
+  """Where the evaluation classifier is cached (`eval.cache_dir`, default `<workdir>/../.adaflow_cache`;
+  for a gs:// workdir that is in the same bucket)."""
+  d = config.eval.get("cache_dir") or os.environ.get("ADAFLOW_CACHE") or os.path.join(
+      storage.parent(workdir), ".adaflow_cache")
+  return d
+
+
 def get_classifier(data_config, cache_dir: str, seed: int = 0,
                    log: Callable[[str], Any] = print, steps: int = DEFAULT_STEPS,
                    batch_size: int = DEFAULT_BATCH_SIZE,
@@ -362,7 +377,6 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
   reference statistics are over all `num` loaded real images. A cache entry that fails to
   restore or validate is reported through `log`, deleted and retrained.
   """
-  from adaflow import data as data_lib
 
   info = data_lib.get_info(data_config)
   image_shape = tuple(int(s) for s in info.image_shape)

@@ -35,9 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adaflow import data as data_lib
 from adaflow import storage
-from adaflow.eval.frechet import StreamingStatistics, frechet_distance
 from adaflow.eval import inception as inception_lib
+from adaflow.eval.frechet import StreamingStatistics, frechet_distance
+from adaflow.eval.generate import generate_images
 from adaflow.parallel import batch_sharding
 from adaflow.parallel.host import agree, barrier, is_writer, to_global, to_host
 
@@ -247,7 +249,6 @@ def reference_images(path: str) -> Optional[np.ndarray]:
 def reference_from_dataset(data_config, num: int, features: InceptionFeatures, *, split: Optional[str] = None,
                            seed: int = 0, progress=None) -> Reference:
   """Statistics of `num` images of a dataset (`adaflow.data.load_arrays`, quantized to uint8)."""
-  from adaflow import data as data_lib  # pylint: disable=g-import-not-at-top
   images, _ = data_lib.load_arrays(data_config, num, seed=seed, split=split)
   acts = features(model_to_pixels(images), progress=progress)["pool"]
   mu, sigma = _stats_from_activations(acts)
@@ -367,7 +368,6 @@ def run_fid(objective, params, mesh, *, out_dir: str, num: int, features: Incept
 
   labels [num] int32 (class labels for the samples); shard i is generated with
   `generate_images(..., fold_in(PRNGKey(seed), i), labels_i, batch_size=gen_batch)`."""
-  from adaflow.train.evaluate import generate_images  # pylint: disable=g-import-not-at-top
   labels = np.asarray(labels, np.int32)
   chex.assert_shape(labels, (num,))
   key = jax.random.PRNGKey(seed)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from adaflow import data as data_lib
 from adaflow.eval.frechet import StreamingStatistics, frechet_distance
 
 _STATS_BATCH = 2048
@@ -70,7 +71,6 @@ def real_vs_real_fd(classifier, data_config, num: int, seed: int = 1) -> float:
 
   Loads 2 * num real images with `adaflow.data.load_arrays` and splits them in halves.
   """
-  from adaflow import data as data_lib
 
   if num < 2:
     raise ValueError(f"real_vs_real_fd needs num >= 2; got {num}.")

@@ -1,8 +1,8 @@
 """DQ-Transformer objective (stage 2 of DQ): next-position / next-code cross-entropy over the
 code sequences of a frozen DQ-VAE tokenizer.
 
-The tokenizer is the latest checkpoint of `config.tokenizer_workdir` (set by
-`adaflow train --tokenizer <dqvae workdir>`); its parameters are frozen constants of the step.
+The tokenizer is passed in: `adaflow.train.registry.build_objective` loads the latest checkpoint of
+`config.tokenizer_workdir` (set by `adaflow train --tokenizer <dqvae workdir>`); its parameters are frozen constants of the step.
 Each batch is encoded on the fly (the DQ-VAE routes deterministically at encode time), then
     loss = CE(content) + 1/2 (CE(coarse positions) + CE(fine positions)).
 `generate` samples sequences with the KV-cached sampler (`dq_transformer.top_k`, `.temperature`)
@@ -57,30 +57,15 @@ def _validate(config, info) -> None:
   req(t.dtype in ("bfloat16", "float32"), "dq_transformer.dtype", f"must be bfloat16 or float32, got {t.dtype!r}")
 
 
-def load_tokenizer(workdir: str):
-  """(DQTokenizer, frozen params, tokenizer config) from a DQ-VAE workdir's latest checkpoint."""
-  from adaflow.train.restore import load_trainer_and_params
-  tr, params, _ = load_trainer_and_params(workdir)
-  if tr.config.get("objective") != "dqvae":
-    raise ValueError(f"config.tokenizer_workdir={workdir!r} holds a {tr.config.get('objective')!r} run, "
-                     "not a DQ-VAE (objective 'dqvae'); train one with configs/quickstart_dqvae.py")
-  return tr.objective.tokenizer, jax.device_get(params), tr.config
-
-
 class DQTransformerObjective:
   """Stage-2 objective; see the module docstring."""
 
-  def __init__(self, config, info, tokenizer=None):
+  def __init__(self, config, info, tokenizer):
+    """`tokenizer`: (DQTokenizer, its frozen params); loading it from `config.tokenizer_workdir` is
+    `adaflow.train.registry.dq_transformer_objective`."""
     self.config, self.info = config, info
     self.num_classes = info.num_classes
-    if tokenizer is None:
-      tok, tok_params, tok_cfg = load_tokenizer(config.tokenizer_workdir)
-      for field in ("name", "image_size", "channels"):
-        if tok_cfg.data.get(field) != config.data.get(field):
-          raise ValueError(f"config.data.{field}={config.data.get(field)!r} differs from the tokenizer's "
-                           f"{tok_cfg.data.get(field)!r} ({config.tokenizer_workdir}); use the same data settings")
-    else:
-      tok, tok_params = tokenizer
+    tok, tok_params = tokenizer
     self.tokenizer, self.tokenizer_params = tok, jax.tree_util.tree_map(jnp.asarray, tok_params)
     self.layout = tok.layout
     t = config.dq_transformer

@@ -19,7 +19,6 @@ the FD of reconstructions (rFD).
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import chex
@@ -29,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from adaflow import config as config_lib
+from adaflow import data as data_lib
 from adaflow.models import dqvae as dq
 from adaflow.models.vq import codebook_statistics, ema_codebook_update, quantize, restart_candidates
 
@@ -110,7 +110,6 @@ def build_tokenizer(dq_cfg, info, data_config=None) -> dq.DQTokenizer:
   if dq_cfg.router == "entropy":
     if data_config is None:
       raise ValueError("dqvae.router='entropy' needs the data config to set its threshold")
-    from adaflow import data as data_lib
     imgs, _ = data_lib.load_arrays(data_config, int(dq_cfg.entropy_num_images), seed=0)
     threshold = dq.entropy_threshold(imgs, layout.coarse_stride, float(dq_cfg.fine_fraction),
                                      int(dq_cfg.entropy_bins))
@@ -120,18 +119,19 @@ def build_tokenizer(dq_cfg, info, data_config=None) -> dq.DQTokenizer:
 class DQVAEObjective:
   """Stage-1 objective; see the module docstring."""
 
-  def __init__(self, config, info):
+  def __init__(self, config, info, classifier=None):
+    """`classifier` (a FeatureClassifier: `num_classes`, `params`, `network`) is the frozen feature
+    net of the perceptual loss, needed when `dqvae.perceptual_weight > 0`
+    (`adaflow.train.registry.dqvae_objective` loads it)."""
     self.config, self.info = config, info
     self.dq = config.dqvae
     self.num_classes = info.num_classes
     self.tokenizer = build_tokenizer(self.dq, info, config.data)
     self.layout = self.tokenizer.layout
     self.net = self.tokenizer.net
-    self._classifier = None
-    if float(self.dq.perceptual_weight) > 0:
-      from adaflow.eval import get_classifier
-      cache = config.eval.get("cache_dir") or os.environ.get("ADAFLOW_CACHE") or ".adaflow_cache"
-      self._classifier = get_classifier(config.data, cache, seed=config.eval.get("classifier_seed", 0))
+    if float(self.dq.perceptual_weight) > 0 and classifier is None:
+      raise ValueError("dqvae.perceptual_weight > 0 needs the evaluation classifier (classifier=...)")
+    self._classifier = classifier
     self._bank = None
 
   # ---- parameters ---------------------------------------------------------------------------
@@ -141,9 +141,8 @@ class DQVAEObjective:
 
   # ---- training -----------------------------------------------------------------------------
   def _perceptual(self, x, xr):
-    from adaflow.eval.classifier import ClassifierNet
     clf = self._classifier
-    model = ClassifierNet(num_classes=clf.num_classes)
+    model = clf.network
     p = jax.lax.stop_gradient(clf.params)
     _, fx = model.apply(p, x)
     _, fr = model.apply(p, xr)
@@ -236,7 +235,6 @@ class DQVAEObjective:
   def _reconstruction_bank(self) -> np.ndarray:
     """[num_classes, M, H, W, C] real training examples, M = dqvae.recon_bank_per_class."""
     if self._bank is None:
-      from adaflow import data as data_lib
       k, m = max(self.num_classes, 1), int(self.dq.recon_bank_per_class)
       imgs, labels = data_lib.load_arrays(self.config.data, min(k * m * 4, 16384), seed=123)
       bank = []

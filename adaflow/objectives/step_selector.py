@@ -1,8 +1,8 @@
 """Objective `step_selector` (AdaDiff): trains ONLY a step-count policy; the generator is frozen.
 
-The generator (any flow-matching checkpoint) is loaded from `config.selector.generator_workdir`
-(`adaflow train --init <generator workdir>` sets it) and is a constant of this objective; the
-trainable state is the policy plus the REINFORCE baseline:
+The generator (any flow-matching checkpoint) is passed in: `adaflow.train.registry.build_objective`
+loads it from `config.selector.generator_workdir` (`adaflow train --init <generator workdir>` sets
+it), with the evaluation classifier; it is a constant of this objective; the trainable state is the policy plus the REINFORCE baseline:
 
     params = {'params': <StepPolicy params>, 'reinforce': {'value': f32[], 'initialized': f32[]}}
 
@@ -94,30 +94,23 @@ class StepSelectorObjective:
     """`adaflow train --init <dir>` for this objective: <dir> is the frozen generator."""
     config.selector.generator_workdir = storage.absolute(workdir)
 
-  def __init__(self, config, info, generator=None, generator_params=None, classifier=None):
-    """`generator` / `generator_params` / `classifier` may be passed directly (tests, benchmarks);
-    otherwise they are loaded from `selector.generator_workdir` and its evaluation cache."""
+  def __init__(self, config, info, generator, generator_params, classifier=None, sample_config=None):
+    """`generator` (an objective: `velocity_fn` or `integrate_noise`) with its `generator_params`;
+    `classifier` (a FeatureClassifier: `num_classes`, `params`, `network`) for the 'classifier' /
+    'features' qualities; `sample_config` the generator's `config.sample` (default this config's).
+    Loading them from a workdir is `adaflow.train.registry.step_selector_objective`."""
     s = config.selector
     self.config, self.info = config, info
     self.step_set = sel.validate_step_set(s.step_set)
     self.max_steps = self.step_set[-1]
     self.num_classes = info.num_classes
-    gen_config = None
-    if generator is None:
-      from adaflow.train.restore import load_trainer_and_params
-      gen_tr, generator_params, _ = load_trainer_and_params(s.generator_workdir)
-      generator, gen_config = gen_tr.objective, gen_tr.config
-      if tuple(gen_tr.info.image_shape) != tuple(info.image_shape) or gen_tr.info.num_classes != info.num_classes:
-        raise ValueError(f"config.data: the generator in {s.generator_workdir} was trained on "
-                         f"{tuple(gen_tr.info.image_shape)} with {gen_tr.info.num_classes} classes, this config "
-                         f"describes {tuple(info.image_shape)} with {info.num_classes}; use the generator's data config")
     self.generator = generator
     self.generator_params = jax.tree_util.tree_map(jnp.asarray, jax.device_get(generator_params))
     # The tree whose ['params']['y_embed'] the policy reads; a composed generator (adaflow.compose)
     # with several timestep groups names one of its groups.
     cond = getattr(generator, "condition_params", None)
     self.condition_params = cond(self.generator_params) if cond is not None else self.generator_params
-    sample_cfg = gen_config.sample if gen_config is not None else config.sample
+    sample_cfg = sample_config if sample_config is not None else config.sample
     self.method = s.get("method") or sample_cfg.method
     self.cfg_scale = float(s.cfg_scale) if s.get("cfg_scale", -1.0) >= 0 else float(sample_cfg.cfg_scale)
     self.use_noise_stats = bool(s.get("use_noise_stats", False))
@@ -125,12 +118,6 @@ class StepSelectorObjective:
     self.entropy_coef = float(s.entropy_coef)
     self.baseline_decay = float(s.baseline_decay)
     self.policy = sel.StepPolicy(num_actions=len(self.step_set), hidden=int(s.hidden), depth=int(s.depth))
-    if classifier is None and s.quality in ("classifier", "features"):
-      from adaflow.eval import get_classifier
-      from adaflow.train.loop import cache_dir
-      workdir = s.generator_workdir or "."
-      classifier = get_classifier(config.data, cache_dir(gen_config or config, workdir),
-                                  seed=int(s.get("classifier_seed", 0)))
     self.classifier = classifier
     self.quality_fn = rw.make_quality_fn(s.quality, classifier)
     self._group_fns: dict = {}

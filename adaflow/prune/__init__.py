@@ -5,5 +5,4 @@
   importance.py  magnitude / first-order Taylor importance of heads, MLP channels, blocks
   slicing.py     Structure -> real smaller parameter arrays (and the equivalent masks)
   search.py      THE PRUNING PASS: proposer + proxy + memory bank, per group
-  pipeline.py    stage 1 -> pruning -> stage 2 per group -> grouped evaluation (the driver)
 """

@@ -54,8 +54,7 @@ def classifier_apply_fn(classifier) -> Callable[[jax.Array], tuple[jax.Array, ja
   """A jittable images [B, H, W, C] in [-1, 1] -> (logits [B, K], features [B, F]) for a
   `adaflow.eval.FeatureClassifier` (its params are closed over as constants). Images are clipped
   to [-1, 1] first, as the evaluation does with generated samples."""
-  from adaflow.eval.classifier import ClassifierNet
-  model = ClassifierNet(num_classes=classifier.num_classes)
+  model = classifier.network
   params = jax.tree_util.tree_map(jnp.asarray, classifier.params)
 
   def apply(images):

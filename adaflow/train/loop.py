@@ -1,4 +1,5 @@
-"""The training loop, written once for every objective.
+"""The training loop, written once for every objective (train layer: the loop, its state and
+checkpoints, and rebuilding a run from its workdir: `load_trainer_and_params`, `load_params`).
 
     validate config -> dataset info -> objective -> mesh -> sharded state (restore or init)
     for step in [start, steps): batch = data[step] -> jitted step -> log / checkpoint / samples
@@ -38,6 +39,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
@@ -45,14 +47,15 @@ from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow import storage
 from adaflow.data.prefetch import Prefetcher
-from adaflow.objectives import build_objective
+from adaflow.eval.classifier import cache_dir
+from adaflow.eval.generate import balanced_labels, evaluate_generator, generate_images
 from adaflow.parallel import batch_sharding, make_mesh, replicated
 from adaflow.train import checkpoint as ckpt
 from adaflow.train import diagnostics
-from adaflow.train.evaluate import balanced_labels, evaluate_generator, generate_images
 from adaflow.train.images import save_grid
 from adaflow.train.metrics_log import MetricWriter
 from adaflow.train.optim import learning_rate_schedule, make_optimizer
+from adaflow.train.registry import build_objective
 from adaflow.train.sharded_state import init_state, state_shardings
 from adaflow.train.step import make_train_step
 
@@ -147,14 +150,6 @@ def _process_order_permutation(sharding, global_batch: int) -> Optional[np.ndarr
   return (i % P) * L + i // P
 
 
-def cache_dir(config, workdir: str) -> str:
-  """Where the evaluation classifier is cached (`eval.cache_dir`, default `<workdir>/../.adaflow_cache`;
-  for a gs:// workdir that is in the same bucket)."""
-  d = config.eval.get("cache_dir") or os.environ.get("ADAFLOW_CACHE") or os.path.join(
-      storage.parent(workdir), ".adaflow_cache")
-  return d
-
-
 class Trainer:
   """Holds what a run needs: config, dataset info, objective, mesh, optimizer and shardings."""
 
@@ -163,7 +158,7 @@ class Trainer:
     config_lib.validate(config)
     self.info = data_lib.get_info(config.data)
     config_lib.validate(config, self.info, num_devices=jax.device_count(), num_processes=jax.process_count())
-    self.objective = build_objective(config, self.info)
+    self.objective = build_objective(config, self.info, load_run=load_trainer_and_params)
     self.mesh = make_mesh(config.mesh)
     self.tx = make_optimizer(config.train)
     self.lr_schedule = learning_rate_schedule(config.train)
@@ -330,3 +325,32 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   writer.close()
   manager.close()
   return state
+
+
+# ---- rebuilding a trainer and its parameters from a workdir (sample / eval / fine-tuning) ----
+def config_of(workdir: str) -> ml_collections.ConfigDict:
+  """The config stored with the latest checkpoint of `workdir`."""
+  meta, _ = ckpt.restore_meta(workdir)
+  return ml_collections.ConfigDict(meta["config"])
+
+
+def load_trainer_and_params(workdir: str, config: Optional[ml_collections.ConfigDict] = None, ema: bool = True):
+  """(Trainer, params, step): the latest readable checkpoint's EMA (or raw) params on this mesh.
+
+  `config` overrides the stored one (e.g. other sampling settings); the model fields must agree
+  with the checkpoint, which orbax checks shape by shape.
+  """
+  config = config if config is not None else config_of(workdir)
+  tr = Trainer(config, workdir)
+  manager = ckpt.make_manager(workdir, async_save=False)
+  abstract = ckpt.abstract_with_shardings(tr.abstract_state, tr.shardings)
+  state, _, step = ckpt.restore_latest(manager, abstract, log=tr.log)
+  if state is None:
+    raise ValueError(f"no readable checkpoint under {ckpt.checkpoint_dir(workdir)}")
+  return tr, (state.ema_params if ema else state.params), step
+
+
+def load_params(workdir: str, ema: bool = True) -> Any:
+  """EMA params of the latest checkpoint in `workdir` as host arrays (for `--init`)."""
+  _, params, _ = load_trainer_and_params(workdir, ema=ema)
+  return jax.device_get(params)

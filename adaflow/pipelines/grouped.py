@@ -26,16 +26,20 @@ from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow import flow
 from adaflow import storage
+from adaflow.eval.classifier import cache_dir
+from adaflow.eval.generate import evaluate_generator
 from adaflow.models.dit import dit_from_config
 from adaflow.models.grouped import group_key
 from adaflow.objectives.flow_matching import FlowMatchingObjective
 from adaflow.objectives.grouped import GroupedFlowObjective
+from adaflow.parallel import make_mesh
 from adaflow.prune import budget as budget_lib
 from adaflow.prune import importance as importance_lib
 from adaflow.prune.groups import group_edges
 from adaflow.prune.search import (PROPOSERS, MemoryBank, Proposer, ProxyEvaluator, SearchSpace, make_proposer,
                                   search_group)
 from adaflow.prune.slicing import Structure, slice_params
+from adaflow.train.loop import config_of, load_params, train
 
 
 def _log(msg: str) -> None:
@@ -236,8 +240,6 @@ def grouped_objective(config, result: dict) -> GroupedFlowObjective:
 # ---- the driver -----------------------------------------------------------------------------
 def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_log) -> dict:
   """Stage 1 -> pruning -> stage 2 per group -> evaluation; resumable. Returns the summary."""
-  from adaflow.train.loop import cache_dir, train
-  from adaflow.train.restore import load_params
   validate_grouped(config)
   info = data_lib.get_info(config.data)
   config_lib.validate(config, info, num_devices=jax.device_count(), num_processes=jax.process_count())
@@ -291,8 +293,6 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
   log(f"grouped model: {summary['flops_fraction']:.3f} of the dense sampling FLOPs "
       f"(steps per group {summary['steps_per_group']})")
   if config.eval.get("at_end", False):
-    from adaflow.parallel import make_mesh
-    from adaflow.train.evaluate import evaluate_generator
     obj = grouped_objective(config, result)
     res = evaluate_generator(obj, params, config, make_mesh(config.mesh), cache_dir(config, workdir), log=log)
     res.update(flops_fraction=summary["flops_fraction"], sampling_flops_per_image=summary["sampling_flops_per_image"])
@@ -315,7 +315,6 @@ def load_grouped(workdir: str, config: Optional[ml_collections.ConfigDict] = Non
   `config` overrides it (e.g. other sampling settings). Groups whose stage 2 has not finished are
   an error, except with `grouped.stage2_steps = 0` (pruning only: the sliced stage-1 weights).
   """
-  from adaflow.train.restore import config_of, load_params
   if not is_grouped_workdir(workdir):
     raise ValueError(f"{workdir} is not a train-then-prune workdir (needs stage1/ and prune/result.json; "
                      f"run `adaflow train --config <grouped config> --workdir {workdir}` to finish it)")

@@ -27,11 +27,18 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
+from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow import storage
-from adaflow.compose.model import finest_stage_view
+from adaflow.compose.model import base_model, finest_stage_view
 from adaflow.compose.spec import compose_config, spec_from_config
-from adaflow.prune.pipeline import mark_stage_done, stage_done
+from adaflow.models.grouped import group_key
+from adaflow.models.step_selector import validate_step_set
+from adaflow.pipelines.convert_stages import convert_workdir
+from adaflow.pipelines.grouped import mark_stage_done, prune, stage_done, validate_grouped
+from adaflow.prune.slicing import slice_params, Structure
+from adaflow.train import checkpoint as ckpt
+from adaflow.train.loop import load_params, train
 
 STAGES = ("dense", "ppflow", "routed", "grouped", "selector")
 
@@ -42,7 +49,6 @@ def _log(msg: str) -> None:
 
 
 def _has_checkpoint(path: str) -> bool:
-  from adaflow.train import checkpoint as ckpt
   d = ckpt.checkpoint_dir(path)
   return any(n.isdigit() for n in storage.listdir(d))
 
@@ -107,7 +113,6 @@ def generator_config(config, upto: str, prune_result: Optional[dict] = None) -> 
 
 
 def _blocks(group_result: dict):
-  from adaflow.prune.slicing import Structure
   return [(s.num_heads, s.mlp_dim) for s in Structure.from_json(group_result["structure"]).block_specs()]
 
 
@@ -139,7 +144,6 @@ def selector_config(config, generator_dir: str) -> ml_collections.ConfigDict:
 # ---- the driver -----------------------------------------------------------------------------
 def validate_recipe(config) -> None:
   """Every stage's config is validated before the first step of the first stage."""
-  from adaflow import config as config_lib
   cc = compose_config(config)
   info = data_lib.get_info(config.data)
   gen = generator_config(config, "routed")
@@ -148,10 +152,8 @@ def validate_recipe(config) -> None:
     if config.get("selector") is None:
       raise ValueError("config.selector: compose.selector is on but config.selector is missing; start from "
                        "adaflow.objectives.step_selector.selector_defaults()")
-    from adaflow.models.step_selector import validate_step_set
     validate_step_set(config.selector.get("step_set"))
   if cc.grouped:
-    from adaflow.prune.pipeline import validate_grouped
     validate_grouped(prune_view_config(config))
   for name, steps in (("dense_steps", cc.dense_steps), ("ppflow_steps", cc.ppflow_steps),
                       ("routing_steps", cc.routing_steps), ("grouped_steps", cc.grouped_steps),
@@ -169,8 +171,6 @@ def validate_recipe(config) -> None:
 
 def run_recipe(config, workdir: str, log=_log) -> dict:
   """Runs (or resumes) every enabled stage; returns the summary written to W/composed.json."""
-  from adaflow.train.loop import train
-  from adaflow.train.restore import load_params
   validate_recipe(config)
   cc = compose_config(config)
   storage.check_writable(workdir, "--workdir")   # creates it; a bad path or bucket fails before stage 1
@@ -196,7 +196,6 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
     def run_ppflow(d):
       pc = ppflow_config(config)
       if not _has_checkpoint(d):
-        from adaflow.commands.convert_stages import convert_workdir
         convert_workdir(last, pc, d, log=log)
       train(pc, d)
     last = stage("ppflow", cc.ppflow_steps, run_ppflow)
@@ -211,7 +210,6 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
 
   result = None
   if cc.grouped:
-    from adaflow.prune.pipeline import prune
     pdir = os.path.join(workdir, "prune")
     rpath = os.path.join(pdir, "result.json")
     prev_params = load_params(last)
@@ -250,9 +248,6 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
 def sliced_group_params(config, params: Any, result: dict) -> dict:
   """{group_i: params of the previous stage sliced by group i's structure} (routers, rho and stage
   parameters kept; adaflow.prune.slicing)."""
-  from adaflow.compose.model import base_model
-  from adaflow.models.grouped import group_key
-  from adaflow.prune.slicing import Structure, slice_params
   info = data_lib.get_info(config.data)
   base = base_model(config, info, spec_from_config(generator_config(config, "routed"), info))
   return {group_key(gr["group"]): slice_params(params, base, Structure.from_json(gr["structure"]))
@@ -263,7 +258,6 @@ def sliced_group_params(config, params: Any, result: dict) -> dict:
 def load_composed(workdir: str, selector: Optional[bool] = None):
   """(sampler config, dataset info, generator params, policy params or None) of a finished recipe.
   `selector=False` gives the generator alone (no policy) even when the recipe trained one."""
-  from adaflow.train.restore import load_params
   summary = storage.read_json(os.path.join(workdir, "composed.json"))
   config = ml_collections.ConfigDict(storage.read_json(os.path.join(workdir, "config.json")))
   cc = compose_config(config)

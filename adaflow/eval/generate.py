@@ -1,4 +1,5 @@
-"""Sampling and quality evaluation of a trained generator (sharded over the mesh)."""
+"""Sampling and quality evaluation of a trained generator (sharded over the mesh): the eval layer's
+way to turn an objective + params into images and scores (below train; objectives are duck-typed)."""
 from __future__ import annotations
 
 import functools
@@ -9,6 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from adaflow.eval.classifier import get_classifier
+from adaflow.eval.quality import evaluate_samples
 from adaflow.parallel import batch_sharding
 from adaflow.parallel.host import to_global, to_host
 
@@ -46,7 +49,6 @@ def generate_images(objective, params, mesh: Mesh, rng: jax.Array, labels: np.nd
 def evaluate_generator(objective, params, config, mesh: Mesh, cache_dir: str, log=print) -> dict:
   """FD and class accuracy (adaflow.eval) of `config.eval.num_samples` class-balanced samples
   made with `config.sample` (steps, method, CFG scale)."""
-  from adaflow.eval import evaluate_samples, get_classifier
   classifier = get_classifier(config.data, cache_dir, seed=config.eval.get("classifier_seed", 0), log=log)
   n = int(config.eval.num_samples)
   labels = balanced_labels(n, objective.num_classes)

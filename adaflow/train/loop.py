@@ -50,6 +50,7 @@ from adaflow.data.prefetch import Prefetcher
 from adaflow.eval.classifier import cache_dir
 from adaflow.eval.generate import balanced_labels, evaluate_generator, generate_images
 from adaflow.parallel import batch_sharding, make_mesh, replicated
+from adaflow.parallel.host import to_host
 from adaflow.train import checkpoint as ckpt
 from adaflow.train import diagnostics
 from adaflow.train.images import save_grid
@@ -353,4 +354,4 @@ def load_trainer_and_params(workdir: str, config: Optional[ml_collections.Config
 def load_params(workdir: str, ema: bool = True) -> Any:
   """EMA params of the latest checkpoint in `workdir` as host arrays (for `--init`)."""
   _, params, _ = load_trainer_and_params(workdir, ema=ema)
-  return jax.device_get(params)
+  return to_host(params)    # fsdp-sharded params may span processes

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 
 from adaflow.compose.objective import ComposedObjective
 from adaflow.eval.classifier import cache_dir, get_classifier
@@ -21,6 +20,7 @@ from adaflow.objectives.grouped import GroupFinetuneObjective
 from adaflow.objectives.ppflow import PPFlowObjective
 from adaflow.objectives.routed import RoutedFlowMatchingObjective
 from adaflow.objectives.step_selector import StepSelectorObjective
+from adaflow.parallel.host import to_host
 
 OBJECTIVES = {
     "flow_matching": FlowMatchingObjective,              # dense DiT (foundation)
@@ -63,7 +63,7 @@ def load_tokenizer(workdir: str, load_run):
   if tr.config.get("objective") != "dqvae":
     raise ValueError(f"config.tokenizer_workdir={workdir!r} holds a {tr.config.get('objective')!r} run, "
                      "not a DQ-VAE (objective 'dqvae'); train one with configs/quickstart_dqvae.py")
-  return tr.objective.tokenizer, jax.device_get(params), tr.config
+  return tr.objective.tokenizer, to_host(params), tr.config
 
 
 def dq_transformer_objective(config, info, load_run=None) -> DQTransformerObjective:

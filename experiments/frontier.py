@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 from adaflow import data as data_lib  # noqa: E402
 from adaflow.compose import flops as flops_lib  # noqa: E402
 from adaflow.pipelines import recipe as recipe_lib  # noqa: E402
+from adaflow.pipelines.stages import run_stage  # noqa: E402
 from adaflow.compose.generator import ComposedGenerator  # noqa: E402
 from adaflow.compose.sampler import ComposedSampler  # noqa: E402
 from adaflow.compose.spec import compose_config  # noqa: E402
@@ -104,16 +105,12 @@ def train_all(config, work, log):
   dense_stage = summary["stages"]["dense"]["dir"]
 
   def once(name, fn):
-    d = os.path.join(work, name)
-    if recipe_lib.stage_done(d):
-      log(f"{name}: reusing {d}")
-      return d
-    t = time.time()
-    fn(d)
-    recipe_lib.mark_stage_done(d, {})
-    secs[name] = time.time() - t
-    log(f"{name}: trained in {secs[name]:.0f}s")
-    return d
+    def timed(d):
+      t = time.time()
+      fn(d)
+      secs[name] = time.time() - t
+      log(f"{name}: trained in {secs[name]:.0f}s")
+    return run_stage(work, name, timed, log=log)
 
   def dense_fn(d):
     c = recipe_lib.dense_config(config)

@@ -311,7 +311,7 @@ def test_driver_end_to_end_and_resume(tmp_path):
     load_grouped(wd)
   logs = []
   run_grouped(c, wd, log=logs.append)
-  assert any("stage 1 already finished" in m for m in logs) and any("pruning already finished" in m for m in logs)
+  assert any("stage1: already finished" in m for m in logs) and any("pruning already finished" in m for m in logs)
   after = load_params(os.path.join(wd, "group_1"))
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), before, after)
 

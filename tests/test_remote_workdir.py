@@ -158,7 +158,7 @@ def test_helpers_round_trip_in_the_bucket(gcs, tmp_path):
 import numpy as np
 from adaflow import storage
 from adaflow.commands.inspect import save_heatmap
-from adaflow.pipelines.grouped import mark_stage_done, stage_done
+from adaflow.pipelines.stages import mark_stage_done, stage_done
 from adaflow.prune.search import MemoryBank
 
 w = "gs://bkt/helpers"

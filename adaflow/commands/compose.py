@@ -29,7 +29,7 @@ def evaluate_composed(workdir: str, num: int, seed: int = 1234, log=print) -> di
   config, info, params, policy = load_composed(workdir)
   sampler = ComposedSampler(config, info, params, policy)
   labels = balanced_labels(num, info.num_classes)
-  out = sampler.sample(jax.random.PRNGKey(seed), labels, batch_size=int(config.eval.get("batch_size", 256)))
+  out = sampler.sample(jax.random.PRNGKey(seed), labels, batch_size=int(config.eval.get("batch_size", 250)))
   clf = get_classifier(config.data, cache_dir(config, workdir), seed=int(config.eval.get("classifier_seed", 0)), log=log)
   res = evaluate_samples(clf, out["images"], labels)
   res.update(methods=list(sampler.spec.enabled), average_steps=float(np.mean(out["steps"])),

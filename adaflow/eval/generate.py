@@ -55,7 +55,7 @@ def evaluate_generator(objective, params, config, mesh: Mesh, cache_dir: str, lo
   t0 = time.time()
   imgs = generate_images(objective, params, mesh, jax.random.PRNGKey(config.eval.get("seed", 1234)), labels,
                          steps=config.sample.steps, method=config.sample.method,
-                         cfg_scale=config.sample.cfg_scale, batch_size=config.eval.get("batch_size", 256))
+                         cfg_scale=config.sample.cfg_scale, batch_size=config.eval.get("batch_size", 250))
   gen_s = time.time() - t0
   result = evaluate_samples(classifier, imgs, labels if objective.num_classes > 1 else None)
   result.update(sample_steps=int(config.sample.steps), sample_method=config.sample.method,

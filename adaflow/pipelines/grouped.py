@@ -33,6 +33,8 @@ from adaflow.models.grouped import group_key
 from adaflow.objectives.flow_matching import FlowMatchingObjective
 from adaflow.objectives.grouped import GroupedFlowObjective
 from adaflow.parallel import make_mesh
+from adaflow.parallel.host import is_writer
+from adaflow.pipelines.stages import run_stage, stage_done
 from adaflow.prune import budget as budget_lib
 from adaflow.prune import importance as importance_lib
 from adaflow.prune.groups import group_edges
@@ -141,15 +143,6 @@ def group_config(config, i: int, structure: Structure, t_range: tuple[float, flo
   return c
 
 
-def stage_done(path: str) -> bool:
-  """True once a stage directory has its DONE marker (written after the stage finished)."""
-  return storage.exists(os.path.join(path, "DONE"))
-
-
-def mark_stage_done(path: str, info: dict) -> None:
-  storage.makedirs(path)
-  storage.write_json(os.path.join(path, "DONE"), info)
-
 
 # ---- pruning --------------------------------------------------------------------------------
 def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] = None, log=_log) -> dict:
@@ -209,7 +202,8 @@ def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] =
                    "counts": best.structure.counts(), "structure": best.structure.to_json()})
   result = {"edges": [float(e) for e in edges], "base_flops": int(base_f), "k": float(g.k), "largest": g.largest,
             "proposer": proposer.name, "importance": g.importance, "groups": groups}
-  storage.write_json(result_path, result, indent=1)
+  if is_writer():   # the other processes computed the same; one writes
+    storage.write_json(result_path, result, indent=1)
   return result
 
 
@@ -245,15 +239,12 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
   config_lib.validate(config, info, num_devices=jax.device_count(), num_processes=jax.process_count())
   g = grouped_config(config)
   storage.check_writable(workdir, "--workdir")   # creates it; a bad path or bucket fails before stage 1
-  storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  if is_writer():   # the other processes computed the same; one writes
+    storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
-  s1 = os.path.join(workdir, "stage1")
-  log(f"===== stage 1/3: dense base, {g.stage1_steps} steps -> {s1} =====")
-  if stage_done(s1):
-    log("stage 1 already finished (DONE); skipping")
-  else:
-    train(stage1_config(config), s1)
-    mark_stage_done(s1, {"steps": int(g.stage1_steps)})
+  log(f"===== stage 1/3: dense base, {g.stage1_steps} steps -> {os.path.join(workdir, 'stage1')} =====")
+  s1 = run_stage(workdir, "stage1", lambda d: train(stage1_config(config), d), {"steps": int(g.stage1_steps)},
+                 log=log)
   base_params = load_params(s1)
 
   pdir = os.path.join(workdir, "prune")
@@ -279,24 +270,24 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
       continue
     log(f"----- group {i}: t in [{gr['t_range'][0]:.3f}, {gr['t_range'][1]:.3f}), counts {gr['counts']}, "
         f"{gr['flops_fraction']:.3f} F -> {gdir} -----")
-    if stage_done(gdir):
-      log(f"group {i} already finished (DONE); skipping")
-    else:
-      train(group_config(config, i, structure, tuple(gr["t_range"])), gdir, init_params=sliced)
-      mark_stage_done(gdir, {"steps": int(g.stage2_steps)})
+    run_stage(workdir, f"group_{i}",
+              lambda d: train(group_config(config, i, structure, tuple(gr["t_range"])), d, init_params=sliced),
+              {"steps": int(g.stage2_steps)}, log=log)
     params[group_key(i)] = load_params(gdir)
 
   summary = {"edges": result["edges"], "groups": [{k: v for k, v in gr.items() if k != "structure"}
                                                    for gr in result["groups"]],
              **sampling_summary(config, result)}
-  storage.write_json(os.path.join(workdir, "grouped.json"), summary, indent=1)
+  if is_writer():   # the other processes computed the same; one writes
+    storage.write_json(os.path.join(workdir, "grouped.json"), summary, indent=1)
   log(f"grouped model: {summary['flops_fraction']:.3f} of the dense sampling FLOPs "
       f"(steps per group {summary['steps_per_group']})")
   if config.eval.get("at_end", False):
     obj = grouped_objective(config, result)
     res = evaluate_generator(obj, params, config, make_mesh(config.mesh), cache_dir(config, workdir), log=log)
     res.update(flops_fraction=summary["flops_fraction"], sampling_flops_per_image=summary["sampling_flops_per_image"])
-    storage.write_json(os.path.join(workdir, "eval.json"), res, indent=2)
+    if is_writer():   # the other processes computed the same; one writes
+      storage.write_json(os.path.join(workdir, "eval.json"), res, indent=2)
     log("grouped eval: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
     summary["eval"] = res
   return summary

@@ -35,7 +35,9 @@ from adaflow.compose.spec import compose_config, spec_from_config
 from adaflow.models.grouped import group_key
 from adaflow.models.step_selector import validate_step_set
 from adaflow.pipelines.convert_stages import convert_workdir
-from adaflow.pipelines.grouped import mark_stage_done, prune, stage_done, validate_grouped
+from adaflow.parallel.host import is_writer
+from adaflow.pipelines.grouped import prune, validate_grouped
+from adaflow.pipelines.stages import run_stage
 from adaflow.prune.slicing import slice_params, Structure
 from adaflow.train import checkpoint as ckpt
 from adaflow.train.loop import load_params, train
@@ -174,18 +176,14 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
   validate_recipe(config)
   cc = compose_config(config)
   storage.check_writable(workdir, "--workdir")   # creates it; a bad path or bucket fails before stage 1
-  storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  if is_writer():   # the other processes computed the same; one writes
+    storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   bs = int(config.train.batch_size)
   summary: dict[str, Any] = {"stages": {}, "batch_size": bs}
 
   def stage(name: str, steps: int, fn) -> str:
-    d = os.path.join(workdir, name)
-    log(f"===== {name}: {steps} steps -> {d} =====")
-    if stage_done(d):
-      log(f"{name} already finished (DONE); skipping")
-    else:
-      fn(d)
-      mark_stage_done(d, {"steps": int(steps)})
+    log(f"===== {name}: {steps} steps -> {os.path.join(workdir, name)} =====")
+    d = run_stage(workdir, name, fn, {"steps": int(steps)}, log=log)
     summary["stages"][name] = {"dir": d, "steps": int(steps)}
     return d
 
@@ -239,7 +237,8 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
     d = stage("selector", cc.selector_steps, lambda d: train(selector_config(config, last), d))
     summary["selector_dir"] = d
     summary["stages"]["selector"]["labels"] = cc.selector_steps * int(cc.selector_batch)
-  storage.write_json(os.path.join(workdir, "composed.json"), summary, indent=1)
+  if is_writer():   # the other processes computed the same; one writes
+    storage.write_json(os.path.join(workdir, "composed.json"), summary, indent=1)
   log(f"composed model ready: generator {last}" + (f", selector {summary.get('selector_dir')}" if cc.selector else "")
       + f"; {summary['training_images']} training images")
   return summary

@@ -259,7 +259,7 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
           f"or set train.nan_policy='skip' to skip such updates", step=at_step, last_checkpoint=last)
 
   pending, t_last, n_last, prev_flag = [], time.time(), start, None
-  guard = PreemptionGuard(sync_every=tc.get("preemption_sync_every", 1))
+  guard = PreemptionGuard(sync_every=tc.get("preemption_sync_every", 10))
   with guard, batches, prof:   # leaving it (end, preemption, error) joins the threads, ends a trace
     log(f"{config.get('name', 'run')}: {tr.info.image_shape} {tr.info.num_classes} classes, "
         f"{n_params / 1e6:.2f}M params, mesh {dict(tr.mesh.shape)}, steps {start} -> {tc.steps}")

@@ -1,0 +1,46 @@
+"""The one multi-stage runner: resumable stages, each in its own directory with a DONE marker.
+
+A multi-run job (train-then-prune, the compose recipe, the frontier benchmark) is a sequence of
+stages, each writing into `<workdir>/<name>`. `run_stage` runs a stage unless its directory already
+holds a DONE marker, and writes the marker only after the stage returned, so a rerun of the same
+command skips finished stages and resumes an interrupted one (the trainer itself resumes from the
+stage's latest checkpoint).
+
+Several processes: every process runs every stage (training is collective); process 0 decides
+whether a stage is done (`agree`) and alone writes the marker, and all wait until it is written.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional
+
+from adaflow import storage
+from adaflow.parallel.host import agree, barrier, is_writer
+
+MARKER = "DONE"
+
+
+def stage_done(path: str) -> bool:
+  """True once the stage directory `path` has its DONE marker (the same answer on every process)."""
+  return agree(storage.exists(os.path.join(path, MARKER)))
+
+
+def mark_stage_done(path: str, info: dict) -> None:
+  """Writes `path/DONE` with `info` (JSON) from process 0; every process returns after it exists."""
+  if is_writer():
+    storage.makedirs(path)
+    storage.write_json(os.path.join(path, MARKER), info)
+  barrier(f"stage done {path}")
+
+
+def run_stage(workdir: str, name: str, fn: Callable[[str], Any], info: Optional[dict] = None,
+              log: Callable[[str], Any] = print) -> str:
+  """Runs `fn(stage_dir)` for stage `name` unless `<workdir>/<name>` is already DONE; marks it
+  DONE with `info` afterwards. Returns the stage directory."""
+  d = os.path.join(workdir, name)
+  if stage_done(d):
+    log(f"{name}: already finished ({d}/{MARKER}); skipping")
+    return d
+  fn(d)
+  mark_stage_done(d, dict(info or {}))
+  return d

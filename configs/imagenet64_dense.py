@@ -1,5 +1,5 @@
 """One-level DiT-B/4 in pixel space on ImageNet 64x64 (TFDS imagenet_resized/64x64): the dense
-baseline of PPFlow (SPEC section 1), TPU scale. 16x16 = 256 tokens per image.
+baseline of PPFlow (arXiv 2506.23543), TPU scale. 16x16 = 256 tokens per image.
 
 adaflow train --config configs/imagenet64_dense.py --workdir gs://.../dense64 \
     --config.data.data_dir=gs://.../tfds

@@ -1,4 +1,4 @@
-"""Timestep-grouped train-then-prune (SPEC section 4, arXiv 2312.13307) of DiT-B/4 on ImageNet
+"""Timestep-grouped train-then-prune (arXiv 2312.13307) of DiT-B/4 on ImageNet
 64x64 (TFDS imagenet_resized/64x64), TPU scale; the dense baseline is configs/imagenet64_dense.py
 at the same total steps (400k x 1024).
 

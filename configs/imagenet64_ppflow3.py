@@ -1,4 +1,4 @@
-"""PPFlow, 3 levels, DiT-B with base patch 4 in pixel space on ImageNet 64x64 (SPEC section 1).
+"""PPFlow, 3 levels, DiT-B with base patch 4 in pixel space on ImageNet 64x64 (arXiv 2506.23543).
 
 Same network, data, optimiser and sampler as configs/imagenet64_dense.py; only the patch
 schedule differs. Stage token counts: 64 (8x8-pixel patches), 128 (4 rows x 8 columns), 256 (4x4).

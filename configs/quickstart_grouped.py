@@ -1,4 +1,4 @@
-"""Timestep-grouped train-then-prune (SPEC section 4) on the quick-start digits setting.
+"""Timestep-grouped train-then-prune (arXiv 2312.13307) on the quick-start digits setting.
 
 adaflow train --config configs/quickstart_grouped.py --workdir runs/quickstart_grouped
 

@@ -1,4 +1,4 @@
-"""PPFlow vs the dense DiT, side by side in one run (SPEC section 1, issue 5).
+"""PPFlow vs the dense DiT, side by side in one run (arXiv 2506.23543).
 
     ADAFLOW_BENCH_LOCKED=1 flock /tmp/adaflow-bench.lock python experiments/bench_ppflow.py [--steps 400 --batch 64]
 
@@ -195,7 +195,7 @@ def main():
   if os.environ.get("ADAFLOW_BENCH_LOCKED"):
     cmd = "ADAFLOW_BENCH_LOCKED=1 flock /tmp/adaflow-bench.lock " + cmd
   lines = [
-      "# PPFlow vs dense DiT (SPEC section 1)", "",
+      "# PPFlow vs dense DiT (arXiv 2506.23543)", "",
       f"Machine: {machine}. Date: {date}.", f"Command: `{cmd.strip()}`", "",
       f"Setting: embedded digits 16x16x1, DiT width 128, depth 4, 4 heads, base patch 2 (64 / 32 / 16 tokens "
       f"for 2x2 / 2x4 / 4x4-pixel patches), bfloat16 matmuls. Training: {args.steps} steps x batch {args.batch} "

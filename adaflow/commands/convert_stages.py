@@ -1,7 +1,7 @@
 """`adaflow convert-stages --workdir <dense run> --config <ppflow config> --out <dir>`.
 
 Initialises a PPFlow (multi-stage) model from the latest checkpoint (EMA weights) of a trained
-one-level DiT run, as SPEC section 1 prescribes (see `adaflow.models.ppflow.convert_dense_params`),
+one-level DiT run, as the PPFlow paper (arXiv 2506.23543) prescribes (see `adaflow.models.ppflow.convert_dense_params`),
 and writes it as a step-0 checkpoint into `--out`. Then either
 
     adaflow train --config <ppflow config> --workdir <dir>      # fine-tune in place (resumes step 0)

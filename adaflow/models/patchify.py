@@ -4,7 +4,7 @@ A *stage* is a token grid. Stage s groups each `(gh, gw)` block of base-resoluti
 channels (space-to-depth, lossless) and then applies that stage's own patch embedding with the
 base patch `p x p` kernel/stride, so one token covers a `(gh * p) x (gw * p)` pixel region. The
 unpatchify head of a stage is its own linear layer followed by the exact inverse (depth-to-space).
-The dense DiT is the single stage `(1, 1)`. PPFlow (SPEC section 1) uses e.g. `(2, 2)` for the
+The dense DiT is the single stage `(1, 1)`. PPFlow (arXiv 2506.23543) uses e.g. `(2, 2)` for the
 noisiest stage, `(1, 2)` for the middle one and `(1, 1)` for the last one.
 
 Shapes: images `[B, H, W, C]`; tokens `[B, N, D]` with `N = (H / (gh p)) * (W / (gw p))`.

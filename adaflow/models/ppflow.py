@@ -1,4 +1,4 @@
-"""The PPFlow patch schedule (SPEC section 1): which patch shape serves which part of flow time.
+"""The PPFlow patch schedule (arXiv 2506.23543): which patch shape serves which part of flow time.
 
 A schedule is written in the config in *pixels*:
 
@@ -201,7 +201,7 @@ def repeat_head_kernel(kernel: np.ndarray, bias: np.ndarray, patch: int, group: 
 
 def convert_dense_params(dense: Any, target: Any, groups: Sequence[tuple[int, int]], patch: int,
                          in_channels: int, out_channels: int) -> Any:
-  """Initialises a multi-stage DiT from a trained one-level DiT (SPEC section 1).
+  """Initialises a multi-stage DiT from a trained one-level DiT (arXiv 2506.23543).
 
   dense: unboxed {'params': ...} of a DiT with `stage_groups=((1, 1),)`.
   target: unboxed {'params': ...} of the multi-stage DiT (a fresh init: its `level_embed`, drawn

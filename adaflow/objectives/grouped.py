@@ -1,4 +1,4 @@
-"""Objectives of timestep-grouped train-then-prune (SPEC section 4, arXiv 2312.13307).
+"""Objectives of timestep-grouped train-then-prune (arXiv 2312.13307).
 
 `GroupFinetuneObjective` (config.objective = "grouped_finetune"): stage 2, fine-tunes ONE group's
 sliced sub-model (`config.model.blocks`) with flow matching on times inside that group's range

@@ -1,4 +1,4 @@
-"""PPFlow objective (SPEC section 1): flow matching with a pyramid of patch sizes over time.
+"""PPFlow objective (arXiv 2506.23543): flow matching with a pyramid of patch sizes over time.
 
 Training: the batch [B, ...] is cut into consecutive per-stage slices whose sizes are
 proportional to each stage's share of training time (its span for uniform t); stage s's slice

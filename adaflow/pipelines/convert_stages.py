@@ -1,5 +1,5 @@
 """A dense DiT run -> a PPFlow (multi-stage) step-0 checkpoint (`adaflow convert-stages`, and the
-PPFlow stage of the compose recipe): EMA weights of the dense run converted as SPEC section 1
+PPFlow stage of the compose recipe): EMA weights of the dense run converted as the PPFlow paper (arXiv 2506.23543)
 prescribes (`adaflow.models.ppflow.convert_dense_params`)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Timestep-grouped train-then-prune (SPEC section 4, arXiv 2312.13307).
+"""Timestep-grouped train-then-prune (arXiv 2312.13307).
 
   groups.py      N contiguous timestep groups, equal width in SNR dB
   budget.py      analytic FLOPs of (pruned) DiTs; the progressive per-group budget

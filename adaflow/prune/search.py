@@ -1,4 +1,4 @@
-"""THE PRUNING PASS (SPEC section 4, step 4), all in this file: per timestep group, a multi-round
+"""THE PRUNING PASS (arXiv 2312.13307, step 4), all in this file: per timestep group, a multi-round
 proxy-based search for a sub-model structure within the group's FLOPs budget.
 
     importance (adaflow.prune.importance) -> SearchSpace (costs, budget, importance)

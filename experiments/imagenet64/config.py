@@ -8,7 +8,7 @@ Methods: dense | ppflow2 | ppflow3 | diffcr | grouped | adadiff | smoke.
 
 Dense baseline (configs/imagenet64_dense.py): DiT-B/4 on `tfds:imagenet_resized/64x64` (64x64x3 ->
 16x16 = 256 tokens), global batch 1024, lr 1e-4, EMA 0.9999, label dropout 0.1, bf16 matmuls with
-fp32 params, 400k steps; sampling Heun 125 steps (250 NFE). Per-method fields follow SPEC.md:
+fp32 params, 400k steps; sampling Heun 125 steps (250 NFE). Per-method fields follow the papers:
 
 * ppflow2 / ppflow3: `objective='ppflow'`, coarse 8x8 patches for t <= 0.5 (and 4x8 for
   (0.5, 0.75] with 3 levels), base patch 4.

@@ -7,7 +7,7 @@
 
 Full run on the loaded 2-core CPU: ~11 min training (PPFlow-3 ~5 min, grouped ~6 min) + ~6.5 min
 sampling and evaluation for 4 step counts. The "Reading" section of the results file is written by
-hand after the run.
+hand after the run; a rerun keeps it, marked for checking against the new table.
 
 `adaflow.flow.partition.TimePartition.segments(grid)` now inserts every bucket edge (PPFlow stage
 ends, timestep-group edges) into the ODE time grid, so each step lies inside one bucket and is
@@ -390,7 +390,15 @@ def main():
       "|---|---|---|---|---|---|---|", *rows, "",
       "Dispatch (bucket:[first, last time of the run] x steps; max |after - before| over all sample pixels):", "",
       "| model | steps | before | after | max abs diff |", "|---|---|---|---|---|", *dispatch, "",
-      "## Reading", "", "_(written from the table above after the run)_", ""]
+      "## Reading", ""]
+  # The reading is prose written from the table; a rerun keeps the previous one, marked, so that it
+  # is checked against the new numbers instead of silently lost.
+  previous = open(args.out).read() if os.path.exists(args.out) else ""
+  if "## Reading\n" in previous:
+    kept = "(Kept from the previous run of this script: check it against the table above.)"
+    md += [kept, "", previous.split("## Reading\n", 1)[1].strip().replace(kept, "").strip(), ""]
+  else:
+    md += ["(No reading yet: write one from the table above.)", ""]
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(os.path.join(args.workdir, "grid_edges_smoke.json" if args.smoke else "grid_edges.json"), "w") as f:
     json.dump({f"{k[0]}|{k[1]}|{k[2]}": {kk: (vv.tolist() if isinstance(vv, np.ndarray) else vv)

@@ -1,26 +1,19 @@
 """Config validation: every setting that cannot work fails here, before anything is compiled.
 
 Each error is a `ValueError` whose message names the config field and says how to fix it.
-Methods add their own checks by registering a validator with `register_validator`.
+The checks of one objective are its `validate(config, info)`, passed in by whoever builds it
+(`adaflow.train.registry.validate` passes the objective's own): nothing is registered on import.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
+from adaflow.config_defaults import check_known_fields
 from adaflow.flow.interpolants import INTERPOLANTS, PREDICTIONS
 from adaflow.flow.samplers import METHODS
 from adaflow.flow.timesteps import T_SAMPLERS
 from adaflow.parallel.mesh import mesh_shape
-
-_VALIDATORS: list[Callable] = []
-
-
-def register_validator(fn: Callable) -> Callable:
-  """Adds `fn(config, info)` to the checks `validate` runs (methods extend validation this way)."""
-  _VALIDATORS.append(fn)
-  return fn
-
 
 def _require(cond: bool, field: str, message: str) -> None:
   if not cond:
@@ -35,14 +28,14 @@ def validate_train(config) -> None:
   _require(t.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
   _require(0.0 <= t.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
   for field in ("log_every", "ckpt_every"):
-    _require(t.get(field, 1) > 0, f"train.{field}", f"must be positive, got {t.get(field)}")
-  _require(t.get("sample_every", 0) >= 0, "train.sample_every", "must be >= 0 (0 = only at the end)")
-  _require(t.get("keep_checkpoints", 3) >= 1, "train.keep_checkpoints", "must be >= 1")
-  _require(t.get("nan_policy", "stop") in ("stop", "skip"), "train.nan_policy",
-           f"must be 'stop' or 'skip', got {t.get('nan_policy')!r}")
-  _require(isinstance(t.get("debug_nan_step", -1), int), "train.debug_nan_step",
-           f"must be an integer (-1 = off), got {t.get('debug_nan_step')!r}")
-  _require(t.get("preemption_sync_every", 1) >= 1, "train.preemption_sync_every", "must be >= 1")
+    _require(t[field] > 0, f"train.{field}", f"must be positive, got {t[field]}")
+  _require(t.sample_every >= 0, "train.sample_every", "must be >= 0 (0 = only at the end)")
+  _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+  _require(t.nan_policy in ("stop", "skip"), "train.nan_policy",
+           f"must be 'stop' or 'skip', got {t.nan_policy!r}")
+  _require(isinstance(t.debug_nan_step, int), "train.debug_nan_step",
+           f"must be an integer (-1 = off), got {t.debug_nan_step!r}")
+  _require(t.preemption_sync_every >= 1, "train.preemption_sync_every", "must be >= 1")
   validate_diagnostics(config)
 
 
@@ -53,7 +46,7 @@ def _is_int(v) -> bool:
 def validate_diagnostics(config) -> None:
   """Milestone checkpoints, compilation cache, profiler window and MFU peak (train.*)."""
   t = config.train
-  keep_every, ckpt_every = t.get("keep_every", 0), t.get("ckpt_every", 1)
+  keep_every, ckpt_every = t.keep_every, t.ckpt_every
   _require(_is_int(keep_every) and keep_every >= 0, "train.keep_every",
            f"must be an integer >= 0 (0 = no milestone checkpoints), got {keep_every!r}")
   # Milestones are chosen among saved checkpoints: a multiple of keep_every that is never saved
@@ -61,32 +54,32 @@ def validate_diagnostics(config) -> None:
   _require(keep_every == 0 or keep_every % ckpt_every == 0, "train.keep_every",
            f"{keep_every} is not a multiple of train.ckpt_every={ckpt_every}, so those steps are never saved; "
            f"use a multiple of {ckpt_every} (or 0 = off)")
-  _require(isinstance(t.get("compilation_cache_dir", ""), str), "train.compilation_cache_dir",
-           f"must be a directory path string (\"\" = off), got {t.get('compilation_cache_dir')!r}")
-  _require(t.get("compilation_cache_min_compile_secs", 1.0) >= 0, "train.compilation_cache_min_compile_secs",
-           f"must be >= 0 seconds, got {t.get('compilation_cache_min_compile_secs')!r}")
+  _require(isinstance(t.compilation_cache_dir, str), "train.compilation_cache_dir",
+           f"must be a directory path string (\"\" = off), got {t.compilation_cache_dir!r}")
+  _require(t.compilation_cache_min_compile_secs >= 0, "train.compilation_cache_min_compile_secs",
+           f"must be >= 0 seconds, got {t.compilation_cache_min_compile_secs!r}")
   for field in ("profile_start", "profile_steps"):
-    v = t.get(field, 0)
+    v = t[field]
     _require(_is_int(v) and v >= 0, f"train.{field}", f"must be an integer >= 0, got {v!r}")
-  _require(t.get("peak_tflops_per_device", 0.0) >= 0, "train.peak_tflops_per_device",
-           f"must be >= 0 (0 = from the device kind), got {t.get('peak_tflops_per_device')!r}")
+  _require(t.peak_tflops_per_device >= 0, "train.peak_tflops_per_device",
+           f"must be >= 0 (0 = from the device kind), got {t.peak_tflops_per_device!r}")
 
 
 def validate_data(config) -> None:
   """Loop-side data fields (the dataset fields themselves are checked by `adaflow.data.get_info`)."""
-  p = config.data.get("prefetch", 2) if config.get("data") is not None else 0
+  p = config.data.prefetch if config.data is not None else 0
   _require(isinstance(p, int) and not isinstance(p, bool) and p >= 0, "data.prefetch",
            f"must be an integer >= 0 (batches built ahead on host threads; 0 = synchronous), got {p!r}")
 
 
 def validate_flow(config) -> None:
   f = config.flow
-  _require(f.get("interpolant", "linear") in INTERPOLANTS, "flow.interpolant",
-           f"must be one of {sorted(INTERPOLANTS)}, got {f.get('interpolant')!r}")
-  _require(f.get("prediction", "velocity") in PREDICTIONS, "flow.prediction",
-           f"must be one of {PREDICTIONS}, got {f.get('prediction')!r}")
-  _require(f.get("t_sampler") in T_SAMPLERS, "flow.t_sampler",
-           f"must be one of {T_SAMPLERS}, got {f.get('t_sampler')!r}")
+  _require(f.interpolant in INTERPOLANTS, "flow.interpolant",
+           f"must be one of {sorted(INTERPOLANTS)}, got {f.interpolant!r}")
+  _require(f.prediction in PREDICTIONS, "flow.prediction",
+           f"must be one of {PREDICTIONS}, got {f.prediction!r}")
+  _require(f.t_sampler in T_SAMPLERS, "flow.t_sampler",
+           f"must be one of {T_SAMPLERS}, got {f.t_sampler!r}")
   s = config.sample
   _require(int(s.steps) >= 1, "sample.steps", f"must be >= 1, got {s.steps}")
   _require(s.method in METHODS, "sample.method", f"must be one of {METHODS}, got {s.method!r}")
@@ -98,20 +91,26 @@ def validate_model(config, info) -> None:
   h, w, _ = info.image_shape
   p = m.patch_size
   _require(p >= 1, "model.patch_size", f"must be >= 1, got {p}")
-  for g in m.get("stage_groups", ((1, 1),)):
+  for g in m.stage_groups:
     gh, gw = g
     _require(h % (p * gh) == 0 and w % (p * gw) == 0, "model.patch_size",
              f"image {h}x{w} (data.image_size) is not divisible by the patch {p * gh}x{p * gw} "
              f"(patch_size {p} x stage grouping {gh}x{gw}); choose a patch size that divides the image")
-  if not m.get("size"):
+  if not m.size:
     _require(m.hidden_size % m.num_heads == 0, "model.hidden_size",
              f"{m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
     _require(m.hidden_size % 4 == 0, "model.hidden_size", "must be divisible by 4 (2D sin-cos positions)")
     _require(m.depth >= 1, "model.depth", f"must be >= 1, got {m.depth}")
-  _require(0.0 <= m.get("class_dropout", 0.1) < 1.0, "model.class_dropout", "must be in [0, 1)")
-  _require(isinstance(m.get("remat", False), bool), "model.remat", f"must be True or False, got {m.get('remat')!r}")
+  _require(0.0 <= m.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
+  _require(isinstance(m.remat, bool), "model.remat", f"must be True or False, got {m.remat!r}")
   _require(m.dtype in ("bfloat16", "float32", "float16"), "model.dtype",
            f"must be bfloat16, float32 or float16, got {m.dtype!r}")
+
+
+def validate_objective_fields(config) -> None:
+  """Fields that belong to one objective must not be set for another (they would be ignored)."""
+  _require(config.model.stages is None or config.objective == "ppflow", "model.stages",
+           "only objective 'ppflow' uses a patch schedule; set config.objective='ppflow' or remove model.stages")
 
 
 def validate_mesh(config, num_devices: int, num_processes: int = 1) -> None:
@@ -127,9 +126,13 @@ def validate_mesh(config, num_devices: int, num_processes: int = 1) -> None:
            f"global batch {b} is not divisible by the number of processes {num_processes}")
 
 
-def validate(config, info=None, num_devices: Optional[int] = None, num_processes: int = 1) -> None:
+def validate(config, info=None, num_devices: Optional[int] = None, num_processes: int = 1,
+             checks: Sequence[Callable] = ()) -> None:
   """All checks that need no compilation. `info` is the dataset's DatasetInfo (from
-  `adaflow.data.get_info`, which itself validates `config.data`)."""
+  `adaflow.data.get_info`, which itself validates `config.data`); `checks` are further
+  `fn(config, info)`, e.g. the objective's `validate`."""
+  check_known_fields(config)
+  validate_objective_fields(config)
   validate_train(config)
   validate_data(config)
   validate_flow(config)
@@ -137,7 +140,7 @@ def validate(config, info=None, num_devices: Optional[int] = None, num_processes
     validate_model(config, info)
   if num_devices is not None:
     validate_mesh(config, num_devices, num_processes)
-  for fn in _VALIDATORS:
+  for fn in checks:
     fn(config, info)
 
 

@@ -1,10 +1,23 @@
-"""Every config field with its default; `configs/*.py` start from `base_config()` and override.
+"""Every config field with its default, declared once; `configs/*.py` start from `base_config()`
+and override.
 
-Any field can be overridden on the command line: `--config.train.steps=100`.
+Any field can be overridden on the command line: `--config.train.steps=100`. A field whose
+default is "unset" is an ml_collections placeholder (a typed None), because absl's config flags
+refuse to override a plain None: `--config.data.data_dir=/my/images` works. Method sections
+(`routing`, `compose`, `selector`, `dqvae`, `dq_transformer`, `grouped`) are always present;
+whether a method runs is decided by `objective` (and `grouped.enabled` for train-then-prune).
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import ml_collections
+from ml_collections import config_dict
+
+# The step counts the AdaDiff policy chooses from (arXiv 2311.14768 uses a few powers of two).
+DEFAULT_STEP_SET = (4, 8, 16, 32, 64)
+# DiffCR kept-token ratios, one compiled program per bin (arXiv 2412.16822).
+DEFAULT_ROUTING_BINS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -16,9 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="digits",          # digits | crops | tfds:<name> | folder
       image_size=16,
-      channels=None,          # None: the dataset's natural channels (digits 1, crops 3, tfds as stored)
+      channels=config_dict.placeholder(int),  # unset: the dataset's natural channels (digits 1, crops 3, tfds as stored)
       random_flip=False,
-      data_dir=None,          # TFDS data_dir, or the image folder root for `folder`
+      data_dir=config_dict.placeholder(str),  # TFDS data_dir, or the image folder root for `folder`
       split="train",
       num_crops=8192,         # examples per epoch of the `crops` dataset
       resize=False,           # resize images of another size instead of rejecting them
@@ -42,6 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="bfloat16",       # matmul inputs; params and accumulation are float32
       remat=False,            # nn.remat per block: recompute activations in the backward (+33% FLOPs)
       stage_groups=((1, 1),),
+      # PPFlow patch schedule ((t_end, (ph, pw)), ...), noise first; only objective 'ppflow' uses it.
+      stages=config_dict.placeholder(tuple),
+      # A pruned sub-model: per block (heads, mlp_dim); () = the full model. Set by the grouped driver.
+      blocks=(),
   ))
 
   c.flow = ml_collections.ConfigDict(dict(
@@ -91,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
       method="heun",          # euler | heun
       steps=16,
       cfg_scale=2.0,          # 1.0 = no guidance
+      cfg_scales=config_dict.placeholder(tuple),  # PPFlow: one scale per stage (coarse first); unset = cfg_scale
   ))
 
   c.eval = ml_collections.ConfigDict(dict(
@@ -103,7 +121,196 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+
+  # DQ-Transformer: the trained DQ-VAE workdir whose tokenizer is frozen (`--tokenizer` sets it).
+  c.tokenizer_workdir = ""
+  c.routing = routing_defaults()
+  c.compose = compose_defaults()
+  c.selector = selector_defaults()
+  c.dqvae = dqvae_defaults()
+  c.dq_transformer = dq_transformer_defaults()
+  c.grouped = grouped_defaults()
   return c
+
+
+def routing_defaults() -> ml_collections.ConfigDict:
+  """`config.routing`: DiffCR token routing (objective 'routed_flow_matching', compose.routing)."""
+  return ml_collections.ConfigDict(dict(
+      bins=DEFAULT_ROUTING_BINS,  # kept-token ratios with static k = ceil(bin * N); must contain 1.0
+      num_regions=4,            # timestep regions (paper: 4 for text-to-image, 10 for inpainting)
+      boundaries=(),            # () = num_regions even ranges of [0, 1]; else R + 1 edges 0 .. 1
+      target=0.75,              # mean kept ratio the ratio loss pulls toward
+      ratio_loss_weight=0.3,    # lambda_r (the paper's text: 0.3)
+      init_ratio=1.0,           # initial rho (1.0 = no compression)
+      rho_min=0.1,              # rho is clamped to [rho_min, rho_max]
+      rho_max=1.0,
+      scale="ste",              # ste | weight (see adaflow.models.routing)
+      fixed_ratio=0.0,          # > 0: non-learned uniform ratio for every layer/region (baseline)
+      ratio_lr_scale=1.0,       # rho = ratio_lr_scale * param: with Adam, rho moves ~scale x faster
+  ))
+
+
+def compose_defaults() -> ml_collections.ConfigDict:
+  """`config.compose`: which methods a composed generator uses (objective 'composed')."""
+  return ml_collections.ConfigDict(dict(
+      ppflow=False,
+      stages=(),              # PPFlow schedule ((t_end, (ph, pw)), ...), noise first, used when ppflow
+      routing=False,
+      grouped=False,
+      group_blocks=(),        # per group: ((heads, mlp_dim), ...) of its pruned blocks (set by the recipe)
+      group_edges=(),         # N + 1 group boundaries in t (set by the recipe)
+      selector=False,
+      # recipe budgets (steps of train.batch_size images; adaflow.pipelines.recipe)
+      dense_steps=600,
+      ppflow_steps=200,
+      routing_steps=200,
+      grouped_steps=200,      # all groups trained together (one batch split over the groups)
+      selector_steps=100,
+      selector_batch=32,
+      finetune_lr=3e-4,
+      finetune_warmup_steps=20,
+  ))
+
+
+def selector_defaults() -> ml_collections.ConfigDict:
+  """`config.selector`: the AdaDiff step policy (objective 'step_selector', compose.selector)."""
+  return ml_collections.ConfigDict(dict(
+      generator_workdir="",    # frozen flow-matching generator; `--init <workdir>` sets it
+      step_set=DEFAULT_STEP_SET,
+      quality="classifier",    # closeness | classifier | features  (adaflow.rl.rewards)
+      beta=0.5,                # R = quality - beta * steps / max_steps
+      entropy_coef=0.01,
+      baseline_decay=0.9,
+      hidden=64,
+      depth=2,
+      use_noise_stats=False,   # add initial-noise statistics to the policy input
+      method="",               # ODE method; "" = the generator's sample.method
+      cfg_scale=-1.0,          # CFG scale; < 0 = the generator's sample.cfg_scale
+      classifier_seed=0,
+      lr=3e-3,                 # the compose recipe's policy learning rate
+  ))
+
+
+def dqvae_defaults() -> ml_collections.ConfigDict:
+  """`config.dqvae`: the DQ-VAE tokenizer (objective 'dqvae'; arXiv 2305.11842)."""
+  return ml_collections.ConfigDict(dict(
+      router="gumbel",          # gumbel | entropy | fixed (fixed = the fixed-grid VQ baseline)
+      fine_fraction=0.5,        # target r (gumbel: budget target; entropy: percentile; fixed: exact)
+      budget_weight=10.0,       # gamma
+      gumbel_tau=1.0,
+      gate_gradient="max",      # max: the paper's straight-through (selected map x gate max); both: mix
+      gate_calibration=True,    # encode with the EMA (1 - r) quantile of the gate margin as threshold
+      gate_calibration_decay=0.9,
+      entropy_bins=16,
+      entropy_num_images=1024,  # training images used to set the entropy threshold
+      coarse_stride=8,          # F: coarse regions F x F, fine cells F/2 x F/2
+      width=64,
+      num_res_blocks=1,
+      embed_dim=32,
+      codebook_size=256,
+      ema_decay=0.99,
+      commitment=0.25,
+      restart_threshold=0.05,   # EMA cluster size below which a code is restarted
+      l1_weight=1.0,
+      l2_weight=1.0,
+      perceptual_weight=0.0,    # > 0 uses the adaflow.eval classifier's features
+      disc_weight=0.0,          # > 0 adds a PatchGAN critic (hinge loss)
+      disc_width=32,
+      recon_bank_per_class=64,  # real examples per class behind generate() (reconstructions)
+  ))
+
+
+def dq_transformer_defaults() -> ml_collections.ConfigDict:
+  """`config.dq_transformer`: the stage-2 transformer over DQ-VAE codes (objective 'dq_transformer')."""
+  return ml_collections.ConfigDict(dict(
+      width=128,
+      depth_pos=2,
+      depth_content=2,
+      num_heads=4,
+      mlp_ratio=4.0,
+      dtype="bfloat16",       # matmul inputs; params and accumulation float32
+      position_weight=0.5,    # the 1/2 in CE(content) + 1/2 (CE coarse pos + CE fine pos)
+      top_k=0,                # 0 = no top-k filtering
+      temperature=1.0,
+  ))
+
+
+def grouped_defaults() -> ml_collections.ConfigDict:
+  """`config.grouped`: timestep-grouped train-then-prune (arXiv 2312.13307)."""
+  return ml_collections.ConfigDict(dict(
+      # True: `adaflow train` runs the three-stage pipeline (adaflow.pipelines.grouped) instead of
+      # one training run; the compose recipe reads the other fields without it.
+      enabled=False,
+      num_groups=4,            # N timestep groups (contiguous, equal width in SNR dB)
+      k=0.5,                   # smallest budget fraction: budget(i) = (i/N + (N-i)/N k) F
+      largest="data",          # which end of t gets the full-size model: data (t ~ 1) | noise (t ~ 0)
+      snr_range_db=(-20.0, 20.0),
+      stage1_steps=1500,       # dense base steps (batch train.batch_size)
+      stage2_steps=250,        # fine-tune steps PER GROUP (0 = pruning only)
+      stage2_lr=3e-4,
+      stage2_warmup_steps=20,
+      importance="taylor",     # taylor | magnitude
+      importance_batches=4,
+      proposer="importance",   # importance | random
+      rounds=4,
+      proposals_per_round=4,
+      proxy_samples=256,       # held-out examples per proxy evaluation
+      proxy_finetune_steps=0,  # optional Adam steps before the proxy loss
+      proxy_lr=1e-4,
+      mlp_granularity=32,      # MLP channels move in chunks of this size
+      allow_block_drop=True,
+      search_seed=0,
+      eval_stage1=False,       # FD of the dense base after stage 1
+      # Stage 2 of one group (set by the driver, objective 'grouped_finetune'):
+      group=config_dict.placeholder(int),      # the group's index
+      t_range=config_dict.placeholder(tuple),  # (lo, hi): the group's time range
+  ))
+
+
+def _unknown(path: str, known) -> ValueError:
+  return ValueError(f"config.{path}: unknown field; known fields here are {sorted(known)} "
+                    "(adaflow.config_defaults.base_config declares every field)")
+
+
+def check_known_fields(config, schema=None, prefix: str = "") -> None:
+  """Raises one ValueError naming the first field of `config` that `base_config()` does not declare."""
+  schema = base_config() if schema is None else schema
+  for k in config.keys():
+    path = f"{prefix}{k}"
+    if k not in schema:
+      raise _unknown(path, schema.keys())
+    value, default = config[k], schema[k]
+    if isinstance(default, ml_collections.ConfigDict):
+      if not isinstance(value, (Mapping, ml_collections.ConfigDict)):
+        raise ValueError(f"config.{path}: is a section of fields, got {value!r}")
+      check_known_fields(value, default, path + ".")
+
+
+def merged_config(given: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """`given` (a config saved by an older or newer run, e.g. a checkpoint's `config` as a dict)
+  written over `base_config()`: fields added since it was saved take their defaults; a field the
+  schema does not declare is one ValueError naming it."""
+  c = base_config()
+  _merge(c, given, "")
+  return c
+
+
+def _merge(into: ml_collections.ConfigDict, given, prefix: str) -> None:
+  for k in given.keys():
+    path = f"{prefix}{k}"
+    if k not in into:
+      raise _unknown(path, into.keys())
+    value = given[k]
+    if isinstance(into[k], ml_collections.ConfigDict):
+      if not isinstance(value, (Mapping, ml_collections.ConfigDict)):
+        raise ValueError(f"config.{path}: is a section of fields, got {value!r}")
+      _merge(into[k], value, path + ".")
+      continue
+    try:
+      into[k] = value
+    except TypeError:
+      raise ValueError(f"config.{path}: has type {type(value).__name__}, expected the type of its "
+                       f"default {into[k]!r}") from None
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -5,7 +5,6 @@ adaflow train --config configs/imagenet64_dqtransformer.py --workdir gs://.../dq
 Sequence length 16*16 + 3 = 259 (padded); position vocabulary 257, content 1024 + EOS.
 """
 from adaflow.config_defaults import base_config
-from adaflow.objectives.dq_transformer import dq_transformer_defaults
 
 
 def get_config():
@@ -17,7 +16,6 @@ def get_config():
   c.data.image_size = 64
   c.data.channels = 3
   c.data.random_flip = True
-  c.dq_transformer = dq_transformer_defaults()
   c.dq_transformer.width = 768
   c.dq_transformer.depth_pos = 12
   c.dq_transformer.depth_content = 12

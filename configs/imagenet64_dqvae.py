@@ -8,7 +8,6 @@ adaflow train --config configs/imagenet64_dqvae.py --workdir gs://.../dqvae64 \
     --config.data.data_dir=gs://.../tfds
 """
 from adaflow.config_defaults import base_config
-from adaflow.objectives.dqvae import dqvae_defaults
 
 
 def get_config():
@@ -19,7 +18,6 @@ def get_config():
   c.data.image_size = 64
   c.data.channels = 3
   c.data.random_flip = True
-  c.dqvae = dqvae_defaults()
   c.dqvae.router = "gumbel"
   c.dqvae.fine_fraction = 0.5
   c.dqvae.budget_weight = 10.0

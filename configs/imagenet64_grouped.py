@@ -15,8 +15,6 @@ import os
 
 from adaflow.config_defaults import load_config_file
 
-from adaflow.pipelines.grouped import grouped_defaults
-
 
 def _dense():
   """configs/imagenet64_dense.py, which this config builds on."""
@@ -26,7 +24,7 @@ def _dense():
 def get_config():
   c = _dense()
   c.name = "imagenet64_grouped"
-  c.grouped = grouped_defaults()
+  c.grouped.enabled = True   # `adaflow train` runs stage 1, pruning, stage 2
   g = c.grouped
   g.num_groups = 5
   g.k = 0.5

@@ -12,8 +12,6 @@ import os
 
 from adaflow.config_defaults import load_config_file
 
-from adaflow.objectives.step_selector import selector_defaults
-
 
 def _quickstart_config():
   """configs/quickstart.py, which this config builds on."""
@@ -24,7 +22,6 @@ def get_config():
   c = _quickstart_config()         # same data / model fields as the generator it loads
   c.name = "quickstart_adadiff"
   c.objective = "step_selector"
-  c.selector = selector_defaults()
   c.selector.step_set = (4, 8, 16, 32, 64)
   c.selector.quality = "closeness"   # classifier log p saturates on digits: every count >= 4 is ~100% (see results)
   c.selector.beta = 0.01

@@ -14,11 +14,6 @@ import os
 
 from adaflow.config_defaults import load_config_file
 
-from adaflow.compose.spec import compose_defaults
-from adaflow.models.routing import routing_defaults
-from adaflow.objectives.step_selector import selector_defaults
-from adaflow.pipelines.grouped import grouped_defaults
-
 
 def _quickstart():
   """configs/quickstart.py, which this config builds on."""
@@ -35,7 +30,6 @@ def get_config():
   c.train.log_every = 50
   c.eval.num_samples = 500
 
-  c.compose = compose_defaults()
   c.compose.ppflow = True
   c.compose.stages = ((0.5, (4, 4)), (0.75, (2, 4)), (1.0, (2, 2)))
   c.compose.routing = True
@@ -50,14 +44,12 @@ def get_config():
   c.compose.finetune_lr = 3e-4
   c.compose.finetune_warmup_steps = 20
 
-  c.routing = routing_defaults()
   c.routing.bins = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
   c.routing.num_regions = 4
   c.routing.target = 0.6
   c.routing.ratio_loss_weight = 0.3
   c.routing.ratio_lr_scale = 10.0   # ratios move within the short fine-tune (see adaflow.models.routing)
 
-  c.grouped = grouped_defaults()
   c.grouped.num_groups = 4
   c.grouped.k = 0.5
   c.grouped.largest = "data"
@@ -66,7 +58,6 @@ def get_config():
   c.grouped.proxy_samples = 128
   c.grouped.importance_batches = 2
 
-  c.selector = selector_defaults()
   c.selector.step_set = (4, 8, 16)
   c.selector.quality = "closeness"
   c.selector.beta = 0.01

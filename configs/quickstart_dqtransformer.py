@@ -5,7 +5,6 @@ adaflow train --config configs/quickstart_dqtransformer.py --workdir runs/dqt --
 adaflow sample --workdir runs/dqt        # sample grid + <grid>_map.png (coarse/fine maps)
 """
 from adaflow.config_defaults import base_config
-from adaflow.objectives.dq_transformer import dq_transformer_defaults
 
 
 def get_config():
@@ -17,7 +16,6 @@ def get_config():
   c.data.image_size = 32
   c.data.channels = 3
   c.data.random_flip = True
-  c.dq_transformer = dq_transformer_defaults()
   c.dq_transformer.width = 128
   c.dq_transformer.depth_pos = 2
   c.dq_transformer.depth_content = 3

@@ -8,7 +8,6 @@ Coarse regions are 8x8 pixels (4x4 grid), fine cells 4x4 (8x8 grid); with fine f
 image costs 16 * (1 + 3 * 0.5) = 40 codes on average (all-coarse 16, all-fine 64).
 """
 from adaflow.config_defaults import base_config
-from adaflow.objectives.dqvae import dqvae_defaults
 
 
 def get_config():
@@ -19,7 +18,6 @@ def get_config():
   c.data.image_size = 32
   c.data.channels = 3
   c.data.random_flip = True
-  c.dqvae = dqvae_defaults()
   c.dqvae.router = "gumbel"
   # The paper's estimator ('max') ties the fixed map at this budget; 'both' beats it
   # (experiments/results/dq.md: 1500 steps, MSE 0.0180 at 37.8 codes vs 0.0207 at 40).

@@ -11,8 +11,6 @@ import os
 
 from adaflow.config_defaults import load_config_file
 
-from adaflow.pipelines.grouped import grouped_defaults
-
 
 def _quickstart():
   """configs/quickstart.py, which this config builds on."""
@@ -22,7 +20,7 @@ def _quickstart():
 def get_config():
   c = _quickstart()
   c.name = "quickstart_grouped"
-  c.grouped = grouped_defaults()
+  c.grouped.enabled = True   # `adaflow train` runs stage 1, pruning, stage 2
   c.grouped.num_groups = 4
   c.grouped.k = 0.5
   c.grouped.largest = "data"

@@ -17,8 +17,6 @@ import os
 
 from adaflow.config_defaults import load_config_file
 
-from adaflow.models.routing import routing_defaults
-
 
 def _quickstart():
   """configs/quickstart.py, which this config builds on."""
@@ -30,7 +28,6 @@ def get_config():
   c.name = "quickstart_routed"
   c.objective = "routed_flow_matching"
   c.model.patch_size = 2
-  c.routing = routing_defaults()
   c.routing.bins = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
   c.routing.num_regions = 4          # even quarters of t: [0, .25], (.25, .5], (.5, .75], (.75, 1]
   c.routing.target = 0.75

@@ -307,7 +307,7 @@ def main():
 
   # ---- samples and features ------------------------------------------------------------------
   cfg0 = tr.config
-  clf = get_classifier(cfg0.data, args.cache, seed=int(cfg0.eval.get("classifier_seed", 0)), log=log)
+  clf = get_classifier(cfg0.data, args.cache, seed=int(cfg0.eval.classifier_seed), log=log)
   fast_fd = FastFD(clf.reference_stats)
   labels = balanced_labels(args.num, tr.objective.num_classes)
   batch = min(args.gen_batch, args.num)

@@ -38,7 +38,7 @@ from adaflow.models.grouped import group_key  # noqa: E402
 from adaflow.objectives.flow_matching import FlowMatchingObjective  # noqa: E402
 from adaflow.parallel import make_mesh  # noqa: E402
 from adaflow.prune import budget as budget_lib  # noqa: E402
-from adaflow.pipelines.grouped import (grouped_defaults, grouped_objective, prune, run_grouped,  # noqa: E402
+from adaflow.pipelines.grouped import (grouped_objective, prune, run_grouped,  # noqa: E402
                                     sampling_summary)
 from adaflow.prune.slicing import Structure, slice_params  # noqa: E402
 from adaflow.eval.generate import balanced_labels, make_generate_fn  # noqa: E402
@@ -66,7 +66,7 @@ def base_config(args):
 
 def grouped_cfg(args, largest, proposer="importance", stage2=None, k=0.5):
   c = base_config(args)
-  c.grouped = grouped_defaults()
+  c.grouped.enabled = True   # `adaflow train` runs stage 1, pruning, stage 2
   g = c.grouped
   g.num_groups, g.k, g.largest = 4, k, largest
   g.stage1_steps, g.stage2_steps = args.stage1, args.stage2 if stage2 is None else stage2

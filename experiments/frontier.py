@@ -47,7 +47,6 @@ from adaflow.pipelines import recipe as recipe_lib  # noqa: E402
 from adaflow.pipelines.stages import run_stage  # noqa: E402
 from adaflow.compose.generator import ComposedGenerator  # noqa: E402
 from adaflow.compose.sampler import ComposedSampler  # noqa: E402
-from adaflow.compose.spec import compose_config  # noqa: E402
 from adaflow.config_defaults import load_config_file  # noqa: E402
 from adaflow.eval import evaluate_samples, get_classifier  # noqa: E402
 from adaflow.models.grouped import group_key  # noqa: E402
@@ -94,7 +93,7 @@ def train_all(config, work, log):
   from adaflow.pipelines.grouped import run_grouped
   from adaflow.train.loop import train
   from adaflow.train.loop import load_params
-  cc = compose_config(config)
+  cc = config.compose
   total = cc.dense_steps + cc.ppflow_steps + cc.routing_steps + cc.grouped_steps
   rest = total - cc.dense_steps
   secs = {}
@@ -202,7 +201,7 @@ def sampler_arm(name, images, sampler, time_labels, chunk, note=""):
 
 def build_arms(config, summary, dirs, total, args, time_labels):
   from adaflow.train.loop import load_params, load_trainer_and_params
-  cc = compose_config(config)
+  cc = config.compose
   info = data_lib.get_info(config.data)
   bs = int(config.train.batch_size)
   T = total * bs
@@ -295,7 +294,7 @@ def plot(arms, path):
 
 def write_report(args, config, arms, summary, secs, total, machine, date, path_md, path_png):
   bs = int(config.train.batch_size)
-  cc = compose_config(config)
+  cc = config.compose
   s = config.sample
   ref = next(a for a in arms if a.name == f"dense {int(s.steps)} steps")
   comp = next(a for a in arms if a.name == "composed (all four)")

@@ -26,7 +26,7 @@ def test_valid_step_set():
 
 
 def selector_config(generator_workdir="/nonexistent", **overrides):
-  from adaflow.objectives.step_selector import selector_defaults
+  from adaflow.config_defaults import selector_defaults
   c = tiny_config(**overrides)
   c.objective = "step_selector"
   c.selector = selector_defaults()
@@ -38,26 +38,27 @@ def selector_config(generator_workdir="/nonexistent", **overrides):
 
 
 def test_config_validation_names_fields():
-  from adaflow import config as config_lib
+  from adaflow.train import registry
   c = selector_config()
   c.selector.step_set = (16, 8)
   with pytest.raises(ValueError, match=r"selector\.step_set"):
-    config_lib.validate(c)
+    registry.validate(c)
   c = selector_config(generator_workdir="")
   with pytest.raises(ValueError, match=r"selector\.generator_workdir.*--init"):
-    config_lib.validate(c)
+    registry.validate(c)
   c = selector_config()
   c.selector.quality = "psnr"
   with pytest.raises(ValueError, match=r"selector\.quality"):
-    config_lib.validate(c)
+    registry.validate(c)
 
 
 def test_use_init_workdir_sets_generator():
   from adaflow.train.registry import OBJECTIVES
   c = selector_config()
-  OBJECTIVES["step_selector"].use_init_workdir(c, "some/gen")
+  assert OBJECTIVES["step_selector"].use_init_workdir(c, "some/gen") is True
   assert c.selector.generator_workdir == os.path.abspath("some/gen")
-  assert not hasattr(OBJECTIVES["flow_matching"], "use_init_workdir")  # normal --init path unchanged
+  assert OBJECTIVES["flow_matching"].use_init_workdir(c, "other") is False  # normal --init path unchanged
+  assert c.selector.generator_workdir == os.path.abspath("some/gen")
 
 
 # ---- REINFORCE -----------------------------------------------------------------------------------
@@ -225,9 +226,10 @@ def test_objective_loss_gradient_and_baseline():
   obj, _, _ = _tiny_objective()
   params = obj.init(jax.random.PRNGKey(0))
   batch = {"image": jnp.zeros((8, 16, 16, 1)), "label": jnp.arange(8) % 10}
-  (loss, metrics), grads = jax.jit(jax.value_and_grad(obj.loss, has_aux=True))(params, batch, jax.random.PRNGKey(1))
+  (loss, (metrics, side)), grads = jax.jit(jax.value_and_grad(obj.loss, has_aux=True))(params, batch,
+                                                                                      jax.random.PRNGKey(1))
   assert np.isfinite(float(loss))
-  side = metrics.pop("_side")
+  assert obj.has_side
   assert float(side["initialized"]) == 1.0
   np.testing.assert_allclose(float(side["value"]), float(metrics["reward"]), rtol=1e-5)
   assert float(metrics["frac_1"]) + float(metrics["frac_2"]) == pytest.approx(1.0)
@@ -235,7 +237,7 @@ def test_objective_loss_gradient_and_baseline():
   g_policy = sum(float(jnp.sum(jnp.abs(x))) for x in jax.tree_util.tree_leaves(grads["params"]))
   assert g_policy > 0
   assert all(float(jnp.all(x == 0)) for x in jax.tree_util.tree_leaves(grads["reinforce"]))
-  assert float(obj.post_update(params, side)["reinforce"]["value"]) == float(side["value"])
+  assert float(obj.after_update(params, side)["reinforce"]["value"]) == float(side["value"])
 
 
 @pytest.mark.slow

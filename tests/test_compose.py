@@ -16,15 +16,15 @@ from adaflow.compose.generator import ComposedGenerator
 from adaflow.compose.model import finest_stage_view
 from adaflow.compose.objective import ComposedObjective, cells
 from adaflow.compose.sampler import ComposedSampler
-from adaflow.compose.spec import compose_defaults, spec_from_config
+from adaflow.compose.spec import spec_from_config
+from adaflow.config_defaults import compose_defaults, merged_config, routing_defaults, selector_defaults
 from adaflow.models.dit import dit_from_config
 from adaflow.models.grouped import group_key
-from adaflow.models.routing import routing_defaults
 from adaflow.objectives.flow_matching import FlowMatchingObjective
 from adaflow.objectives.grouped import GroupedFlowObjective
 from adaflow.objectives.ppflow import PPFlowObjective
 from adaflow.objectives.routed import RoutedFlowMatchingObjective
-from adaflow.objectives.step_selector import StepSelectorObjective, selector_defaults
+from adaflow.objectives.step_selector import StepSelectorObjective
 from adaflow.prune import budget as budget_lib
 from adaflow.prune.slicing import Structure, mask_params, slice_params
 from conftest import tiny_config
@@ -245,7 +245,7 @@ def test_composed_objective_with_routing_trains_ratios():
   assert "ratio_loss" in m
   for g in ("group_0", "group_1"):
     assert float(jnp.abs(grads[g]["params"]["rho"]).sum()) > 0
-  projected = obj.post_update(jax.tree_util.tree_map(lambda a: a + 5.0, params), None)
+  projected = obj.after_update(jax.tree_util.tree_map(lambda a: a + 5.0, params), None)
   assert float(projected["group_1"]["params"]["rho"].max()) <= 1.0
 
 
@@ -356,12 +356,10 @@ def test_invalid_compose_fields(field, value, match):
 
 
 def test_compose_flags_must_be_booleans():
-  c = _config()
-  with c.unlocked():
-    del c["compose"]
-    c.compose = ml_collections.ConfigDict(dict(ppflow="yes"))
-  with pytest.raises(ValueError, match="compose.ppflow: has type str, expected bool"):
-    spec_from_config(c, _info(c))
+  given = _config().to_dict()            # e.g. a config.json written by hand
+  given["compose"]["ppflow"] = "yes"
+  with pytest.raises(ValueError, match="compose.ppflow: has type str, expected the type of its default False"):
+    merged_config(given)
 
 
 def test_grouped_structures_must_agree():
@@ -411,7 +409,7 @@ def test_selector_step_set_validated_and_objective_rejects_selector():
 def test_recipe_runs_every_stage_and_resumes(tmp_path):
   import os
   from adaflow.pipelines import recipe
-  from adaflow.pipelines.grouped import grouped_defaults
+  from adaflow.config_defaults import grouped_defaults
   c = _config(ppflow=True, routing=True, selector=True)
   c.compose.grouped = True
   c.grouped = grouped_defaults()

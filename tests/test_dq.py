@@ -12,7 +12,7 @@ from adaflow.models.vq import codebook_statistics, ema_codebook_update, quantize
 
 def _dq_config(**over):
   from conftest import tiny_config
-  from adaflow.objectives.dqvae import dqvae_defaults
+  from adaflow.config_defaults import dqvae_defaults
   c = tiny_config()
   c.objective = "dqvae"
   c.data.name = "digits"
@@ -75,7 +75,7 @@ def test_tokenizer_decode_inverts_encode():
   from adaflow.data import get_info
   c = _dq_config()
   info = get_info(c.data)
-  tok = build_tokenizer(c.dqvae, info, c.data)
+  tok = build_tokenizer(c.dqvae, info)
   params = nn.meta.unbox(tok.net.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1))))
   x = jax.random.uniform(jax.random.PRNGKey(1), (3, 16, 16, 1), minval=-1, maxval=1)
   y = jnp.array([0, 1, 2])
@@ -148,7 +148,7 @@ def test_codebook_ema_update_and_dead_code_restart():
 
 @pytest.mark.slow
 def test_dqvae_train_step_updates_codebook_by_ema_only():
-  """Through the shared train step: the codebook moves only by post_update (no gradient), all
+  """Through the shared train step: the codebook moves only by after_update (no gradient), all
   codes start dead and restart from encoder vectors, and the loss is finite."""
   from adaflow.data import get_info
   from adaflow.train.registry import build_objective
@@ -163,14 +163,14 @@ def test_dqvae_train_step_updates_codebook_by_ema_only():
   state = create_state(params, tx, jax.random.PRNGKey(1))
   x = jax.random.uniform(jax.random.PRNGKey(2), (8, 16, 16, 1), minval=-1, maxval=1)
   batch = {"image": x, "label": jnp.zeros((8,), jnp.int32)}
-  (_, metrics), grads = jax.value_and_grad(obj.loss, has_aux=True)(params, batch, jax.random.PRNGKey(3))
+  (_, (metrics, _)), grads = jax.value_and_grad(obj.loss, has_aux=True)(params, batch, jax.random.PRNGKey(3))
   assert float(jnp.abs(grads["params"]["codebook_embed"]).max()) == 0.0
   assert float(jnp.abs(grads["params"]["gate_fc2"]["kernel"]).max()) > 0.0     # gate learns (ST path)
   new_state, m = jax.jit(make_train_step(obj, tx, 0.0))(state, batch)
   assert np.isfinite(float(m["loss"]))
   new_cb = dq.codebook_of(new_state.params)
-  _, m2 = obj.loss(params, batch, jax.random.fold_in(state.rng, 0))        # the step's own statistics
-  counts, sums = np.asarray(m2["_side"]["counts"]), np.asarray(m2["_side"]["sums"])
+  _, (_, side) = obj.loss(params, batch, jax.random.fold_in(state.rng, 0))   # the step's own statistics
+  counts, sums = np.asarray(side["counts"]), np.asarray(side["sums"])
   # Every code was dead at init (cluster size 0). Codes that got fewer than threshold/(1-decay)
   # assignments stay dead and restart at an encoder vector of the batch with size 1; the others
   # move to the mean of their assigned vectors.
@@ -187,7 +187,7 @@ def test_dqvae_train_step_updates_codebook_by_ema_only():
 
 
 def test_gate_calibration_sets_encoding_fraction_and_both_estimator():
-  """post_update moves params['gate_threshold'] to the batch's (1 - r) quantile of the gate margin,
+  """after_update moves params['gate_threshold'] to the batch's (1 - r) quantile of the gate margin,
   so deterministic encoding codes a fraction r of the regions fine (the raw argmax need not);
   gate_gradient='both' has the same loss value as the paper's 'max' estimator but its own gate
   gradient."""
@@ -206,8 +206,8 @@ def test_gate_calibration_sets_encoding_fraction_and_both_estimator():
   assert raw > 0.9
   loss = jax.jit(obj.loss)
   for i in range(30):
-    _, m = loss(params, batch, jax.random.PRNGKey(i))
-    params = obj.post_update(params, m["_side"])
+    _, (_, side) = loss(params, batch, jax.random.PRNGKey(i))
+    params = obj.after_update(params, side)
   assert float(params["params"]["gate_threshold"]) > 0.5
   calibrated = float(jnp.mean(tok.encode_codes(params, x)["fine_mask"]))
   assert abs(calibrated - 0.25) < 0.02, calibrated
@@ -221,20 +221,20 @@ def test_gate_calibration_sets_encoding_fraction_and_both_estimator():
   assert float(jnp.abs(gb).max()) > 0 and float(jnp.abs(gm - gb).max()) > 1e-3 * float(jnp.abs(gb).max())
   assert float(jnp.abs(g_both["params"]["gate_threshold"])) == 0.0
   c_bad = _dq_config(gate_gradient="sometimes")
-  from adaflow import config as config_lib
+  from adaflow.train import registry
   with pytest.raises(ValueError, match="dqvae.gate_gradient"):
-    config_lib.validate(c_bad, info)
+    registry.validate(c_bad, info)
 
 
 def test_dqvae_config_errors():
-  from adaflow import config as config_lib
+  from adaflow.train import registry
   from adaflow.data import get_info
   c = _dq_config(coarse_stride=6)
   with pytest.raises(ValueError, match="dqvae.coarse_stride"):
-    config_lib.validate(c, get_info(c.data))
+    registry.validate(c, get_info(c.data))
   c = _dq_config(router="random")
   with pytest.raises(ValueError, match="dqvae.router"):
-    config_lib.validate(c, get_info(c.data))
+    registry.validate(c, get_info(c.data))
 
 
 def test_entropy_router_and_fixed_map():

@@ -82,7 +82,8 @@ def test_budget_formula_and_orientation():
 def test_bad_n_k_rejected(n, k, largest, field):
   with pytest.raises(ValueError, match=field):
     B.group_budgets(n, k, 1.0, largest)
-  from adaflow.pipelines.grouped import grouped_defaults, validate_grouped
+  from adaflow.config_defaults import grouped_defaults
+  from adaflow.pipelines.grouped import validate_grouped
   c = tiny_config()
   import ml_collections
   c.grouped = ml_collections.ConfigDict({**grouped_defaults().to_dict(), "num_groups": n, "k": k, "largest": largest})
@@ -254,7 +255,8 @@ def test_stage2_resumes_mid_group(tmp_path):
   """Stage 2 of one group, killed after its step-2 checkpoint, resumes to the same parameters."""
   from adaflow.data import get_info
   from adaflow.objectives.flow_matching import FlowMatchingObjective
-  from adaflow.pipelines.grouped import grouped_defaults, group_config
+  from adaflow.config_defaults import grouped_defaults
+  from adaflow.pipelines.grouped import group_config
   from adaflow.train.loop import train
   c = tiny_config()
   c.grouped = grouped_defaults()
@@ -279,7 +281,8 @@ def test_stage2_resumes_mid_group(tmp_path):
 @pytest.mark.slow
 def test_driver_end_to_end_and_resume(tmp_path):
   """The whole schedule through the driver; then group 1 interrupted mid stage 2 and resumed."""
-  from adaflow.pipelines.grouped import grouped_defaults, run_grouped
+  from adaflow.config_defaults import grouped_defaults
+  from adaflow.pipelines.grouped import run_grouped
   from adaflow.train.loop import load_params
   c = tiny_config()
   c.grouped = grouped_defaults()

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adaflow import config as config_lib
+from adaflow.train import registry
 from adaflow import flow
 from adaflow import data as data_lib
 from adaflow.models import ppflow as pp
@@ -85,24 +85,24 @@ def test_bad_stage_configs_rejected(stages, needle):
   c = pp_config(stages=stages)
   info = data_lib.get_info(c.data)
   with pytest.raises(ValueError, match="config.model.stages") as e:
-    config_lib.validate(c, info)
+    registry.validate(c, info)
   assert needle in str(e.value)
 
 
 def test_validator_other_fields():
   c = pp_config()
   info = data_lib.get_info(c.data)
-  config_lib.validate(c, info)                       # the good config passes
+  registry.validate(c, info)                       # the good config passes
   c.sample.cfg_scales = (1.0, 2.0)
   with pytest.raises(ValueError, match="config.sample.cfg_scales"):
-    config_lib.validate(c, info)
+    registry.validate(c, info)
   c = pp_config()
   c.objective = "flow_matching"
   with pytest.raises(ValueError, match="only objective 'ppflow'"):
-    config_lib.validate(c, info)
+    registry.validate(c, info)
   c = pp_config(**{"train.batch_size": 2})
   with pytest.raises(ValueError, match="config.train.batch_size"):
-    config_lib.validate(c, info)
+    registry.validate(c, info)
 
 
 def test_stage_choice_at_boundaries():
@@ -233,7 +233,7 @@ def test_convert_rejects_mismatched_model():
 def test_objective_gradients_reach_every_stage_and_sampling():
   c = pp_config(**{"train.batch_size": 8, "flow.t_sampler": "uniform"})
   info = data_lib.get_info(c.data)
-  config_lib.validate(c, info)
+  registry.validate(c, info)
   obj = build_objective(c, info)
   assert obj.counts == (4, 2, 2)
   params = perturb(nn.meta.unbox(jax.jit(obj.init)(jax.random.PRNGKey(0))), jax.random.PRNGKey(1), 0.05)

@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from adaflow import config as config_lib
+from adaflow.train import registry
+from adaflow.config_defaults import merged_config, routing_defaults
 from adaflow.models import routing
 from adaflow.models.dit import DiTBlock
 from conftest import tiny_config
@@ -47,7 +48,7 @@ TEST_BINS = (1.0, 0.8, 0.5)   # few bins keep the inference switch (one branch p
 
 def _model(**routing_overrides):
   cfg = tiny_config(objective="routed_flow_matching")
-  cfg.routing = routing.routing_defaults()
+  cfg.routing = routing_defaults()
   cfg.routing.bins = TEST_BINS
   cfg.routing.target = 0.75
   for k, v in routing_overrides.items():
@@ -174,7 +175,7 @@ def test_remat_routed_blocks_same_outputs_and_rho_gradient():
 
 
 def test_ratio_loss_alone_moves_rho_to_target_within_bounds():
-  spec = routing.spec_from_config(ml_collections.ConfigDict({"routing": dict(target=0.5, num_regions=3)}))
+  spec = routing.spec_from_config(merged_config({"routing": dict(target=0.5, num_regions=3)}))
   params = {"params": {"rho": jnp.ones((4, 3))}}
   tx = optax.sgd(3.0)
   opt = tx.init(params)
@@ -208,23 +209,23 @@ def test_ratio_loss_alone_moves_rho_to_target_within_bounds():
 ])
 def test_invalid_routing_config_rejected(field, value, match):
   cfg = tiny_config(objective="routed_flow_matching")
-  cfg.routing = routing.routing_defaults()
+  cfg.routing = routing_defaults()
   if field == "boundaries":
     cfg.routing.num_regions = len(value) - 1
   cfg.routing[field] = value
   with pytest.raises(ValueError, match=match):
-    config_lib.validate(cfg)
+    registry.validate(cfg)
 
 
 def test_regions_count_must_match_boundaries():
   cfg = tiny_config(objective="routed_flow_matching")
-  cfg.routing = routing.routing_defaults()
+  cfg.routing = routing_defaults()
   cfg.routing.boundaries = (0.0, 0.3, 1.0)
   cfg.routing.num_regions = 4
   with pytest.raises(ValueError, match="routing.num_regions"):
-    config_lib.validate(cfg)
+    registry.validate(cfg)
   cfg.routing.num_regions = 2
-  config_lib.validate(cfg)
+  registry.validate(cfg)
 
 
 def test_merge_dense_params_keeps_dense_weights_and_adds_routing():
@@ -245,7 +246,7 @@ def test_routing_inside_a_patch_stage():
   """Routing wraps whichever stage's blocks run: k follows that stage's token count."""
   cfg = tiny_config(objective="routed_flow_matching")
   cfg.model.stage_groups = ((2, 2), (1, 1))
-  cfg.routing = routing.routing_defaults()
+  cfg.routing = routing_defaults()
   cfg.routing.bins = TEST_BINS
   model = routing.routed_dit_from_config(cfg, (16, 16, 1), 10)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 1))
@@ -265,7 +266,7 @@ def test_routing_inside_a_patch_stage():
 def test_inspect_table_and_heatmap(tmp_path):
   from adaflow.commands.inspect import format_ratio_table, save_heatmap
   table = np.array([[1.0, 0.72], [0.55, 0.31]], np.float32)
-  spec = routing.spec_from_config(ml_collections.ConfigDict({"routing": dict(num_regions=2)}))
+  spec = routing.spec_from_config(merged_config({"routing": dict(num_regions=2)}))
   snapped = routing.snapped_table(table, spec)
   np.testing.assert_allclose(snapped, [[1.0, 0.7], [0.6, 0.3]])
   text = format_ratio_table(table, snapped, spec.boundaries, 64)
@@ -285,7 +286,7 @@ def test_finetune_from_dense_checkpoint_and_inspect(tmp_path):
   train(tiny_config(**{"train.steps": 2}), dense_dir, log=lambda m: None)
   dense = load_params(dense_dir)
   cfg = tiny_config(**{"train.steps": 3, "objective": "routed_flow_matching"})
-  cfg.routing = routing.routing_defaults()
+  cfg.routing = routing_defaults()
   cfg.routing.bins = TEST_BINS
   cfg.routing.ratio_lr_scale = 50.0
   cfg.routing.target = 0.5

@@ -27,8 +27,8 @@ def sample_with_selector() -> dict:
 
   selector_dir = FLAGS.selector
   config = FLAGS.config if FLAGS.config is not None else config_of(selector_dir)
-  if config.get("objective") != "step_selector":
-    raise ValueError(f"--selector {selector_dir}: its config.objective is {config.get('objective')!r}, "
+  if config.objective != "step_selector":
+    raise ValueError(f"--selector {selector_dir}: its config.objective is {config.objective!r}, "
                      "expected 'step_selector' (train one with configs/quickstart_adadiff.py)")
   if FLAGS.workdir:
     config.selector.generator_workdir = storage.absolute(FLAGS.workdir)

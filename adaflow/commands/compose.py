@@ -29,8 +29,8 @@ def evaluate_composed(workdir: str, num: int, seed: int = 1234, log=print) -> di
   config, info, params, policy = load_composed(workdir)
   sampler = ComposedSampler(config, info, params, policy)
   labels = balanced_labels(num, info.num_classes)
-  out = sampler.sample(jax.random.PRNGKey(seed), labels, batch_size=int(config.eval.get("batch_size", 250)))
-  clf = get_classifier(config.data, cache_dir(config, workdir), seed=int(config.eval.get("classifier_seed", 0)), log=log)
+  out = sampler.sample(jax.random.PRNGKey(seed), labels, batch_size=int(config.eval.batch_size))
+  clf = get_classifier(config.data, cache_dir(config, workdir), seed=int(config.eval.classifier_seed), log=log)
   res = evaluate_samples(clf, out["images"], labels)
   res.update(methods=list(sampler.spec.enabled), average_steps=float(np.mean(out["steps"])),
              flops_per_image=sampler.flops_per_image(out["steps"]))
@@ -41,8 +41,8 @@ def evaluate_composed(workdir: str, num: int, seed: int = 1234, log=print) -> di
 def cmd_compose():
   config, workdir = need("config"), need("workdir")
   run_recipe(config, workdir)
-  if config.eval.get("at_end", False):
-    res = evaluate_composed(workdir, int(config.eval.num_samples), int(config.eval.get("seed", 1234)))
+  if config.eval.at_end:
+    res = evaluate_composed(workdir, int(config.eval.num_samples), int(config.eval.seed))
     if not is_writer():
       return
     storage.write_json(os.path.join(workdir, "eval.json"), res, indent=2)

@@ -16,7 +16,7 @@ from adaflow.parallel.host import is_writer
 from adaflow.pipelines.grouped import is_grouped_workdir, load_grouped, run_grouped
 from adaflow.train.images import save_grid
 from adaflow.train.loop import load_params, load_trainer_and_params, train
-from adaflow.train.registry import OBJECTIVES
+from adaflow.train.registry import objective_class
 
 flags.DEFINE_string("init", None, "Initialise parameters from this workdir's latest checkpoint (fine-tuning).")
 flags.DEFINE_integer("num", 64, "Number of images for `sample`.")
@@ -26,15 +26,13 @@ flags.DEFINE_string("out", None, "Output path (`sample`: PNG grid; default <work
 @command("train")
 def cmd_train():
   config = need("config")
-  if config.get("grouped"):  # train-then-prune: stage 1, pruning, stage 2 (adaflow/pipelines/grouped.py)
+  if config.grouped.enabled:  # train-then-prune: stage 1, pruning, stage 2 (adaflow/pipelines/grouped.py)
     run_grouped(config, need("workdir"))
     return
   if getattr(FLAGS, "tokenizer", None):  # DQ-Transformer: the DQ-VAE workdir (adaflow/commands/dq.py)
     apply_tokenizer_flag(config, FLAGS.tokenizer)
-  objective_cls = OBJECTIVES.get(config.get("objective", "flow_matching"))
-  if FLAGS.init and hasattr(objective_cls, "use_init_workdir"):
-    # The objective consumes --init itself (e.g. step_selector: the frozen generator's workdir).
-    objective_cls.use_init_workdir(config, FLAGS.init)
+  # The objective may consume --init itself (e.g. step_selector: the frozen generator's workdir).
+  if FLAGS.init and objective_class(config).use_init_workdir(config, FLAGS.init):
     init = None
   else:
     init = load_params(FLAGS.init) if FLAGS.init else None
@@ -57,7 +55,7 @@ def cmd_sample():
   if is_writer():     # every process generated all images; one writes them
     save_grid(np.clip(imgs, -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // imgs.shape[1]))
     print(f"wrote {out}")
-  if hasattr(objective, "images_and_maps"):  # DQ: coarse/fine map picture (adaflow/commands/dq.py)
+  if objective.has_maps:  # DQ: coarse/fine map picture (adaflow/commands/dq.py)
     path = sample_map(objective, params, labels, config.seed, out)
     if is_writer():
       print(f"wrote {path}")

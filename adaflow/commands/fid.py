@@ -78,7 +78,7 @@ def fid_main():
     if FLAGS.fid_pr and reference.activations is None:
       ref_images = fid_lib.reference_images(ref_arg)
   s = config.sample
-  seed = int(config.eval.get("seed", 1234))
+  seed = int(config.eval.seed)
   out_dir = os.path.join(fid_dir, fid_lib.run_tag(step, num, seed, s.steps, s.method, s.cfg_scale))
   labels = balanced_labels(num, tr.objective.num_classes)
   result = fid_lib.run_fid(

@@ -62,8 +62,8 @@ def save_heatmap(table: np.ndarray, boundaries, path: str, title: str = "learned
 def cmd_inspect_ratios():
   workdir = need("workdir")
   tr, params, step = load_trainer_and_params(workdir, FLAGS.config)
-  if tr.config.get("objective") != "routed_flow_matching":
-    raise ValueError(f"{workdir} was trained with objective {tr.config.get('objective')!r}; "
+  if tr.config.objective != "routed_flow_matching":
+    raise ValueError(f"{workdir} was trained with objective {tr.config.objective!r}; "
                      "`inspect ratios` needs a routed_flow_matching run (config.objective)")
   spec = tr.objective.spec
   table = routing.ratio_table(params, spec)

@@ -34,7 +34,7 @@ class ComposedGenerator:
     self.models = model_lib.group_models(self.base, self.spec)
     self.routed = isinstance(self.base, RoutedDiT)
     self.grouped = self.spec.blocks_per_group is not None
-    self.class_dropout = float(config.model.get("class_dropout", 0.1))
+    self.class_dropout = float(config.model.class_dropout)
 
   # ---- parameters ---------------------------------------------------------------------------
   def dummy_inputs(self, batch: int = 1):

@@ -22,6 +22,8 @@ from adaflow.compose import model as model_lib
 from adaflow.compose.generator import ComposedGenerator
 from adaflow.models import routing as routing_lib
 from adaflow.models.ppflow import batch_split
+from adaflow.compose.spec import validate_composed
+from adaflow.objectives.base import ObjectiveBase
 from adaflow.objectives.grouped import t_mass
 
 
@@ -41,7 +43,7 @@ def cells(spec, flow_config) -> list[tuple[int, int, float, float, float]]:
   return out
 
 
-class ComposedObjective(ComposedGenerator):
+class ComposedObjective(ComposedGenerator, ObjectiveBase):
   """Training objective of a composed model; sampling is ComposedGenerator's."""
 
   def __init__(self, config, info):
@@ -63,7 +65,12 @@ class ComposedObjective(ComposedGenerator):
     fresh = jax.device_get(nn.meta.unbox(jax.jit(self.init)(rng)))
     return routing_lib.merge_params(init_params, fresh)
 
-  def post_update(self, params, side):
+  @classmethod
+  def validate(cls, config, info) -> None:
+    validate_composed(config, info)
+
+  def after_update(self, params, side):
+    """Routing ratios projected onto [rho_min, rho_max] after every optimizer step."""
     del side
     if not self.routed:
       return params
@@ -101,6 +108,6 @@ class ComposedObjective(ComposedGenerator):
       else:
         r_loss, mean_ratio = jnp.zeros((), jnp.float32), jnp.float32(rs.fixed_ratio)
       loss = flow_loss + rs.ratio_loss_weight * r_loss
-      metrics.update(ratio_loss=r_loss, mean_ratio=mean_ratio, _side=jnp.zeros((), jnp.float32))
+      metrics.update(ratio_loss=r_loss, mean_ratio=mean_ratio)
     metrics.update(loss=loss, flow_loss=flow_loss)
     return loss, metrics

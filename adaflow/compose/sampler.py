@@ -21,17 +21,14 @@ import numpy as np
 from adaflow.compose import flops
 from adaflow.compose.generator import ComposedGenerator
 from adaflow.compose.spec import spec_from_config
-from adaflow.objectives.step_selector import StepSelectorObjective, selector_defaults
+from adaflow.objectives.step_selector import StepSelectorObjective
 from adaflow.parallel.host import to_host
 
 
 def selector_objective(config, info, generator: ComposedGenerator, params: Any):
   """StepSelectorObjective over the composed generator (no classifier needed for sampling)."""
   c = config.copy_and_resolve_references()
-  sc = selector_defaults()
-  sc.update(c.selector.to_dict() if hasattr(c.selector, "to_dict") else dict(c.selector))
-  sc.quality = "closeness"          # the reward is a training-time concept; sampling needs no classifier
-  c.selector = sc
+  c.selector.quality = "closeness"  # the reward is a training-time concept; sampling needs no classifier
   return StepSelectorObjective(c, info, generator=generator, generator_params=params, classifier=None)
 
 

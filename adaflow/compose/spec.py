@@ -15,55 +15,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
-import ml_collections
 import numpy as np
 
-from adaflow.config import register_validator
 from adaflow.models import routing as routing_lib
 from adaflow.models.dit import BlockSpec
 from adaflow.models.ppflow import PatchSchedule, parse_stages
 from adaflow.models.step_selector import validate_step_set
 
 METHODS = ("ppflow", "routing", "grouped", "selector")
-
-
-def compose_defaults() -> ml_collections.ConfigDict:
-  """Every `config.compose` field with its default (configs copy this and override)."""
-  return ml_collections.ConfigDict(dict(
-      ppflow=False,
-      stages=(),              # PPFlow schedule ((t_end, (ph, pw)), ...), noise first, used when ppflow
-      routing=False,
-      grouped=False,
-      group_blocks=(),        # per group: ((heads, mlp_dim), ...) of its pruned blocks (set by the recipe)
-      group_edges=(),         # N + 1 group boundaries in t (set by the recipe)
-      selector=False,
-      # recipe budgets (steps of train.batch_size images; adaflow.pipelines.recipe)
-      dense_steps=600,
-      ppflow_steps=200,
-      routing_steps=200,
-      grouped_steps=200,      # all groups trained together (one batch split over the groups)
-      selector_steps=100,
-      selector_batch=32,
-      finetune_lr=3e-4,
-      finetune_warmup_steps=20,
-  ))
-
-
-def compose_config(config) -> ml_collections.ConfigDict:
-  """`config.compose` merged over the defaults; an unknown field is a ValueError."""
-  c = compose_defaults()
-  given = config.get("compose")
-  if given is None:
-    return c
-  for k in given.keys():
-    if k not in c:
-      raise ValueError(f"config.compose.{k}: unknown field; known fields are {sorted(c.keys())}")
-    try:
-      c[k] = given[k]
-    except TypeError:
-      raise ValueError(f"config.compose.{k}: has type {type(given[k]).__name__}, expected "
-                       f"{type(c[k]).__name__} (e.g. {c[k]!r})") from None
-  return c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,13 +127,13 @@ def _parse_edges(c, n: int) -> tuple[float, ...]:
 
 def spec_from_config(config, info) -> ComposeSpec:
   """Validated ComposeSpec of `config.compose` for the dataset `info` (image shape); no compilation."""
-  c = compose_config(config)
+  c = config.compose
   on = {m: _flag(c, m) for m in METHODS}
   m = config.model
-  if config.model.get("stages") is not None:
+  if config.model.stages is not None:
     raise _err("model.stages", "a composed model takes its PPFlow schedule from config.compose.stages (with "
                "compose.ppflow=True); remove model.stages")
-  if tuple(tuple(g) for g in m.get("stage_groups", ((1, 1),))) != ((1, 1),):
+  if tuple(tuple(g) for g in m.stage_groups) != ((1, 1),):
     raise _err("model.stage_groups", "a composed model derives its stage groupings from compose.stages; leave "
                "model.stage_groups at ((1, 1),)")
   schedule = None
@@ -186,7 +145,7 @@ def spec_from_config(config, info) -> ComposeSpec:
   elif c.stages:
     raise _err("compose.stages", "is set but compose.ppflow is False; set compose.ppflow=True or clear compose.stages")
   groups = schedule.groups if schedule is not None else ((1, 1),)
-  scales = config.sample.get("cfg_scales")
+  scales = config.sample.cfg_scales
   cfg_scales = None
   if scales is not None:
     if schedule is None:
@@ -197,9 +156,6 @@ def spec_from_config(config, info) -> ComposeSpec:
     cfg_scales = tuple(float(s) for s in scales)
   rspec = None
   if on["routing"]:
-    if config.get("routing") is None:
-      raise _err("routing", "compose.routing is on but config.routing is missing; start from "
-                 "adaflow.models.routing.routing_defaults()")
     rspec = routing_lib.spec_from_config(config)
     check_routing_fits(rspec, stage_tokens(m, info.image_shape, groups))
   blocks = edges = None
@@ -211,19 +167,15 @@ def spec_from_config(config, info) -> ComposeSpec:
                "clear compose.group_blocks / compose.group_edges")
   step_set = None
   if on["selector"]:
-    if config.get("selector") is None:
-      raise _err("selector", "compose.selector is on but config.selector is missing; start from "
-                 "adaflow.objectives.step_selector.selector_defaults()")
-    step_set = validate_step_set(config.selector.get("step_set"))
+    step_set = validate_step_set(config.selector.step_set)
   return ComposeSpec(schedule=schedule, routing=rspec, blocks_per_group=blocks, edges=edges, step_set=step_set,
                      cfg_scales=cfg_scales)
 
 
-@register_validator
 def validate_composed(config, info) -> None:
-  """objective 'composed' (adaflow.compose.objective): `config.compose` must describe a valid
-  generator; the batch must cover every (group x stage) cell. Checked before anything is compiled."""
-  if config.get("objective") != "composed" or info is None:
+  """objective 'composed' (adaflow.compose.objective calls this): `config.compose` must describe a
+  valid generator; the batch must cover every (group x stage) cell. Checked before anything is compiled."""
+  if info is None:
     return
   spec = spec_from_config(config, info)
   if spec.step_set is not None:

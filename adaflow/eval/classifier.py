@@ -361,7 +361,7 @@ def build_classifier(images, labels, num_classes: int, seed: int = 0,
 def cache_dir(config, workdir: str) -> str:
   """Where the evaluation classifier is cached (`eval.cache_dir`, default `<workdir>/../.adaflow_cache`;
   for a gs:// workdir that is in the same bucket)."""
-  d = config.eval.get("cache_dir") or os.environ.get("ADAFLOW_CACHE") or os.path.join(
+  d = config.eval.cache_dir or os.environ.get("ADAFLOW_CACHE") or os.path.join(
       storage.parent(workdir), ".adaflow_cache")
   return d
 

@@ -49,13 +49,13 @@ def generate_images(objective, params, mesh: Mesh, rng: jax.Array, labels: np.nd
 def evaluate_generator(objective, params, config, mesh: Mesh, cache_dir: str, log=print) -> dict:
   """FD and class accuracy (adaflow.eval) of `config.eval.num_samples` class-balanced samples
   made with `config.sample` (steps, method, CFG scale)."""
-  classifier = get_classifier(config.data, cache_dir, seed=config.eval.get("classifier_seed", 0), log=log)
+  classifier = get_classifier(config.data, cache_dir, seed=config.eval.classifier_seed, log=log)
   n = int(config.eval.num_samples)
   labels = balanced_labels(n, objective.num_classes)
   t0 = time.time()
-  imgs = generate_images(objective, params, mesh, jax.random.PRNGKey(config.eval.get("seed", 1234)), labels,
+  imgs = generate_images(objective, params, mesh, jax.random.PRNGKey(config.eval.seed), labels,
                          steps=config.sample.steps, method=config.sample.method,
-                         cfg_scale=config.sample.cfg_scale, batch_size=config.eval.get("batch_size", 250))
+                         cfg_scale=config.sample.cfg_scale, batch_size=config.eval.batch_size)
   gen_s = time.time() - t0
   result = evaluate_samples(classifier, imgs, labels if objective.num_classes > 1 else None)
   result.update(sample_steps=int(config.sample.steps), sample_method=config.sample.method,

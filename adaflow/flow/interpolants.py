@@ -112,10 +112,10 @@ INTERPOLANTS = {"linear": LinearInterpolant, "cosine": CosineInterpolant}
 
 
 def make_interpolant(flow_config) -> Interpolant:
-  name = flow_config.get("interpolant", "linear")
+  name = flow_config.interpolant
   if name not in INTERPOLANTS:
     raise ValueError(f"flow.interpolant must be one of {sorted(INTERPOLANTS)}, got {name!r}")
-  return INTERPOLANTS[name](prediction=flow_config.get("prediction", "velocity"))
+  return INTERPOLANTS[name](prediction=flow_config.prediction)
 
 
 def log_snr_db(t: jax.Array, interpolant: Interpolant) -> jax.Array:

@@ -249,16 +249,16 @@ def dit_from_config(model_config, image_shape: Sequence[int], num_classes: int) 
   """Builds a DiT from `config.model` (see configs/) and the dataset's image shape and classes."""
   h, w, ch = image_shape
   depth, hidden, heads = model_config.depth, model_config.hidden_size, model_config.num_heads
-  if model_config.get("size"):
+  if model_config.size:
     depth, hidden, heads = DIT_SIZES[model_config.size]
-  groups = tuple(tuple(g) for g in model_config.get("stage_groups", ((1, 1),)))
-  blocks = model_config.get("blocks")
+  groups = tuple(tuple(g) for g in model_config.stage_groups)
+  blocks = model_config.blocks
   if blocks:
     blocks = tuple(BlockSpec(int(b[0]), int(b[1])) for b in blocks)
   return DiT(
       image_size=(h, w), in_channels=ch, patch_size=model_config.patch_size, hidden_size=hidden,
       depth=depth, num_heads=heads, num_classes=num_classes, mlp_ratio=model_config.mlp_ratio,
-      stage_groups=groups, blocks=blocks or None, learn_sigma=model_config.get("learn_sigma", False),
-      time_scale=model_config.get("time_scale", 1000.0),
-      time_freq_shift=model_config.get("time_freq_shift", 0.0),
-      dtype=layers.dtype_from_name(model_config.dtype), remat=bool(model_config.get("remat", False)))
+      stage_groups=groups, blocks=blocks or None, learn_sigma=model_config.learn_sigma,
+      time_scale=model_config.time_scale,
+      time_freq_shift=model_config.time_freq_shift,
+      dtype=layers.dtype_from_name(model_config.dtype), remat=bool(model_config.remat))

@@ -134,7 +134,7 @@ def parse_stages(stages: Any, base_patch: int, image_size: Sequence[int]) -> Pat
 
 def schedule_from_config(config, image_shape: Sequence[int]) -> PatchSchedule:
   """The PPFlow patch schedule of `config` for images [H, W, C]."""
-  return parse_stages(config.model.get("stages"), config.model.patch_size, image_shape[:2])
+  return parse_stages(config.model.stages, config.model.patch_size, image_shape[:2])
 
 
 # ---- time sampling per stage ---------------------------------------------------------------

@@ -65,33 +65,14 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from adaflow.flow.partition import TimePartition
 from adaflow.models import layers
 from adaflow.models.dit import DiT, dit_from_config
 
-DEFAULT_BINS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 SCALE_MODES = ("ste", "weight")
 MODES = ("train", "infer", "dense")
-
-
-def routing_defaults() -> ml_collections.ConfigDict:
-  """`config.routing` with every field and its default (configs copy this and override)."""
-  return ml_collections.ConfigDict(dict(
-      bins=DEFAULT_BINS,        # kept-token ratios with static k = ceil(bin * N); must contain 1.0
-      num_regions=4,            # timestep regions (paper: 4 for text-to-image, 10 for inpainting)
-      boundaries=(),            # () = num_regions even ranges of [0, 1]; else R + 1 edges 0 .. 1
-      target=0.75,              # mean kept ratio the ratio loss pulls toward
-      ratio_loss_weight=0.3,    # lambda_r (the paper's text: 0.3)
-      init_ratio=1.0,           # initial rho (1.0 = no compression)
-      rho_min=0.1,              # rho is clamped to [rho_min, rho_max]
-      rho_max=1.0,
-      scale="ste",              # ste | weight (see adaflow.models.routing)
-      fixed_ratio=0.0,          # > 0: non-learned uniform ratio for every layer/region (baseline)
-      ratio_lr_scale=1.0,       # rho = ratio_lr_scale * param: with Adam, rho moves ~scale x faster
-  ))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,25 +103,14 @@ class RoutingSpec:
     return self.fixed_ratio <= 0
 
 
-def _routing_config(config) -> ml_collections.ConfigDict:
-  rc = routing_defaults()
-  user = config.get("routing") if hasattr(config, "get") else None
-  if user is not None:
-    for k in user.keys():
-      if k not in rc:
-        raise ValueError(f"config.routing.{k}: unknown field; known fields are {sorted(rc.keys())}")
-      rc[k] = user[k]
-  return rc
-
-
 def _err(field: str, msg: str) -> ValueError:
   return ValueError(f"config.routing.{field}: {msg}")
 
 
 def spec_from_config(config) -> RoutingSpec:
-  """Validated `RoutingSpec` from `config.routing` (missing fields take `routing_defaults()`).
-  Raises ValueError naming the field for impossible settings."""
-  rc = _routing_config(config)
+  """Validated `RoutingSpec` from `config.routing` (every field declared in
+  `adaflow.config_defaults.routing_defaults`). Raises ValueError naming the field for impossible settings."""
+  rc = config.routing
   try:
     bins = tuple(float(b) for b in rc.bins)
   except (TypeError, ValueError):
@@ -193,9 +163,7 @@ def spec_from_config(config) -> RoutingSpec:
 
 
 def validate_routing_config(config, info=None) -> None:
-  """Registered config validator: checks `config.routing` when the objective routes tokens."""
-  if config.get("objective") != "routed_flow_matching":
-    return
+  """Checks `config.routing` for objective 'routed_flow_matching' (its objective's `validate` calls this)."""
   spec_from_config(config)
   if info is not None:
     n = _min_tokens(config, info)
@@ -207,7 +175,7 @@ def _min_tokens(config, info) -> Optional[int]:
   m = config.model
   h, w, _ = info.image_shape
   p = m.patch_size
-  counts = [(h // (p * g[0])) * (w // (p * g[1])) for g in m.get("stage_groups", ((1, 1),))]
+  counts = [(h // (p * g[0])) * (w // (p * g[1])) for g in m.stage_groups]
   return min(counts) if counts else None
 
 
@@ -434,7 +402,3 @@ def snapped_table(table: np.ndarray, spec: RoutingSpec) -> np.ndarray:
     return table
   return np.asarray(spec.bins)[np.asarray(snap_index(jnp.asarray(table), spec.bins))]
 
-
-from adaflow import config as _config_lib  # noqa: E402
-
-_config_lib.register_validator(validate_routing_config)

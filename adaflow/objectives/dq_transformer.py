@@ -16,38 +16,21 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from adaflow import config as config_lib
 from adaflow.models import dq_transformer as dqt
 from adaflow.models import dqvae as dq
+from adaflow.objectives.base import ObjectiveBase
 from adaflow.parallel.host import to_host
 
 
-def dq_transformer_defaults() -> ml_collections.ConfigDict:
-  """`config.dq_transformer` fields with their defaults."""
-  return ml_collections.ConfigDict(dict(
-      width=128,
-      depth_pos=2,
-      depth_content=2,
-      num_heads=4,
-      mlp_ratio=4.0,
-      dtype="bfloat16",       # matmul inputs; params and accumulation float32
-      position_weight=0.5,    # the 1/2 in CE(content) + 1/2 (CE coarse pos + CE fine pos)
-      top_k=0,                # 0 = no top-k filtering
-      temperature=1.0,
-  ))
-
-
-@config_lib.register_validator
-def _validate(config, info) -> None:
-  if config.get("objective") != "dq_transformer":
-    return
+def validate_dq_transformer(config, info) -> None:
+  """Checks `config.tokenizer_workdir` and `config.dq_transformer` (no compilation)."""
+  del info
   req = config_lib._require  # pylint: disable=protected-access
-  req(bool(config.get("tokenizer_workdir")), "tokenizer_workdir",
+  req(bool(config.tokenizer_workdir), "tokenizer_workdir",
       "must name a trained DQ-VAE workdir: pass --tokenizer <dqvae workdir> to `adaflow train`")
-  t = config.get("dq_transformer")
-  req(t is not None, "dq_transformer", "missing; start from adaflow.objectives.dq_transformer.dq_transformer_defaults()")
+  t = config.dq_transformer
   req(int(t.width) % int(t.num_heads) == 0, "dq_transformer.width",
       f"{t.width} is not divisible by dq_transformer.num_heads={t.num_heads}")
   req(int(t.depth_pos) >= 1 and int(t.depth_content) >= 1, "dq_transformer.depth_pos",
@@ -57,8 +40,14 @@ def _validate(config, info) -> None:
   req(t.dtype in ("bfloat16", "float32"), "dq_transformer.dtype", f"must be bfloat16 or float32, got {t.dtype!r}")
 
 
-class DQTransformerObjective:
+class DQTransformerObjective(ObjectiveBase):
   """Stage-2 objective; see the module docstring."""
+
+  has_maps = True
+
+  @classmethod
+  def validate(cls, config, info) -> None:
+    validate_dq_transformer(config, info)
 
   def __init__(self, config, info, tokenizer):
     """`tokenizer`: (DQTokenizer, its frozen params); loading it from `config.tokenizer_workdir` is

@@ -7,10 +7,10 @@
          + disc_weight * hinge-GAN generator term + critic hinge loss (critic params only)
 where fine_fraction is the mean of the hard Gumbel gate (straight-through). With
 `dqvae.gate_calibration` the side statistics also carry the batch's (1 - r) quantile of the gate
-margin, and `post_update` moves params['gate_threshold'] (the encoding threshold) towards it by EMA.
+margin, and `after_update` moves params['gate_threshold'] (the encoding threshold) towards it by EMA.
 
-The codebook gets no gradient: the loss returns batch statistics under metrics['_side'] and the
-train step calls `post_update(params, side)` after the optimizer update, which applies the EMA
+The codebook gets no gradient: the loss returns batch statistics as its side output,
+`(loss, (metrics, side))`, and the train step calls `after_update(params, side)` after the optimizer update, which applies the EMA
 k-means step (decay `dqvae.ema_decay`) and restarts dead codes from encoder vectors of the batch.
 
 `generate(params, rng, labels)` returns reconstructions of real examples of the requested classes
@@ -24,42 +24,13 @@ from typing import Optional
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow.models import dqvae as dq
+from adaflow.objectives.base import ObjectiveBase
 from adaflow.models.vq import codebook_statistics, ema_codebook_update, quantize, restart_candidates
-
-
-def dqvae_defaults() -> ml_collections.ConfigDict:
-  """`config.dqvae` fields with their defaults (configs start from these)."""
-  return ml_collections.ConfigDict(dict(
-      router="gumbel",          # gumbel | entropy | fixed (fixed = the fixed-grid VQ baseline)
-      fine_fraction=0.5,        # target r (gumbel: budget target; entropy: percentile; fixed: exact)
-      budget_weight=10.0,       # gamma
-      gumbel_tau=1.0,
-      gate_gradient="max",      # max: the paper's straight-through (selected map x gate max); both: mix
-      gate_calibration=True,    # encode with the EMA (1 - r) quantile of the gate margin as threshold
-      gate_calibration_decay=0.9,
-      entropy_bins=16,
-      entropy_num_images=1024,  # training images used to set the entropy threshold
-      coarse_stride=8,          # F: coarse regions F x F, fine cells F/2 x F/2
-      width=64,
-      num_res_blocks=1,
-      embed_dim=32,
-      codebook_size=256,
-      ema_decay=0.99,
-      commitment=0.25,
-      restart_threshold=0.05,   # EMA cluster size below which a code is restarted
-      l1_weight=1.0,
-      l2_weight=1.0,
-      perceptual_weight=0.0,    # > 0 uses the adaflow.eval classifier's features
-      disc_weight=0.0,          # > 0 adds a PatchGAN critic (hinge loss)
-      disc_width=32,
-      recon_bank_per_class=64,  # real examples per class behind generate() (reconstructions)
-  ))
 
 
 def _is_pow2(n) -> bool:
@@ -68,9 +39,7 @@ def _is_pow2(n) -> bool:
 
 def validate_dqvae_section(config, info, field: str = "dqvae") -> None:
   """Checks `config.<field>` (also used by the DQ-Transformer for its tokenizer config)."""
-  d = config.get(field)
-  if d is None:
-    raise ValueError(f"config.{field}: missing; start from adaflow.objectives.dqvae.dqvae_defaults()")
+  d = config[field]
   req = config_lib._require  # pylint: disable=protected-access
   req(d.router in dq.ROUTERS, f"{field}.router", f"must be one of {dq.ROUTERS}, got {d.router!r}")
   req(0.0 <= float(d.fine_fraction) <= 1.0, f"{field}.fine_fraction", f"must be in [0, 1], got {d.fine_fraction}")
@@ -81,10 +50,10 @@ def validate_dqvae_section(config, info, field: str = "dqvae") -> None:
   req(0.0 <= float(d.ema_decay) < 1.0, f"{field}.ema_decay", f"must be in [0, 1), got {d.ema_decay}")
   req(int(d.width) >= 8, f"{field}.width", f"must be >= 8, got {d.width}")
   req(float(d.gumbel_tau) > 0, f"{field}.gumbel_tau", "must be > 0")
-  req(0.0 <= float(d.get("gate_calibration_decay", 0.9)) < 1.0, f"{field}.gate_calibration_decay",
-      f"must be in [0, 1), got {d.get('gate_calibration_decay')}")
-  req(d.get("gate_gradient", "max") in ("max", "both"), f"{field}.gate_gradient",
-      f"must be 'max' (the paper's) or 'both', got {d.get('gate_gradient')!r}")
+  req(0.0 <= float(d.gate_calibration_decay) < 1.0, f"{field}.gate_calibration_decay",
+      f"must be in [0, 1), got {d.gate_calibration_decay}")
+  req(d.gate_gradient in ("max", "both"), f"{field}.gate_gradient",
+      f"must be 'max' (the paper's) or 'both', got {d.gate_gradient!r}")
   if info is not None:
     h, w, _ = info.image_shape
     req(h == w, "data.image_size", f"DQ-VAE needs square images, got {h}x{w}")
@@ -92,41 +61,48 @@ def validate_dqvae_section(config, info, field: str = "dqvae") -> None:
         f"image size {h} (data.image_size) is not divisible by coarse_stride {d.coarse_stride}; use a divisor")
 
 
-@config_lib.register_validator
-def _validate(config, info) -> None:
-  if config.get("objective") != "dqvae":
-    return
+def validate_dqvae(config, info) -> None:
+  """Checks `config.dqvae` for objective 'dqvae' (no compilation)."""
   validate_dqvae_section(config, info)
-  config_lib._require(float(config.train.get("weight_decay", 0.0)) == 0.0, "train.weight_decay",  # pylint: disable=protected-access
+  config_lib._require(float(config.train.weight_decay) == 0.0, "train.weight_decay",  # pylint: disable=protected-access
                       "must be 0 for dqvae (weight decay would shrink the EMA codebook statistics)")
 
 
-def build_tokenizer(dq_cfg, info, data_config=None) -> dq.DQTokenizer:
-  """A `DQTokenizer` for `config.dqvae` on the dataset `info` (the entropy router sets its
-  threshold from `data_config`'s first `entropy_num_images` training images)."""
+def build_tokenizer(dq_cfg, info, entropy_images: Optional[np.ndarray] = None) -> dq.DQTokenizer:
+  """A `DQTokenizer` for `config.dqvae` on the dataset `info`. The entropy router sets its
+  threshold from `entropy_images` [N, H, W, C] (the first `dqvae.entropy_num_images` training
+  images, loaded by `adaflow.train.registry.dqvae_objective`)."""
   layout = dq.layout_from_config(dq_cfg, info.image_shape[0], info.num_classes)
   net = dq.net_from_config(dq_cfg, info.image_shape[2])
   threshold = 0.0
   if dq_cfg.router == "entropy":
-    if data_config is None:
-      raise ValueError("dqvae.router='entropy' needs the data config to set its threshold")
-    imgs, _ = data_lib.load_arrays(data_config, int(dq_cfg.entropy_num_images), seed=0)
+    if entropy_images is None:
+      raise ValueError("dqvae.router='entropy' needs training images to set its threshold (entropy_images)")
+    imgs = entropy_images
     threshold = dq.entropy_threshold(imgs, layout.coarse_stride, float(dq_cfg.fine_fraction),
                                      int(dq_cfg.entropy_bins))
   return dq.DQTokenizer(net, layout, dq_cfg.router, float(dq_cfg.fine_fraction), threshold, int(dq_cfg.entropy_bins))
 
 
-class DQVAEObjective:
+class DQVAEObjective(ObjectiveBase):
   """Stage-1 objective; see the module docstring."""
 
-  def __init__(self, config, info, classifier=None):
-    """`classifier` (a FeatureClassifier: `num_classes`, `params`, `network`) is the frozen feature
-    net of the perceptual loss, needed when `dqvae.perceptual_weight > 0`
-    (`adaflow.train.registry.dqvae_objective` loads it)."""
+  has_side = True   # codebook statistics and the gate's quantile
+  has_maps = True
+
+  @classmethod
+  def validate(cls, config, info) -> None:
+    validate_dqvae(config, info)
+
+  def __init__(self, config, info, tokenizer: dq.DQTokenizer, classifier=None):
+    """`tokenizer` from `build_tokenizer` (with the entropy router's threshold images);
+    `classifier` (a FeatureClassifier: `num_classes`, `params`, `network`) is the frozen feature
+    net of the perceptual loss, needed when `dqvae.perceptual_weight > 0`. Both are built by
+    `adaflow.train.registry.dqvae_objective`, which does the loading."""
     self.config, self.info = config, info
     self.dq = config.dqvae
     self.num_classes = info.num_classes
-    self.tokenizer = build_tokenizer(self.dq, info, config.data)
+    self.tokenizer = tokenizer
     self.layout = self.tokenizer.layout
     self.net = self.tokenizer.net
     if float(self.dq.perceptual_weight) > 0 and classifier is None:
@@ -149,7 +125,7 @@ class DQVAEObjective:
     return jnp.mean(jnp.square(jax.lax.stop_gradient(fx) - fr))
 
   def loss(self, params, batch, rng: jax.Array):
-    """batch {'image': [B, H, W, C] in [-1, 1], 'label': [B]} -> (loss, metrics incl. '_side')."""
+    """batch {'image': [B, H, W, C] in [-1, 1], 'label': [B]} -> (loss, (metrics, side statistics))."""
     x = batch["image"]
     chex.assert_rank(x, 4)
     d = self.dq
@@ -176,7 +152,7 @@ class DQVAEObjective:
     commit = float(d.commitment) * (jnp.sum(w_c * err_c) + jnp.sum(w_f * err_f)) / (n_used * coarse.shape[-1])
     qc_st = coarse + jax.lax.stop_gradient(qc - coarse)
     qf_st = fine + jax.lax.stop_gradient(qf - fine)
-    if gate is not None and d.get("gate_gradient", "max") == "both":
+    if gate is not None and d.gate_gradient == "both":
       qmap = dq.mix_map(gate, qc_st, qf_st)
     else:
       qmap = dq.assemble_map(sel, qc_st, qf_st, scale)
@@ -210,15 +186,15 @@ class DQVAEObjective:
     probs = counts / jnp.maximum(counts.sum(), 1.0)
     metrics["perplexity"] = jnp.exp(-jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.maximum(probs, 1e-12)), 0.0)))
     metrics["loss"] = total
-    metrics["_side"] = {"counts": counts, "sums": sums,
-                        "candidates": restart_candidates(k_restart, z, wts, self.layout.codebook_size)}
-    if gate is not None and bool(d.get("gate_calibration", True)):
+    side = {"counts": counts, "sums": sums,
+            "candidates": restart_candidates(k_restart, z, wts, self.layout.codebook_size)}
+    if gate is not None and bool(d.gate_calibration):
       margin = jax.lax.stop_gradient(dq.gate_margin(self.net, params, fine, coarse))
-      metrics["_side"]["gate_quantile"] = jnp.quantile(margin.reshape(-1), 1.0 - float(d.fine_fraction))
+      side["gate_quantile"] = jnp.quantile(margin.reshape(-1), 1.0 - float(d.fine_fraction))
       metrics["gate_threshold"] = params["params"]["gate_threshold"]
-    return total, metrics
+    return total, (metrics, side)
 
-  def post_update(self, params, side):
+  def after_update(self, params, side):
     """EMA codebook step + dead-code restart, and the EMA of the gate's encoding threshold (called
     by the train step after the optimizer)."""
     decay = float(self.dq.ema_decay)
@@ -227,7 +203,7 @@ class DQVAEObjective:
     out = dq.with_codebook(params, new)
     if "gate_quantile" in side:
       thr = out["params"]["gate_threshold"]
-      a = float(self.dq.get("gate_calibration_decay", 0.9))
+      a = float(self.dq.gate_calibration_decay)
       out["params"]["gate_threshold"] = a * thr + (1.0 - a) * side["gate_quantile"].astype(thr.dtype)
     return out
 

@@ -13,9 +13,10 @@ import numpy as np
 
 from adaflow import flow
 from adaflow.models.dit import dit_from_config
+from adaflow.objectives.base import ObjectiveBase
 
 
-class FlowMatchingObjective:
+class FlowMatchingObjective(ObjectiveBase):
   """Trains `model(x_t, t, y)` to predict the interpolant's target; samples with an ODE solver."""
 
   def __init__(self, config, info):
@@ -25,7 +26,7 @@ class FlowMatchingObjective:
     self.null_label = info.num_classes
     self.model = dit_from_config(config.model, info.image_shape, info.num_classes)
     self.interpolant = flow.make_interpolant(config.flow)
-    self.class_dropout = float(config.model.get("class_dropout", 0.1))
+    self.class_dropout = float(config.model.class_dropout)
 
   # ---- parameters -------------------------------------------------------------------------
   def dummy_inputs(self, batch: int = 1):

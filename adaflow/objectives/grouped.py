@@ -32,8 +32,7 @@ def t_mass(flow_config, lo: float, hi: float) -> float:
 
 
 def t_range_of(config) -> tuple[float, float]:
-  g = config.get("grouped") or {}
-  r = g.get("t_range") if g else None
+  r = config.grouped.t_range
   if r is None or len(r) != 2 or not 0.0 <= float(r[0]) < float(r[1]) <= 1.0:
     raise ValueError(f"config.grouped.t_range: the group's time range must be (lo, hi) with "
                      f"0 <= lo < hi <= 1, got {r!r} (set by the grouped driver)")
@@ -42,6 +41,10 @@ def t_range_of(config) -> tuple[float, float]:
 
 class GroupFinetuneObjective(FlowMatchingObjective):
   """Flow matching of one group's sub-model on t in `config.grouped.t_range` (stage 2)."""
+
+  @classmethod
+  def validate(cls, config, info) -> None:
+    t_range_of(config)
 
   def __init__(self, config, info):
     self.t_lo, self.t_hi = t_range_of(config)

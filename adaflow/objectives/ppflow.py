@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from adaflow import flow
-from adaflow.config import register_validator
 from adaflow.models import ppflow as schedule_lib
 from adaflow.models.dit import dit_from_config
 from adaflow.objectives.flow_matching import FlowMatchingObjective
@@ -38,6 +37,10 @@ def model_config_with_stages(model_config, schedule: schedule_lib.PatchSchedule)
 class PPFlowObjective(FlowMatchingObjective):
   """Flow matching with per-stage patchification. `self.schedule` is the PPFlow patch schedule."""
 
+  @classmethod
+  def validate(cls, config, info) -> None:
+    validate_ppflow(config, info)
+
   def __init__(self, config, info):
     self.config = config
     self.info = info
@@ -47,10 +50,10 @@ class PPFlowObjective(FlowMatchingObjective):
     self.model = dit_from_config(model_config_with_stages(config.model, self.schedule), info.image_shape,
                                  info.num_classes)
     self.interpolant = flow.make_interpolant(config.flow)
-    self.class_dropout = float(config.model.get("class_dropout", 0.1))
+    self.class_dropout = float(config.model.class_dropout)
     self.fractions = schedule_lib.stage_fractions(self.schedule, config.flow)
     self.counts = schedule_lib.batch_split(int(config.train.batch_size), self.fractions)
-    scales = config.sample.get("cfg_scales")
+    scales = config.sample.cfg_scales
     self.cfg_scales = None if scales is None else tuple(float(s) for s in scales)
 
   # ---- parameters -------------------------------------------------------------------------
@@ -118,17 +121,10 @@ class PPFlowObjective(FlowMatchingObjective):
     return x
 
 
-@register_validator
 def validate_ppflow(config, info) -> None:
-  """`model.stages` is required by (and only used by) objective 'ppflow'; checked before any jit."""
-  is_pp = config.get("objective", "flow_matching") == "ppflow"
-  stages = config.model.get("stages")
-  if not is_pp:
-    if stages is not None:
-      raise ValueError("config.model.stages: only objective 'ppflow' uses a patch schedule; set "
-                       "config.objective='ppflow' or remove model.stages")
-    return
-  if tuple(tuple(g) for g in config.model.get("stage_groups", ((1, 1),))) != ((1, 1),):
+  """`model.stages` is required by objective 'ppflow' (its `validate`); checked before any jit.
+  (That no other objective sets it is `adaflow.config.validate_model`'s check.)"""
+  if tuple(tuple(g) for g in config.model.stage_groups) != ((1, 1),):
     raise ValueError("config.model.stage_groups: objective 'ppflow' derives the stage groupings from "
                      "model.stages; leave model.stage_groups at its default ((1, 1),)")
   if info is not None:
@@ -136,12 +132,12 @@ def validate_ppflow(config, info) -> None:
     n = schedule.num_stages
     schedule_lib.batch_split(int(config.train.batch_size), [1.0] * n)
   else:
-    stages = config.model.get("stages")
+    stages = config.model.stages
     if not stages:
       raise ValueError("config.model.stages: objective 'ppflow' needs a patch schedule, e.g. "
                        "((0.5, (2*p, 2*p)), (1.0, (p, p))) with p = model.patch_size")
     n = len(stages)
-  scales = config.sample.get("cfg_scales")
+  scales = config.sample.cfg_scales
   if scales is not None:
     if len(scales) != n or any(float(s) < 0 for s in scales):
       raise ValueError(f"config.sample.cfg_scales: needs {n} non-negative scales (one per stage, "

@@ -5,7 +5,7 @@
 
 t is drawn from `flow.t_sampler` as in dense training; each example uses the ratios of its own
 timestep region (masked full-width training path, see `adaflow.models.routing`). After every
-optimizer step rho is projected onto [rho_min, rho_max] (`post_update`).
+optimizer step rho is projected onto [rho_min, rho_max] (`after_update`).
 
 PPFlow composition: `loss(..., stage=s)` and `apply(..., stage=s)` pass the patch stage to the
 DiT, and routing wraps whichever stage's blocks run (k = ceil(rho * N_s)
@@ -58,7 +58,12 @@ class RoutedFlowMatchingObjective(FlowMatchingObjective):
     fresh = jax.device_get(nn.meta.unbox(jax.jit(self.init)(rng)))
     return routing.merge_params(init_params, fresh)
 
-  def post_update(self, params, side):
+  @classmethod
+  def validate(cls, config, info) -> None:
+    routing.validate_routing_config(config, info)
+
+  def after_update(self, params, side):
+    """rho projected onto [rho_min, rho_max] after every optimizer step."""
     del side
     return routing.project_ratios(params, self.spec)
 
@@ -73,6 +78,5 @@ class RoutedFlowMatchingObjective(FlowMatchingObjective):
       r_loss = jnp.zeros((), jnp.float32)
       mean_ratio = jnp.float32(self.spec.fixed_ratio)
     total = flow_loss + self.spec.ratio_loss_weight * r_loss
-    metrics = dict(metrics, loss=total, flow_loss=flow_loss, ratio_loss=r_loss, mean_ratio=mean_ratio,
-                   _side=jnp.zeros((), jnp.float32))
+    metrics = dict(metrics, loss=total, flow_loss=flow_loss, ratio_loss=r_loss, mean_ratio=mean_ratio)
     return total, metrics

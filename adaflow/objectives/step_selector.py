@@ -12,7 +12,7 @@ One training step (batch labels [B] from the dataset; the images are not used):
     a ~ softmax(logits);  for EVERY s in the step set: x_s = ODE(noise, y, s steps)  (jitted,
     static shapes: one scan per step count, each over the whole batch)
     R = quality(x_a, x_max, y) - beta * s_a / s_max;  REINFORCE loss (adaflow.rl.reinforce)
-    baseline <- moving average of R  (returned as metrics['_side'], applied by `post_update`)
+    baseline <- moving average of R  (returned as the loss's side output, applied by `after_update`)
 
 Batching choice: every step count is run on the whole batch (cost per input = sum of the step
 set, e.g. 124 steps for (4, 8, 16, 32, 64), under 2x the max-step sample that the `closeness` and
@@ -29,70 +29,53 @@ from typing import Optional
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from adaflow import flow
 from adaflow import storage
-from adaflow.config import register_validator
 from adaflow.models import step_selector as sel
+from adaflow.objectives.base import ObjectiveBase
 from adaflow.parallel.host import to_host
 from adaflow.rl import reinforce as rl
 from adaflow.rl import rewards as rw
 
 
-def selector_defaults() -> ml_collections.ConfigDict:
-  """`config.selector` with every field and its default (configs/quickstart_adadiff.py uses it)."""
-  return ml_collections.ConfigDict(dict(
-      generator_workdir="",    # frozen flow-matching generator; `--init <workdir>` sets it
-      step_set=sel.DEFAULT_STEP_SET,
-      quality="classifier",    # closeness | classifier | features  (adaflow.rl.rewards)
-      beta=0.5,                # R = quality - beta * steps / max_steps
-      entropy_coef=0.01,
-      baseline_decay=0.9,
-      hidden=64,
-      depth=2,
-      use_noise_stats=False,   # add initial-noise statistics to the policy input
-      method="",               # ODE method; "" = the generator's sample.method
-      cfg_scale=-1.0,          # CFG scale; < 0 = the generator's sample.cfg_scale
-      classifier_seed=0,
-  ))
-
-
-@register_validator
 def validate_selector(config, info) -> None:
-  """Checks `config.selector` when `config.objective == 'step_selector'` (no compilation)."""
+  """Checks `config.selector` for objective 'step_selector' (no compilation)."""
   del info
-  if config.get("objective") != "step_selector":
-    return
-  s = config.get("selector")
-  if s is None:
-    raise ValueError("config.selector: missing; start from adaflow.objectives.step_selector.selector_defaults()")
-  sel.validate_step_set(s.get("step_set"))
-  if s.get("quality") not in rw.QUALITIES:
-    raise ValueError(f"config.selector.quality: must be one of {rw.QUALITIES}, got {s.get('quality')!r}")
-  if not s.get("generator_workdir"):
+  s = config.selector
+  sel.validate_step_set(s.step_set)
+  if s.quality not in rw.QUALITIES:
+    raise ValueError(f"config.selector.quality: must be one of {rw.QUALITIES}, got {s.quality!r}")
+  if not s.generator_workdir:
     raise ValueError("config.selector.generator_workdir: the frozen generator is not set; pass "
                      "`--init <generator workdir>` or --config.selector.generator_workdir=<dir>")
-  if not (s.get("beta", 0.0) >= 0):
-    raise ValueError(f"config.selector.beta: must be >= 0, got {s.get('beta')}")
-  if not (s.get("entropy_coef", 0.0) >= 0):
-    raise ValueError(f"config.selector.entropy_coef: must be >= 0, got {s.get('entropy_coef')}")
-  if not (0.0 <= s.get("baseline_decay", 0.9) < 1.0):
-    raise ValueError(f"config.selector.baseline_decay: must be in [0, 1), got {s.get('baseline_decay')}")
-  if s.get("hidden", 64) < 1 or s.get("depth", 2) < 0:
+  if not s.beta >= 0:
+    raise ValueError(f"config.selector.beta: must be >= 0, got {s.beta}")
+  if not s.entropy_coef >= 0:
+    raise ValueError(f"config.selector.entropy_coef: must be >= 0, got {s.entropy_coef}")
+  if not 0.0 <= s.baseline_decay < 1.0:
+    raise ValueError(f"config.selector.baseline_decay: must be in [0, 1), got {s.baseline_decay}")
+  if s.hidden < 1 or s.depth < 0:
     raise ValueError("config.selector.hidden must be >= 1 and config.selector.depth >= 0")
-  if s.get("method") and s.get("method") not in flow.samplers.METHODS:
+  if s.method and s.method not in flow.samplers.METHODS:
     raise ValueError(f"config.selector.method: must be '' or one of {flow.samplers.METHODS}, got {s.method!r}")
 
 
-class StepSelectorObjective:
+class StepSelectorObjective(ObjectiveBase):
   """REINFORCE training of `StepPolicy` against a frozen generator (see the module docstring)."""
 
+  has_side = True   # the REINFORCE baseline
+
+  @classmethod
+  def validate(cls, config, info) -> None:
+    validate_selector(config, info)
+
   @staticmethod
-  def use_init_workdir(config, workdir: str) -> None:
+  def use_init_workdir(config, workdir: str) -> bool:
     """`adaflow train --init <dir>` for this objective: <dir> is the frozen generator."""
     config.selector.generator_workdir = storage.absolute(workdir)
+    return True
 
   def __init__(self, config, info, generator, generator_params, classifier=None, sample_config=None):
     """`generator` (an objective: `velocity_fn` or `integrate_noise`) with its `generator_params`;
@@ -111,9 +94,9 @@ class StepSelectorObjective:
     cond = getattr(generator, "condition_params", None)
     self.condition_params = cond(self.generator_params) if cond is not None else self.generator_params
     sample_cfg = sample_config if sample_config is not None else config.sample
-    self.method = s.get("method") or sample_cfg.method
-    self.cfg_scale = float(s.cfg_scale) if s.get("cfg_scale", -1.0) >= 0 else float(sample_cfg.cfg_scale)
-    self.use_noise_stats = bool(s.get("use_noise_stats", False))
+    self.method = s.method or sample_cfg.method
+    self.cfg_scale = float(s.cfg_scale) if s.cfg_scale >= 0 else float(sample_cfg.cfg_scale)
+    self.use_noise_stats = bool(s.use_noise_stats)
     self.beta = float(s.beta)
     self.entropy_coef = float(s.entropy_coef)
     self.baseline_decay = float(s.baseline_decay)
@@ -227,7 +210,7 @@ class StepSelectorObjective:
 
   # ---- training --------------------------------------------------------------------------------
   def loss(self, params, batch, rng: jax.Array):
-    """batch {'label': [B], ...} -> (REINFORCE surrogate loss, metrics incl. '_side' baseline)."""
+    """batch {'label': [B], ...} -> (REINFORCE surrogate loss, (metrics, side = the new baseline))."""
     labels = batch["label"].astype(jnp.int32)
     chex.assert_rank(labels, 1)
     b = labels.shape[0]
@@ -252,9 +235,9 @@ class StepSelectorObjective:
                    max_step_quality=jnp.mean(q_all[:, -1]))
     for i, s in enumerate(self.step_set):
       metrics[f"frac_{s}"] = jnp.mean((actions == i).astype(jnp.float32))
-    metrics["_side"] = rl.update_baseline(params["reinforce"], rewards, self.baseline_decay)
-    return loss, metrics
+    side = rl.update_baseline(params["reinforce"], rewards, self.baseline_decay)
+    return loss, (metrics, side)
 
-  def post_update(self, params, side):
+  def after_update(self, params, side):
     """Writes the new moving-average baseline into the params tree (after the optimizer step)."""
     return dict(params, reinforce=side)

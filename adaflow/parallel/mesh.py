@@ -14,7 +14,7 @@ from adaflow.parallel.rules import LOGICAL_AXIS_RULES, MESH_AXES, validate_rules
 
 def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
   """Resolves `mesh.{data,fsdp,model}` (one of them may be -1 = all remaining devices)."""
-  sizes = [int(mesh_config.get(a, 1)) for a in MESH_AXES]
+  sizes = [int(mesh_config[a]) for a in MESH_AXES]
   if sum(s == -1 for s in sizes) > 1:
     raise ValueError(f"at most one of mesh.data/fsdp/model may be -1, got {dict(zip(MESH_AXES, sizes))}")
   if any(s == 0 or s < -1 for s in sizes):

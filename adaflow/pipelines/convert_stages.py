@@ -13,9 +13,9 @@ from adaflow.train.sharded_state import init_state
 
 def convert_workdir(dense_workdir: str, config, out_dir: str, log=print) -> str:
   """Converts the dense run in `dense_workdir` for the PPFlow `config`; writes `out_dir`. Returns it."""
-  if config.get("objective") != "ppflow":
+  if config.objective != "ppflow":
     raise ValueError("config.objective: convert-stages needs a PPFlow config (objective='ppflow' with "
-                     f"model.stages), got {config.get('objective')!r}")
+                     f"model.stages), got {config.objective!r}")
   tr = Trainer(config, out_dir, log=log)
   dense = load_params(dense_workdir)
   params = convert_params_for(tr.objective, dense, jax.random.PRNGKey(config.seed))

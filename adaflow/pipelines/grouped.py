@@ -1,5 +1,5 @@
 """The train-then-prune driver: `adaflow train --config configs/quickstart_grouped.py --workdir W`
-(the `train` command dispatches here when `config.grouped` is set).
+(the `train` command dispatches here when `config.grouped.enabled` is True).
 
     W/stage1/          stage 1: the dense base, ordinary trainer, `grouped.stage1_steps` steps
     W/prune/           pruning: memory_bank.json (every structure scored, saved each round),
@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow import flow
 from adaflow import storage
@@ -41,6 +40,7 @@ from adaflow.prune.groups import group_edges
 from adaflow.prune.search import (PROPOSERS, MemoryBank, Proposer, ProxyEvaluator, SearchSpace, make_proposer,
                                   search_group)
 from adaflow.prune.slicing import Structure, slice_params
+from adaflow.train import registry
 from adaflow.train.loop import config_of, load_params, train
 
 
@@ -50,48 +50,13 @@ def _log(msg: str) -> None:
 
 
 # ---- config ---------------------------------------------------------------------------------
-def grouped_defaults() -> ml_collections.ConfigDict:
-  """Every `config.grouped` field with its default."""
-  return ml_collections.ConfigDict(dict(
-      num_groups=4,            # N timestep groups (contiguous, equal width in SNR dB)
-      k=0.5,                   # smallest budget fraction: budget(i) = (i/N + (N-i)/N k) F
-      largest="data",          # which end of t gets the full-size model: data (t ~ 1) | noise (t ~ 0)
-      snr_range_db=(-20.0, 20.0),
-      stage1_steps=1500,       # dense base steps (batch train.batch_size)
-      stage2_steps=250,        # fine-tune steps PER GROUP (0 = pruning only)
-      stage2_lr=3e-4,
-      stage2_warmup_steps=20,
-      importance="taylor",     # taylor | magnitude
-      importance_batches=4,
-      proposer="importance",   # importance | random
-      rounds=4,
-      proposals_per_round=4,
-      proxy_samples=256,       # held-out examples per proxy evaluation
-      proxy_finetune_steps=0,  # optional Adam steps before the proxy loss
-      proxy_lr=1e-4,
-      mlp_granularity=32,      # MLP channels move in chunks of this size
-      allow_block_drop=True,
-      search_seed=0,
-      eval_stage1=False,       # FD of the dense base after stage 1
-  ))
-
-
-def grouped_config(config) -> ml_collections.ConfigDict:
-  """`config.grouped` merged over the defaults."""
-  given = config.grouped
-  given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
-  return ml_collections.ConfigDict({**grouped_defaults().to_dict(), **given})
-
-
 def _is_int(v) -> bool:
   return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def validate_grouped(config, info=None) -> None:
-  """Checks `config.grouped` (no-op without it); ValueError naming the field."""
-  if not config.get("grouped"):
-    return
-  g = grouped_config(config)
+  """Checks `config.grouped` (run_grouped and the compose recipe call this); ValueError naming the field."""
+  g = config.grouped
   budget_lib.check_budget_args(g.num_groups, g.k, g.largest)
   r = tuple(g.snr_range_db)
   if len(r) != 2 or not float(r[0]) < float(r[1]):
@@ -111,13 +76,11 @@ def validate_grouped(config, info=None) -> None:
     raise ValueError(f"config.train.batch_size: {config.train.batch_size} < grouped.num_groups {g.num_groups}")
 
 
-config_lib.register_validator(validate_grouped)
-
 
 def stage1_config(config) -> ml_collections.ConfigDict:
-  g = grouped_config(config)
+  g = config.grouped
   c = config.copy_and_resolve_references()
-  c.name = f"{config.get('name', 'run')}_stage1"
+  c.name = f"{config.name}_stage1"
   c.train.steps = int(g.stage1_steps)
   c.eval.at_end = bool(g.eval_stage1)
   return c
@@ -125,9 +88,9 @@ def stage1_config(config) -> ml_collections.ConfigDict:
 
 def group_config(config, i: int, structure: Structure, t_range: tuple[float, float]) -> ml_collections.ConfigDict:
   """Stage-2 config of group i: its pruned blocks, its time range, the stage-2 schedule."""
-  g = grouped_config(config)
+  g = config.grouped
   c = config.copy_and_resolve_references()
-  c.name = f"{config.get('name', 'run')}_group{i}"
+  c.name = f"{config.name}_group{i}"
   c.objective = "grouped_finetune"
   c.model.blocks = [[s.num_heads, s.mlp_dim] for s in structure.block_specs()]
   c.grouped.group = i
@@ -148,7 +111,7 @@ def group_config(config, i: int, structure: Structure, t_range: tuple[float, flo
 def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] = None, log=_log) -> dict:
   """Pruning pass for every group (see adaflow.prune.search); writes memory_bank.json and
   result.json under `out_dir` and returns the result dict."""
-  g = grouped_config(config)
+  g = config.grouped
   info = data_lib.get_info(config.data)
   obj = FlowMatchingObjective(config, info)
   base = obj.model
@@ -236,8 +199,8 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
   """Stage 1 -> pruning -> stage 2 per group -> evaluation; resumable. Returns the summary."""
   validate_grouped(config)
   info = data_lib.get_info(config.data)
-  config_lib.validate(config, info, num_devices=jax.device_count(), num_processes=jax.process_count())
-  g = grouped_config(config)
+  registry.validate(config, info, num_devices=jax.device_count(), num_processes=jax.process_count())
+  g = config.grouped
   storage.check_writable(workdir, "--workdir")   # creates it; a bad path or bucket fails before stage 1
   if is_writer():   # the other processes computed the same; one writes
     storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
@@ -282,7 +245,7 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
     storage.write_json(os.path.join(workdir, "grouped.json"), summary, indent=1)
   log(f"grouped model: {summary['flops_fraction']:.3f} of the dense sampling FLOPs "
       f"(steps per group {summary['steps_per_group']})")
-  if config.eval.get("at_end", False):
+  if config.eval.at_end:
     obj = grouped_objective(config, result)
     res = evaluate_generator(obj, params, config, make_mesh(config.mesh), cache_dir(config, workdir), log=log)
     res.update(flops_fraction=summary["flops_fraction"], sampling_flops_per_image=summary["sampling_flops_per_image"])
@@ -311,8 +274,6 @@ def load_grouped(workdir: str, config: Optional[ml_collections.ConfigDict] = Non
                      f"run `adaflow train --config <grouped config> --workdir {workdir}` to finish it)")
   stage1 = os.path.join(workdir, "stage1")
   config = config if config is not None else config_of(stage1)
-  if not config.get("grouped"):
-    raise ValueError(f"the config of {stage1} has no `grouped` section")
   result = storage.read_json(os.path.join(workdir, "prune", "result.json"))
   obj = grouped_objective(config, result)
   base = None
@@ -322,7 +283,7 @@ def load_grouped(workdir: str, config: Optional[ml_collections.ConfigDict] = Non
     gdir = os.path.join(workdir, f"group_{i}")
     if stage_done(gdir):
       params[group_key(i)] = load_params(gdir)
-    elif int(grouped_config(config).stage2_steps) == 0:
+    elif int(config.grouped.stage2_steps) == 0:
       base = load_params(stage1) if base is None else base
       params[group_key(i)] = slice_params(base, FlowMatchingObjective(config, obj.info).model,
                                           Structure.from_json(gr["structure"]))

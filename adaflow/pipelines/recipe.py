@@ -27,11 +27,11 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
-from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow import storage
+from adaflow.config_defaults import merged_config
 from adaflow.compose.model import base_model, finest_stage_view
-from adaflow.compose.spec import compose_config, spec_from_config
+from adaflow.compose.spec import spec_from_config
 from adaflow.models.grouped import group_key
 from adaflow.models.step_selector import validate_step_set
 from adaflow.pipelines.convert_stages import convert_workdir
@@ -40,6 +40,7 @@ from adaflow.pipelines.grouped import prune, validate_grouped
 from adaflow.pipelines.stages import run_stage
 from adaflow.prune.slicing import slice_params, Structure
 from adaflow.train import checkpoint as ckpt
+from adaflow.train import registry
 from adaflow.train.loop import load_params, train
 
 STAGES = ("dense", "ppflow", "routed", "grouped", "selector")
@@ -57,15 +58,14 @@ def _has_checkpoint(path: str) -> bool:
 
 # ---- per-stage configs ----------------------------------------------------------------------
 def _base(config, name: str, steps: int, finetune: bool) -> ml_collections.ConfigDict:
-  cc = compose_config(config)
+  cc = config.compose
   c = config.copy_and_resolve_references()
   with c.unlocked():
-    c.compose = cc
     c.compose.ppflow = c.compose.routing = c.compose.grouped = c.compose.selector = False
     c.compose.stages, c.compose.group_blocks, c.compose.group_edges = (), (), ()
     c.model.stages = None
     c.sample.cfg_scales = None
-  c.name = f"{config.get('name', 'composed')}_{name}"
+  c.name = f"{config.name}_{name}"
   c.train.steps = int(steps)
   if finetune:
     c.train.lr = float(cc.finetune_lr)
@@ -79,31 +79,31 @@ def _base(config, name: str, steps: int, finetune: bool) -> ml_collections.Confi
 
 
 def dense_config(config) -> ml_collections.ConfigDict:
-  c = _base(config, "dense", compose_config(config).dense_steps, finetune=False)
+  c = _base(config, "dense", config.compose.dense_steps, finetune=False)
   c.objective = "flow_matching"
   return c
 
 
 def ppflow_config(config) -> ml_collections.ConfigDict:
-  cc = compose_config(config)
+  cc = config.compose
   c = _base(config, "ppflow", cc.ppflow_steps, finetune=True)
   c.objective = "ppflow"
   c.model.stages = tuple(tuple(s) for s in cc.stages)
-  c.sample.cfg_scales = config.sample.get("cfg_scales")
+  c.sample.cfg_scales = config.sample.cfg_scales
   return c
 
 
 def generator_config(config, upto: str, prune_result: Optional[dict] = None) -> ml_collections.ConfigDict:
   """Objective-`composed` config of the generator after stage `upto` (routed | grouped | final):
   the methods of config.compose that are on and have been trained by then."""
-  cc = compose_config(config)
+  cc = config.compose
   steps = {"routed": cc.routing_steps, "grouped": cc.grouped_steps}.get(upto, 0)
   c = _base(config, upto, steps, finetune=True)
   c.objective = "composed"
   c.compose.ppflow = bool(cc.ppflow)
   if cc.ppflow:
     c.compose.stages = tuple(tuple(s) for s in cc.stages)
-    c.sample.cfg_scales = config.sample.get("cfg_scales")
+    c.sample.cfg_scales = config.sample.cfg_scales
   c.compose.routing = bool(cc.routing)
   if upto in ("grouped", "final") and cc.grouped:
     if prune_result is None:
@@ -120,7 +120,7 @@ def _blocks(group_result: dict):
 
 def prune_view_config(config) -> ml_collections.ConfigDict:
   """Dense one-stage config of the finest PPFlow stage (what adaflow.prune searches on)."""
-  cc = compose_config(config)
+  cc = config.compose
   c = _base(config, "prune", 0, finetune=False)
   c.objective = "flow_matching"
   if cc.ppflow:
@@ -131,12 +131,12 @@ def prune_view_config(config) -> ml_collections.ConfigDict:
 
 
 def selector_config(config, generator_dir: str) -> ml_collections.ConfigDict:
-  cc = compose_config(config)
+  cc = config.compose
   c = _base(config, "selector", cc.selector_steps, finetune=False)
   c.objective = "step_selector"
   c.selector.generator_workdir = storage.absolute(generator_dir)
   c.train.batch_size = int(cc.selector_batch)
-  c.train.lr = float(config.selector.get("lr", 3e-3))
+  c.train.lr = float(config.selector.lr)
   c.train.warmup_steps = min(10, int(cc.selector_steps))
   c.train.schedule = "constant"
   c.train.ema_decay = 0.0          # the policy itself is what gets sampled
@@ -146,15 +146,12 @@ def selector_config(config, generator_dir: str) -> ml_collections.ConfigDict:
 # ---- the driver -----------------------------------------------------------------------------
 def validate_recipe(config) -> None:
   """Every stage's config is validated before the first step of the first stage."""
-  cc = compose_config(config)
+  cc = config.compose
   info = data_lib.get_info(config.data)
   gen = generator_config(config, "routed")
   spec_from_config(gen, info)                     # stages, routing fit, cfg scales
   if cc.selector:
-    if config.get("selector") is None:
-      raise ValueError("config.selector: compose.selector is on but config.selector is missing; start from "
-                       "adaflow.objectives.step_selector.selector_defaults()")
-    validate_step_set(config.selector.get("step_set"))
+    validate_step_set(config.selector.step_set)
   if cc.grouped:
     validate_grouped(prune_view_config(config))
   for name, steps in (("dense_steps", cc.dense_steps), ("ppflow_steps", cc.ppflow_steps),
@@ -164,17 +161,17 @@ def validate_recipe(config) -> None:
       raise ValueError(f"config.compose.{name}: must be an integer >= 0, got {steps!r}")
   if cc.dense_steps < 1:
     raise ValueError("config.compose.dense_steps: the recipe starts from a dense DiT; needs >= 1 step")
-  config_lib.validate(dense_config(config), info)
+  registry.validate(dense_config(config), info)
   if cc.ppflow:
-    config_lib.validate(ppflow_config(config), info)
+    registry.validate(ppflow_config(config), info)
   if cc.routing:
-    config_lib.validate(gen, info)
+    registry.validate(gen, info)
 
 
 def run_recipe(config, workdir: str, log=_log) -> dict:
   """Runs (or resumes) every enabled stage; returns the summary written to W/composed.json."""
   validate_recipe(config)
-  cc = compose_config(config)
+  cc = config.compose
   storage.check_writable(workdir, "--workdir")   # creates it; a bad path or bucket fails before stage 1
   if is_writer():   # the other processes computed the same; one writes
     storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
@@ -258,8 +255,8 @@ def load_composed(workdir: str, selector: Optional[bool] = None):
   """(sampler config, dataset info, generator params, policy params or None) of a finished recipe.
   `selector=False` gives the generator alone (no policy) even when the recipe trained one."""
   summary = storage.read_json(os.path.join(workdir, "composed.json"))
-  config = ml_collections.ConfigDict(storage.read_json(os.path.join(workdir, "config.json")))
-  cc = compose_config(config)
+  config = merged_config(storage.read_json(os.path.join(workdir, "config.json")))
+  cc = config.compose
   result = None
   if cc.grouped:
     result = storage.read_json(os.path.join(workdir, "prune", "result.json"))

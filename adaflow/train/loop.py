@@ -46,6 +46,7 @@ from tqdm import tqdm
 from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow import storage
+from adaflow.config_defaults import merged_config
 from adaflow.data.prefetch import Prefetcher
 from adaflow.eval.classifier import cache_dir
 from adaflow.eval.generate import balanced_labels, evaluate_generator, generate_images
@@ -56,6 +57,7 @@ from adaflow.train import diagnostics
 from adaflow.train.images import save_grid
 from adaflow.train.metrics_log import MetricWriter
 from adaflow.train.optim import learning_rate_schedule, make_optimizer
+from adaflow.train import registry
 from adaflow.train.registry import build_objective
 from adaflow.train.sharded_state import init_state, state_shardings
 from adaflow.train.step import make_train_step
@@ -156,9 +158,9 @@ class Trainer:
 
   def __init__(self, config, workdir: str, log=_log):
     self.config, self.workdir, self.log = config, workdir, log
-    config_lib.validate(config)
+    registry.validate(config)
     self.info = data_lib.get_info(config.data)
-    config_lib.validate(config, self.info, num_devices=jax.device_count(), num_processes=jax.process_count())
+    registry.validate(config, self.info, num_devices=jax.device_count(), num_processes=jax.process_count())
     self.objective = build_objective(config, self.info, load_run=load_trainer_and_params)
     self.mesh = make_mesh(config.mesh)
     self.tx = make_optimizer(config.train)
@@ -180,13 +182,13 @@ class Trainer:
     if state is not None:
       self.log(f"resumed from {ckpt.checkpoint_dir(self.workdir)}/{step}")
       return state
-    if init_params is not None and hasattr(self.objective, "merge_init_params"):
+    if init_params is not None:
       init_params = self.objective.merge_init_params(init_params, self.root_rng)  # e.g. add routers
     return init_state(self.objective, self.tx, self.mesh, self.root_rng, self.shardings, params=init_params)
 
   def jitted_step(self):
     step = make_train_step(self.objective, self.tx, self.config.train.ema_decay, self.lr_schedule,
-                           debug_nan_step=int(self.config.train.get("debug_nan_step", -1)))
+                           debug_nan_step=int(self.config.train.debug_nan_step))
     return jax.jit(step, in_shardings=(self.shardings, self.batch_sharding),
                    out_shardings=(self.shardings, replicated(self.mesh)), donate_argnums=(0,))
 
@@ -198,7 +200,7 @@ class Trainer:
 
   def sample_grid(self, params, step: int) -> str:
     s = self.config.sample
-    per_class = int(self.config.train.get("grid_per_class", 8))
+    per_class = int(self.config.train.grid_per_class)
     k = max(self.objective.num_classes, 1)
     labels = np.repeat(np.arange(k, dtype=np.int32), per_class)
     imgs = generate_images(self.objective, params, self.mesh, jax.random.PRNGKey(7), labels, steps=s.steps,
@@ -218,25 +220,25 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   tr = Trainer(config, workdir, log)
   tc = config.train
   # Before anything compiles (Trainer only traces shapes): the train step is then cached on disk.
-  diagnostics.enable_compilation_cache(tc.get("compilation_cache_dir", ""),
-                                       tc.get("compilation_cache_min_compile_secs", 1.0))
-  nan_policy = tc.get("nan_policy", "stop")
+  diagnostics.enable_compilation_cache(tc.compilation_cache_dir,
+                                       tc.compilation_cache_min_compile_secs)
+  nan_policy = tc.nan_policy
   ckpt.check_writable(workdir)   # creates the workdir; a bad path or bucket fails here, before compiling
   storage.makedirs(workdir)
   if jax.process_index() == 0:
     storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
-  manager = ckpt.make_manager(workdir, max_to_keep=tc.get("keep_checkpoints", 3),
-                              keep_every=tc.get("keep_every", 0))   # + milestones (multiples of keep_every)
+  manager = ckpt.make_manager(workdir, max_to_keep=tc.keep_checkpoints,
+                              keep_every=tc.keep_every)   # + milestones (multiples of keep_every)
   state = tr.initial_state(manager, init_params)
   start = int(jax.device_get(state.step))
   batches = data_lib.make_train_batches(config.data, global_batch_size=tc.batch_size, seed=config.seed,
                                         process_index=jax.process_index(), process_count=jax.process_count())
   # Host input overlaps the device step: batches[step + 1 ..] are built on threads (same batches).
-  batches = Prefetcher(batches, start=start, stop=tc.steps, depth=config.data.get("prefetch", 2))
+  batches = Prefetcher(batches, start=start, stop=tc.steps, depth=config.data.prefetch)
   jitted, step_fn, flops = tr.jitted_step(), None, None   # compiled at the first step (diagnostics.compile_step)
-  peak = diagnostics.peak_tflops_per_device(override=tc.get("peak_tflops_per_device", 0.0))
-  prof = diagnostics.ProfileWindow(os.path.join(workdir, "profile"), start, tc.get("profile_start", 1),
-                                   tc.get("profile_steps", 0))
+  peak = diagnostics.peak_tflops_per_device(override=tc.peak_tflops_per_device)
+  prof = diagnostics.ProfileWindow(os.path.join(workdir, "profile"), start, tc.profile_start,
+                                   tc.profile_steps)
   writer = MetricWriter(workdir)
   dropped = writer.drop_after(start)
   if dropped:
@@ -259,9 +261,9 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
           f"or set train.nan_policy='skip' to skip such updates", step=at_step, last_checkpoint=last)
 
   pending, t_last, n_last, prev_flag = [], time.time(), start, None
-  guard = PreemptionGuard(sync_every=tc.get("preemption_sync_every", 10))
+  guard = PreemptionGuard(sync_every=tc.preemption_sync_every)
   with guard, batches, prof:   # leaving it (end, preemption, error) joins the threads, ends a trace
-    log(f"{config.get('name', 'run')}: {tr.info.image_shape} {tr.info.num_classes} classes, "
+    log(f"{config.name}: {tr.info.image_shape} {tr.info.num_classes} classes, "
         f"{n_params / 1e6:.2f}M params, mesh {dict(tr.mesh.shape)}, steps {start} -> {tc.steps}")
     for step in range(start, tc.steps):
       batch = tr.global_batch(batches[step])
@@ -302,16 +304,16 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
         log(f"stopping on {guard.requested} after step {done}: checkpoint saved to "
             f"{ckpt.checkpoint_dir(workdir)}/{done}; run the same command again to resume")
         return state
-      if tc.get("sample_every", 0) and done % tc.sample_every == 0 and done != tc.steps:
+      if tc.sample_every and done % tc.sample_every == 0 and done != tc.steps:
         tr.sample_grid(state.ema_params, done)
   pbar.close()
   ckpt.wait(manager)
   writer.flush()
 
   final_step = int(jax.device_get(state.step))
-  if tc.steps > 0 and config.train.get("final_samples", True):
+  if tc.steps > 0 and config.train.final_samples:
     log(f"sample grid: {tr.sample_grid(state.ema_params, final_step)}")
-  if config.eval.get("at_end", False) and tc.steps > 0:
+  if config.eval.at_end and tc.steps > 0:
     result = evaluate_generator(tr.objective, state.ema_params, config, tr.mesh, cache_dir(config, workdir), log=log)
     result["step"] = final_step
     writer.write(final_step, {k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None},
@@ -330,9 +332,10 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
 
 # ---- rebuilding a trainer and its parameters from a workdir (sample / eval / fine-tuning) ----
 def config_of(workdir: str) -> ml_collections.ConfigDict:
-  """The config stored with the latest checkpoint of `workdir`."""
+  """The config stored with the latest checkpoint of `workdir`, written over `base_config()`: a run
+  saved before a field existed gets that field's default."""
   meta, _ = ckpt.restore_meta(workdir)
-  return ml_collections.ConfigDict(meta["config"])
+  return merged_config(meta["config"])
 
 
 def load_trainer_and_params(workdir: str, config: Optional[ml_collections.ConfigDict] = None, ema: bool = True):

@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 
 
+from adaflow import config as config_lib
+from adaflow import data as data_lib
 from adaflow.compose.objective import ComposedObjective
 from adaflow.eval.classifier import cache_dir, get_classifier
 from adaflow.objectives.dq_transformer import DQTransformerObjective
-from adaflow.objectives.dqvae import DQVAEObjective
+from adaflow.objectives.dqvae import DQVAEObjective, build_tokenizer
 from adaflow.objectives.flow_matching import FlowMatchingObjective
 from adaflow.objectives.grouped import GroupFinetuneObjective
 from adaflow.objectives.ppflow import PPFlowObjective
@@ -52,7 +54,7 @@ def step_selector_objective(config, info, load_run=None) -> StepSelectorObjectiv
   classifier = None
   if s.quality in ("classifier", "features"):
     classifier = get_classifier(config.data, cache_dir(gen_tr.config, s.generator_workdir or "."),
-                                seed=int(s.get("classifier_seed", 0)))
+                                seed=int(s.classifier_seed))
   return StepSelectorObjective(config, info, gen_tr.objective, params, classifier,
                                sample_config=gen_tr.config.sample)
 
@@ -60,8 +62,8 @@ def step_selector_objective(config, info, load_run=None) -> StepSelectorObjectiv
 def load_tokenizer(workdir: str, load_run):
   """(DQTokenizer, frozen params, tokenizer config) from a DQ-VAE workdir's latest checkpoint."""
   tr, params, _ = load_run(workdir)
-  if tr.config.get("objective") != "dqvae":
-    raise ValueError(f"config.tokenizer_workdir={workdir!r} holds a {tr.config.get('objective')!r} run, "
+  if tr.config.objective != "dqvae":
+    raise ValueError(f"config.tokenizer_workdir={workdir!r} holds a {tr.config.objective!r} run, "
                      "not a DQ-VAE (objective 'dqvae'); train one with configs/quickstart_dqvae.py")
   return tr.objective.tokenizer, to_host(params), tr.config
 
@@ -71,20 +73,24 @@ def dq_transformer_objective(config, info, load_run=None) -> DQTransformerObject
   tok, tok_params, tok_cfg = load_tokenizer(config.tokenizer_workdir,
                                             _need_load_run(load_run, "objective 'dq_transformer'"))
   for field in ("name", "image_size", "channels"):
-    if tok_cfg.data.get(field) != config.data.get(field):
-      raise ValueError(f"config.data.{field}={config.data.get(field)!r} differs from the tokenizer's "
-                       f"{tok_cfg.data.get(field)!r} ({config.tokenizer_workdir}); use the same data settings")
+    if tok_cfg.data[field] != config.data[field]:
+      raise ValueError(f"config.data.{field}={config.data[field]!r} differs from the tokenizer's "
+                       f"{tok_cfg.data[field]!r} ({config.tokenizer_workdir}); use the same data settings")
   return DQTransformerObjective(config, info, (tok, tok_params))
 
 
 def dqvae_objective(config, info, load_run=None) -> DQVAEObjective:
   """The DQ-VAE objective, with the evaluation classifier when `dqvae.perceptual_weight > 0`."""
   del load_run
+  d = config.dqvae
+  images = None
+  if d.router == "entropy":   # the entropy threshold is a statistic of training images
+    images, _ = data_lib.load_arrays(config.data, int(d.entropy_num_images), seed=0)
   classifier = None
-  if float(config.dqvae.perceptual_weight) > 0:
-    cache = config.eval.get("cache_dir") or os.environ.get("ADAFLOW_CACHE") or ".adaflow_cache"
-    classifier = get_classifier(config.data, cache, seed=config.eval.get("classifier_seed", 0))
-  return DQVAEObjective(config, info, classifier)
+  if float(d.perceptual_weight) > 0:
+    cache = config.eval.cache_dir or os.environ.get("ADAFLOW_CACHE") or ".adaflow_cache"
+    classifier = get_classifier(config.data, cache, seed=config.eval.classifier_seed)
+  return DQVAEObjective(config, info, build_tokenizer(d, info, images), classifier)
 
 
 _FACTORIES = {
@@ -94,12 +100,24 @@ _FACTORIES = {
 }
 
 
+def objective_class(config):
+  """The class named by `config.objective` (its `validate`, abilities), or a ValueError."""
+  if config.objective not in OBJECTIVES:
+    raise ValueError(f"config.objective: must be one of {sorted(OBJECTIVES)}, got {config.objective!r}")
+  return OBJECTIVES[config.objective]
+
+
+def validate(config, info=None, num_devices=None, num_processes: int = 1) -> None:
+  """`adaflow.config.validate` with the checks of `config.objective`'s objective."""
+  config_lib.validate(config, info, num_devices=num_devices, num_processes=num_processes,
+                      checks=(objective_class(config).validate,))
+
+
 def build_objective(config, info, load_run=None):
   """Objective named by `config.objective` for the dataset described by `info`; `load_run` reads
   other runs (frozen generator / tokenizer) for the objectives that need one."""
-  name = config.get("objective", "flow_matching")
-  if name not in OBJECTIVES:
-    raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {name!r}")
+  name = config.objective
+  objective_class(config).validate(config, info)
   if name in _FACTORIES:
     return _FACTORIES[name](config, info, load_run)
   return OBJECTIVES[name](config, info)

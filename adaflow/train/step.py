@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adaflow.objectives.base import split_aux
 from adaflow.train.state import TrainState, ema_update
 
 
@@ -26,20 +27,18 @@ def make_train_step(objective, tx: optax.GradientTransformation, ema_decay: floa
     rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
-      loss, metrics = objective.loss(params, batch, rng)
+      loss, aux = objective.loss(params, batch, rng)
       if debug_nan_step >= 0:
         loss = loss * jnp.where(state.step == debug_nan_step, jnp.nan, 1.0).astype(loss.dtype)
-      return loss, metrics
+      return loss, aux
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    metrics = dict(metrics)
-    side = metrics.pop("_side", None)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics, side = split_aux(objective, aux)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    if side is not None:
-      # Non-gradient updates computed by the loss (e.g. EMA codebook statistics): the objective
-      # returns them under metrics["_side"] and applies them here, after the optimizer step.
-      params = objective.post_update(params, side)
+    # Non-gradient updates (EMA codebook statistics from `side`, projections of routing ratios),
+    # applied after the optimizer step.
+    params = objective.after_update(params, side)
     ema = ema_update(state.ema_params, params, state.step, ema_decay)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -39,10 +39,8 @@ def dense() -> ml_collections.ConfigDict:
 
 
 def _diffcr(c):
-  from adaflow.models.routing import routing_defaults  # pylint: disable=g-import-not-at-top
   c.name = "imagenet64_diffcr_B4"
   c.objective = "routed_flow_matching"
-  c.routing = routing_defaults()
   c.routing.num_regions = 4
   c.routing.target = 0.75
   c.routing.ratio_loss_weight = 0.3
@@ -50,10 +48,8 @@ def _diffcr(c):
 
 
 def _adadiff(c):
-  from adaflow.objectives.step_selector import selector_defaults  # pylint: disable=g-import-not-at-top
   c.name = "imagenet64_adadiff_B4"
   c.objective = "step_selector"
-  c.selector = selector_defaults()
   c.selector.step_set = (8, 16, 32, 64, 125)
   c.selector.quality = "closeness"   # agreement with the max-step sample (no extra model)
   c.train.steps = 2000

@@ -1,0 +1,78 @@
+"""The interface every objective implements (`Objective`) and the defaults of its optional
+abilities (`ObjectiveBase`), so that callers ask an objective what it can do instead of probing
+it with `hasattr`.
+
+Shapes: batch {'image': [B, H, W, C] in [-1, 1], 'label': [B] int32}; params a Flax variable tree.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+
+
+@runtime_checkable
+class Objective(Protocol):
+  """What the train loop (adaflow.train) calls. Built by `adaflow.train.registry.build_objective`,
+  which runs `validate(config, info)` first and hands the constructor whatever must be loaded
+  (frozen generator, tokenizer, classifier): constructors do no I/O."""
+
+  num_classes: int
+  # True when `loss` returns (loss, (metrics, side)): `side` is a pytree of non-gradient state
+  # (EMA codebook statistics, a REINFORCE baseline) that `after_update` writes into the params.
+  # False: `loss` returns (loss, metrics) and `after_update` receives side=None.
+  has_side: bool
+
+  @classmethod
+  def validate(cls, config, info) -> None:
+    """Raises one ValueError naming the config field, before anything is compiled; `info` is the
+    dataset's DatasetInfo or None (then only the checks that need no image shape run)."""
+
+  def init(self, rng: jax.Array) -> Any:
+    """Boxed Flax variables (logical axis names attached, for sharding)."""
+
+  def loss(self, params, batch, rng: jax.Array) -> tuple[jax.Array, Any]:
+    """(scalar loss, metrics dict) or, with `has_side`, (scalar loss, (metrics dict, side))."""
+
+  def after_update(self, params, side) -> Any:
+    """Params after the optimizer step -> params with the non-gradient updates applied
+    (projections, EMA statistics); called by the train step every step."""
+
+
+class ObjectiveBase:
+  """Defaults of an objective's optional abilities; objectives override what they have."""
+
+  has_side = False
+  # `adaflow sample` also draws the coarse/fine code maps (`images_and_maps`): the DQ objectives.
+  has_maps = False
+
+  @classmethod
+  def validate(cls, config, info) -> None:
+    del config, info
+
+  def after_update(self, params, side):
+    del side
+    return params
+
+  def merge_init_params(self, init_params, rng: jax.Array):
+    """`--init` params (another run's, possibly a smaller tree) -> this objective's full tree."""
+    del rng
+    return init_params
+
+  @staticmethod
+  def use_init_workdir(config, workdir: str) -> bool:
+    """`adaflow train --init <workdir>`: True when the objective takes the workdir itself (written
+    into `config`), False when --init means "start from that run's parameters"."""
+    del config, workdir
+    return False
+
+  def images_and_maps(self, params, rng: jax.Array, labels) -> tuple:
+    raise ValueError(f"{type(self).__name__} has no code maps to show (has_maps is False)")
+
+
+def split_aux(objective, aux) -> tuple[dict, Any]:
+  """(metrics, side) of the aux that `objective.loss` returned."""
+  if objective.has_side:
+    metrics, side = aux
+    return dict(metrics), side
+  return dict(aux), None

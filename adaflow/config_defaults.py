@@ -295,6 +295,13 @@ def merged_config(given: Mapping[str, Any]) -> ml_collections.ConfigDict:
   return c
 
 
+def _tuples(value):
+  """JSON stores tuples as lists; the schema has tuple fields only (hashable, as the models need)."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
 def _merge(into: ml_collections.ConfigDict, given, prefix: str) -> None:
   for k in given.keys():
     path = f"{prefix}{k}"
@@ -307,7 +314,7 @@ def _merge(into: ml_collections.ConfigDict, given, prefix: str) -> None:
       _merge(into[k], value, path + ".")
       continue
     try:
-      into[k] = value
+      into[k] = _tuples(value)
     except TypeError:
       raise ValueError(f"config.{path}: has type {type(value).__name__}, expected the type of its "
                        f"default {into[k]!r}") from None

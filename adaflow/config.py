@@ -67,7 +67,7 @@ def validate_diagnostics(config) -> None:
 
 def validate_data(config) -> None:
   """Loop-side data fields (the dataset fields themselves are checked by `adaflow.data.get_info`)."""
-  p = config.data.prefetch if config.data is not None else 0
+  p = config.data.prefetch
   _require(isinstance(p, int) and not isinstance(p, bool) and p >= 0, "data.prefetch",
            f"must be an integer >= 0 (batches built ahead on host threads; 0 = synchronous), got {p!r}")
 

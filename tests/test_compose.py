@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow.compose import flops as flops_lib
 from adaflow.compose.generator import ComposedGenerator
@@ -351,7 +352,8 @@ def test_invalid_compose_fields(field, value, match):
   with c.unlocked():
     c.compose[field] = value
   with pytest.raises(ValueError, match=match):
-    spec_from_config(c, _info(c))
+    config_lib.validate(c)          # the schema: an unknown field
+    spec_from_config(c, _info(c))   # the composition
 
 
 def test_compose_flags_must_be_booleans():

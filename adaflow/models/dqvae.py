@@ -179,7 +179,7 @@ class DQVAENet(nn.Module):
     # cluster_size starts at 0: every code is "dead" at the first update and restarts from data.
     self.cluster_size = self.param("codebook_cluster_size", nn.initializers.zeros, (k,))
     self.embed_sum = self.param("codebook_embed_sum", nn.initializers.zeros, (k, d))
-    # Encoding threshold on the gate's logit difference; no gradient (set by post_update).
+    # Encoding threshold on the gate's logit difference; no gradient (set by after_update).
     self.gate_threshold = self.param("gate_threshold", nn.initializers.zeros, ())
     if self.disc_width > 0:
       self.disc = PatchDiscriminator(self.disc_width)

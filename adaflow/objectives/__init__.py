@@ -4,8 +4,10 @@ config), never a second loop. Objectives do no I/O of other runs: what they need
 generator, a tokenizer, a classifier) is passed to their constructors by the train layer's
 registry (`adaflow.train.registry.build_objective`).
 
-An objective provides:
+An objective provides (the typed interface is `adaflow.objectives.base.Objective`):
+  validate(config, info) -> None, a ValueError naming the field (called by whoever builds it)
   init(rng) -> boxed Flax variables (logical axis names attached, for sharding)
-  loss(params, batch, rng) -> (scalar loss, dict of scalar metrics)
+  loss(params, batch, rng) -> (scalar loss, metrics) or, with has_side, (loss, (metrics, side))
+  after_update(params, side) -> params (non-gradient updates after the optimizer step)
   generate(params, rng, labels, **sample_kw) -> images [B, H, W, C] in about [-1, 1]
 """

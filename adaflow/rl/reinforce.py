@@ -14,7 +14,7 @@ first batch (no baseline yet) uses its own mean reward as b.
 
 Two ways to drive it:
   * `adaflow.objectives.step_selector` (the `adaflow train` path): generation happens inside the
-    loss, the baseline lives in the params tree and is set by `post_update`.
+    loss, the baseline lives in the params tree and is set by the objective's `after_update`.
   * `reinforce_train` below: a self-contained loop over a fixed pool of inputs with a reward
     function (bandits in the tests; the benchmark's beta sweep over a table of measured qualities).
 """

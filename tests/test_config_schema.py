@@ -126,3 +126,7 @@ def test_every_config_file_uses_only_schema_fields():
   assert "quickstart.py" in names
   for n in names:
     check_known_fields(load_config_file(os.path.join(root, n)))
+  # The method sections always exist; `adaflow train` runs train-then-prune only when asked.
+  assert load_config_file(os.path.join(root, "quickstart_grouped.py")).grouped.enabled
+  assert not load_config_file(os.path.join(root, "quickstart_composed.py")).grouped.enabled
+  assert not load_config_file(os.path.join(root, "quickstart.py")).grouped.enabled

@@ -161,7 +161,7 @@ class Trainer:
     registry.validate(config)
     self.info = data_lib.get_info(config.data)
     registry.validate(config, self.info, num_devices=jax.device_count(), num_processes=jax.process_count())
-    self.objective = build_objective(config, self.info, load_run=load_trainer_and_params)
+    self.objective = build_objective(config, self.info, load_run=load_trainer_and_params, workdir=workdir)
     self.mesh = make_mesh(config.mesh)
     self.tx = make_optimizer(config.train)
     self.lr_schedule = learning_rate_schedule(config.train)

@@ -8,9 +8,6 @@ run (`step_selector`, `dq_transformer`).
 """
 from __future__ import annotations
 
-import os
-
-
 from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow.compose.objective import ComposedObjective
@@ -42,9 +39,10 @@ def _need_load_run(load_run, what: str):
   return load_run
 
 
-def step_selector_objective(config, info, load_run=None) -> StepSelectorObjective:
+def step_selector_objective(config, info, load_run=None, workdir: str = ".") -> StepSelectorObjective:
   """The AdaDiff policy objective with its frozen generator (`selector.generator_workdir`) and,
   for the 'classifier' / 'features' qualities, the evaluation classifier of the generator's cache."""
+  del workdir   # the classifier is cached beside the generator's run
   s = config.selector
   gen_tr, params, _ = _need_load_run(load_run, "objective 'step_selector'")(s.generator_workdir)
   if tuple(gen_tr.info.image_shape) != tuple(info.image_shape) or gen_tr.info.num_classes != info.num_classes:
@@ -68,8 +66,9 @@ def load_tokenizer(workdir: str, load_run):
   return tr.objective.tokenizer, to_host(params), tr.config
 
 
-def dq_transformer_objective(config, info, load_run=None) -> DQTransformerObjective:
+def dq_transformer_objective(config, info, load_run=None, workdir: str = ".") -> DQTransformerObjective:
   """The DQ-Transformer objective with the frozen tokenizer of `config.tokenizer_workdir`."""
+  del workdir
   tok, tok_params, tok_cfg = load_tokenizer(config.tokenizer_workdir,
                                             _need_load_run(load_run, "objective 'dq_transformer'"))
   for field in ("name", "image_size", "channels"):
@@ -79,8 +78,9 @@ def dq_transformer_objective(config, info, load_run=None) -> DQTransformerObject
   return DQTransformerObjective(config, info, (tok, tok_params))
 
 
-def dqvae_objective(config, info, load_run=None) -> DQVAEObjective:
-  """The DQ-VAE objective, with the evaluation classifier when `dqvae.perceptual_weight > 0`."""
+def dqvae_objective(config, info, load_run=None, workdir: str = ".") -> DQVAEObjective:
+  """The DQ-VAE objective, with the evaluation classifier when `dqvae.perceptual_weight > 0`
+  (cached where `adaflow eval` caches it for this run: `cache_dir(config, workdir)`)."""
   del load_run
   d = config.dqvae
   images = None
@@ -88,8 +88,7 @@ def dqvae_objective(config, info, load_run=None) -> DQVAEObjective:
     images, _ = data_lib.load_arrays(config.data, int(d.entropy_num_images), seed=0)
   classifier = None
   if float(d.perceptual_weight) > 0:
-    cache = config.eval.cache_dir or os.environ.get("ADAFLOW_CACHE") or ".adaflow_cache"
-    classifier = get_classifier(config.data, cache, seed=config.eval.classifier_seed)
+    classifier = get_classifier(config.data, cache_dir(config, workdir), seed=config.eval.classifier_seed)
   return DQVAEObjective(config, info, build_tokenizer(d, info, images), classifier)
 
 
@@ -113,11 +112,12 @@ def validate(config, info=None, num_devices=None, num_processes: int = 1) -> Non
                       checks=(objective_class(config).validate,))
 
 
-def build_objective(config, info, load_run=None):
+def build_objective(config, info, load_run=None, workdir: str = "."):
   """Objective named by `config.objective` for the dataset described by `info`; `load_run` reads
-  other runs (frozen generator / tokenizer) for the objectives that need one."""
+  other runs (frozen generator / tokenizer) for the objectives that need one; `workdir` is the
+  run's (where the evaluation classifier is cached)."""
   name = config.objective
   objective_class(config).validate(config, info)
   if name in _FACTORIES:
-    return _FACTORIES[name](config, info, load_run)
+    return _FACTORIES[name](config, info, load_run, workdir)
   return OBJECTIVES[name](config, info)

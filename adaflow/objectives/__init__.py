@@ -7,5 +7,7 @@ registry (`adaflow.train.registry.build_objective`).
 An objective provides:
   init(rng) -> boxed Flax variables (logical axis names attached, for sharding)
   loss(params, batch, rng) -> (scalar loss, dict of scalar metrics)
-  generate(params, rng, labels, **sample_kw) -> images [B, H, W, C] in about [-1, 1]
+  generate(params, rng, labels, **sample_kw) -> images [B, H, W, C] in about [-1, 1], for the
+      families that sample their own way (DQ-VAE / DQ-Transformer, the AdaDiff step policy); the
+      DiT family's loss is `flow_loss` and its sampler `adaflow.compose.generator_for`
 """

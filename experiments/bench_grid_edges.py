@@ -164,17 +164,18 @@ def old_grouped_segments(edges, grid) -> list[tuple[int, np.ndarray]]:
 
 
 class Model:
-  """One trained model and how each rule samples it."""
+  """One trained model (its composed generator, adaflow.compose.generator_for) and how each rule
+  samples it."""
 
-  def __init__(self, name, objective, params, config, kind):
-    self.name, self.objective, self.params, self.config, self.kind = name, objective, params, config, kind
+  def __init__(self, name, generator, params, config, kind):
+    self.name, self.generator, self.params, self.config, self.kind = name, generator, params, config, kind
     self.method = str(config.sample.method)
     self.cfg_scale = float(config.sample.cfg_scale)
     if kind == "ppflow":
-      self.partition = objective.schedule.partition
-      self.cfg_text = "CFG " + "/".join(f"{s:g}" for s in objective.stage_cfg_scales(self.cfg_scale)) + " per stage"
+      self.partition = generator.spec.schedule.partition
+      self.cfg_text = "CFG " + "/".join(f"{s:g}" for s in generator.stage_cfg_scales(self.cfg_scale)) + " per stage"
     else:
-      self.partition = objective.grouped.partition
+      self.partition = generator.partitions()[0]
       self.cfg_text = f"CFG {self.cfg_scale:g}"
 
   def segments(self, rule: str, steps: int) -> list[tuple[int, np.ndarray]]:
@@ -182,7 +183,7 @@ class Model:
     if rule == "after":
       return self.partition.segments(grid)
     if self.kind == "ppflow":
-      return old_ppflow_segments(self.objective.schedule.t_ends, grid)
+      return old_ppflow_segments(self.generator.spec.schedule.t_ends, grid)
     return old_grouped_segments(self.partition.edges, grid)
 
   def nfe(self, rule: str, steps: int) -> int:
@@ -191,22 +192,17 @@ class Model:
 
   def generate_fn(self, rule: str, steps: int):
     """jitted (params, rng, labels [B]) -> images [B, H, W, C]."""
-    obj, method = self.objective, self.method
+    gen, method = self.generator, self.method
     if rule == "after":
-      return jax.jit(functools.partial(obj.generate, steps=steps, method=method, cfg_scale=self.cfg_scale))
+      return jax.jit(functools.partial(gen.generate, steps=steps, method=method, cfg_scale=self.cfg_scale))
     segments = self.segments("before", steps)
-    shape = tuple(obj.info.image_shape)
+    scales = gen.stage_cfg_scales(self.cfg_scale)
 
     def before(params, rng, labels):
-      x = jax.random.normal(rng, (labels.shape[0],) + shape, jnp.float32)
-      if self.kind == "ppflow":
-        scales = obj.stage_cfg_scales(self.cfg_scale)
-        for s, sub in segments:
-          x = flow.integrate(obj.velocity_fn(params, labels, scales[s], stage=s), x, sub, method)
-      else:
-        obj.grouped.check_params(params)
-        for g, sub in segments:
-          x = flow.integrate(obj.group_velocity_fn(params, g, labels, self.cfg_scale), x, sub, method)
+      x = gen.noise(rng, labels.shape[0])
+      for k, sub in segments:   # k: the PPFlow stage, or the timestep group
+        g, s = (0, k) if self.kind == "ppflow" else (k, 0)
+        x = flow.integrate(gen.velocity_fn(params, g, s, labels, scales[s]), x, sub, method)
       return x
     return jax.jit(before)
 
@@ -302,7 +298,7 @@ def main():
   train_s = time.time() - t_start
   tr, pp_params, _ = load_trainer_and_params(pp_dir)
   gobj, gparams, gcfg = load_grouped(gr_dir, None)
-  models = [Model("PPFlow-3", tr.objective, pp_params, tr.config, "ppflow"),
+  models = [Model("PPFlow-3", tr.generator(), pp_params, tr.config, "ppflow"),
             Model("grouped (TDC)", gobj, gparams, gcfg, "grouped")]
 
   # ---- samples and features ------------------------------------------------------------------

@@ -35,10 +35,11 @@ import numpy as np  # noqa: E402
 from adaflow import data as data_lib  # noqa: E402
 from adaflow.eval import evaluate_samples, get_classifier  # noqa: E402
 from adaflow.models.grouped import group_key  # noqa: E402
+from adaflow.compose.generator import generator_for  # noqa: E402
 from adaflow.objectives.flow_matching import FlowMatchingObjective  # noqa: E402
 from adaflow.parallel import make_mesh  # noqa: E402
 from adaflow.prune import budget as budget_lib  # noqa: E402
-from adaflow.pipelines.grouped import (grouped_objective, prune, run_grouped,  # noqa: E402
+from adaflow.pipelines.grouped import (grouped_generator, prune, run_grouped,  # noqa: E402
                                     sampling_summary)
 from adaflow.prune.slicing import Structure, slice_params  # noqa: E402
 from adaflow.eval.generate import balanced_labels, make_generate_fn  # noqa: E402
@@ -139,15 +140,16 @@ def main():
   info = data_lib.get_info(cfg.data)
   dense_obj = FlowMatchingObjective(cfg, info)
   base_flops = budget_lib.model_flops(dense_obj.model)
-  arms = {}   # name -> (objective, params, flops fraction, note)
-  arms[f"dense ({total} steps)"] = (dense_obj, load_params(os.path.join(args.work, "dense")), 1.0)
-  arms[f"stage-1 base ({args.stage1} steps)"] = (dense_obj, stage1_params, 1.0)
+  arms = {}   # name -> (generator, params, flops fraction, note)
+  dense_gen = generator_for(cfg, info)
+  arms[f"dense ({total} steps)"] = (dense_gen, load_params(os.path.join(args.work, "dense")), 1.0)
+  arms[f"stage-1 base ({args.stage1} steps)"] = (dense_gen, stage1_params, 1.0)
   results = {}
   for o in [o for o in ("data", "noise", "extra") if o in wd]:
     res = json.load(open(os.path.join(wd[o], "prune", "result.json")))
     results[o] = res
     gcfg = grouped_cfg(args, "data", k=args.extra_k) if o == "extra" else grouped_cfg(args, o)
-    obj = grouped_objective(gcfg, res)
+    obj = grouped_generator(gcfg, res)
     frac = sampling_summary(gcfg, res)["flops_fraction"]
     tuned = {group_key(i): load_params(os.path.join(wd[o], f"group_{i}")) for i in range(4)}
     if o == "extra":
@@ -158,7 +160,7 @@ def main():
     arms[f"TDC largest={o}"] = (obj, tuned, frac)
     arms[f"prune-only largest={o}"] = (obj, sliced, frac)
   results["random"] = rnd_result
-  robj = grouped_objective(grouped_cfg(args, "data"), rnd_result)
+  robj = grouped_generator(grouped_cfg(args, "data"), rnd_result)
   rsliced = {group_key(gr["group"]): slice_params(stage1_params, dense_obj.model, Structure.from_json(gr["structure"]))
              for gr in rnd_result["groups"]}
   arms["random-prune-only largest=data"] = (robj, rsliced, sampling_summary(cfg, rnd_result)["flops_fraction"])

@@ -132,7 +132,7 @@ def main():
   gens = {}
   for arch in ("dense", "ppflow2", "ppflow3"):
     tr = loaded[arch][0]
-    gens[arch] = jax.jit(lambda p, r, y, o=tr.objective, s=tr.config.sample: o.generate(
+    gens[arch] = jax.jit(lambda p, r, y, o=tr.generator(), s=tr.config.sample: o.generate(
         p, r, y, steps=args.sample_steps, method="heun", cfg_scale=s.cfg_scale))
   n_eval = args.eval_samples - args.eval_samples % args.timing_batch
   eval_labels = np.arange(n_eval) % 10

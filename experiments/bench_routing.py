@@ -183,7 +183,7 @@ def main():
   rng = jax.random.PRNGKey(3)
   for name, r in runs.items():
     tr, s = r["tr"], r["cfg"].sample
-    fn = make_generate_fn(tr.objective, tr.mesh, steps=s.steps, method=s.method, cfg_scale=s.cfg_scale)
+    fn = make_generate_fn(tr.generator(), tr.mesh, steps=s.steps, method=s.method, cfg_scale=s.cfg_scale)
     t0 = time.time()
     compiled = fn.lower(r["params"], rng, labels).compile()
     r["compile_s"] = time.time() - t0
@@ -257,7 +257,7 @@ def main():
   eval_labels = balanced_labels(args.num_eval, 10)
   for name, r in runs.items():
     tr, s = r["tr"], r["cfg"].sample
-    imgs = generate_images(tr.objective, r["params"], tr.mesh, jax.random.PRNGKey(1234), eval_labels,
+    imgs = generate_images(tr.generator(), r["params"], tr.mesh, jax.random.PRNGKey(1234), eval_labels,
                            steps=s.steps, method=s.method, cfg_scale=s.cfg_scale, batch_size=args.sample_batch)
     r.update(evaluate_samples(classifier, imgs, eval_labels))
 

@@ -80,7 +80,7 @@ def bench(size_patch: str, image: int, batch: int, dtype: str, reps: int, sample
   fwd(params, x, t, y).block_until_ready()
   fwd_s = time_calls(lambda: fwd(params, x, t, y).block_until_ready(), reps)
 
-  gen = make_generate_fn(tr.objective, tr.mesh, steps=sample_steps, method="euler", cfg_scale=1.0)
+  gen = make_generate_fn(tr.generator(), tr.mesh, steps=sample_steps, method="euler", cfg_scale=1.0)
   labels = jnp.asarray(batch_np["label"])
   gen(params, jax.random.PRNGKey(0), labels).block_until_ready()
   gen_s = time_calls(lambda: gen(params, jax.random.PRNGKey(0), labels).block_until_ready(), max(2, reps // 3))

@@ -218,19 +218,19 @@ def build_arms(config, summary, dirs, total, args, time_labels):
   # PPFlow-3
   tr, pp_params, _ = load_trainer_and_params(dirs["ppflow"])
   g = ComposedGenerator(subset_config(config, None, ppflow=True), info)
-  arms.append(objective_arm("PPFlow-3", T, tr.objective, pp_params, s, int(s.steps),
+  arms.append(objective_arm("PPFlow-3", T, tr.generator(), pp_params, s, int(s.steps),
                             flops_lib.sampling_flops(g, pp_params, int(s.steps), s.method, s.cfg_scale), time_labels))
   # routed
   tr, r_params, _ = load_trainer_and_params(dirs["routed"])
   g = ComposedGenerator(subset_config(config, None, routing=True), info)
-  arms.append(objective_arm("routed", T, tr.objective, r_params, s, int(s.steps),
+  arms.append(objective_arm("routed", T, tr.generator(), r_params, s, int(s.steps),
                             flops_lib.sampling_flops(g, r_params, int(s.steps), s.method, s.cfg_scale), time_labels))
   # grouped (train-then-prune)
-  from adaflow.pipelines.grouped import grouped_objective
+  from adaflow.pipelines.grouped import grouped_generator
   with open(os.path.join(dirs["grouped"], "prune", "result.json")) as f:
     g_result = json.load(f)
   gp = {group_key(gr["group"]): load_params(os.path.join(dirs["grouped"], f"group_{gr['group']}")) for gr in g_result["groups"]}
-  gobj = grouped_objective(config, g_result)
+  gobj = grouped_generator(config, g_result)
   g = ComposedGenerator(subset_config(config, g_result, grouped=True), info)
   n = int(config.grouped.num_groups)
   arms.append(objective_arm("grouped (train-then-prune)", (cc.dense_steps + n * max(1, (total - cc.dense_steps) // n)) * bs,

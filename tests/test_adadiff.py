@@ -179,11 +179,11 @@ def test_noise_statistics_standardised():
 # ---- objective ------------------------------------------------------------------------------------
 def _tiny_objective(**selector_overrides):
   from adaflow import data as data_lib
-  from adaflow.objectives.flow_matching import FlowMatchingObjective
+  from adaflow.compose.generator import generator_for
   from adaflow.objectives.step_selector import StepSelectorObjective
   gen_config = tiny_config()
   info = data_lib.get_info(gen_config.data)
-  gen = FlowMatchingObjective(gen_config, info)
+  gen = generator_for(gen_config, info)
   gen_params = jax.tree_util.tree_map(lambda x: x, __import__("flax").linen.meta.unbox(gen.init(jax.random.PRNGKey(0))))
   c = selector_config()
   for k, v in selector_overrides.items():

@@ -1,6 +1,7 @@
 """Composition of PPFlow stages, DiffCR routing, timestep-grouped pruned sub-models and the AdaDiff
-step policy (adaflow/compose): each single method through the composed sampler equals that
-method's own path for the same key; combinations run; invalid combinations fail before jit."""
+step policy (adaflow/compose): a single-method run samples through the composed generator
+(`generator_for`) exactly as its method did; combinations run; invalid combinations fail before
+jit."""
 import functools
 
 import flax.linen as nn
@@ -11,17 +12,18 @@ import pytest
 
 from adaflow import config as config_lib
 from adaflow import data as data_lib
+from adaflow import flow
 from adaflow.compose import flops as flops_lib
-from adaflow.compose.generator import ComposedGenerator
+from adaflow.compose.generator import ComposedGenerator, composed_config, generator_for
 from adaflow.compose.model import finest_stage_view
 from adaflow.compose.objective import ComposedObjective, cells
 from adaflow.compose.sampler import ComposedSampler
 from adaflow.compose.spec import spec_from_config
 from adaflow.config_defaults import compose_defaults, merged_config, routing_defaults, selector_defaults
-from adaflow.models.dit import dit_from_config
-from adaflow.models.grouped import group_key
+from adaflow.models import routing as routing_lib
+from adaflow.models.dit import BlockSpec, dit_from_config
+from adaflow.models.grouped import GroupedModel, group_key
 from adaflow.objectives.flow_matching import FlowMatchingObjective
-from adaflow.objectives.grouped import GroupedFlowObjective
 from adaflow.objectives.ppflow import PPFlowObjective
 from adaflow.objectives.routed import RoutedFlowMatchingObjective
 from adaflow.objectives.step_selector import StepSelectorObjective
@@ -92,68 +94,121 @@ def _close(a, b):
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
 
 
-# ---- each single method == its own path ---------------------------------------------------------
+# ---- a single-method run samples through the composed generator exactly as its method did -------
+# Each reference below is the method's own sampler written out (what its objective's `generate` did
+# before the composed generator became the only one): same key, bit-equal images on CPU.
 
-def test_dense_composition_equals_flow_matching():
+def _reference(velocity, noise, runs, method):
+  """runs [(key, sub_grid)] integrated in order; velocity(key) -> VelocityFn."""
+  x = noise
+  for k, sub in runs:
+    x = flow.integrate(velocity(k), x, sub, method)
+  return x
+
+
+def _guided(obj, params, labels, scale, **apply_kw):
+  def model_fn(x, t, y):
+    return obj.interpolant.velocity(obj.apply(params, x, t, y, **apply_kw), x, t)
+  return flow.guided(model_fn, labels, obj.null_label, scale)
+
+
+def _noise(key, b=3):
+  return jax.random.normal(key, (b, 16, 16, 1), jnp.float32)
+
+
+def _run_config(objective, **fields):
   c = _config()
+  c.objective = objective
+  for k, v in fields.items():
+    c.model[k] = v
+  return c
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_dense_run_samples_as_before(method):
+  c = _run_config("flow_matching")
   info = _info(c)
   ref = FlowMatchingObjective(c, info)
   params = _perturb(_init(ref, 0))
-  gen = ComposedGenerator(c, info)
-  gen.check_params(params)
+  gen = generator_for(c, info)
+  assert gen.spec.name() == "dense"
   key = jax.random.PRNGKey(3)
-  _close(_gen(gen, params, key), _gen(ref, params, key))
+  want = _reference(lambda _: _guided(ref, params, _labels(), 2.0), _noise(key), [(0, flow.time_grid(STEPS))], method)
+  np.testing.assert_array_equal(np.asarray(_gen(gen, params, key, method)), np.asarray(want))
 
 
-def test_ppflow_only_equals_ppflow_objective():
-  c = _config(ppflow=True)
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_ppflow_run_samples_as_before(method):
+  c = _run_config("ppflow", stages=STAGES)
+  c.sample.cfg_scales = (1.0, 2.0, 3.0)
   info = _info(c)
-  pc = _config()
-  pc.objective = "ppflow"
-  pc.model.stages = STAGES
-  ref = PPFlowObjective(pc, info)
+  ref = PPFlowObjective(c, info)
   params = _perturb(_init(ref, 0))
-  gen = ComposedGenerator(c, info)
-  gen.check_params(params)
+  gen = generator_for(c, info)
+  assert gen.spec.name() == "ppflow"
   assert [s for _, s, _ in gen.segments(np.linspace(0, 1, STEPS + 1))] == [0, 1, 2]
   key = jax.random.PRNGKey(4)
-  _close(_gen(gen, params, key), _gen(ref, params, key))
+  runs = ref.schedule.grid_slices(flow.time_grid(STEPS))
+  want = _reference(lambda s: _guided(ref, params, _labels(), (1.0, 2.0, 3.0)[s], stage=s), _noise(key), runs, method)
+  np.testing.assert_array_equal(np.asarray(_gen(gen, params, key, method)), np.asarray(want))
 
 
-def test_routing_only_equals_routed_objective():
-  c = _config(routing=True)
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_routed_run_samples_as_before(method):
+  c = _run_config("routed_flow_matching")
   info = _info(c)
-  rc = _config()
-  rc.objective = "routed_flow_matching"
-  ref = RoutedFlowMatchingObjective(rc, info)
+  ref = RoutedFlowMatchingObjective(c, info)
   params = _set_rho(_perturb(_init(ref, 0)), [[0.5, 1.0], [0.3, 0.6]])
-  gen = ComposedGenerator(c, info)
-  gen.check_params(params)
-  key = jax.random.PRNGKey(5)
-  from adaflow.models import routing as routing_lib
+  gen = generator_for(c, info)
+  assert gen.spec.name() == "routing"
   snapped = routing_lib.snapped_table(routing_lib.ratio_table(params, gen.spec.routing), gen.spec.routing)
   assert snapped.min() < 1.0                                 # some blocks really drop tokens
-  _close(_gen(gen, params, key), _gen(ref, params, key))
+  key = jax.random.PRNGKey(5)
+  grid = ref.spec.partition.refine(flow.time_grid(STEPS))
+  want = _reference(lambda _: _guided(ref, params, _labels(), 2.0), _noise(key), [(0, grid)], method)
+  np.testing.assert_array_equal(np.asarray(_gen(gen, params, key, method)), np.asarray(want))
 
 
-def test_grouped_only_equals_grouped_objective():
-  c = _config(grouped=True)
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_grouped_model_samples_as_before(method):
+  c = _config()
   info = _info(c)
-  from adaflow.models.dit import BlockSpec
-  ref = GroupedFlowObjective(_config(), info, [tuple(BlockSpec(*b) for b in g) for g in BLOCKS], EDGES)
-  params = _perturb(_init(ref, 0))
-  gen = ComposedGenerator(c, info)
-  gen.check_params(params)
+  blocks = [tuple(BlockSpec(*b) for b in g) for g in BLOCKS]
+  gen = ComposedGenerator(composed_config(c, groups=(blocks, EDGES)), info)
+  params = _perturb(_init(gen, 0))
+  dense = FlowMatchingObjective(c, info)
+  ref = GroupedModel([dense.model.clone(blocks=b, depth=len(b), parent=None) for b in blocks], EDGES)
+
+  def velocity(g):
+    def model_fn(x, t, y):
+      return dense.interpolant.velocity(ref.apply_group(params, g, x, t, y), x, t)
+    return flow.guided(model_fn, _labels(), dense.null_label, 2.0)
   key = jax.random.PRNGKey(6)
-  _close(_gen(gen, params, key, "heun"), _gen(ref, params, key, "heun"))
+  want = _reference(velocity, _noise(key), ref.partition.segments(flow.time_grid(STEPS)), method)
+  np.testing.assert_array_equal(np.asarray(_gen(gen, params, key, method)), np.asarray(want))
+
+
+def test_generator_for_other_families_and_bad_objectives():
+  c = _run_config("dqvae")
+  sentinel = object()
+  assert generator_for(c, _info(c), sentinel) is sentinel
+  with pytest.raises(ValueError, match="samples with its own objective"):
+    generator_for(c, _info(c))
+  with pytest.raises(ValueError, match="config.objective"):
+    composed_config(c)
+  # per-stage CFG scales of a PPFlow run are checked against its stages
+  pc = _run_config("ppflow", stages=STAGES)
+  pc.sample.cfg_scales = (1.0, 2.0)
+  with pytest.raises(ValueError, match="config.sample.cfg_scales"):
+    generator_for(pc, _info(pc))
 
 
 def test_selector_only_equals_step_selector_sample_grouped():
   c = _config(selector=True)
   info = _info(c)
-  gen_obj = FlowMatchingObjective(c, info)
-  params = _perturb(_init(gen_obj, 0))
-  ref = StepSelectorObjective(c, info, generator=gen_obj, generator_params=params, classifier=None)
+  gen = generator_for(c, info)
+  params = _perturb(_init(gen, 0))
+  ref = StepSelectorObjective(c, info, generator=gen, generator_params=params, classifier=None)
   policy = ref.init(jax.random.PRNGKey(1))
   policy["params"] = _perturb(policy["params"], seed=9, scale=3.0)       # a mixed, non-uniform policy
   labels = np.arange(10, dtype=np.int32)
@@ -163,11 +218,11 @@ def test_selector_only_equals_step_selector_sample_grouped():
   got = sampler.sample(jax.random.PRNGKey(2), labels, batch_size=8)
   np.testing.assert_array_equal(got["steps"], want["steps"])
   _close(got["images"], want["images"])
-  # and each image equals the dense generator at its chosen step count from the same noise
+  # and each image equals the dense sampler at its chosen step count from the same noise
   noise = ref.noise(jax.random.PRNGKey(2), len(labels))
   i = int(np.argmax(want["steps"] == 2))
-  vel = gen_obj.velocity_fn(params, jnp.asarray(labels[i:i + 1]), c.sample.cfg_scale)
-  from adaflow import flow
+  dense = FlowMatchingObjective(c, info)
+  vel = _guided(dense, params, jnp.asarray(labels[i:i + 1]), c.sample.cfg_scale)
   _close(got["images"][i:i + 1], flow.sample(vel, noise[i:i + 1], 2, c.sample.method))
 
 

@@ -127,26 +127,30 @@ def test_snr_groups_and_dispatch_at_boundaries():
 
 
 def test_grouped_apply_and_sampling_pick_the_right_group():
-  from adaflow.objectives.grouped import GroupedFlowObjective
+  from adaflow.compose.generator import ComposedGenerator, composed_config
+  from adaflow.compose.objective import ComposedObjective
   from adaflow.data import get_info
-  from adaflow import flow
   c = tiny_config()
   info = get_info(c.data)
   edges = [0.0, 0.4, 1.0]
-  obj = GroupedFlowObjective(c, info, [(BlockSpec(1, 16),), None], edges)
-  params = {group_key(i): _params(m, seed=i) for i, m in enumerate(obj.grouped.models)}
+  full = tuple(BlockSpec(int(c.model.num_heads), int(c.model.hidden_size * c.model.mlp_ratio))
+               for _ in range(int(c.model.depth)))
+  gc = composed_config(c, groups=([(BlockSpec(1, 16),), full], edges))
+  gen = ComposedGenerator(gc, info)            # the grouped model's sampler
+  gm = GroupedModel(gen.models, edges)
+  params = {group_key(i): _params(m, seed=i) for i, m in enumerate(gm.models)}
   x, _, y = _inputs(4)
   t = jnp.asarray([0.0, 0.39, 0.4, 1.0])
-  sel = jax.jit(obj.grouped.apply_select)(params, x, t, y)
-  apply = [jax.jit(lambda p, x, t, y, g=g: obj.grouped.apply_group(p, g, x, t, y)) for g in range(2)]
+  sel = jax.jit(gm.apply_select)(params, x, t, y)
+  apply = [jax.jit(lambda p, x, t, y, g=g: gm.apply_group(p, g, x, t, y)) for g in range(2)]
   for j, g in enumerate([0, 0, 1, 1]):
     np.testing.assert_allclose(sel[j], apply[g](params, x, t, y)[j], atol=1e-5)
-  sl = jax.jit(lambda p, x, t, y: obj.grouped.apply_sliced(p, x, t, y, [2, 2]))(params, x, t, y)
+  sl = jax.jit(lambda p, x, t, y: gm.apply_sliced(p, x, t, y, [2, 2]))(params, x, t, y)
   np.testing.assert_allclose(sl, sel, atol=1e-5)
   # sampling: steps starting below 0.4 use group 0, the rest group 1
   rng = jax.random.PRNGKey(3)
   labels = jnp.asarray([1, 2], jnp.int32)
-  got = jax.jit(lambda p, r, l: obj.generate(p, r, l, steps=5, method="euler", cfg_scale=1.0))(params, rng, labels)
+  got = jax.jit(lambda p, r, l: gen.generate(p, r, l, steps=5, method="euler", cfg_scale=1.0))(params, rng, labels)
   xs = jax.random.normal(rng, (2, 16, 16, 1))
   grid = np.linspace(0, 1, 6)
   for j in range(5):
@@ -155,8 +159,8 @@ def test_grouped_apply_and_sampling_pick_the_right_group():
     xs = xs + (grid[j + 1] - grid[j]) * v
   np.testing.assert_allclose(got, xs, atol=1e-4)
   with pytest.raises(ValueError, match="group_0"):
-    obj.generate({"g": params["group_0"]}, rng, labels, steps=2)
-  loss, _ = jax.jit(obj.loss)(params, {"image": x, "label": y}, rng)
+    gen.check_params({"g": params["group_0"]})
+  loss, _ = jax.jit(ComposedObjective(gc, info).loss)(params, {"image": x, "label": y}, rng)
   assert np.isfinite(float(loss))
 
 
@@ -300,7 +304,7 @@ def test_driver_end_to_end_and_resume(tmp_path):
   for gr in result["groups"]:
     assert gr["flops"] <= gr["budget"]
   assert summary["flops_fraction"] < 1.0
-  # `adaflow sample / eval` load the finished workdir as the grouped sampler.
+  # `adaflow sample / eval` load the finished workdir as the composed generator with its groups.
   from adaflow.pipelines.grouped import load_grouped
   obj, params, cfg = load_grouped(wd)
   assert sorted(params) == ["group_0", "group_1"] and cfg.grouped.num_groups == 2

@@ -8,6 +8,7 @@ import pytest
 from adaflow.train import registry
 from adaflow import flow
 from adaflow import data as data_lib
+from adaflow.compose.generator import generator_for
 from adaflow.models import ppflow as pp
 from adaflow.models.dit import DiT
 from adaflow.models.patchify import depth_to_space, space_to_depth, stage_position_embedding
@@ -256,11 +257,16 @@ def test_objective_gradients_reach_every_stage_and_sampling():
 
 def test_sampling_switches_stage_with_per_stage_cfg():
   c = pp_config(stages=((0.5, (4, 4)), (1.0, (2, 2))))
-  obj = build_objective(c, data_lib.get_info(c.data))
+  info = data_lib.get_info(c.data)
+  obj = build_objective(c, info)
   params = perturb(nn.meta.unbox(jax.jit(obj.init)(jax.random.PRNGKey(0))), jax.random.PRNGKey(1), 0.05)
   labels = jnp.arange(2)
-  gen = jax.jit(obj.generate, static_argnames=("steps", "method", "cfg_scale", "cfg_scales"))
-  a = gen(params, jax.random.PRNGKey(4), labels, steps=4, method="euler", cfg_scale=1.0)
+
+  def sample(cfg):   # a PPFlow run samples with the composed generator (adaflow.compose.generator_for)
+    gen = generator_for(cfg, info)
+    return jax.jit(lambda p, r, y: gen.generate(p, r, y, steps=4, method="euler", cfg_scale=1.0))(
+        params, jax.random.PRNGKey(4), labels)
+  a = sample(c)
   assert a.shape == (2, 16, 16, 1) and bool(jnp.all(jnp.isfinite(a)))
   # the same integration written out: stage 0 on [0, .25, .5], stage 1 on [.5, .75, 1]
   x = jax.random.normal(jax.random.PRNGKey(4), (2, 16, 16, 1))
@@ -269,10 +275,13 @@ def test_sampling_switches_stage_with_per_stage_cfg():
     x = x + (t1 - t0) * v
   np.testing.assert_allclose(a, x, rtol=1e-4, atol=1e-4)
   # per-stage CFG: changing only the last stage's scale changes the result
-  b = gen(params, jax.random.PRNGKey(4), labels, steps=4, method="euler", cfg_scale=1.0, cfg_scales=(1.0, 3.0))
+  c3 = c.copy_and_resolve_references()
+  c3.sample.cfg_scales = (1.0, 3.0)
+  b = sample(c3)
   assert float(jnp.abs(a - b).max()) > 1e-4
+  c3.sample.cfg_scales = (1.0, 2.0, 3.0)
   with pytest.raises(ValueError, match="config.sample.cfg_scales"):
-    obj.stage_cfg_scales(1.0, (1.0, 2.0, 3.0))
+    generator_for(c3, info)
 
 
 @pytest.mark.slow

@@ -71,10 +71,11 @@ def cmd_eval():
 
 
 def _load_generator(workdir: str):
-  """(objective, params, config, mesh, step) of a training workdir or a train-then-prune workdir
-  (stage1/ + prune/ + group_i/: the grouped sampler, each group's fine-tuned sub-model)."""
+  """(generator, params, config, mesh, step) of a training workdir (adaflow.compose.generator_for:
+  the composed generator for the DiT family) or a train-then-prune workdir (stage1/ + prune/ +
+  group_i/: the composed generator with timestep groups, each group's fine-tuned sub-model)."""
   if is_grouped_workdir(workdir):
-    objective, params, config = load_grouped(workdir, FLAGS.config)
-    return objective, params, config, make_mesh(config.mesh), "grouped"
+    generator, params, config = load_grouped(workdir, FLAGS.config)
+    return generator, params, config, make_mesh(config.mesh), "grouped"
   tr, params, step = load_trainer_and_params(workdir, FLAGS.config)
-  return tr.objective, params, tr.config, tr.mesh, step
+  return tr.generator(), params, tr.config, tr.mesh, step

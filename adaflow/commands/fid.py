@@ -82,7 +82,7 @@ def fid_main():
   out_dir = os.path.join(fid_dir, fid_lib.run_tag(step, num, seed, s.steps, s.method, s.cfg_scale))
   labels = balanced_labels(num, tr.objective.num_classes)
   result = fid_lib.run_fid(
-      tr.objective, params, tr.mesh, out_dir=out_dir, num=num, features=features, reference=reference,
+      tr.generator(), params, tr.mesh, out_dir=out_dir, num=num, features=features, reference=reference,
       labels=labels, seed=seed, steps=s.steps, method=s.method, cfg_scale=s.cfg_scale,
       gen_batch=FLAGS.fid_gen_batch, shard_size=FLAGS.fid_shard, with_pr=FLAGS.fid_pr,
       pr_num=FLAGS.fid_pr_num, ref_images=ref_images, progress=FLAGS.fid_progress)

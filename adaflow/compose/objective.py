@@ -12,17 +12,16 @@ optimizer step. With one group and one stage this is the plain (routed) flow-mat
 """
 from __future__ import annotations
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adaflow import flow
 from adaflow.compose import model as model_lib
 from adaflow.compose.generator import ComposedGenerator
 from adaflow.models import routing as routing_lib
 from adaflow.models.ppflow import batch_split
 from adaflow.compose.spec import validate_composed
+from adaflow.objectives import flow_loss
 from adaflow.objectives.base import ObjectiveBase
 from adaflow.objectives.grouped import t_mass
 
@@ -54,11 +53,6 @@ class ComposedObjective(ComposedGenerator, ObjectiveBase):
     self.cells = cells(self.spec, config.flow)
     self.masses = [c[4] for c in self.cells]
 
-  def drop_labels(self, rng, y):
-    if self.class_dropout <= 0:
-      return y
-    return jnp.where(jax.random.uniform(rng, y.shape) < self.class_dropout, self.null_label, y)
-
   def merge_init_params(self, init_params, rng):
     """`--init` / recipe params -> the full composed tree: matching leaves copied (shapes must
     agree), routers / rho absent from the source initialised fresh."""
@@ -80,34 +74,18 @@ class ComposedObjective(ComposedGenerator, ObjectiveBase):
 
   def loss(self, params, batch, rng: jax.Array):
     """batch {'image': [B, H, W, C], 'label': [B]} -> (loss, metrics); see the module docstring."""
-    x, y = batch["image"], batch["label"]
-    chex.assert_rank(x, 4)
-    counts = batch_split(x.shape[0], self.masses)
-    k_t, k_noise, k_drop = jax.random.split(rng, 3)
-    noise = jax.random.normal(k_noise, x.shape, jnp.float32)
-    y = self.drop_labels(k_drop, y)
-    metrics, total, start = {}, 0.0, 0
-    for c, ((g, s, lo, hi, mass), n) in enumerate(zip(self.cells, counts)):
-      sl = slice(start, start + n)
-      start += n
-      t = flow.sample_t_in_range(jax.random.fold_in(k_t, c), n, lo, hi, self.config.flow)
-      x_t, target = self.interpolant.path(x[sl], noise[sl], t)
-      pred = self.apply(params, g, x_t, t, y[sl], stage=s, mode="train")
-      mse = jnp.mean(jnp.square(pred - target))
-      metrics[f"loss_g{g}s{s}"] = mse
-      total = total + mass * mse
-    flow_loss = total / sum(self.masses)
-    loss = flow_loss
+    counts = batch_split(batch["image"].shape[0], self.masses)
+    fm_loss, metrics = flow_loss.stratified_flow_loss(
+        lambda c, x_t, t, y: self.apply(params, self.cells[c][0], x_t, t, y, stage=self.cells[c][1], mode="train"),
+        batch["image"], batch["label"], rng, interpolant=self.interpolant, flow_config=self.config.flow,
+        null_label=self.null_label, class_dropout=self.class_dropout, ranges=[c[2:4] for c in self.cells],
+        weights=self.masses, sizes=counts, names=[f"loss_g{g}s{s}" for g, s, *_ in self.cells])
+    loss = fm_loss
     if self.routed:
       rs = self.spec.routing
       rhos = [model_lib.group_params(params, self.spec, g)["params"]["rho"] for g in range(self.spec.num_groups)]
-      if rs.learned:
-        r_loss = sum(routing_lib.ratio_loss(r, rs) for r in rhos) / len(rhos)
-        mean_ratio = jnp.mean(jnp.stack([jnp.mean(routing_lib.clamp_ratio(rs.ratio_lr_scale * r, rs.rho_min,
-                                                                          rs.rho_max)) for r in rhos]))
-      else:
-        r_loss, mean_ratio = jnp.zeros((), jnp.float32), jnp.float32(rs.fixed_ratio)
-      loss = flow_loss + rs.ratio_loss_weight * r_loss
+      r_loss, mean_ratio = flow_loss.ratio_penalty(rhos, rs)
+      loss = fm_loss + rs.ratio_loss_weight * r_loss
       metrics.update(ratio_loss=r_loss, mean_ratio=mean_ratio)
-    metrics.update(loss=loss, flow_loss=flow_loss)
+    metrics.update(loss=loss, flow_loss=fm_loss)
     return loss, metrics

@@ -1,5 +1,7 @@
 """Sampling and quality evaluation of a trained generator (sharded over the mesh): the eval layer's
-way to turn an objective + params into images and scores (below train; objectives are duck-typed)."""
+way to turn a generator + params into images and scores. The `objective` argument is the run's
+generator (adaflow.compose.generator_for): anything with `generate(params, rng, labels, *, steps,
+method, cfg_scale)` and `num_classes`."""
 from __future__ import annotations
 
 import functools

@@ -9,5 +9,7 @@ An objective provides (the typed interface is `adaflow.objectives.base.Objective
   init(rng) -> boxed Flax variables (logical axis names attached, for sharding)
   loss(params, batch, rng) -> (scalar loss, metrics) or, with has_side, (loss, (metrics, side))
   after_update(params, side) -> params (non-gradient updates after the optimizer step)
-  generate(params, rng, labels, **sample_kw) -> images [B, H, W, C] in about [-1, 1]
+  generate(params, rng, labels, **sample_kw) -> images [B, H, W, C] in about [-1, 1], for the
+      families that sample their own way (DQ-VAE / DQ-Transformer, the AdaDiff step policy); the
+      DiT family's loss is `flow_loss` and its sampler `adaflow.compose.generator_for`
 """

@@ -7,23 +7,21 @@ patch embedding and head. Each stage is its own forward pass with a static token
 inside one jitted loss. The loss weights each stage's mean squared error by its probability mass,
 so it is the ordinary (stratified) flow-matching loss.
 
-Sampling: the time grid is cut into the stages' slices (each step goes to the stage holding its
-midpoint); each slice is integrated with its stage's network and CFG scale (`sample.cfg_scales`,
-one per stage; default `sample.cfg_scale` everywhere). One compiled program, one `lax.scan` per
-stage.
+Sampling (adaflow.compose.generator_for: this run's generator is the composed one with PPFlow
+stages): the stage edges are inserted into the time grid and each stage integrates its run of
+steps with its own network and CFG scale (`sample.cfg_scales`, one per stage; default
+`sample.cfg_scale` everywhere).
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import chex
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from adaflow import flow
 from adaflow.models import ppflow as schedule_lib
 from adaflow.models.dit import dit_from_config
+from adaflow.objectives import flow_loss
 from adaflow.objectives.flow_matching import FlowMatchingObjective
 
 
@@ -53,8 +51,6 @@ class PPFlowObjective(FlowMatchingObjective):
     self.class_dropout = float(config.model.class_dropout)
     self.fractions = schedule_lib.stage_fractions(self.schedule, config.flow)
     self.counts = schedule_lib.batch_split(int(config.train.batch_size), self.fractions)
-    scales = config.sample.cfg_scales
-    self.cfg_scales = None if scales is None else tuple(float(s) for s in scales)
 
   # ---- parameters -------------------------------------------------------------------------
   def init(self, rng: jax.Array):
@@ -70,55 +66,16 @@ class PPFlowObjective(FlowMatchingObjective):
     Rows [sum(counts[:s]), sum(counts[:s+1])) of the batch train stage s. `counts` defaults to
     the split of `train.batch_size`; a batch of another size is split by the same fractions.
     """
-    x, y = batch["image"], batch["label"]
-    chex.assert_rank(x, 4)
-    chex.assert_shape(y, (x.shape[0],))
-    b = x.shape[0]
+    b = batch["image"].shape[0]
     if counts is None:
       counts = self.counts if b == sum(self.counts) else schedule_lib.batch_split(b, self.fractions)
     if sum(counts) != b:
       raise ValueError(f"ppflow loss: per-stage counts {counts} do not sum to the batch size {b}")
-    k_t, k_noise, k_drop = jax.random.split(rng, 3)
-    noise = jax.random.normal(k_noise, x.shape, jnp.float32)
-    y = self.drop_labels(k_drop, y)
-    metrics, total, start = {}, 0.0, 0
-    for s, n in enumerate(counts):
-      lo, hi = self.schedule.t_starts[s], self.schedule.t_ends[s]
-      sl = slice(start, start + n)
-      start += n
-      t = flow.sample_t_in_range(jax.random.fold_in(k_t, s), n, lo, hi, self.config.flow)
-      x_t, target = self.interpolant.path(x[sl], noise[sl], t)
-      pred = self.apply(params, x_t, t, y[sl], stage=s)
-      chex.assert_equal_shape([pred, target])
-      mse = jnp.mean(jnp.square(pred - target))
-      metrics[f"loss_stage{s}"] = mse
-      total = total + self.fractions[s] * mse
-    loss = total / sum(self.fractions)
-    metrics["loss"] = loss
-    return loss, metrics
-
-  # ---- sampling ----------------------------------------------------------------------------
-  def stage_cfg_scales(self, cfg_scale: float, cfg_scales: Optional[Sequence[float]] = None) -> tuple[float, ...]:
-    """Per-stage guidance: `cfg_scales` argument, else `sample.cfg_scales`, else `cfg_scale` for all."""
-    scales = cfg_scales if cfg_scales is not None else self.cfg_scales
-    if scales is None:
-      return (float(cfg_scale),) * self.schedule.num_stages
-    if len(scales) != self.schedule.num_stages:
-      raise ValueError(f"config.sample.cfg_scales: needs one scale per stage ({self.schedule.num_stages}), "
-                       f"got {list(scales)}")
-    return tuple(float(s) for s in scales)
-
-  def generate(self, params, rng: jax.Array, labels: jax.Array, *, steps: int, method: str = "heun",
-               cfg_scale: float = 1.0, grid: Optional[np.ndarray] = None,
-               cfg_scales: Optional[Sequence[float]] = None) -> jax.Array:
-    """labels [B] -> images [B, H, W, C] (not clipped). Each stage integrates its slice of the
-    time grid with its own network (static token count) and CFG scale."""
-    scales = self.stage_cfg_scales(cfg_scale, cfg_scales)
-    grid = flow.time_grid(steps) if grid is None else np.asarray(grid)
-    x = jax.random.normal(rng, (labels.shape[0],) + tuple(self.info.image_shape), jnp.float32)
-    for s, sub in self.schedule.grid_slices(grid):
-      x = flow.integrate(self.velocity_fn(params, labels, scales[s], stage=s), x, sub, method)
-    return x
+    return flow_loss.stratified_flow_loss(
+        lambda s, x_t, t, y: self.apply(params, x_t, t, y, stage=s), batch["image"], batch["label"], rng,
+        interpolant=self.interpolant, flow_config=self.config.flow, null_label=self.null_label,
+        class_dropout=self.class_dropout, ranges=list(zip(self.schedule.t_starts, self.schedule.t_ends)),
+        weights=self.fractions, sizes=counts, names=[f"loss_stage{s}" for s in range(len(counts))])
 
 
 def validate_ppflow(config, info) -> None:

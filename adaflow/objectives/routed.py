@@ -16,14 +16,11 @@ Fine-tuning from a dense checkpoint: `adaflow train --init <dense workdir>`; the
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from adaflow import flow
 from adaflow.models import routing
+from adaflow.objectives import flow_loss
 from adaflow.objectives.flow_matching import FlowMatchingObjective
 
 
@@ -44,14 +41,6 @@ class RoutedFlowMatchingObjective(FlowMatchingObjective):
     """Prediction [B, H, W, C]; `mode` as in RoutedDiT (sampling uses "infer": snapped bins)."""
     return self.model.apply(params, x_t, t, y, mode=mode, stage=stage)
 
-  def generate(self, params, rng: jax.Array, labels: jax.Array, *, steps: int, method: str = "heun",
-               cfg_scale: float = 1.0, grid: Optional[np.ndarray] = None) -> jax.Array:
-    """As dense sampling, on the grid with the timestep-region edges inserted: every step lies in
-    one region, so its snapped ratios are the ones trained for that range of t."""
-    grid = flow.time_grid(steps) if grid is None else np.asarray(grid)
-    return super().generate(params, rng, labels, steps=steps, method=method, cfg_scale=cfg_scale,
-                            grid=self.spec.partition.refine(grid))
-
   def merge_init_params(self, init_params, rng: jax.Array):
     """Dense (or routed) `--init` params -> full routed tree (new routers/rho initialised)."""
     import flax.linen as nn
@@ -69,14 +58,8 @@ class RoutedFlowMatchingObjective(FlowMatchingObjective):
 
   def loss(self, params, batch, rng: jax.Array, stage: int = 0):
     """batch: {'image': [B, H, W, C], 'label': [B]} -> (flow loss + weighted ratio loss, metrics)."""
-    flow_loss, metrics = super().loss(params, batch, rng, mode="train", stage=stage)
-    rho = params["params"]["rho"]
-    if self.spec.learned:
-      r_loss = routing.ratio_loss(rho, self.spec)
-      mean_ratio = jnp.mean(routing.clamp_ratio(self.spec.ratio_lr_scale * rho, self.spec.rho_min, self.spec.rho_max))
-    else:
-      r_loss = jnp.zeros((), jnp.float32)
-      mean_ratio = jnp.float32(self.spec.fixed_ratio)
-    total = flow_loss + self.spec.ratio_loss_weight * r_loss
-    metrics = dict(metrics, loss=total, flow_loss=flow_loss, ratio_loss=r_loss, mean_ratio=mean_ratio)
+    fm_loss, metrics = super().loss(params, batch, rng, mode="train", stage=stage)
+    r_loss, mean_ratio = flow_loss.ratio_penalty([params["params"]["rho"]], self.spec)
+    total = fm_loss + self.spec.ratio_loss_weight * r_loss
+    metrics = dict(metrics, loss=total, flow_loss=fm_loss, ratio_loss=r_loss, mean_ratio=mean_ratio)
     return total, metrics

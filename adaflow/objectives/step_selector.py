@@ -78,7 +78,8 @@ class StepSelectorObjective(ObjectiveBase):
     return True
 
   def __init__(self, config, info, generator, generator_params, classifier=None, sample_config=None):
-    """`generator` (an objective: `velocity_fn` or `integrate_noise`) with its `generator_params`;
+    """`generator` (the composed generator, adaflow.compose.generator_for: `integrate_noise`) with its
+    `generator_params`;
     `classifier` (a FeatureClassifier: `num_classes`, `params`, `network`) for the 'classifier' /
     'features' qualities; `sample_config` the generator's `config.sample` (default this config's).
     Loading them from a workdir is `adaflow.train.registry.step_selector_objective`."""
@@ -89,10 +90,8 @@ class StepSelectorObjective(ObjectiveBase):
     self.num_classes = info.num_classes
     self.generator = generator
     self.generator_params = jax.tree_util.tree_map(jnp.asarray, jax.device_get(generator_params))
-    # The tree whose ['params']['y_embed'] the policy reads; a composed generator (adaflow.compose)
-    # with several timestep groups names one of its groups.
-    cond = getattr(generator, "condition_params", None)
-    self.condition_params = cond(self.generator_params) if cond is not None else self.generator_params
+    # The tree whose ['params']['y_embed'] the policy reads (with several timestep groups: one group's).
+    self.condition_params = generator.condition_params(self.generator_params)
     sample_cfg = sample_config if sample_config is not None else config.sample
     self.method = s.method or sample_cfg.method
     self.cfg_scale = float(s.cfg_scale) if s.cfg_scale >= 0 else float(sample_cfg.cfg_scale)
@@ -134,11 +133,8 @@ class StepSelectorObjective(ObjectiveBase):
   # ---- generation -----------------------------------------------------------------------------
   def generate_with_steps(self, generator_params, labels: jax.Array, noise: jax.Array, steps: int) -> jax.Array:
     """The frozen generator's sample from `noise` [B, H, W, C] with `steps` (static) steps."""
-    integrate = getattr(self.generator, "integrate_noise", None)
-    if integrate is not None:  # generators that switch networks along the grid (adaflow.compose)
-      return integrate(generator_params, labels, noise, steps=int(steps), method=self.method, cfg_scale=self.cfg_scale)
-    vel = self.generator.velocity_fn(generator_params, labels, self.cfg_scale)
-    return flow.sample(vel, noise, int(steps), self.method)
+    return self.generator.integrate_noise(generator_params, labels, noise, steps=int(steps), method=self.method,
+                                          cfg_scale=self.cfg_scale)
 
   def generate_all(self, labels: jax.Array, noise: jax.Array) -> jax.Array:
     """Every step count on the whole batch: [A, B, H, W, C] (no gradient)."""

@@ -14,6 +14,7 @@ interrupted group continues after its last saved round).
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Optional
 
@@ -25,12 +26,13 @@ import numpy as np
 from adaflow import data as data_lib
 from adaflow import flow
 from adaflow import storage
+from adaflow.compose.generator import ComposedGenerator, composed_config
 from adaflow.eval.classifier import cache_dir
 from adaflow.eval.generate import evaluate_generator
 from adaflow.models.dit import dit_from_config
 from adaflow.models.grouped import group_key
+from adaflow.objectives.flow_loss import regression_loss
 from adaflow.objectives.flow_matching import FlowMatchingObjective
-from adaflow.objectives.grouped import GroupedFlowObjective
 from adaflow.parallel import make_mesh
 from adaflow.parallel.host import is_writer
 from adaflow.pipelines.stages import run_stage, stage_done
@@ -144,12 +146,9 @@ def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] =
     if g.importance == "magnitude":
       imp = importance_lib.magnitude(base_params, base)
     else:
-      interp = obj.interpolant
-
       def loss_fn(params, batch):
         x, y, nz, tt = batch
-        x_t, target = interp.path(x, nz, tt)
-        return jnp.mean(jnp.square(base.apply(params, x_t, tt, y) - target))
+        return regression_loss(functools.partial(base.apply, params), obj.interpolant, x, nz, tt, y)
       imp = importance_lib.taylor(base_params, base, loss_fn, [in_range_batch(s) for s in range(g.importance_batches)])
     space = SearchSpace(base, imp, float(budgets[i]), int(g.mlp_granularity), bool(g.allow_block_drop))
     proxy = ProxyEvaluator(obj, base_params, heldout, int(g.proxy_finetune_steps),
@@ -188,10 +187,11 @@ def sampling_summary(config, result: dict) -> dict:
           "flops_fraction": grouped / dense, "steps_per_group": [steps_g.count(i) for i in range(len(gf))]}
 
 
-def grouped_objective(config, result: dict) -> GroupedFlowObjective:
+def grouped_generator(config, result: dict) -> ComposedGenerator:
+  """The composed generator with the pruning result's timestep groups (params {group_i: ...})."""
   info = data_lib.get_info(config.data)
   blocks = [Structure.from_json(gr["structure"]).block_specs() for gr in result["groups"]]
-  return GroupedFlowObjective(config, info, blocks, result["edges"])
+  return ComposedGenerator(composed_config(config, groups=(blocks, result["edges"])), info)
 
 
 # ---- the driver -----------------------------------------------------------------------------
@@ -246,8 +246,8 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
   log(f"grouped model: {summary['flops_fraction']:.3f} of the dense sampling FLOPs "
       f"(steps per group {summary['steps_per_group']})")
   if config.eval.at_end:
-    obj = grouped_objective(config, result)
-    res = evaluate_generator(obj, params, config, make_mesh(config.mesh), cache_dir(config, workdir), log=log)
+    res = evaluate_generator(grouped_generator(config, result), params, config, make_mesh(config.mesh),
+                             cache_dir(config, workdir), log=log)
     res.update(flops_fraction=summary["flops_fraction"], sampling_flops_per_image=summary["sampling_flops_per_image"])
     if is_writer():   # the other processes computed the same; one writes
       storage.write_json(os.path.join(workdir, "eval.json"), res, indent=2)
@@ -263,7 +263,7 @@ def is_grouped_workdir(workdir: str) -> bool:
 
 
 def load_grouped(workdir: str, config: Optional[ml_collections.ConfigDict] = None):
-  """(GroupedFlowObjective, params {group_i: {'params': ...}}, config) of a finished grouped run.
+  """(ComposedGenerator, params {group_i: {'params': ...}}, config) of a finished grouped run.
 
   The config is the one stored with stage 1's checkpoint (it carries `config.grouped`) unless
   `config` overrides it (e.g. other sampling settings). Groups whose stage 2 has not finished are
@@ -275,7 +275,7 @@ def load_grouped(workdir: str, config: Optional[ml_collections.ConfigDict] = Non
   stage1 = os.path.join(workdir, "stage1")
   config = config if config is not None else config_of(stage1)
   result = storage.read_json(os.path.join(workdir, "prune", "result.json"))
-  obj = grouped_objective(config, result)
+  generator = grouped_generator(config, result)
   base = None
   params = {}
   for gr in result["groups"]:
@@ -285,10 +285,10 @@ def load_grouped(workdir: str, config: Optional[ml_collections.ConfigDict] = Non
       params[group_key(i)] = load_params(gdir)
     elif int(config.grouped.stage2_steps) == 0:
       base = load_params(stage1) if base is None else base
-      params[group_key(i)] = slice_params(base, FlowMatchingObjective(config, obj.info).model,
+      params[group_key(i)] = slice_params(base, FlowMatchingObjective(config, generator.info).model,
                                           Structure.from_json(gr["structure"]))
     else:
       raise ValueError(f"group {i} of {workdir} has not finished stage 2 ({gdir} has no DONE marker); "
                        f"re-run `adaflow train` on this workdir to resume it")
-  obj.grouped.check_params(params)
-  return obj, params, config
+  generator.check_params(params)
+  return generator, params, config

@@ -27,17 +27,18 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import json
 import re
 from typing import Any, Callable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from adaflow import storage
 from adaflow.models.dit import BlockSpec, DiT
+from adaflow.objectives.flow_loss import regression_loss
 from adaflow.prune import budget as budget_lib
 from adaflow.prune.importance import Importance
 from adaflow.prune.slicing import Structure, check_structure, slice_params, sub_model
@@ -390,11 +391,8 @@ class ProxyEvaluator:
     self.finetune_steps, self.finetune_batch, self.lr = int(finetune_steps), finetune_batch, lr
 
   def _loss_fn(self, model: DiT):
-    interp = self.objective.interpolant
-
     def loss(params, x, y, noise, t):
-      x_t, target = interp.path(x, noise, t)
-      return jnp.mean(jnp.square(model.apply(params, x_t, t, y) - target))
+      return regression_loss(functools.partial(model.apply, params), self.objective.interpolant, x, noise, t, y)
     return loss
 
   def __call__(self, structure: Structure) -> float:

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow import storage
+from adaflow.compose.generator import generator_for
 from adaflow.config_defaults import merged_config
 from adaflow.data.prefetch import Prefetcher
 from adaflow.eval.classifier import cache_dir
@@ -162,6 +163,7 @@ class Trainer:
     self.info = data_lib.get_info(config.data)
     registry.validate(config, self.info, num_devices=jax.device_count(), num_processes=jax.process_count())
     self.objective = build_objective(config, self.info, load_run=load_trainer_and_params, workdir=workdir)
+    self._generator = None
     self.mesh = make_mesh(config.mesh)
     self.tx = make_optimizer(config.train)
     self.lr_schedule = learning_rate_schedule(config.train)
@@ -198,12 +200,20 @@ class Trainer:
     out = {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v)) for k, v in local.items()}
     return out if self._reorder is None else self._reorder(out)
 
+  def generator(self):
+    """The run's sampler (adaflow.compose.generator_for): the composed generator for the DiT family.
+    Built on first use (a run that never samples needs no sampler config) and kept, so its
+    compiled sampling programs are reused."""
+    if self._generator is None:
+      self._generator = generator_for(self.config, self.info, self.objective)
+    return self._generator
+
   def sample_grid(self, params, step: int) -> str:
     s = self.config.sample
     per_class = int(self.config.train.grid_per_class)
     k = max(self.objective.num_classes, 1)
     labels = np.repeat(np.arange(k, dtype=np.int32), per_class)
-    imgs = generate_images(self.objective, params, self.mesh, jax.random.PRNGKey(7), labels, steps=s.steps,
+    imgs = generate_images(self.generator(), params, self.mesh, jax.random.PRNGKey(7), labels, steps=s.steps,
                            method=s.method, cfg_scale=s.cfg_scale, batch_size=len(labels))
     path = os.path.join(self.workdir, "samples", f"step_{step:07d}.png")
     if jax.process_index() == 0:
@@ -314,7 +324,7 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   if tc.steps > 0 and config.train.final_samples:
     log(f"sample grid: {tr.sample_grid(state.ema_params, final_step)}")
   if config.eval.at_end and tc.steps > 0:
-    result = evaluate_generator(tr.objective, state.ema_params, config, tr.mesh, cache_dir(config, workdir), log=log)
+    result = evaluate_generator(tr.generator(), state.ema_params, config, tr.mesh, cache_dir(config, workdir), log=log)
     result["step"] = final_step
     writer.write(final_step, {k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None},
                  kind="eval")

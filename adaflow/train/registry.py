@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from adaflow import config as config_lib
 from adaflow import data as data_lib
+from adaflow.compose.generator import generator_for
 from adaflow.compose.objective import ComposedObjective
 from adaflow.eval.classifier import cache_dir, get_classifier
 from adaflow.objectives.dq_transformer import DQTransformerObjective
@@ -53,7 +54,7 @@ def step_selector_objective(config, info, load_run=None, workdir: str = ".") -> 
   if s.quality in ("classifier", "features"):
     classifier = get_classifier(config.data, cache_dir(gen_tr.config, s.generator_workdir or "."),
                                 seed=int(s.classifier_seed))
-  return StepSelectorObjective(config, info, gen_tr.objective, params, classifier,
+  return StepSelectorObjective(config, info, generator_for(gen_tr.config, gen_tr.info), params, classifier,
                                sample_config=gen_tr.config.sample)
 
 

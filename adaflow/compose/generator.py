@@ -20,7 +20,8 @@ import numpy as np
 
 from adaflow import flow
 from adaflow.compose import model as model_lib
-from adaflow.compose.spec import ComposeSpec, compose_defaults, spec_from_config
+from adaflow.compose.spec import ComposeSpec, spec_from_config
+from adaflow.config_defaults import compose_defaults
 from adaflow.models.dit import BlockSpec
 from adaflow.models.routing import RoutedDiT
 

@@ -110,8 +110,8 @@ def validate_model(config, info) -> None:
     _require(m.depth >= 1, "model.depth", f"must be >= 1, got {m.depth}")
   _require(0.0 <= m.get("class_dropout", 0.1) < 1.0, "model.class_dropout", "must be in [0, 1)")
   _require(isinstance(m.get("remat", False), bool), "model.remat", f"must be True or False, got {m.get('remat')!r}")
-  _require(m.dtype in ("bfloat16", "float32", "float16"), "model.dtype",
-           f"must be bfloat16, float32 or float16, got {m.dtype!r}")
+  _require(m.dtype in ("auto", "bfloat16", "float32", "float16"), "model.dtype",
+           f"must be auto, bfloat16, float32 or float16, got {m.dtype!r}")
 
 
 def validate_mesh(config, num_devices: int, num_processes: int = 1) -> None:

@@ -39,7 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
       learn_sigma=False,
       time_scale=1000.0,
       time_freq_shift=0.0,
-      dtype="bfloat16",       # matmul inputs; params and accumulation are float32
+      # Matmul inputs; params and accumulation are float32. "auto": bfloat16 where the backend has
+      # native bf16 matmuls (TPU, GPU, AVX512_BF16/AMX CPUs), float32 elsewhere (adaflow/parallel/precision.py).
+      dtype="auto",
       remat=False,            # nn.remat per block: recompute activations in the backward (+33% FLOPs)
       stage_groups=((1, 1),),
   ))

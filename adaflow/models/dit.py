@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from adaflow.models import layers
 from adaflow.models.patchify import StagePatchEmbed, StageUnpatchify, stage_position_embedding
+from adaflow.parallel.precision import resolve_compute_dtype
 
 # name -> (depth, hidden_size, num_heads), as in the DiT paper (Table 1).
 DIT_SIZES = {
@@ -261,4 +262,5 @@ def dit_from_config(model_config, image_shape: Sequence[int], num_classes: int) 
       stage_groups=groups, blocks=blocks or None, learn_sigma=model_config.get("learn_sigma", False),
       time_scale=model_config.get("time_scale", 1000.0),
       time_freq_shift=model_config.get("time_freq_shift", 0.0),
-      dtype=layers.dtype_from_name(model_config.dtype), remat=bool(model_config.get("remat", False)))
+      dtype=layers.dtype_from_name(resolve_compute_dtype(model_config.get("dtype", "auto"))[0]),
+      remat=bool(model_config.get("remat", False)))

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 
@@ -101,7 +102,8 @@ class Dense(nn.Module):
       bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, (self.axes[1],)),
                         (self.features,), jnp.float32)
       y = y + bias
-    return y.astype(self.out_dtype)
+    # Named so a remat policy can keep matmul outputs ("save_dots" in adaflow/parallel/remat.py).
+    return checkpoint_name(y.astype(self.out_dtype), "dense")
 
 
 def dense(features: int, *, axes: tuple[str | None, str | None], dtype: Dtype, name: str,

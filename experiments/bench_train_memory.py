@@ -95,6 +95,11 @@ def main():
            "|---|---|---|---|---|---|---|---|---|"]
   lines += [f"| {n} | `{f or '(none)'}` | {m['remat']} | {m['scan']} | {m['donate']} | {m['temp_mib']:.0f} | "
             f"{m['args_mib']:.0f} | {m['total_mib']:.0f} | {m['gflop']:.0f} |" for n, f, m in rows]
+  lines += ["", "XLA's `cost_analysis` counts a `lax.scan` body once, not once per block: with scan_blocks the "
+            "GFLOP column is about one block's work, not the step's (the step's FLOPs are those of the unrolled "
+            "row, plus the recomputation a remat policy adds). 'total' is the step's whole working set "
+            "(params + AdamW state + batch + temporaries), comparable to torch's train-step RSS growth in "
+            "vs_torch.md only loosely (RSS includes allocator caching)."]
   with open(a.out, "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))

@@ -52,8 +52,11 @@ def base_config() -> ml_collections.ConfigDict:
       learn_sigma=False,
       time_scale=1000.0,
       time_freq_shift=0.0,
-      dtype="bfloat16",       # matmul inputs; params and accumulation are float32
-      remat=False,            # nn.remat per block: recompute activations in the backward (+33% FLOPs)
+      # Matmul inputs; params and accumulation are float32. "auto": bfloat16 where the backend has
+      # native bf16 matmuls (TPU, GPU, AVX512_BF16/AMX CPUs), float32 elsewhere (adaflow/parallel/precision.py).
+      dtype="auto",
+      remat=False,            # False | True ("full") | "save_dots" | "dots_no_batch": recompute in the backward (adaflow/parallel/remat.py)
+      scan_blocks=True,       # identical blocks as one lax.scan body (compile time independent of depth)
       stage_groups=((1, 1),),
       # PPFlow patch schedule ((t_end, (ph, pw)), ...), noise first; only objective 'ppflow' uses it.
       stages=config_dict.placeholder(tuple),

@@ -24,7 +24,7 @@ def get_config():
   c.model.size = "B"              # depth 12, width 768, 12 heads
   c.model.patch_size = 4
   c.model.class_dropout = 0.1
-  c.model.dtype = "bfloat16"
+  c.model.dtype = "auto"          # bf16 where matmuls are native bf16, else fp32
   c.flow.t_sampler = "uniform"
   c.train.steps = 400_000
   c.train.batch_size = 1024

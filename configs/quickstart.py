@@ -15,7 +15,7 @@ def get_config():
   c.model.hidden_size = 128
   c.model.depth = 4
   c.model.num_heads = 4
-  c.model.dtype = "bfloat16"
+  c.model.dtype = "auto"          # bf16 where matmuls are native bf16, else fp32
   c.train.steps = 2500
   c.train.batch_size = 128
   c.train.lr = 1e-3

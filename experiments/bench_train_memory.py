@@ -1,5 +1,7 @@
-"""XLA's planned memory for one DiT train step, with and without `model.remat`, under XLA:CPU's
-default scheduler and with its concurrency-optimised scheduler switched off.
+"""XLA's planned memory for one DiT train step under each `model.remat` policy (adaflow/parallel/remat.py),
+with and without `model.scan_blocks`, under XLA:CPU's default scheduler and with its
+concurrency-optimised scheduler switched off. Params and optimizer state are donated (as in the
+train loop); one row without donation shows what donation saves.
 
     python experiments/bench_train_memory.py [--size S] [--batch 32]
 
@@ -34,9 +36,14 @@ def child(size: str, batch: int) -> None:
   x = jnp.zeros((batch, 32, 32, 3))
   t = jnp.full((batch,), 0.5)
   y = jnp.zeros((batch,), jnp.int32)
-  for remat in (False, True):
+  settings = [(False, False, True), (False, True, True), (False, True, False), ("full", True, True),
+              ("save_dots", True, True), ("dots_no_batch", True, True)]
+  if os.environ.get("BENCH_MEMORY_SETTINGS"):       # e.g. "full:1:1" (remat:scan:donate); tests / quick checks
+    settings = [(r if r not in ("False", "True") else r == "True", bool(int(sc)), bool(int(d)))
+                for r, sc, d in (x.split(":") for x in os.environ["BENCH_MEMORY_SETTINGS"].split(","))]
+  for remat, scan, donate in settings:
     model = DiT(image_size=(32, 32), in_channels=3, patch_size=2, hidden_size=hidden, depth=depth,
-                num_heads=heads, num_classes=10, remat=remat)
+                num_heads=heads, num_classes=10, remat=remat, scan_blocks=scan, dtype=jnp.bfloat16)
     params = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), x, t, y))
     tx = optax.adamw(1e-4)
     opt = tx.init(params)
@@ -46,12 +53,14 @@ def child(size: str, batch: int) -> None:
       u, o = tx.update(g, o, p)
       return optax.apply_updates(p, u), o
 
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt).compile()
+    compiled = jax.jit(step, donate_argnums=(0, 1) if donate else ()).lower(params, opt).compile()
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    print(json.dumps({"remat": remat, "temp_mib": mem.temp_size_in_bytes / 2 ** 20,
-                      "args_mib": mem.argument_size_in_bytes / 2 ** 20, "gflop": float(cost.get("flops", 0.0)) / 1e9}),
+    print(json.dumps({"remat": remat, "scan": scan, "donate": donate, "temp_mib": mem.temp_size_in_bytes / 2 ** 20,
+                      "args_mib": mem.argument_size_in_bytes / 2 ** 20,
+                      "total_mib": (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes
+                                    - mem.alias_size_in_bytes) / 2 ** 20, "gflop": float(cost.get("flops", 0.0)) / 1e9}),
           flush=True)
 
 
@@ -81,10 +90,16 @@ def main():
            f"- {machine_line()}; {utc_now()}.",
            f"- Command: `python experiments/bench_train_memory.py --size {a.size} --batch {a.batch}` "
            "(compile only; XLA `memory_analysis` / `cost_analysis`).", "",
-           "| scheduler | XLA_FLAGS | model.remat | temporaries (MiB) | arguments (MiB) | XLA GFLOP per step |",
-           "|---|---|---|---|---|---|"]
-  lines += [f"| {n} | `{f or '(none)'}` | {m['remat']} | {m['temp_mib']:.0f} | {m['args_mib']:.0f} | {m['gflop']:.0f} |"
-            for n, f, m in rows]
+           "| scheduler | XLA_FLAGS | model.remat | model.scan_blocks | donated | temporaries (MiB) | arguments (MiB) | "
+           "total: args + temps + outputs - aliased (MiB) | XLA GFLOP per step |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  lines += [f"| {n} | `{f or '(none)'}` | {m['remat']} | {m['scan']} | {m['donate']} | {m['temp_mib']:.0f} | "
+            f"{m['args_mib']:.0f} | {m['total_mib']:.0f} | {m['gflop']:.0f} |" for n, f, m in rows]
+  lines += ["", "XLA's `cost_analysis` counts a `lax.scan` body once, not once per block: with scan_blocks the "
+            "GFLOP column is about one block's work, not the step's (the step's FLOPs are those of the unrolled "
+            "row, plus the recomputation a remat policy adds). 'total' is the step's whole working set "
+            "(params + AdamW state + batch + temporaries), comparable to torch's train-step RSS growth in "
+            "vs_torch.md only loosely (RSS includes allocator caching)."]
   with open(a.out, "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))

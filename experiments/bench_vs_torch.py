@@ -4,8 +4,9 @@
         [--batch 32] [--modes eager,bf16,compile] [--profile]
 
 Same network on both sides: DiT-S/2 and DiT-B/2 on 32x32x3 images (256 tokens), 10 classes,
-batch 32, no learned sigma, LayerNorm eps 1e-6. adaflow runs its default mixed precision
-(float32 params, bf16 matmul inputs, float32 accumulation); torch runs eager float32, eager
+batch 32, no learned sigma, LayerNorm eps 1e-6. adaflow runs its default `model.dtype="auto"`
+(float32 params; bf16 matmul inputs with float32 accumulation where the CPU has native bf16
+matmuls, float32 elsewhere; the CPU flags are in the results header); torch runs eager float32, eager
 under `torch.autocast("cpu", bfloat16)`, and `torch.compile` (float32) when it works.
 
 Measured per contender (timed repetitions interleaved: every repetition times each contender
@@ -66,6 +67,12 @@ def make_inputs(batch: int, seed: int = 0):
 # adaflow
 
 
+def ada_label() -> str:
+  """The adaflow contender's row name: the compute dtype `model.dtype="auto"` picks on this CPU."""
+  from adaflow.parallel.precision import resolve_compute_dtype
+  return f"adaflow jit ({resolve_compute_dtype('auto')[0]} compute, fp32 params)"
+
+
 class AdaflowContender:
   def __init__(self, size: str, batch: int):
     import jax
@@ -73,10 +80,12 @@ class AdaflowContender:
     import flax.linen as nn
     import optax
     from adaflow.models.dit import DiT
+    from adaflow.models.layers import dtype_from_name
+    from adaflow.parallel.precision import resolve_compute_dtype
     depth, d, h = SIZES[size]
     self.jax = jax
     self.model = DiT(image_size=(IMAGE, IMAGE), in_channels=CHANNELS, patch_size=PATCH, hidden_size=d, depth=depth,
-                     num_heads=h, num_classes=CLASSES, dtype=jnp.bfloat16)
+                     num_heads=h, num_classes=CLASSES, dtype=dtype_from_name(resolve_compute_dtype("auto")[0]))
     x, t, y, target = (jnp.asarray(a) for a in make_inputs(batch))
     self.inputs = (x, t, y)
     self.target = target
@@ -316,7 +325,7 @@ def main():
     ada = AdaflowContender(size, a.batch)
     m, tin, ttarget = build_torch(size, a.batch)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-    contenders = {"adaflow jit (bf16 compute, fp32 params)": ada}
+    contenders = {ada_label(): ada}
     for mode in modes:
       try:
         contenders[f"torch {mode}"] = TorchContender(m, tin, ttarget, mode, opt)
@@ -335,7 +344,7 @@ def main():
           times[name][phase].append(time.perf_counter() - s)
       print(f"  rep {rep}: " + ", ".join(f"{n.split(' (')[0]} fwd {t['forward'][-1]:.2f}s train {t['train'][-1]:.2f}s"
                                          for n, t in times.items()), flush=True)
-    mem = {"adaflow jit (bf16 compute, fp32 params)": ada.memory()}
+    mem = {ada_label(): ada.memory()}
     for mode in modes:
       if f"torch {mode}" in contenders and mode != "compile":
         mem[f"torch {mode}"] = torch_memory(size, a.batch, mode)
@@ -350,14 +359,24 @@ def fmt_mb(b):
   return f"{b / 2**20:.0f} MiB" if isinstance(b, (int, float)) else "n/a"
 
 
+def cpu_flag_line() -> str:
+  from adaflow.parallel.precision import cpu_flags
+  wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+  have = cpu_flags()
+  return " ".join(f for f in wanted if f in have) or "none of " + " ".join(wanted)
+
+
 def write_report(a, results, notes, profiles, elapsed):
+  from adaflow.parallel.precision import describe_compute_dtype
   import jax
   import torch
   import diffusers
-  ada_name = "adaflow jit (bf16 compute, fp32 params)"
+  ada_name = ada_label()
   lines = ["# adaflow vs PyTorch (diffusers DiTTransformer2DModel): DiT-S/2 and DiT-B/2", "",
-           f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()}-core CPU, no GPU "
-           f"(AMD EPYC with AVX-512 BF16). Other jobs may have shared the CPU during the run.",
+           f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()}-core CPU, no GPU. "
+           f"Other jobs may have shared the CPU during the run.",
+           f"- CPU flags (matmul-relevant): {cpu_flag_line()}; adaflow compute dtype: "
+           f"{describe_compute_dtype({'dtype': 'auto'})}.",
            f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; jax {jax.__version__}, "
            f"torch {torch.__version__}, diffusers {diffusers.__version__}; total run {elapsed / 60:.1f} min.",
            f"- Command: `python experiments/bench_vs_torch.py --sizes {a.sizes} "

@@ -149,3 +149,37 @@ def test_bf16_close_to_f32():
   a, b = m32.apply(params, x, t, y), m16.apply(params, x, t, y)
   rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a))
   assert rel < 0.05, rel
+
+
+def _perturbed_params(m, x, t, y):
+  params = nn.meta.unbox(m.init(jax.random.key(0), x, t, y))
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  return jax.tree_util.tree_unflatten(treedef, [l + 0.05 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize("remat", [False, "full", "save_dots", "dots_no_batch"])
+def test_scan_blocks_same_tree_outputs_and_gradients_as_the_loop(remat):
+  """scan_blocks stacks the per-block params inside the step: the stored tree keeps block_i names
+  (checkpoints, converter, pruning unchanged) and outputs/gradients equal the unrolled loop."""
+  x, t, y = inputs(b=4)
+  loop, scan = small_dit(depth=3, scan_blocks=False), small_dit(depth=3, scan_blocks=True, remat=remat)
+  params = _perturbed_params(loop, x, t, y)
+  assert (jax.tree_util.tree_structure(nn.meta.unbox(scan.init(jax.random.key(0), x, t, y)))
+          == jax.tree_util.tree_structure(params))
+  assert "block_2" in params["params"]
+  jaxpr = str(jax.make_jaxpr(lambda p: scan.apply(p, x, t, y))(params))
+  assert "scan" in jaxpr and "scan" not in str(jax.make_jaxpr(lambda p: loop.apply(p, x, t, y))(params))
+  np.testing.assert_allclose(scan.apply(params, x, t, y), loop.apply(params, x, t, y), atol=1e-5)
+  grad = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply(p, x, t, y) ** 2)))
+  for a, b in zip(jax.tree_util.tree_leaves(grad(scan)(params)), jax.tree_util.tree_leaves(grad(loop)(params))):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_uneven_blocks_keep_the_loop_and_bad_remat_names_fail():
+  x, t, y = inputs()
+  m = small_dit(blocks=(BlockSpec(1, 16), BlockSpec(2, 8)), scan_blocks=True)
+  params = nn.meta.unbox(m.init(jax.random.key(0), x, t, y))
+  assert "scan" not in str(jax.make_jaxpr(lambda p: m.apply(p, x, t, y))(params))
+  with pytest.raises(ValueError, match=r"model\.remat"):
+    small_dit(remat="everything").init(jax.random.key(0), x, t, y)

@@ -13,6 +13,7 @@ from adaflow.eval.classifier import cache_dir
 from adaflow.eval.generate import evaluate_generator, generate_images
 from adaflow.parallel import make_mesh
 from adaflow.parallel.host import is_writer
+from adaflow.parallel.precision import describe_compute_dtype
 from adaflow.pipelines.grouped import is_grouped_workdir, load_grouped, run_grouped
 from adaflow.train.images import save_grid
 from adaflow.train.loop import load_params, load_trainer_and_params, train
@@ -76,6 +77,10 @@ def _load_generator(workdir: str):
   group_i/: the composed generator with timestep groups, each group's fine-tuned sub-model)."""
   if is_grouped_workdir(workdir):
     generator, params, config = load_grouped(workdir, FLAGS.config)
+    if is_writer():
+      print(describe_compute_dtype(config.model))
     return generator, params, config, make_mesh(config.mesh), "grouped"
   tr, params, step = load_trainer_and_params(workdir, FLAGS.config)
+  if is_writer():
+    print(describe_compute_dtype(tr.config.model))
   return tr.generator(), params, tr.config, tr.mesh, step

@@ -20,9 +20,12 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from adaflow.models import layers
 from adaflow.models.patchify import StagePatchEmbed, StageUnpatchify, stage_position_embedding
+from adaflow.parallel.precision import resolve_compute_dtype
+from adaflow.parallel.remat import remat_policy
 
 # name -> (depth, hidden_size, num_heads), as in the DiT paper (Table 1).
 DIT_SIZES = {
@@ -35,7 +38,9 @@ DIT_SIZES = {
 
 class Attention(nn.Module):
   """Multi-head self-attention over the given tokens; `num_heads * head_dim` may differ from D
-  (pruned heads). Softmax in float32; matmul inputs in `dtype`, accumulation in float32."""
+  (pruned heads). The core is `jax.nn.dot_product_attention` with the implementation left to JAX
+  (cuDNN fused attention on GPUs where it applies, XLA elsewhere): q/k/v in `dtype`, logits and
+  softmax in float32, output in `dtype`."""
   hidden: int
   num_heads: int
   head_dim: int
@@ -47,18 +52,17 @@ class Attention(nn.Module):
     (e.g. [B, 1, 1, N]); False keys are excluded (token routing's masked training path)."""
     b, n, _ = x.shape
     h, hd = self.num_heads, self.head_dim
-    qkv = layers.dense(3 * h * hd, axes=("embed", "heads"), dtype=self.dtype, name="qkv")(x)
-    # [3, B, H, N, hd]: the (batch, heads) leading layout keeps every product of the forward and
-    # backward pass on XLA's fast batched-matmul path for bf16 x bf16 -> f32.
-    qkv = qkv.reshape(b, n, 3, h, hd).transpose(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    logits = layers.matmul("bhqd,bhkd->bhqk", q * (hd ** -0.5), k, self.dtype)
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-    probs = jax.nn.softmax(logits, axis=-1)                      # float32
-    out = layers.matmul("bhqk,bhkd->bhqd", probs, v, self.dtype)
-    out = out.transpose(0, 2, 1, 3).reshape(b, n, h * hd)
-    return layers.dense(self.hidden, axes=("heads", "embed"), dtype=self.dtype, name="proj")(out)
+    # qkv leaves the matmul in the compute dtype: it only feeds the attention products, which take
+    # `dtype` inputs anyway, so a float32 copy would be written and read for nothing.
+    qkv = layers.dense(3 * h * hd, axes=("embed", "heads"), dtype=self.dtype, name="qkv",
+                       out_dtype=self.dtype)(x)
+    # [B, N, 3, H, hd] -> q, k, v [B, N, H, hd]: dot_product_attention's layout, no head transposes.
+    qkv = qkv.reshape(b, n, 3, h, hd)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=hd ** -0.5, implementation=None)
+    out = checkpoint_name(out, "attention")       # kept by the "save_dots" remat policy
+    return layers.dense(self.hidden, axes=("heads", "embed"), dtype=self.dtype, name="proj")(
+        out.reshape(b, n, h * hd))
 
 
 class Mlp(nn.Module):
@@ -68,8 +72,13 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [B, N, D] -> [B, N, D]; GELU (tanh approximation) as in DiT."""
-    x = layers.dense(self.mlp_dim, axes=("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
+    """x: [B, N, D] -> [B, N, D]; GELU (tanh approximation) as in DiT.
+
+    The [B, N, mlp_dim] activation (the step's largest) stays in the compute dtype: fc2 rounds its
+    input to `dtype` anyway, and GELU is smooth and bounded in slope, so applying it in bf16 moves
+    the result by about one bf16 ulp, the rounding fc2 would apply regardless. With float32 it is
+    exact float32 as before."""
+    x = layers.dense(self.mlp_dim, axes=("embed", "mlp"), dtype=self.dtype, name="fc1", out_dtype=self.dtype)(x)
     x = nn.gelu(x, approximate=True)
     return layers.dense(self.hidden, axes=("mlp", "embed"), dtype=self.dtype, name="fc2")(x)
 
@@ -156,9 +165,15 @@ class DiT(nn.Module):
     time_scale: t in [0, 1] is multiplied by this before the sinusoidal features (1000 = DiT).
     time_freq_shift: 0 (DiT) or 1 (diffusers) in the timestep frequencies.
     dtype: matmul input dtype (bfloat16 default; float32 for exact tests).
-    remat: recompute each block's activations in the backward pass (`nn.remat` per block) instead
-      of keeping them: less activation memory for about one more forward of compute. Same
-      parameters, outputs and gradients.
+    remat: recompute each block's activations in the backward pass instead of keeping them: False
+      (keep all), True / "full" (keep only block inputs: about one more forward of compute) or a
+      policy name of `adaflow.parallel.remat.REMAT_POLICIES` (e.g. "save_dots": keep matmul outputs, recompute the
+      elementwise work and the attention matrix). Same parameters, outputs and gradients.
+    scan_blocks: run identical blocks as one `lax.scan` body (compiled once, so compile time does
+      not grow with depth) instead of an unrolled loop. Parameters keep their per-block names
+      (`block_i`): they are stacked inside the step, so checkpoints, the torch converter and
+      pruning see the same tree either way. Uneven (pruned) blocks, `block_fn` (token routing) and
+      init use the loop.
   """
   image_size: tuple[int, int]
   in_channels: int
@@ -174,7 +189,8 @@ class DiT(nn.Module):
   time_scale: float = 1000.0
   time_freq_shift: float = 0.0
   dtype: Any = jnp.bfloat16
-  remat: bool = False
+  remat: Any = False
+  scan_blocks: bool = True
 
   @property
   def head_dim(self) -> int:
@@ -204,7 +220,8 @@ class DiT(nn.Module):
     if self.num_stages > 1:
       self.level_embed = self.param("level_embed", nn.with_logical_partitioning(
           nn.initializers.normal(0.02), (None, "embed")), (self.num_stages, d), jnp.float32)
-    block_cls = nn.remat(DiTBlock) if self.remat else DiTBlock
+    policy = remat_policy(self.remat)
+    block_cls = DiTBlock if policy is None else nn.remat(DiTBlock, policy=policy)
     self.block_modules = [block_cls(d, spec.num_heads, self.head_dim, spec.mlp_dim, self.dtype,
                                    name=f"block_{i}") for i, spec in enumerate(self.block_specs)]
     self.final = FinalLayer(d, self.dtype, name="final")
@@ -240,9 +257,36 @@ class DiT(nn.Module):
     chex.assert_shape(y, (x.shape[0],))
     c = self.condition(t, y, stage)
     tokens = self.embed(x, stage)
-    for i, block in enumerate(self.block_modules):
-      tokens = block(tokens, c) if block_fn is None else block_fn(i, block, tokens, c)
+    if block_fn is None and self._can_scan():
+      tokens = self._scan_blocks(tokens, c)
+    else:
+      for i, block in enumerate(self.block_modules):
+        tokens = block(tokens, c) if block_fn is None else block_fn(i, block, tokens, c)
     return self.unembed(tokens, c, stage)
+
+  def _can_scan(self) -> bool:
+    specs = self.block_specs
+    return (self.scan_blocks and len(specs) > 1 and len(set(specs)) == 1 and not self.is_initializing()
+            and "params" in self.variables)
+
+  def _scan_blocks(self, tokens: jax.Array, c: jax.Array) -> jax.Array:
+    """tokens [B, N, D] through all (identical) blocks as one scanned body. The per-block
+    parameters are stacked here, inside the traced step, so the stored tree keeps its `block_i`
+    names; the stack is a copy of the block weights per call (their gradients are sliced back by
+    autodiff), small next to a step's activations."""
+    spec = self.block_specs[0]
+    per_block = [nn.meta.unbox(self.variables["params"][f"block_{i}"]) for i in range(len(self.block_specs))]
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_block)
+    block = DiTBlock(self.hidden_size, spec.num_heads, self.head_dim, spec.mlp_dim, self.dtype, parent=None)
+
+    def body(x, p):
+      return block.apply({"params": p}, x, c), None
+
+    policy = remat_policy(self.remat)
+    if policy is not None:
+      body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+    tokens, _ = jax.lax.scan(body, tokens, stacked)
+    return tokens
 
 
 def dit_from_config(model_config, image_shape: Sequence[int], num_classes: int) -> DiT:
@@ -261,4 +305,5 @@ def dit_from_config(model_config, image_shape: Sequence[int], num_classes: int) 
       stage_groups=groups, blocks=blocks or None, learn_sigma=model_config.learn_sigma,
       time_scale=model_config.time_scale,
       time_freq_shift=model_config.time_freq_shift,
-      dtype=layers.dtype_from_name(model_config.dtype), remat=bool(model_config.remat))
+      dtype=layers.dtype_from_name(resolve_compute_dtype(model_config.dtype)[0]),
+      remat=model_config.remat, scan_blocks=bool(model_config.scan_blocks))

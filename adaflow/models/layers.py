@@ -2,8 +2,12 @@
 
 Mixed precision follows the TPU recipe: parameters are stored in float32, matmul *inputs* are cast
 to the compute dtype (bfloat16 by default) and products accumulate in float32
-(`preferred_element_type=float32`). Activations between matmuls (residual stream, LayerNorm,
-softmax) stay in float32. With `dtype=float32` everything is exact float32.
+(`preferred_element_type=float32`). What stays float32 and why: the residual stream (many small
+updates summed over depth would lose bits in bf16), LayerNorm statistics (mean/variance of D
+values), softmax logits and normalisers (exp amplifies rounding), the adaLN modulation (shift/scale/
+gate multiply every token; [B, D], cheap) and timestep features. Tensors that only feed the next
+matmul (qkv, the MLP hidden activation after GELU) are kept in the compute dtype, which that matmul
+would round them to anyway. With `dtype=float32` everything is exact float32.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 
@@ -71,7 +76,8 @@ def matmul(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype) -> jax.Array:
 
 
 class Dense(nn.Module):
-  """Linear layer: float32 params, matmul in `dtype` with float32 accumulation, float32 output.
+  """Linear layer: float32 params, matmul in `dtype` with float32 accumulation and bias add, output
+  in `out_dtype` (float32 default; the compute dtype where the output only feeds another matmul).
 
   `axes` are the logical names of the kernel's (input, output) dimensions; the bias takes the
   output name. They are mapped to mesh axes by `adaflow.parallel.rules`. Parameter names
@@ -83,10 +89,11 @@ class Dense(nn.Module):
   use_bias: bool = True
   kernel_init: Any = xavier_uniform
   bias_init: Any = zeros
+  out_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [..., K] -> [..., features] float32."""
+    """x: [..., K] -> [..., features] in `out_dtype`."""
     kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
                         (x.shape[-1], self.features), jnp.float32)
     lead = x.shape[:-1]
@@ -95,14 +102,16 @@ class Dense(nn.Module):
       bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, (self.axes[1],)),
                         (self.features,), jnp.float32)
       y = y + bias
-    return y
+    # Named so a remat policy can keep matmul outputs ("save_dots" in adaflow/parallel/remat.py).
+    return checkpoint_name(y.astype(self.out_dtype), "dense")
 
 
 def dense(features: int, *, axes: tuple[str | None, str | None], dtype: Dtype, name: str,
-          kernel_init=xavier_uniform, bias_init=zeros, use_bias: bool = True) -> Dense:
+          kernel_init=xavier_uniform, bias_init=zeros, use_bias: bool = True,
+          out_dtype: Dtype = jnp.float32) -> Dense:
   """A `Dense` layer with logical axis names `axes` for its kernel (see `Dense`)."""
   return Dense(features, axes=tuple(axes), dtype=dtype, use_bias=use_bias, kernel_init=kernel_init,
-               bias_init=bias_init, name=name)
+               bias_init=bias_init, out_dtype=out_dtype, name=name)
 
 
 def layer_norm(name: str, use_affine: bool = False, eps: float = 1e-6) -> nn.LayerNorm:

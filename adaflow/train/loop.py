@@ -53,6 +53,7 @@ from adaflow.eval.classifier import cache_dir
 from adaflow.eval.generate import balanced_labels, evaluate_generator, generate_images
 from adaflow.parallel import batch_sharding, make_mesh, replicated
 from adaflow.parallel.host import to_host
+from adaflow.parallel.precision import describe_compute_dtype
 from adaflow.train import checkpoint as ckpt
 from adaflow.train import diagnostics
 from adaflow.train.images import save_grid
@@ -275,6 +276,7 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   with guard, batches, prof:   # leaving it (end, preemption, error) joins the threads, ends a trace
     log(f"{config.name}: {tr.info.image_shape} {tr.info.num_classes} classes, "
         f"{n_params / 1e6:.2f}M params, mesh {dict(tr.mesh.shape)}, steps {start} -> {tc.steps}")
+    log(describe_compute_dtype(config.model))
     for step in range(start, tc.steps):
       batch = tr.global_batch(batches[step])
       if step_fn is None:                        # one compilation, which also gives the FLOPs per step

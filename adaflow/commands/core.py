@@ -23,8 +23,9 @@ flags.DEFINE_integer("num", 64, "Number of images for `sample`.")
 flags.DEFINE_string("out", None, "Output path (`sample`: PNG grid; default <workdir>/samples/cli_step_<step>.png).")
 
 
-@command("train")
+@command("train", ("config", "workdir", "init", "tokenizer"))
 def cmd_train():
+  """Train a model (resumes from the latest checkpoint in --workdir)."""
   config = need("config")
   if config.get("grouped"):  # train-then-prune: stage 1, pruning, stage 2 (adaflow/pipelines/grouped.py)
     run_grouped(config, need("workdir"))
@@ -41,8 +42,9 @@ def cmd_train():
   train(config, need("workdir"), init_params=init)
 
 
-@command("sample")
+@command("sample", ("config", "workdir", "num", "out", "selector"))
 def cmd_sample():
+  """Write a grid of samples from a trained workdir (EMA parameters, config.sample)."""
   if getattr(FLAGS, "selector", None):  # AdaDiff: per-input step counts (adaflow/commands/adadiff.py)
     return sample_with_selector()
   import jax
@@ -63,8 +65,9 @@ def cmd_sample():
       print(f"wrote {path}")
 
 
-@command("eval")
+@command("eval", ("config", "workdir"))
 def cmd_eval():
+  """FD and class accuracy of a trained workdir (`adaflow eval fid`: Inception FID)."""
   objective, params, config, mesh, step = _load_generator(need("workdir"))
   result = evaluate_generator(objective, params, config, mesh, cache_dir(config, FLAGS.workdir))
   result["step"] = step

@@ -45,6 +45,7 @@ DEFAULT_NUM = 50000
 
 
 def fid_main():
+  """Inception FID of a trained workdir (the FID-50K protocol; resumable sample shards)."""
   import numpy as np
   workdir = need("workdir")
   ref_arg = need("ref")
@@ -93,5 +94,7 @@ def fid_main():
   return result
 
 
-command("fid")(fid_main)
-command("eval fid")(fid_main)
+FID_FLAGS = ("config", "workdir", "num", "ref", "inception", "fid_random_inception", "fid_resize", "fid_batch",
+             "fid_gen_batch", "fid_shard", "fid_ref_num", "fid_pr", "fid_pr_num", "fid_input_size", "fid_progress")
+command("fid", FID_FLAGS)(fid_main)
+command("eval fid", FID_FLAGS)(fid_main)

@@ -22,6 +22,8 @@ def base_config() -> ml_collections.ConfigDict:
       split="train",
       num_crops=8192,         # examples per epoch of the `crops` dataset
       resize=False,           # resize images of another size instead of rejecting them
+      crop="",                # folder: "" | "center" (ADM: resize the short side, center-crop; any size)
+      resample="bicubic",     # folder: PIL filter of resizes (nearest | box | bilinear | bicubic | lanczos)
       image_key="image",
       label_key="label",
       prefetch=2,             # batches built ahead on host threads during device steps; 0 = synchronous

@@ -86,7 +86,11 @@ def base_config() -> ml_collections.ConfigDict:
       compilation_cache_min_compile_secs=1.0,  # only cache programs that took longer to compile
       profile_start=1,        # jax.profiler trace starts this many steps after the run's first step
       profile_steps=0,        # trace this many steps into <workdir>/profile (process 0); 0 = off
-      peak_tflops_per_device=0.0,  # bf16 peak for mfu; 0 = from device_kind (TPU/GPU table; none on CPU)
+      peak_tflops_per_device=0.0,
+      # Optional metric writers beside metrics.jsonl + TensorBoard (adaflow/train/metrics_log.py):
+      # "" or comma-separated "wandb,clu"; only used when selected, an uninstalled one is an error.
+      writers="",
+      wandb_project="adaflow",  # the wandb project of train.writers="wandb"  # bf16 peak for mfu; 0 = from device_kind (TPU/GPU table; none on CPU)
   ))
 
   c.sample = ml_collections.ConfigDict(dict(

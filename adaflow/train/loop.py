@@ -54,7 +54,7 @@ from adaflow.parallel.host import to_host
 from adaflow.train import checkpoint as ckpt
 from adaflow.train import diagnostics
 from adaflow.train.images import save_grid
-from adaflow.train.metrics_log import MetricWriter
+from adaflow.train.metrics_log import MetricWriter, parse_writers, progress
 from adaflow.train.optim import learning_rate_schedule, make_optimizer
 from adaflow.train.registry import build_objective
 from adaflow.train.sharded_state import init_state, state_shardings
@@ -221,6 +221,7 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   diagnostics.enable_compilation_cache(tc.get("compilation_cache_dir", ""),
                                        tc.get("compilation_cache_min_compile_secs", 1.0))
   nan_policy = tc.get("nan_policy", "stop")
+  parse_writers(tc.get("writers", ""))   # a selected writer that is not installed fails before compiling
   ckpt.check_writable(workdir)   # creates the workdir; a bad path or bucket fails here, before compiling
   storage.makedirs(workdir)
   if jax.process_index() == 0:
@@ -237,14 +238,14 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   peak = diagnostics.peak_tflops_per_device(override=tc.get("peak_tflops_per_device", 0.0))
   prof = diagnostics.ProfileWindow(os.path.join(workdir, "profile"), start, tc.get("profile_start", 1),
                                    tc.get("profile_steps", 0))
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, writers=tc.get("writers", ""), run_config=json.loads(config.to_json_best_effort()),
+                        wandb_project=tc.get("wandb_project", "adaflow"), name=config.get("name", "run"))
   dropped = writer.drop_after(start)
   if dropped:
     tr.log(f"metrics.jsonl: dropped {dropped} rows logged after step {start} (they are recomputed now)")
   n_params = config_lib.num_params(state.params)
 
-  pbar = tqdm(total=tc.steps, initial=start, disable=jax.process_index() != 0, dynamic_ncols=True,
-              desc="train", mininterval=1.0)
+  pbar = progress(tc.steps, start, enabled=jax.process_index() == 0)   # plain lines when stderr is a log file
 
   def check_finite(flag, at_step: int) -> None:
     """nan_policy="stop": raise if the update at state.step == at_step was non-finite."""

@@ -49,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.flow = ml_collections.ConfigDict(dict(
       interpolant="linear",   # linear (rectified flow / SiT) | cosine (VP)
       prediction="velocity",  # velocity | noise | data
+      endpoint_margin=0.02,   # noise/data prediction: the network is evaluated at t >= this / t <= 1 - this (singular end)
       t_sampler="logit_normal",
       logit_mean=0.0,
       logit_std=1.0,
@@ -94,7 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.sample = ml_collections.ConfigDict(dict(
-      method="heun",          # euler | heun
+      method="heun",          # euler | heun | ab2 (2nd-order multistep, 1 call/step) | sde (Euler-Maruyama)
+      diffusion_form="sigma", # sde: w(t) = constant | sigma | linear | decreasing | increasing-decreasing (SiT)
+      diffusion_norm=1.0,     # sde: scale of w(t); 0 = the ODE
       steps=16,
       cfg_scale=2.0,          # 1.0 = no guidance
   ))

@@ -128,3 +128,33 @@ def test_user_error_on_two_processes_every_process_exits_2(tmp_path):
   for code, _, err in outs:
     assert code == 2 and err.strip().splitlines()[-1] == "error: config.train.lr: must be positive, got -1.0"
     assert "Traceback" not in err
+
+
+def test_sample_method_steps_cfg_flags_override_the_config(tmp_path, capsys, monkeypatch):
+  """`adaflow sample --method --steps --cfg` on a tiny trained run: the flags reach the generator
+  (instead of config.sample) and each new solver writes a grid of finite images."""
+  import numpy as np
+  from PIL import Image
+  from conftest import tiny_config
+  from adaflow.commands import core
+  from adaflow.train.loop import train
+  w = str(tmp_path / "w")
+  train(tiny_config(**{"train.steps": 1, "train.ckpt_every": 1}), w, log=lambda m: None)
+  seen, images = [], {}
+  real = core.generate_images
+
+  def spy(*a, **kw):
+    seen.append(kw)
+    images[kw["method"]] = np.asarray(real(*a, **kw))
+    return images[kw["method"]]
+  monkeypatch.setattr(core, "generate_images", spy)
+  for method in ("ab2", "sde"):
+    out = tmp_path / f"{method}.png"
+    code, _, err = _main(["sample", f"--workdir={w}", f"--method={method}", "--steps=3", "--cfg=1.5", "--num=4",
+                          f"--out={out}"], capsys)
+    assert code == 0, err
+    assert Image.open(out).size[0] > 0
+  assert [(k["method"], k["steps"], k["cfg_scale"]) for k in seen] == [("ab2", 3, 1.5), ("sde", 3, 1.5)]
+  assert all(np.isfinite(v).all() for v in images.values())
+  code, _, err = _main(["sample", f"--workdir={w}", "--method=rk4"], capsys)
+  assert code == 2 and "--method" in err and err.count("\n") == 1

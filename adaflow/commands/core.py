@@ -11,6 +11,7 @@ from adaflow.commands.dq import apply_tokenizer_flag, sample_map
 from adaflow.commands.registry import FLAGS, command, need
 from adaflow.eval.classifier import cache_dir
 from adaflow.eval.generate import evaluate_generator, generate_images
+from adaflow.flow.samplers import METHODS
 from adaflow.parallel import make_mesh
 from adaflow.parallel.host import is_writer
 from adaflow.pipelines.grouped import is_grouped_workdir, load_grouped, run_grouped
@@ -21,6 +22,10 @@ from adaflow.train.registry import OBJECTIVES
 flags.DEFINE_string("init", None, "Initialise parameters from this workdir's latest checkpoint (fine-tuning).")
 flags.DEFINE_integer("num", 64, "Number of images for `sample`.")
 flags.DEFINE_string("out", None, "Output path (`sample`: PNG grid; default <workdir>/samples/cli_step_<step>.png).")
+flags.DEFINE_enum("method", None, list(METHODS), "`sample`: solver (overrides config.sample.method; `sde` also "
+                  "reads --config.sample.diffusion_form / diffusion_norm).")
+flags.DEFINE_integer("steps", None, "`sample`: number of solver steps (overrides config.sample.steps).")
+flags.DEFINE_float("cfg", None, "`sample`: classifier-free guidance scale, 1 = none (overrides config.sample.cfg_scale).")
 
 
 @command("train", ("config", "workdir", "init", "tokenizer"))
@@ -42,7 +47,7 @@ def cmd_train():
   train(config, need("workdir"), init_params=init)
 
 
-@command("sample", ("config", "workdir", "num", "out", "selector"))
+@command("sample", ("config", "workdir", "num", "out", "method", "steps", "cfg", "selector"))
 def cmd_sample():
   """Write a grid of samples from a trained workdir (EMA parameters, config.sample)."""
   if getattr(FLAGS, "selector", None):  # AdaDiff: per-input step counts (adaflow/commands/adadiff.py)
@@ -51,10 +56,15 @@ def cmd_sample():
   import numpy as np
   objective, params, config, mesh, step = _load_generator(need("workdir"))
   s = config.sample
+  method = FLAGS.method or s.method
+  steps = s.steps if FLAGS.steps is None else FLAGS.steps
+  cfg_scale = s.cfg_scale if FLAGS.cfg is None else FLAGS.cfg
+  if steps < 1 or cfg_scale < 0:
+    raise ValueError(f"--steps must be >= 1 and --cfg >= 0 (1 = no guidance), got --steps={steps} --cfg={cfg_scale}")
   k = max(objective.num_classes, 1)
   labels = np.sort((np.arange(FLAGS.num) % k).astype(np.int32))
   imgs = generate_images(objective, params, mesh, jax.random.PRNGKey(config.seed), labels,
-                         steps=s.steps, method=s.method, cfg_scale=s.cfg_scale)
+                         steps=steps, method=method, cfg_scale=cfg_scale)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "samples", f"cli_step_{step}.png")
   if is_writer():     # every process generated all images; one writes them
     save_grid(np.clip(imgs, -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // imgs.shape[1]))

@@ -73,4 +73,6 @@ class FlowMatchingObjective:
                cfg_scale: float = 1.0, grid: Optional[np.ndarray] = None) -> jax.Array:
     """labels [B] -> images [B, H, W, C] (not clipped). Pure function of (params, rng, labels)."""
     noise = jax.random.normal(rng, (labels.shape[0],) + tuple(self.info.image_shape), jnp.float32)
-    return flow.sample(self.velocity_fn(params, labels, cfg_scale), noise, steps, method, grid)
+    # The interpolant lets the solver stop short of a singular endpoint and turn v into a score (sde).
+    opts = flow.solver_options(self.config.get("sample") or {}, self.interpolant, jax.random.fold_in(rng, 1))
+    return flow.sample(self.velocity_fn(params, labels, cfg_scale), noise, steps, method, grid, **opts)

@@ -109,6 +109,18 @@ def base_config() -> ml_collections.ConfigDict:
       seed=1234,
       classifier_seed=0,
       cache_dir="",
+      # Inception FID (+ sFID) while training (adaflow/train/periodic_fid.py); inputs as `adaflow eval fid`:
+      fid_every=0,            # steps between FIDs of the EMA params; 0 = off; rows of kind "fid" in metrics.jsonl
+      fid_num=5000,           # generated images per FID
+      fid_ref="",             # reference .npz (mu/sigma[/mu_s/sigma_s], activations or arr_0) or "dataset[:split]"
+      fid_ref_num=50000,      # images for fid_ref="dataset"
+      fid_inception="",       # Inception weights file; "" = ~/.cache/adaflow/pt_inception-2015-12-05-6726825d.pth
+      fid_random_inception=-1,  # >= 0: random Inception weights with this seed (smoke tests only)
+      fid_resize="tf",        # tf (ADM evaluator) | pytorch (pytorch-fid)
+      fid_input_size=299,     # Inception input size (299 for real FIDs)
+      fid_batch=200,          # images per Inception forward
+      fid_gen_batch=256,      # images per generation batch
+      fid_shard=1000,         # images per resumable sample shard
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))

@@ -1,38 +1,139 @@
 """`adaflow <command> --config configs/x.py --workdir DIR [--config.a.b=value ...]`.
 
-Config files are `ml_collections` ConfigDicts loaded with `config_flags`, so any field can be
+Config files are `ml_collections` ConfigDicts loaded with `config_flags`, so config fields can be
 overridden on the command line. Commands live in `adaflow/commands/` (one module each).
+
+`adaflow --help` lists the commands, `adaflow <command> --help` that command's flags. Bad input
+(config, data, checkpoint, command line) ends with one line, `error: <message>`, and exit status 2
+on every process; `--debug` or `ADAFLOW_DEBUG=1` shows the traceback. Other exceptions are bugs
+and keep their traceback.
 """
 from __future__ import annotations
 
+import difflib
+import importlib.metadata
+import os
 import sys
 
-from absl import app
+from absl import app, flags, logging
 
 from adaflow import commands  # noqa: F401  registers every command
-from adaflow.commands.registry import COMMANDS
+from adaflow.commands.registry import COMMAND_FLAGS, COMMAND_HELP, COMMANDS, FLAGS
+from adaflow.errors import is_user_error
 from adaflow.parallel.distributed import initialize_runtime
+
+HELP_ARGS = ("-h", "--help", "--helpshort", "--helpfull", "-help", "help")
+USAGE_EXIT = 2
+
+
+def version() -> str:
+  """The installed package's version (setup.py), via importlib.metadata."""
+  try:
+    return importlib.metadata.version("adaflow")
+  except importlib.metadata.PackageNotFoundError:
+    return "unknown (the package is not installed; `pip install -e .` in the repository)"
+
+
+def overview() -> str:
+  """`adaflow --help`: every command with its one-line description."""
+  width = max(len(n) for n in COMMANDS) + 2
+  lines = ["usage: adaflow <command> [--flag=value ...]   (adaflow <command> --help: its flags)", "",
+           "commands:"]
+  lines += [f"  {n.ljust(width)}{COMMAND_HELP.get(n, '')}" for n in sorted(COMMANDS)]
+  lines += ["", "options:", "  --help        this list", "  --version     the package version",
+            "  --debug       show the traceback of user errors (also ADAFLOW_DEBUG=1)"]
+  return "\n".join(lines)
+
+
+def command_help(name: str) -> str:
+  """`adaflow <name> --help`: usage, one line, and only the flags the command reads."""
+  lines = [f"usage: adaflow {name} [--flag=value ...]", "", COMMAND_HELP.get(name, "")]
+  subs = sorted(n for n in COMMANDS if n.startswith(name + " "))
+  if subs:
+    lines += ["", "subcommands: " + ", ".join(f"adaflow {s}" for s in subs)]
+  lines += ["", "flags:"]
+  for f in COMMAND_FLAGS.get(name, ()) + ("debug",):
+    flag = FLAGS[f]
+    default = "" if flag.default is None else f" (default: {flag.default_as_str or flag.default})"
+    lines.append(f"  --{f}: {flag.help}{default}")
+    if f == "config":
+      lines.append("      --config.<field>=value overrides one config field, e.g. --config.train.steps=100")
+  return "\n".join(lines)
+
+
+def suggest(word: str, choices) -> str:
+  """' (did you mean `x`?)' for the nearest choice (difflib), or ''."""
+  near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+  return f"; did you mean `adaflow {near[0]}`?" if near else ""
+
+
+def _error(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(USAGE_EXIT)
+
+
+def _flag_error_message(e: Exception, name: str) -> str:
+  """One line for an error while parsing the command line (an unknown flag, an unknown
+  `--config.a.b` field (ml_collections raises KeyError/AttributeError for those), a bad value)."""
+  while isinstance(e, (KeyError, AttributeError)) and e.args and isinstance(e.args[0], Exception):
+    e = e.args[0]
+  if isinstance(e, flags.UnrecognizedFlagError):   # absl suggests from every command's flags
+    near = difflib.get_close_matches(e.flagname, COMMAND_FLAGS.get(name, ()) + ("debug",), n=1, cutoff=0.5)
+    return (f"unknown flag --{e.flagname} for `adaflow {name}`" + (f"; did you mean --{near[0]}?" if near else "")
+            + f" (`adaflow {name} --help` lists its flags)")
+  text = str(e.args[0]) if isinstance(e, (KeyError, AttributeError)) and e.args else str(e)
+  text = " ".join(text.split())
+  if isinstance(e, (KeyError, AttributeError)):
+    return f"--config: no such config field {text} (`adaflow <command> --help`; fields are listed in adaflow/config_defaults.py)"
+  return text
+
+
+def _debug(argv) -> bool:
+  return "--debug" in argv or os.environ.get("ADAFLOW_DEBUG", "") not in ("", "0")
 
 
 def main(argv=None):
   argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] not in COMMANDS:
-    print(f"usage: adaflow {{{','.join(sorted(COMMANDS))}}} --config configs/x.py --workdir DIR "
-          f"[--config.a.b=value ...]", file=sys.stderr)
-    sys.exit(2)
-  name = argv.pop(1)
-  if len(argv) > 1 and f"{name} {argv[1]}" in COMMANDS:   # two-word commands: `eval fid`
-    name = f"{name} {argv.pop(1)}"
-
-  def run(_):
-    from absl import logging
+  args = argv[1:]
+  if not args or args[0] in HELP_ARGS:
+    print(overview(), file=sys.stdout if args else sys.stderr)
+    sys.exit(0 if args else USAGE_EXIT)
+  if args[0] == "--version":
+    print(f"adaflow {version()}")
+    sys.exit(0)
+  name = args.pop(0)
+  top = sorted({n.split(" ")[0] for n in COMMANDS})
+  if name not in COMMANDS:
+    hint = suggest(name, top) if not name.startswith("-") else ""
+    _error(f"unknown command {name!r}{hint} (commands: {', '.join(top)}; `adaflow --help` describes them)")
+  if args and f"{name} {args[0]}" in COMMANDS:   # two-word commands: `eval fid`
+    name = f"{name} {args.pop(0)}"
+  if any(a in HELP_ARGS for a in args):
+    print(command_help(name))
+    sys.exit(0)
+  debug = _debug(argv)
+  try:
+    rest = FLAGS([argv[0]] + args)[1:]
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    if debug:
+      raise
+    _error(_flag_error_message(e, name))
+  try:
+    if rest:
+      subs = [n for n in COMMANDS if n.startswith(name + " ")]
+      raise app.UsageError(f"unexpected argument {rest[0]!r} for `adaflow {name}`"
+                           + (suggest(f"{name} {rest[0]}", subs) if subs else "; flags are written --name=value"))
     logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
     # One distributed start-up for every command (pods, SLURM, ADAFLOW_*), before any JAX work:
     # sampling and evaluation span all hosts' devices just like training.
     initialize_runtime()
     COMMANDS[name]()
-
-  app.run(run, argv=argv)
+  except (app.UsageError, flags.Error, ValueError) as e:
+    # Every process validates the same config and data, so each ends here the same way.
+    if debug or (FLAGS.is_parsed() and FLAGS.debug) or not (isinstance(e, (app.UsageError, flags.Error)) or is_user_error(e)):
+      raise
+    _error(str(e))
+  sys.exit(0)
 
 
 if __name__ == "__main__":

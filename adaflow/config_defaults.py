@@ -35,6 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
       split="train",
       num_crops=8192,         # examples per epoch of the `crops` dataset
       resize=False,           # resize images of another size instead of rejecting them
+      crop="",                # folder: "" | "center" (ADM: resize the short side, center-crop; any size)
+      resample="bicubic",     # folder: PIL filter of resizes (nearest | box | bilinear | bicubic | lanczos)
       image_key="image",
       label_key="label",
       prefetch=2,             # batches built ahead on host threads during device steps; 0 = synchronous
@@ -67,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.flow = ml_collections.ConfigDict(dict(
       interpolant="linear",   # linear (rectified flow / SiT) | cosine (VP)
       prediction="velocity",  # velocity | noise | data
+      endpoint_margin=0.02,   # noise/data prediction: the network is evaluated at t >= this / t <= 1 - this (singular end)
       t_sampler="logit_normal",
       logit_mean=0.0,
       logit_std=1.0,
@@ -105,10 +108,16 @@ def base_config() -> ml_collections.ConfigDict:
       profile_start=1,        # jax.profiler trace starts this many steps after the run's first step
       profile_steps=0,        # trace this many steps into <workdir>/profile (process 0); 0 = off
       peak_tflops_per_device=0.0,  # bf16 peak for mfu; 0 = from device_kind (TPU/GPU table; none on CPU)
+      # Optional metric writers beside metrics.jsonl + TensorBoard (adaflow/train/metrics_log.py):
+      # "" or comma-separated "wandb,clu"; only used when selected, an uninstalled one is an error.
+      writers="",
+      wandb_project="adaflow",  # the wandb project of train.writers="wandb"
   ))
 
   c.sample = ml_collections.ConfigDict(dict(
-      method="heun",          # euler | heun
+      method="heun",          # euler | heun | ab2 (2nd-order multistep, 1 call/step) | sde (Euler-Maruyama)
+      diffusion_form="sigma", # sde: w(t) = constant | sigma | linear | decreasing | increasing-decreasing (SiT)
+      diffusion_norm=1.0,     # sde: scale of w(t); 0 = the ODE
       steps=16,
       cfg_scale=2.0,          # 1.0 = no guidance
       cfg_scales=config_dict.placeholder(tuple),  # PPFlow: one scale per stage (coarse first); unset = cfg_scale
@@ -121,6 +130,18 @@ def base_config() -> ml_collections.ConfigDict:
       seed=1234,
       classifier_seed=0,
       cache_dir="",
+      # Inception FID (+ sFID) while training (adaflow/train/periodic_fid.py); inputs as `adaflow eval fid`:
+      fid_every=0,            # steps between FIDs of the EMA params; 0 = off; rows of kind "fid" in metrics.jsonl
+      fid_num=5000,           # generated images per FID
+      fid_ref="",             # reference .npz (mu/sigma[/mu_s/sigma_s], activations or arr_0) or "dataset[:split]"
+      fid_ref_num=50000,      # images for fid_ref="dataset"
+      fid_inception="",       # Inception weights file; "" = ~/.cache/adaflow/pt_inception-2015-12-05-6726825d.pth
+      fid_random_inception=-1,  # >= 0: random Inception weights with this seed (smoke tests only)
+      fid_resize="tf",        # tf (ADM evaluator) | pytorch (pytorch-fid)
+      fid_input_size=299,     # Inception input size (299 for real FIDs)
+      fid_batch=200,          # images per Inception forward
+      fid_gen_batch=256,      # images per generation batch
+      fid_shard=1000,         # images per resumable sample shard
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))

@@ -8,6 +8,7 @@ import pytest
 
 from adaflow import data
 from adaflow.data import pipeline
+from adaflow.errors import UserError, is_user_error
 
 
 def make_config(**overrides):
@@ -134,6 +135,48 @@ def test_folder_wrong_shape_and_resize(tmp_path):
     data.get_info(make_config(name='folder', data_dir=str(tmp_path)))
   src = data.make_source(make_config(name='folder', data_dir=str(tmp_path), resize=True))
   assert src[2]['image'].shape == (16, 16, 3)
+
+
+def test_folder_gray_and_rgba_to_rgb(tmp_path):
+  """Gray -> RGB repeats the plane; RGBA -> RGB drops alpha (the stored colour is kept)."""
+  os.makedirs(tmp_path / 'a')
+  gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+  Image.fromarray(gray, 'L').save(tmp_path / 'a' / '0.png')
+  rgba = np.random.default_rng(0).integers(0, 256, (16, 16, 4), dtype=np.uint8)
+  rgba[..., 3] = 0          # fully transparent: the colour still comes through
+  Image.fromarray(rgba, 'RGBA').save(tmp_path / 'a' / '1.png')
+  src = data.make_source(make_config(name='folder', data_dir=str(tmp_path)))
+  np.testing.assert_array_equal(src[0]['image'], np.repeat(gray[..., None], 3, -1))
+  np.testing.assert_array_equal(src[1]['image'], rgba[..., :3])
+
+
+def test_folder_center_crop_is_adm(tmp_path):
+  """data.crop='center' on a 40x70 image: the short side becomes 16, the centre square is kept
+  (the same pixels as ADM's center_crop_arr written out with PIL here)."""
+  os.makedirs(tmp_path / 'a')
+  img = np.random.default_rng(1).integers(0, 256, (40, 70, 3), dtype=np.uint8)
+  img[:, :20] = 0           # the left stripe is cropped away
+  Image.fromarray(img).save(tmp_path / 'a' / '0.png')
+  out = data.make_source(make_config(name='folder', data_dir=str(tmp_path), crop='center'))[0]['image']
+  pil = Image.fromarray(img).resize((35, 20), Image.BOX)            # 40 >= 2 * 16: box-halved first
+  pil = pil.resize((28, 16), Image.BICUBIC)                          # short side 20 -> 16: 35 * 0.8 = 28
+  want = np.asarray(pil)[:, 6:22]                                    # (28 - 16) // 2 = 6
+  assert out.shape == (16, 16, 3)
+  np.testing.assert_array_equal(out, want)
+  with pytest.raises(ValueError, match="data.crop='middle'"):
+    data.make_source(make_config(name='folder', data_dir=str(tmp_path), crop='middle'))
+  with pytest.raises(ValueError, match='data.resample'):
+    data.make_source(make_config(name='folder', data_dir=str(tmp_path), crop='center', resample='cubic'))
+
+
+def test_folder_truncated_image_names_the_file(tmp_path):
+  write_folder(tmp_path, {'b_zebra': (16, 16, 3)})
+  path = tmp_path / 'b_zebra' / '2.png'
+  path.write_bytes(path.read_bytes()[:60])
+  src = data.make_source(make_config(name='folder', data_dir=str(tmp_path)))
+  with pytest.raises(UserError, match='2.png: cannot read this image') as err:
+    src[2]
+  assert '\n' not in str(err.value) and is_user_error(err.value)
 
 
 # ----------------------------------------------------------------------------- pipeline

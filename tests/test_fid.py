@@ -376,3 +376,82 @@ def test_imagenet64_recipes_validate():
   assert recipes.get_config("dense").data.name == "tfds:imagenet_resized/64x64"
   with pytest.raises(ValueError, match="config.py:<method>"):
     recipes.get_config("nope")
+
+
+# ---------------------------------------------------------------- sFID and FID while training
+
+def test_spatial_features_are_mixed_6_conv_first_7_channels(random_params):
+  """`spatial` = Mixed_6d.branch1x1 (TF mixed_6/conv) [..., :7] flattened; 17 * 17 * 7 = 2023 at 299."""
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, SMALL, SMALL, 3)), jnp.float32)
+  out, inter = inc.FIDInceptionV3().apply({"params": random_params}, x, capture_intermediates=True)
+  b1 = inter["intermediates"]["Mixed_6d"]["branch1x1"]["__call__"][0]
+  np.testing.assert_array_equal(out["spatial"], b1[..., :inc.SPATIAL_CHANNELS].reshape(2, -1))
+  shapes = jax.eval_shape(lambda p, v: inc.FIDInceptionV3().apply({"params": p}, v), inc.param_shapes(),
+                          jax.ShapeDtypeStruct((1, 299, 299, 3), jnp.float32))
+  assert shapes["spatial"].shape == (1, 2023)
+
+
+def test_sfid_reference_round_trip_and_self_sfid_zero(tmp_path, random_params):
+  feats = fid_lib.InceptionFeatures(random_params, "random-0", batch_size=4, size=SMALL)
+  images = fid_lib.model_to_pixels(_fake_generator()(0, np.zeros(12, np.int32)))
+  np.savez(tmp_path / "imgs.npz", arr_0=images)
+  ref = fid_lib.load_reference(str(tmp_path / "imgs.npz"), feats)
+  d = ref.mu_s.shape[0]
+  assert ref.sigma_s.shape == (d, d) and d == feats(images[:1])["spatial"].shape[1]
+  fid_lib.save_reference(ref, str(tmp_path / "stats.npz"))       # ADM's names: mu_s / sigma_s
+  again = fid_lib.load_reference(str(tmp_path / "stats.npz"))
+  np.testing.assert_array_equal(again.mu_s, ref.mu_s)
+  paths = fid_lib.generate_shards(lambda i, lab: _fake_generator()(0, np.zeros(12, np.int32))[:len(lab)],
+                                  np.zeros(12, np.int32), str(tmp_path / "run"), shard_size=12)
+  sf = fid_lib.shard_features(paths, feats)
+  stats = frechet.StreamingStatistics().update(sf[0]["spatial"]).result()
+  k = 6   # a 12-image covariance is singular: compare on a few dims (as test_self_fid_is_zero_...)
+  assert abs(frechet.frechet_distance(stats[0][:k], stats[1][:k, :k], ref.mu_s[:k], ref.sigma_s[:k, :k])) < 1e-6
+
+
+def _fid_config(**over):
+  from conftest import tiny_config
+  base = {"train.steps": 4, "train.ckpt_every": 2, "eval.fid_every": 2, "eval.fid_random_inception": 3,
+          "eval.fid_input_size": SMALL, "eval.fid_num": 8, "eval.fid_ref": "dataset", "eval.fid_ref_num": 16,
+          "eval.fid_batch": 8, "eval.fid_gen_batch": 8, "eval.fid_shard": 8}
+  base.update(over)
+  return tiny_config(**base)
+
+
+def test_fid_while_training_is_logged_and_resumes(tmp_path, monkeypatch):
+  """eval.fid_every=2 over 4 steps: FID and sFID rows at steps 2 and 4. A run killed after the
+  checkpoint at 4 but before its FID row is rerun: only that row is computed (from the same
+  shards, to the same number); the row and result of step 2 stay untouched."""
+  from adaflow.train.loop import train
+  from adaflow.train.metrics_log import read_metrics
+  real = fid_lib.frechet_distance
+  # A 2048-d sqrtm takes minutes on a busy 2-core CPU; this test is about the schedule and resume,
+  # so the distance is taken on the first 6 dimensions (the full size: test_self_fid_2048_dims).
+  monkeypatch.setattr(fid_lib, "frechet_distance", lambda m1, s1, m2, s2: real(m1[:6], s1[:6, :6], m2[:6], s2[:6, :6]))
+  w = str(tmp_path / "w")
+  train(_fid_config(), w, log=lambda m: None)
+  rows = read_metrics(w, "fid")
+  assert [r["step"] for r in rows] == [2, 4]
+  assert all(np.isfinite(r["fid"]) and np.isfinite(r["sfid"]) and r["fid"] > 0 for r in rows)
+  result2 = os.path.join(w, "fid", fid_lib.run_tag(2, 8, 1234, 2, "euler", 2.0), "result.json")
+  stamp = os.path.getmtime(result2)
+  path = os.path.join(w, "metrics.jsonl")
+  lines = open(path).read().splitlines(keepends=True)
+  four = [ln for ln in lines if '"kind": "fid"' in ln and '"step": 4' in ln]
+  open(path, "w").write("".join(ln for ln in lines if ln not in four))
+  train(_fid_config(), w, log=lambda m: None)
+  again = read_metrics(w, "fid")
+  assert [r["step"] for r in again] == [2, 4]
+  assert again[0] == rows[0] and again[1]["fid"] == rows[1]["fid"] and again[1]["sfid"] == rows[1]["sfid"]
+  assert os.path.getmtime(result2) == stamp
+
+
+def test_fid_while_training_checks_its_inputs_before_training(tmp_path):
+  from adaflow.train.loop import train
+  w = tmp_path / "w"
+  with pytest.raises(ValueError, match="eval.fid_inception: .*pt_inception"):
+    train(_fid_config(**{"eval.fid_random_inception": -1, "eval.fid_inception": str(tmp_path / "none.pth")}),
+          str(w), log=lambda m: None)
+  with pytest.raises(ValueError, match="eval.fid_ref"):
+    train(_fid_config(**{"eval.fid_ref": ""}), str(w), log=lambda m: None)
+  assert not (w / "checkpoints").exists()

@@ -10,8 +10,8 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # Lowest first; a layer may import itself and anything below.
 LAYERS = (
-    ("adaflow.config", "adaflow.config_defaults", "adaflow.storage", "adaflow.flow", "adaflow.data",
-     "adaflow.parallel"),                            # 0 leaves
+    ("adaflow.config", "adaflow.config_defaults", "adaflow.errors", "adaflow.storage", "adaflow.flow",
+     "adaflow.data", "adaflow.parallel"),                            # 0 leaves
     ("adaflow.models",),                             # 1 networks
     ("adaflow.rl",),                                 # 2 REINFORCE, rewards
     ("adaflow.objectives",),                         # 3 one module per objective (no registry)

@@ -75,3 +75,87 @@ def test_sharded_step_matches_single_device(tmp_path, mesh, single_device_run):
   assert single["devices"] == 1 and sharded["devices"] == 8
   np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=2e-5)
   np.testing.assert_allclose(sharded["param_abs"], single["param_abs"], rtol=2e-5)
+
+
+# ---- logging: plain lines off a terminal, optional writers ---------------------------------------
+
+def test_log_plain_progress_lines_when_not_a_terminal():
+  import io
+  from adaflow.train.metrics_log import PlainProgress, progress
+  out = io.StringIO()
+  bar = progress(10, 0, stream=out)
+  assert isinstance(bar, PlainProgress)
+  for step in range(10):
+    if (step + 1) % 5 == 0:
+      bar.set_postfix(loss="0.1234", img_s="1200")
+    bar.update(1)
+  bar.close()
+  text = out.getvalue()
+  assert "\r" not in text
+  lines = text.splitlines()
+  assert len(lines) == 2 and lines[0].startswith("[adaflow] train 5/10 (50%) loss=0.1234 img_s=1200 eta ")
+  assert lines[1].startswith("[adaflow] train 10/10 (100%)")
+
+  class Tty(io.StringIO):
+    def isatty(self):
+      return True
+  assert not isinstance(progress(10, 0, stream=Tty()), PlainProgress)   # a terminal gets the bar
+
+
+def test_log_writers_selected_but_not_installed_fail_in_one_line(tmp_path, monkeypatch):
+  import importlib.util
+  from adaflow.errors import UserError
+  from adaflow.train.metrics_log import parse_writers
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+  monkeypatch.delitem(sys.modules, "wandb", raising=False)
+  with pytest.raises(UserError, match=r"train.writers: 'wandb' is selected but the wandb package is not installed; `pip install wandb`"):
+    parse_writers("wandb")
+  with pytest.raises(UserError, match="unknown writer 'mlflow'"):
+    parse_writers("clu, mlflow")
+  assert parse_writers("") == ()
+  c = tiny_config(**{"train.writers": "wandb"})
+  with pytest.raises(UserError, match="wandb"):
+    train(c, str(tmp_path), log=lambda m: None)
+  assert not os.path.exists(tmp_path / "checkpoints")   # nothing started
+
+
+def test_log_writers_wandb_and_clu_receive_every_row(tmp_path, monkeypatch):
+  """Stand-in wandb and clu modules (neither is a dependency) record what MetricWriter sends."""
+  import types
+  from adaflow.train.metrics_log import MetricWriter
+  calls = []
+
+  class Run:
+    def log(self, scalars, step):
+      calls.append(("wandb", step, scalars))
+
+    def finish(self):
+      calls.append(("wandb finish",))
+
+  wandb = types.ModuleType("wandb")
+  wandb.init = lambda **kw: calls.append(("wandb init", kw["project"], kw["resume"])) or Run()
+
+  class CluWriter:
+    def write_scalars(self, step, scalars):
+      calls.append(("clu", step, scalars))
+
+    def flush(self):
+      pass
+
+    def close(self):
+      calls.append(("clu close",))
+
+  clu = types.ModuleType("clu")
+  clu.metric_writers = types.ModuleType("clu.metric_writers")
+  clu.metric_writers.create_default_writer = lambda logdir, asynchronous: CluWriter()
+  monkeypatch.setitem(sys.modules, "wandb", wandb)
+  monkeypatch.setitem(sys.modules, "clu", clu)
+  monkeypatch.setitem(sys.modules, "clu.metric_writers", clu.metric_writers)
+  w = MetricWriter(str(tmp_path), enabled=True, writers="wandb,clu", wandb_project="p")
+  w.write(5, {"loss": 0.5})
+  w.write(5, {"fd": 1.0}, kind="eval")
+  w.close()
+  assert calls == [("wandb init", "p", "allow"), ("wandb", 5, {"train/loss": 0.5}), ("clu", 5, {"train/loss": 0.5}),
+                   ("wandb", 5, {"eval/fd": 1.0}), ("clu", 5, {"eval/fd": 1.0}), ("wandb finish",), ("clu close",)]
+  assert len(read_metrics(str(tmp_path))) == 1

@@ -39,6 +39,7 @@ def evaluate_composed(workdir: str, num: int, seed: int = 1234, log=print) -> di
 
 @command("compose")
 def cmd_compose():
+  """Train the composed model with the resumable recipe (all methods in one model)."""
   config, workdir = need("config"), need("workdir")
   run_recipe(config, workdir)
   if config.eval.at_end:

@@ -18,8 +18,9 @@ flags.DEFINE_enum("format", "dit", ["dit", "diffusers"],
                   "`convert`: key layout of --from: original facebookresearch/DiT (`dit`) or diffusers DiTTransformer2DModel.")
 
 
-@command("convert")
+@command("convert", ("from", "format", "config", "out"))
 def cmd_convert():
+  """Import a PyTorch DiT checkpoint (DiT or diffusers layout) as an adaflow workdir."""
   src = FLAGS["from"].value
   if src is None:
     raise app.UsageError("--from is required for `convert` (the PyTorch checkpoint file)")

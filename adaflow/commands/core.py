@@ -11,6 +11,7 @@ from adaflow.commands.dq import apply_tokenizer_flag, sample_map
 from adaflow.commands.registry import FLAGS, command, need
 from adaflow.eval.classifier import cache_dir
 from adaflow.eval.generate import evaluate_generator, generate_images
+from adaflow.flow.samplers import METHODS
 from adaflow.parallel import make_mesh
 from adaflow.parallel.host import is_writer
 from adaflow.parallel.precision import describe_compute_dtype
@@ -22,10 +23,15 @@ from adaflow.train.registry import objective_class
 flags.DEFINE_string("init", None, "Initialise parameters from this workdir's latest checkpoint (fine-tuning).")
 flags.DEFINE_integer("num", 64, "Number of images for `sample`.")
 flags.DEFINE_string("out", None, "Output path (`sample`: PNG grid; default <workdir>/samples/cli_step_<step>.png).")
+flags.DEFINE_enum("method", None, list(METHODS), "`sample`: solver (overrides config.sample.method; `sde` also "
+                  "reads --config.sample.diffusion_form / diffusion_norm).")
+flags.DEFINE_integer("steps", None, "`sample`: number of solver steps (overrides config.sample.steps).")
+flags.DEFINE_float("cfg", None, "`sample`: classifier-free guidance scale, 1 = none (overrides config.sample.cfg_scale).")
 
 
-@command("train")
+@command("train", ("config", "workdir", "init", "tokenizer"))
 def cmd_train():
+  """Train a model (resumes from the latest checkpoint in --workdir)."""
   config = need("config")
   if config.grouped.enabled:  # train-then-prune: stage 1, pruning, stage 2 (adaflow/pipelines/grouped.py)
     run_grouped(config, need("workdir"))
@@ -40,18 +46,24 @@ def cmd_train():
   train(config, need("workdir"), init_params=init)
 
 
-@command("sample")
+@command("sample", ("config", "workdir", "num", "out", "method", "steps", "cfg", "selector"))
 def cmd_sample():
+  """Write a grid of samples from a trained workdir (EMA parameters, config.sample)."""
   if getattr(FLAGS, "selector", None):  # AdaDiff: per-input step counts (adaflow/commands/adadiff.py)
     return sample_with_selector()
   import jax
   import numpy as np
   objective, params, config, mesh, step = _load_generator(need("workdir"))
   s = config.sample
+  method = FLAGS.method or s.method
+  steps = s.steps if FLAGS.steps is None else FLAGS.steps
+  cfg_scale = s.cfg_scale if FLAGS.cfg is None else FLAGS.cfg
+  if steps < 1 or cfg_scale < 0:
+    raise ValueError(f"--steps must be >= 1 and --cfg >= 0 (1 = no guidance), got --steps={steps} --cfg={cfg_scale}")
   k = max(objective.num_classes, 1)
   labels = np.sort((np.arange(FLAGS.num) % k).astype(np.int32))
   imgs = generate_images(objective, params, mesh, jax.random.PRNGKey(config.seed), labels,
-                         steps=s.steps, method=s.method, cfg_scale=s.cfg_scale)
+                         steps=steps, method=method, cfg_scale=cfg_scale)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "samples", f"cli_step_{step}.png")
   if is_writer():     # every process generated all images; one writes them
     save_grid(np.clip(imgs, -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // imgs.shape[1]))
@@ -62,8 +74,9 @@ def cmd_sample():
       print(f"wrote {path}")
 
 
-@command("eval")
+@command("eval", ("config", "workdir"))
 def cmd_eval():
+  """FD and class accuracy of a trained workdir (`adaflow eval fid`: Inception FID)."""
   objective, params, config, mesh, step = _load_generator(need("workdir"))
   result = evaluate_generator(objective, params, config, mesh, cache_dir(config, FLAGS.workdir))
   result["step"] = step

@@ -20,7 +20,7 @@ from adaflow.commands.registry import FLAGS, command, need
 from adaflow.eval import fid as fid_lib
 from adaflow.eval import inception as inception_lib
 from adaflow.eval.generate import balanced_labels
-from adaflow.parallel.host import agree, is_writer
+from adaflow.parallel.host import is_writer
 from adaflow.train.loop import load_trainer_and_params
 
 flags.DEFINE_string("ref", None, "Reference: an .npz with mu/sigma, activations or arr_0 images "
@@ -45,6 +45,7 @@ DEFAULT_NUM = 50000
 
 
 def fid_main():
+  """Inception FID of a trained workdir (the FID-50K protocol; resumable sample shards)."""
   import numpy as np
   workdir = need("workdir")
   ref_arg = need("ref")
@@ -62,21 +63,8 @@ def fid_main():
       batch_size=FLAGS.fid_batch, size=FLAGS.fid_input_size, mesh=tr.mesh)
   fid_dir = os.path.join(workdir, "fid")
   storage.makedirs(fid_dir)
-  ref_images = None
-  if ref_arg == "dataset" or ref_arg.startswith("dataset:"):
-    split = ref_arg.split(":", 1)[1] if ":" in ref_arg else None
-    source = f"dataset|{config.data.name}|{split}|{FLAGS.fid_ref_num}"
-    cache = os.path.join(fid_dir, fid_lib.reference_cache_name(source, features))
-    if agree(storage.exists(cache)):   # process 0 decides: computing the reference is collective
-      reference = fid_lib.load_reference(cache)
-      reference.source = f"dataset {config.data.name} ({FLAGS.fid_ref_num} images, cached {cache})"
-    else:
-      reference = fid_lib.reference_from_dataset(config.data, FLAGS.fid_ref_num, features, split=split)
-      fid_lib.save_reference(reference, cache)
-  else:
-    reference = fid_lib.load_reference(ref_arg, features)
-    if FLAGS.fid_pr and reference.activations is None:
-      ref_images = fid_lib.reference_images(ref_arg)
+  reference, ref_images = fid_lib.resolve_reference(ref_arg, config.data, features, fid_dir,
+                                                    ref_num=FLAGS.fid_ref_num, with_pr=FLAGS.fid_pr)
   s = config.sample
   seed = int(config.eval.seed)
   out_dir = os.path.join(fid_dir, fid_lib.run_tag(step, num, seed, s.steps, s.method, s.cfg_scale))
@@ -93,5 +81,7 @@ def fid_main():
   return result
 
 
-command("fid")(fid_main)
-command("eval fid")(fid_main)
+FID_FLAGS = ("config", "workdir", "num", "ref", "inception", "fid_random_inception", "fid_resize", "fid_batch",
+             "fid_gen_batch", "fid_shard", "fid_ref_num", "fid_pr", "fid_pr_num", "fid_input_size", "fid_progress")
+command("fid", FID_FLAGS)(fid_main)
+command("eval fid", FID_FLAGS)(fid_main)

@@ -58,8 +58,9 @@ def save_heatmap(table: np.ndarray, boundaries, path: str, title: str = "learned
   storage.write_bytes(path, buf.getvalue())
 
 
-@command("inspect ratios")
+@command("inspect ratios", ("workdir", "config", "out"))
 def cmd_inspect_ratios():
+  """Table and heat map of a routed run's learned kept-token ratios (DiffCR)."""
   workdir = need("workdir")
   tr, params, step = load_trainer_and_params(workdir, FLAGS.config)
   if tr.config.objective != "routed_flow_matching":
@@ -77,7 +78,8 @@ def cmd_inspect_ratios():
   print(f"wrote {out}")
 
 
-@command("inspect")
+@command("inspect", ())
 def cmd_inspect():
+  """Inspect a trained run: `adaflow inspect ratios`."""
   from absl import app
   raise app.UsageError("`adaflow inspect` needs a subject: `adaflow inspect ratios --workdir DIR`")

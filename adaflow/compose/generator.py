@@ -101,14 +101,22 @@ class ComposedGenerator:
 
   # ---- sampling -----------------------------------------------------------------------------
   def integrate_noise(self, params, labels: jax.Array, noise: jax.Array, *, steps: int, method: str = "heun",
-                      cfg_scale: float = 1.0, grid: Optional[np.ndarray] = None) -> jax.Array:
+                      cfg_scale: float = 1.0, grid: Optional[np.ndarray] = None,
+                      solver_rng: Optional[jax.Array] = None) -> jax.Array:
     """noise [B, H, W, C] -> samples, `steps` uniform steps (or `grid`). The AdaDiff selector calls
-    this (adaflow.objectives.step_selector) to run the composed generator at a chosen step count."""
+    this (adaflow.objectives.step_selector) to run the composed generator at a chosen step count.
+
+    Every run of the grid is integrated with the interpolant (so the network is never evaluated at
+    its prediction's singular end) and `config.sample`'s SDE settings; `solver_rng` drives the
+    SDE's Brownian increments (run k uses fold_in(solver_rng, k): no increment is reused). A
+    multistep solver (ab2) restarts with one Euler step at each run, where the network changes."""
     grid = flow.time_grid(int(steps)) if grid is None else np.asarray(grid)
     scales = self.stage_cfg_scales(cfg_scale)
+    opts = flow.solver_options(self.config.sample, self.interpolant, None)
     x = noise
-    for g, s, sub in self.segments(grid):
-      x = flow.integrate(self.velocity_fn(params, g, s, labels, scales[s]), x, sub, method)
+    for k, (g, s, sub) in enumerate(self.segments(grid)):
+      rng = None if solver_rng is None else jax.random.fold_in(solver_rng, k)
+      x = flow.integrate(self.velocity_fn(params, g, s, labels, scales[s]), x, sub, method, **dict(opts, rng=rng))
     return x
 
   def noise(self, rng: jax.Array, batch: int) -> jax.Array:
@@ -118,7 +126,7 @@ class ComposedGenerator:
                cfg_scale: float = 1.0, grid: Optional[np.ndarray] = None) -> jax.Array:
     """labels [B] -> images [B, H, W, C] (not clipped); noise [B, H, W, C] = normal(rng)."""
     return self.integrate_noise(params, labels, self.noise(rng, labels.shape[0]), steps=steps, method=method,
-                                cfg_scale=cfg_scale, grid=grid)
+                                cfg_scale=cfg_scale, grid=grid, solver_rng=jax.random.fold_in(rng, 1))
 
 
 def composed_config(config, groups: Optional[tuple[Sequence[Sequence[BlockSpec]], Sequence[float]]] = None

@@ -1,8 +1,19 @@
 """Image folders: ``data.data_dir/<class name>/<image file>``.
 
 Classes are the sorted subfolder names; files (png, jpg, jpeg, bmp, webp; any case) are sorted
-within each class. Images are loaded with PIL, converted to ``data.channels`` (default 3) and
-must be ``image_size`` square unless ``data.resize=True``.
+within each class. Images are loaded with PIL and converted to ``data.channels`` (default 3):
+gray (L, I;16, P with a gray palette) -> RGB repeats the plane, RGBA -> RGB drops the alpha
+channel (PIL ``convert('RGB')``: transparent pixels keep their stored colour, no compositing),
+RGB -> gray uses ITU-R 601 luma. Size handling:
+
+* default: images must already be ``image_size`` square;
+* ``data.resize=True``: resize to ``image_size`` square (the aspect ratio is not kept);
+* ``data.crop='center'``: ADM's ImageNet preprocessing (``center_crop_arr`` of
+  openai/guided-diffusion, arXiv 2105.05233): halve with a box filter while the short side is
+  >= 2 * image_size, resize the short side to ``image_size``, center-crop the square.
+
+``data.resample`` picks the PIL filter of the resizes (default bicubic, as ADM).
+A file PIL cannot read (truncated, corrupt) fails with one error that names it.
 """
 from __future__ import annotations
 
@@ -13,8 +24,23 @@ import numpy as np
 from PIL import Image
 
 from adaflow.data import pipeline
+from adaflow.errors import UserError
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+CROPS = ('', 'center')
+RESAMPLE = {'nearest': Image.NEAREST, 'box': Image.BOX, 'bilinear': Image.BILINEAR,
+            'bicubic': Image.BICUBIC, 'lanczos': Image.LANCZOS}
+
+
+def center_crop(pil: Image.Image, size: int, resample: int = Image.BICUBIC) -> Image.Image:
+  """ADM's `center_crop_arr` (guided-diffusion image_datasets.py): box-halve while the short side
+  is >= 2 * size (cheap anti-aliasing), resize the short side to `size`, crop the centre square."""
+  while min(*pil.size) >= 2 * size:
+    pil = pil.resize(tuple(x // 2 for x in pil.size), resample=Image.BOX)
+  scale = size / min(*pil.size)
+  pil = pil.resize(tuple(round(x * scale) for x in pil.size), resample=resample)
+  left, top = (pil.size[0] - size) // 2, (pil.size[1] - size) // 2
+  return pil.crop((left, top, left + size, top + size))
 
 
 def _scan(root: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
@@ -40,8 +66,17 @@ def _settings(data_config: Any) -> dict:
   if not files:
     raise ValueError(f'data.data_dir={root!r} holds no images: expected one subfolder per class '
                      f'containing files ending in {EXTENSIONS}.')
+  crop = pipeline.field(data_config, 'crop', '')
+  if crop not in CROPS:
+    raise ValueError(f"data.crop={crop!r} is not supported; use '' (no crop) or 'center' (ADM: resize "
+                     'the short side to data.image_size, then center-crop).')
+  resample = pipeline.field(data_config, 'resample', 'bicubic')
+  if resample not in RESAMPLE:
+    raise ValueError(f'data.resample={resample!r} is not a PIL filter here; use one of {sorted(RESAMPLE)}.')
   return {
       'root': root,
+      'crop': crop,
+      'resample': RESAMPLE[resample],
       'size': pipeline.require_int(pipeline.field(data_config, 'image_size'), 'image_size'),
       'channels': pipeline.channels_of(data_config, 3),
       'resize': bool(pipeline.field(data_config, 'resize', False)),
@@ -63,13 +98,21 @@ class FolderSource:
   def _load(self, index: int) -> dict:
     path, label = self._s['files'][int(index)]
     size = self._s['size']
-    with Image.open(path) as pil:
-      image = np.asarray(pil.convert('L' if self._s['channels'] == 1 else 'RGB'))
+    try:
+      with Image.open(path) as pil:
+        pil = pil.convert('L' if self._s['channels'] == 1 else 'RGB')   # decodes the whole file
+    except (OSError, SyntaxError, ValueError) as e:   # PIL: truncated / corrupt / unknown format
+      raise UserError(f'{path}: cannot read this image ({" ".join(str(e).split())}); remove or '
+                      're-encode the file (data.data_dir).') from None
+    if self._s['crop'] == 'center':
+      pil = center_crop(pil, size, self._s['resample'])
+    image = np.asarray(pil)
     if image.shape[:2] != (size, size) and not self._s['resize']:
-      raise ValueError(
+      raise UserError(
           f'{path} has shape {image.shape[:2]} but data.image_size={size}; make the images '
-          f'{size}x{size} or set data.resize=True to resize them with PIL.')
-    image = pipeline.resize(pipeline.to_channels(image, self._s['channels']), size, size)
+          f"{size}x{size}, or set data.crop='center' (ADM center crop) or data.resize=True (resize "
+          'to a square) to convert them with PIL.')
+    image = pipeline.resize(pipeline.to_channels(image, self._s['channels']), size, size, self._s['resample'])
     return pipeline.example(image, label)
 
   def __getitem__(self, index: int) -> dict:

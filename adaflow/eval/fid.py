@@ -81,7 +81,8 @@ class InceptionFeatures:
 
   def __call__(self, pixels: np.ndarray, progress: Optional[Callable[[int], None]] = None
                ) -> Dict[str, np.ndarray]:
-    """pixels uint8 [N, H, W, C] (C = 1 or 3) -> {"pool": float32 [N, 2048], "logits": [N, 1008]}.
+    """pixels uint8 [N, H, W, C] (C = 1 or 3) -> {"pool": float32 [N, 2048], "logits": [N, 1008],
+    "spatial": [N, 2023 at 299 input]} (spatial: sFID features, see `adaflow.eval.inception`).
 
     Batches have a fixed size (the last one is padded) so one program is compiled."""
     pixels = np.asarray(pixels)
@@ -90,7 +91,7 @@ class InceptionFeatures:
       pixels = np.repeat(pixels, 3, axis=-1)
     if pixels.shape[-1] != 3:
       raise ValueError(f"images must have 1 or 3 channels; got shape {pixels.shape}.")
-    pools, logits = [], []
+    pools, logits, spatial = [], [], []
     b = self.batch_size
     for start in range(0, len(pixels), b):
       chunk = pixels[start:start + b]
@@ -103,12 +104,14 @@ class InceptionFeatures:
       out = to_host(self._fn(x))
       pools.append(np.asarray(out["pool"], np.float32)[:n])
       logits.append(np.asarray(out["logits"], np.float32)[:n])
+      spatial.append(np.asarray(out["spatial"], np.float32)[:n])
       if progress is not None:
         progress(n)
     if not pools:
       return {"pool": np.zeros((0, inception_lib.FEATURE_DIM), np.float32),
-              "logits": np.zeros((0, inception_lib.NUM_LOGITS), np.float32)}
-    return {"pool": np.concatenate(pools), "logits": np.concatenate(logits)}
+              "logits": np.zeros((0, inception_lib.NUM_LOGITS), np.float32),
+              "spatial": np.zeros((0, 0), np.float32)}
+    return {"pool": np.concatenate(pools), "logits": np.concatenate(logits), "spatial": np.concatenate(spatial)}
 
 
 def build_inception_features(weights: Optional[str], *, random_seed: Optional[int] = None,
@@ -199,11 +202,15 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int 
 
 @dataclasses.dataclass
 class Reference:
-  """mu [2048], sigma [2048, 2048] float64; `activations` [N, 2048] when known (for P/R)."""
+  """mu [2048], sigma [2048, 2048] float64; `activations` [N, 2048] when known (for P/R);
+  `mu_s` [D], `sigma_s` [D, D] the spatial (sFID) statistics when known (ADM's reference batches
+  store them under these names)."""
   mu: np.ndarray
   sigma: np.ndarray
   activations: Optional[np.ndarray]
   source: str
+  mu_s: Optional[np.ndarray] = None
+  sigma_s: Optional[np.ndarray] = None
 
 
 def _stats_from_activations(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,14 +226,16 @@ def load_reference(path: str, features: Optional[InceptionFeatures] = None, prog
   with storage.open_npz(path) as z:
     keys = set(z.files)
     acts = np.asarray(z["activations"], np.float32) if "activations" in keys else None
+    spatial = ((np.asarray(z["mu_s"], np.float64), np.asarray(z["sigma_s"], np.float64))
+               if {"mu_s", "sigma_s"} <= keys else (None, None))
     if "mu" in keys and "sigma" in keys:
       # mu/sigma suffice for FID; `arr_0` images are only read for precision/recall
       # (`reference_images`, used by the fid command when --fid_pr is set).
       mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
-      return Reference(mu, sigma, acts, f"{path} (mu/sigma)")
+      return Reference(mu, sigma, acts, f"{path} (mu/sigma)", *spatial)
     if acts is not None:
       mu, sigma = _stats_from_activations(acts)
-      return Reference(mu, sigma, acts, f"{path} (activations)")
+      return Reference(mu, sigma, acts, f"{path} (activations)", *spatial)
     if "arr_0" in keys:
       if features is None:
         raise ValueError(f"{path} holds images (arr_0) but no mu/sigma: an Inception is needed.")
@@ -235,9 +244,10 @@ def load_reference(path: str, features: Optional[InceptionFeatures] = None, prog
       raise ValueError(f"{path} has keys {sorted(keys)}; expected mu+sigma, activations, or arr_0 images.")
   if images.dtype != np.uint8 or images.ndim != 4:
     raise ValueError(f"{path}: arr_0 must be uint8 images [N, H, W, C]; got {images.dtype} {images.shape}.")
-  acts = features(images, progress=progress)["pool"]
-  mu, sigma = _stats_from_activations(acts)
-  return Reference(mu, sigma, acts, f"{path} (arr_0 images through this Inception)")
+  feats = features(images, progress=progress)
+  mu, sigma = _stats_from_activations(feats["pool"])
+  return Reference(mu, sigma, feats["pool"], f"{path} (arr_0 images through this Inception)",
+                   *_stats_from_activations(feats["spatial"]))
 
 
 def reference_images(path: str) -> Optional[np.ndarray]:
@@ -250,14 +260,17 @@ def reference_from_dataset(data_config, num: int, features: InceptionFeatures, *
                            seed: int = 0, progress=None) -> Reference:
   """Statistics of `num` images of a dataset (`adaflow.data.load_arrays`, quantized to uint8)."""
   images, _ = data_lib.load_arrays(data_config, num, seed=seed, split=split)
-  acts = features(model_to_pixels(images), progress=progress)["pool"]
-  mu, sigma = _stats_from_activations(acts)
-  return Reference(mu, sigma, acts, f"dataset {data_config.name} split {split or data_config.split} ({num} images)")
+  feats = features(model_to_pixels(images), progress=progress)
+  mu, sigma = _stats_from_activations(feats["pool"])
+  return Reference(mu, sigma, feats["pool"], f"dataset {data_config.name} split {split or data_config.split} "
+                   f"({num} images)", *_stats_from_activations(feats["spatial"]))
 
 
 def save_reference(ref: Reference, path: str) -> None:
   """Writes mu/sigma (and activations) as an npz readable by `load_reference`."""
   arrays = {"mu": ref.mu, "sigma": ref.sigma}
+  if ref.mu_s is not None:
+    arrays.update(mu_s=ref.mu_s, sigma_s=ref.sigma_s)
   if ref.activations is not None:
     arrays["activations"] = ref.activations
   _atomic_savez(path, **arrays)
@@ -328,7 +341,7 @@ def shard_features(sample_paths: list, features: InceptionFeatures, progress=Non
   for path in sample_paths:
     fpath = path.replace("samples_", "features_")
     cached = _read_npz(fpath) if storage.exists(fpath) else None
-    if agree(cached is not None and str(cached.get("inception", "")) == features.key):
+    if agree(cached is not None and str(cached.get("inception", "")) == features.key and "spatial" in cached):
       out.append(cached)
       if progress is not None:
         progress(len(cached["pool"]))
@@ -337,7 +350,8 @@ def shard_features(sample_paths: list, features: InceptionFeatures, progress=Non
     if shard is None:
       raise ValueError(f"sample shard {path} is unreadable; delete it and rerun to regenerate it.")
     feats = features(shard["images"], progress=progress)
-    _atomic_savez(fpath, pool=feats["pool"], logits=feats["logits"], inception=np.asarray(features.key))
+    _atomic_savez(fpath, pool=feats["pool"], logits=feats["logits"], spatial=feats["spatial"],
+                  inception=np.asarray(features.key))
     out.append(feats)
   barrier("fid feature shards written")
   return out
@@ -390,6 +404,15 @@ def run_fid(objective, params, mesh, *, out_dir: str, num: int, features: Incept
       "resize": features.resize, "input_size": features.size, "sample_steps": int(steps),
       "sample_method": method, "cfg_scale": float(cfg_scale), "seed": int(seed),
   }
+  if reference.mu_s is not None:   # sFID: the same Frechet distance on the spatial features
+    spatial = StreamingStatistics()
+    for f in feats:
+      spatial.merge(StreamingStatistics().update(f["spatial"]))
+    mu_s, sigma_s = spatial.result()
+    if mu_s.shape != reference.mu_s.shape:
+      raise ValueError(f"the reference's spatial statistics have {reference.mu_s.shape[0]} dims but this Inception "
+                       f"gives {mu_s.shape[0]} (input size {features.size}); use the same --fid_input_size")
+    result["sfid"] = frechet_distance(mu_s, sigma_s, reference.mu_s, reference.sigma_s)
   logits = np.concatenate([f["logits"] for f in feats])
   if len(logits) >= 10:
     result["inception_score"], result["inception_score_std"] = inception_score(logits)
@@ -408,6 +431,31 @@ def run_fid(objective, params, mesh, *, out_dir: str, num: int, features: Incept
   return result
 
 
+def resolve_reference(ref_arg: str, data_config, features: InceptionFeatures, fid_dir: str, *, ref_num: int,
+                      with_pr: bool = False) -> tuple[Reference, Optional[np.ndarray]]:
+  """(reference, images for precision/recall or None) for `--ref` / `eval.fid_ref`: an .npz path, or
+  `dataset[:split]` (`ref_num` images of the run's dataset, statistics cached under `fid_dir`).
+  Collective on several processes (process 0 decides whether the cache exists)."""
+  if not ref_arg:
+    raise ValueError("the FID reference is unset: pass --ref (adaflow eval fid) or set eval.fid_ref (training) to "
+                     "a reference .npz (e.g. ADM's VIRTUAL_imagenet64_labeled.npz) or 'dataset'")
+  if ref_arg == "dataset" or ref_arg.startswith("dataset:"):
+    split = ref_arg.split(":", 1)[1] if ":" in ref_arg else None
+    source = f"dataset|{data_config.name}|{split}|{ref_num}"
+    storage.makedirs(fid_dir)
+    cache = os.path.join(fid_dir, reference_cache_name(source, features))
+    if agree(storage.exists(cache)):   # process 0 decides: computing the reference is collective
+      reference = load_reference(cache)
+      reference.source = f"dataset {data_config.name} ({ref_num} images, cached {cache})"
+    else:
+      reference = reference_from_dataset(data_config, ref_num, features, split=split)
+      save_reference(reference, cache)
+    return reference, None
+  reference = load_reference(ref_arg, features)
+  ref_images = reference_images(ref_arg) if with_pr and reference.activations is None else None
+  return reference, ref_images
+
+
 def reference_cache_name(source: str, features: InceptionFeatures) -> str:
-  h = hashlib.sha256(f"{source}|{features.key}".encode()).hexdigest()[:12]
+  h = hashlib.sha256(f"{source}|{features.key}|spatial".encode()).hexdigest()[:12]   # with sFID statistics
   return f"ref_{h}.npz"

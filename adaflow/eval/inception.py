@@ -9,7 +9,10 @@ all reproduced here:
 * the pool branch of the last E block (`Mixed_7c`) is a 3x3 **max** pool (stride 1, pad 1);
 * the classifier has 1008 outputs (`fc`), and batch norm uses eps = 1e-3.
 
-Features for FID are the 2048-d global average of `Mixed_7c` ("pool_3").
+Features for FID are the 2048-d global average of `Mixed_7c` ("pool_3"). Spatial features for
+sFID (Nash et al., arXiv 2103.03841, as computed by ADM's evaluator, arXiv 2105.05233) are the
+first 7 channels of the TF graph's `mixed_6/conv` (the ReLU output of `Mixed_6d.branch1x1`,
+17x17 at 299 input), flattened: [17 * 17 * 7 = 2023].
 
 Preprocessing (`preprocess`): images are resized to 299x299 with bilinear interpolation,
 `align_corners=False`, in one of two flavours, chosen by `resize=`:
@@ -46,6 +49,7 @@ import numpy as np
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
+SPATIAL_CHANNELS = 7   # ADM evaluator: spatial features = mixed_6/conv[..., :7]
 NUM_LOGITS = 1008
 BN_EPS = 1e-3
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -201,6 +205,7 @@ class InceptionB(nn.Module):
 
 class InceptionC(nn.Module):
   channels_7x7: int
+  spatial: bool = False   # also return branch1x1's output (TF `mixed_6/conv` for Mixed_6d: sFID)
 
   @nn.compact
   def __call__(self, x):
@@ -215,7 +220,8 @@ class InceptionC(nn.Module):
     bd = BasicConv(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_4")(bd)
     bd = BasicConv(192, (1, 7), padding=(0, 3), name="branch7x7dbl_5")(bd)
     bp = BasicConv(192, name="branch_pool")(_avg_pool_same(x))
-    return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+    out = jnp.concatenate([b1, b7, bd, bp], axis=-1)
+    return (out, b1) if self.spatial else out
 
 
 class InceptionD(nn.Module):
@@ -253,7 +259,7 @@ class InceptionE(nn.Module):
 
 class FIDInceptionV3(nn.Module):
   """x [B, S, S, 3] in [-1, 1] (S = 299 for the standard protocol; >= 75 works) ->
-  {"pool": [B, 2048], "logits": [B, 1008]} float32."""
+  {"pool": [B, 2048], "logits": [B, 1008], "spatial": [B, s * s * 7]} float32 (s = 17 at 299)."""
 
   @nn.compact
   def __call__(self, x) -> Dict[str, jax.Array]:
@@ -273,7 +279,7 @@ class FIDInceptionV3(nn.Module):
     x = InceptionB(name="Mixed_6a")(x)
     x = InceptionC(128, name="Mixed_6b")(x)
     x = InceptionC(160, name="Mixed_6c")(x)
-    x = InceptionC(160, name="Mixed_6d")(x)
+    x, mixed_6_conv = InceptionC(160, spatial=True, name="Mixed_6d")(x)
     x = InceptionC(192, name="Mixed_6e")(x)
     x = InceptionD(name="Mixed_7a")(x)
     x = InceptionE(max_pool=False, name="Mixed_7b")(x)
@@ -282,7 +288,8 @@ class FIDInceptionV3(nn.Module):
     fc = self.param("fc", lambda k: {"kernel": jnp.zeros((FEATURE_DIM, NUM_LOGITS)),
                                      "bias": jnp.zeros((NUM_LOGITS,))})
     logits = jnp.dot(pool, fc["kernel"], precision=_HIGHEST) + fc["bias"]
-    return {"pool": pool, "logits": logits}
+    spatial = mixed_6_conv[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
+    return {"pool": pool, "logits": logits, "spatial": spatial}
 
 
 def param_shapes() -> Any:
@@ -313,7 +320,8 @@ def init_random_params(seed: int = 0) -> Any:
 
 
 def make_feature_fn(params, *, resize: str = "tf", size: int = INPUT_SIZE):
-  """jitted pixels [B, H, W, 3] in 0..255 -> {"pool": [B, 2048], "logits": [B, 1008]} float32.
+  """jitted pixels [B, H, W, 3] in 0..255 -> {"pool": [B, 2048], "logits": [B, 1008],
+  "spatial": [B, 2023]} float32.
 
   `params` are closed over as arguments (not constants) so that one compiled program serves every
   batch of the same shape."""

@@ -52,12 +52,13 @@ from adaflow.data.prefetch import Prefetcher
 from adaflow.eval.classifier import cache_dir
 from adaflow.eval.generate import balanced_labels, evaluate_generator, generate_images
 from adaflow.parallel import batch_sharding, make_mesh, replicated
-from adaflow.parallel.host import to_host
+from adaflow.parallel.host import agree, to_host
 from adaflow.parallel.precision import describe_compute_dtype
 from adaflow.train import checkpoint as ckpt
 from adaflow.train import diagnostics
 from adaflow.train.images import save_grid
-from adaflow.train.metrics_log import MetricWriter
+from adaflow.train.metrics_log import MetricWriter, parse_writers, progress, read_metrics
+from adaflow.train.periodic_fid import PeriodicFID
 from adaflow.train.optim import learning_rate_schedule, make_optimizer
 from adaflow.train import registry
 from adaflow.train.registry import build_objective
@@ -234,6 +235,8 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   diagnostics.enable_compilation_cache(tc.compilation_cache_dir,
                                        tc.compilation_cache_min_compile_secs)
   nan_policy = tc.nan_policy
+  parse_writers(tc.writers)   # a selected writer that is not installed fails before compiling
+  periodic_fid = PeriodicFID(config, workdir, tr.mesh, log)   # eval.fid_every: weights / reference checked now
   ckpt.check_writable(workdir)   # creates the workdir; a bad path or bucket fails here, before compiling
   storage.makedirs(workdir)
   if jax.process_index() == 0:
@@ -250,14 +253,26 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   peak = diagnostics.peak_tflops_per_device(override=tc.peak_tflops_per_device)
   prof = diagnostics.ProfileWindow(os.path.join(workdir, "profile"), start, tc.profile_start,
                                    tc.profile_steps)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, writers=tc.writers, run_config=json.loads(config.to_json_best_effort()),
+                        wandb_project=tc.wandb_project, name=config.name)
   dropped = writer.drop_after(start)
   if dropped:
     tr.log(f"metrics.jsonl: dropped {dropped} rows logged after step {start} (they are recomputed now)")
   n_params = config_lib.num_params(state.params)
 
-  pbar = tqdm(total=tc.steps, initial=start, disable=jax.process_index() != 0, dynamic_ncols=True,
-              desc="train", mininterval=1.0)
+  def fid_at(step: int) -> None:
+    """eval.fid_every: FID of the EMA params at `step`, one metrics row of kind "fid"."""
+    res = periodic_fid(tr.objective, state.ema_params, step)
+    writer.write(step, res, kind="fid")
+    writer.flush()
+    log(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
+
+  # A run stopped after the checkpoint at `start` but before that step's FID was logged: compute
+  # it now (process 0's metrics decide; earlier FIDs are kept, never recomputed).
+  if periodic_fid.due(start) and agree(not any(r["step"] == start for r in read_metrics(workdir, "fid"))):
+    fid_at(start)
+
+  pbar = progress(tc.steps, start, enabled=jax.process_index() == 0)   # plain lines when stderr is a log file
 
   def check_finite(flag, at_step: int) -> None:
     """nan_policy="stop": raise if the update at state.step == at_step was non-finite."""
@@ -308,6 +323,8 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
       if done % tc.ckpt_every == 0 or done == tc.steps or preempt:
         check_finite(prev_flag, step)            # never checkpoint past a bad step
         ckpt.save(manager, done, state, tr.meta(), force=preempt)
+      if periodic_fid.due(done) and not preempt:   # after the checkpoint: a resume finds the row or recomputes it
+        fid_at(done)
       if preempt:
         ckpt.wait(manager)
         writer.close()

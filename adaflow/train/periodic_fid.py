@@ -1,0 +1,71 @@
+"""`eval.fid_every`: Inception FID (and sFID when the reference has spatial statistics) of the EMA
+parameters every N steps inside `adaflow train`.
+
+The same path as `adaflow eval fid` (`adaflow.eval.fid.run_fid`: resumable sample shards under
+`<workdir>/fid/<tag>/`, collective on several processes), with the user's Inception weights
+(`eval.fid_inception`, default `~/.cache/adaflow/pt_inception-2015-12-05-6726825d.pth`) and
+reference (`eval.fid_ref`: an .npz such as ADM's reference batch, or `dataset[:split]`). Results
+are rows of kind "fid" in metrics.jsonl (and TensorBoard / the selected writers); a resumed run
+keeps the rows up to its checkpoint and computes only the missing ones.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from adaflow.eval import fid as fid_lib
+from adaflow.eval import inception as inception_lib
+from adaflow.eval.generate import balanced_labels
+
+
+class PeriodicFID:
+  """Built before training compiles (missing weights or reference fail then); `due(step)` and
+  `__call__(objective, params, step) -> {"fid", "sfid"?, "inception_score"?}` on every process."""
+
+  def __init__(self, config, workdir: str, mesh, log=print):
+    ec = config.eval
+    self.every = int(ec.get("fid_every", 0) or 0)
+    self.config, self.workdir, self.log = config, workdir, log
+    self.features: Optional[fid_lib.InceptionFeatures] = None
+    self._reference = None
+    if self.every < 0:
+      raise ValueError(f"eval.fid_every must be >= 0 (0 = off), got {self.every}")
+    if not self.every:
+      return
+    self.num = int(ec.get("fid_num", 5000))
+    if self.num < 2:
+      raise ValueError(f"eval.fid_num must be >= 2 images (a covariance), got {self.num}")
+    self.ref = str(ec.get("fid_ref", "") or "")
+    if not self.ref:
+      raise ValueError("eval.fid_ref is unset but eval.fid_every > 0: set it to a reference .npz (e.g. ADM's "
+                       "VIRTUAL_imagenet64_labeled.npz) or 'dataset' (statistics of eval.fid_ref_num training images)")
+    if not (self.ref == "dataset" or self.ref.startswith("dataset:") or os.path.isfile(self.ref)):
+      raise ValueError(f"eval.fid_ref={self.ref!r} does not exist; give a reference .npz or 'dataset'")
+    seed = int(ec.get("fid_random_inception", -1))
+    weights = str(ec.get("fid_inception", "") or "") or None
+    if seed < 0:
+      path = os.path.expanduser(weights) if weights else inception_lib.default_weights_path()
+      if not os.path.isfile(path):
+        raise ValueError("eval.fid_inception: " + inception_lib.missing_weights_message(path))
+    self.features = fid_lib.build_inception_features(
+        weights, random_seed=seed if seed >= 0 else None, resize=ec.get("fid_resize", "tf"),
+        batch_size=int(ec.get("fid_batch", 200)), size=int(ec.get("fid_input_size", inception_lib.INPUT_SIZE)),
+        mesh=mesh)
+
+  def due(self, step: int) -> bool:
+    return bool(self.every) and step > 0 and step % self.every == 0
+
+  def __call__(self, objective, params, step: int) -> dict:
+    ec, s = self.config.eval, self.config.sample
+    fid_dir = os.path.join(self.workdir, "fid")
+    if self._reference is None:   # once per run; cached under fid_dir for `dataset`
+      self._reference, _ = fid_lib.resolve_reference(self.ref, self.config.data, self.features, fid_dir,
+                                                     ref_num=int(ec.get("fid_ref_num", 50000)))
+    seed = int(ec.get("seed", 1234))
+    out_dir = os.path.join(fid_dir, fid_lib.run_tag(step, self.num, seed, s.steps, s.method, s.cfg_scale))
+    result = fid_lib.run_fid(
+        objective, params, self.features.mesh, out_dir=out_dir, num=self.num, features=self.features,
+        reference=self._reference, labels=balanced_labels(self.num, objective.num_classes), seed=seed,
+        steps=s.steps, method=s.method, cfg_scale=s.cfg_scale, gen_batch=int(ec.get("fid_gen_batch", 256)),
+        shard_size=int(ec.get("fid_shard", 1000)), progress=False, log=self.log)
+    return {k: float(result[k]) for k in ("fid", "sfid", "inception_score") if k in result}

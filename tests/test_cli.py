@@ -1,0 +1,160 @@
+"""The `adaflow` command line: help, version, suggestions, one-line user errors (exit 2) on one
+and on two processes, tracebacks for bugs and with --debug / ADAFLOW_DEBUG."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from adaflow import cli
+from adaflow.commands.registry import COMMAND_FLAGS, COMMANDS
+from adaflow.errors import UserError, is_user_error
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CLI_CONFIG = os.path.join(HERE, "tiny_cli_config.py")
+
+
+def _main(argv, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["adaflow"] + argv)
+  out, err = capsys.readouterr()
+  return e.value.code, out, err
+
+
+def test_help_lists_every_command_with_one_line(capsys):
+  code, out, _ = _main(["--help"], capsys)
+  assert code == 0
+  for name in COMMANDS:
+    line = [ln for ln in out.splitlines() if ln.strip().startswith(name + "  ")]
+    assert line and len(line[0].split(name, 1)[1].strip()) > 10, name
+
+
+def test_command_help_shows_only_its_flags(capsys):
+  code, out, _ = _main(["train", "--help"], capsys)
+  assert code == 0
+  shown = {ln.split(":")[0].strip()[2:] for ln in out.splitlines() if ln.startswith("  --")}
+  assert shown == set(COMMAND_FLAGS["train"]) | {"debug"}
+  assert "fid_batch" not in out and "verbosity" not in out and "logtostderr" not in out
+  code, out, _ = _main(["eval", "fid", "-h"], capsys)
+  assert code == 0 and "--fid_batch" in out and "--init" not in out
+
+
+def test_mistyped_command_suggests_the_nearest(capsys):
+  code, _, err = _main(["trian", "--workdir=x"], capsys)
+  assert code == 2 and "did you mean `adaflow train`" in err
+  code, _, err = _main(["eval", "fdi"], capsys)
+  assert code == 2 and "`adaflow eval fid`" in err
+  assert err.count("\n") == 1
+
+
+def test_version(capsys):
+  code, out, _ = _main(["--version"], capsys)
+  assert code == 0 and out.strip() == f"adaflow {cli.version()}" and cli.version()[0].isdigit()
+
+
+def test_user_error_is_one_line_and_exit_2_bug_keeps_traceback(capsys, monkeypatch):
+  def bad():
+    raise UserError("config.train.lr: must be positive, got -1.0")
+  monkeypatch.setitem(COMMANDS, "train", bad)
+  code, _, err = _main(["train"], capsys)
+  assert code == 2 and err == "error: config.train.lr: must be positive, got -1.0\n"
+  monkeypatch.setenv("ADAFLOW_DEBUG", "1")
+  with pytest.raises(UserError):
+    cli.main(["adaflow", "train"])
+  monkeypatch.delenv("ADAFLOW_DEBUG")
+  with pytest.raises(UserError):
+    cli.main(["adaflow", "train", "--debug"])
+
+  def bug():
+    raise ValueError("an internal shape mismatch")   # raised outside adaflow/: a bug, not bad input
+  monkeypatch.setitem(COMMANDS, "train", bug)
+  with pytest.raises(ValueError, match="internal"):
+    cli.main(["adaflow", "train"])
+
+
+def test_is_user_error_by_origin():
+  import numpy as np
+  from adaflow.flow.samplers import time_grid
+  try:
+    time_grid(0)
+  except ValueError as e:
+    assert is_user_error(e)
+  try:
+    np.zeros(3).reshape(2)
+  except ValueError as e:
+    assert not is_user_error(e)
+  assert not is_user_error(RuntimeError("x"))
+
+
+def _run(args, env=None, processes=1, timeout=240):
+  """`python -m adaflow.cli <args>` as `processes` JAX processes; [(returncode, stdout, stderr)]."""
+  from test_multiprocess import _env, free_port
+  coord = f"127.0.0.1:{free_port()}"
+  procs = []
+  for i in range(processes):
+    e = _env()
+    e.pop("ADAFLOW_DEBUG", None)
+    e.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + e.get("PYTHONPATH", ""), **(env or {}))
+    if processes > 1:
+      e.update(ADAFLOW_COORDINATOR=coord, ADAFLOW_NUM_PROCESSES=str(processes), ADAFLOW_PROCESS_ID=str(i),
+               JAX_NUM_CPU_DEVICES="1")
+    procs.append(subprocess.Popen([sys.executable, "-m", "adaflow.cli"] + args, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT))
+  out = []
+  for p in procs:
+    try:
+      o, r = p.communicate(timeout=timeout)
+    finally:
+      if p.poll() is None:
+        p.kill()
+    out.append((p.returncode, o, r))
+  return out
+
+
+def test_config_errors_print_one_line_in_a_subprocess(tmp_path):
+  common = [f"--config={CLI_CONFIG}", f"--workdir={tmp_path / 'w'}"]
+  (code, _, err), = _run(["train"] + common + ["--config.train.lr=-1"])
+  assert code == 2 and err.strip().splitlines() == ["error: config.train.lr: must be positive, got -1.0"]
+  (code, _, err), = _run(["train"] + common + ["--config.data.nam=x"])
+  assert code == 2 and len(err.strip().splitlines()) == 1 and 'Did you mean "name"' in err
+  (code, _, err), = _run(["train"] + common + ["--config.train.lr=-1"], env={"ADAFLOW_DEBUG": "1"})
+  assert code == 1 and "Traceback" in err and "must be positive" in err
+
+
+def test_user_error_on_two_processes_every_process_exits_2(tmp_path):
+  outs = _run(["train", f"--config={CLI_CONFIG}", f"--workdir={tmp_path / 'w'}", "--config.train.lr=-1"],
+              processes=2)
+  for code, _, err in outs:
+    assert code == 2 and err.strip().splitlines()[-1] == "error: config.train.lr: must be positive, got -1.0"
+    assert "Traceback" not in err
+
+
+def test_sample_method_steps_cfg_flags_override_the_config(tmp_path, capsys, monkeypatch):
+  """`adaflow sample --method --steps --cfg` on a tiny trained run: the flags reach the generator
+  (instead of config.sample) and each new solver writes a grid of finite images."""
+  import numpy as np
+  from PIL import Image
+  from conftest import tiny_config
+  from adaflow.commands import core
+  from adaflow.train.loop import train
+  w = str(tmp_path / "w")
+  train(tiny_config(**{"train.steps": 1, "train.ckpt_every": 1}), w, log=lambda m: None)
+  seen, images = [], {}
+  real = core.generate_images
+
+  def spy(*a, **kw):
+    seen.append(kw)
+    images[kw["method"]] = np.asarray(real(*a, **kw))
+    return images[kw["method"]]
+  monkeypatch.setattr(core, "generate_images", spy)
+  for method in ("ab2", "sde"):
+    out = tmp_path / f"{method}.png"
+    code, _, err = _main(["sample", f"--workdir={w}", f"--method={method}", "--steps=3", "--cfg=1.5", "--num=4",
+                          f"--out={out}"], capsys)
+    assert code == 0, err
+    assert Image.open(out).size[0] > 0
+  assert [(k["method"], k["steps"], k["cfg_scale"]) for k in seen] == [("ab2", 3, 1.5), ("sde", 3, 1.5)]
+  assert all(np.isfinite(v).all() for v in images.values())
+  code, _, err = _main(["sample", f"--workdir={w}", "--method=rk4"], capsys)
+  assert code == 2 and "--method" in err and err.count("\n") == 1

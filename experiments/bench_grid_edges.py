@@ -60,6 +60,7 @@ import numpy as np  # noqa: E402
 from adaflow import flow  # noqa: E402
 from adaflow.config_defaults import load_config_file  # noqa: E402
 from adaflow.eval import evaluate_samples, get_classifier  # noqa: E402
+from adaflow.eval import bootstrap  # noqa: E402
 from adaflow.eval.frechet import feature_statistics  # noqa: E402
 from adaflow.eval.generate import balanced_labels  # noqa: E402
 from adaflow.pipelines.grouped import load_grouped, run_grouped  # noqa: E402
@@ -223,34 +224,10 @@ def generate(fn, params, labels: np.ndarray, seed: int, batch: int) -> np.ndarra
   return np.concatenate(out)
 
 
-class FastFD:
-  """FD against fixed reference statistics (mu_r, S_r), for many bootstrap resamples:
-  tr sqrtm(S S_r) = sum sqrt(eig(R S R)) with R = sqrtm(S_r) symmetric (R S R is symmetric PSD and
-  similar to S S_r), an eigvalsh instead of scipy's general sqrtm per resample."""
-
-  def __init__(self, ref):
-    mu_r, s_r = (np.asarray(a, np.float64) for a in ref)
-    w, v = np.linalg.eigh(s_r)
-    self.mu_r, self.tr_r = mu_r, float(np.trace(s_r))
-    self.root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-
-  def __call__(self, mu, sigma) -> float:
-    ev = np.linalg.eigvalsh(self.root @ sigma @ self.root)
-    d = mu - self.mu_r
-    return float(d @ d + np.trace(sigma) + self.tr_r - 2.0 * np.sum(np.sqrt(np.clip(ev, 0.0, None))))
-
-
-def boot_fds(feats: np.ndarray, fast_fd: FastFD, idx: np.ndarray) -> np.ndarray:
-  """FD of each bootstrap resample feats[idx[r]] against the reference statistics."""
-  return np.asarray([fast_fd(*feature_statistics(feats[i])) for i in idx])
-
-
 def ci(boot: np.ndarray, point: float) -> str:
-  """95% percentile interval of the bootstrap values shifted by the bootstrap's bias estimate
-  (mean(boot) - point): resampling with replacement repeats samples, which inflates FD, so the raw
-  percentiles of a good model can lie wholly above its FD."""
-  lo, hi = np.percentile(boot - (np.mean(boot) - point), [2.5, 97.5])
-  return f"[{lo:.3f}, {hi:.3f}]"
+  """95% bootstrap interval, shifted by the bootstrap's bias estimate (adaflow.eval.bootstrap)."""
+  iv = bootstrap.interval_from_resamples(point, boot)
+  return f"[{iv.low:.3f}, {iv.high:.3f}]"
 
 
 def main():
@@ -304,10 +281,10 @@ def main():
   # ---- samples and features ------------------------------------------------------------------
   cfg0 = tr.config
   clf = get_classifier(cfg0.data, args.cache, seed=int(cfg0.eval.classifier_seed), log=log)
-  fast_fd = FastFD(clf.reference_stats)
+  fast_fd = bootstrap.ReferenceFD(*clf.reference_stats)
   labels = balanced_labels(args.num, tr.objective.num_classes)
   batch = min(args.gen_batch, args.num)
-  idx = np.random.default_rng(0).integers(0, args.num, (args.boot, args.num))
+  idx = bootstrap.resample_indices(args.num, args.boot, seed=0)
   cells = {}
   for m in models:
     for steps in step_list:
@@ -321,7 +298,7 @@ def main():
         full = fast_fd(*feature_statistics(feats))
         if abs(full - q["fd"]) > 1e-3 * max(1.0, q["fd"]):
           raise RuntimeError(f"fast FD {full} disagrees with adaflow.eval's FD {q['fd']}")
-        boot = boot_fds(feats, fast_fd, idx)
+        boot = bootstrap.resampled_fds(feats, fast_fd, idx)
         imgs[rule] = x
         cells[(m.name, steps, rule)] = dict(fd=q["fd"], acc=q["class_acc"], boot=boot, nfe=m.nfe(rule, steps),
                                             segments=describe(m.segments(rule, steps)), seconds=gen_s)

@@ -14,8 +14,12 @@ routers and ratios to the dense parameters):
   dense         : plain flow matching (continued)
   learned-0.75  : DiffCR, learnable ratio per (layer, region), target 0.75, 4 regions
   learned-0.5   : same, target 0.5
-  uniform-0.75  : one fixed kept ratio 0.75 everywhere (non-learned baseline, same mean)
-  uniform-0.5   : fixed 0.5
+  uniform-0.75  : one fixed kept ratio 0.75 everywhere, adaflow's straight-through residual scale
+                  (routing.scale="ste"): plain top-k token skipping, non-learned, same mean ratio
+  uniform-0.5   : fixed 0.5, as above
+  mod-0.75      : Mixture-of-Depths (arXiv 2404.02258): fixed ratio 0.75 and the MLP update
+                  multiplied by the router weight (routing.scale="weight", DiffCR's pseudocode)
+  mod-0.5       : fixed 0.5, as above
 Measured per variant: sampling wall-clock (Heun, `--steps`, CFG, batch `--sample-batch`; median of
 interleaved repetitions), XLA FLOPs of sampling (cost_analysis; for learned ratios the inference
 program holds a lax.switch over bins, whose cost XLA cannot attribute, so FLOPs are the sum over
@@ -76,6 +80,8 @@ def variant_config(base, name, args):
     return c
   c.objective = "routed_flow_matching"
   kind, ratio = name.split("-")
+  if kind == "mod":
+    c.routing.scale = "weight"
   if kind == "learned":
     c.routing.target = float(ratio)
     c.routing.ratio_lr_scale = args.ratio_lr_scale
@@ -168,7 +174,7 @@ def main():
   pre = train(pre_cfg, os.path.join(args.workdir, "dense-pre"), log=quiet)
   print(f"dense pre-training {args.pre} steps: {time.time() - t0:.0f}s", flush=True)
   dense_params = jax.device_get(pre.ema_params)
-  names = ["dense", "learned-0.75", "learned-0.5", "uniform-0.75", "uniform-0.5"]
+  names = ["dense", "learned-0.75", "learned-0.5", "uniform-0.75", "uniform-0.5", "mod-0.75", "mod-0.5"]
   runs = {}
   for name in names:
     cfg = variant_config(base, name, args)
@@ -285,7 +291,7 @@ def main():
                                                 for i in range(spec.num_regions)) + " |")
     tables.append("\n".join(lines))
   check = ""
-  for name in ("uniform-0.75", "uniform-0.5"):
+  for name in ("uniform-0.75", "uniform-0.5", "mod-0.75", "mod-0.5"):
     r = runs[name]
     check += (f"- {name}: FLOPs by per-block accounting {r['flops'] / 1e9:.2f} G vs XLA on the whole sampler "
               f"{r['gen_flops_xla'] * args.steps / 1e9:.2f} G (scan body x {args.steps} steps)\n")

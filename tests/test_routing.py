@@ -160,8 +160,22 @@ def test_gradient_reaches_rho_of_the_used_regions_only():
   np.testing.assert_array_equal(g[:, 2], 0.0)
 
 
+def test_weight_scale_multiplies_only_the_mlp_update():
+  """routing.scale="weight" (DiffCR pseudocode, Mixture-of-Depths): out = x1 + w * mlp_update(x1)
+  with x1 = x + attention_update(x) unscaled; "ste" scales both branches by exactly 1 forward."""
+  blk, params, x, c = _block()
+  w = jax.nn.sigmoid(jax.random.normal(jax.random.PRNGKey(4), (B, N)))
+  zero = jnp.zeros((B, N, 1))
+  after_attn = blk.apply(params, x, c, mlp_scale=zero)          # x1: the MLP update switched off
+  mlp_update = blk.apply(params, x, c) - after_attn
+  assert float(jnp.max(jnp.abs(mlp_update))) > 1e-2 and float(jnp.max(jnp.abs(after_attn - x))) > 1e-2
+  got = blk.apply(params, x, c, **routing.residual_scales(w, "weight"))
+  np.testing.assert_allclose(got, after_attn + w[..., None] * mlp_update, atol=1e-5)
+  np.testing.assert_array_equal(blk.apply(params, x, c, **routing.residual_scales(w, "ste")), blk.apply(params, x, c))
+
+
 def test_remat_routed_blocks_same_outputs_and_rho_gradient():
-  """model.remat wraps the blocks that routing calls with residual_scale / attn_mask keywords."""
+  """model.remat wraps the blocks that routing calls with attn_scale / mlp_scale / attn_mask keywords."""
   model, params, (x, t, y) = _model()
   remat = model.clone(remat=True)
   params = _with_rho(params, 0.85)

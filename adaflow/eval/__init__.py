@@ -1,6 +1,7 @@
 """adaflow.eval: sample-quality metrics (classifier-feature Frechet distance, class accuracy).
 
-See `adaflow.eval.quality` for what "FD" is (and is not: it is not Inception FID).
+See `adaflow.eval.quality` for what "FD" is (and is not: it is not Inception FID) and
+`adaflow.eval.bootstrap` for its confidence intervals.
 """
 from adaflow.eval.classifier import (
     ClassifierNet,
@@ -9,15 +10,19 @@ from adaflow.eval.classifier import (
     get_classifier,
     train_classifier,
 )
+from adaflow.eval.bootstrap import Interval, fd_difference_interval, fd_interval
 from adaflow.eval.frechet import StreamingStatistics, feature_statistics, frechet_distance
 from adaflow.eval.quality import evaluate_samples, real_vs_real_fd
 
 __all__ = [
     "ClassifierNet",
     "FeatureClassifier",
+    "Interval",
     "StreamingStatistics",
     "build_classifier",
     "evaluate_samples",
+    "fd_difference_interval",
+    "fd_interval",
     "feature_statistics",
     "frechet_distance",
     "get_classifier",

@@ -10,6 +10,8 @@ across datasets, and not with published FIDs. FD also has a nonzero floor for fi
 `real_vs_real_fd` measures it between two disjoint real subsets, which is the reference value to
 quote next to FD numbers.
 
+FD comes with a bootstrap 95% interval (`adaflow.eval.bootstrap`): `fd_low`, `fd_high`.
+
 Class accuracy is the fraction of class-conditional samples that the classifier assigns to the
 class they were generated for (its held-out accuracy on real images is the ceiling).
 """
@@ -18,22 +20,23 @@ from __future__ import annotations
 import numpy as np
 
 from adaflow import data as data_lib
-from adaflow.eval.frechet import StreamingStatistics, frechet_distance
+from adaflow.eval.bootstrap import fd_interval
+from adaflow.eval.frechet import feature_statistics, frechet_distance
 
 _STATS_BATCH = 2048
 
 
-def _sample_stats_and_predictions(classifier, images):
-  stats = StreamingStatistics()
-  preds = []
+def _features_and_predictions(classifier, images):
+  """images [N, H, W, C] -> (features [N, F] float64, predicted classes [N])."""
+  feats, preds = [], []
   for start in range(0, images.shape[0], _STATS_BATCH):
-    feats, logits = classifier.features_and_logits(images[start:start + _STATS_BATCH])
-    stats.update(feats)
+    f, logits = classifier.features_and_logits(images[start:start + _STATS_BATCH])
+    feats.append(np.asarray(f, np.float64))
     preds.append(np.argmax(logits, axis=-1))
-  return stats.result(), np.concatenate(preds).astype(np.int32)
+  return np.concatenate(feats), np.concatenate(preds).astype(np.int32)
 
 
-def evaluate_samples(classifier, images, labels=None) -> dict:
+def evaluate_samples(classifier, images, labels=None, *, num_resamples: int = 200) -> dict:
   """Compares samples with the classifier's real-data statistics.
 
   Args:
@@ -41,8 +44,10 @@ def evaluate_samples(classifier, images, labels=None) -> dict:
     images: [N, H, W, C] samples in [-1, 1] (clipped to that range first), N >= 2.
     labels: optional [N] int classes the samples were conditioned on.
 
+    num_resamples: bootstrap resamples for FD's 95% interval.
+
   Returns:
-    dict(fd=float, class_acc=float or None, num=N).
+    dict(fd=float, fd_low=float, fd_high=float, class_acc=float or None, num=N).
   """
   if classifier.reference_stats is None:
     raise ValueError("classifier.reference_stats is None; build it with get_classifier().")
@@ -59,11 +64,12 @@ def evaluate_samples(classifier, images, labels=None) -> dict:
     if labels.shape != (n,):
       raise ValueError(f"labels must have shape [{n}] to match the images; got {labels.shape}.")
   images = np.clip(images.astype(np.float32), -1.0, 1.0)
-  (mu, sigma), preds = _sample_stats_and_predictions(classifier, images)
+  feats, preds = _features_and_predictions(classifier, images)
   ref_mu, ref_sigma = classifier.reference_stats
-  fd = frechet_distance(mu, sigma, ref_mu, ref_sigma)
+  fd = frechet_distance(*feature_statistics(feats), ref_mu, ref_sigma)
+  interval = fd_interval(feats, (ref_mu, ref_sigma), num_resamples=num_resamples)
   class_acc = None if labels is None else float(np.mean(preds == labels))
-  return dict(fd=fd, class_acc=class_acc, num=int(n))
+  return dict(fd=fd, fd_low=interval.low, fd_high=interval.high, class_acc=class_acc, num=int(n))
 
 
 def real_vs_real_fd(classifier, data_config, num: int, seed: int = 1) -> float:

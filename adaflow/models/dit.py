@@ -93,23 +93,23 @@ class DiTBlock(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x: jax.Array, c: jax.Array, residual_scale: Optional[jax.Array] = None,
-               attn_mask: Optional[jax.Array] = None):
-    """x: [B, N, D]; c: [B, D]; residual_scale: optional [B, N, 1] multiplier on both residual
-    branches (token routing scales the block's update by the router weight); attn_mask: optional
-    bool key mask [B, 1, 1, N] for the attention (see Attention)."""
+  def __call__(self, x: jax.Array, c: jax.Array, attn_scale: Optional[jax.Array] = None,
+               mlp_scale: Optional[jax.Array] = None, attn_mask: Optional[jax.Array] = None):
+    """x: [B, N, D]; c: [B, D]; attn_scale / mlp_scale: optional [B, N, 1] multipliers on the
+    attention / MLP residual branch (token routing scales a kept token's update by its router
+    weight, see adaflow.models.routing.residual_scales); attn_mask: optional bool key mask
+    [B, 1, 1, N] for the attention (see Attention)."""
     mod = layers.dense(6 * self.hidden, axes=("embed", "cond"), dtype=self.dtype, name="adaLN",
                        kernel_init=nn.initializers.zeros)(nn.silu(c))
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = layers.chunk(mod, 6)
-    scale = 1.0 if residual_scale is None else residual_scale
     if self.num_heads > 0:
       h = layers.modulate(layers.layer_norm("norm1")(x), shift_a, scale_a)
       h = Attention(self.hidden, self.num_heads, self.head_dim, self.dtype, name="attn")(h, attn_mask)
-      x = x + scale * gate_a[:, None, :] * h
+      x = x + (gate_a[:, None, :] * h if attn_scale is None else attn_scale * gate_a[:, None, :] * h)
     if self.mlp_dim > 0:
       h = layers.modulate(layers.layer_norm("norm2")(x), shift_m, scale_m)
       h = Mlp(self.hidden, self.mlp_dim, self.dtype, name="mlp")(h)
-      x = x + scale * gate_m[:, None, :] * h
+      x = x + (gate_m[:, None, :] * h if mlp_scale is None else mlp_scale * gate_m[:, None, :] * h)
     return x
 
 

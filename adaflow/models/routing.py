@@ -6,19 +6,23 @@ Per block i (the block itself is `adaflow.models.dit.DiTBlock`, wrapped via `DiT
     w      = sigmoid(Router_i(tokens))                 [B, N]     Router_i: Linear(D -> 1, no bias)
     idx    = sort(top_k(w, k))                          [B, k]     original token order kept
     sel    = take_along_axis(tokens, idx)               [B, k, D]  masked gather
-    out    = Block_i(sel, c, residual_scale=s(w_sel))   [B, k, D]  attention among selected only
+    out    = Block_i(sel, c, scales(w_sel))             [B, k, D]  attention among selected only
     tokens = tokens.at[idx].set(out)                    [B, N, D]  scatter; the rest skip the block
 
 `k = ceil(rho * N)` with rho a *bin* (default 1.0, 0.9, ..., 0.3), so every shape is static.
 
-Residual scaling (`routing.scale`). The router weight multiplies **both** residual branches
-(attention and MLP) of each selected token through `DiTBlock(residual_scale=...)`:
-  * "ste" (default): s = 1 + (w - stop_gradient(w)). The forward value is exactly 1, so a kept
-    token gets exactly the dense block's update (ratio 1.0 reproduces the dense block bit for bit,
-    and fine-tuning from a dense checkpoint starts at the dense model), while the router receives
-    the same gradient as if the update were multiplied by w (the MoD/DiffCR learning signal).
-  * "weight": s = w, the update is multiplied by sigmoid(score) as in the official pseudocode (which
-    scales only the MLP branch; we scale both). Changes the function at every ratio.
+Residual scaling (`routing.scale`). The router weight w of a kept token multiplies its residual
+update through `DiTBlock(attn_scale=..., mlp_scale=...)`:
+  * "ste" (default): both branches (attention and MLP) get s = 1 + (w - stop_gradient(w)). The
+    forward value is exactly 1, so a kept token gets exactly the dense block's update (ratio 1.0
+    reproduces the dense block bit for bit, and fine-tuning from a dense checkpoint starts at the
+    dense model), while the router receives the gradient it would get if the update were
+    multiplied by w. This is adaflow's variant, not the papers' formulation.
+  * "weight": the MLP branch's update is multiplied by w = sigmoid(score), the attention branch is
+    not, as in the DiffCR pseudocode (arXiv 2412.16822), which follows Mixture-of-Depths
+    (arXiv 2404.02258). Changes the function at every ratio. With a fixed ratio
+    (`routing.learn_ratio=False`) this is the Mixture-of-Depths baseline; with "ste" a fixed ratio
+    is plain top-k token skipping with a straight-through router, not MoD.
 
 Learnable ratios. `rho` is a Flax param [depth, R] (one scalar per layer and timestep region;
 the ratio is `routing.ratio_lr_scale * rho`, so that Adam, whose steps are ~lr whatever the
@@ -235,15 +239,15 @@ def scatter_tokens(x: jax.Array, idx: jax.Array, y: jax.Array) -> jax.Array:
   return x.at[rows, idx].set(y.astype(x.dtype), unique_indices=True, indices_are_sorted=True)
 
 
-def residual_scale(w: jax.Array, mode: str) -> jax.Array:
-  """Router weights [B, k] -> residual multiplier [B, k, 1] (see module docstring)."""
+def residual_scales(w: jax.Array, mode: str) -> dict:
+  """Router weights [B, k] -> the block's residual multipliers {attn_scale, mlp_scale}: [B, k, 1]
+  each, or absent for a branch that is not scaled (see module docstring)."""
   if mode == "ste":
-    s = 1.0 + (w - jax.lax.stop_gradient(w))
-  elif mode == "weight":
-    s = w
-  else:
-    raise ValueError(f"config.routing.scale must be one of {SCALE_MODES}, got {mode!r}")
-  return s[..., None]
+    s = (1.0 + (w - jax.lax.stop_gradient(w)))[..., None]
+    return {"attn_scale": s, "mlp_scale": s}
+  if mode == "weight":
+    return {"mlp_scale": w[..., None]}
+  raise ValueError(f"config.routing.scale must be one of {SCALE_MODES}, got {mode!r}")
 
 
 def routed_block(block, x: jax.Array, c: jax.Array, w: jax.Array, k: int, scale_mode: str) -> jax.Array:
@@ -253,10 +257,10 @@ def routed_block(block, x: jax.Array, c: jax.Array, w: jax.Array, k: int, scale_
   scatter is emitted (every token is kept, in order)."""
   n = x.shape[1]
   if k >= n:
-    return block(x, c, residual_scale=residual_scale(w, scale_mode))
+    return block(x, c, **residual_scales(w, scale_mode))
   idx = top_k_indices(w, k)
   sel = gather_tokens(x, idx)
-  out = block(sel, c, residual_scale=residual_scale(gather_tokens(w, idx), scale_mode))
+  out = block(sel, c, **residual_scales(gather_tokens(w, idx), scale_mode))
   return scatter_tokens(x, idx, out)
 
 
@@ -271,7 +275,7 @@ def masked_block(block, x: jax.Array, c: jax.Array, w: jax.Array, keep: jax.Arra
   """Full-width equivalent of `routed_block`: x [B, N, D], keep [B, N] bool (k may differ per
   example and be traced). Attention keys are restricted to kept tokens; only kept tokens take the
   update. Equal to gathering the kept tokens, running the block and scattering back."""
-  out = block(x, c, residual_scale=residual_scale(w, scale_mode), attn_mask=keep[:, None, None, :])
+  out = block(x, c, **residual_scales(w, scale_mode), attn_mask=keep[:, None, None, :])
   return jnp.where(keep[..., None], out, x)
 
 

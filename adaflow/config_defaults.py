@@ -210,7 +210,9 @@ def selector_defaults() -> ml_collections.ConfigDict:
       use_noise_stats=False,   # add initial-noise statistics to the policy input
       method="",               # ODE method; "" = the generator's sample.method
       cfg_scale=-1.0,          # CFG scale; < 0 = the generator's sample.cfg_scale
-      classifier_seed=0,
+      # The reward's classifier ('classifier' / 'features' qualities): a network trained with another
+      # seed than the evaluation's (eval.classifier_seed), so a policy is never scored by its reward.
+      classifier_seed=1,
       lr=3e-3,                 # the compose recipe's policy learning rate
   ))
 
@@ -237,7 +239,8 @@ def dqvae_defaults() -> ml_collections.ConfigDict:
       restart_threshold=0.05,   # EMA cluster size below which a code is restarted
       l1_weight=1.0,
       l2_weight=1.0,
-      perceptual_weight=0.0,    # > 0 uses the adaflow.eval classifier's features
+      perceptual_weight=0.0,    # > 0 uses the features of an adaflow.eval classifier ...
+      perceptual_seed=1,        # ... trained with this seed, not eval.classifier_seed (FD's network)
       disc_weight=0.0,          # > 0 adds a PatchGAN critic (hinge loss)
       disc_width=32,
       recon_bank_per_class=64,  # real examples per class behind generate() (reconstructions)

@@ -114,8 +114,12 @@ def main():
   obj = build_objective(config, info, load_run=load_trainer_and_params)
   from adaflow.eval import get_classifier
   from adaflow.eval.classifier import cache_dir
-  clf = get_classifier(config.data, cache_dir(config, config.selector.generator_workdir))
-  clf_apply = jax.jit(rw.classifier_apply_fn(clf))
+  cache = cache_dir(config, config.selector.generator_workdir)
+  # The reward's classifier (selector.classifier_seed) and the evaluation's (eval.classifier_seed)
+  # are different networks: a policy trained on one is scored by the other, never by its reward.
+  reward_clf = get_classifier(config.data, cache, seed=int(config.selector.classifier_seed))
+  clf = get_classifier(config.data, cache, seed=int(config.eval.classifier_seed))
+  clf_apply = jax.jit(rw.classifier_apply_fn(reward_clf))
   S = np.asarray(obj.step_set)
   A, smax, K = len(S), obj.max_steps, obj.num_classes
   print(f"[bench] step set {tuple(S)}, method {obj.method}, cfg {obj.cfg_scale}")
@@ -223,7 +227,7 @@ def write_report(args, obj, fixed, policies, ev_labels, S, K, secs, clf, machine
       f"(decay 0.9) and entropy bonus 0.01, {args.rl_steps} Adam steps (lr 1e-2) of {args.rl_batch} on a pool of "
       f"{args.pool} inputs whose quality at every step count was measured once. Held-out: {args.eval} class-balanced "
       f"inputs with new noise; FD/accuracy from `adaflow.eval` (classifier-feature FD, not Inception FID; "
-      f"classifier held-out accuracy {fmt(clf.heldout_accuracy)}). ms/image: grouped sampling of {min(args.time_n, args.eval)} "
+      f"evaluation classifier seed {config.eval.classifier_seed}, held-out accuracy {fmt(clf.heldout_accuracy)}; the 'classifier' reward uses a separately trained classifier, seed {config.selector.classifier_seed}). ms/image: grouped sampling of {min(args.time_n, args.eval)} "
       f"inputs in chunks of {args.chunk} (padded to powers of two), best of {args.reps}.\n")
   add("Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items() if v is not None) + ".\n")
   add("## Fixed step counts vs policies (held-out)\n")

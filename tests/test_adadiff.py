@@ -50,6 +50,13 @@ def test_config_validation_names_fields():
   c.selector.quality = "psnr"
   with pytest.raises(ValueError, match=r"selector\.quality"):
     registry.validate(c)
+  # The reward's classifier must not be the evaluation's (a policy scored by its own reward).
+  c = selector_config()
+  c.selector.quality = "classifier"
+  registry.validate(c)                                   # defaults: seeds 1 (reward) and 0 (eval)
+  c.selector.classifier_seed = c.eval.classifier_seed
+  with pytest.raises(ValueError, match=r"selector\.classifier_seed.*eval\.classifier_seed"):
+    registry.validate(c)
 
 
 def test_use_init_workdir_sets_generator():

@@ -235,6 +235,11 @@ def test_dqvae_config_errors():
   c = _dq_config(router="random")
   with pytest.raises(ValueError, match="dqvae.router"):
     registry.validate(c, get_info(c.data))
+  c = _dq_config(perceptual_weight=0.1)
+  registry.validate(c, get_info(c.data))                # perceptual_seed 1, eval.classifier_seed 0
+  c.dqvae.perceptual_seed = c.eval.classifier_seed
+  with pytest.raises(ValueError, match="dqvae.perceptual_seed.*eval.classifier_seed"):
+    registry.validate(c, get_info(c.data))
 
 
 def test_entropy_router_and_fixed_map():

@@ -64,6 +64,10 @@ def validate_dqvae_section(config, info, field: str = "dqvae") -> None:
 def validate_dqvae(config, info) -> None:
   """Checks `config.dqvae` for objective 'dqvae' (no compilation)."""
   validate_dqvae_section(config, info)
+  d = config.dqvae
+  config_lib._require(float(d.perceptual_weight) == 0 or int(d.perceptual_seed) != int(config.eval.classifier_seed),  # pylint: disable=protected-access
+                      "dqvae.perceptual_seed", f"{d.perceptual_seed} equals eval.classifier_seed: the reconstructions "
+                      "would be scored (rFD) by the network of their own loss; use another seed")
   config_lib._require(float(config.train.weight_decay) == 0.0, "train.weight_decay",  # pylint: disable=protected-access
                       "must be 0 for dqvae (weight decay would shrink the EMA codebook statistics)")
 

@@ -58,6 +58,9 @@ def validate_selector(config, info) -> None:
     raise ValueError(f"config.selector.baseline_decay: must be in [0, 1), got {s.baseline_decay}")
   if s.hidden < 1 or s.depth < 0:
     raise ValueError("config.selector.hidden must be >= 1 and config.selector.depth >= 0")
+  if s.quality in ("classifier", "features") and int(s.classifier_seed) == int(config.eval.classifier_seed):
+    raise ValueError(f"config.selector.classifier_seed: {s.classifier_seed} equals eval.classifier_seed, so the "
+                     "policy would be scored (FD, accuracy) by the network it is rewarded with; use another seed")
   if s.method and s.method not in flow.samplers.METHODS:
     raise ValueError(f"config.selector.method: must be '' or one of {flow.samplers.METHODS}, got {s.method!r}")
 

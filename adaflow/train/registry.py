@@ -42,7 +42,8 @@ def _need_load_run(load_run, what: str):
 
 def step_selector_objective(config, info, load_run=None, workdir: str = ".") -> StepSelectorObjective:
   """The AdaDiff policy objective with its frozen generator (`selector.generator_workdir`) and,
-  for the 'classifier' / 'features' qualities, the evaluation classifier of the generator's cache."""
+  for the 'classifier' / 'features' qualities, the reward classifier (seed `selector.classifier_seed`,
+  another network than the evaluation's) from the generator's cache."""
   del workdir   # the classifier is cached beside the generator's run
   s = config.selector
   gen_tr, params, _ = _need_load_run(load_run, "objective 'step_selector'")(s.generator_workdir)
@@ -80,7 +81,7 @@ def dq_transformer_objective(config, info, load_run=None, workdir: str = ".") ->
 
 
 def dqvae_objective(config, info, load_run=None, workdir: str = ".") -> DQVAEObjective:
-  """The DQ-VAE objective, with the evaluation classifier when `dqvae.perceptual_weight > 0`
+  """The DQ-VAE objective, with a classifier (seed `dqvae.perceptual_seed`) when `dqvae.perceptual_weight > 0`
   (cached where `adaflow eval` caches it for this run: `cache_dir(config, workdir)`)."""
   del load_run
   d = config.dqvae
@@ -89,7 +90,7 @@ def dqvae_objective(config, info, load_run=None, workdir: str = ".") -> DQVAEObj
     images, _ = data_lib.load_arrays(config.data, int(d.entropy_num_images), seed=0)
   classifier = None
   if float(d.perceptual_weight) > 0:
-    classifier = get_classifier(config.data, cache_dir(config, workdir), seed=config.eval.classifier_seed)
+    classifier = get_classifier(config.data, cache_dir(config, workdir), seed=int(d.perceptual_seed))
   return DQVAEObjective(config, info, build_tokenizer(d, info, images), classifier)
 
 

@@ -455,3 +455,19 @@ def test_fid_while_training_checks_its_inputs_before_training(tmp_path):
   with pytest.raises(ValueError, match="eval.fid_ref"):
     train(_fid_config(**{"eval.fid_ref": ""}), str(w), log=lambda m: None)
   assert not (w / "checkpoints").exists()
+
+
+@pytest.mark.slow   # 2 processes x (DiT + Inception compiles) and one 2048-d sqrtm: minutes on 2 busy cores
+def test_fid_while_training_on_two_processes(tmp_path):
+  """`adaflow train` with eval.fid_every on 2 processes x 1 device: both exit 0 and process 0
+  logs one FID/sFID row (the collective path of `adaflow eval fid`)."""
+  from adaflow.train.metrics_log import read_metrics
+  from test_multiprocess import CLI_CONFIG, run_cli
+  w = tmp_path / "w"
+  fid_flags = ["--config.eval.at_end=False", "--config.train.final_samples=False", "--config.eval.fid_every=4",
+               "--config.eval.fid_random_inception=3", f"--config.eval.fid_input_size={SMALL}",
+               "--config.eval.fid_num=8", "--config.eval.fid_ref=dataset", "--config.eval.fid_ref_num=16",
+               "--config.eval.fid_batch=8", "--config.eval.fid_gen_batch=8", "--config.eval.fid_shard=8"]
+  run_cli(["train", f"--config={CLI_CONFIG}", f"--workdir={w}"] + fid_flags, 2, 1, tmp_path)
+  rows = read_metrics(str(w), "fid")
+  assert [r["step"] for r in rows] == [4] and np.isfinite(rows[0]["fid"]) and np.isfinite(rows[0]["sfid"])

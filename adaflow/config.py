@@ -12,7 +12,7 @@ from adaflow.flow.interpolants import INTERPOLANTS, PREDICTIONS
 from adaflow.flow.samplers import METHODS
 from adaflow.flow.timesteps import T_SAMPLERS
 from adaflow.parallel.mesh import mesh_shape
-from adaflow.parallel.remat import REMAT_POLICIES
+from adaflow.parallel.remat import FULL_NAMES, OFF_NAMES, REMAT_POLICIES
 
 _VALIDATORS: list[Callable] = []
 
@@ -111,8 +111,8 @@ def validate_model(config, info) -> None:
     _require(m.depth >= 1, "model.depth", f"must be >= 1, got {m.depth}")
   _require(0.0 <= m.get("class_dropout", 0.1) < 1.0, "model.class_dropout", "must be in [0, 1)")
   remat = m.get("remat", False)
-  _require(isinstance(remat, bool) or remat in REMAT_POLICIES, "model.remat",
-           f"must be True, False or a policy name in {sorted(REMAT_POLICIES)}, got {remat!r}")
+  _require(isinstance(remat, bool) or remat in REMAT_POLICIES or remat in OFF_NAMES + FULL_NAMES, "model.remat",
+           f"must be 'none' or a policy name in {sorted(REMAT_POLICIES)}, got {remat!r}")
   _require(isinstance(m.get("scan_blocks", True), bool), "model.scan_blocks",
            f"must be True or False, got {m.get('scan_blocks')!r}")
   _require(m.dtype in ("auto", "bfloat16", "float32", "float16"), "model.dtype",

@@ -14,7 +14,7 @@ from adaflow.flow.interpolants import INTERPOLANTS, PREDICTIONS
 from adaflow.flow.samplers import METHODS
 from adaflow.flow.timesteps import T_SAMPLERS
 from adaflow.parallel.mesh import mesh_shape
-from adaflow.parallel.remat import REMAT_POLICIES
+from adaflow.parallel.remat import FULL_NAMES, OFF_NAMES, REMAT_POLICIES
 
 def _require(cond: bool, field: str, message: str) -> None:
   if not cond:
@@ -103,8 +103,8 @@ def validate_model(config, info) -> None:
     _require(m.hidden_size % 4 == 0, "model.hidden_size", "must be divisible by 4 (2D sin-cos positions)")
     _require(m.depth >= 1, "model.depth", f"must be >= 1, got {m.depth}")
   _require(0.0 <= m.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
-  _require(isinstance(m.remat, bool) or m.remat in REMAT_POLICIES, "model.remat",
-           f"must be True, False or a policy name in {sorted(REMAT_POLICIES)}, got {m.remat!r}")
+  _require(isinstance(m.remat, bool) or m.remat in REMAT_POLICIES or m.remat in OFF_NAMES + FULL_NAMES, "model.remat",
+           f"must be 'none' or a policy name in {sorted(REMAT_POLICIES)}, got {m.remat!r}")
   _require(isinstance(m.scan_blocks, bool), "model.scan_blocks", f"must be True or False, got {m.scan_blocks!r}")
   _require(m.dtype in ("auto", "bfloat16", "float32", "float16"), "model.dtype",
            f"must be auto, bfloat16, float32 or float16, got {m.dtype!r}")

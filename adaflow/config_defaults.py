@@ -57,8 +57,12 @@ def base_config() -> ml_collections.ConfigDict:
       # Matmul inputs; params and accumulation are float32. "auto": bfloat16 where the backend has
       # native bf16 matmuls (TPU, GPU, AVX512_BF16/AMX CPUs), float32 elsewhere (adaflow/parallel/precision.py).
       dtype="auto",
-      remat=False,            # False | True ("full") | "save_dots" | "dots_no_batch": recompute in the backward (adaflow/parallel/remat.py)
-      scan_blocks=True,       # identical blocks as one lax.scan body (compile time independent of depth)
+      # Recompute in the backward: "none" | "full" | "save_dots" | "dots_no_batch" (adaflow/parallel/remat.py).
+      # "dots_no_batch" keeps the linear layers' outputs and recomputes elementwise work and the attention
+      # matrix: with scan_blocks, DiT-S/2 batch 32 plans 2.5 GiB instead of 7.1 GiB at ~the same step time
+      # (experiments/results/train_memory.md).
+      remat="dots_no_batch",
+      scan_blocks=True,       # identical blocks as one lax.scan body (HLO size independent of depth)
       stage_groups=((1, 1),),
       # PPFlow patch schedule ((t_end, (ph, pw)), ...), noise first; only objective 'ppflow' uses it.
       stages=config_dict.placeholder(tuple),
@@ -329,12 +333,18 @@ def _tuples(value):
   return value
 
 
+# Fields whose type changed: a value saved by an older run -> today's spelling of the same setting.
+_LEGACY_VALUES = {
+    "model.remat": lambda v: ("full" if v else "none") if isinstance(v, bool) else v,   # was True / False
+}
+
+
 def _merge(into: ml_collections.ConfigDict, given, prefix: str) -> None:
   for k in given.keys():
     path = f"{prefix}{k}"
     if k not in into:
       raise _unknown(path, into.keys())
-    value = given[k]
+    value = _LEGACY_VALUES.get(path, lambda v: v)(given[k])
     if isinstance(into[k], ml_collections.ConfigDict):
       if not isinstance(value, (Mapping, ml_collections.ConfigDict)):
         raise ValueError(f"config.{path}: is a section of fields, got {value!r}")

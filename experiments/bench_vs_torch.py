@@ -85,7 +85,8 @@ class AdaflowContender:
     depth, d, h = SIZES[size]
     self.jax = jax
     self.model = DiT(image_size=(IMAGE, IMAGE), in_channels=CHANNELS, patch_size=PATCH, hidden_size=d, depth=depth,
-                     num_heads=h, num_classes=CLASSES, dtype=dtype_from_name(resolve_compute_dtype("auto")[0]))
+                     num_heads=h, num_classes=CLASSES, dtype=dtype_from_name(resolve_compute_dtype("auto")[0]),
+                     remat="dots_no_batch", scan_blocks=True)   # adaflow's config defaults
     x, t, y, target = (jnp.asarray(a) for a in make_inputs(batch))
     self.inputs = (x, t, y)
     self.target = target

@@ -15,6 +15,7 @@ from adaflow.train.loop import Trainer, train
     ({"flow.interpolant": "ddpm"}, "flow.interpolant"),
     ({"model.hidden_size": 30}, "model.hidden_size"),
     ({"model.dtype": "int8"}, "model.dtype"),
+    ({"model.remat": "everything"}, "model.remat"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, "mesh"),
 ])
 def test_bad_config_raises_before_compile(tmp_path, monkeypatch, overrides, field):

@@ -83,13 +83,13 @@ def test_remat_same_params_outputs_and_gradients():
   grad = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply(p, x, t, y) ** 2)))
   for a, b in zip(jax.tree_util.tree_leaves(grad(remat)(params)), jax.tree_util.tree_leaves(grad(plain)(params))):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-  assert dit_from_config(_remat_model_config(), (16, 16, 3), 5).remat
+  assert dit_from_config(_remat_model_config(), (16, 16, 3), 5).remat == "full"
 
 
 def _remat_model_config():
   from adaflow.config_defaults import base_config
   c = base_config().model
-  c.remat = True
+  c.remat = "full"
   return c
 
 
@@ -183,3 +183,6 @@ def test_uneven_blocks_keep_the_loop_and_bad_remat_names_fail():
   assert "scan" not in str(jax.make_jaxpr(lambda p: m.apply(p, x, t, y))(params))
   with pytest.raises(ValueError, match=r"model\.remat"):
     small_dit(remat="everything").init(jax.random.key(0), x, t, y)
+  from adaflow.parallel.remat import remat_policy
+  assert remat_policy("none") is None and remat_policy(False) is None
+  assert remat_policy("True") is remat_policy(True) is remat_policy("full")

@@ -17,12 +17,18 @@ REMAT_POLICIES = {
 }
 
 
+# String spellings of off / full: the config field is a string (ml_collections fixes a field's type
+# to its default's), so `--config.model.remat=none` / `=full` must be expressible as text.
+OFF_NAMES = ("none", "false", "False")
+FULL_NAMES = ("true", "True")
+
+
 def remat_policy(remat) -> Any:
-  """`model.remat` (False | True | a REMAT_POLICIES name) -> a jax.checkpoint policy, None = off."""
-  if remat is False or remat is None:
+  """`model.remat` (False | True | "none" | a REMAT_POLICIES name) -> a jax.checkpoint policy, None = off."""
+  if remat is False or remat is None or remat in OFF_NAMES:
     return None
-  if remat is True:
+  if remat is True or remat in FULL_NAMES:
     remat = "full"
   if remat not in REMAT_POLICIES:
-    raise ValueError(f"model.remat must be True, False or one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+    raise ValueError(f"model.remat must be 'none' or one of {sorted(REMAT_POLICIES)}, got {remat!r}")
   return REMAT_POLICIES[remat]

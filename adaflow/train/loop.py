@@ -297,6 +297,10 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
       if step_fn is None:                        # one compilation, which also gives the FLOPs per step
         step_fn, flops = diagnostics.compile_step(jitted, state, batch)
         log(diagnostics.describe_flops(flops, peak, jax.device_count()))
+        if flops and config.model.get("scan_blocks", True):
+          # XLA's cost analysis counts a while-loop body once, so a scanned DiT reports about one block.
+          log("note: with model.scan_blocks=True XLA counts the scanned blocks once: GFLOP/step, "
+              "tflops_per_second and mfu are underestimates (model.scan_blocks=False gives exact numbers)")
         t_last = time.time()                     # throughput is measured without the compilation
       prof.before(step)
       state, metrics = step_fn(state, batch)

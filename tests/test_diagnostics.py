@@ -137,3 +137,24 @@ def test_compile_step_keeps_donation_and_counts_global_flops():
   assert flops >= 2 * 8 * 32 * 32                 # the matmul alone
   w2, y = compiled(w, x)
   assert float(y) == 8 * 32 * 32 and w.is_deleted()
+
+
+def test_flops_of_a_scanned_step_count_every_block(tmp_path):
+  """XLA counts a scanned (while-loop) body once; the logged FLOPs come from the unrolled step's
+  lowering, so they equal the FLOPs of the same step run with scan_blocks=False."""
+  from adaflow.train.loop import Trainer
+  from adaflow.train.sharded_state import init_state
+  counts = {}
+  for scan in (True, False):
+    tr = Trainer(tiny_config(**{"model.scan_blocks": scan, "model.depth": 3}), str(tmp_path / str(scan)), log=lambda m: None)
+    state = init_state(tr.objective, tr.tx, tr.mesh, tr.root_rng, tr.shardings)
+    batch = {"image": jnp.zeros((tr.config.train.batch_size,) + tr.info.image_shape, jnp.float32),
+             "label": jnp.zeros((tr.config.train.batch_size,), jnp.int32)}
+    batch = jax.device_put(batch, tr.batch_sharding)
+    counting = tr.flops_counting_step()
+    assert (counting is None) == (not scan)
+    counts[scan] = diagnostics.flops_from_cost(tr.jitted_step().lower(state, batch).cost_analysis())
+    if scan:
+      _, counts["scan_reported"] = diagnostics.compile_step(tr.jitted_step(), state, batch, flops_from=counting)
+  assert counts[True] < 0.8 * counts[False]                  # the scanned program's own count misses blocks
+  assert counts["scan_reported"] == pytest.approx(counts[False], rel=1e-6)

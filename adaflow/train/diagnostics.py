@@ -71,7 +71,7 @@ def flops_from_cost(cost: Any) -> Optional[float]:
   return total if found and total > 0 else None
 
 
-def compile_step(jitted, *args) -> tuple[Any, Optional[float]]:
+def compile_step(jitted, *args, flops_from=None) -> tuple[Any, Optional[float]]:
   """(compiled step, global FLOPs per step or None) from one lowering and one compilation.
 
   Calling the returned `jax.stages.Compiled` runs the same program as `jitted` (shardings and
@@ -80,11 +80,13 @@ def compile_step(jitted, *args) -> tuple[Any, Optional[float]]:
 
   The FLOPs come from the cost analysis of the *lowered* (not yet partitioned) program, which
   counts the whole global batch. The compiled program's analysis is per device after SPMD
-  partitioning; it is the fallback, scaled by the device count.
+  partitioning; it is the fallback, scaled by the device count. `flops_from` (optional): another
+  jitted function of the same arguments whose lowering is counted instead (the step with scanned
+  blocks unrolled: XLA counts a loop body once); it is lowered only, never compiled.
   """
   lowered = jitted.lower(*args)
   try:
-    flops = flops_from_cost(lowered.cost_analysis())
+    flops = flops_from_cost((lowered if flops_from is None else flops_from.lower(*args)).cost_analysis())
   except Exception:  # not every backend / version implements it; diagnostics must not stop training
     flops = None
   compiled = lowered.compile()

@@ -46,7 +46,7 @@ from tqdm import tqdm
 from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow import storage
-from adaflow.compose.generator import generator_for
+from adaflow.compose.generator import DIT_FAMILY, generator_for
 from adaflow.config_defaults import merged_config
 from adaflow.data.prefetch import Prefetcher
 from adaflow.eval.classifier import cache_dir
@@ -196,6 +196,20 @@ class Trainer:
     return jax.jit(step, in_shardings=(self.shardings, self.batch_sharding),
                    out_shardings=(self.shardings, replicated(self.mesh)), donate_argnums=(0,))
 
+  def flops_counting_step(self):
+    """The train step with the DiT blocks unrolled (`model.scan_blocks=False`), lowered for its
+    FLOPs and never compiled: XLA's cost analysis counts a scanned (while-loop) body once, so the
+    scanned step's own analysis would report about one block. None where no DiT is scanned."""
+    if not self.config.model.scan_blocks or self.config.objective not in DIT_FAMILY:
+      return None
+    c = self.config.copy_and_resolve_references()
+    c.model.scan_blocks = False
+    objective = build_objective(c, self.info, load_run=load_trainer_and_params, workdir=self.workdir)
+    step = make_train_step(objective, self.tx, c.train.ema_decay, self.lr_schedule,
+                           debug_nan_step=int(c.train.debug_nan_step))
+    return jax.jit(step, in_shardings=(self.shardings, self.batch_sharding),
+                   out_shardings=(self.shardings, replicated(self.mesh)))
+
   def global_batch(self, local: dict) -> dict:
     """This process's rows (`make_train_batches(..., process_index, process_count)[step]`) ->
     global arrays [B, ...] sharded on ('data', 'fsdp'), in single-process row order."""
@@ -295,12 +309,8 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
     for step in range(start, tc.steps):
       batch = tr.global_batch(batches[step])
       if step_fn is None:                        # one compilation, which also gives the FLOPs per step
-        step_fn, flops = diagnostics.compile_step(jitted, state, batch)
+        step_fn, flops = diagnostics.compile_step(jitted, state, batch, flops_from=tr.flops_counting_step())
         log(diagnostics.describe_flops(flops, peak, jax.device_count()))
-        if flops and config.model.get("scan_blocks", True):
-          # XLA's cost analysis counts a while-loop body once, so a scanned DiT reports about one block.
-          log("note: with model.scan_blocks=True XLA counts the scanned blocks once: GFLOP/step, "
-              "tflops_per_second and mfu are underestimates (model.scan_blocks=False gives exact numbers)")
         t_last = time.time()                     # throughput is measured without the compilation
       prof.before(step)
       state, metrics = step_fn(state, batch)

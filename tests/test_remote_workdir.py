@@ -199,9 +199,10 @@ def test_unwritable_bucket_is_one_clear_error_before_compiling(gcs, tmp_path):
   t0 = time.time()
   out = _run(["-m", "adaflow.cli", "train", f"--config={CLI_CONFIG}", "--workdir=gs://no-such-bucket/run"], env, cwd,
              expect_ok=False)
-  assert out.returncode != 0
+  assert out.returncode == 2                          # a user error: one line, no traceback
   last = out.stderr.strip().splitlines()[-1]
-  assert last.startswith("ValueError: --workdir gs://no-such-bucket/run is not writable: the bucket does not exist")
+  assert last.startswith("error: --workdir gs://no-such-bucket/run is not writable: the bucket does not exist")
+  assert "Traceback" not in out.stderr
   assert "gcloud auth application-default login" in last
   assert "GFLOP/step" not in out.stdout + out.stderr   # the train step was never compiled
   assert time.time() - t0 < TIMEOUT

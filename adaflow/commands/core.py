@@ -53,23 +53,24 @@ def cmd_sample():
     return sample_with_selector()
   import jax
   import numpy as np
-  objective, params, config, mesh, step = _load_generator(need("workdir"))
+  generator, params, config, mesh, step = _load_generator(need("workdir"))
   s = config.sample
   method = FLAGS.method or s.method
   steps = s.steps if FLAGS.steps is None else FLAGS.steps
   cfg_scale = s.cfg_scale if FLAGS.cfg is None else FLAGS.cfg
   if steps < 1 or cfg_scale < 0:
     raise ValueError(f"--steps must be >= 1 and --cfg >= 0 (1 = no guidance), got --steps={steps} --cfg={cfg_scale}")
-  k = max(objective.num_classes, 1)
+  k = max(generator.num_classes, 1)
   labels = np.sort((np.arange(FLAGS.num) % k).astype(np.int32))
-  imgs = generate_images(objective, params, mesh, jax.random.PRNGKey(config.seed), labels,
+  imgs = generate_images(generator, params, mesh, jax.random.PRNGKey(config.seed), labels,
                          steps=steps, method=method, cfg_scale=cfg_scale)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "samples", f"cli_step_{step}.png")
   if is_writer():     # every process generated all images; one writes them
     save_grid(np.clip(imgs, -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // imgs.shape[1]))
     print(f"wrote {out}")
-  if objective.has_maps:  # DQ: coarse/fine map picture (adaflow/commands/dq.py)
-    path = sample_map(objective, params, labels, config.seed, out)
+  # DQ: coarse/fine map picture (adaflow/commands/dq.py); a DQ run's generator is its objective.
+  if generator.has_maps:
+    path = sample_map(generator, params, labels, config.seed, out)
     if is_writer():
       print(f"wrote {path}")
 

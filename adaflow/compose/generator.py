@@ -39,6 +39,8 @@ class ComposedGenerator:
   """Generator of a composed model (see module docstring):
   `generate(params, rng, labels, *, steps, method, cfg_scale, grid)`."""
 
+  has_maps = False   # declared as on every objective (adaflow.objectives.base): no DQ code maps here
+
   def __init__(self, config, info, spec: Optional[ComposeSpec] = None):
     self.config, self.info = config, info
     self.spec = spec if spec is not None else spec_from_config(config, info)

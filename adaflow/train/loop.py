@@ -276,7 +276,7 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
 
   def fid_at(step: int) -> None:
     """eval.fid_every: FID of the EMA params at `step`, one metrics row of kind "fid"."""
-    res = periodic_fid(tr.objective, state.ema_params, step)
+    res = periodic_fid(tr.generator(), state.ema_params, step)
     writer.write(step, res, kind="fid")
     writer.flush()
     log(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))

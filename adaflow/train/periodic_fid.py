@@ -20,7 +20,7 @@ from adaflow.eval.generate import balanced_labels
 
 class PeriodicFID:
   """Built before training compiles (missing weights or reference fail then); `due(step)` and
-  `__call__(objective, params, step) -> {"fid", "sfid"?, "inception_score"?}` on every process."""
+  `__call__(generator, params, step) -> {"fid", "sfid"?, "inception_score"?}` on every process."""
 
   def __init__(self, config, workdir: str, mesh, log=print):
     ec = config.eval
@@ -55,7 +55,7 @@ class PeriodicFID:
   def due(self, step: int) -> bool:
     return bool(self.every) and step > 0 and step % self.every == 0
 
-  def __call__(self, objective, params, step: int) -> dict:
+  def __call__(self, generator, params, step: int) -> dict:
     ec, s = self.config.eval, self.config.sample
     fid_dir = os.path.join(self.workdir, "fid")
     if self._reference is None:   # once per run; cached under fid_dir for `dataset`
@@ -64,8 +64,8 @@ class PeriodicFID:
     seed = int(ec.get("seed", 1234))
     out_dir = os.path.join(fid_dir, fid_lib.run_tag(step, self.num, seed, s.steps, s.method, s.cfg_scale))
     result = fid_lib.run_fid(
-        objective, params, self.features.mesh, out_dir=out_dir, num=self.num, features=self.features,
-        reference=self._reference, labels=balanced_labels(self.num, objective.num_classes), seed=seed,
+        generator, params, self.features.mesh, out_dir=out_dir, num=self.num, features=self.features,
+        reference=self._reference, labels=balanced_labels(self.num, generator.num_classes), seed=seed,
         steps=s.steps, method=s.method, cfg_scale=s.cfg_scale, gen_batch=int(ec.get("fid_gen_batch", 256)),
         shard_size=int(ec.get("fid_shard", 1000)), progress=False, log=self.log)
     return {k: float(result[k]) for k in ("fid", "sfid", "inception_score") if k in result}

@@ -75,7 +75,7 @@ def make_train_batches(data_config: Any, *, global_batch_size: int, seed: int,
   left-right with probability 1/2 (decided per stream position, independent of process count).
   Raises ValueError naming ``train.batch_size`` when it is not divisible by ``process_count``.
   """
-  flip = pipeline.field(data_config, 'random_flip', False)
+  flip = pipeline.field(data_config, 'random_flip')
   if not isinstance(flip, (bool, np.bool_)):
     raise ValueError(f'data.random_flip must be True or False, got {flip!r}.')
   # Fail on the batch layout before touching any data.

@@ -50,9 +50,9 @@ def _digits_arrays(image_size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _digits_settings(data_config: Any) -> tuple[int, int]:
   """Validates the digits config; returns (image_size, channels)."""
-  size = pipeline.require_int(pipeline.field(data_config, 'image_size', 32), 'image_size',
+  size = pipeline.require_int(pipeline.field(data_config, 'image_size'), 'image_size',
                               allowed=DIGITS_SIZES)
-  split = pipeline.field(data_config, 'split', 'train')
+  split = pipeline.field(data_config, 'split')
   if split not in DIGITS_SPLITS:
     raise ValueError(f"data.split={split!r} is not available for 'digits' (it has one split); "
                      f'use one of {DIGITS_SPLITS}.')
@@ -106,11 +106,11 @@ def _crop_photos(image_size: int) -> tuple[np.ndarray, ...]:
 
 def _crops_settings(data_config: Any) -> tuple[int, int, int, int]:
   """Validates the crops config; returns (image_size, channels, num_crops, split_id)."""
-  size = pipeline.require_int(pipeline.field(data_config, 'image_size', 32), 'image_size',
+  size = pipeline.require_int(pipeline.field(data_config, 'image_size'), 'image_size',
                               allowed=CROPS_SIZES)
-  num = pipeline.require_int(pipeline.field(data_config, 'num_crops', DEFAULT_NUM_CROPS),
+  num = pipeline.require_int(pipeline.field(data_config, 'num_crops'),
                              'num_crops')
-  split = pipeline.field(data_config, 'split', 'train')
+  split = pipeline.field(data_config, 'split')
   if split not in CROPS_SPLITS:
     raise ValueError(f"data.split={split!r} is not available for 'crops'; "
                      f'use one of {CROPS_SPLITS}.')

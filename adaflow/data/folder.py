@@ -66,11 +66,11 @@ def _settings(data_config: Any) -> dict:
   if not files:
     raise ValueError(f'data.data_dir={root!r} holds no images: expected one subfolder per class '
                      f'containing files ending in {EXTENSIONS}.')
-  crop = pipeline.field(data_config, 'crop', '')
+  crop = pipeline.field(data_config, 'crop')
   if crop not in CROPS:
     raise ValueError(f"data.crop={crop!r} is not supported; use '' (no crop) or 'center' (ADM: resize "
                      'the short side to data.image_size, then center-crop).')
-  resample = pipeline.field(data_config, 'resample', 'bicubic')
+  resample = pipeline.field(data_config, 'resample')
   if resample not in RESAMPLE:
     raise ValueError(f'data.resample={resample!r} is not a PIL filter here; use one of {sorted(RESAMPLE)}.')
   return {
@@ -79,7 +79,7 @@ def _settings(data_config: Any) -> dict:
       'resample': RESAMPLE[resample],
       'size': pipeline.require_int(pipeline.field(data_config, 'image_size'), 'image_size'),
       'channels': pipeline.channels_of(data_config, 3),
-      'resize': bool(pipeline.field(data_config, 'resize', False)),
+      'resize': bool(pipeline.field(data_config, 'resize')),
       'classes': classes,
       'files': files,
   }

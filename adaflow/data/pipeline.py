@@ -13,11 +13,14 @@ Pixel scaling from uint8 [0, 255] to float32 [-1, 1] happens only in ``to_model_
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import grain
 import numpy as np
 from PIL import Image
+
+from adaflow.config_defaults import base_config
 
 _FLIP_STREAM = 1  # Sub-stream id so the flip RNG is independent of the shuffle seed.
 
@@ -41,11 +44,18 @@ class DatasetInfo:
 # ----------------------------------------------------------------------------- config access
 
 
-def field(data_config: Any, name: str, default: Any = None) -> Any:
-  """Returns ``data_config.<name>``, or ``default`` when the field is absent or None."""
-  value = data_config.get(name, None) if hasattr(data_config, 'get') else getattr(
-      data_config, name, None)
-  return default if value is None else value
+def field(data_config: Any, name: str) -> Any:
+  """``data_config.<name>`` (a ConfigDict, or a plain dict of some fields); a field the given
+  config lacks takes its default from the one config schema (`adaflow.config_defaults`), so no
+  default is written twice. May be None where the schema's default is "unset"."""
+  if name in data_config:
+    return data_config[name]
+  return _schema_data()[name]
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_data():
+  return base_config().data
 
 
 def require_int(value: Any, name: str, *, allowed: Sequence[int] | None = None,
@@ -61,9 +71,10 @@ def require_int(value: Any, name: str, *, allowed: Sequence[int] | None = None,
   return value
 
 
-def channels_of(data_config: Any, default: int) -> int:
-  """Returns the requested number of channels (1 or 3); ``default`` when unset."""
-  return require_int(field(data_config, 'channels', default), 'channels', allowed=(1, 3))
+def channels_of(data_config: Any, natural: int) -> int:
+  """Returns the requested number of channels (1 or 3); the dataset's ``natural`` ones when unset."""
+  value = field(data_config, 'channels')
+  return require_int(natural if value is None else value, 'channels', allowed=(1, 3))
 
 
 # ----------------------------------------------------------------------------- image helpers

@@ -34,10 +34,10 @@ def _settings(data_config: Any) -> dict:
       'name': name,
       'size': size,
       'data_dir': pipeline.field(data_config, 'data_dir'),
-      'split': pipeline.field(data_config, 'split', 'train'),
-      'image_key': pipeline.field(data_config, 'image_key', 'image'),
-      'label_key': pipeline.field(data_config, 'label_key', 'label'),
-      'resize': bool(pipeline.field(data_config, 'resize', False)),
+      'split': pipeline.field(data_config, 'split'),
+      'image_key': pipeline.field(data_config, 'image_key'),
+      'label_key': pipeline.field(data_config, 'label_key'),
+      'resize': bool(pipeline.field(data_config, 'resize')),
   }
 
 

@@ -110,19 +110,25 @@ def generate_images(generator, params, mesh: Mesh, rng: jax.Array, labels: np.nd
   return np.concatenate(out, axis=0)
 
 
-def evaluate_generator(objective, params, config, mesh: Mesh, cache_dir: str, log=print) -> dict:
-  """FD and class accuracy (adaflow.eval) of `config.eval.num_samples` class-balanced samples
-  made with `config.sample` (steps, method, CFG scale)."""
+def evaluate_generator(generator, params, config, mesh: Mesh, cache_dir: str, log=print) -> dict:
+  """FD (with its bootstrap interval) and class accuracy (adaflow.eval) of `config.eval.num_samples`
+  class-balanced samples made with `config.sample` (steps, method, CFG scale) by the run's
+  `generator`. Timing: `first_batch_seconds` (includes compiling the sampler, unless an earlier
+  call compiled it) apart from the steady state, `images_per_second` over the later batches."""
   classifier = get_classifier(config.data, cache_dir, seed=config.eval.classifier_seed, log=log)
   n = int(config.eval.num_samples)
-  labels = balanced_labels(n, objective.num_classes)
+  labels = balanced_labels(n, generator.num_classes)
+  marks = []                                         # (time, images) after each batch
   t0 = time.time()
-  imgs = generate_images(objective, params, mesh, jax.random.PRNGKey(config.eval.seed), labels,
+  imgs = generate_images(generator, params, mesh, jax.random.PRNGKey(config.eval.seed), labels,
                          steps=config.sample.steps, method=config.sample.method,
-                         cfg_scale=config.sample.cfg_scale, batch_size=config.eval.batch_size)
+                         cfg_scale=config.sample.cfg_scale, batch_size=config.eval.batch_size,
+                         progress=lambda k: marks.append((time.time(), k)))
   gen_s = time.time() - t0
-  result = evaluate_samples(classifier, imgs, labels if objective.num_classes > 1 else None)
+  first_s = marks[0][0] - t0
+  steady_n, steady_s = n - marks[0][1], gen_s - first_s
+  result = evaluate_samples(classifier, imgs, labels if generator.num_classes > 1 else None)
   result.update(sample_steps=int(config.sample.steps), sample_method=config.sample.method,
-                cfg_scale=float(config.sample.cfg_scale), generate_seconds=gen_s,
-                images_per_second=n / max(gen_s, 1e-9))
+                cfg_scale=float(config.sample.cfg_scale), generate_seconds=gen_s, first_batch_seconds=first_s,
+                images_per_second=(steady_n / steady_s) if steady_n > 0 and steady_s > 0 else n / max(gen_s, 1e-9))
   return result

@@ -66,5 +66,5 @@ def resolve_compute_dtype(name: str, platform: Optional[str] = None,
 
 def describe_compute_dtype(model_config) -> str:
   """One start-up log line: the compute dtype `model_config.dtype` resolves to, and why."""
-  name, reason = resolve_compute_dtype(model_config.get("dtype", "auto"))
+  name, reason = resolve_compute_dtype(model_config.dtype)
   return f"compute dtype {name} ({reason})"

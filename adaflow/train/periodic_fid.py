@@ -24,7 +24,7 @@ class PeriodicFID:
 
   def __init__(self, config, workdir: str, mesh, log=print):
     ec = config.eval
-    self.every = int(ec.get("fid_every", 0) or 0)
+    self.every = int(ec.fid_every)
     self.config, self.workdir, self.log = config, workdir, log
     self.features: Optional[fid_lib.InceptionFeatures] = None
     self._reference = None
@@ -32,24 +32,24 @@ class PeriodicFID:
       raise ValueError(f"eval.fid_every must be >= 0 (0 = off), got {self.every}")
     if not self.every:
       return
-    self.num = int(ec.get("fid_num", 5000))
+    self.num = int(ec.fid_num)
     if self.num < 2:
       raise ValueError(f"eval.fid_num must be >= 2 images (a covariance), got {self.num}")
-    self.ref = str(ec.get("fid_ref", "") or "")
+    self.ref = str(ec.fid_ref)
     if not self.ref:
       raise ValueError("eval.fid_ref is unset but eval.fid_every > 0: set it to a reference .npz (e.g. ADM's "
                        "VIRTUAL_imagenet64_labeled.npz) or 'dataset' (statistics of eval.fid_ref_num training images)")
     if not (self.ref == "dataset" or self.ref.startswith("dataset:") or os.path.isfile(self.ref)):
       raise ValueError(f"eval.fid_ref={self.ref!r} does not exist; give a reference .npz or 'dataset'")
-    seed = int(ec.get("fid_random_inception", -1))
-    weights = str(ec.get("fid_inception", "") or "") or None
+    seed = int(ec.fid_random_inception)
+    weights = str(ec.fid_inception) or None
     if seed < 0:
       path = os.path.expanduser(weights) if weights else inception_lib.default_weights_path()
       if not os.path.isfile(path):
         raise ValueError("eval.fid_inception: " + inception_lib.missing_weights_message(path))
     self.features = fid_lib.build_inception_features(
-        weights, random_seed=seed if seed >= 0 else None, resize=ec.get("fid_resize", "tf"),
-        batch_size=int(ec.get("fid_batch", 200)), size=int(ec.get("fid_input_size", inception_lib.INPUT_SIZE)),
+        weights, random_seed=seed if seed >= 0 else None, resize=ec.fid_resize,
+        batch_size=int(ec.fid_batch), size=int(ec.fid_input_size),
         mesh=mesh)
 
   def due(self, step: int) -> bool:
@@ -60,12 +60,12 @@ class PeriodicFID:
     fid_dir = os.path.join(self.workdir, "fid")
     if self._reference is None:   # once per run; cached under fid_dir for `dataset`
       self._reference, _ = fid_lib.resolve_reference(self.ref, self.config.data, self.features, fid_dir,
-                                                     ref_num=int(ec.get("fid_ref_num", 50000)))
-    seed = int(ec.get("seed", 1234))
+                                                     ref_num=int(ec.fid_ref_num))
+    seed = int(ec.seed)
     out_dir = os.path.join(fid_dir, fid_lib.run_tag(step, self.num, seed, s.steps, s.method, s.cfg_scale))
     result = fid_lib.run_fid(
         generator, params, self.features.mesh, out_dir=out_dir, num=self.num, features=self.features,
         reference=self._reference, labels=balanced_labels(self.num, generator.num_classes), seed=seed,
-        steps=s.steps, method=s.method, cfg_scale=s.cfg_scale, gen_batch=int(ec.get("fid_gen_batch", 256)),
-        shard_size=int(ec.get("fid_shard", 1000)), progress=False, log=self.log)
+        steps=s.steps, method=s.method, cfg_scale=s.cfg_scale, gen_batch=int(ec.fid_gen_batch),
+        shard_size=int(ec.fid_shard), progress=False, log=self.log)
     return {k: float(result[k]) for k in ("fid", "sfid", "inception_score") if k in result}

@@ -49,7 +49,9 @@ RESULTS = os.path.join(ROOT, "experiments", "results")
 RECON_RUNS = ("fixed_0.5", "gumbel_0.5", "gumbelboth_0.5", "entropy_0.5", "fixed_0.0", "fixed_1.0",
               "fixed_0.25", "gumbel_0.25", "fixed_0.75", "gumbel_0.75")
 RUN_NAMES = {"gumbel": "DQ-VAE (gate, paper's estimator)", "gumbelboth": "DQ-VAE (gate, 'both' estimator)",
-             "entropy": "DQ-VAE (entropy router)"}
+             "entropy": "DQ-VAE (entropy router)",
+             "gumbel:argmax": "DQ-VAE (gate, paper's estimator), calibration off: argmax",
+             "gumbelboth:argmax": "DQ-VAE (gate, 'both' estimator), calibration off: argmax"}
 
 
 def parse_run(name: str):
@@ -91,7 +93,8 @@ def recon_metrics(tr, params, images, labels, classifier) -> dict:
   q = evaluate_samples(classifier, np.clip(rec, -1, 1), labels)
   frac = float(mask.mean())
   codes = tr.objective.layout.nc * (1 + 3 * mask.mean(1))
-  return {"mse": mse, "psnr": 10 * np.log10(4.0 / mse), "fd": q["fd"], "class_acc": q.get("class_acc"),
+  return {"mse": mse, "psnr": 10 * np.log10(4.0 / mse), "fd": q["fd"], "fd_low": q["fd_low"], "fd_high": q["fd_high"],
+          "class_acc": q.get("class_acc"),
           "fine_fraction": frac, "codes_mean": float(codes.mean()), "codes_min": int(codes.min()),
           "codes_max": int(codes.max()), "rec": rec, "mask": mask}
 
@@ -121,6 +124,16 @@ def phase_recon(args, cache, on_row=None):
     row = {k: v for k, v in m.items() if k not in ("rec", "mask")}
     if on_row is not None:
       on_row(f"{kind}_{r}", row, floor)
+    if kind in ("gumbel", "gumbelboth"):
+      # The same tokenizer encoded as in the paper: the gate's argmax (threshold 0) instead of the
+      # calibrated threshold (dqvae.gate_calibration) it was trained and reported with above.
+      argmax_params = jax.tree_util.tree_map(lambda a: a, params)
+      argmax_params["params"]["gate_threshold"] = jnp.zeros_like(params["params"]["gate_threshold"])
+      a = recon_metrics(tr, argmax_params, images, labels, classifier)
+      a.update(router=f"{kind}:argmax", r=r, train_seconds=secs, steps=args.steps)
+      print(f"{kind:10s} r={r:.2f} argmax: codes {a['codes_mean']:5.1f} mse {a['mse']:.4f} fd {a['fd']:.3f}", flush=True)
+      if on_row is not None:
+        on_row(f"{kind}_{r}_argmax", {k: v for k, v in a.items() if k not in ("rec", "mask")}, floor)
 
 
 def gen_config(tokenizer_wd: str, steps: int, batch: int):
@@ -198,15 +211,16 @@ def phase_gen(args, cache, cmd):
 
 def write_recon(rows: dict, floor, args):
   """rows {run name: metrics} (all runs measured so far in this workdir) -> markdown table."""
-  lines = ["| tokenizer | r | train steps | codes/image mean [min-max] | MSE | PSNR (dB) | rFD | class acc of recon |",
+  lines = ["| tokenizer | r | train steps | codes/image mean [min-max] | MSE | PSNR (dB) | rFD [95% CI] | class acc of recon |",
            "|---|---|---|---|---|---|---|---|"]
   order = sorted(rows, key=lambda n: (abs(rows[n]["r"] - 0.5) > 1e-9, rows[n]["r"], n))
   for n in order:
     m = rows[n]
     name = RUN_NAMES.get(m["router"], "fixed-grid VQ" if m["r"] in (0.0, 1.0) else "fixed map VQ")
     acc = "" if m["class_acc"] is None else f"{m['class_acc']:.3f}"
+    ci = f" [{m['fd_low']:.3f}, {m['fd_high']:.3f}]" if "fd_low" in m else ""
     lines.append(f"| {name} | {m['r']:.2f} | {m.get('steps', '')} | {m['codes_mean']:.1f} [{m['codes_min']}-{m['codes_max']}] | "
-                 f"{m['mse']:.4f} | {m['psnr']:.2f} | {m['fd']:.3f} | {acc} |")
+                 f"{m['mse']:.4f} | {m['psnr']:.2f} | {m['fd']:.3f}{ci} | {acc} |")
   lines.append(f"\nReal-vs-real FD floor ({args.num_eval} vs {args.num_eval} crops): {floor:.3f}.")
   return "\n".join(lines)
 

@@ -11,6 +11,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from adaflow import data as data_lib  # noqa: E402
+from adaflow.compose import flops as flops_lib  # noqa: E402
+from adaflow.compose.generator import ComposedGenerator, composed_config  # noqa: E402
+from conftest import tiny_config  # noqa: E402
 from experiments import frontier  # noqa: E402
 
 CI = r"\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]"
@@ -29,6 +33,14 @@ def test_bad_flags_fail_before_training(tmp_path, flags, field):
   with pytest.raises(ValueError, match=re.escape(field)):
     frontier.main(["--work", str(work)] + flags)
   assert not work.exists()          # nothing trained, nothing written
+
+
+def test_flops_count_one_call_per_step_for_multistep_and_two_for_heun():
+  # The frontier compares solvers by FLOPs: AB2 reuses the previous step's velocity (1 call per step).
+  c = composed_config(tiny_config())
+  gen = ComposedGenerator(c, data_lib.get_info(c.data))
+  euler, ab2, heun = (flops_lib.sampling_flops(gen, None, 8, m, 2.0) for m in ("euler", "ab2", "heun"))
+  assert ab2 == euler and heun == 2 * euler
 
 
 @pytest.mark.slow

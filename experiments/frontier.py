@@ -113,6 +113,8 @@ def validate_args(args) -> None:
   if args.num_eval < 2 or args.batch < 1 or args.num_eval % args.batch:
     raise ValueError(f"--num_eval ({args.num_eval}) must be >= 2 and a multiple of --batch ({args.batch}), so "
                      "every arm samples the same batches")
+  if args.selector_steps < 1:
+    raise ValueError(f"--selector_steps: AdaDiff policy training steps, >= 1, got {args.selector_steps}")
   if args.reps < 1:
     raise ValueError(f"--reps: timed repetitions, >= 1, got {args.reps}")
 
@@ -155,7 +157,7 @@ def method_config(base, args, ft_steps: int):
   c.grouped.largest = "data"
   c.selector.step_set = tuple(args.method_steps) if args.smoke else (4, 8, 16, 32)
   c.selector.beta = 0.5
-  cc.selector_steps = SMOKE["selector_steps"] if args.smoke else 100
+  cc.selector_steps = SMOKE["selector_steps"] if args.smoke else args.selector_steps
   cc.selector_batch = SMOKE["selector_batch"] if args.smoke else 32
   if args.smoke:
     c.selector.quality = "closeness"   # saves training a second (reward) classifier in the smoke run
@@ -192,17 +194,33 @@ def ensure_base(args, log) -> str:
   return run_stage(os.path.dirname(base), os.path.basename(base), lambda d: train(cfg, d), log=log)
 
 
+def check_reused(path: str, want: dict) -> None:
+  """A stage kept by --reuse must have been made with this run's settings (its DONE info)."""
+  marker = os.path.join(path, "DONE")
+  if storage.exists(marker):
+    got = storage.read_json(marker)
+    diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+    if diff:
+      raise ValueError(f"--reuse: {path} was made with {', '.join(f'{k}={a}' for k, (a, _) in diff.items())}, this "
+                       f"run asks {', '.join(f'{k}={b}' for k, (_, b) in diff.items())}; drop --reuse (or use "
+                       "another --work) to redo it")
+
+
 def snapshot(src: str, work: str, name: str, log) -> str:
   """<work>/<name>: a copy of src's latest checkpoint (a DONE stage): arms read this, never `src`."""
+  steps = sorted(int(n) for n in storage.listdir(ckpt.checkpoint_dir(src)) if n.isdigit()) if storage.exists(
+      ckpt.checkpoint_dir(src)) else []
+  if not steps:
+    raise ValueError(f"--base {src}: no checkpoint under {ckpt.checkpoint_dir(src)}; train it first or drop "
+                     "--base to train one under --work")
+  info = {"source": src, "step": steps[-1]}
+  check_reused(os.path.join(work, name), info)
+
   def copy(d):
-    steps = sorted(int(n) for n in storage.listdir(ckpt.checkpoint_dir(src)) if n.isdigit())
-    if not steps:
-      raise ValueError(f"--base {src}: no checkpoint under {ckpt.checkpoint_dir(src)}; train it first or drop "
-                       "--base to train one under --work")
     shutil.copytree(os.path.join(ckpt.checkpoint_dir(src), str(steps[-1])),
                     os.path.join(ckpt.checkpoint_dir(d), str(steps[-1])))
     log(f"{name}: copied {src} step {steps[-1]}")
-  return run_stage(work, name, copy, {"source": src}, log=log)
+  return run_stage(work, name, copy, info, log=log)
 
 
 # ---- training the arms ----------------------------------------------------------------------------
@@ -216,6 +234,7 @@ def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, log) ->
       fn(d)
       secs[name] = time.time() - t
       log(f"{name}: trained in {secs[name]:.0f}s")
+    check_reused(os.path.join(work, name), {"steps": ft_steps})
     dirs[name] = run_stage(work, name, timed, {"steps": ft_steps}, log=log)
 
   def ppflow(d):
@@ -535,6 +554,7 @@ def main(argv=None):
   ap.add_argument("--solvers", default="euler,heun,ab2", help="dense frontier solvers")
   ap.add_argument("--method_steps", default="8,32", help="step counts of the equal-steps comparison")
   ap.add_argument("--method_solver", default="heun", help="solver of the methods (and their dense reference)")
+  ap.add_argument("--selector_steps", type=int, default=100, help="AdaDiff policy steps (32 labels each)")
   ap.add_argument("--num_eval", type=int, default=2000, help="samples per arm (headline numbers: >= 2000)")
   ap.add_argument("--batch", type=int, default=200, help="images per sampling call (quality and timing)")
   ap.add_argument("--reps", type=int, default=3, help="timed calls per arm")

@@ -27,12 +27,23 @@ CI = r"\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]"
     (["--ft_fraction", "0"], "--ft_fraction"),
     (["--num_eval", "300", "--batch", "200"], "--num_eval"),
     (["--steps", "4,x"], "--steps"),
+    (["--selector_steps", "0"], "--selector_steps"),
 ])
 def test_bad_flags_fail_before_training(tmp_path, flags, field):
   work = tmp_path / "w"
   with pytest.raises(ValueError, match=re.escape(field)):
     frontier.main(["--work", str(work)] + flags)
   assert not work.exists()          # nothing trained, nothing written
+
+
+def test_reuse_refuses_a_stage_made_with_other_settings(tmp_path):
+  stage = tmp_path / "ppflow"
+  stage.mkdir()
+  (stage / "DONE").write_text('{"steps": 6}')
+  frontier.check_reused(str(stage), {"steps": 6})
+  with pytest.raises(ValueError, match="--reuse: .* steps=6, this run asks steps=12"):
+    frontier.check_reused(str(stage), {"steps": 12})
+  frontier.check_reused(str(tmp_path / "not_made_yet"), {"steps": 12})
 
 
 def test_flops_count_one_call_per_step_for_multistep_and_two_for_heun():

@@ -54,6 +54,9 @@ def test_flops_count_one_call_per_step_for_multistep_and_two_for_heun():
   assert ab2 == euler and heun == 2 * euler
 
 
+# Slow: 1638 s (27 min) on this 2-core CPU shared with other jobs (load average ~10), first run (empty
+# compilation cache; the evaluation classifier already cached in /tmp/.adaflow_cache); compiling the
+# ~25 programs (trainings, samplers) is most of it. Run with `pytest -m slow -k frontier`.
 @pytest.mark.slow
 def test_smoke_writes_both_comparisons_with_intervals(tmp_path):
   committed = os.path.join(ROOT, "experiments", "results", "frontier.md")

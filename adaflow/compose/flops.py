@@ -5,7 +5,8 @@ network evaluation at stage s with N_s tokens, the fixed part (patch embedding, 
 final adaLN, head) + per block its adaLN and its attention / MLP on the tokens it processes. A
 routed block processes k = ceil(bin * N_s) tokens, the bin being rho of (layer, timestep region of
 the evaluation's t) snapped to the nearest bin, exactly what "infer" mode runs; its router costs
-2 N_s D. Each Euler step is one evaluation (Heun two: at t and t_next), doubled by CFG (scale != 1).
+2 N_s D. Each Euler, AB2 or SDE step is one evaluation (Heun two: at t and t_next), doubled by CFG
+(scale != 1).
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def sampling_flops(generator, params: Any, steps: int, method: str, cfg_scale: f
     mult = 1 if scales[s] == 1.0 else 2
     sub32 = np.asarray(sub, np.float32)
     for a, b in zip(sub32[:-1], sub32[1:]):
-      for t in ((a,) if method == "euler" else (a, b)):
+      for t in ((a, b) if method == "heun" else (a,)):     # euler, ab2 (multistep), sde: one call per step
         total += mult * network_flops(generator.models[g], s, _kept(generator, params, g, s, float(t)), generator.routed)
   return float(total)
 

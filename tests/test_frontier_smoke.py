@@ -1,0 +1,82 @@
+"""experiments/frontier.py (issue #17's benchmark driver): bad flags fail before anything trains, and
+--smoke runs the whole protocol end to end (base, snapshot, every method's fine-tune, dense frontier,
+both comparisons, plot) in a temporary directory, so the script the real run depends on cannot rot."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from adaflow import data as data_lib  # noqa: E402
+from adaflow.compose import flops as flops_lib  # noqa: E402
+from adaflow.compose.generator import ComposedGenerator, composed_config  # noqa: E402
+from conftest import tiny_config  # noqa: E402
+from experiments import frontier  # noqa: E402
+
+CI = r"\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]"
+
+
+@pytest.mark.parametrize("flags, field", [
+    (["--method_steps", "8,64"], "--method_steps"),
+    (["--solvers", "euler,rk4"], "--solvers"),
+    (["--solvers", "euler", "--method_solver", "heun"], "--method_solver"),
+    (["--ft_fraction", "0"], "--ft_fraction"),
+    (["--num_eval", "300", "--batch", "200"], "--num_eval"),
+    (["--steps", "4,x"], "--steps"),
+    (["--selector_steps", "0"], "--selector_steps"),
+])
+def test_bad_flags_fail_before_training(tmp_path, flags, field):
+  work = tmp_path / "w"
+  with pytest.raises(ValueError, match=re.escape(field)):
+    frontier.main(["--work", str(work)] + flags)
+  assert not work.exists()          # nothing trained, nothing written
+
+
+def test_reuse_refuses_a_stage_made_with_other_settings(tmp_path):
+  stage = tmp_path / "ppflow"
+  stage.mkdir()
+  (stage / "DONE").write_text('{"steps": 6}')
+  frontier.check_reused(str(stage), {"steps": 6})
+  with pytest.raises(ValueError, match="--reuse: .* steps=6, this run asks steps=12"):
+    frontier.check_reused(str(stage), {"steps": 12})
+  frontier.check_reused(str(tmp_path / "not_made_yet"), {"steps": 12})
+
+
+def test_flops_count_one_call_per_step_for_multistep_and_two_for_heun():
+  # The frontier compares solvers by FLOPs: AB2 reuses the previous step's velocity (1 call per step).
+  c = composed_config(tiny_config())
+  gen = ComposedGenerator(c, data_lib.get_info(c.data))
+  euler, ab2, heun = (flops_lib.sampling_flops(gen, None, 8, m, 2.0) for m in ("euler", "ab2", "heun"))
+  assert ab2 == euler and heun == 2 * euler
+
+
+# Slow: 1638 s (27 min) on this 2-core CPU shared with other jobs (load average ~10), first run (empty
+# compilation cache; the evaluation classifier already cached in /tmp/.adaflow_cache); compiling the
+# ~25 programs (trainings, samplers) is most of it. Run with `pytest -m slow -k frontier`.
+@pytest.mark.slow
+def test_smoke_writes_both_comparisons_with_intervals(tmp_path):
+  committed = os.path.join(ROOT, "experiments", "results", "frontier.md")
+  before = open(committed).read() if os.path.exists(committed) else None
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "frontier.py"), "--smoke",
+                      "--work", str(tmp_path)], capture_output=True, text=True, env=env, timeout=1800)
+  assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+  text = (tmp_path / "frontier_smoke.md").read_text()
+  assert (tmp_path / "frontier_smoke.png").stat().st_size > 0
+  assert "SMOKE" in text
+  assert "## Dense frontier" in text and "real-vs-real floor" in text
+  assert "## (a) Equal steps" in text and "## (b) Frontier" in text
+  equal = text.split("## (a) Equal steps")[1].split("## (b)")[0]
+  for method in ("PPFlow-3", "DiffCR (learned ratios)", "MoD fixed ratio", "train-then-prune", "composed (no policy)"):
+    row = next(l for l in equal.splitlines() if l.startswith(f"| {method}"))
+    assert len(re.findall(CI, row)) == 3, row      # method FD, dense FD, paired difference: each with a CI
+  dense_rows = [l for l in text.split("## Dense frontier")[1].split("##")[0].splitlines() if re.match(r"\| (euler|heun|ab2) \|", l)]
+  assert len(dense_rows) == 6 and all(re.search(CI, l) for l in dense_rows)
+  assert "Testbed check: FD at 2 heun steps" in text
+  assert "Composed + policy beyond the dense frontier" in text
+  # smoke numbers never overwrite the committed results
+  assert (open(committed).read() if os.path.exists(committed) else None) == before

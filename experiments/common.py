@@ -9,16 +9,25 @@ import time
 import jax
 import numpy as np
 
+from adaflow.parallel.precision import cpu_flags
+
 
 def utc_now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def matmul_flags() -> str:
+  """The CPU flags that decide bf16 vs fp32 matmul speed here (avx2 / avx512_bf16 / amx_bf16)."""
+  have = cpu_flags()
+  return " ".join(f for f in ("avx2", "avx512_bf16", "amx_bf16") if f in have) or "none of avx2/avx512_bf16/amx_bf16"
+
+
 def machine_line() -> str:
-  """One sentence naming the machine a benchmark ran on: accelerator (or CPU), core count, jax,
-  and the load average when it was called (other jobs sharing the CPU distort timings)."""
+  """One sentence naming the machine a benchmark ran on: accelerator (or CPU), core count, the
+  matmul-relevant CPU flags, jax, and the load average when it was called (other jobs sharing the
+  CPU distort timings)."""
   dev = jax.devices()[0]
-  cpu = f"{os.cpu_count()}-core {platform.machine()} CPU"
+  cpu = f"{os.cpu_count()}-core {platform.machine()} CPU (flags: {matmul_flags()})"
   if dev.platform == "cpu":
     where = f"{cpu}, no accelerator"
   else:

@@ -27,16 +27,6 @@ from adaflow.eval.quality import evaluate_samples  # noqa: E402
 from adaflow.train.loop import load_trainer_and_params  # noqa: E402
 from experiments.common import machine_line, utc_now  # noqa: E402
 
-def cpu_flags() -> str:
-  """The matmul-relevant flags of this CPU (results are compared only within one machine)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      have = set(f.read().split())
-  except OSError:
-    return "unknown"
-  return " ".join(x for x in ("avx2", "avx512_bf16", "amx_bf16") if x in have) or "none of avx2/avx512_bf16/amx_bf16"
-
-
 SETTINGS = (("heun", 2), ("heun", 4), ("heun", 8), ("heun", 32), ("euler", 8), ("ab2", 8))
 
 
@@ -68,7 +58,7 @@ def main():
   outside = not ref["fd_low"] <= four["fd"] <= ref["fd_high"]
   lines = [
       "# Testbed check: FD vs sampling steps of the dense crops32 base", "",
-      f"- {machine}; {utc_now()}; CPU flags: {cpu_flags()}.",
+      f"- {machine}; {utc_now()}.",
       f"- Command: `python experiments/testbed_check.py {' '.join(sys.argv[1:])}` ({time.time() - t0:.0f} s).",
       f"- Model: {args.workdir} at step {step} of {tr.config.train.steps} (configs/testbed_crops32.py, "
       f"CFG {tr.config.sample.cfg_scale}); {args.num} class-balanced samples per row, the same labels and "

@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence
 
 from adaflow.config_defaults import check_known_fields
 from adaflow.flow.interpolants import INTERPOLANTS, PREDICTIONS
-from adaflow.flow.samplers import METHODS
+from adaflow.flow.samplers import DIFFUSION_FORMS, METHODS
 from adaflow.flow.timesteps import T_SAMPLERS
 from adaflow.parallel.mesh import mesh_shape
 from adaflow.parallel.remat import FULL_NAMES, OFF_NAMES, REMAT_POLICIES
@@ -85,6 +85,13 @@ def validate_flow(config) -> None:
   _require(int(s.steps) >= 1, "sample.steps", f"must be >= 1, got {s.steps}")
   _require(s.method in METHODS, "sample.method", f"must be one of {METHODS}, got {s.method!r}")
   _require(s.cfg_scale >= 0, "sample.cfg_scale", f"must be >= 0 (1.0 = no guidance), got {s.cfg_scale}")
+  # Checked here, not only when sampling: a bad value would otherwise surface at the first sample
+  # grid or evaluation, after training has run.
+  _require(s.diffusion_form in DIFFUSION_FORMS, "sample.diffusion_form",
+           f"must be one of {DIFFUSION_FORMS}, got {s.diffusion_form!r}")
+  _require(float(s.diffusion_norm) >= 0, "sample.diffusion_norm", f"must be >= 0 (0 = the ODE), got {s.diffusion_norm}")
+  _require(0.0 <= float(f.endpoint_margin) < 0.5, "flow.endpoint_margin",
+           f"must be in [0, 0.5) (0 = evaluate the network at the singular end), got {f.endpoint_margin}")
 
 
 def validate_model(config, info) -> None:

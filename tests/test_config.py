@@ -17,6 +17,9 @@ from adaflow.train.loop import Trainer, train
     ({"model.dtype": "int8"}, "model.dtype"),
     ({"model.remat": "everything"}, "model.remat"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, "mesh"),
+    ({"sample.diffusion_form": "cubic"}, "sample.diffusion_form"),
+    ({"sample.diffusion_norm": -1.0}, "sample.diffusion_norm"),
+    ({"flow.endpoint_margin": 0.7}, "flow.endpoint_margin"),
 ])
 def test_bad_config_raises_before_compile(tmp_path, monkeypatch, overrides, field):
   import jax

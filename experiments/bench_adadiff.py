@@ -206,14 +206,14 @@ def main():
 
   write_report(args, obj, fixed, policies, ev_labels, S, K,
                dict(gen_train_s=gen_train_s, pool_s=pool_s, eval_gen_s=eval_gen_s, rl_s=rl_s,
-                    total_s=time.time() - t_start), clf, machine)
+                    total_s=time.time() - t_start), clf, machine, config)
 
 
 def fmt(x, nd=3):
   return "n/a" if x is None else f"{x:.{nd}f}"
 
 
-def write_report(args, obj, fixed, policies, ev_labels, S, K, secs, clf, machine):
+def write_report(args, obj, fixed, policies, ev_labels, S, K, secs, clf, machine, config):
   ref = fixed[-1]
   lines = []
   add = lines.append
@@ -227,7 +227,9 @@ def write_report(args, obj, fixed, policies, ev_labels, S, K, secs, clf, machine
       f"(decay 0.9) and entropy bonus 0.01, {args.rl_steps} Adam steps (lr 1e-2) of {args.rl_batch} on a pool of "
       f"{args.pool} inputs whose quality at every step count was measured once. Held-out: {args.eval} class-balanced "
       f"inputs with new noise; FD/accuracy from `adaflow.eval` (classifier-feature FD, not Inception FID; "
-      f"evaluation classifier seed {config.eval.classifier_seed}, held-out accuracy {fmt(clf.heldout_accuracy)}; the 'classifier' reward uses a separately trained classifier, seed {config.selector.classifier_seed}). ms/image: grouped sampling of {min(args.time_n, args.eval)} "
+      f"evaluation classifier seed {config.eval.classifier_seed}, held-out accuracy {fmt(clf.heldout_accuracy)}; "
+      f"the 'classifier' reward uses a separately trained classifier, seed {config.selector.classifier_seed}). "
+      f"ms/image: grouped sampling of {min(args.time_n, args.eval)} "
       f"inputs in chunks of {args.chunk} (padded to powers of two), best of {args.reps}.\n")
   add("Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items() if v is not None) + ".\n")
   add("## Fixed step counts vs policies (held-out)\n")

@@ -46,7 +46,6 @@ DEFAULT_NUM = 50000
 
 def fid_main():
   """Inception FID of a trained workdir (the FID-50K protocol; resumable sample shards)."""
-  import numpy as np
   workdir = need("workdir")
   ref_arg = need("ref")
   num = FLAGS.num if FLAGS["num"].present else DEFAULT_NUM

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from adaflow.compose import model as model_lib
 from adaflow.compose.generator import ComposedGenerator

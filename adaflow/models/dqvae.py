@@ -30,7 +30,7 @@ and segment (0 class, 1 coarse incl. its EOS, 2 fine incl. its EOS, 3 padding).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Optional
 
 import chex
 import flax.linen as nn

@@ -19,7 +19,7 @@ Also here: converting a trained one-level DiT into a multi-stage one (`convert_d
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp

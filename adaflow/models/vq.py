@@ -11,7 +11,6 @@ All arrays are NHWC float32. F (`coarse_stride`) is a power of two >= 2.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import chex
 import flax.linen as nn

@@ -11,7 +11,6 @@ positions are forced: this is the raster-order transformer baseline over fixed V
 """
 from __future__ import annotations
 
-import functools
 
 import chex
 import jax

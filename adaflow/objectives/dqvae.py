@@ -135,7 +135,6 @@ class DQVAEObjective(ObjectiveBase):
     d = self.dq
     k_gate, k_restart = jax.random.split(rng)
     fine, coarse = self.net.apply(params, x, method=dq.DQVAENet.features)
-    b, gc = x.shape[0], self.layout.gc
     sel, gate = self.tokenizer.fine_decision(params, x, fine, coarse, rng=k_gate, tau=float(d.gumbel_tau))
     if gate is not None:
       scale = jnp.max(gate, axis=-1)

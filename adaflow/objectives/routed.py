@@ -17,7 +17,6 @@ Fine-tuning from a dense checkpoint: `adaflow train --init <dense workdir>`; the
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from adaflow.models import routing
 from adaflow.objectives import flow_loss

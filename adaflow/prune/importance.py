@@ -17,7 +17,6 @@ import dataclasses
 from typing import Any, Callable, Iterable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from adaflow.models.dit import DiT

@@ -50,7 +50,7 @@ from adaflow.compose.generator import DIT_FAMILY, generator_for
 from adaflow.config_defaults import merged_config
 from adaflow.data.prefetch import Prefetcher
 from adaflow.eval.classifier import cache_dir
-from adaflow.eval.generate import balanced_labels, evaluate_generator, generate_images
+from adaflow.eval.generate import evaluate_generator, generate_images
 from adaflow.parallel import batch_sharding, make_mesh, replicated
 from adaflow.parallel.host import agree, to_host
 from adaflow.parallel.precision import describe_compute_dtype

@@ -12,7 +12,12 @@ training images):
               (<work>/dense) is what every arm starts from, so a base still training cannot change
               under the benchmark.
   dense       the frontier: steps x solvers (`--steps`, `--solvers`: Euler, Heun, AB2 multistep).
-  PPFlow-3    convert-stages from the base (arXiv 2506.23543) + fine-tune.
+  PPFlow-3    convert-stages from the base (arXiv 2506.23543) + fine-tune: 2p x 2p patches for
+              t <= 0.5, p x 2p up to 0.75, then p x p (the paper's three levels).
+  PPFlow-2    only when PPFlow-3's coarse tokens carry more pixel values than the model is wide
+              (2p * 2p * C > hidden_size, adaflow.models.ppflow.PatchSchedule.over_capacity: a
+              velocity target's full-resolution noise part cannot pass such a token, so that stage
+              keeps a loss floor): p x 2p for t <= 0.5, then p x p. The composed recipe then uses it.
   DiffCR      routing fine-tune with learned per-(layer, region) ratios (arXiv 2412.16822),
               routing.scale = "weight" (the router weight scales the MLP update, as its pseudocode).
   MoD fixed   the same router at one fixed ratio = the DiffCR target (Mixture-of-Depths,
@@ -65,6 +70,7 @@ from adaflow.config_defaults import load_config_file, merged_config  # noqa: E40
 from adaflow.eval import fd_difference_interval, fd_interval, get_classifier, real_vs_real_fd  # noqa: E402
 from adaflow.eval.bootstrap import ReferenceFD  # noqa: E402
 from adaflow.eval.generate import balanced_labels  # noqa: E402
+from adaflow.models import ppflow as ppflow_lib  # noqa: E402
 from adaflow.pipelines import recipe as recipe_lib  # noqa: E402
 from adaflow.pipelines.convert_stages import convert_workdir  # noqa: E402
 from adaflow.pipelines.grouped import load_grouped, run_grouped  # noqa: E402
@@ -76,6 +82,7 @@ from experiments.common import machine_line, utc_now  # noqa: E402
 
 TESTBED = os.path.join(ROOT, "configs", "testbed_crops32.py")
 SOLVERS = ("euler", "heun", "ab2")
+GOAL_KINDS = ("PPFlow-3", "PPFlow-2", "DiffCR (learned ratios)", "train-then-prune")
 # --smoke: a pipeline check in minutes on 2 CPU cores (smaller DiT, tiny budgets); numbers mean nothing.
 SMOKE = dict(base_steps=30, batch=16, depth=2, hidden=64, heads=2, num_eval=64, batch_eval=32, reps=2,
              steps="2,4", method_steps="2,4", selector_steps=2, selector_batch=8, groups=2)
@@ -139,10 +146,8 @@ def method_config(base, args, ft_steps: int):
   c.eval.at_end = False
   c.train.final_samples = False
   c.train.sample_every = 0
-  p = int(c.model.patch_size)
   cc = c.compose
-  # PPFlow-3: 2p x 2p (1/4 of the tokens) for t <= 0.5, p x 2p up to 0.75, then p x p.
-  cc.stages = ((0.5, (2 * p, 2 * p)), (0.75, (p, 2 * p)), (1.0, (p, p)))
+  cc.stages = ppflow_stages(c)[-1][1]    # the composed recipe's: the coarsest that fits the width
   cc.finetune_lr = 3e-4
   cc.ppflow_steps = cc.routing_steps = cc.grouped_steps = ft_steps
   cc.finetune_warmup_steps = min(20, max(1, ft_steps // 10))
@@ -164,6 +169,37 @@ def method_config(base, args, ft_steps: int):
     c.grouped.rounds, c.grouped.proposals_per_round = 1, 1
     c.grouped.proxy_samples, c.grouped.importance_batches = 16, 1
   return c
+
+
+def ppflow_stages(c) -> list[tuple[str, tuple]]:
+  """[(label, model.stages)]: the paper's PPFlow-3, plus PPFlow-2 when PPFlow-3's coarse tokens
+  carry more values than the model is wide (see the module docstring); the last entry is the one
+  the composed recipe uses."""
+  p = int(c.model.patch_size)
+  three = ((0.5, (2 * p, 2 * p)), (0.75, (p, 2 * p)), (1.0, (p, p)))
+  two = ((0.5, (p, 2 * p)), (1.0, (p, p)))
+  info = data_lib.get_info(c.data)
+
+  def fits(stages):
+    cfg = c.copy_and_resolve_references()
+    cfg.model.stages = stages
+    sched = ppflow_lib.schedule_from_config(cfg, info.image_shape)
+    return not sched.over_capacity(info.image_shape[-1], int(c.model.hidden_size))
+  if fits(three) or not fits(two):
+    return [("PPFlow-3", three)]
+  return [("PPFlow-3", three), ("PPFlow-2", two)]
+
+
+def ppflow_note(c) -> str:
+  sets = ppflow_stages(c)
+  text = "; ".join(f"{label} {tuple((t, tuple(g)) for t, g in stages)}" for label, stages in sets)
+  if len(sets) > 1:
+    p, ch = int(c.model.patch_size), int(data_lib.get_info(c.data).image_shape[-1])
+    text += (f". PPFlow-3's coarse {2 * p}x{2 * p} tokens carry {4 * p * p * ch} pixel values, more than the width "
+             f"{c.model.hidden_size}: a velocity target's full-resolution noise part cannot pass (the head's rank is at "
+             "most the width), so its coarse stage keeps a loss floor; PPFlow-2 keeps every token within the width and "
+             "is the composed recipe's")
+  return text
 
 
 def _log(t0):
@@ -224,6 +260,10 @@ def snapshot(src: str, work: str, name: str, log) -> str:
 
 
 # ---- training the arms ----------------------------------------------------------------------------
+def ppflow_dir(label: str) -> str:
+  return "ppflow" if label == "PPFlow-3" else label.lower().replace("-", "")
+
+
 def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, log) -> tuple[dict, dict]:
   """Trains (or resumes) every method from the dense snapshot; returns ({arm: dir}, {arm: seconds})."""
   dirs, secs = {}, {}
@@ -237,13 +277,17 @@ def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, log) ->
     check_reused(os.path.join(work, name), {"steps": ft_steps})
     dirs[name] = run_stage(work, name, timed, {"steps": ft_steps}, log=log)
 
-  def ppflow(d):
-    pc = recipe_lib.ppflow_config(c)
-    pc.train.steps = ft_steps
-    if not recipe_lib._has_checkpoint(d):
-      convert_workdir(dense, pc, d, log=log)
-    train(pc, d)
-  once("ppflow", ppflow)
+  def ppflow(stages):
+    def fn(d):
+      pc = recipe_lib.ppflow_config(c)
+      pc.model.stages = stages
+      pc.train.steps = ft_steps
+      if not recipe_lib._has_checkpoint(d):
+        convert_workdir(dense, pc, d, log=log)
+      train(pc, d)
+    return fn
+  for label, stages in ppflow_stages(c):
+    once(ppflow_dir(label), ppflow(stages))
 
   def routed(fixed: float):
     def fn(d):
@@ -318,8 +362,8 @@ def build_arms(c, dense: str, dirs: dict, args, info, base_images: int, ft_image
   # the pipeline's own config (its group count), not stage 1's (the base's)
   g_gen, g_params, _ = load_grouped(dirs["grouped"], merged_config(
       storage.read_json(os.path.join(dirs["grouped"], "config.json"))))
-  methods = [("PPFlow-3", sampler_of(dirs["ppflow"], info)),
-             ("DiffCR (learned ratios)", sampler_of(dirs["routed"], info)),
+  methods = [(label, sampler_of(dirs[ppflow_dir(label)], info)) for label, _ in ppflow_stages(c)]
+  methods += [("DiffCR (learned ratios)", sampler_of(dirs["routed"], info)),
              (f"MoD fixed ratio {c.routing.target}", sampler_of(dirs["mod"], info)),
              ("train-then-prune", ComposedSampler(g_gen.config, info, g_params))]
   gcfg, _, gparams, _ = recipe_lib.load_composed(dirs["composed"], selector=False)
@@ -440,6 +484,7 @@ def report(args, ctx, arms, floor, secs, path_md, path_png) -> str:
            f"images ({ctx['model']}). Fine-tuning budget per method: {args.ft_fraction:g} x base = {ctx['ft_images']} "
            f"images = {ctx['ft_steps']} steps of {ctx['batch']} (train-then-prune: {ctx['ft_steps']} // N per group; "
            f"composed: split over PPFlow / routing / grouped). AdaDiff policy: {ctx['sel']} (labels only).")
+  L.append(f"PPFlow stages (t_end, patch): {ctx['ppflow']}.")
   L.append(f"Quality: {args.num_eval} class-balanced samples per arm, same labels and noise for every arm; FD of "
            f"classifier features (not Inception) with a bootstrap 95% interval ({args.resamples} resamples); "
            f"real-vs-real floor ({args.num_eval} vs {args.num_eval} real images): **{floor:.3f}**. Timing: "
@@ -491,7 +536,7 @@ def report(args, ctx, arms, floor, secs, path_md, path_png) -> str:
     sp_ms, sp_fl = d["ms"] / r["ms"], d["gflops"] / r["gflops"]
     L.append(f"| {a.name} | {a.images} | {steps} | {r['nfe']:.1f} | {ci(r)} | {ci(d)} | {diff} | {r['acc']:.3f} | "
              f"{r['ms']:.3f} | {sp_ms:.2f}x | {sp_fl:.2f}x |")
-    if a.kind in ("PPFlow-3", "DiffCR (learned ratios)", "train-then-prune") and a.steps == max(args.method_steps):
+    if a.kind in GOAL_KINDS and a.steps == max(args.method_steps):
       goals[a.kind] = (r["fd"] <= d["fd_high"], sp_ms >= sp_fl, sp_ms, sp_fl, r["fd"], d)
   L.append("")
   L.append("## (b) Frontier: every point against the dense frontier")
@@ -511,7 +556,7 @@ def report(args, ctx, arms, floor, secs, path_md, path_png) -> str:
   L.append("")
   L.append("## Goals (issue #17)")
   L.append("")
-  for kind in ("PPFlow-3", "DiffCR (learned ratios)", "train-then-prune"):
+  for kind in GOAL_KINDS:
     if kind not in goals:
       continue
     within, fast, sp_ms, sp_fl, fd, d = goals[kind]
@@ -605,7 +650,7 @@ def main(argv=None):
   m = bcfg.model
   ctx = dict(date=date, machine=machine, flags=cpu_flags(), argv=argv_text, total_s=time.time() - t0, base=base,
              base_step=base_step, batch=bs, base_images=base_images, ft_images=ft_steps * bs, ft_steps=ft_steps,
-             cfg=float(bcfg.sample.cfg_scale),
+             cfg=float(bcfg.sample.cfg_scale), ppflow=ppflow_note(c),
              model=f"{bcfg.name}: {bcfg.data.name} {bcfg.data.image_size}x{bcfg.data.image_size}, DiT width "
                    f"{m.hidden_size} depth {m.depth} patch {m.patch_size}",
              sel=f"{c.compose.selector_steps} steps x {c.compose.selector_batch} labels, step set "

@@ -46,6 +46,24 @@ def test_reuse_refuses_a_stage_made_with_other_settings(tmp_path):
   frontier.check_reused(str(tmp_path / "not_made_yet"), {"steps": 12})
 
 
+def test_ppflow_arms_keep_coarse_tokens_within_the_width():
+  # The testbed (patch 4, RGB, width 128): PPFlow-3's 8x8x3 = 192-value tokens exceed the width, so the
+  # benchmark adds PPFlow-2 (4x8x3 = 96) and the composed recipe uses it; a wide model keeps PPFlow-3 only.
+  c = frontier.load_config_file(frontier.TESTBED)
+  sets = frontier.ppflow_stages(c)
+  assert [label for label, _ in sets] == ["PPFlow-3", "PPFlow-2"]
+  assert sets[1][1] == ((0.5, (4, 8)), (1.0, (4, 4)))
+  assert "192 pixel values, more than the width 128" in frontier.ppflow_note(c)
+  assert [d for d in map(frontier.ppflow_dir, ("PPFlow-3", "PPFlow-2"))] == ["ppflow", "ppflow2"]
+  c.model.hidden_size = 192
+  assert [label for label, _ in frontier.ppflow_stages(c)] == ["PPFlow-3"]
+  base = c.copy_and_resolve_references()
+  base.model.hidden_size = 128
+  m = frontier.method_config(base, frontier.argparse.Namespace(cache="/tmp/x", smoke=False, method_steps=(8, 32),
+                                                                selector_steps=10), ft_steps=5)
+  assert tuple(m.compose.stages) == ((0.5, (4, 8)), (1.0, (4, 4)))
+
+
 def test_flops_count_one_call_per_step_for_multistep_and_two_for_heun():
   # The frontier compares solvers by FLOPs: AB2 reuses the previous step's velocity (1 call per step).
   c = composed_config(tiny_config())

@@ -1,4 +1,6 @@
 """PPFlow: patch schedule, per-stage shapes, batch split, conversion from a one-level DiT, objective."""
+import warnings
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -103,6 +105,30 @@ def test_validator_other_fields():
     registry.validate(c, info)
   c = pp_config(**{"train.batch_size": 2})
   with pytest.raises(ValueError, match="config.train.batch_size"):
+    registry.validate(c, info)
+
+
+def test_stages_wider_than_the_model_are_flagged():
+  """A coarse token holding more pixel values than the width cannot carry a velocity target's
+  noise part (seen on the crops testbed: 8x8x3 = 192 values at width 128 kept the coarse stage's
+  loss ~6x dense's after fine-tuning). over_capacity names such stages; validation warns unless
+  the target is the data."""
+  c = pp_config()                                   # 16x16 digits (1 channel), patch 2, width 32
+  info = data_lib.get_info(c.data)
+  ch = info.image_shape[-1]
+  sched = pp.schedule_from_config(c, info.image_shape)
+  assert [sched.values_per_token(s, ch) for s in range(3)] == [16 * ch, 8 * ch, 4 * ch]
+  assert sched.over_capacity(ch, 32) == ((0,) if 16 * ch > 32 else ())
+  assert sched.over_capacity(ch, 16 * ch - 1) == (0,)
+  assert sched.over_capacity(ch, 16 * ch) == ()
+  assert sched.over_capacity(ch, 4 * ch - 1) == (0, 1, 2)
+  c.model.hidden_size = 8 * ch                      # stage 0 (4x4 patches) no longer fits
+  c.model.num_heads = 1
+  with pytest.warns(UserWarning, match=r"model.stages: stage 0's 4x4 patches .* flow.prediction='data'"):
+    registry.validate(c, info)
+  c.flow.prediction = "data"
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
     registry.validate(c, info)
 
 

@@ -61,6 +61,19 @@ class PatchSchedule:
     (h, w), (ph, pw) = self.image_size, self.patch_shapes[stage]
     return (h // ph) * (w // pw)
 
+  def values_per_token(self, stage: int, channels: int) -> int:
+    """Pixel values one token of `stage` carries in and out: ph * pw * channels."""
+    ph, pw = self.patch_shapes[stage]
+    return ph * pw * int(channels)
+
+  def over_capacity(self, channels: int, hidden_size: int) -> tuple[int, ...]:
+    """Stages whose tokens carry more pixel values than the model width. A velocity (or noise)
+    target holds a full-resolution noise part that the head must rebuild from one hidden vector
+    per token: with more values than dimensions that part cannot pass (the output layer's rank is
+    at most the width), so such a stage keeps a loss floor however long it trains. A data
+    prediction (flow.prediction = "data") targets the low-dimensional image instead."""
+    return tuple(s for s in range(self.num_stages) if self.values_per_token(s, channels) > int(hidden_size))
+
   def token_cost_ratio(self) -> float:
     """Time-averaged token count relative to the last (finest) stage: the paper's theoretical
     cost ratio (0.625 for 2 levels, 0.5 for 3 levels with the default boundaries). Counts only

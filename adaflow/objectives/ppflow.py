@@ -14,6 +14,7 @@ steps with its own network and CFG scale (`sample.cfg_scales`, one per stage; de
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence
 
 import jax
@@ -87,6 +88,15 @@ def validate_ppflow(config, info) -> None:
   if info is not None:
     schedule = schedule_lib.schedule_from_config(config, info.image_shape)
     n = schedule.num_stages
+    over = schedule.over_capacity(info.image_shape[-1], int(config.model.hidden_size))
+    if over and str(config.flow.prediction) != "data":
+      s = over[0]
+      warnings.warn(
+          f"model.stages: stage {s}'s {schedule.patch_shapes[s][0]}x{schedule.patch_shapes[s][1]} patches carry "
+          f"{schedule.values_per_token(s, info.image_shape[-1])} values per token, more than model.hidden_size "
+          f"{config.model.hidden_size}; a {config.flow.prediction} target cannot pass through such tokens (expect a "
+          "loss floor in that stage): use smaller stage patches, a wider model or flow.prediction='data'",
+          UserWarning, stacklevel=2)
     schedule_lib.batch_split(int(config.train.batch_size), [1.0] * n)
   else:
     stages = config.model.stages

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -41,6 +39,7 @@ from adaflow.models import dqvae as dq  # noqa: E402
 from adaflow.train.images import save_grid  # noqa: E402
 from adaflow.train.loop import train  # noqa: E402
 from adaflow.train.loop import load_trainer_and_params  # noqa: E402
+from experiments.common import machine_line, utc_now  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 RESULTS = os.path.join(ROOT, "experiments", "results")
@@ -226,9 +225,7 @@ def write_recon(rows: dict, floor, args):
 
 
 def header(cmd: str) -> str:
-  date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
-  return (f"Machine: 2-core CPU, no GPU ({platform.processor() or platform.machine()}), jax {jax.__version__}. "
-          f"Date: {date}. Other jobs may have shared the CPU.\n\nCommand: `{cmd}`\n")
+  return f"Machine: {machine_line()}. Date: {utc_now()}.\n\nCommand: `{cmd}`\n"
 
 
 def main():
@@ -244,6 +241,8 @@ def main():
   p.add_argument("--gen_runs", default="gumbel_0.5,entropy_0.5,fixed_0.5,fixed_1.0",
                  help="tokenizers (recon run names) to train a transformer on")
   p.add_argument("--workdir", default="/tmp/adaflow_bench_dq")
+  p.add_argument("--out", default=os.path.join(RESULTS, "dq.md"),
+                 help="results file (a subset of --runs can go to its own file without replacing dq.md's table)")
   args = p.parse_args()
   os.makedirs(RESULTS, exist_ok=True)
   cache = os.environ.get("ADAFLOW_CACHE") or os.path.join(args.workdir, ".adaflow_cache")
@@ -259,15 +258,15 @@ def main():
                            f"EMA 0.99 (small CPU budgets; far from converged). Metrics on {args.num_eval} crops "
                            f"(seed 999).\n\n" + write_recon(rows, floor, args))
       json.dump(sections, open(state_path, "w"))
-      write_results(sections)
+      write_results(sections, args.out)
     phase_recon(args, cache, on_row)
   if args.phase in ("gen", "all"):
     sections["gen"] = phase_gen(args, cache, cmd)
   json.dump(sections, open(state_path, "w"))
-  write_results(sections)
+  write_results(sections, args.out)
 
 
-def write_results(sections):
+def write_results(sections, path: str):
   out = ["# DQ-VAE / DQ-Transformer benchmark (experiments/bench_dq.py)", ""]
   if "recon" in sections:
     out += ["## Reconstruction: DQ-VAE vs fixed-grid VQ at equal code budgets", "", sections["recon"], "",
@@ -276,7 +275,8 @@ def write_results(sections):
             "`dq_map_entropy.png`.", ""]
   if "gen" in sections:
     out += ["## Generation: DQ-Transformer vs raster transformer on fixed VQ codes", "", sections["gen"], ""]
-  with open(os.path.join(RESULTS, "dq.md"), "w") as f:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
     f.write("\n".join(out))
   print("\n".join(out))
 

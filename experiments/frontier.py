@@ -265,17 +265,24 @@ def ppflow_dir(label: str) -> str:
 
 
 def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, log) -> tuple[dict, dict]:
-  """Trains (or resumes) every method from the dense snapshot; returns ({arm: dir}, {arm: seconds})."""
+  """Trains (or resumes) every method from the dense snapshot; returns ({arm: dir}, {arm: (seconds,
+  reused)}): seconds of training, reused = made by an earlier invocation (its seconds as recorded in
+  its DONE marker then; None if that run did not record them)."""
   dirs, secs = {}, {}
 
   def once(name, fn):
+    info = {"steps": ft_steps}
+
     def timed(d):
       t = time.time()
       fn(d)
-      secs[name] = time.time() - t
-      log(f"{name}: trained in {secs[name]:.0f}s")
+      info["train_seconds"] = round(time.time() - t, 1)      # kept in the DONE marker for --reuse reports
+      secs[name] = (info["train_seconds"], False)
+      log(f"{name}: trained in {info['train_seconds']:.0f}s")
     check_reused(os.path.join(work, name), {"steps": ft_steps})
-    dirs[name] = run_stage(work, name, timed, {"steps": ft_steps}, log=log)
+    dirs[name] = run_stage(work, name, timed, info, log=log)
+    if name not in secs:
+      secs[name] = (storage.read_json(os.path.join(dirs[name], "DONE")).get("train_seconds"), True)
 
   def ppflow(stages):
     def fn(d):
@@ -569,11 +576,15 @@ def report(args, ctx, arms, floor, secs, path_md, path_png) -> str:
            f"is at most the composed CI's high end {comp.res['fd_high']:.3f}): "
            + (f"{sp:.2f}x: **{'met' if sp >= 1.5 else 'not met'}**." if math.isfinite(sp) else
               "no dense setting is that good, the composed model is faster than all of them at better FD: **met**."))
-  L.append(f"- Whole benchmark on this machine: {ctx['total_s'] / 60:.1f} min (goal: < 90 min on a 2-core CPU with "
-           "the base cached).")
+  reused = {k: v for k, (v, r) in secs.items() if r}
+  known = sum(v for v in reused.values() if v is not None)
+  L.append(f"- Whole benchmark on this machine: {(ctx['total_s'] + known) / 60:.1f} min (this invocation "
+           f"{ctx['total_s'] / 60:.1f} min" + (f" + {known / 60:.1f} min of training recorded by the earlier invocation "
+           "that made the reused stages" if reused else "") + "; goal: < 90 min on a 2-core CPU with the base cached)"
+           + (" (some reused stages did not record their time)" if None in reused.values() else "") + ".")
   L.append("")
-  L.append("Training seconds (this run; stages reused from --work not counted): "
-           + (", ".join(f"{k} {v:.0f}" for k, v in secs.items()) or "none"))
+  L.append("Training seconds: " + (", ".join(
+      f"{k} {'?' if v is None else f'{v:.0f}'}{' (reused)' if r else ''}" for k, (v, r) in secs.items()) or "none"))
   L.append("")
   L.append(f"![frontier]({os.path.basename(path_png)})")
   text = "\n".join(L) + "\n"

@@ -64,6 +64,42 @@ def test_ppflow_arms_keep_coarse_tokens_within_the_width():
   assert tuple(m.compose.stages) == ((0.5, (4, 8)), (1.0, (4, 4)))
 
 
+class _FakeSampler:
+  class spec:
+    step_set = (4, 8, 16, 32)
+
+
+def _fake_arm(name, kind, steps, method, fd, ms, gflops, paired=True):
+  a = frontier.Arm(name, kind, _FakeSampler(), steps, method, 1000, paired=paired)
+  a.res = dict(fd=fd, fd_low=fd * 0.9, fd_high=fd * 1.1, acc=0.9, steps=float(steps or 12.5), nfe=float(2 * (steps or 12)),
+               gflops=gflops, ms=ms, compile_s=1.0, diff=0.1, diff_low=-0.1, diff_high=0.3)
+  return a
+
+
+def test_report_from_measured_arms(tmp_path):
+  # The report and plot the 90-minute run ends with, from fake measurements (no training): both comparisons,
+  # the goals of every PPFlow arm, and the training time of stages reused from an earlier invocation.
+  args = frontier.argparse.Namespace(smoke=False, ft_fraction=0.2, num_eval=2000, resamples=200, batch=200, reps=3,
+                                     steps=(4, 8, 32), method_steps=(8, 32), method_solver="heun")
+  arms = [_fake_arm(f"dense heun {s}", "dense", s, "heun", 8.0 / s, 0.1 * s, 0.1 * s) for s in (4, 8, 32)]
+  for kind in ("PPFlow-3", "PPFlow-2"):
+    arms += [_fake_arm(f"{kind} heun {s}", kind, s, "heun", 8.0 / s, 0.07 * s, 0.075 * s) for s in (8, 32)]
+  arms.append(_fake_arm("composed + policy", "composed + policy", None, None, 0.3, 0.5, 0.5, paired=False))
+  ctx = dict(date="2026-11-29", machine="m", flags="avx2", argv=["--reuse"], total_s=600.0, base="/b", base_step=100,
+             batch=64, base_images=6400, ft_images=1280, ft_steps=20, cfg=2.0, model="testbed", sel="policy",
+             ppflow="PPFlow-3 ...; PPFlow-2 ...")
+  secs = {"ppflow2": (60.0, False), "routed": (1200.0, True), "mod": (None, True)}
+  md, png = tmp_path / "f.md", tmp_path / "f.png"
+  frontier.plot(arms, 0.3, str(png))
+  text = frontier.report(args, ctx, arms, 0.3, secs, str(md), str(png))
+  assert png.stat().st_size > 0 and md.read_text() == text
+  assert "- PPFlow-3 at 32 heun steps" in text and "- PPFlow-2 at 32 heun steps" in text
+  assert "Whole benchmark on this machine: 30.0 min (this invocation 10.0 min + 20.0 min of training" in text
+  assert "(some reused stages did not record their time)" in text
+  assert "Training seconds: ppflow2 60, routed 1200 (reused), mod ? (reused)" in text
+  assert "Testbed check: FD at 4 heun steps" in text and "**outside**" in text
+
+
 def test_flops_count_one_call_per_step_for_multistep_and_two_for_heun():
   # The frontier compares solvers by FLOPs: AB2 reuses the previous step's velocity (1 call per step).
   c = composed_config(tiny_config())

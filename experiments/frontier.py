@@ -42,6 +42,11 @@ images, after a first call whose excess time is reported as compile time: near 0
 compilation cache, `--compile_cache`, already held the program); NFE (network
 evaluations per image, without the CFG doubling). Beside them the real-vs-real FD floor.
 
+Resumable: every stage keeps a DONE marker (with its training seconds) and every arm's quality
+measurement (features, FD, steps) is kept in <work>/quality keyed by the settings and its stage's
+marker, so `--reuse` after an interruption redoes only what is missing (timing always reruns, all
+arms interleaved).
+
 Writes `--out` (default experiments/results/frontier.md; with --smoke <work>/frontier_smoke.md) and
 the plot next to it (.png).
 """
@@ -335,9 +340,10 @@ def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, log) ->
 
 # ---- arms: a sampler at one setting ----------------------------------------------------------------
 class Arm:
-  def __init__(self, name, kind, sampler, steps, method, images, paired=True):
+  def __init__(self, name, kind, sampler, steps, method, images, paired=True, source=""):
     self.name, self.kind, self.sampler, self.steps, self.method = name, kind, sampler, steps, method
-    self.images, self.paired = images, paired
+    self.images, self.paired, self.source = images, paired, source   # source: the stage dir it samples
+    self.first_call = None
     self.times = []
     self.res = {}
 
@@ -365,28 +371,30 @@ def build_arms(c, dense: str, dirs: dict, args, info, base_images: int, ft_image
   dense_s = sampler_of(dense, info)
   for m in args.solvers:
     for s in args.steps:
-      arms.append(Arm(f"dense {m} {s}", "dense", dense_s, s, m, base_images))
+      arms.append(Arm(f"dense {m} {s}", "dense", dense_s, s, m, base_images, source=dense))
   # the pipeline's own config (its group count), not stage 1's (the base's)
   g_gen, g_params, _ = load_grouped(dirs["grouped"], merged_config(
       storage.read_json(os.path.join(dirs["grouped"], "config.json"))))
-  methods = [(label, sampler_of(dirs[ppflow_dir(label)], info)) for label, _ in ppflow_stages(c)]
-  methods += [("DiffCR (learned ratios)", sampler_of(dirs["routed"], info)),
-             (f"MoD fixed ratio {c.routing.target}", sampler_of(dirs["mod"], info)),
-             ("train-then-prune", ComposedSampler(g_gen.config, info, g_params))]
+  methods = [(label, sampler_of(dirs[ppflow_dir(label)], info), dirs[ppflow_dir(label)])
+             for label, _ in ppflow_stages(c)]
+  methods += [("DiffCR (learned ratios)", sampler_of(dirs["routed"], info), dirs["routed"]),
+              (f"MoD fixed ratio {c.routing.target}", sampler_of(dirs["mod"], info), dirs["mod"]),
+              ("train-then-prune", ComposedSampler(g_gen.config, info, g_params), dirs["grouped"])]
   gcfg, _, gparams, _ = recipe_lib.load_composed(dirs["composed"], selector=False)
-  methods.append(("composed (no policy)", ComposedSampler(gcfg, info, gparams)))
-  for name, smp in methods:
+  methods.append(("composed (no policy)", ComposedSampler(gcfg, info, gparams), dirs["composed"]))
+  for name, smp, src in methods:
     for s in args.method_steps:
-      arms.append(Arm(f"{name} {args.method_solver} {s}", name, smp, s, args.method_solver, base_images + ft_images))
+      arms.append(Arm(f"{name} {args.method_solver} {s}", name, smp, s, args.method_solver, base_images + ft_images,
+                      source=src))
   sc = composed_config(config_of(dense))
   sc.compose.selector = True
   sc.selector = c.selector
   arms.append(Arm("AdaDiff policy", "AdaDiff", ComposedSampler(sc, info, load_params(dense),
                                                                 load_params(dirs["adadiff"], ema=False)),
-                  None, None, base_images, paired=False))
+                  None, None, base_images, paired=False, source=dirs["adadiff"]))
   cfg, _, params, policy = recipe_lib.load_composed(dirs["composed"])
   arms.append(Arm("composed + policy", "composed + policy", ComposedSampler(cfg, info, params, policy),
-                  None, None, base_images + ft_images, paired=False))
+                  None, None, base_images + ft_images, paired=False, source=dirs["composed"]))
   return arms
 
 
@@ -401,12 +409,48 @@ def features(classifier, images) -> tuple[np.ndarray, np.ndarray]:
   return np.concatenate(f), np.concatenate(p)
 
 
-def measure(arms, classifier, args, info, log) -> None:
+def quality_key(a, args) -> str:
+  """What an arm's quality measurement depends on: the settings and its stage's DONE marker (which
+  records when and how long it trained, so a retrained stage never reuses old samples)."""
+  marker = os.path.join(a.source, "DONE")
+  done = storage.read_json(marker) if a.source and storage.exists(marker) else None
+  return json.dumps({"arm": a.name, "num_eval": args.num_eval, "batch": args.batch, "resamples": args.resamples,
+                     "stage": a.source, "done": done}, sort_keys=True)
+
+
+def cached_quality(a, args, cache_dir: str) -> bool:
+  """Loads an arm's quality measurement (features, steps, results) saved by an interrupted run with
+  the same key; True if it did."""
+  base = os.path.join(cache_dir, a.name.replace(" ", "_").replace("/", "_"))
+  if not (os.path.exists(base + ".json") and os.path.exists(base + ".npz")):
+    return False
+  meta = storage.read_json(base + ".json")
+  if meta.get("key") != quality_key(a, args):
+    return False
+  with np.load(base + ".npz", allow_pickle=False) as z:
+    a.feats, a.steps_per_image = z["feats"], z["steps"]
+  a.res.update(meta["res"])
+  return True
+
+
+def save_quality(a, args, cache_dir: str) -> None:
+  os.makedirs(cache_dir, exist_ok=True)
+  base = os.path.join(cache_dir, a.name.replace(" ", "_").replace("/", "_"))
+  np.savez(base + ".npz", feats=a.feats, steps=a.steps_per_image)
+  storage.write_json(base + ".json", {"key": quality_key(a, args), "res": a.res})
+
+
+def measure(arms, classifier, args, info, log, cache_dir: str = "") -> None:
+  """Quality of every arm (cached per arm in `cache_dir` when given, so an interrupted run resumes),
+  then interleaved timing of every arm, then the paired differences to dense."""
   labels = balanced_labels(args.num_eval, info.num_classes)
   time_labels = balanced_labels(args.batch, info.num_classes)
   ref = ReferenceFD(*classifier.reference_stats)
   key = jax.random.PRNGKey(1234)
   for a in arms:
+    if cache_dir and cached_quality(a, args, cache_dir):
+      log(f"{a.name}: quality measured by an earlier run (FD {a.res['fd']:.3f}); reusing it")
+      continue
     t = time.perf_counter()
     a.sample(time_labels, jax.random.PRNGKey(99), args.batch)      # compiles this setting
     a.first_call = time.perf_counter() - t
@@ -420,6 +464,13 @@ def measure(arms, classifier, args, info, log) -> None:
              else a.sampler.flops_per_image(steps=a.steps, method=a.method))
     a.res["gflops"] = flops / 1e9
     log(f"{a.name}: FD {iv}, acc {a.res['acc']:.3f}, avg steps {a.res['steps']:.2f}, {a.res['gflops']:.3f} GFLOPs")
+    if cache_dir:
+      save_quality(a, args, cache_dir)
+  for a in arms:
+    if a.first_call is None:     # quality came from the cache: compile this setting before timing
+      t = time.perf_counter()
+      a.sample(time_labels, jax.random.PRNGKey(99), args.batch)
+      a.first_call = time.perf_counter() - t
   for _ in range(args.reps):      # interleaved: load changes hit every arm alike
     for a in arms:
       t = time.perf_counter()
@@ -653,7 +704,7 @@ def main(argv=None):
   floor = real_vs_real_fd(classifier, c.data, args.num_eval)
   log(f"real-vs-real FD floor ({args.num_eval} vs {args.num_eval}): {floor:.3f}")
   arms = build_arms(c, dense, dirs, args, info, base_images, ft_steps * bs)
-  measure(arms, classifier, args, info, log)
+  measure(arms, classifier, args, info, log, cache_dir=os.path.join(args.work, "quality"))
 
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   png = os.path.splitext(args.out)[0] + ".png"

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,6 +99,26 @@ def test_report_from_measured_arms(tmp_path):
   assert "(some reused stages did not record their time)" in text
   assert "Training seconds: ppflow2 60, routed 1200 (reused), mod ? (reused)" in text
   assert "Testbed check: FD at 4 heun steps" in text and "**outside**" in text
+
+
+def test_quality_cache_resumes_an_interrupted_measurement_and_never_outlives_its_stage(tmp_path):
+  args = frontier.argparse.Namespace(num_eval=2000, batch=200, resamples=200)
+  stage = tmp_path / "routed"
+  stage.mkdir()
+  (stage / "DONE").write_text('{"steps": 20, "train_seconds": 61.0}')
+  a = _fake_arm("DiffCR (learned ratios) heun 8", "DiffCR (learned ratios)", 8, "heun", 0.44, 1.0, 3.0)
+  a.source = str(stage)
+  a.feats, a.steps_per_image = np.random.default_rng(0).normal(size=(6, 4)), np.full(6, 8)
+  cache = str(tmp_path / "quality")
+  frontier.save_quality(a, args, cache)
+  b = _fake_arm(a.name, a.kind, 8, "heun", 9.9, 1.0, 3.0)
+  b.source, b.res = str(stage), {}
+  assert frontier.cached_quality(b, args, cache)
+  np.testing.assert_array_equal(b.feats, a.feats)
+  assert b.res["fd"] == 0.44 and b.first_call is None          # timing (and compiling) still happens
+  assert not frontier.cached_quality(b, frontier.argparse.Namespace(num_eval=1000, batch=200, resamples=200), cache)
+  (stage / "DONE").write_text('{"steps": 20, "train_seconds": 75.0}')   # the stage was trained again
+  assert not frontier.cached_quality(b, args, cache)
 
 
 def test_flops_count_one_call_per_step_for_multistep_and_two_for_heun():

@@ -1,0 +1,34 @@
+"""experiments/bench_vs_torch.py's report from fake measurements: the script runs for tens of minutes
+before it writes anything, so its report must not be the first thing to fail (it once did, on a
+changed helper signature)."""
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from experiments import bench_vs_torch as bench  # noqa: E402
+
+
+def test_report_from_fake_measurements(tmp_path):
+  ada = bench.ada_label()
+  mib = 2 ** 20
+  times = {ada: {"forward": [1.0, 1.2], "train": [4.0, 4.4]},
+           "torch eager": {"forward": [2.0, 2.0], "train": [8.0, 8.0]},
+           "torch bf16": {"forward": [1.0, 1.0], "train": [2.0, 2.0]}}
+  mem = {ada: {"train": {"total": 2000 * mib, "temp": 1600 * mib, "args": 400 * mib},
+               "forward": {"total": 300 * mib, "temp": 200 * mib, "args": 100 * mib}},
+         "torch eager": {"train": 4000 * mib, "forward": 2000 * mib},
+         "torch bf16": {"error": "killed"}}
+  results = {"S": {"times": times, "mem": mem, "params": (32.5e6, 35.2e6)}}
+  a = argparse.Namespace(sizes="S", batch=32, reps=2, modes="eager,bf16", profile=False, note="a note.",
+                         out=str(tmp_path / "vs_torch.md"), load_start=(0.1, 0.2, 0.3))
+  bench.write_report(a, results, ["DiT-S/2 torch compile: failed (x)"], {}, 60.0)
+  text = (tmp_path / "vs_torch.md").read_text()
+  assert "CPU flags (matmul-relevant):" in text and "adaflow compute dtype: compute dtype" in text
+  row = next(l for l in text.splitlines() if l.startswith("| DiT-S/2 | torch eager"))
+  # adaflow: 32 / 1.1 s forward, 32 / 4.2 s train; torch eager 32 / 2 s, 32 / 8 s
+  assert "| 1.82x | 1.90x | 0.50x |" in row, row
+  assert "- DiT-S/2 vs torch bf16: 0.48x -> BELOW the bar" in text
+  assert "a note." in text and "DiT-S/2 torch compile: failed (x)" in text

@@ -27,6 +27,9 @@ training images):
   AdaDiff     a step policy (arXiv 2311.14768) over the frozen base (no training images; its
               reward classifier is selector.classifier_seed, never the evaluation's).
   composed    adaflow.pipelines.recipe from the base: PPFlow -> routing -> grouped -> policy.
+  scratch     the composed recipe's PPFlow stages trained from random weights with the base's recipe
+              for the whole budget of a fine-tuned arm (base + fine-tune images): PPFlow's paper
+              reports training from scratch beside converting a pretrained DiT.
 
 Fine-tuning budget: `--ft_fraction` (0.2) of the base's training images (its checkpoint step x
 batch) per method; the composed recipe splits it over its three fine-tunes; train-then-prune over
@@ -40,7 +43,10 @@ steps and solver (same bootstrap rows for both); class accuracy; analytic FLOPs 
 (adaflow.compose.flops); ms/image steady-state (median of `--reps` interleaved calls of `--batch`
 images, after a first call whose excess time is reported as compile time: near 0 when the persistent
 compilation cache, `--compile_cache`, already held the program); NFE (network
-evaluations per image, without the CFG doubling). Beside them the real-vs-real FD floor.
+evaluations per image, without the CFG doubling). Beside them two floors: real-vs-real (two disjoint
+sets of `--num_eval` real images) and real-vs-reference (`--num_eval` real images, drawn with another
+seed than the classifier's, scored against the same reference statistics and bootstrap as every arm:
+what a generator that samples the data distribution exactly would score under this protocol).
 
 Resumable: every stage keeps a DONE marker (with its training seconds) and every arm's quality
 measurement (features, FD, steps) is kept in <work>/quality keyed by the settings and its stage's
@@ -269,6 +275,10 @@ def ppflow_dir(label: str) -> str:
   return "ppflow" if label == "PPFlow-3" else label.lower().replace("-", "")
 
 
+def scratch_dir(label: str) -> str:
+  return ppflow_dir(label) + "_scratch"
+
+
 def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, log) -> tuple[dict, dict]:
   """Trains (or resumes) every method from the dense snapshot; returns ({arm: dir}, {arm: (seconds,
   reused)}): seconds of training, reused = made by an earlier invocation (its seconds as recorded in
@@ -325,6 +335,18 @@ def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, log) ->
 
   once("adadiff", lambda d: train(recipe_lib.selector_config(c, dense), d))
 
+  label, stages = ppflow_stages(c)[-1]
+
+  def scratch(d):
+    # PPFlow's paper also trains its model from scratch: same stages, the base's recipe (lr schedule,
+    # batch), the whole budget of a fine-tuned arm (base + fine-tune images); no dense checkpoint.
+    sc = recipe_lib._base(c, scratch_dir(label), base_steps + ft_steps, finetune=False)
+    sc.objective = "ppflow"
+    sc.model.stages = stages
+    sc.sample.cfg_scales = c.sample.cfg_scales
+    train(sc, d)
+  once(scratch_dir(label), scratch)
+
   def composed(d):
     rc = c.copy_and_resolve_references()
     cc = rc.compose
@@ -380,6 +402,8 @@ def build_arms(c, dense: str, dirs: dict, args, info, base_images: int, ft_image
   methods += [("DiffCR (learned ratios)", sampler_of(dirs["routed"], info), dirs["routed"]),
               (f"MoD fixed ratio {c.routing.target}", sampler_of(dirs["mod"], info), dirs["mod"]),
               ("train-then-prune", ComposedSampler(g_gen.config, info, g_params), dirs["grouped"])]
+  label = ppflow_stages(c)[-1][0]
+  methods.append((f"{label} from scratch", sampler_of(dirs[scratch_dir(label)], info), dirs[scratch_dir(label)]))
   gcfg, _, gparams, _ = recipe_lib.load_composed(dirs["composed"], selector=False)
   methods.append(("composed (no policy)", ComposedSampler(gcfg, info, gparams), dirs["composed"]))
   for name, smp, src in methods:
@@ -489,12 +513,20 @@ def measure(arms, classifier, args, info, log, cache_dir: str = "") -> None:
     a.res.update(diff=diff.value, diff_low=diff.low, diff_high=diff.high)
 
 
+def real_reference_fd(classifier, data_config, args, seed: int):
+  """FD [95% CI] of `--num_eval` real images (seed != the classifier's) against the reference
+  statistics, bootstrapped like an arm: the score of a generator that samples the data exactly."""
+  images, _ = data_lib.load_arrays(data_config, num=args.num_eval, seed=seed)
+  feats, _ = features(classifier, images)
+  return fd_interval(feats, ReferenceFD(*classifier.reference_stats), num_resamples=args.resamples)
+
+
 # ---- report ------------------------------------------------------------------------------------
 def ci(r, k="fd") -> str:
   return f"{r[k]:.3f} [{r[k + '_low']:.3f}, {r[k + '_high']:.3f}]"
 
 
-def plot(arms, floor: float, path: str) -> None:
+def plot(arms, floor: float, floor_ref, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -512,7 +544,9 @@ def plot(arms, floor: float, path: str) -> None:
     ax.errorbar([a.res["ms"] for a in pts], [a.res["fd"] for a in pts], yerr=np.clip(err, 0, None),
                 fmt="*" if kind.startswith("composed") else "s", ms=9 if kind.startswith("composed") else 6,
                 capsize=2, label=kind)
-  ax.axhline(floor, color="gray", lw=0.8, ls=":", label="real vs real (floor)")
+  ax.axhline(floor, color="gray", lw=0.8, ls=":", label="real vs real")
+  ax.axhspan(floor_ref.low, floor_ref.high, color="gray", alpha=0.15, lw=0)
+  ax.axhline(floor_ref.value, color="gray", lw=0.8, ls="--", label="real vs reference (a perfect generator)")
   ax.set_xscale("log")
   ax.set_xlabel("sampling wall-clock, ms / image (log)")
   ax.set_ylabel("FD, classifier features (95% bootstrap CI)")
@@ -532,7 +566,7 @@ def cpu_flags() -> str:
   return " ".join(sorted(w for w in ("avx512_bf16", "amx_bf16", "avx2") if w in words)) or "none of avx2/avx512_bf16/amx_bf16"
 
 
-def report(args, ctx, arms, floor, secs, path_md, path_png) -> str:
+def report(args, ctx, arms, floor, floor_ref, secs, path_md, path_png) -> str:
   dense = {(a.method, a.steps): a for a in arms if a.kind == "dense"}
   L = ["# Less compute at equal quality: dense frontier and methods from one dense checkpoint"
        + (" (SMOKE: tiny budgets, numbers meaningless)" if args.smoke else ""), ""]
@@ -545,7 +579,9 @@ def report(args, ctx, arms, floor, secs, path_md, path_png) -> str:
   L.append(f"PPFlow stages (t_end, patch): {ctx['ppflow']}.")
   L.append(f"Quality: {args.num_eval} class-balanced samples per arm, same labels and noise for every arm; FD of "
            f"classifier features (not Inception) with a bootstrap 95% interval ({args.resamples} resamples); "
-           f"real-vs-real floor ({args.num_eval} vs {args.num_eval} real images): **{floor:.3f}**. Timing: "
+           f"floors: real-vs-reference ({args.num_eval} real images scored like an arm, i.e. a perfect generator) "
+           f"**{floor_ref.value:.3f} [{floor_ref.low:.3f}, {floor_ref.high:.3f}]**, real-vs-real ({args.num_eval} vs "
+           f"{args.num_eval} real images, both halves finite) {floor:.3f}. Timing: "
            f"{args.batch} images per call, median of {args.reps} interleaved calls after the first (compile "
            "time = first call minus steady). NFE: network evaluations per image without the CFG doubling "
            f"(CFG scale {ctx['cfg']}: every evaluation runs twice).")
@@ -621,6 +657,13 @@ def report(args, ctx, arms, floor, secs, path_md, path_png) -> str:
     L.append(f"- {kind} at {max(args.method_steps)} {ms} steps: FD {fd:.3f} {'within' if within else 'NOT within'} the "
              f"dense CI (<= {d['fd_high']:.3f}); measured speed-up {sp_ms:.2f}x "
              f"{'>=' if fast else '<'} its FLOPs speed-up {sp_fl:.2f}x: **{'met' if within and fast else 'not met'}**.")
+  top = max(args.method_steps)
+  scratch = {a.kind: a for a in arms if a.kind.endswith(" from scratch") and a.steps == top}
+  for kind, a in scratch.items():
+    conv = next((b for b in arms if b.kind == kind[:-len(" from scratch")] and b.steps == top), None)
+    if conv is not None:
+      L.append(f"- {kind} vs converted from the dense base, both {a.images} training images in all, at {top} {ms} "
+               f"steps: FD {ci(a.res)} vs {ci(conv.res)} (dense {ci(dense[(ms, top)].res)}).")
   comp = next(a for a in arms if a.kind == "composed + policy")
   sp = comp.res["beyond"]
   L.append(f"- Composed + policy beyond the dense frontier (>= 1.5x faster than the fastest dense setting whose FD "
@@ -703,12 +746,14 @@ def main(argv=None):
   classifier = get_classifier(c.data, args.cache, seed=int(c.eval.classifier_seed), log=log)
   floor = real_vs_real_fd(classifier, c.data, args.num_eval)
   log(f"real-vs-real FD floor ({args.num_eval} vs {args.num_eval}): {floor:.3f}")
+  floor_ref = real_reference_fd(classifier, c.data, args, seed=int(c.eval.classifier_seed) + 1000)
+  log(f"real-vs-reference FD floor ({args.num_eval} real images): {floor_ref}")
   arms = build_arms(c, dense, dirs, args, info, base_images, ft_steps * bs)
   measure(arms, classifier, args, info, log, cache_dir=os.path.join(args.work, "quality"))
 
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   png = os.path.splitext(args.out)[0] + ".png"
-  plot(arms, floor, png)
+  plot(arms, floor, floor_ref, png)
   m = bcfg.model
   ctx = dict(date=date, machine=machine, flags=cpu_flags(), argv=argv_text, total_s=time.time() - t0, base=base,
              base_step=base_step, batch=bs, base_images=base_images, ft_images=ft_steps * bs, ft_steps=ft_steps,
@@ -717,7 +762,7 @@ def main(argv=None):
                    f"{m.hidden_size} depth {m.depth} patch {m.patch_size}",
              sel=f"{c.compose.selector_steps} steps x {c.compose.selector_batch} labels, step set "
                  f"{tuple(c.selector.step_set)}, reward {c.selector.quality}")
-  text = report(args, ctx, arms, floor, secs, args.out, png)
+  text = report(args, ctx, arms, floor, floor_ref, secs, args.out, png)
   print(text)
   with open(os.path.join(args.work, "frontier.json"), "w") as f:
     json.dump({a.name: dict(a.res, times=a.times, images=a.images) for a in arms}, f, indent=1)

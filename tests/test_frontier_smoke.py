@@ -15,6 +15,7 @@ sys.path.insert(0, ROOT)
 from adaflow import data as data_lib  # noqa: E402
 from adaflow.compose import flops as flops_lib  # noqa: E402
 from adaflow.compose.generator import ComposedGenerator, composed_config  # noqa: E402
+from adaflow.eval.bootstrap import Interval  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 from experiments import frontier  # noqa: E402
 
@@ -85,20 +86,27 @@ def test_report_from_measured_arms(tmp_path):
   arms = [_fake_arm(f"dense heun {s}", "dense", s, "heun", 8.0 / s, 0.1 * s, 0.1 * s) for s in (4, 8, 32)]
   for kind in ("PPFlow-3", "PPFlow-2"):
     arms += [_fake_arm(f"{kind} heun {s}", kind, s, "heun", 8.0 / s, 0.07 * s, 0.075 * s) for s in (8, 32)]
+  arms += [_fake_arm(f"PPFlow-2 from scratch heun {s}", "PPFlow-2 from scratch", s, "heun", 9.0 / s, 0.07 * s, 0.075 * s)
+           for s in (8, 32)]
   arms.append(_fake_arm("composed + policy", "composed + policy", None, None, 0.3, 0.5, 0.5, paired=False))
   ctx = dict(date="2026-11-29", machine="m", flags="avx2", argv=["--reuse"], total_s=600.0, base="/b", base_step=100,
              batch=64, base_images=6400, ft_images=1280, ft_steps=20, cfg=2.0, model="testbed", sel="policy",
              ppflow="PPFlow-3 ...; PPFlow-2 ...")
   secs = {"ppflow2": (60.0, False), "routed": (1200.0, True), "mod": (None, True)}
   md, png = tmp_path / "f.md", tmp_path / "f.png"
-  frontier.plot(arms, 0.3, str(png))
-  text = frontier.report(args, ctx, arms, 0.3, secs, str(md), str(png))
+  floor_ref = Interval(0.2, 0.15, 0.26)
+  frontier.plot(arms, 0.3, floor_ref, str(png))
+  text = frontier.report(args, ctx, arms, 0.3, floor_ref, secs, str(md), str(png))
   assert png.stat().st_size > 0 and md.read_text() == text
   assert "- PPFlow-3 at 32 heun steps" in text and "- PPFlow-2 at 32 heun steps" in text
   assert "Whole benchmark on this machine: 30.0 min (this invocation 10.0 min + 20.0 min of training" in text
   assert "(some reused stages did not record their time)" in text
   assert "Training seconds: ppflow2 60, routed 1200 (reused), mod ? (reused)" in text
   assert "Testbed check: FD at 4 heun steps" in text and "**outside**" in text
+  assert "real-vs-reference (2000 real images scored like an arm, i.e. a perfect generator) **0.200 [0.150, 0.260]**" in text
+  assert ("- PPFlow-2 from scratch vs converted from the dense base, both 1000 training images in all, at 32 heun steps: "
+          "FD 0.281 [0.253, 0.309] vs 0.250 [0.225, 0.275]") in text
+  assert "real-vs-real (2000 vs 2000 real images, both halves finite) 0.300" in text
 
 
 def test_quality_cache_resumes_an_interrupted_measurement_and_never_outlives_its_stage(tmp_path):
@@ -143,10 +151,11 @@ def test_smoke_writes_both_comparisons_with_intervals(tmp_path):
   text = (tmp_path / "frontier_smoke.md").read_text()
   assert (tmp_path / "frontier_smoke.png").stat().st_size > 0
   assert "SMOKE" in text
-  assert "## Dense frontier" in text and "real-vs-real floor" in text
+  assert "## Dense frontier" in text and re.search(r"real-vs-reference .*\*\*" + CI + r"\*\*", text)
   assert "## (a) Equal steps" in text and "## (b) Frontier" in text
   equal = text.split("## (a) Equal steps")[1].split("## (b)")[0]
-  for method in ("PPFlow-3", "DiffCR (learned ratios)", "MoD fixed ratio", "train-then-prune", "composed (no policy)"):
+  for method in ("PPFlow-3", "DiffCR (learned ratios)", "MoD fixed ratio", "train-then-prune", "composed (no policy)",
+                 "PPFlow-3 from scratch"):   # smoke width 64: PPFlow-2 does not fit either, PPFlow-3 is the recipe's
     row = next(l for l in equal.splitlines() if l.startswith(f"| {method}"))
     assert len(re.findall(CI, row)) == 3, row      # method FD, dense FD, paired difference: each with a CI
   dense_rows = [l for l in text.split("## Dense frontier")[1].split("##")[0].splitlines() if re.match(r"\| (euler|heun|ab2) \|", l)]

@@ -1,0 +1,149 @@
+"""The attention block before and after issue #18's change, side by side in one run.
+
+    flock /tmp/adaflow-bench.lock python experiments/bench_attention.py [--sizes S,B] [--batch 32] [--reps 5]
+
+Both variants are one DiT attention block (qkv projection, attention core, output projection) on
+[B, N, D] tokens with DiT-S/2 or DiT-B/2 shapes at 256 tokens, float32 params:
+
+  * `einsum (before #18)`: the previous `adaflow.models.dit.Attention`: qkv projected to float32,
+    heads transposed to [B, H, N, hd], logits and values through `layers.matmul` (bf16 inputs,
+    float32 accumulation in the bf16 setting), softmax in float32, heads transposed back.
+  * `dot_product_attention (now)`: the current module: qkv left in the compute dtype,
+    `jax.nn.dot_product_attention` on [B, N, H, hd] (no head transposes; XLA's implementation on
+    CPU, cuDNN's fused kernel on GPUs where it applies).
+
+Measured per compute dtype (bfloat16 and float32): jitted forward and forward + backward
+(gradients w.r.t. params and input of sum(out * cotangent)), median of `--reps` interleaved calls
+after one warm-up call; compile time reported separately. Writes
+experiments/results/attention.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from adaflow.models import dit, layers  # noqa: E402
+from experiments.common import machine_line, utc_now, write_report  # noqa: E402
+
+SIZES = {"S": (384, 6), "B": (768, 12)}
+TOKENS = 256
+
+
+class EinsumAttention(nn.Module):
+  """adaflow.models.dit.Attention as it was before issue #18 (kept here as the baseline)."""
+  hidden: int
+  num_heads: int
+  head_dim: int
+  dtype: object
+
+  @nn.compact
+  def __call__(self, x):
+    """x: [B, N, D] -> [B, N, D]."""
+    b, n, _ = x.shape
+    h, hd = self.num_heads, self.head_dim
+    qkv = layers.dense(3 * h * hd, axes=("embed", "heads"), dtype=self.dtype, name="qkv")(x)
+    qkv = qkv.reshape(b, n, 3, h, hd).transpose(2, 0, 3, 1, 4)          # [3, B, H, N, hd]
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    logits = layers.matmul("bhqd,bhkd->bhqk", q * (hd ** -0.5), k, self.dtype)
+    probs = jax.nn.softmax(logits, axis=-1)                             # float32
+    out = layers.matmul("bhqk,bhkd->bhqd", probs, v, self.dtype)
+    out = out.transpose(0, 2, 1, 3).reshape(b, n, h * hd)
+    return layers.dense(self.hidden, axes=("heads", "embed"), dtype=self.dtype, name="proj")(out)
+
+
+def programs(module, x, ct):
+  """(forward, forward + backward) jitted functions of params and the params themselves."""
+  params = module.init(jax.random.PRNGKey(0), x)
+
+  def loss(p, xx):
+    return jnp.sum(module.apply(p, xx).astype(jnp.float32) * ct)
+  fwd = jax.jit(lambda p, xx: module.apply(p, xx))
+  bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  return params, fwd, bwd
+
+
+def block(tree):
+  jax.tree_util.tree_map(lambda a: a.block_until_ready(), tree)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--sizes", default="S,B")
+  ap.add_argument("--batch", type=int, default=32)
+  ap.add_argument("--reps", type=int, default=5)
+  ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "attention.md"))
+  a = ap.parse_args(argv)
+  for s in a.sizes.split(","):
+    if s not in SIZES:
+      raise ValueError(f"--sizes: unknown size {s!r}; use a comma list of {sorted(SIZES)}")
+  if a.batch < 1 or a.reps < 1:
+    raise ValueError("--batch and --reps must be >= 1")
+  machine, date = machine_line(), utc_now()
+  t_start = time.time()
+  rows = []
+  for size in a.sizes.split(","):
+    hidden, heads = SIZES[size]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((a.batch, TOKENS, hidden)), jnp.float32)
+    ct = jnp.asarray(rng.standard_normal((a.batch, TOKENS, hidden)), jnp.float32)
+    for dtype in (jnp.bfloat16, jnp.float32):
+      variants = {"einsum (before #18)": EinsumAttention(hidden, heads, hidden // heads, dtype),
+                  "dot_product_attention (now)": dit.Attention(hidden, heads, hidden // heads, dtype)}
+      progs, compile_s = {}, {}
+      for name, mod in variants.items():
+        params, fwd, bwd = programs(mod, x, ct)
+        t = time.perf_counter()
+        fwd_c = fwd.lower(params, x).compile()
+        bwd_c = bwd.lower(params, x).compile()
+        compile_s[name] = time.perf_counter() - t
+        block(fwd_c(params, x))
+        block(bwd_c(params, x))           # warm-up
+        progs[name] = (params, fwd_c, bwd_c)
+      out = {n: np.asarray(progs[n][1](progs[n][0], x), np.float32) for n in progs}
+      a_out, b_out = out.values()
+      rel = float(np.linalg.norm(a_out - b_out) / np.linalg.norm(a_out))
+      times = {n: {"fwd": [], "bwd": []} for n in progs}
+      for _ in range(a.reps):             # interleaved: load drift hits both alike
+        for n, (params, fwd_c, bwd_c) in progs.items():
+          t = time.perf_counter()
+          block(fwd_c(params, x))
+          times[n]["fwd"].append(time.perf_counter() - t)
+          t = time.perf_counter()
+          block(bwd_c(params, x))
+          times[n]["bwd"].append(time.perf_counter() - t)
+      med = {n: {k: float(np.median(v)) for k, v in tt.items()} for n, tt in times.items()}
+      base = med["einsum (before #18)"]
+      for n in progs:
+        rows.append(f"| DiT-{size}/2 | {jnp.dtype(dtype).name} | {n} | {1e3 * med[n]['fwd']:.1f} | "
+                    f"{1e3 * med[n]['bwd']:.1f} | {base['fwd'] / med[n]['fwd']:.2f}x | "
+                    f"{base['bwd'] / med[n]['bwd']:.2f}x | {compile_s[n]:.1f} | "
+                    f"{'-' if n.startswith('einsum') else f'{rel:.1e}'} |")
+      print(rows[-2], rows[-1], sep="\n", flush=True)
+  load_end = "{:.1f} / {:.1f} / {:.1f}".format(*os.getloadavg())
+  argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+  text = "\n".join([
+      "# Attention block before and after issue #18: einsum path vs jax.nn.dot_product_attention", "",
+      f"- {machine}; load average at the end {load_end}; {date}; total {time.time() - t_start:.0f} s.",
+      f"- Command: `{' '.join(['python experiments/bench_attention.py', argv_text]).strip()}`.",
+      f"- One attention block (qkv projection + attention + output projection), batch {a.batch}, {TOKENS} tokens, "
+      f"float32 params; median of {a.reps} interleaved calls after a warm-up; forward+backward = gradients w.r.t. "
+      "params and input. Speed-up = einsum time / this time (same run). Rel. diff = ||out_now - out_before|| / "
+      "||out_before|| of the forward outputs (same params).", "",
+      "| model | compute dtype | attention | forward ms | forward+backward ms | speed-up fwd | speed-up fwd+bwd | "
+      "compile s | rel. diff |",
+      "|---|---|---|---:|---:|---:|---:|---:|---:|", *rows, ""])
+  write_report(text, a.out)
+
+
+if __name__ == "__main__":
+  main()

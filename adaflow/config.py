@@ -115,6 +115,8 @@ def validate_model(config, info) -> None:
   _require(isinstance(m.scan_blocks, bool), "model.scan_blocks", f"must be True or False, got {m.scan_blocks!r}")
   _require(m.dtype in ("auto", "bfloat16", "float32", "float16"), "model.dtype",
            f"must be auto, bfloat16, float32 or float16, got {m.dtype!r}")
+  _require(m.attention in ("auto", "einsum", "dot_product_attention"), "model.attention",
+           f"must be auto, einsum or dot_product_attention, got {m.attention!r}")
 
 
 def validate_objective_fields(config) -> None:

@@ -62,6 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
       # matrix: with scan_blocks, DiT-S/2 batch 32 plans 2.5 GiB instead of 7.1 GiB at ~the same step time
       # (experiments/results/train_memory.md).
       remat="dots_no_batch",
+      # The attention core: "auto" (jax.nn.dot_product_attention on GPUs, for cuDNN's fused kernel; the einsum
+      # path elsewhere, faster on XLA:CPU: experiments/results/attention.md) | "dot_product_attention" | "einsum".
+      attention="auto",
       scan_blocks=True,       # identical blocks as one lax.scan body (HLO size independent of depth)
       stage_groups=((1, 1),),
       # PPFlow patch schedule ((t_end, (ph, pw)), ...), noise first; only objective 'ppflow' uses it.

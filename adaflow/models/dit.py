@@ -24,7 +24,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from adaflow.models import layers
 from adaflow.models.patchify import StagePatchEmbed, StageUnpatchify, stage_position_embedding
-from adaflow.parallel.precision import resolve_compute_dtype
+from adaflow.parallel.precision import ATTENTION_IMPLS, resolve_attention, resolve_compute_dtype
 from adaflow.parallel.remat import remat_policy
 
 # name -> (depth, hidden_size, num_heads), as in the DiT paper (Table 1).
@@ -38,13 +38,21 @@ DIT_SIZES = {
 
 class Attention(nn.Module):
   """Multi-head self-attention over the given tokens; `num_heads * head_dim` may differ from D
-  (pruned heads). The core is `jax.nn.dot_product_attention` with the implementation left to JAX
-  (cuDNN fused attention on GPUs where it applies, XLA elsewhere): q/k/v in `dtype`, logits and
-  softmax in float32, output in `dtype`."""
+  (pruned heads). Logits and softmax in float32; matmul inputs in `dtype`.
+
+  `impl` (resolved from `model.attention` by `adaflow.parallel.precision.resolve_attention`):
+    "einsum": q, k, v as [B, H, N, hd] through `layers.matmul` (compute-dtype inputs, float32
+      accumulation and output): XLA:CPU's fast batched-matmul path; 1.4-1.7x faster than XLA's
+      `dot_product_attention` on CPU (experiments/results/attention.md).
+    "dot_product_attention": `jax.nn.dot_product_attention` on [B, N, H, hd] with the
+      implementation left to JAX: cuDNN's fused (flash) attention on GPUs where it applies, which
+      never writes the [B, H, N, N] matrix to memory.
+  Both compute the same function (float32: identical outputs; tests/test_attention_impl.py)."""
   hidden: int
   num_heads: int
   head_dim: int
   dtype: Any
+  impl: str = "einsum"
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
@@ -52,14 +60,29 @@ class Attention(nn.Module):
     (e.g. [B, 1, 1, N]); False keys are excluded (token routing's masked training path)."""
     b, n, _ = x.shape
     h, hd = self.num_heads, self.head_dim
-    # qkv leaves the matmul in the compute dtype: it only feeds the attention products, which take
-    # `dtype` inputs anyway, so a float32 copy would be written and read for nothing.
+    if self.impl not in ATTENTION_IMPLS:
+      raise ValueError(f"Attention.impl must be one of {ATTENTION_IMPLS}, got {self.impl!r}")
+    fused = self.impl == "dot_product_attention"
+    # With the fused kernel qkv leaves the matmul in the compute dtype (its inputs are that dtype
+    # anyway); the einsum path keeps it float32: XLA:CPU runs bf16-output GEMMs at about half the
+    # speed of bf16-in / f32-out ones (experiments/results/cpu_gemm.md), and matmul casts anyway.
     qkv = layers.dense(3 * h * hd, axes=("embed", "heads"), dtype=self.dtype, name="qkv",
-                       out_dtype=self.dtype)(x)
-    # [B, N, 3, H, hd] -> q, k, v [B, N, H, hd]: dot_product_attention's layout, no head transposes.
+                       out_dtype=self.dtype if fused else jnp.float32)(x)
     qkv = qkv.reshape(b, n, 3, h, hd)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=hd ** -0.5, implementation=None)
+    if fused:
+      # [B, N, 3, H, hd] -> q, k, v [B, N, H, hd]: dot_product_attention's layout, no head transposes.
+      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=hd ** -0.5, implementation=None)
+    else:
+      # [3, B, H, N, hd]: (batch, heads) leading keeps every product of the forward and backward
+      # pass on XLA's fast batched-matmul path for compute x compute -> float32.
+      qkv = qkv.transpose(2, 0, 3, 1, 4)
+      q, k, v = qkv[0], qkv[1], qkv[2]
+      logits = layers.matmul("bhqd,bhkd->bhqk", q * (hd ** -0.5), k, self.dtype)
+      if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+      probs = jax.nn.softmax(logits, axis=-1)                      # float32
+      out = layers.matmul("bhqk,bhkd->bhqd", probs, v, self.dtype).transpose(0, 2, 1, 3)
     out = checkpoint_name(out, "attention")       # kept by the "save_dots" remat policy
     return layers.dense(self.hidden, axes=("heads", "embed"), dtype=self.dtype, name="proj")(
         out.reshape(b, n, h * hd))
@@ -91,6 +114,7 @@ class DiTBlock(nn.Module):
   head_dim: int
   mlp_dim: int
   dtype: Any
+  attention: str = "einsum"     # Attention.impl
 
   @nn.compact
   def __call__(self, x: jax.Array, c: jax.Array, attn_scale: Optional[jax.Array] = None,
@@ -104,7 +128,7 @@ class DiTBlock(nn.Module):
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = layers.chunk(mod, 6)
     if self.num_heads > 0:
       h = layers.modulate(layers.layer_norm("norm1")(x), shift_a, scale_a)
-      h = Attention(self.hidden, self.num_heads, self.head_dim, self.dtype, name="attn")(h, attn_mask)
+      h = Attention(self.hidden, self.num_heads, self.head_dim, self.dtype, self.attention, name="attn")(h, attn_mask)
       x = x + (gate_a[:, None, :] * h if attn_scale is None else attn_scale * gate_a[:, None, :] * h)
     if self.mlp_dim > 0:
       h = layers.modulate(layers.layer_norm("norm2")(x), shift_m, scale_m)
@@ -165,6 +189,7 @@ class DiT(nn.Module):
     time_scale: t in [0, 1] is multiplied by this before the sinusoidal features (1000 = DiT).
     time_freq_shift: 0 (DiT) or 1 (diffusers) in the timestep frequencies.
     dtype: matmul input dtype (bfloat16 default; float32 for exact tests).
+    attention: the attention core, "einsum" or "dot_product_attention" (see Attention).
     remat: recompute each block's activations in the backward pass instead of keeping them: False
       (keep all), True / "full" (keep only block inputs: about one more forward of compute) or a
       policy name of `adaflow.parallel.remat.REMAT_POLICIES` (e.g. "save_dots": keep matmul outputs, recompute the
@@ -191,6 +216,7 @@ class DiT(nn.Module):
   dtype: Any = jnp.bfloat16
   remat: Any = False
   scan_blocks: bool = True
+  attention: str = "einsum"
 
   @property
   def head_dim(self) -> int:
@@ -222,7 +248,7 @@ class DiT(nn.Module):
           nn.initializers.normal(0.02), (None, "embed")), (self.num_stages, d), jnp.float32)
     policy = remat_policy(self.remat)
     block_cls = DiTBlock if policy is None else nn.remat(DiTBlock, policy=policy)
-    self.block_modules = [block_cls(d, spec.num_heads, self.head_dim, spec.mlp_dim, self.dtype,
+    self.block_modules = [block_cls(d, spec.num_heads, self.head_dim, spec.mlp_dim, self.dtype, self.attention,
                                    name=f"block_{i}") for i, spec in enumerate(self.block_specs)]
     self.final = FinalLayer(d, self.dtype, name="final")
 
@@ -277,7 +303,8 @@ class DiT(nn.Module):
     spec = self.block_specs[0]
     per_block = [nn.meta.unbox(self.variables["params"][f"block_{i}"]) for i in range(len(self.block_specs))]
     stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_block)
-    block = DiTBlock(self.hidden_size, spec.num_heads, self.head_dim, spec.mlp_dim, self.dtype, parent=None)
+    block = DiTBlock(self.hidden_size, spec.num_heads, self.head_dim, spec.mlp_dim, self.dtype, self.attention,
+                     parent=None)
 
     def body(x, p):
       return block.apply({"params": p}, x, c), None
@@ -306,4 +333,5 @@ def dit_from_config(model_config, image_shape: Sequence[int], num_classes: int) 
       time_scale=model_config.time_scale,
       time_freq_shift=model_config.time_freq_shift,
       dtype=layers.dtype_from_name(resolve_compute_dtype(model_config.dtype)[0]),
-      remat=model_config.remat, scan_blocks=bool(model_config.scan_blocks))
+      remat=model_config.remat, scan_blocks=bool(model_config.scan_blocks),
+      attention=resolve_attention(model_config.attention)[0])

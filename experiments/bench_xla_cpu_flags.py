@@ -1,0 +1,101 @@
+"""Which XLA:CPU library settings make this CPU's DiT matmuls fastest (issue #18: adaflow vs torch bf16).
+
+    flock /tmp/adaflow-bench.lock python experiments/bench_xla_cpu_flags.py [--width 384] [--tokens 8192]
+
+XLA:CPU hands dots to one of several libraries (its own Eigen/tiled emitters, XNNPACK, YNNPACK,
+oneDNN where built in), chosen by `XLA_FLAGS`. Each variant below runs in a fresh process (XLA reads
+its flags once) on the DiT block's three GEMM shapes at `--tokens` rows: fp32, bf16 in / fp32 out
+(adaflow's mixed-precision matmul), bf16 in / bf16 out. A variant whose flags XLA rejects is reported
+as such. Median of `--reps` calls after a warm-up. Writes experiments/results/xla_cpu_flags.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+VARIANTS = {
+    "XLA:CPU default": "",
+    "YNNPACK fusions off": "--xla_cpu_experimental_ynn_fusion_type=",
+    "XNNPACK off": "--xla_cpu_use_xnnpack=false",
+    "YNNPACK and XNNPACK off": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_xnnpack=false",
+    "oneDNN on": "--xla_cpu_use_onednn=true",
+    "oneDNN custom calls on": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
+    "oneDNN dot fusions": "--xla_cpu_experimental_onednn_fusion_type=dot",
+    "YNNPACK dot fusions": "--xla_cpu_experimental_ynn_fusion_type=dot",
+    "XNNPACK dot fusions": "--xla_cpu_experimental_xnn_fusion_type=dot",
+}
+
+
+def child(width: int, tokens: int, reps: int) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from experiments.common import time_calls
+  shapes = {"qkv": (tokens, width, 3 * width), "mlp up": (tokens, width, 4 * width),
+            "mlp down": (tokens, 4 * width, width)}
+  precisions = {"fp32": (jnp.float32, jnp.float32), "bf16 in, fp32 out": (jnp.bfloat16, jnp.float32),
+                "bf16 in, bf16 out": (jnp.bfloat16, jnp.bfloat16)}
+  out = {}
+  rng = np.random.default_rng(0)
+  for sname, (m, k, n) in shapes.items():
+    for pname, (cin, cout) in precisions.items():
+      a = jnp.asarray(rng.standard_normal((m, k)), cin)
+      b = jnp.asarray(rng.standard_normal((k, n)), cin)
+      f = jax.jit(lambda x, y, cout=cout: jnp.dot(x, y, preferred_element_type=cout))
+      f(a, b).block_until_ready()
+      sec = time_calls(lambda: f(a, b).block_until_ready(), reps)
+      out[f"{sname}|{pname}"] = 2.0 * m * k * n / sec / 1e9
+  return out
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--width", type=int, default=384, help="DiT width (384 = DiT-S, 768 = DiT-B)")
+  ap.add_argument("--tokens", type=int, default=8192, help="rows = batch x tokens (32 x 256)")
+  ap.add_argument("--reps", type=int, default=5)
+  ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "xla_cpu_flags.md"))
+  ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+  a = ap.parse_args(argv)
+  if a._child:
+    print("RESULT " + json.dumps(child(a.width, a.tokens, a.reps)))
+    return
+  from experiments.common import machine_line, utc_now, write_report
+  machine, date = machine_line(), utc_now()
+  results, errors = {}, {}
+  for name, flags in VARIANTS.items():
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", "--width", str(a.width), "--tokens",
+                        str(a.tokens), "--reps", str(a.reps)], capture_output=True, text=True, env=env, cwd=ROOT)
+    line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if r.returncode != 0 or line is None:
+      err = (r.stderr.strip().splitlines() or ["no output"])[-1]
+      errors[name] = err[:200]
+      print(f"{name}: failed: {errors[name]}", flush=True)
+      continue
+    results[name] = json.loads(line[len("RESULT "):])
+    print(name, {k: round(v) for k, v in results[name].items()}, flush=True)
+  keys = next(iter(results.values())).keys() if results else []
+  lines = ["# XLA:CPU matmul libraries on this CPU: GFLOP/s per XLA_FLAGS variant", "",
+           f"- {machine}; {date}.",
+           f"- Command: `python experiments/bench_xla_cpu_flags.py --width {a.width} --tokens {a.tokens} --reps {a.reps}`; "
+           "each variant in a fresh process; median of the calls after a warm-up.", "",
+           "| variant | XLA_FLAGS | " + " | ".join(k.replace("|", ", ") for k in keys) + " | mean bf16 in, fp32 out |",
+           "|---|---|" + "---:|" * (len(keys) + 1)]
+  for name, res in results.items():
+    bf = [v for k, v in res.items() if k.endswith("bf16 in, fp32 out")]
+    lines.append(f"| {name} | `{VARIANTS[name] or '(none)'}` | " + " | ".join(f"{res[k]:.0f}" for k in keys)
+                 + f" | {sum(bf) / len(bf):.0f} |")
+  for name, err in errors.items():
+    lines.append(f"| {name} | `{VARIANTS[name]}` | rejected or failed: {err} |" + " |" * len(keys))
+  write_report("\n".join(lines) + "\n", a.out)
+
+
+if __name__ == "__main__":
+  main()

@@ -6,8 +6,10 @@ to the compute dtype (bfloat16 by default) and products accumulate in float32
 updates summed over depth would lose bits in bf16), LayerNorm statistics (mean/variance of D
 values), softmax logits and normalisers (exp amplifies rounding), the adaLN modulation (shift/scale/
 gate multiply every token; [B, D], cheap) and timestep features. Tensors that only feed the next
-matmul (qkv, the MLP hidden activation after GELU) are kept in the compute dtype, which that matmul
-would round them to anyway. With `dtype=float32` everything is exact float32.
+matmul (the MLP hidden activation after GELU; qkv on the fused `dot_product_attention` path) are
+kept in the compute dtype, which that matmul would round them to anyway. The einsum attention (the
+default off GPUs) keeps qkv float32: XLA:CPU runs bf16-output GEMMs slower than bf16-in / f32-out
+ones (experiments/results/cpu_gemm.md, attention.md). With `dtype=float32` everything is exact float32.
 """
 from __future__ import annotations
 

@@ -61,3 +61,14 @@ def test_paired_difference_separates_different_models_only():
     bootstrap.fd_difference_interval(a[:10], a, ref)
   with pytest.raises(ValueError, match="resamples"):
     bootstrap.fd_interval(a, ref, num_resamples=3)
+
+
+def test_fd_interval_never_goes_below_zero():
+  # Samples of the reference population itself (a perfect generator, or real images): FD near its
+  # finite-sample floor, where the bias shift can carry the lower end below 0; FD cannot be negative.
+  ref = _population(0.0)
+  lows = [bootstrap.fd_interval(_draw(*ref, 400, seed=200 + s), ref, num_resamples=100, seed=s).low for s in range(5)]
+  assert min(lows) >= 0.0
+  raw = bootstrap.interval_from_resamples(0.05, np.array([0.2, 0.3, 0.25, 0.4] * 5))
+  assert raw.low < 0.0                                   # unclipped: the shift alone goes negative
+  assert bootstrap.interval_from_resamples(0.05, np.array([0.2, 0.3, 0.25, 0.4] * 5), lower_bound=0.0).low == 0.0

@@ -67,10 +67,15 @@ def resample_indices(n: int, num_resamples: int, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
 
 
-def interval_from_resamples(point: float, boot: np.ndarray, level: float = 0.95) -> Interval:
-  """The bias-shifted percentile interval (module docstring) of resampled values `boot` around `point`."""
+def interval_from_resamples(point: float, boot: np.ndarray, level: float = 0.95,
+                            lower_bound: Optional[float] = None) -> Interval:
+  """The bias-shifted percentile interval (module docstring) of resampled values `boot` around
+  `point`, clipped at `lower_bound` where the statistic cannot go below it (FD >= 0: the shift can
+  carry the lower end of a near-perfect sample set, e.g. real images, below zero)."""
   shifted = boot - (np.mean(boot) - point)
   lo, hi = np.percentile(shifted, [50 * (1 - level), 50 * (1 + level)])
+  if lower_bound is not None:
+    lo = max(float(lo), lower_bound)
   return Interval(float(point), float(lo), float(hi))
 
 
@@ -85,7 +90,8 @@ def fd_interval(features, reference, *, num_resamples: int = 200, seed: int = 0,
   features = np.asarray(features, np.float64)
   ref = reference if isinstance(reference, ReferenceFD) else ReferenceFD(*reference)
   idx = resample_indices(len(features), num_resamples, seed) if indices is None else indices
-  return interval_from_resamples(ref(*feature_statistics(features)), resampled_fds(features, ref, idx), level)
+  return interval_from_resamples(ref(*feature_statistics(features)), resampled_fds(features, ref, idx), level,
+                                 lower_bound=0.0)
 
 
 def fd_difference_interval(features_a, features_b, reference, *, num_resamples: int = 200, seed: int = 0,

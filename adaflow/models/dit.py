@@ -42,7 +42,7 @@ class Attention(nn.Module):
 
   `impl` (resolved from `model.attention` by `adaflow.parallel.precision.resolve_attention`):
     "einsum": q, k, v as [B, H, N, hd] through `layers.matmul` (compute-dtype inputs, float32
-      accumulation and output): XLA:CPU's fast batched-matmul path; 1.4-1.7x faster than XLA's
+      accumulation and output): XLA:CPU's fast batched-matmul path; 1.5-1.6x faster than XLA's
       `dot_product_attention` on CPU (experiments/results/attention.md).
     "dot_product_attention": `jax.nn.dot_product_attention` on [B, N, H, hd] with the
       implementation left to JAX: cuDNN's fused (flash) attention on GPUs where it applies, which

@@ -69,7 +69,7 @@ def resolve_compute_dtype(name: str, platform: Optional[str] = None,
 def resolve_attention(name: str, platform: Optional[str] = None) -> tuple[str, str]:
   """`model.attention` -> (one of ATTENTION_IMPLS, reason). Explicit names are returned as given;
   "auto" picks `jax.nn.dot_product_attention` on GPUs (cuDNN's fused attention where it applies)
-  and the einsum path elsewhere: on XLA:CPU the einsum attention block is 1.4-1.7x faster forward
+  and the einsum path elsewhere: on XLA:CPU the einsum attention block is 1.5-1.6x faster forward
   and 1.3x faster forward+backward (experiments/results/attention.md); on TPU both lower to XLA
   einsums, and the einsum path keeps the float32-accumulating matmuls of `layers.matmul`."""
   if name in ATTENTION_IMPLS:

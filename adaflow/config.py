@@ -11,7 +11,8 @@ from typing import Callable, Optional, Sequence
 
 from adaflow.config_defaults import check_known_fields
 from adaflow.flow.interpolants import INTERPOLANTS, PREDICTIONS
-from adaflow.flow.samplers import DIFFUSION_FORMS, METHODS
+from adaflow.flow.partition import EDGE_RULES
+from adaflow.flow.samplers import DIFFUSION_FORMS, METHODS, MULTISTEP_HISTORY
 from adaflow.flow.timesteps import T_SAMPLERS
 from adaflow.parallel.mesh import mesh_shape
 from adaflow.parallel.remat import FULL_NAMES, OFF_NAMES, REMAT_POLICIES
@@ -89,6 +90,9 @@ def validate_flow(config) -> None:
   # grid or evaluation, after training has run.
   _require(s.diffusion_form in DIFFUSION_FORMS, "sample.diffusion_form",
            f"must be one of {DIFFUSION_FORMS}, got {s.diffusion_form!r}")
+  _require(s.edges in EDGE_RULES, "sample.edges", f"must be one of {EDGE_RULES}, got {s.edges!r}")
+  _require(s.multistep_history in MULTISTEP_HISTORY, "sample.multistep_history",
+           f"must be one of {MULTISTEP_HISTORY}, got {s.multistep_history!r}")
   _require(float(s.diffusion_norm) >= 0, "sample.diffusion_norm", f"must be >= 0 (0 = the ODE), got {s.diffusion_norm}")
   _require(0.0 <= float(f.endpoint_margin) < 0.5, "flow.endpoint_margin",
            f"must be in [0, 0.5) (0 = evaluate the network at the singular end), got {f.endpoint_margin}")

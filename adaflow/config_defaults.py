@@ -128,6 +128,13 @@ def base_config() -> ml_collections.ConfigDict:
       steps=16,
       cfg_scale=2.0,          # 1.0 = no guidance
       cfg_scales=config_dict.placeholder(tuple),  # PPFlow: one scale per stage (coarse first); unset = cfg_scale
+      # How the time grid meets the edges of PPFlow stages / timestep groups / routing regions
+      # (adaflow/flow/partition.py): "snap" (the requested steps; grid points moved onto the edges),
+      # "insert" (every edge added as a grid point: extra steps), "cross" (uniform grid, steps cross edges).
+      edges="snap",
+      # ab2 where the network changes (PPFlow stage, timestep group): "keep" its velocity history
+      # or "restart" with an Euler step. Routing regions always keep it (same weights).
+      multistep_history="keep",
   ))
 
   c.eval = ml_collections.ConfigDict(dict(
@@ -208,6 +215,13 @@ def selector_defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       generator_workdir="",    # frozen flow-matching generator; `--init <workdir>` sets it
       step_set=DEFAULT_STEP_SET,
+      # (solver, steps) actions as "solver:steps" strings, e.g. ("euler:4", "ab2:8", "heun:8"); () =
+      # step_set with selector.method (adaflow/models/step_selector.py parse_actions)
+      actions=(),
+      # the reward's compute term: R = quality - beta * cost / max cost over the actions; "steps"
+      # (the AdaDiff paper), "nfe" (network evaluations: Heun counts 2 per step) or "flops"
+      # (the generator's analytic sampling FLOPs: a PPFlow stage or pruned group costs less per call)
+      cost="steps",
       quality="classifier",    # closeness | classifier | features  (adaflow.rl.rewards)
       beta=0.5,                # R = quality - beta * steps / max_steps
       entropy_coef=0.01,

@@ -265,3 +265,48 @@ def test_train_loop_with_init_checkpoint_and_resume(tmp_path):
   assert step == 4
   out = tr.objective.sample_grouped(params, jax.random.PRNGKey(0), np.arange(4))
   assert out["images"].shape == (4, 16, 16, 1)
+
+
+# ---- (solver, steps) actions and a compute cost in network evaluations (issue #25) ------------
+@pytest.mark.parametrize("bad", [("euler:4",), ("rk4:4", "euler:2"), ("euler:0", "ab2:2"), ("euler:4", "euler:4"),
+                                 ("euler4", "ab2:8")])
+def test_invalid_actions_rejected(bad):
+  with pytest.raises(ValueError, match=r"selector\.actions"):
+    sel.parse_actions(bad, (4, 8), "heun")
+
+
+def test_actions_default_to_the_step_set_with_one_solver():
+  from adaflow.train import registry
+  assert sel.parse_actions((), (4, 8), "heun") == (("heun", 4), ("heun", 8))
+  assert sel.parse_actions(("euler:2", "ab2:8", "heun:4"), (4, 8), "heun") == (("euler", 2), ("ab2", 8), ("heun", 4))
+  c = selector_config()
+  c.selector.actions = ("euler:2", "sde:4")
+  with pytest.raises(ValueError, match=r"selector\.actions"):
+    registry.validate(c)
+  c = selector_config()
+  c.selector.cost = "seconds"
+  with pytest.raises(ValueError, match=r"selector\.cost"):
+    registry.validate(c)
+
+
+def test_solver_actions_sample_like_the_generator_and_cost_network_evaluations():
+  obj, gen, gen_params = _tiny_objective(actions=("euler:1", "heun:2", "ab2:3"), cost="nfe", use_noise_stats=True)
+  assert obj.costs == (1.0, 4.0, 3.0) and obj.reference == 1          # heun: 2 evaluations per step
+  assert _tiny_objective(actions=("euler:1", "heun:2"), cost="flops")[0].costs[1] == pytest.approx(
+      4 * obj.action_costs("flops")[0])
+  params = _mixed_policy(obj)
+  labels = np.arange(12) % 10
+  key = jax.random.PRNGKey(5)
+  res = obj.sample_grouped(params, key, labels, batch_size=8)
+  assert len(set(res["actions"].tolist())) >= 2
+  for a, (method, steps) in enumerate(obj.actions):
+    ref = np.asarray(gen.generate(gen_params, key, jnp.asarray(labels), steps=steps, method=method,
+                                  cfg_scale=obj.cfg_scale))
+    m = res["actions"] == a
+    np.testing.assert_allclose(res["images"][m], ref[m], atol=1e-4)
+  batch = {"image": jnp.zeros((8, 16, 16, 1)), "label": jnp.arange(8) % 10}
+  loss, (metrics, _) = jax.jit(obj.loss)(params, batch, jax.random.PRNGKey(1))
+  assert np.isfinite(float(loss))
+  fracs = [float(metrics[f"frac_{m}{n}"]) for m, n in obj.actions]
+  assert sum(fracs) == pytest.approx(1.0)
+  assert 1.0 <= float(metrics["avg_cost"]) <= 4.0

@@ -14,6 +14,7 @@ from absl import flags
 
 from adaflow import storage
 from adaflow.commands.registry import FLAGS
+from adaflow.models.step_selector import action_label
 from adaflow.parallel.host import is_writer
 from adaflow.train.images import save_grid
 from adaflow.train.loop import config_of, load_trainer_and_params
@@ -41,7 +42,7 @@ def sample_with_selector() -> dict:
   if not is_writer():   # every process sampled the same images; process 0 writes them
     return {}
   save_grid(np.clip(res["images"], -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // res["images"].shape[1]))
-  counts = {int(s): int(np.sum(res["steps"] == s)) for s in obj.step_set}
+  counts = {action_label(a): int(np.sum(res["actions"] == i)) for i, a in enumerate(obj.actions)}
   summary = {"selector_step": int(step), "generator_workdir": config.selector.generator_workdir,
              "average_steps": float(np.mean(res["steps"])), "max_steps": obj.max_steps, "step_counts": counts,
              "labels": labels.tolist(), "steps": res["steps"].astype(int).tolist()}

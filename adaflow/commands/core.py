@@ -11,6 +11,7 @@ from adaflow.commands.dq import apply_tokenizer_flag, sample_map
 from adaflow.commands.registry import FLAGS, command, need
 from adaflow.eval.classifier import cache_dir
 from adaflow.eval.generate import evaluate_generator, generate_images
+from adaflow.flow.partition import EDGE_RULES
 from adaflow.flow.samplers import METHODS
 from adaflow.parallel import make_mesh
 from adaflow.parallel.host import is_writer
@@ -27,6 +28,9 @@ flags.DEFINE_enum("method", None, list(METHODS), "`sample`: solver (overrides co
                   "reads --config.sample.diffusion_form / diffusion_norm).")
 flags.DEFINE_integer("steps", None, "`sample`: number of solver steps (overrides config.sample.steps).")
 flags.DEFINE_float("cfg", None, "`sample`: classifier-free guidance scale, 1 = none (overrides config.sample.cfg_scale).")
+flags.DEFINE_enum("edges", None, list(EDGE_RULES), "`sample`: how the time grid meets PPFlow stage / timestep group / "
+                  "routing region edges (overrides config.sample.edges): snap = the requested steps, grid points "
+                  "moved onto the edges; insert = every edge added as a step; cross = uniform grid.")
 
 
 @command("train", ("config", "workdir", "init", "tokenizer"))
@@ -46,7 +50,7 @@ def cmd_train():
   train(config, need("workdir"), init_params=init)
 
 
-@command("sample", ("config", "workdir", "num", "out", "method", "steps", "cfg", "selector"))
+@command("sample", ("config", "workdir", "num", "out", "method", "steps", "cfg", "edges", "selector"))
 def cmd_sample():
   """Write a grid of samples from a trained workdir (EMA parameters, config.sample)."""
   if getattr(FLAGS, "selector", None):  # AdaDiff: per-input step counts (adaflow/commands/adadiff.py)
@@ -60,6 +64,10 @@ def cmd_sample():
   cfg_scale = s.cfg_scale if FLAGS.cfg is None else FLAGS.cfg
   if steps < 1 or cfg_scale < 0:
     raise ValueError(f"--steps must be >= 1 and --cfg >= 0 (1 = no guidance), got --steps={steps} --cfg={cfg_scale}")
+  if FLAGS.edges:
+    if not hasattr(generator, "sampling_grid"):
+      raise ValueError(f"--edges: {config.objective!r} runs sample without time partitions; drop --edges")
+    generator.config.sample.edges = FLAGS.edges     # read when the sampler is traced, below
   k = max(generator.num_classes, 1)
   labels = np.sort((np.arange(FLAGS.num) % k).astype(np.int32))
   imgs = generate_images(generator, params, mesh, jax.random.PRNGKey(config.seed), labels,

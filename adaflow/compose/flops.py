@@ -6,7 +6,8 @@ final adaLN, head) + per block its adaLN and its attention / MLP on the tokens i
 routed block processes k = ceil(bin * N_s) tokens, the bin being rho of (layer, timestep region of
 the evaluation's t) snapped to the nearest bin, exactly what "infer" mode runs; its router costs
 2 N_s D. Each Euler, AB2 or SDE step is one evaluation (Heun two: at t and t_next), doubled by CFG
-(scale != 1).
+(scale != 1), on the grid the generator samples with (`sample.edges`), each evaluation by the
+network that runs it (`ComposedGenerator.runs`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from adaflow import flow
 from adaflow.compose import model as model_lib
 from adaflow.models import routing as routing_lib
 from adaflow.prune import budget as budget_lib
@@ -47,20 +47,23 @@ def _kept(generator, params, g: int, stage: int, t: float) -> Optional[list[int]
 def sampling_flops(generator, params: Any, steps: int, method: str, cfg_scale: float,
                    grid: Optional[np.ndarray] = None) -> float:
   """Network FLOPs to sample one image with a ComposedGenerator (any subset)."""
-  grid = flow.time_grid(int(steps)) if grid is None else np.asarray(grid)
   scales = generator.stage_cfg_scales(cfg_scale)
   total = 0.0
-  for g, s, sub in generator.segments(grid):
-    mult = 1 if scales[s] == 1.0 else 2
-    sub32 = np.asarray(sub, np.float32)
+  for run in generator.runs(generator.sampling_grid(steps, grid)):
+    sub32 = np.asarray(run.grid, np.float32)
     for a, b in zip(sub32[:-1], sub32[1:]):
-      for t in ((a, b) if method == "heun" else (a,)):     # euler, ab2 (multistep), sde: one call per step
+      # euler, ab2 (multistep), sde: one call per step, at its start; heun also one at its end
+      for t, (g, s) in (((a, run.start), (b, run.end)) if method == "heun" else ((a, run.start),)):
+        mult = 1 if scales[s] == 1.0 else 2
         total += mult * network_flops(generator.models[g], s, _kept(generator, params, g, s, float(t)), generator.routed)
   return float(total)
 
 
-def selector_flops(generator, params: Any, steps_per_image: Sequence[int], method: str, cfg_scale: float) -> float:
-  """Mean FLOPs per image when image i is sampled with steps_per_image[i] steps (AdaDiff)."""
-  counts = {int(s): int(c) for s, c in zip(*np.unique(np.asarray(steps_per_image), return_counts=True))}
+def selector_flops(generator, params: Any, actions: Sequence[tuple[str, int]], actions_per_image: Sequence[int],
+                   cfg_scale: float) -> float:
+  """Mean FLOPs per image when image i is sampled with the (solver, steps) action
+  actions[actions_per_image[i]] (AdaDiff)."""
+  counts = {int(a): int(c) for a, c in zip(*np.unique(np.asarray(actions_per_image), return_counts=True))}
   n = sum(counts.values())
-  return float(sum(c * sampling_flops(generator, params, s, method, cfg_scale) for s, c in counts.items()) / n)
+  return float(sum(c * sampling_flops(generator, params, actions[a][1], actions[a][0], cfg_scale)
+                   for a, c in counts.items()) / n)

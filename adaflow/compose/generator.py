@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from adaflow import flow
+from adaflow.compose import flops as flops_lib
 from adaflow.compose import model as model_lib
 from adaflow.compose.spec import ComposeSpec, spec_from_config
 from adaflow.config_defaults import compose_defaults
@@ -81,8 +82,39 @@ class ComposedGenerator:
   def segments(self, grid: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
     """[(group, stage, sub_grid)]: the grid with every edge inserted, cut into runs of steps that
     share (group, stage, routing region); each sub-grid shares its end point with the next one's
-    start."""
+    start (the `sample.edges = "insert"` grid)."""
     return [(g, s, sub) for (g, s, _), sub in flow.joint_segments(grid, self.partitions())]
+
+  def sampling_grid(self, steps: int, grid: Optional[np.ndarray] = None, edges: Optional[str] = None) -> np.ndarray:
+    """The grid sampling integrates on: `steps` uniform steps (or `grid`) meeting the partition
+    edges by `edges` (default `config.sample.edges`; adaflow.flow.partition). "insert" adds every
+    edge (routing regions included, as before); "snap" moves grid points onto the edges where the
+    network changes (PPFlow stages first, then groups; a routing region only changes the ratio,
+    which the routed network reads from t itself, so it needs no grid point); "cross" keeps the
+    grid."""
+    grid = flow.time_grid(int(steps)) if grid is None else np.asarray(grid, np.float64)
+    rule = self.config.sample.edges if edges is None else edges
+    groups, stages, regions = self.partitions()
+    if rule == "insert":
+      return flow.edge_grid(grid, (groups, stages, regions), rule)
+    return flow.edge_grid(grid, (stages, groups), rule)
+
+  def runs(self, grid: np.ndarray) -> list[flow.StepRun]:
+    """The sampling grid (from `sampling_grid`) cut into runs of steps with the same networks:
+    `start` = (group, stage) of each step's first evaluation, `end` = of Heun's second one (they
+    differ only on a step that crosses an edge: `sample.edges = "cross"` or an edge "snap" could
+    not meet)."""
+    groups, stages, _ = self.partitions()
+    return flow.step_runs(grid, (groups, stages))
+
+  def sampling_flops(self, params, steps: int, method: str, cfg_scale: float) -> float:
+    """Analytic network FLOPs of one sample (adaflow.compose.flops)."""
+    return flops_lib.sampling_flops(self, params, steps, method, cfg_scale)
+
+  def network_evaluations(self, steps: int, method: str, grid: Optional[np.ndarray] = None) -> int:
+    """Network evaluations per image (without the CFG doubling) of one sample."""
+    n = len(self.sampling_grid(steps, grid)) - 1
+    return 2 * n if method == "heun" else n
 
   def stage_cfg_scales(self, cfg_scale: float) -> tuple[float, ...]:
     if self.spec.cfg_scales is not None:
@@ -105,20 +137,31 @@ class ComposedGenerator:
   def integrate_noise(self, params, labels: jax.Array, noise: jax.Array, *, steps: int, method: str = "heun",
                       cfg_scale: float = 1.0, grid: Optional[np.ndarray] = None,
                       solver_rng: Optional[jax.Array] = None) -> jax.Array:
-    """noise [B, H, W, C] -> samples, `steps` uniform steps (or `grid`). The AdaDiff selector calls
-    this (adaflow.objectives.step_selector) to run the composed generator at a chosen step count.
+    """noise [B, H, W, C] -> samples, `steps` uniform steps (or `grid`) meeting the partition
+    edges by `config.sample.edges` (`sampling_grid`). The AdaDiff selector calls this
+    (adaflow.objectives.step_selector) to run the composed generator at a chosen step count.
 
-    Every run of the grid is integrated with the interpolant (so the network is never evaluated at
-    its prediction's singular end) and `config.sample`'s SDE settings; `solver_rng` drives the
-    SDE's Brownian increments (run k uses fold_in(solver_rng, k): no increment is reused). A
-    multistep solver (ab2) restarts with one Euler step at each run, where the network changes."""
-    grid = flow.time_grid(int(steps)) if grid is None else np.asarray(grid)
+    Every run of the grid (`runs`) is integrated with the interpolant (so the network is never
+    evaluated at its prediction's singular end) and `config.sample`'s SDE settings; `solver_rng`
+    drives the SDE's Brownian increments (run k uses fold_in(solver_rng, k): no increment is
+    reused). A multistep solver (ab2) keeps its velocity history across runs; with
+    `sample.multistep_history = "restart"` it restarts with one Euler step where the network
+    (PPFlow stage or timestep group) changes. Routing regions never restart it: the routed
+    network reads its region from t, so its steps stay in one run."""
+    grid = self.sampling_grid(steps, grid)
     scales = self.stage_cfg_scales(cfg_scale)
     opts = flow.solver_options(self.config.sample, self.interpolant, None)
-    x = noise
-    for k, (g, s, sub) in enumerate(self.segments(grid)):
+    restart = self.config.sample.multistep_history == "restart"
+    x, history, prev = noise, None, None
+    for k, run in enumerate(self.runs(grid)):
       rng = None if solver_rng is None else jax.random.fold_in(solver_rng, k)
-      x = flow.integrate(self.velocity_fn(params, g, s, labels, scales[s]), x, sub, method, **dict(opts, rng=rng))
+      (g, s), (g_end, s_end) = run.start, run.end
+      if restart and run.start != prev:
+        history = None
+      x, history = flow.integrate(self.velocity_fn(params, g, s, labels, scales[s]), x, run.grid, method,
+                                  end_velocity_fn=self.velocity_fn(params, g_end, s_end, labels, scales[s_end]),
+                                  history=history, return_history=True, **dict(opts, rng=rng))
+      prev = run.start     # the network of the run's first evaluations (ab2 evaluates only there)
     return x
 
   def noise(self, rng: jax.Array, batch: int) -> jax.Array:

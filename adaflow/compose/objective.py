@@ -46,7 +46,7 @@ class ComposedObjective(ComposedGenerator, ObjectiveBase):
 
   def __init__(self, config, info):
     super().__init__(config, info)
-    if self.spec.step_set is not None:
+    if self.spec.actions is not None:
       raise ValueError("config.compose.selector: objective 'composed' trains the generator; the step policy is "
                        "trained with objective 'step_selector' on top of it (adaflow compose does both)")
     self.cells = cells(self.spec, config.flow)

@@ -40,7 +40,7 @@ class ComposedSampler:
     self.config, self.info = config, info
     self.spec = spec_from_config(config, info)
     if params is None:
-      if self.spec.step_set is not None:
+      if self.spec.actions is not None:
         raise ValueError("compose.selector is on but no generator params were given: the step policy needs a "
                          "generator to choose step counts for (train one: adaflow compose)")
       raise ValueError("ComposedSampler needs generator params")
@@ -51,7 +51,7 @@ class ComposedSampler:
     self.params = to_host(params)
     self.policy_params = to_host(policy_params)
     self.selector = None
-    if self.spec.step_set is not None:
+    if self.spec.actions is not None:
       if policy_params is None:
         raise ValueError("config.compose.selector is on but no policy params were given; pass the selector "
                          "stage's params or turn compose.selector off")
@@ -59,7 +59,7 @@ class ComposedSampler:
       want = jax.tree_util.tree_map(np.shape, jax.eval_shape(self.selector.init, jax.random.PRNGKey(0))["params"])
       got = jax.tree_util.tree_map(np.shape, policy_params.get("params") if hasattr(policy_params, "get") else None)
       if want != got:
-        raise ValueError(f"policy params do not match config.selector (step_set {self.spec.step_set}, hidden, depth, "
+        raise ValueError(f"policy params do not match config.selector (actions {self.spec.actions}, hidden, depth, "
                          f"use_noise_stats): expected {want}, got {got}")
     elif policy_params is not None:
       raise ValueError("policy params were given but config.compose.selector is False; turn it on or drop them")
@@ -73,16 +73,18 @@ class ComposedSampler:
     return self._gen_fns[key]
 
   def sample(self, rng: jax.Array, labels: np.ndarray, *, steps: Optional[int] = None, method: Optional[str] = None,
-             cfg_scale: Optional[float] = None, batch_size: int = 256) -> dict:
+             cfg_scale: Optional[float] = None, batch_size: int = 256, actions: Optional[np.ndarray] = None) -> dict:
     """labels [N] -> {'images': [N, H, W, C] numpy, 'steps': [N] int}.
 
     Without the selector: `steps` (default config.sample.steps) for every input, batches of
     `batch_size` with keys fold_in(rng, i) (as adaflow.eval.generate.generate_images). With the
-    selector: its noise(rng, N), the policy's argmax step counts, grouped sampling (`steps` is
-    then ignored; method / CFG come from config.selector, default config.sample)."""
+    selector: its noise(rng, N), the policy's argmax actions (or `actions` [N], indices into the
+    policy's action set: e.g. a fixed action or a shuffled assignment as baselines), grouped
+    sampling (`steps` and `method` are then ignored; CFG comes from config.selector, default
+    config.sample)."""
     labels = np.asarray(labels, np.int32)
     if self.selector is not None:
-      res = self.selector.sample_grouped(self.policy_params, rng, labels, batch_size=batch_size)
+      res = self.selector.sample_grouped(self.policy_params, rng, labels, batch_size=batch_size, actions=actions)
       return {"images": res["images"], "steps": np.asarray(res["steps"]), "actions": res["actions"]}
     s = self.config.sample
     steps = int(s.steps if steps is None else steps)
@@ -94,14 +96,15 @@ class ComposedSampler:
       out.append(np.asarray(fn(self.params, jax.random.fold_in(rng, i), jnp.asarray(y)))[:len(chunk)])
     return {"images": np.concatenate(out), "steps": np.full(len(labels), steps, np.int32)}
 
-  def flops_per_image(self, steps_per_image: Optional[np.ndarray] = None, *, steps: Optional[int] = None,
+  def flops_per_image(self, actions_per_image: Optional[np.ndarray] = None, *, steps: Optional[int] = None,
                       method: Optional[str] = None, cfg_scale: Optional[float] = None) -> float:
-    """Analytic FLOPs per image (adaflow.compose.flops); with the selector pass the chosen steps."""
+    """Analytic FLOPs per image (adaflow.compose.flops); with the selector pass the chosen actions
+    (sample(...)['actions'])."""
     s = self.config.sample
     if self.selector is not None:
-      if steps_per_image is None:
-        raise ValueError("flops_per_image: pass the selector's chosen steps (sample(...)['steps'])")
-      return flops.selector_flops(self.generator, self.params, steps_per_image, self.selector.method,
+      if actions_per_image is None:
+        raise ValueError("flops_per_image: pass the selector's chosen actions (sample(...)['actions'])")
+      return flops.selector_flops(self.generator, self.params, self.selector.actions, actions_per_image,
                                   self.selector.cfg_scale)
     return flops.sampling_flops(self.generator, self.params, int(s.steps if steps is None else steps),
                                 method or s.method, float(s.cfg_scale if cfg_scale is None else cfg_scale))

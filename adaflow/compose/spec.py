@@ -5,7 +5,7 @@
     config.compose.grouped   True: timestep-grouped pruned sub-models: `compose.group_blocks` (per group,
                              [[heads, mlp], ...]) and `compose.group_edges` (N + 1 times, 0 .. 1); the
                              recipe fills both from its pruning result
-    config.compose.selector  True: the AdaDiff step policy with `config.selector.step_set`
+    config.compose.selector  True: the AdaDiff step policy over `config.selector.actions` (or `step_set`)
 
 Any subset may be on (none = the dense DiT). The stages live in `compose.stages`, not
 `model.stages`, because `model.stages` belongs to objective 'ppflow'.
@@ -20,7 +20,7 @@ import numpy as np
 from adaflow.models import routing as routing_lib
 from adaflow.models.dit import BlockSpec
 from adaflow.models.ppflow import PatchSchedule, parse_stages
-from adaflow.models.step_selector import validate_step_set
+from adaflow.models.step_selector import parse_actions
 
 METHODS = ("ppflow", "routing", "grouped", "selector")
 
@@ -32,12 +32,17 @@ class ComposeSpec:
   routing: Optional[routing_lib.RoutingSpec] = None
   blocks_per_group: Optional[tuple[tuple[BlockSpec, ...], ...]] = None
   edges: Optional[tuple[float, ...]] = None
-  step_set: Optional[tuple[int, ...]] = None
+  actions: Optional[tuple[tuple[str, int], ...]] = None     # the step policy's (solver, steps)
   cfg_scales: Optional[tuple[float, ...]] = None
 
   @property
   def num_stages(self) -> int:
     return 1 if self.schedule is None else self.schedule.num_stages
+
+  @property
+  def step_set(self) -> Optional[tuple[int, ...]]:
+    """The steps of the policy's actions (None: no policy)."""
+    return None if self.actions is None else tuple(n for _, n in self.actions)
 
   @property
   def num_groups(self) -> int:
@@ -46,7 +51,7 @@ class ComposeSpec:
   @property
   def enabled(self) -> tuple[str, ...]:
     on = {"ppflow": self.schedule is not None, "routing": self.routing is not None,
-          "grouped": self.blocks_per_group is not None, "selector": self.step_set is not None}
+          "grouped": self.blocks_per_group is not None, "selector": self.actions is not None}
     return tuple(m for m in METHODS if on[m])
 
   def name(self) -> str:
@@ -165,10 +170,11 @@ def spec_from_config(config, info) -> ComposeSpec:
   elif c.group_blocks or c.group_edges:
     raise _err("compose.group_blocks", "pruned structures are given but compose.grouped is False; turn it on or "
                "clear compose.group_blocks / compose.group_edges")
-  step_set = None
+  actions = None
   if on["selector"]:
-    step_set = validate_step_set(config.selector.step_set)
-  return ComposeSpec(schedule=schedule, routing=rspec, blocks_per_group=blocks, edges=edges, step_set=step_set,
+    s = config.selector
+    actions = parse_actions(s.actions, s.step_set, s.method or config.sample.method)
+  return ComposeSpec(schedule=schedule, routing=rspec, blocks_per_group=blocks, edges=edges, actions=actions,
                      cfg_scales=cfg_scales)
 
 

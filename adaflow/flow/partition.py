@@ -11,6 +11,20 @@ edge into the time grid as a grid point, so that each ODE step lies inside one b
 integrated by that bucket's network only; no network is ever evaluated outside the range it was
 trained on (Heun's second evaluation at a step's end touches at most the bucket's closed end).
 Inserting an edge adds a step where the grid does not already have a point there.
+
+How the grid meets the edges is the sampler option `sample.edges` (`EDGE_RULES`):
+
+  insert   every edge becomes a grid point (the rule above): each network integrates only its own
+           range, at the price of up to one extra step per edge that is off the uniform grid.
+  snap     the requested number of steps: the grid point nearest each edge moves onto it (edges in
+           the order given: network edges first), unless that point is an end of the grid or has
+           already moved to another edge; an edge left between grid points is crossed (below).
+  cross    the uniform grid as it is; a step that crosses edges evaluates each network where it
+           owns the time: the step's start by the bucket after it, Heun's second evaluation at the
+           step's end by the bucket before it (`step_runs`).
+
+With `snap` and `cross` a step count costs the same network evaluations for every method, which is
+what a quality-vs-compute comparison at equal steps needs (issue #25).
 """
 from __future__ import annotations
 
@@ -24,6 +38,7 @@ import numpy as np
 # Edges closer than this to a grid point are taken to be on it: grids come from linspace and edges
 # from float32 computations (SNR bisection), and a 1e-8-long extra step would waste a network call.
 _ON_GRID_TOL = 1e-6
+EDGE_RULES = ("insert", "snap", "cross")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,4 +126,72 @@ def joint_segments(grid: np.ndarray, partitions: Sequence[TimePartition]
     if j == len(keys) or keys[j] != keys[a]:
       out.append((tuple(int(k) for k in keys[a]), fine[a:j + 1]))
       a = j
+  return out
+
+
+def snap_grid(grid: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+  """`grid` [n + 1] (increasing) with, for each edge in order, its nearest grid point moved onto it;
+  an edge whose nearest point is an end of the grid or already moved stays off the grid. Moving the
+  nearest point keeps the grid increasing (the edge lies between that point's neighbours)."""
+  g = np.array(grid, np.float64)
+  if g.ndim != 1 or len(g) < 2 or np.any(np.diff(g) <= 0):
+    raise ValueError(f"a time grid must be increasing with at least 2 points, got {grid}")
+  fixed = np.zeros(len(g), bool)
+  fixed[[0, -1]] = True
+  for e in edges:
+    if not g[0] < e < g[-1]:
+      continue
+    j = int(np.argmin(np.abs(g - e)))
+    if abs(g[j] - e) <= _ON_GRID_TOL:
+      fixed[j] = True
+    elif not fixed[j]:
+      g[j], fixed[j] = e, True
+  return g
+
+
+def edge_grid(grid: np.ndarray, partitions: Sequence[TimePartition], rule: str) -> np.ndarray:
+  """The grid a sampler integrates on under `sample.edges = rule` (see the module docstring);
+  `partitions` in priority order (their inner edges are snapped in that order)."""
+  if rule not in EDGE_RULES:
+    raise ValueError(f"sample.edges must be one of {EDGE_RULES}, got {rule!r}")
+  if rule == "insert":
+    return refine_grid(grid, partitions)
+  if rule == "snap":
+    return snap_grid(grid, [e for p in partitions for e in p.inner])
+  return np.asarray(grid, np.float64)
+
+
+def _bucket_before(p: TimePartition, t: np.ndarray) -> np.ndarray:
+  """The bucket whose closed right end holds t: (e_k, e_{k+1}] (t = 0 in the first)."""
+  inner = np.asarray(p.inner, np.float32)
+  out = np.clip(np.searchsorted(inner, np.asarray(t, np.float32), side="left"), 0, p.num_buckets - 1)
+  return out.astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRun:
+  """Consecutive steps of a grid whose evaluations use the same buckets: `start` (one bucket per
+  partition) evaluates at each step's start, `end` Heun's second evaluation at its end; they
+  differ only for steps that cross an edge. `grid` [k + 1] shares its ends with its neighbours."""
+  start: tuple[int, ...]
+  end: tuple[int, ...]
+  grid: np.ndarray
+
+
+def step_runs(grid: np.ndarray, partitions: Sequence[TimePartition]) -> list[StepRun]:
+  """The grid (as given: no edge is inserted) cut into maximal runs of steps with the same
+  (start buckets, end buckets). A step lying inside one bucket (up to 1e-6 at its ends) has
+  start == end, as `joint_segments` keys it; a step crossing edges starts in the bucket just
+  after its start time and ends in the bucket just before its end time."""
+  g = np.asarray(grid, np.float64)
+  if g.ndim != 1 or len(g) < 2 or np.any(np.diff(g) <= 0):
+    raise ValueError(f"a time grid must be increasing with at least 2 points, got {grid}")
+  a = [p.index(g[:-1] + _ON_GRID_TOL).tolist() for p in partitions]
+  b = [_bucket_before(p, g[1:] - _ON_GRID_TOL).tolist() for p in partitions]
+  keys = [(tuple(int(x[j]) for x in a), tuple(int(x[j]) for x in b)) for j in range(len(g) - 1)]
+  out, lo = [], 0
+  for j in range(1, len(keys) + 1):
+    if j == len(keys) or keys[j] != keys[lo]:
+      out.append(StepRun(keys[lo][0], keys[lo][1], g[lo:j + 1]))
+      lo = j
   return out

@@ -35,6 +35,8 @@ from adaflow.flow.interpolants import Interpolant, _bcast  # [B] -> [B, 1, 1, 1]
 
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
 METHODS = ("euler", "heun", "ab2", "sde")
+# What a multistep solver does where a piecewise generator's network changes (sample.multistep_history).
+MULTISTEP_HISTORY = ("keep", "restart")
 # SiT's choices of the diffusion coefficient w(t) (transport/path.py compute_diffusion), in the
 # framework's time (t = 0 noise, t = 1 data); `sigma` (SiT's default) keeps w(t) s(x, t) bounded at t = 1.
 DIFFUSION_FORMS = ("constant", "sigma", "linear", "decreasing", "increasing-decreasing")
@@ -85,10 +87,18 @@ def solver_options(sample_config, interpolant: Interpolant, rng: Optional[jax.Ar
 
 def integrate(velocity_fn: VelocityFn, x: jax.Array, grid: np.ndarray, method: str = "euler", *,
               interpolant: Optional[Interpolant] = None, rng: Optional[jax.Array] = None,
-              diffusion_form: str = "sigma", diffusion_norm: float = 1.0) -> jax.Array:
+              diffusion_form: str = "sigma", diffusion_norm: float = 1.0,
+              end_velocity_fn: Optional[VelocityFn] = None, history: Optional[tuple] = None,
+              return_history: bool = False):
   """Integrates from grid[0] to grid[-1]. x: [B, H, W, C]. Uses `lax.scan` over the steps so the
   compiled program stays small for any number of steps. `interpolant` (needed by `sde`) also
-  clamps the network's evaluation times away from its prediction's singular endpoint."""
+  clamps the network's evaluation times away from its prediction's singular endpoint.
+
+  Piecewise integration (a generator whose network changes with t calls this once per run of
+  steps): `end_velocity_fn` evaluates Heun's second call at each step's end (default
+  `velocity_fn`); `history` = (v_prev [B, H, W, C], h_prev scalar) continues a multistep (ab2) run
+  from the previous run's last velocity and step size instead of restarting with an Euler step;
+  `return_history` returns (x, history) for the next run."""
   if method not in METHODS:
     raise ValueError(f"sample.method must be one of {METHODS}, got {method!r}")
   if method == "sde" and (interpolant is None or rng is None):
@@ -98,17 +108,21 @@ def integrate(velocity_fn: VelocityFn, x: jax.Array, grid: np.ndarray, method: s
     diffusion_coefficient(diffusion_form, diffusion_norm, interpolant, jnp.zeros(()))   # validates the form
   grid = np.asarray(grid, np.float32)
   if len(grid) < 2:
-    return x
+    return (x, history) if return_history else x
   lo, hi = interpolant.eval_range() if interpolant is not None else (0.0, 1.0)
   b = x.shape[0]
 
-  def vel(x, t):
-    return velocity_fn(x, jnp.full((b,), 1.0, jnp.float32) * jnp.clip(t, lo, hi))
+  def vel(x, t, fn=velocity_fn):
+    return fn(x, jnp.full((b,), 1.0, jnp.float32) * jnp.clip(t, lo, hi))
 
+  end_fn = velocity_fn if end_velocity_fn is None else end_velocity_fn
   n = len(grid) - 1
   ends_at_data = bool(abs(float(grid[-1]) - 1.0) < 1e-6)
-  steps = dict(t=grid[:-1], t_next=grid[1:], h_prev=np.concatenate([[1.0], np.diff(grid)[:-1]]).astype(np.float32),
-               first=np.arange(n) == 0, last=(np.arange(n) == n - 1) & ends_at_data, index=np.arange(n))
+  h0 = 1.0 if history is None else history[1]
+  steps = dict(t=grid[:-1], t_next=grid[1:], h_prev=jnp.concatenate([jnp.reshape(jnp.asarray(h0, jnp.float32), (1,)),
+                                                                     jnp.asarray(np.diff(grid)[:-1], jnp.float32)]),
+               first=(np.arange(n) == 0) & (history is None), last=(np.arange(n) == n - 1) & ends_at_data,
+               index=np.arange(n))
   steps = {k: jnp.asarray(v) for k, v in steps.items()}
 
   def body(carry, st):
@@ -119,7 +133,7 @@ def integrate(velocity_fn: VelocityFn, x: jax.Array, grid: np.ndarray, method: s
     if method == "euler":
       return (x + dt * v, v), None
     if method == "heun":
-      v_next = vel(x + dt * v, t_next)
+      v_next = vel(x + dt * v, t_next, end_fn)
       return (x + dt * 0.5 * (v + v_next), v), None
     if method == "ab2":
       r = dt / st["h_prev"]
@@ -133,8 +147,8 @@ def integrate(velocity_fn: VelocityFn, x: jax.Array, grid: np.ndarray, method: s
     noise = jax.random.normal(jax.random.fold_in(rng, st["index"]), x.shape, x.dtype)
     return (jnp.where(st["last"], mean, mean + jnp.sqrt(2.0 * w * dt) * noise), v), None
 
-  (x, _), _ = jax.lax.scan(body, (x, jnp.zeros_like(x)), steps)
-  return x
+  (x, v_last), _ = jax.lax.scan(body, (x, jnp.zeros_like(x) if history is None else history[0]), steps)
+  return (x, (v_last, jnp.asarray(grid[-1] - grid[-2], jnp.float32))) if return_history else x
 
 
 def guided(model_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], y: jax.Array,

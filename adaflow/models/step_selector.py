@@ -1,4 +1,5 @@
-"""AdaDiff step-selection policy: pi(a | c) over a discrete set of sampling step counts.
+"""AdaDiff step-selection policy: pi(a | c) over a discrete set of sampling step counts, or of
+(solver, step count) actions (`selector.actions`, `parse_actions`).
 
 The condition c is the frozen generator's class-embedding row `params['params']['y_embed'][y]`
 (standardised by the RMS of the whole embedding table), optionally concatenated with a few
@@ -45,6 +46,34 @@ def validate_step_set(step_set, field: str = "selector.step_set") -> tuple[int, 
     raise ValueError(f"config.{field}: must be strictly increasing without duplicates (the last entry "
                      f"is the max-step reference), got {values}; sort it, e.g. {tuple(sorted(set(values)))}")
   return tuple(int(v) for v in values)
+
+
+# Solvers a policy action may use (the ODE ones: an action's images must be a function of the noise).
+ACTION_METHODS = ("euler", "heun", "ab2")
+COSTS = ("steps", "nfe", "flops")
+
+
+def parse_actions(actions, step_set, method: str, field: str = "selector.actions") -> tuple[tuple[str, int], ...]:
+  """The policy's actions as ((solver, steps), ...). `actions` = strings "solver:steps" (e.g.
+  ("euler:4", "ab2:8", "heun:8")); when empty, `step_set` with the one solver `method` (the
+  AdaDiff paper's action set: step counts only). Raises ValueError naming `field`."""
+  if not actions:
+    return tuple((method, s) for s in validate_step_set(step_set))
+  out = []
+  for a in actions:
+    m, _, n = str(a).partition(":")
+    if m not in ACTION_METHODS or not n.isdigit() or int(n) < 1:
+      raise ValueError(f"config.{field}: every action is 'solver:steps' with a solver in {ACTION_METHODS} and "
+                       f"steps >= 1, e.g. ('euler:4', 'ab2:8', 'heun:8'); got {a!r}")
+    out.append((m, int(n)))
+  if len(out) < 2 or len(set(out)) != len(out):
+    raise ValueError(f"config.{field}: needs at least two distinct actions, got {tuple(actions)}")
+  return tuple(out)
+
+
+def action_label(action: tuple[str, int]) -> str:
+  """('ab2', 8) -> 'ab2:8'."""
+  return f"{action[0]}:{action[1]}"
 
 
 def noise_statistics(noise: jax.Array) -> jax.Array:

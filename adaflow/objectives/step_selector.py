@@ -44,7 +44,9 @@ def validate_selector(config, info) -> None:
   """Checks `config.selector` for objective 'step_selector' (no compilation)."""
   del info
   s = config.selector
-  sel.validate_step_set(s.step_set)
+  sel.parse_actions(s.actions, s.step_set, s.method or config.sample.method)
+  if s.cost not in sel.COSTS:
+    raise ValueError(f"config.selector.cost: must be one of {sel.COSTS}, got {s.cost!r}")
   if s.quality not in rw.QUALITIES:
     raise ValueError(f"config.selector.quality: must be one of {rw.QUALITIES}, got {s.quality!r}")
   if not s.generator_workdir:
@@ -88,8 +90,6 @@ class StepSelectorObjective(ObjectiveBase):
     Loading them from a workdir is `adaflow.train.registry.step_selector_objective`."""
     s = config.selector
     self.config, self.info = config, info
-    self.step_set = sel.validate_step_set(s.step_set)
-    self.max_steps = self.step_set[-1]
     self.num_classes = info.num_classes
     self.generator = generator
     self.generator_params = jax.tree_util.tree_map(jnp.asarray, jax.device_get(generator_params))
@@ -98,14 +98,31 @@ class StepSelectorObjective(ObjectiveBase):
     sample_cfg = sample_config if sample_config is not None else config.sample
     self.method = s.method or sample_cfg.method
     self.cfg_scale = float(s.cfg_scale) if s.cfg_scale >= 0 else float(sample_cfg.cfg_scale)
+    self.actions = sel.parse_actions(s.actions, s.step_set, self.method)
+    self.step_set = tuple(n for _, n in self.actions)    # steps of each action (repeats across solvers)
+    self.costs = self.action_costs(s.cost)
+    self.reference = int(np.argmax(self.costs))           # the most expensive action: the rewards' reference
+    self.max_steps = max(self.step_set)
     self.use_noise_stats = bool(s.use_noise_stats)
     self.beta = float(s.beta)
     self.entropy_coef = float(s.entropy_coef)
     self.baseline_decay = float(s.baseline_decay)
-    self.policy = sel.StepPolicy(num_actions=len(self.step_set), hidden=int(s.hidden), depth=int(s.depth))
+    self.policy = sel.StepPolicy(num_actions=len(self.actions), hidden=int(s.hidden), depth=int(s.depth))
     self.classifier = classifier
     self.quality_fn = rw.make_quality_fn(s.quality, classifier)
     self._group_fns: dict = {}
+
+  def action_costs(self, cost: str) -> tuple[float, ...]:
+    """The reward's compute term of each action (`selector.cost`): its steps, its network
+    evaluations on the generator's sampling grid, or the generator's analytic sampling FLOPs."""
+    if cost == "steps":
+      return tuple(float(n) for _, n in self.actions)
+    if cost == "nfe":
+      return tuple(float(self.generator.network_evaluations(n, m)) for m, n in self.actions)
+    if cost == "flops":
+      p = jax.device_get(self.generator_params)
+      return tuple(float(self.generator.sampling_flops(p, n, m, self.cfg_scale)) for m, n in self.actions)
+    raise ValueError(f"config.selector.cost: must be one of {sel.COSTS}, got {cost!r}")
 
   # ---- policy -------------------------------------------------------------------------------
   @property
@@ -134,14 +151,17 @@ class StepSelectorObjective(ObjectiveBase):
     return sel.greedy_actions(self.logits(params, labels, noise))
 
   # ---- generation -----------------------------------------------------------------------------
-  def generate_with_steps(self, generator_params, labels: jax.Array, noise: jax.Array, steps: int) -> jax.Array:
-    """The frozen generator's sample from `noise` [B, H, W, C] with `steps` (static) steps."""
-    return self.generator.integrate_noise(generator_params, labels, noise, steps=int(steps), method=self.method,
+  def generate_with_action(self, generator_params, labels: jax.Array, noise: jax.Array, a: int) -> jax.Array:
+    """The frozen generator's sample from `noise` [B, H, W, C] with action `a` (static: its solver
+    and steps)."""
+    method, steps = self.actions[a]
+    return self.generator.integrate_noise(generator_params, labels, noise, steps=int(steps), method=method,
                                           cfg_scale=self.cfg_scale)
 
   def generate_all(self, labels: jax.Array, noise: jax.Array) -> jax.Array:
-    """Every step count on the whole batch: [A, B, H, W, C] (no gradient)."""
-    out = jnp.stack([self.generate_with_steps(self.generator_params, labels, noise, s) for s in self.step_set])
+    """Every action on the whole batch: [A, B, H, W, C] (no gradient)."""
+    out = jnp.stack([self.generate_with_action(self.generator_params, labels, noise, a)
+                     for a in range(len(self.actions))])
     return jax.lax.stop_gradient(out)
 
   def generate(self, params, rng: jax.Array, labels: jax.Array, *, steps: Optional[int] = None,
@@ -158,17 +178,17 @@ class StepSelectorObjective(ObjectiveBase):
     imgs = self.generate_all(labels, noise)
     return jnp.take_along_axis(imgs, actions[None, :, None, None, None], axis=0)[0]
 
-  def _group_fn(self, steps: int):
-    if steps not in self._group_fns:
-      self._group_fns[steps] = jax.jit(lambda p, y, z: self.generate_with_steps(p, y, z, steps))
-    return self._group_fns[steps]
+  def _group_fn(self, a: int):
+    if a not in self._group_fns:
+      self._group_fns[a] = jax.jit(lambda p, y, z: self.generate_with_action(p, y, z, a))
+    return self._group_fns[a]
 
   def sample_grouped(self, params, rng: jax.Array, labels: np.ndarray, batch_size: int = 256,
                      actions: Optional[np.ndarray] = None) -> dict:
-    """Policy sampling, inputs grouped by chosen step count (each group runs only its steps).
+    """Policy sampling, inputs grouped by chosen action (each group runs only its solver and steps).
 
-    labels [N] -> {'images': [N, H, W, C] numpy, 'steps': [N] int, 'actions': [N],
-    'seconds_per_group': {steps: s}}. The noise is `self.noise(rng, N)` (so a fixed key gives the
+    labels [N] -> {'images': [N, H, W, C] numpy, 'steps': [N] int, 'actions': [N] (indices into
+    `self.actions`), 'seconds_per_group': {action label: s}}. The noise is `self.noise(rng, N)` (so a fixed key gives the
     same images). Groups are cut into chunks of at most `batch_size`, each padded to a power of two
     (>= 8) so few shapes are compiled. `actions` overrides the policy (e.g. fixed-step baselines).
     """
@@ -187,7 +207,7 @@ class StepSelectorObjective(ObjectiveBase):
     noise_np = np.asarray(noise)
     out = np.zeros((n,) + tuple(self.info.image_shape), np.float32)
     seconds = {}
-    for a, s in enumerate(self.step_set):
+    for a, action in enumerate(self.actions):
       idx = np.nonzero(actions == a)[0]
       if idx.size == 0:
         continue
@@ -201,9 +221,9 @@ class StepSelectorObjective(ObjectiveBase):
         pad = size - chunk.size
         y = np.concatenate([labels[chunk], np.zeros(pad, np.int32)])
         z = np.concatenate([noise_np[chunk], np.zeros((pad,) + noise_np.shape[1:], np.float32)])
-        imgs = self._group_fn(s)(self.generator_params, jnp.asarray(y), jnp.asarray(z))
+        imgs = self._group_fn(a)(self.generator_params, jnp.asarray(y), jnp.asarray(z))
         out[chunk] = np.asarray(jax.device_get(imgs))[:chunk.size]
-      seconds[s] = time.perf_counter() - t0
+      seconds[sel.action_label(action)] = time.perf_counter() - t0
     steps = np.asarray(self.step_set, np.int32)[actions]
     return {"images": out, "steps": steps, "actions": actions, "seconds_per_group": seconds}
 
@@ -218,22 +238,24 @@ class StepSelectorObjective(ObjectiveBase):
     logits = self.logits(params, labels, noise)
     actions = sel.sample_actions(k_act, logits)
     images = self.generate_all(labels, noise)                            # [A, B, H, W, C]
-    q_all = jax.lax.stop_gradient(rw.all_action_quality(self.quality_fn, images, labels))  # [B, A]
+    q_all = jax.lax.stop_gradient(rw.all_action_quality(self.quality_fn, images, labels, self.reference))  # [B, A]
     quality = jnp.take_along_axis(q_all, actions[:, None], axis=-1)[:, 0]
-    steps = sel.steps_of(actions, self.step_set)
-    rewards = rw.step_reward(quality, steps, self.max_steps, self.beta)
+    costs = jnp.asarray(self.costs, jnp.float32)
+    max_cost = float(max(self.costs))
+    rewards = rw.step_reward(quality, costs[actions], max_cost, self.beta)
     baseline = rl.current_baseline(params["reinforce"], rewards)
     loss, m = rl.reinforce_loss(logits, actions, rewards, baseline, self.entropy_coef)
     set_f = jnp.asarray(self.step_set, jnp.float32)
-    r_all = q_all - self.beta * set_f[None, :] / self.max_steps
+    r_all = q_all - self.beta * costs[None, :] / max_cost
     greedy = sel.greedy_actions(logits)
     metrics = dict(m, loss=loss, reward=jnp.mean(rewards), quality=jnp.mean(quality),
-                   avg_steps=jnp.mean(steps.astype(jnp.float32)), baseline=baseline,
+                   avg_steps=jnp.mean(set_f[actions]), avg_cost=jnp.mean(costs[actions]), baseline=baseline,
                    greedy_avg_steps=jnp.mean(set_f[greedy]),
                    oracle_reward=jnp.mean(jnp.max(r_all, axis=-1)),
-                   max_step_quality=jnp.mean(q_all[:, -1]))
-    for i, s in enumerate(self.step_set):
-      metrics[f"frac_{s}"] = jnp.mean((actions == i).astype(jnp.float32))
+                   max_step_quality=jnp.mean(q_all[:, self.reference]))
+    for i, action in enumerate(self.actions):
+      name = str(action[1]) if len(set(m for m, _ in self.actions)) == 1 else f"{action[0]}{action[1]}"
+      metrics[f"frac_{name}"] = jnp.mean((actions == i).astype(jnp.float32))
     side = rl.update_baseline(params["reinforce"], rewards, self.baseline_decay)
     return loss, (metrics, side)
 

@@ -33,7 +33,7 @@ from adaflow.config_defaults import merged_config
 from adaflow.compose.model import base_model, finest_stage_view
 from adaflow.compose.spec import spec_from_config
 from adaflow.models.grouped import group_key
-from adaflow.models.step_selector import validate_step_set
+from adaflow.models.step_selector import parse_actions
 from adaflow.pipelines.convert_stages import convert_workdir
 from adaflow.parallel.host import is_writer
 from adaflow.pipelines.grouped import prune, validate_grouped
@@ -151,7 +151,8 @@ def validate_recipe(config) -> None:
   gen = generator_config(config, "routed")
   spec_from_config(gen, info)                     # stages, routing fit, cfg scales
   if cc.selector:
-    validate_step_set(config.selector.step_set)
+    s = config.selector
+    parse_actions(s.actions, s.step_set, s.method or config.sample.method)
   if cc.grouped:
     validate_grouped(prune_view_config(config))
   for name, steps in (("dense_steps", cc.dense_steps), ("ppflow_steps", cc.ppflow_steps),

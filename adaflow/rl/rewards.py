@@ -82,8 +82,9 @@ def make_quality_fn(kind: str, classifier=None) -> QualityFn:
   return features_quality
 
 
-def step_reward(quality: jax.Array, steps: jax.Array, max_steps: int, beta: float) -> jax.Array:
-  """R = quality - beta * steps / max_steps, all [B]."""
+def step_reward(quality: jax.Array, steps: jax.Array, max_steps: float, beta: float) -> jax.Array:
+  """R = quality - beta * steps / max_steps, all [B]; `steps` may be any compute cost of the chosen
+  action (network evaluations, FLOPs) with `max_steps` the largest cost of the action set."""
   chex.assert_equal_shape([quality, steps])
   return quality.astype(jnp.float32) - beta * steps.astype(jnp.float32) / float(max_steps)
 

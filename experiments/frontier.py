@@ -1,5 +1,5 @@
-"""Less compute at equal quality, with error bars (issue #17): the dense frontier and every method
-fine-tuned from one dense checkpoint, on the crops 32x32 testbed.
+"""Each method's own quality-vs-compute frontier against dense's, every method on dense's grid
+(issue #25; the protocol of #17), on the crops 32x32 testbed.
 
     flock /tmp/adaflow-bench.lock python experiments/frontier.py --base /work/testbed/dense --reuse
     python experiments/frontier.py --smoke --work /tmp/frontier_smoke     # minutes; numbers meaningless
@@ -11,45 +11,57 @@ training images):
               trained through run_stage when it has not finished); a copy of its latest checkpoint
               (<work>/dense) is what every arm starts from, so a base still training cannot change
               under the benchmark.
-  dense       the frontier: steps x solvers (`--steps`, `--solvers`: Euler, Heun, AB2 multistep).
-  PPFlow-3    convert-stages from the base (arXiv 2506.23543) + fine-tune: 2p x 2p patches for
-              t <= 0.5, p x 2p up to 0.75, then p x p (the paper's three levels).
-  PPFlow-2    only when PPFlow-3's coarse tokens carry more pixel values than the model is wide
-              (2p * 2p * C > hidden_size, adaflow.models.ppflow.PatchSchedule.over_capacity: a
-              velocity target's full-resolution noise part cannot pass such a token, so that stage
-              keeps a loss floor): p x 2p for t <= 0.5, then p x p. The composed recipe then uses it.
+  PPFlow      convert-stages from the base (arXiv 2506.23543) + fine-tune. The paper's three levels
+              (2p x 2p for t <= 0.5, p x 2p up to 0.75, then p x p) when their coarse tokens fit the
+              model width, else two (p x 2p for t <= 0.5, then p x p): a token with more pixel values
+              than the width cannot pass a velocity target's full-resolution noise part (the head's
+              rank is at most the width), so that stage keeps a loss floor
+              (adaflow.models.ppflow.PatchSchedule.over_capacity). The composed recipe uses the same.
   DiffCR      routing fine-tune with learned per-(layer, region) ratios (arXiv 2412.16822),
               routing.scale = "weight" (the router weight scales the MLP update, as its pseudocode).
-  MoD fixed   the same router at one fixed ratio = the DiffCR target (Mixture-of-Depths,
-              arXiv 2404.02258: top-k tokens, MLP update scaled by the router weight).
   prune       train-then-prune (arXiv 2312.13307) with the base as stage 1: pruning search +
               stage 2 (each group's fine-tune).
-  AdaDiff     a step policy (arXiv 2311.14768) over the frozen base (no training images; its
-              reward classifier is selector.classifier_seed, never the evaluation's).
-  composed    adaflow.pipelines.recipe from the base: PPFlow -> routing -> grouped -> policy.
-  scratch     the composed recipe's PPFlow stages trained from random weights with the base's recipe
-              for the whole budget of a fine-tuned arm (base + fine-tune images): PPFlow's paper
-              reports training from scratch beside converting a pretrained DiT.
+  AdaDiff     a step policy (arXiv 2311.14768) over the frozen base: actions (solver, steps)
+              (`--policy_actions`), cost in network evaluations (`--policy_cost`), per-input features
+              (class embedding + noise statistics); no training images; its reward classifier is
+              selector.classifier_seed, never the evaluation's.
+  composed    adaflow.pipelines.recipe from the base, each ingredient with the same fine-tuning
+              budget as its single-method arm (the PPFlow stage IS the PPFlow arm: the recipe's
+              stage 2 is that same computation, so it is copied, not retrained), then the policy.
+  ablations   opt-in (`--ablations`): `ppflow3` (the three-level PPFlow when the recipe's is the
+              two-level one), `mod` (DiffCR's router at one fixed ratio = its target, Mixture-of-
+              Depths arXiv 2404.02258), `scratch` (the recipe's PPFlow trained from random weights for
+              base + fine-tune images, as PPFlow's paper also reports), `composed_split` (the composed
+              recipe with ONE fine-tuning budget split over its three fine-tunes: what composing
+              costs at a fixed budget, against the fair composed arm). Sampled at `--ablation_grid`.
 
-Fine-tuning budget: `--ft_fraction` (0.2) of the base's training images (its checkpoint step x
-batch) per method; the composed recipe splits it over its three fine-tunes; train-then-prune over
-its groups.
+Every model is sampled on dense's grid (`--grid`: solver:steps points; Euler, AB2 multistep and
+Heun), on the grid through its partition edges (sample.edges = "snap": the same steps cost the same
+network evaluations as dense) with AB2 keeping its history across edges (sample.multistep_history
+= "keep"); beside them, at `--edge_steps` AB2 steps, the old rules for grouped and composed
+(edges "insert": one more evaluation per edge) and PPFlow / grouped / composed with AB2 restarting
+at each network change ("restart"), paired with the defaults.
 
-Measured in one run, with the same labels and noise for every arm (batches of `--batch`, key
+Measured in one run, with the same labels and noise for every grid arm (batches of `--batch`, key
 fold_in(eval key, i)): FD of `--num_eval` class-balanced samples against the evaluation
 classifier's reference statistics (classifier features, not Inception) with a bootstrap 95%
-interval (adaflow.eval.bootstrap); for each method the paired FD difference to dense at the same
-steps and solver (same bootstrap rows for both); class accuracy; analytic FLOPs per image
-(adaflow.compose.flops); ms/image steady-state (median of `--reps` interleaved calls of `--batch`
-images, after a first call whose excess time is reported as compile time: near 0 when the persistent
-compilation cache, `--compile_cache`, already held the program); NFE (network
-evaluations per image, without the CFG doubling). Beside them two floors: real-vs-real (two disjoint
-sets of `--num_eval` real images) and real-vs-reference (`--num_eval` real images, drawn with another
-seed than the classifier's, scored against the same reference statistics and bootstrap as every arm:
-what a generator that samples the data distribution exactly would score under this protocol).
+interval; every arm's FD is resampled with the SAME `--resamples` index rows
+(adaflow.eval.bootstrap), so a paired difference, a lower envelope and an interpolated speed-up
+each get an interval from the same resamples; class accuracy; analytic FLOPs per image
+(adaflow.compose.flops, the primary cost axis); ms/image steady state (median of `--reps` calls of
+`--batch` images, interleaved over all arms, after a first call whose excess time is reported as
+compile time); NFE (network evaluations per image, without the CFG doubling). The run-to-run
+spread of ms comes from dense points timed twice as separate arms. Floors: real-vs-real and
+real-vs-reference (what a generator that samples the data exactly scores under this protocol).
+
+Matched quality: dense's lower envelope over ALL its solvers (cost vs FD, the points no cheaper
+point beats) is interpolated linearly in log cost against FD; a method point's speed-up is the
+dense cost at its FD over its own cost, and a method's frontier speed-up at FD level L is dense's
+envelope cost at L over the method's envelope cost at L. Outside dense's FD range it is a bound
+("> x" beyond dense's best FD, "< x" worse than dense's cheapest point).
 
 Resumable: every stage keeps a DONE marker (with its training seconds) and every arm's quality
-measurement (features, FD, steps) is kept in <work>/quality keyed by the settings and its stage's
+measurement (features, actions) is kept in <work>/quality keyed by the settings and its stage's
 marker, so `--reuse` after an interruption redoes only what is missing (timing always reruns, all
 arms interleaved).
 
@@ -73,15 +85,17 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from adaflow import data as data_lib  # noqa: E402
-from adaflow import flow  # noqa: E402
 from adaflow import storage  # noqa: E402
 from adaflow.compose.generator import composed_config  # noqa: E402
 from adaflow.compose.sampler import ComposedSampler  # noqa: E402
 from adaflow.config_defaults import load_config_file, merged_config  # noqa: E402
-from adaflow.eval import fd_difference_interval, fd_interval, get_classifier, real_vs_real_fd  # noqa: E402
-from adaflow.eval.bootstrap import ReferenceFD  # noqa: E402
+from adaflow.eval import get_classifier, real_vs_real_fd  # noqa: E402
+from adaflow.eval.bootstrap import (ReferenceFD, fd_interval, interval_from_resamples, resample_indices,  # noqa: E402
+                                    resampled_fds)
+from adaflow.eval.frechet import feature_statistics  # noqa: E402
 from adaflow.eval.generate import balanced_labels  # noqa: E402
 from adaflow.models import ppflow as ppflow_lib  # noqa: E402
+from adaflow.models.step_selector import ACTION_METHODS, action_label  # noqa: E402
 from adaflow.pipelines import recipe as recipe_lib  # noqa: E402
 from adaflow.pipelines.convert_stages import convert_workdir  # noqa: E402
 from adaflow.pipelines.grouped import load_grouped, run_grouped  # noqa: E402
@@ -89,14 +103,18 @@ from adaflow.pipelines.stages import run_stage, stage_done  # noqa: E402
 from adaflow.train import checkpoint as ckpt  # noqa: E402
 from adaflow.train.diagnostics import enable_compilation_cache  # noqa: E402
 from adaflow.train.loop import config_of, load_params, train  # noqa: E402
-from experiments.common import machine_line, utc_now  # noqa: E402
+from experiments.common import machine_line, matmul_flags, utc_now  # noqa: E402
 
 TESTBED = os.path.join(ROOT, "configs", "testbed_crops32.py")
-SOLVERS = ("euler", "heun", "ab2")
-GOAL_KINDS = ("PPFlow-3", "PPFlow-2", "DiffCR (learned ratios)", "train-then-prune")
+ABLATIONS = ("ppflow3", "mod", "scratch", "composed_split")
+DENSE, ROUTED, PRUNE = "dense", "DiffCR (learned ratios)", "train-then-prune"
+COMPOSED, COMPOSED_POLICY, ADADIFF = "composed", "composed + policy", "AdaDiff policy (dense)"
+# The goals of issue #25: frontier speed-up at matched FD beyond dense's envelope.
+GOALS = {"PPFlow": 1.2, ROUTED: 1.2, COMPOSED: 1.5}
 # --smoke: a pipeline check in minutes on 2 CPU cores (smaller DiT, tiny budgets); numbers mean nothing.
 SMOKE = dict(base_steps=30, batch=16, depth=2, hidden=64, heads=2, num_eval=64, batch_eval=32, reps=2,
-             steps="2,4", method_steps="2,4", selector_steps=2, selector_batch=8, groups=2)
+             grid="euler:2,ab2:4,heun:2", policy_actions="euler:2,ab2:4", ablation_grid="ab2:4", edge_steps="4",
+             fd_levels="50,100", selector_steps=2, selector_batch=8, groups=2)
 
 
 # ---- configuration ----------------------------------------------------------------------------
@@ -104,27 +122,55 @@ def parse_ints(text: str, flag: str) -> tuple[int, ...]:
   try:
     v = tuple(int(x) for x in text.split(",") if x.strip())
   except ValueError:
-    raise ValueError(f"{flag}: comma-separated positive integers such as 2,4,8, got {text!r}") from None
+    raise ValueError(f"{flag}: comma-separated positive integers such as 4,8, got {text!r}") from None
   if not v or any(x < 1 for x in v):
-    raise ValueError(f"{flag}: comma-separated positive integers such as 2,4,8, got {text!r}")
+    raise ValueError(f"{flag}: comma-separated positive integers such as 4,8, got {text!r}")
   return tuple(sorted(set(v)))
+
+
+def parse_points(text: str, flag: str) -> tuple[tuple[str, int], ...]:
+  """'euler:4,ab2:8' -> (('ab2', 8), ('euler', 4)): sampler points (solver, steps), sorted."""
+  points = set()
+  for item in (x.strip() for x in text.split(",") if x.strip()):
+    m, _, n = item.partition(":")
+    if m not in ACTION_METHODS or not n.isdigit() or int(n) < 1:
+      raise ValueError(f"{flag}: comma-separated solver:steps points with a solver in {ACTION_METHODS}, e.g. "
+                       f"euler:4,ab2:8,heun:8; got {item!r}")
+    points.add((m, int(n)))
+  if not points:
+    raise ValueError(f"{flag}: at least one solver:steps point, e.g. euler:4,ab2:8, got {text!r}")
+  return tuple(sorted(points))
 
 
 def validate_args(args) -> None:
   """Every impossible setting fails here, before anything trains or compiles."""
-  args.steps = parse_ints(args.steps, "--steps")
-  args.method_steps = parse_ints(args.method_steps, "--method_steps")
-  args.solvers = tuple(s.strip() for s in args.solvers.split(",") if s.strip())
-  bad = [s for s in args.solvers if s not in SOLVERS]
-  if bad or not args.solvers:
-    raise ValueError(f"--solvers: a comma-separated subset of {','.join(SOLVERS)}, got {bad or args.solvers}")
-  if args.method_solver not in args.solvers:
-    raise ValueError(f"--method_solver {args.method_solver!r}: must be one of --solvers {args.solvers} (the "
-                     "equal-steps comparison needs dense at the same solver)")
-  missing = [s for s in args.method_steps if s not in args.steps]
+  args.grid = parse_points(args.grid, "--grid")
+  args.policy_actions = parse_points(args.policy_actions, "--policy_actions")
+  args.ablation_grid = parse_points(args.ablation_grid, "--ablation_grid")
+  args.edge_steps = parse_ints(args.edge_steps, "--edge_steps") if args.edge_steps.strip() else ()
+  for flag, pts in (("--policy_actions", args.policy_actions), ("--ablation_grid", args.ablation_grid)):
+    missing = [action_label(p) for p in pts if p not in args.grid]
+    if missing:
+      raise ValueError(f"{flag} {missing} not in --grid: every one is compared with dense (and the policy with its "
+                       "own fixed actions) at the same point; add them to --grid")
+  missing = [f"ab2:{s}" for s in args.edge_steps if ("ab2", s) not in args.grid]
   if missing:
-    raise ValueError(f"--method_steps {missing} not in --steps {args.steps}: the equal-steps comparison needs "
-                     "dense at those steps; add them to --steps")
+    raise ValueError(f"--edge_steps: the edge and multistep-history checks run AB2 at these steps and pair them with "
+                     f"the grid's; add {missing} to --grid (or drop them from --edge_steps)")
+  try:
+    args.fd_levels = tuple(sorted({float(x) for x in args.fd_levels.split(",") if x.strip()}))
+  except ValueError:
+    raise ValueError(f"--fd_levels: comma-separated FD values such as 0.3,0.5,1.0, got {args.fd_levels!r}") from None
+  if not args.fd_levels or min(args.fd_levels) <= 0:
+    raise ValueError(f"--fd_levels: comma-separated positive FD values such as 0.3,0.5,1.0, got {args.fd_levels!r}")
+  args.ablations = tuple(x.strip() for x in args.ablations.split(",") if x.strip())
+  if args.ablations == ("all",):
+    args.ablations = ABLATIONS
+  bad = [x for x in args.ablations if x not in ABLATIONS]
+  if bad:
+    raise ValueError(f"--ablations: a comma-separated subset of {','.join(ABLATIONS)} (or 'all'), got {bad}")
+  if args.policy_cost not in ("nfe", "flops", "steps"):
+    raise ValueError(f"--policy_cost: nfe, flops or steps, got {args.policy_cost!r}")
   if not 0.0 < args.ft_fraction <= 1.0:
     raise ValueError(f"--ft_fraction: the fine-tuning budget as a fraction of the base's training images, in "
                      f"(0, 1], got {args.ft_fraction}")
@@ -135,6 +181,8 @@ def validate_args(args) -> None:
     raise ValueError(f"--selector_steps: AdaDiff policy training steps, >= 1, got {args.selector_steps}")
   if args.reps < 1:
     raise ValueError(f"--reps: timed repetitions, >= 1, got {args.reps}")
+  if args.resamples < 10:
+    raise ValueError(f"--resamples: bootstrap resamples, >= 10, got {args.resamples}")
 
 
 def base_train_config(args):
@@ -171,8 +219,10 @@ def method_config(base, args, ft_steps: int):
   c.grouped.num_groups = SMOKE["groups"] if args.smoke else 4
   c.grouped.k = 0.5
   c.grouped.largest = "data"
-  c.selector.step_set = tuple(args.method_steps) if args.smoke else (4, 8, 16, 32)
-  c.selector.beta = 0.5
+  c.selector.actions = tuple(action_label(a) for a in args.policy_actions)
+  c.selector.cost = args.policy_cost
+  c.selector.use_noise_stats = True       # per-input features: the class embedding and the noise's statistics
+  c.selector.beta = args.policy_beta
   cc.selector_steps = SMOKE["selector_steps"] if args.smoke else args.selector_steps
   cc.selector_batch = SMOKE["selector_batch"] if args.smoke else 32
   if args.smoke:
@@ -209,7 +259,9 @@ def ppflow_note(c) -> str:
     text += (f". PPFlow-3's coarse {2 * p}x{2 * p} tokens carry {4 * p * p * ch} pixel values, more than the width "
              f"{c.model.hidden_size}: a velocity target's full-resolution noise part cannot pass (the head's rank is at "
              "most the width), so its coarse stage keeps a loss floor; PPFlow-2 keeps every token within the width and "
-             "is the composed recipe's")
+             "is the composed recipe's. No three-level schedule of this base patch fits this width: its coarsest "
+             "level needs 2p x 2p tokens; PPFlow-3 is the opt-in ablation `ppflow3` here and is measured at "
+             "64 / 256 / 1,024 tokens in experiments/results/resolution.md")
   return text
 
 
@@ -279,7 +331,7 @@ def scratch_dir(label: str) -> str:
   return ppflow_dir(label) + "_scratch"
 
 
-def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, log) -> tuple[dict, dict]:
+def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, ablations, log) -> tuple[dict, dict]:
   """Trains (or resumes) every method from the dense snapshot; returns ({arm: dir}, {arm: (seconds,
   reused)}): seconds of training, reused = made by an earlier invocation (its seconds as recorded in
   its DONE marker then; None if that run did not record them)."""
@@ -308,8 +360,11 @@ def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, log) ->
         convert_workdir(dense, pc, d, log=log)
       train(pc, d)
     return fn
-  for label, stages in ppflow_stages(c):
-    once(ppflow_dir(label), ppflow(stages))
+  sets = ppflow_stages(c)
+  label, stages = sets[-1]
+  once(ppflow_dir(label), ppflow(stages))
+  if "ppflow3" in ablations and len(sets) > 1:
+    once(ppflow_dir(sets[0][0]), ppflow(sets[0][1]))
 
   def routed(fixed: float):
     def fn(d):
@@ -319,7 +374,8 @@ def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, log) ->
       train(rc, d, init_params=None if recipe_lib._has_checkpoint(d) else load_params(dense))
     return fn
   once("routed", routed(0.0))
-  once("mod", routed(float(c.routing.target)))
+  if "mod" in ablations:
+    once("mod", routed(float(c.routing.target)))
 
   def grouped(d):
     gc = c.copy_and_resolve_references()
@@ -335,91 +391,181 @@ def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, log) ->
 
   once("adadiff", lambda d: train(recipe_lib.selector_config(c, dense), d))
 
-  label, stages = ppflow_stages(c)[-1]
+  def composed(split: bool):
+    def fn(d):
+      rc = c.copy_and_resolve_references()
+      cc = rc.compose
+      cc.ppflow = cc.routing = cc.grouped = cc.selector = True
+      cc.dense_steps = base_steps
+      if split:      # one fine-tuning budget over the three fine-tunes (the #17 protocol)
+        cc.ppflow_steps = cc.routing_steps = max(1, ft_steps // 3)
+        cc.grouped_steps = max(1, ft_steps - 2 * (ft_steps // 3))
+      snapshot(dense, d, "dense", log)                 # the recipe's dense stage is the base
+      if not split and not stage_done(os.path.join(d, "ppflow")):
+        # The recipe's PPFlow stage (ppflow_config, compose.stages, ft_steps from the base) is the PPFlow
+        # arm's very computation: reuse it, so the composed model has each ingredient's full budget.
+        shutil.copytree(dirs[ppflow_dir(label)], os.path.join(d, "ppflow"), dirs_exist_ok=True)
+        log(f"composed: PPFlow stage = the {label} arm ({dirs[ppflow_dir(label)]})")
+      recipe_lib.run_recipe(rc, d, log=log)
+    return fn
+  once("composed", composed(split=False))
+  if "composed_split" in ablations:
+    once("composed_split", composed(split=True))
 
-  def scratch(d):
-    # PPFlow's paper also trains its model from scratch: same stages, the base's recipe (lr schedule,
-    # batch), the whole budget of a fine-tuned arm (base + fine-tune images); no dense checkpoint.
-    sc = recipe_lib._base(c, scratch_dir(label), base_steps + ft_steps, finetune=False)
-    sc.objective = "ppflow"
-    sc.model.stages = stages
-    sc.sample.cfg_scales = c.sample.cfg_scales
-    train(sc, d)
-  once(scratch_dir(label), scratch)
-
-  def composed(d):
-    rc = c.copy_and_resolve_references()
-    cc = rc.compose
-    cc.ppflow = cc.routing = cc.grouped = cc.selector = True
-    cc.dense_steps = base_steps
-    cc.ppflow_steps = cc.routing_steps = max(1, ft_steps // 3)
-    cc.grouped_steps = max(1, ft_steps - 2 * (ft_steps // 3))
-    snapshot(dense, d, "dense", log)                   # the recipe's dense stage is the base
-    recipe_lib.run_recipe(rc, d, log=log)
-  once("composed", composed)
+  if "scratch" in ablations:
+    def scratch(d):
+      # PPFlow's paper also trains its model from scratch: same stages, the base's recipe (lr schedule,
+      # batch), the whole budget of a fine-tuned arm (base + fine-tune images); no dense checkpoint.
+      sc = recipe_lib._base(c, scratch_dir(label), base_steps + ft_steps, finetune=False)
+      sc.objective = "ppflow"
+      sc.model.stages = stages
+      sc.sample.cfg_scales = c.sample.cfg_scales
+      train(sc, d)
+    once(scratch_dir(label), scratch)
   return dirs, secs
 
 
 # ---- arms: a sampler at one setting ----------------------------------------------------------------
 class Arm:
-  def __init__(self, name, kind, sampler, steps, method, images, paired=True, source=""):
-    self.name, self.kind, self.sampler, self.steps, self.method = name, kind, sampler, steps, method
-    self.images, self.paired, self.source = images, paired, source   # source: the stage dir it samples
+  """One sampler setting. A grid arm samples (method, steps) with generate_images' keys (the same
+  labels and noise as every other grid arm: `pair` names the arm its paired FD difference is taken
+  against); a policy arm (steps None) samples the policy's noise with the policy's actions, or with
+  `assign(n)` -> [n] action indices (a baseline on the same noise)."""
+
+  def __init__(self, name, kind, sampler, method=None, steps=None, images=0, source="", pair=None, assign=None,
+               variant="", repeat_of=None):
+    self.name, self.kind, self.sampler, self.method, self.steps = name, kind, sampler, method, steps
+    self.images, self.source, self.pair, self.assign = images, source, pair, assign
+    self.variant, self.repeat_of = variant, repeat_of    # variant: "" or a non-default sampler rule
     self.first_call = None
     self.times = []
     self.res = {}
+    self.chosen = None          # a policy arm's actions per image [num_eval]
+
+  @property
+  def policy(self) -> bool:
+    return self.steps is None
 
   def sample(self, labels, key, batch):
+    """labels [n] -> (images [n, H, W, C], actions [n] or None)."""
+    if self.policy:
+      out = self.sampler.sample(key, labels, batch_size=batch,
+                                actions=None if self.assign is None else self.assign(len(labels)))
+      return out["images"], np.asarray(out["actions"])
     out = self.sampler.sample(key, labels, steps=self.steps, method=self.method, batch_size=batch)
-    return out["images"], np.asarray(out["steps"])
+    return out["images"], None
 
-  def nfe(self, steps_per_image) -> float:
-    """Network evaluations per image (no CFG doubling), edges of stages / groups / regions included."""
-    method = self.method or self.sampler.selector.method
-    per = 2 if method == "heun" else 1
+  def cost(self, actions) -> tuple[float, float]:
+    """(NFE, FLOPs) per image: network evaluations without the CFG doubling, analytic FLOPs."""
+    if self.policy:
+      acts = self.sampler.selector.actions
+      nfe = np.mean([self.sampler.generator.network_evaluations(acts[a][1], acts[a][0]) for a in actions])
+      return float(nfe), self.sampler.flops_per_image(actions)
+    return (float(self.sampler.generator.network_evaluations(self.steps, self.method)),
+            self.sampler.flops_per_image(steps=self.steps, method=self.method))
 
-    def one(s):
-      return per * sum(len(sub) - 1 for _, _, sub in self.sampler.generator.segments(flow.time_grid(int(s))))
-    counts = dict(zip(*np.unique(steps_per_image, return_counts=True)))
-    return float(sum(c * one(s) for s, c in counts.items()) / len(steps_per_image))
+
+def sampler_of(workdir: str, info, **sample_overrides):
+  return with_sample(ComposedSampler(composed_config(config_of(workdir)), info, load_params(workdir)),
+                     **sample_overrides)
 
 
-def sampler_of(workdir: str, info):
-  return ComposedSampler(composed_config(config_of(workdir)), info, load_params(workdir))
+def with_sample(sampler, **overrides):
+  """The same model with other `config.sample` settings (edges, multistep_history)."""
+  if not overrides:
+    return sampler
+  c = sampler.config.copy_and_resolve_references()
+  for k, v in overrides.items():
+    c.sample[k] = v
+  return ComposedSampler(c, sampler.info, sampler.params, sampler.policy_params)
+
+
+def point_name(kind: str, point, variant: str = "") -> str:
+  return f"{kind} {point[0]} {point[1]}" + (f" ({variant})" if variant else "")
 
 
 def build_arms(c, dense: str, dirs: dict, args, info, base_images: int, ft_images: int) -> list[Arm]:
+  """Grid arms of dense and every method, the edge / history variants, two repeated dense points
+  (the timing spread) and the two policies (their baselines join after they are measured)."""
   arms = []
+
+  def grid(kind, smp, images, source, points):
+    for p in points:
+      arms.append(Arm(point_name(kind, p), kind, smp, p[0], p[1], images, source,
+                      pair=None if kind == DENSE else point_name(DENSE, p)))
+
   dense_s = sampler_of(dense, info)
-  for m in args.solvers:
-    for s in args.steps:
-      arms.append(Arm(f"dense {m} {s}", "dense", dense_s, s, m, base_images, source=dense))
-  # the pipeline's own config (its group count), not stage 1's (the base's)
-  g_gen, g_params, _ = load_grouped(dirs["grouped"], merged_config(
-      storage.read_json(os.path.join(dirs["grouped"], "config.json"))))
-  methods = [(label, sampler_of(dirs[ppflow_dir(label)], info), dirs[ppflow_dir(label)])
-             for label, _ in ppflow_stages(c)]
-  methods += [("DiffCR (learned ratios)", sampler_of(dirs["routed"], info), dirs["routed"]),
-              (f"MoD fixed ratio {c.routing.target}", sampler_of(dirs["mod"], info), dirs["mod"]),
-              ("train-then-prune", ComposedSampler(g_gen.config, info, g_params), dirs["grouped"])]
+  grid(DENSE, dense_s, base_images, dense, args.grid)
   label = ppflow_stages(c)[-1][0]
-  methods.append((f"{label} from scratch", sampler_of(dirs[scratch_dir(label)], info), dirs[scratch_dir(label)]))
+  g_gen, g_params, _ = load_grouped(dirs["grouped"], merged_config(
+      storage.read_json(os.path.join(dirs["grouped"], "config.json"))))   # the pipeline's config (its groups)
   gcfg, _, gparams, _ = recipe_lib.load_composed(dirs["composed"], selector=False)
-  methods.append(("composed (no policy)", ComposedSampler(gcfg, info, gparams), dirs["composed"]))
-  for name, smp, src in methods:
-    for s in args.method_steps:
-      arms.append(Arm(f"{name} {args.method_solver} {s}", name, smp, s, args.method_solver, base_images + ft_images,
-                      source=src))
+  models = {label: (sampler_of(dirs[ppflow_dir(label)], info), dirs[ppflow_dir(label)]),
+            ROUTED: (sampler_of(dirs["routed"], info), dirs["routed"]),
+            PRUNE: (ComposedSampler(g_gen.config, info, g_params), dirs["grouped"]),
+            COMPOSED: (ComposedSampler(gcfg, info, gparams), dirs["composed"])}
+  for kind, (smp, src) in models.items():
+    grid(kind, smp, base_images + ft_images, src, args.grid)
+  # The old rules beside the defaults, paired with them (same model, noise, labels).
+  for kind, rule, smp_kinds in (("edges", dict(edges="insert"), (PRUNE, COMPOSED)),
+                                ("history", dict(multistep_history="restart"), (label, PRUNE, COMPOSED))):
+    for k in smp_kinds:
+      smp, src = models[k]
+      variant = "insert edges" if kind == "edges" else "AB2 restarts at edges"
+      for s in args.edge_steps:
+        p = ("ab2", s)
+        arms.append(Arm(point_name(k, p, variant), k, with_sample(smp, **rule), "ab2", s, base_images + ft_images,
+                        src, pair=point_name(k, p), variant=variant))
+  ablation = {}
+  if "ppflow3" in args.ablations and "PPFlow-3" != label:
+    ablation["PPFlow-3"] = (sampler_of(dirs["ppflow"], info), dirs["ppflow"], ft_images)
+  if "mod" in args.ablations:
+    ablation[f"MoD fixed ratio {c.routing.target}"] = (sampler_of(dirs["mod"], info), dirs["mod"], ft_images)
+  if "scratch" in args.ablations:
+    d = dirs[scratch_dir(label)]
+    ablation[f"{label} from scratch"] = (sampler_of(d, info), d, ft_images)
+  if "composed_split" in args.ablations:
+    scfg, _, sparams, _ = recipe_lib.load_composed(dirs["composed_split"], selector=False)
+    ablation["composed (one budget split over 3)"] = (ComposedSampler(scfg, info, sparams), dirs["composed_split"],
+                                                      ft_images // 3 * 3)
+  for kind, (smp, src, ft) in ablation.items():
+    grid(kind, smp, base_images + ft, src, args.ablation_grid)
+  # Two dense points timed again as separate arms: how far apart two timings of the SAME program land.
+  for p in (args.grid[0], args.grid[-1]):
+    a = Arm(point_name(DENSE, p) + " (timed again)", "timing repeat", dense_s, p[0], p[1], base_images, dense,
+            repeat_of=point_name(DENSE, p))
+    arms.append(a)
   sc = composed_config(config_of(dense))
   sc.compose.selector = True
   sc.selector = c.selector
-  arms.append(Arm("AdaDiff policy", "AdaDiff", ComposedSampler(sc, info, load_params(dense),
-                                                                load_params(dirs["adadiff"], ema=False)),
-                  None, None, base_images, paired=False, source=dirs["adadiff"]))
+  arms.append(Arm(ADADIFF, ADADIFF, ComposedSampler(sc, info, load_params(dense),
+                                                    load_params(dirs["adadiff"], ema=False)),
+                  images=base_images, source=dirs["adadiff"]))
   cfg, _, params, policy = recipe_lib.load_composed(dirs["composed"])
-  arms.append(Arm("composed + policy", "composed + policy", ComposedSampler(cfg, info, params, policy),
-                  None, None, base_images + ft_images, paired=False, source=dirs["composed"]))
+  arms.append(Arm(COMPOSED_POLICY, COMPOSED_POLICY, ComposedSampler(cfg, info, params, policy),
+                  images=base_images + ft_images, source=dirs["composed"]))
   return arms
+
+
+def policy_baselines(policy: Arm, arms: list[Arm], args) -> list[Arm]:
+  """A measured policy arm's baselines on its own noise: the best fixed action of its set (the one
+  with the lowest FD among the grid arms of its model that cost at most its mean NFE; else its
+  cheapest) and a random assignment with its action mix (its choices, shuffled)."""
+  model = DENSE if policy.kind == ADADIFF else COMPOSED
+  acts = list(policy.sampler.selector.actions)
+  own = [a for a in arms if a.kind == model and not a.variant and (a.method, a.steps) in acts]
+  cheap = [a for a in own if a.res["nfe"] <= policy.res["nfe"] + 1e-9]
+  best = min(cheap, key=lambda a: a.res["fd"]) if cheap else min(own, key=lambda a: a.res["nfe"])
+  index = acts.index((best.method, best.steps))
+  chosen = policy.chosen
+
+  def shuffled(n):
+    return np.random.default_rng(7).permutation(chosen)[:n]
+  return [Arm(f"{policy.name}: best fixed action {action_label(acts[index])}", policy.kind + " baseline",
+              policy.sampler, images=policy.images, source=policy.source, pair=policy.name,
+              assign=lambda n: np.full(n, index, np.int32)),
+          Arm(f"{policy.name}: random, same action mix", policy.kind + " baseline", policy.sampler,
+              images=policy.images, source=policy.source, pair=policy.name, assign=shuffled)]
 
 
 def features(classifier, images) -> tuple[np.ndarray, np.ndarray]:
@@ -438,79 +584,114 @@ def quality_key(a, args) -> str:
   records when and how long it trained, so a retrained stage never reuses old samples)."""
   marker = os.path.join(a.source, "DONE")
   done = storage.read_json(marker) if a.source and storage.exists(marker) else None
-  return json.dumps({"arm": a.name, "num_eval": args.num_eval, "batch": args.batch, "resamples": args.resamples,
+  return json.dumps({"arm": a.name, "num_eval": args.num_eval, "batch": args.batch, "protocol": 25,
                      "stage": a.source, "done": done}, sort_keys=True)
 
 
+def _cache_base(a, cache_dir: str) -> str:
+  return os.path.join(cache_dir, a.name.replace(" ", "_").replace("/", "_").replace(":", "_"))
+
+
 def cached_quality(a, args, cache_dir: str) -> bool:
-  """Loads an arm's quality measurement (features, steps, results) saved by an interrupted run with
-  the same key; True if it did."""
-  base = os.path.join(cache_dir, a.name.replace(" ", "_").replace("/", "_"))
+  """Loads an arm's quality measurement (features, chosen actions, results) saved by an interrupted
+  run with the same key; True if it did."""
+  base = _cache_base(a, cache_dir)
   if not (os.path.exists(base + ".json") and os.path.exists(base + ".npz")):
     return False
   meta = storage.read_json(base + ".json")
   if meta.get("key") != quality_key(a, args):
     return False
   with np.load(base + ".npz", allow_pickle=False) as z:
-    a.feats, a.steps_per_image = z["feats"], z["steps"]
+    a.feats = z["feats"]
+    a.chosen = z["actions"] if "actions" in z.files else None
   a.res.update(meta["res"])
   return True
 
 
 def save_quality(a, args, cache_dir: str) -> None:
   os.makedirs(cache_dir, exist_ok=True)
-  base = os.path.join(cache_dir, a.name.replace(" ", "_").replace("/", "_"))
-  np.savez(base + ".npz", feats=a.feats, steps=a.steps_per_image)
+  base = _cache_base(a, cache_dir)
+  extra = {} if a.chosen is None else {"actions": a.chosen}
+  np.savez(base + ".npz", feats=a.feats, **extra)
   storage.write_json(base + ".json", {"key": quality_key(a, args), "res": a.res})
 
 
-def measure(arms, classifier, args, info, log, cache_dir: str = "") -> None:
+def measure_quality(a, classifier, labels, time_labels, key, args, log, cache_dir: str) -> None:
+  if cache_dir and cached_quality(a, args, cache_dir):
+    log(f"{a.name}: quality measured by an earlier run (FD {a.res['fd']:.3f}); reusing it")
+    return
+  t = time.perf_counter()
+  a.sample(time_labels, jax.random.PRNGKey(99), args.batch)      # compiles this setting
+  a.first_call = time.perf_counter() - t
+  imgs, chosen = a.sample(labels, key, args.batch)
+  a.feats, preds = features(classifier, imgs)
+  a.chosen = chosen
+  nfe, flops = a.cost(chosen)
+  a.res.update(acc=float(np.mean(preds == labels)), nfe=nfe, gflops=flops / 1e9)
+  if chosen is not None:
+    acts = a.sampler.selector.actions
+    a.res["histogram"] = {action_label(acts[i]): float(np.mean(chosen == i)) for i in range(len(acts))}
+  a.res["fd"] = float(a.ref(*feature_statistics(a.feats)))
+  log(f"{a.name}: FD {a.res['fd']:.3f}, acc {a.res['acc']:.3f}, NFE {nfe:.2f}, {a.res['gflops']:.3f} GFLOPs")
+  if cache_dir:
+    save_quality(a, args, cache_dir)
+
+
+def measure(arms, classifier, args, info, log, cache_dir: str = "") -> list[Arm]:
   """Quality of every arm (cached per arm in `cache_dir` when given, so an interrupted run resumes),
-  then interleaved timing of every arm, then the paired differences to dense."""
+  each policy's baselines after it, every arm's FD on the shared bootstrap rows, then interleaved
+  timing of every arm. Returns the arms with the baselines."""
   labels = balanced_labels(args.num_eval, info.num_classes)
   time_labels = balanced_labels(args.batch, info.num_classes)
   ref = ReferenceFD(*classifier.reference_stats)
   key = jax.random.PRNGKey(1234)
+  out = []
   for a in arms:
-    if cache_dir and cached_quality(a, args, cache_dir):
-      log(f"{a.name}: quality measured by an earlier run (FD {a.res['fd']:.3f}); reusing it")
+    a.ref = ref
+    if a.repeat_of is not None:
+      out.append(a)
       continue
-    t = time.perf_counter()
-    a.sample(time_labels, jax.random.PRNGKey(99), args.batch)      # compiles this setting
-    a.first_call = time.perf_counter() - t
-    imgs, steps = a.sample(labels, key, args.batch)
-    a.feats, preds = features(classifier, imgs)
-    a.steps_per_image = steps
-    iv = fd_interval(a.feats, ref, num_resamples=args.resamples)
-    a.res.update(fd=iv.value, fd_low=iv.low, fd_high=iv.high, acc=float(np.mean(preds == labels)),
-                 steps=float(np.mean(steps)), nfe=a.nfe(steps))
-    flops = (a.sampler.flops_per_image(steps) if a.steps is None
-             else a.sampler.flops_per_image(steps=a.steps, method=a.method))
-    a.res["gflops"] = flops / 1e9
-    log(f"{a.name}: FD {iv}, acc {a.res['acc']:.3f}, avg steps {a.res['steps']:.2f}, {a.res['gflops']:.3f} GFLOPs")
-    if cache_dir:
-      save_quality(a, args, cache_dir)
-  for a in arms:
-    if a.first_call is None:     # quality came from the cache: compile this setting before timing
+    measure_quality(a, classifier, labels, time_labels, key, args, log, cache_dir)
+    out.append(a)
+    if a.policy and a.assign is None:
+      for b in policy_baselines(a, out, args):
+        b.ref = ref
+        measure_quality(b, classifier, labels, time_labels, key, args, log, cache_dir)
+        out.append(b)
+  by_name = {a.name: a for a in out}
+  idx = resample_indices(args.num_eval, args.resamples, seed=0)    # the same rows for every arm
+  for a in out:
+    if a.repeat_of is not None:
+      continue
+    a.boot = resampled_fds(a.feats, ref, idx)
+    iv = interval_from_resamples(a.res["fd"], a.boot, lower_bound=0.0)
+    a.res.update(fd_low=iv.low, fd_high=iv.high)
+  for a in out:
+    if a.repeat_of is not None:
+      src = by_name[a.repeat_of]
+      a.res.update({k: v for k, v in src.res.items() if k not in ("ms", "compile_s")})
+      a.boot = src.boot
+  for a in out:
+    if a.pair is not None and a.pair in by_name:
+      b = by_name[a.pair]
+      d = interval_from_resamples(a.res["fd"] - b.res["fd"], a.boot - b.boot)
+      a.res.update(diff=d.value, diff_low=d.low, diff_high=d.high)
+  for a in out:
+    if a.first_call is None:     # quality came from the cache (or a repeat): compile this setting before timing
       t = time.perf_counter()
       a.sample(time_labels, jax.random.PRNGKey(99), args.batch)
       a.first_call = time.perf_counter() - t
-  for _ in range(args.reps):      # interleaved: load changes hit every arm alike
-    for a in arms:
+  for r in range(args.reps):      # interleaved: load changes hit every arm alike
+    log(f"timing repetition {r + 1}/{args.reps} of {len(out)} arms")
+    for a in out:
       t = time.perf_counter()
       a.sample(time_labels, jax.random.PRNGKey(99), args.batch)
       a.times.append(time.perf_counter() - t)
-  for a in arms:
+  for a in out:
     steady = float(np.median(a.times))
     a.res["ms"] = 1000 * steady / args.batch
     a.res["compile_s"] = max(0.0, a.first_call - steady)
-  dense = {(a.method, a.steps): a for a in arms if a.kind == "dense"}
-  for a in arms:
-    if a.kind == "dense" or not a.paired:
-      continue
-    d = dense[(a.method, a.steps)]
-    diff = fd_difference_interval(a.feats, d.feats, ref, num_resamples=args.resamples)
-    a.res.update(diff=diff.value, diff_low=diff.low, diff_high=diff.high)
+  return out
 
 
 def real_reference_fd(classifier, data_config, args, seed: int):
@@ -521,155 +702,271 @@ def real_reference_fd(classifier, data_config, args, seed: int):
   return fd_interval(feats, ReferenceFD(*classifier.reference_stats), num_resamples=args.resamples)
 
 
+# ---- matched quality: lower envelopes and interpolated costs ----------------------------------------
+def envelope(cost: np.ndarray, fd: np.ndarray) -> np.ndarray:
+  """Indices of the lower envelope of points (cost [P], FD [P]): sorted by cost, each point with a
+  lower FD than every cheaper point (the settings a user would pick)."""
+  order = np.argsort(cost, kind="stable")
+  keep, best = [], math.inf
+  for i in order:
+    if fd[i] < best:
+      keep.append(i)
+      best = fd[i]
+  return np.asarray(keep, int)
+
+
+def cost_at(cost: np.ndarray, fd: np.ndarray, level: float) -> float:
+  """The cost at which the envelope of (cost, FD) reaches FD `level`: linear in log cost between
+  its points; +inf below its best FD (never reached), its cheapest cost at or above its cheapest
+  point's FD (a bound: cheaper settings were not measured)."""
+  e = envelope(cost, fd)
+  c, f = np.log(cost[e]), fd[e]          # f decreasing as c grows
+  if level < f[-1]:
+    return math.inf
+  if level >= f[0]:
+    return float(cost[e][0])
+  j = int(np.nonzero(f <= level)[0][0])   # first envelope point at or below the level (j >= 1)
+  w = (f[j - 1] - level) / (f[j - 1] - f[j])
+  return float(np.exp(c[j - 1] + w * (c[j] - c[j - 1])))
+
+
+def ratio_interval(point: float, boot: np.ndarray) -> tuple[float, float, float]:
+  """(point, low, high) of a speed-up from its resampled values (percentile, no interpolation, so
+  +inf resamples stay +inf)."""
+  lo, hi = np.percentile(boot, [2.5, 97.5], method="lower"), np.percentile(boot, [97.5], method="higher")[0]
+  return float(point), float(lo[0]), float(hi)
+
+
+def dense_points(arms, axis: str):
+  d = [a for a in arms if a.kind == DENSE and not a.variant]
+  return np.asarray([a.res[axis] for a in d]), np.asarray([a.res["fd"] for a in d]), np.stack([a.boot for a in d], 1)
+
+
+def point_speedup(a, arms, axis: str) -> tuple[float, float, float]:
+  """Dense's envelope cost at this arm's FD over its cost, with the shared-resample interval."""
+  dc, dfd, dboot = dense_points(arms, axis)
+  point = cost_at(dc, dfd, a.res["fd"]) / a.res[axis]
+  boot = np.asarray([cost_at(dc, dboot[r], a.boot[r]) / a.res[axis] for r in range(len(a.boot))])
+  return ratio_interval(point, boot)
+
+
+def frontier_speedup(kind: str, arms, axis: str, level: float):
+  """(point, low, high, bound) of dense's envelope cost at FD `level` over `kind`'s envelope cost
+  there, or None when the method's envelope never reaches the level. bound: "" (both interpolated),
+  ">=" (the level is at or above the method's cheapest point's FD: its true cost may be lower),
+  "<=" (likewise for dense), "?" (both)."""
+  pts = [a for a in arms if a.kind == kind and not a.variant]
+  mc, mfd = np.asarray([a.res[axis] for a in pts]), np.asarray([a.res["fd"] for a in pts])
+  mboot = np.stack([a.boot for a in pts], 1)
+  dc, dfd, dboot = dense_points(arms, axis)
+
+  def one(mf, df):
+    own = cost_at(mc, mf, level)
+    return math.nan if not math.isfinite(own) else cost_at(dc, df, level) / own
+  point = one(mfd, dfd)
+  if math.isnan(point):
+    return None
+  boot = np.asarray([one(mboot[r], dboot[r]) for r in range(len(mboot))])
+  boot = np.where(np.isnan(boot), 0.0, boot)    # a resample whose method misses the level: no speed-up
+  m_cheap = level >= mfd[envelope(mc, mfd)][0]
+  d_cheap = level >= dfd[envelope(dc, dfd)][0]
+  bound = "?" if m_cheap and d_cheap else ">=" if m_cheap else "<=" if d_cheap else ""
+  return ratio_interval(point, boot) + (bound,)
+
+
 # ---- report ------------------------------------------------------------------------------------
 def ci(r, k="fd") -> str:
   return f"{r[k]:.3f} [{r[k + '_low']:.3f}, {r[k + '_high']:.3f}]"
+
+
+def fmt_ratio(v) -> str:
+  return "inf" if not math.isfinite(v) else f"{v:.2f}x"
+
+
+def sp(t) -> str:
+  """A speed-up (point, low, high[, bound]) as text."""
+  if t is None:
+    return "-"
+  point, lo, hi = t[:3]
+  bound = t[3] if len(t) > 3 else ""
+  if not math.isfinite(point):
+    return f"> all dense (interval low {fmt_ratio(lo)})"
+  return f"{bound}{fmt_ratio(point)} [{fmt_ratio(lo)}, {fmt_ratio(hi)}]"
+
+
+def method_kinds(arms) -> list[str]:
+  return list(dict.fromkeys(a.kind for a in arms if not a.policy and a.kind not in (DENSE, "timing repeat")))
 
 
 def plot(arms, floor: float, floor_ref, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(8, 5.5))
-  for m in sorted({a.method for a in arms if a.kind == "dense"}):
-    pts = sorted((a for a in arms if a.kind == "dense" and a.method == m), key=lambda a: a.res["ms"])
-    x, y = [a.res["ms"] for a in pts], [a.res["fd"] for a in pts]
-    err = [[a.res["fd"] - a.res["fd_low"] for a in pts], [a.res["fd_high"] - a.res["fd"] for a in pts]]
-    ax.errorbar(x, y, yerr=np.clip(err, 0, None), fmt="--o", ms=4, lw=1, capsize=2, label=f"dense {m}")
-    for a in pts:
-      ax.annotate(str(a.steps), (a.res["ms"], a.res["fd"]), fontsize=6, xytext=(2, 2), textcoords="offset points")
-  for kind in dict.fromkeys(a.kind for a in arms if a.kind != "dense"):
-    pts = [a for a in arms if a.kind == kind]
-    err = [[a.res["fd"] - a.res["fd_low"] for a in pts], [a.res["fd_high"] - a.res["fd"] for a in pts]]
-    ax.errorbar([a.res["ms"] for a in pts], [a.res["fd"] for a in pts], yerr=np.clip(err, 0, None),
-                fmt="*" if kind.startswith("composed") else "s", ms=9 if kind.startswith("composed") else 6,
-                capsize=2, label=kind)
-  ax.axhline(floor, color="gray", lw=0.8, ls=":", label="real vs real")
-  ax.axhspan(floor_ref.low, floor_ref.high, color="gray", alpha=0.15, lw=0)
-  ax.axhline(floor_ref.value, color="gray", lw=0.8, ls="--", label="real vs reference (a perfect generator)")
-  ax.set_xscale("log")
-  ax.set_xlabel("sampling wall-clock, ms / image (log)")
-  ax.set_ylabel("FD, classifier features (95% bootstrap CI)")
-  ax.set_title("quality vs compute: dense frontier (numbers: steps) and methods", fontsize=10)
-  ax.legend(fontsize=7, ncol=2)
+  fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+  for ax, axis, xlabel in ((axes[0], "gflops", "analytic GFLOPs / image (log)"),
+                           (axes[1], "ms", "sampling wall-clock, ms / image (log)")):
+    for kind in [DENSE] + method_kinds(arms):
+      pts = [a for a in arms if a.kind == kind and not a.variant]
+      x, y = np.asarray([a.res[axis] for a in pts]), np.asarray([a.res["fd"] for a in pts])
+      e = envelope(x, y)
+      line, = ax.plot(x[e], y[e], "-", lw=2 if kind == DENSE else 1.3, color="black" if kind == DENSE else None,
+                      label=f"{kind} (envelope)")
+      ax.plot(x, y, "o", ms=3, alpha=0.5, color=line.get_color())
+      if kind == DENSE:
+        for a in pts:
+          ax.annotate(f"{a.method}{a.steps}", (a.res[axis], a.res["fd"]), fontsize=5, xytext=(2, 2),
+                      textcoords="offset points")
+    for a in arms:
+      if a.policy:
+        ax.errorbar([a.res[axis]], [a.res["fd"]], yerr=np.clip([[a.res["fd"] - a.res["fd_low"]], [a.res["fd_high"] - a.res["fd"]]], 0, None),
+                    fmt="*" if a.assign is None else "x", ms=10 if a.assign is None else 6, capsize=2,
+                    label=a.name)
+    ax.axhline(floor, color="gray", lw=0.8, ls=":", label="real vs real")
+    ax.axhspan(floor_ref.low, floor_ref.high, color="gray", alpha=0.15, lw=0)
+    ax.axhline(floor_ref.value, color="gray", lw=0.8, ls="--", label="real vs reference (a perfect generator)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("FD, classifier features (log)")
+  axes[0].set_title("each method's frontier (lines: lower envelopes over all solvers x steps)", fontsize=9)
+  axes[1].legend(fontsize=6, ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
 
-def cpu_flags() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      words = set(f.read().split())
-  except OSError:
-    return "unknown"
-  return " ".join(sorted(w for w in ("avx512_bf16", "amx_bf16", "avx2") if w in words)) or "none of avx2/avx512_bf16/amx_bf16"
-
-
 def report(args, ctx, arms, floor, floor_ref, secs, path_md, path_png) -> str:
-  dense = {(a.method, a.steps): a for a in arms if a.kind == "dense"}
-  L = ["# Less compute at equal quality: dense frontier and methods from one dense checkpoint"
+  by_name = {a.name: a for a in arms}
+  kinds = method_kinds(arms)
+  L = ["# Each method's quality-vs-compute frontier against dense's, every method on dense's grid"
        + (" (SMOKE: tiny budgets, numbers meaningless)" if args.smoke else ""), ""]
   L.append(f"Date: {ctx['date']}. Machine: {ctx['machine']}. CPU flags: {ctx['flags']}.")
   L.append(f"Command: `python experiments/frontier.py {' '.join(ctx['argv'])}` (total {ctx['total_s']:.0f} s).")
   L.append(f"Base: {ctx['base']} at step {ctx['base_step']} x batch {ctx['batch']} = {ctx['base_images']} training "
            f"images ({ctx['model']}). Fine-tuning budget per method: {args.ft_fraction:g} x base = {ctx['ft_images']} "
            f"images = {ctx['ft_steps']} steps of {ctx['batch']} (train-then-prune: {ctx['ft_steps']} // N per group; "
-           f"composed: split over PPFlow / routing / grouped). AdaDiff policy: {ctx['sel']} (labels only).")
+           f"composed: the same budget for EACH ingredient, its PPFlow stage being the PPFlow arm). Policies: {ctx['sel']}.")
   L.append(f"PPFlow stages (t_end, patch): {ctx['ppflow']}.")
-  L.append(f"Quality: {args.num_eval} class-balanced samples per arm, same labels and noise for every arm; FD of "
-           f"classifier features (not Inception) with a bootstrap 95% interval ({args.resamples} resamples); "
-           f"floors: real-vs-reference ({args.num_eval} real images scored like an arm, i.e. a perfect generator) "
-           f"**{floor_ref.value:.3f} [{floor_ref.low:.3f}, {floor_ref.high:.3f}]**, real-vs-real ({args.num_eval} vs "
-           f"{args.num_eval} real images, both halves finite) {floor:.3f}. Timing: "
-           f"{args.batch} images per call, median of {args.reps} interleaved calls after the first (compile "
-           "time = first call minus steady). NFE: network evaluations per image without the CFG doubling "
-           f"(CFG scale {ctx['cfg']}: every evaluation runs twice).")
+  L.append(f"Grid (dense and every method): {', '.join(action_label(p) for p in args.grid)}; sample.edges = snap, "
+           "AB2 keeps its history across edges (module docstring); ablations at "
+           f"{', '.join(action_label(p) for p in args.ablation_grid)}.")
+  L.append(f"Quality: {args.num_eval} class-balanced samples per arm, the same labels and noise for every grid arm; FD "
+           f"of classifier features (not Inception), 95% intervals from {args.resamples} bootstrap resamples shared by "
+           f"every arm (so differences, envelopes and interpolated speed-ups are paired); floors: real-vs-reference "
+           f"({args.num_eval} real images scored like an arm) **{floor_ref.value:.3f} [{floor_ref.low:.3f}, "
+           f"{floor_ref.high:.3f}]**, real-vs-real ({args.num_eval} vs {args.num_eval}) {floor:.3f}. Cost: analytic "
+           f"FLOPs per image (primary) and ms per image, median of {args.reps} calls of {args.batch} images "
+           "interleaved over all arms after a first (compiling) call. NFE: network evaluations per image without "
+           f"the CFG doubling (CFG scale {ctx['cfg']}: every evaluation runs twice).")
   L.append("")
-  L.append("## Dense frontier")
+  L.append("## Frontier speed-up at matched quality")
   L.append("")
-  L.append("| solver | steps | NFE | FD [95% CI] | class acc | GFLOPs / image | ms / image | compile s |")
-  L.append("|---|---:|---:|---|---:|---:|---:|---:|")
-  for a in sorted((a for a in arms if a.kind == "dense"), key=lambda a: (a.method, a.steps)):
+  L.append("Dense cost at FD L (its lower envelope over ALL solvers and steps, linear in log cost between points) over "
+           "the method's own envelope cost at L; 95% interval from the shared bootstrap resamples (a resample where "
+           "the method misses L counts as 0x). `>=`: L is at or above the method's cheapest point's FD (its true "
+           "cost there may be lower); `<=`: likewise for dense; `?`: both; `-`: the method never reaches L.")
+  L.append("")
+  L.append("| method | " + " | ".join(f"FD {lv:g}: FLOPs | FD {lv:g}: ms" for lv in args.fd_levels) + " |")
+  L.append("|---|" + "---|---|" * len(args.fd_levels))
+  table = {}
+  for kind in kinds:
+    cells = []
+    for lv in args.fd_levels:
+      f, m = frontier_speedup(kind, arms, "gflops", lv), frontier_speedup(kind, arms, "ms", lv)
+      table[(kind, lv)] = f
+      cells += [sp(f), sp(m)]
+    L.append(f"| {kind} | " + " | ".join(cells) + " |")
+  L.append("")
+  L.append("## Dense grid")
+  L.append("")
+  L.append("| solver | steps | NFE | FD [95% CI] | class acc | GFLOPs / image | ms / image | compile s | on the FLOPs envelope |")
+  L.append("|---|---:|---:|---|---:|---:|---:|---:|---|")
+  dense = [a for a in arms if a.kind == DENSE]
+  on = set(envelope(np.asarray([a.res["gflops"] for a in dense]), np.asarray([a.res["fd"] for a in dense])))
+  for i, a in enumerate(dense):
     r = a.res
-    L.append(f"| {a.method} | {a.steps} | {r['nfe']:.0f} | {ci(r)} | {r['acc']:.3f} | {r['gflops']:.3f} | "
-             f"{r['ms']:.3f} | {r['compile_s']:.1f} |")
+    L.append(f"| {a.method} | {a.steps} | {r['nfe']:.0f} | {ci(r)} | {r['acc']:.3f} | {r['gflops']:.4f} | "
+             f"{r['ms']:.3f} | {r['compile_s']:.1f} | {'yes' if i in on else ''} |")
   L.append("")
-  lo, hi = min(args.steps), max(args.steps)
-  probe = 4 if 4 in args.steps and hi != 4 else lo
-  ms = args.method_solver
-  if (ms, probe) in dense and (ms, hi) in dense and probe != hi:
-    a, b = dense[(ms, probe)].res, dense[(ms, hi)].res
-    outside = not (b["fd_low"] <= a["fd"] <= b["fd_high"])
-    L.append(f"Testbed check: FD at {probe} {ms} steps {ci(a)} lies **{'outside' if outside else 'inside'}** the "
-             f"interval of FD at {hi} steps {ci(b)}."
-             + (" Quality depends on sampling compute here." if outside else
-                " **The testbed is too easy**: quality does not depend on sampling compute within the noise; "
-                "change it (harder data, larger images) before reading the comparisons below."))
+  L.append("## Every method point")
   L.append("")
-  L.append("## (a) Equal steps: each method vs dense at the same steps and solver")
+  L.append("Matched-FD speed-up: dense's envelope cost at this point's FD over its cost (`inf`: better than every "
+           "dense point). Same-point: dense / method at the same solver and steps; FD diff = method - dense there, "
+           "paired (same noise, labels and resamples).")
   L.append("")
-  L.append("Speed-up = dense / method (ms per image, and analytic FLOPs). FD difference = method - dense, paired "
-           "bootstrap 95% interval (an interval holding 0: no difference beyond sampling noise).")
-  L.append("")
-  L.append("| method | training images | steps | NFE | FD [95% CI] | dense FD [95% CI] | FD diff [95% CI] | class acc | "
-           "ms / image | speed-up (ms) | speed-up (FLOPs) |")
-  L.append("|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|")
-  goals = {}
+  L.append("| arm | training images | NFE | FD [95% CI] | FD diff vs dense same point | class acc | GFLOPs | ms | "
+           "matched-FD speed-up, FLOPs | matched-FD speed-up, ms | same-point speed-up FLOPs / ms |")
+  L.append("|---|---:|---:|---|---|---:|---:|---:|---|---|---|")
   for a in arms:
-    if a.kind == "dense":
+    if a.kind in (DENSE, "timing repeat") or a.variant or a.policy:
       continue
-    r = a.res
-    if a.paired:
-      d = dense[(a.method, a.steps)].res
-      steps, diff = f"{a.steps}", ci(r, "diff")
-    else:   # the policy picks the steps per image; compared with dense at the policy's largest step count
-      top = max([s for s in args.steps if s <= max(a.sampler.spec.step_set)] or [hi])
-      d = dense.get((ms, top), dense[(ms, hi)]).res
-      steps, diff = f"{r['steps']:.2f} avg (vs dense {top})", "not paired (own noise)"
-    sp_ms, sp_fl = d["ms"] / r["ms"], d["gflops"] / r["gflops"]
-    L.append(f"| {a.name} | {a.images} | {steps} | {r['nfe']:.1f} | {ci(r)} | {ci(d)} | {diff} | {r['acc']:.3f} | "
-             f"{r['ms']:.3f} | {sp_ms:.2f}x | {sp_fl:.2f}x |")
-    if a.kind in GOAL_KINDS and a.steps == max(args.method_steps):
-      goals[a.kind] = (r["fd"] <= d["fd_high"], sp_ms >= sp_fl, sp_ms, sp_fl, r["fd"], d)
+    r, d = a.res, by_name[a.pair].res
+    L.append(f"| {a.name} | {a.images} | {r['nfe']:.0f} | {ci(r)} | {ci(r, 'diff')} | {r['acc']:.3f} | "
+             f"{r['gflops']:.4f} | {r['ms']:.3f} | {sp(point_speedup(a, arms, 'gflops'))} | "
+             f"{sp(point_speedup(a, arms, 'ms'))} | {d['gflops'] / r['gflops']:.2f}x / {d['ms'] / r['ms']:.2f}x |")
   L.append("")
-  L.append("## (b) Frontier: every point against the dense frontier")
+  L.append("## Step policies and their baselines")
   L.append("")
-  L.append("| arm | FD [95% CI] | ms / image | GFLOPs / image | fastest dense setting with FD <= this arm's CI high | "
-           "speed-up vs it |")
-  L.append("|---|---|---:|---:|---|---:|")
+  L.append("Each policy samples its own noise (the selector's); its baselines use the SAME noise and labels: the best "
+           "fixed action of its set (lowest FD among its model's grid points costing at most the policy's mean NFE) "
+           "and its own choices shuffled over the inputs (same action mix). FD diff = baseline - policy, paired.")
+  L.append("")
+  L.append("| arm | NFE (mean) | FD [95% CI] | FD diff vs the policy | class acc | GFLOPs | ms | matched-FD speed-up vs "
+           "dense, FLOPs | actions chosen |")
+  L.append("|---|---:|---|---|---:|---:|---:|---|---|")
   for a in arms:
-    if a.kind == "dense":
+    if not a.policy:
       continue
     r = a.res
-    ok = sorted((d for d in dense.values() if d.res["fd"] <= r["fd_high"]), key=lambda d: d.res["ms"])
-    best = f"{ok[0].name} ({ok[0].res['ms']:.3f} ms, FD {ok[0].res['fd']:.3f})" if ok else "none (all dense worse)"
-    sp = f"{ok[0].res['ms'] / r['ms']:.2f}x" if ok else "-"
-    L.append(f"| {a.name} | {ci(r)} | {r['ms']:.3f} | {r['gflops']:.3f} | {best} | {sp} |")
-    a.res["beyond"] = (ok[0].res["ms"] / r["ms"]) if ok else math.inf
+    hist = ", ".join(f"{k} {v:.0%}" for k, v in r.get("histogram", {}).items() if v > 0)
+    L.append(f"| {a.name} | {r['nfe']:.2f} | {ci(r)} | {ci(r, 'diff') if 'diff' in r else ''} | {r['acc']:.3f} | "
+             f"{r['gflops']:.4f} | {r['ms']:.3f} | {sp(point_speedup(a, arms, 'gflops'))} | {hist} |")
   L.append("")
-  L.append("## Goals (issue #17)")
+  L.append("## The sampling grid at partition edges and AB2's history")
   L.append("")
-  for kind in GOAL_KINDS:
-    if kind not in goals:
+  L.append("Each row against the same model at the same AB2 steps with the defaults (edges snap, history kept): "
+           "FD diff = this rule - default, paired.")
+  L.append("")
+  L.append("| model | AB2 steps | rule | NFE (default -> this) | FD [95% CI] | FD diff vs default | GFLOPs (default -> this) |")
+  L.append("|---|---:|---|---|---|---|---|")
+  for a in arms:
+    if not a.variant:
       continue
-    within, fast, sp_ms, sp_fl, fd, d = goals[kind]
-    L.append(f"- {kind} at {max(args.method_steps)} {ms} steps: FD {fd:.3f} {'within' if within else 'NOT within'} the "
-             f"dense CI (<= {d['fd_high']:.3f}); measured speed-up {sp_ms:.2f}x "
-             f"{'>=' if fast else '<'} its FLOPs speed-up {sp_fl:.2f}x: **{'met' if within and fast else 'not met'}**.")
-  top = max(args.method_steps)
-  scratch = {a.kind: a for a in arms if a.kind.endswith(" from scratch") and a.steps == top}
-  for kind, a in scratch.items():
-    conv = next((b for b in arms if b.kind == kind[:-len(" from scratch")] and b.steps == top), None)
-    if conv is not None:
-      L.append(f"- {kind} vs converted from the dense base, both {a.images} training images in all, at {top} {ms} "
-               f"steps: FD {ci(a.res)} vs {ci(conv.res)} (dense {ci(dense[(ms, top)].res)}).")
-  comp = next(a for a in arms if a.kind == "composed + policy")
-  sp = comp.res["beyond"]
-  L.append(f"- Composed + policy beyond the dense frontier (>= 1.5x faster than the fastest dense setting whose FD "
-           f"is at most the composed CI's high end {comp.res['fd_high']:.3f}): "
-           + (f"{sp:.2f}x: **{'met' if sp >= 1.5 else 'not met'}**." if math.isfinite(sp) else
-              "no dense setting is that good, the composed model is faster than all of them at better FD: **met**."))
+    r, d = a.res, by_name[a.pair].res
+    L.append(f"| {a.kind} | {a.steps} | {a.variant} | {d['nfe']:.0f} -> {r['nfe']:.0f} | {ci(r)} | {ci(r, 'diff')} | "
+             f"{d['gflops']:.4f} -> {r['gflops']:.4f} |")
+  L.append("")
+  L.append("## Timing spread")
+  L.append("")
+  rep = [a for a in arms if a.repeat_of is not None]
+  ratios = [a.res["ms"] / by_name[a.repeat_of].res["ms"] for a in rep]
+  spreads = [(max(a.times) - min(a.times)) / float(np.median(a.times)) for a in dense]
+  L.append("Two dense points timed again as separate arms (the same program): "
+           + "; ".join(f"{a.repeat_of}: {by_name[a.repeat_of].res['ms']:.3f} vs {a.res['ms']:.3f} ms ({x:.3f}x)"
+                       for a, x in zip(rep, ratios))
+           + f". Within an arm, (max - min) / median of its {args.reps} calls over the dense points: median "
+           f"{np.median(spreads):.1%}, largest {max(spreads):.1%}. Read ms ratios closer to 1 than that as equal.")
+  L.append("")
+  L.append("## Goals (issue #25)")
+  L.append("")
+  for kind in kinds:
+    goal = next((g for k, g in GOALS.items() if kind.startswith(k) and "scratch" not in kind), None)
+    if goal is None:
+      continue
+    got = [(lv, table[(kind, lv)]) for lv in args.fd_levels if table[(kind, lv)] is not None]
+    best = max(got, key=lambda x: x[1][0], default=None)
+    met = [lv for lv, t in got if t[0] >= goal and t[1] >= 1.0 and t[3] in ("", ">=")]
+    L.append(f"- {kind}: >= {goal}x beyond dense's envelope at matched FD (FLOPs): "
+             + (f"best {sp(best[1])} at FD {best[0]:g}; " if best else "reaches none of the FD levels; ")
+             + (f"**met** at FD {', '.join(f'{lv:g}' for lv in met)} (interval above 1x)." if met else "**not met**."))
+  for a in arms:
+    if a.policy and a.assign is None:
+      base = [b for b in arms if b.pair == a.name]
+      wins = [b for b in base if b.res["diff_low"] > 0]
+      L.append(f"- {a.name}: beyond its baselines (FD lower than each, paired interval above 0, at mean NFE "
+               f"{a.res['nfe']:.2f}): " + "; ".join(f"{b.name.split(': ', 1)[1]} (NFE {b.res['nfe']:.2f}) FD diff "
+                                                      f"{ci(b.res, 'diff')}" for b in base)
+               + f": **{'met' if len(wins) == len(base) else 'not met'}**.")
   reused = {k: v for k, (v, r) in secs.items() if r}
   known = sum(v for v in reused.values() if v is not None)
   L.append(f"- Whole benchmark on this machine: {(ctx['total_s'] + known) / 60:.1f} min (this invocation "
@@ -678,7 +975,8 @@ def report(args, ctx, arms, floor, floor_ref, secs, path_md, path_png) -> str:
            + (" (some reused stages did not record their time)" if None in reused.values() else "") + ".")
   L.append("")
   L.append("Training seconds: " + (", ".join(
-      f"{k} {'?' if v is None else f'{v:.0f}'}{' (reused)' if r else ''}" for k, (v, r) in secs.items()) or "none"))
+      f"{k} {'?' if v is None else f'{v:.0f}'}{' (reused)' if r else ''}" for k, (v, r) in secs.items()) or "none")
+      + " (composed: its routing, pruning, grouped and policy stages; its PPFlow stage is the PPFlow arm's).")
   L.append("")
   L.append(f"![frontier]({os.path.basename(path_png)})")
   text = "\n".join(L) + "\n"
@@ -699,22 +997,30 @@ def main(argv=None):
                   help="JAX persistent compilation cache (default <cache>/xla; '' = off): reruns skip compiling")
   ap.add_argument("--reuse", action="store_true", help="keep finished stages in --work (default: start fresh)")
   ap.add_argument("--smoke", action="store_true", help="tiny budgets: checks the pipeline, numbers mean nothing")
-  ap.add_argument("--ft_fraction", type=float, default=0.2, help="fine-tuning images / base training images")
-  ap.add_argument("--steps", default="2,4,8,16,32", help="dense frontier step counts")
-  ap.add_argument("--solvers", default="euler,heun,ab2", help="dense frontier solvers")
-  ap.add_argument("--method_steps", default="8,32", help="step counts of the equal-steps comparison")
-  ap.add_argument("--method_solver", default="heun", help="solver of the methods (and their dense reference)")
-  ap.add_argument("--selector_steps", type=int, default=100, help="AdaDiff policy steps (32 labels each)")
-  ap.add_argument("--num_eval", type=int, default=2000, help="samples per arm (headline numbers: >= 2000)")
-  ap.add_argument("--batch", type=int, default=200, help="images per sampling call (quality and timing)")
-  ap.add_argument("--reps", type=int, default=3, help="timed calls per arm")
-  ap.add_argument("--resamples", type=int, default=200, help="bootstrap resamples per interval")
+  ap.add_argument("--ft_fraction", type=float, default=0.1, help="fine-tuning images / base training images, per method")
+  ap.add_argument("--grid", default="euler:2,euler:3,euler:4,euler:6,euler:8,euler:16,"
+                  "ab2:3,ab2:4,ab2:6,ab2:8,ab2:12,ab2:16,heun:8",
+                  help="solver:steps points every model (dense and each method) is sampled at")
+  ap.add_argument("--policy_actions", default="euler:2,euler:3,euler:4,ab2:4,ab2:6,ab2:8,ab2:12,ab2:16",
+                  help="the step policies' actions (solver:steps, each in --grid)")
+  ap.add_argument("--policy_cost", default="nfe", help="the policies' cost: nfe, flops or steps")
+  ap.add_argument("--policy_beta", type=float, default=0.3, help="reward = quality - beta * cost / max cost")
+  ap.add_argument("--edge_steps", default="4,8", help="AB2 steps of the edge-rule and history checks ('' = none)")
+  ap.add_argument("--fd_levels", default="0.3,0.5,1.0", help="FD levels of the frontier speed-up table")
+  ap.add_argument("--ablations", default="", help=f"opt-in arms: a comma-separated subset of {','.join(ABLATIONS)}, or all")
+  ap.add_argument("--ablation_grid", default="euler:4,ab2:8,heun:8", help="points the ablation arms are sampled at")
+  ap.add_argument("--selector_steps", type=int, default=100, help="policy training steps (32 labels each)")
+  ap.add_argument("--num_eval", type=int, default=1000, help="samples per arm")
+  ap.add_argument("--batch", type=int, default=100, help="images per sampling call (quality and timing)")
+  ap.add_argument("--reps", type=int, default=5, help="timed calls per arm (interleaved)")
+  ap.add_argument("--resamples", type=int, default=200, help="bootstrap resamples, shared by every arm")
   args = ap.parse_args(argv)
   argv_text = list(sys.argv[1:] if argv is None else argv)
   if args.smoke:
     s = SMOKE
     args.num_eval, args.batch, args.reps = s["num_eval"], s["batch_eval"], s["reps"]
-    args.steps, args.method_steps = s["steps"], s["method_steps"]
+    args.grid, args.policy_actions, args.ablation_grid = s["grid"], s["policy_actions"], s["ablation_grid"]
+    args.edge_steps, args.fd_levels = s["edge_steps"], s["fd_levels"]
     if args.out == ap.get_default("out"):
       args.out = os.path.join(args.work, "frontier_smoke.md")    # smoke numbers stay out of results/
   validate_args(args)
@@ -741,7 +1047,7 @@ def main(argv=None):
   ft_steps = max(1, ft_images // bs)
   c = method_config(bcfg, args, ft_steps)
   info = data_lib.get_info(c.data)
-  dirs, secs = train_arms(c, dense, ft_steps, base_step, args.work, log)
+  dirs, secs = train_arms(c, dense, ft_steps, base_step, args.work, args.ablations, log)
 
   classifier = get_classifier(c.data, args.cache, seed=int(c.eval.classifier_seed), log=log)
   floor = real_vs_real_fd(classifier, c.data, args.num_eval)
@@ -749,19 +1055,20 @@ def main(argv=None):
   floor_ref = real_reference_fd(classifier, c.data, args, seed=int(c.eval.classifier_seed) + 1000)
   log(f"real-vs-reference FD floor ({args.num_eval} real images): {floor_ref}")
   arms = build_arms(c, dense, dirs, args, info, base_images, ft_steps * bs)
-  measure(arms, classifier, args, info, log, cache_dir=os.path.join(args.work, "quality"))
+  arms = measure(arms, classifier, args, info, log, cache_dir=os.path.join(args.work, "quality"))
 
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   png = os.path.splitext(args.out)[0] + ".png"
   plot(arms, floor, floor_ref, png)
   m = bcfg.model
-  ctx = dict(date=date, machine=machine, flags=cpu_flags(), argv=argv_text, total_s=time.time() - t0, base=base,
+  ctx = dict(date=date, machine=machine, flags=matmul_flags(), argv=argv_text, total_s=time.time() - t0, base=base,
              base_step=base_step, batch=bs, base_images=base_images, ft_images=ft_steps * bs, ft_steps=ft_steps,
              cfg=float(bcfg.sample.cfg_scale), ppflow=ppflow_note(c),
              model=f"{bcfg.name}: {bcfg.data.name} {bcfg.data.image_size}x{bcfg.data.image_size}, DiT width "
                    f"{m.hidden_size} depth {m.depth} patch {m.patch_size}",
-             sel=f"{c.compose.selector_steps} steps x {c.compose.selector_batch} labels, step set "
-                 f"{tuple(c.selector.step_set)}, reward {c.selector.quality}")
+             sel=f"{c.compose.selector_steps} steps x {c.compose.selector_batch} labels, actions "
+                 f"{', '.join(c.selector.actions)}, cost {c.selector.cost}, beta {c.selector.beta}, inputs: class "
+                 f"embedding + noise statistics, reward {c.selector.quality}")
   text = report(args, ctx, arms, floor, floor_ref, secs, args.out, png)
   print(text)
   with open(os.path.join(args.work, "frontier.json"), "w") as f:

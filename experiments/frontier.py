@@ -259,7 +259,9 @@ def ppflow_note(c) -> str:
     text += (f". PPFlow-3's coarse {2 * p}x{2 * p} tokens carry {4 * p * p * ch} pixel values, more than the width "
              f"{c.model.hidden_size}: a velocity target's full-resolution noise part cannot pass (the head's rank is at "
              "most the width), so its coarse stage keeps a loss floor; PPFlow-2 keeps every token within the width and "
-             "is the composed recipe's. No three-level schedule of this base patch fits this width: its coarsest "
+             "is the composed recipe's (two levels like the paper's PPF-2, but its coarse tokens are p x 2p, half the tokens, "
+             "where the paper's 2p x 2p would be a quarter: those are PPFlow-3's coarse tokens and exceed the width too). "
+             "No three-level schedule of this base patch fits this width: its coarsest "
              "level needs 2p x 2p tokens; PPFlow-3 is the opt-in ablation `ppflow3` here and is measured at "
              "64 / 256 / 1,024 tokens in experiments/results/resolution.md")
   return text

@@ -828,6 +828,8 @@ def plot(arms, floor: float, floor_ref, path: str) -> None:
     ax.axhline(floor_ref.value, color="gray", lw=0.8, ls="--", label="real vs reference (a perfect generator)")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    # A floor interval reaching 0 would stretch the log axis down to nothing: start below the lowest FD.
+    ax.set_ylim(bottom=0.7 * min([a.res["fd"] for a in arms if a.res["fd"] > 0] + [floor, floor_ref.value]))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("FD, classifier features (log)")
   axes[0].set_title("each method's frontier (lines: lower envelopes over all solvers x steps)", fontsize=9)

@@ -183,6 +183,27 @@ def validate_args(args) -> None:
     raise ValueError(f"--reps: timed repetitions, >= 1, got {args.reps}")
   if args.resamples < 10:
     raise ValueError(f"--resamples: bootstrap resamples, >= 10, got {args.resamples}")
+  check_map_count(len(args.grid) * 5 + 5 * len(args.edge_steps) + 8 + len(args.ablations) * len(args.ablation_grid))
+
+
+# Measured 2026-12-03: one process holding ~80 XLA:CPU sampler programs (this benchmark's default arms,
+# every one kept compiled for the interleaved timing) ran out of memory mappings under the kernel's
+# default vm.max_map_count (65,530) and died (exit 139, "LLVM compilation error: Cannot allocate memory").
+PROGRAMS_PER_DEFAULT_MAP_COUNT = 60
+
+
+def check_map_count(programs: int, path: str = "/proc/sys/vm/max_map_count") -> None:
+  """Refuses, before anything trains, a run whose compiled programs would exhaust the kernel's
+  memory-mapping limit during measurement."""
+  try:
+    with open(path) as f:
+      limit = int(f.read())
+  except (OSError, ValueError):
+    return
+  if programs > PROGRAMS_PER_DEFAULT_MAP_COUNT * limit / 65530:
+    raise ValueError(f"vm.max_map_count is {limit}: about {programs} sampler programs stay compiled in this process for "
+                     f"the interleaved timing and need more mappings (the default 65,530 held ~80); raise it with "
+                     f"`sudo sysctl -w vm.max_map_count=1048576`, or sample fewer --grid points")
 
 
 def base_train_config(args):

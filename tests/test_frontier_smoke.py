@@ -39,6 +39,16 @@ def test_bad_flags_fail_before_training(tmp_path, flags, field):
   assert not work.exists()          # nothing trained, nothing written
 
 
+def test_too_many_programs_for_the_kernels_map_count_fail_before_training(tmp_path):
+  limit = tmp_path / "max_map_count"
+  limit.write_text("65530\n")
+  frontier.check_map_count(50, str(limit))
+  with pytest.raises(ValueError, match="vm.max_map_count is 65530: about 90 sampler programs"):
+    frontier.check_map_count(90, str(limit))
+  limit.write_text("1048576\n")
+  frontier.check_map_count(500, str(limit))
+
+
 def test_reuse_refuses_a_stage_made_with_other_settings(tmp_path):
   stage = tmp_path / "ppflow"
   stage.mkdir()

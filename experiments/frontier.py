@@ -49,9 +49,11 @@ interval; every arm's FD is resampled with the SAME `--resamples` index rows
 (adaflow.eval.bootstrap), so a paired difference, a lower envelope and an interpolated speed-up
 each get an interval from the same resamples; class accuracy; analytic FLOPs per image
 (adaflow.compose.flops, the primary cost axis); ms/image steady state (median of `--reps` calls of
-`--batch` images, interleaved over all arms, after a first call whose excess time is reported as
-compile time); NFE (network evaluations per image, without the CFG doubling). The run-to-run
-spread of ms comes from dense points timed twice as separate arms. Floors: real-vs-real and
+`--batch` images, interleaved over the arms of one model, after a first call whose excess time is
+reported as compile time; one model's programs at a time, dropped before the next model's compile,
+so the kernel's default vm.max_map_count suffices); NFE (network evaluations per image, without the
+CFG doubling). The run-to-run spread of ms comes from two dense points timed again as separate
+arms at the end of the run (the first timing was at its start). Floors: real-vs-real and
 real-vs-reference (what a generator that samples the data exactly scores under this protocol).
 
 Matched quality: dense's lower envelope over ALL its solvers (cost vs FD, the points no cheaper
@@ -62,8 +64,7 @@ envelope cost at L over the method's envelope cost at L. Outside dense's FD rang
 
 Resumable: every stage keeps a DONE marker (with its training seconds) and every arm's quality
 measurement (features, actions) is kept in <work>/quality keyed by the settings and its stage's
-marker, so `--reuse` after an interruption redoes only what is missing (timing always reruns, all
-arms interleaved).
+marker, so `--reuse` after an interruption redoes only what is missing (timing always reruns).
 
 Writes `--out` (default experiments/results/frontier.md; with --smoke <work>/frontier_smoke.md) and
 the plot next to it (.png).
@@ -71,6 +72,7 @@ the plot next to it (.png).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -183,12 +185,14 @@ def validate_args(args) -> None:
     raise ValueError(f"--reps: timed repetitions, >= 1, got {args.reps}")
   if args.resamples < 10:
     raise ValueError(f"--resamples: bootstrap resamples, >= 10, got {args.resamples}")
-  check_map_count(len(args.grid) * 5 + 5 * len(args.edge_steps) + 8 + len(args.ablations) * len(args.ablation_grid))
+  # The largest timing block: the composed model's grid, its edge and history variants, the policy's
+  # actions (one program each) and slack for the classifier.
+  check_map_count(len(args.grid) + 2 * len(args.edge_steps) + len(args.policy_actions) + 4)
 
 
-# Measured 2026-12-03: one process holding ~80 XLA:CPU sampler programs (this benchmark's default arms,
-# every one kept compiled for the interleaved timing) ran out of memory mappings under the kernel's
-# default vm.max_map_count (65,530) and died (exit 139, "LLVM compilation error: Cannot allocate memory").
+# Measured 2026-12-03: one process holding ~80 XLA:CPU sampler programs (all of this benchmark's arms,
+# before they were timed one model at a time) ran out of memory mappings under the kernel's default
+# vm.max_map_count (65,530) and died (exit 139, "LLVM compilation error: Cannot allocate memory").
 PROGRAMS_PER_DEFAULT_MAP_COUNT = 60
 
 
@@ -201,9 +205,9 @@ def check_map_count(programs: int, path: str = "/proc/sys/vm/max_map_count") -> 
   except (OSError, ValueError):
     return
   if programs > PROGRAMS_PER_DEFAULT_MAP_COUNT * limit / 65530:
-    raise ValueError(f"vm.max_map_count is {limit}: about {programs} sampler programs stay compiled in this process for "
-                     f"the interleaved timing and need more mappings (the default 65,530 held ~80); raise it with "
-                     f"`sudo sysctl -w vm.max_map_count=1048576`, or sample fewer --grid points")
+    raise ValueError(f"vm.max_map_count is {limit}: about {programs} sampler programs of one model stay compiled "
+                     f"together for its timing and need more mappings (the default 65,530 held ~80); raise it with "
+                     f"`sudo sysctl -w vm.max_map_count=1048576`, or sample fewer --grid / --policy_actions points")
 
 
 def base_train_config(args):
@@ -660,27 +664,65 @@ def measure_quality(a, classifier, labels, time_labels, key, args, log, cache_di
     save_quality(a, args, cache_dir)
 
 
+def timing_block(a) -> str:
+  """The arms compiled and timed together: one model's (its workdir's) arms with their sampler
+  variants and policy baselines; the repeated dense points form a block of their own, timed last, so
+  their spread against the first timing of the same program includes the drift over the whole run."""
+  return "timing repeat" if a.repeat_of is not None else a.source
+
+
+def time_block(block, time_labels, args, log) -> None:
+  """Steady-state timing of one block's arms: `--reps` calls each, interleaved over the block (load
+  changes hit its arms alike), after a first call where the quality came from the cache."""
+  for a in block:
+    if a.first_call is None:     # quality came from the cache (or a repeat): compile this setting before timing
+      t = time.perf_counter()
+      a.sample(time_labels, jax.random.PRNGKey(99), args.batch)
+      a.first_call = time.perf_counter() - t
+  for r in range(args.reps):
+    log(f"timing repetition {r + 1}/{args.reps} of {len(block)} arms ({block[0].kind})")
+    for a in block:
+      t = time.perf_counter()
+      a.sample(time_labels, jax.random.PRNGKey(99), args.batch)
+      a.times.append(time.perf_counter() - t)
+  for a in block:
+    steady = float(np.median(a.times))
+    a.res["ms"] = 1000 * steady / args.batch
+    a.res["compile_s"] = max(0.0, a.first_call - steady)
+
+
 def measure(arms, classifier, args, info, log, cache_dir: str = "") -> list[Arm]:
   """Quality of every arm (cached per arm in `cache_dir` when given, so an interrupted run resumes),
-  each policy's baselines after it, every arm's FD on the shared bootstrap rows, then interleaved
-  timing of every arm. Returns the arms with the baselines."""
+  each policy's baselines after it, and timing, one block of arms (`timing_block`) at a time: every
+  XLA:CPU program takes memory mappings, and the ~80 programs of all arms compiled at once exceeded
+  the kernel's default vm.max_map_count (65,530: exit 139 at measurement), so each block's programs
+  are dropped (jax.clear_caches) before the next compiles. Then every arm's FD on the shared
+  bootstrap rows. Returns the arms with the baselines."""
   labels = balanced_labels(args.num_eval, info.num_classes)
   time_labels = balanced_labels(args.batch, info.num_classes)
   ref = ReferenceFD(*classifier.reference_stats)
   key = jax.random.PRNGKey(1234)
-  out = []
+  blocks: dict[str, list[Arm]] = {}
   for a in arms:
-    a.ref = ref
-    if a.repeat_of is not None:
-      out.append(a)
-      continue
-    measure_quality(a, classifier, labels, time_labels, key, args, log, cache_dir)
-    out.append(a)
-    if a.policy and a.assign is None:
-      for b in policy_baselines(a, out, args):
-        b.ref = ref
-        measure_quality(b, classifier, labels, time_labels, key, args, log, cache_dir)
-        out.append(b)
+    blocks.setdefault(timing_block(a), []).append(a)
+  out = []
+  for block in blocks.values():
+    done = []
+    for a in block:
+      a.ref = ref
+      done.append(a)
+      if a.repeat_of is not None:
+        continue
+      measure_quality(a, classifier, labels, time_labels, key, args, log, cache_dir)
+      if a.policy and a.assign is None:
+        for b in policy_baselines(a, out + done, args):
+          b.ref = ref
+          measure_quality(b, classifier, labels, time_labels, key, args, log, cache_dir)
+          done.append(b)
+    time_block(done, time_labels, args, log)
+    out.extend(done)
+    jax.clear_caches()       # this block's programs (and their mappings) go before the next block compiles
+    gc.collect()
   by_name = {a.name: a for a in out}
   idx = resample_indices(args.num_eval, args.resamples, seed=0)    # the same rows for every arm
   for a in out:
@@ -699,21 +741,6 @@ def measure(arms, classifier, args, info, log, cache_dir: str = "") -> list[Arm]
       b = by_name[a.pair]
       d = interval_from_resamples(a.res["fd"] - b.res["fd"], a.boot - b.boot)
       a.res.update(diff=d.value, diff_low=d.low, diff_high=d.high)
-  for a in out:
-    if a.first_call is None:     # quality came from the cache (or a repeat): compile this setting before timing
-      t = time.perf_counter()
-      a.sample(time_labels, jax.random.PRNGKey(99), args.batch)
-      a.first_call = time.perf_counter() - t
-  for r in range(args.reps):      # interleaved: load changes hit every arm alike
-    log(f"timing repetition {r + 1}/{args.reps} of {len(out)} arms")
-    for a in out:
-      t = time.perf_counter()
-      a.sample(time_labels, jax.random.PRNGKey(99), args.batch)
-      a.times.append(time.perf_counter() - t)
-  for a in out:
-    steady = float(np.median(a.times))
-    a.res["ms"] = 1000 * steady / args.batch
-    a.res["compile_s"] = max(0.0, a.first_call - steady)
   return out
 
 
@@ -881,7 +908,8 @@ def report(args, ctx, arms, floor, floor_ref, secs, path_md, path_png) -> str:
            f"({args.num_eval} real images scored like an arm) **{floor_ref.value:.3f} [{floor_ref.low:.3f}, "
            f"{floor_ref.high:.3f}]**, real-vs-real ({args.num_eval} vs {args.num_eval}) {floor:.3f}. Cost: analytic "
            f"FLOPs per image (primary) and ms per image, median of {args.reps} calls of {args.batch} images "
-           "interleaved over all arms after a first (compiling) call. NFE: network evaluations per image without "
+           "interleaved over one model's arms after a first (compiling) call (one model's programs compiled at a "
+           "time; the timing spread below bounds the drift between models). NFE: network evaluations per image without "
            f"the CFG doubling (CFG scale {ctx['cfg']}: every evaluation runs twice).")
   L.append("")
   L.append("## Frontier speed-up at matched quality")
@@ -966,7 +994,7 @@ def report(args, ctx, arms, floor, floor_ref, secs, path_md, path_png) -> str:
   rep = [a for a in arms if a.repeat_of is not None]
   ratios = [a.res["ms"] / by_name[a.repeat_of].res["ms"] for a in rep]
   spreads = [(max(a.times) - min(a.times)) / float(np.median(a.times)) for a in dense]
-  L.append("Two dense points timed again as separate arms (the same program): "
+  L.append("Two dense points timed again as separate arms at the end of the run (the same program as at its start): "
            + "; ".join(f"{a.repeat_of}: {by_name[a.repeat_of].res['ms']:.3f} vs {a.res['ms']:.3f} ms ({x:.3f}x)"
                        for a, x in zip(rep, ratios))
            + f". Within an arm, (max - min) / median of its {args.reps} calls over the dense points: median "
@@ -1010,7 +1038,7 @@ def report(args, ctx, arms, floor, floor_ref, secs, path_md, path_png) -> str:
   return text
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--work", default="/tmp/adaflow_frontier", help="stage directories of this benchmark")
   ap.add_argument("--base", default="", help="dense base workdir (default <work>/base; trained if not finished)")
@@ -1039,6 +1067,11 @@ def main(argv=None):
   ap.add_argument("--batch", type=int, default=100, help="images per sampling call (quality and timing)")
   ap.add_argument("--reps", type=int, default=5, help="timed calls per arm (interleaved)")
   ap.add_argument("--resamples", type=int, default=200, help="bootstrap resamples, shared by every arm")
+  return ap
+
+
+def main(argv=None):
+  ap = build_parser()
   args = ap.parse_args(argv)
   argv_text = list(sys.argv[1:] if argv is None else argv)
   if args.smoke:

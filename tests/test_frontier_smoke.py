@@ -43,10 +43,34 @@ def test_too_many_programs_for_the_kernels_map_count_fail_before_training(tmp_pa
   limit = tmp_path / "max_map_count"
   limit.write_text("65530\n")
   frontier.check_map_count(50, str(limit))
-  with pytest.raises(ValueError, match="vm.max_map_count is 65530: about 90 sampler programs"):
+  with pytest.raises(ValueError, match="vm.max_map_count is 65530: about 90 sampler programs of one model"):
     frontier.check_map_count(90, str(limit))
   limit.write_text("1048576\n")
   frontier.check_map_count(500, str(limit))
+
+
+def test_the_default_run_fits_the_kernels_default_map_count(monkeypatch):
+  # One model's programs are compiled at a time, so the default grid must not need a raised sysctl.
+  asked = []
+  monkeypatch.setattr(frontier, "check_map_count", lambda programs: asked.append(programs))
+  args = frontier.build_parser().parse_args(["--ablations", "all"])
+  frontier.validate_args(args)
+  assert asked and asked[0] <= frontier.PROGRAMS_PER_DEFAULT_MAP_COUNT
+
+
+def test_arms_are_timed_one_model_at_a_time_and_the_repeats_last():
+  arm = frontier.Arm
+  arms = [arm("dense euler 4", "dense", None, "euler", 4, source="/w/dense"),
+          arm("c euler 4", "composed", None, "euler", 4, source="/w/composed"),
+          arm("c ab2 4 (insert edges)", "composed", None, "ab2", 4, source="/w/composed", variant="insert edges"),
+          arm("dense euler 4 (timed again)", "timing repeat", None, "euler", 4, source="/w/dense",
+              repeat_of="dense euler 4"),
+          arm("composed + policy", "composed + policy", None, source="/w/composed")]
+  blocks = {}
+  for a in arms:
+    blocks.setdefault(frontier.timing_block(a), []).append(a.name)
+  assert list(blocks.values()) == [["dense euler 4"], ["c euler 4", "c ab2 4 (insert edges)", "composed + policy"],
+                                   ["dense euler 4 (timed again)"]]
 
 
 def test_reuse_refuses_a_stage_made_with_other_settings(tmp_path):

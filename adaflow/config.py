@@ -2,7 +2,7 @@
 
 Each error is a `ValueError` whose message names the config field and says how to fix it.
 The checks of one objective are its `validate(config, info)`, passed in by whoever builds it
-(`adaflow.train.registry.validate` passes the objective's own): nothing is registered on import.
+(`adaflow.methods.validate` passes the method's own): nothing is registered on import.
 """
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ from adaflow.rl import rewards as rw  # noqa: E402
 from adaflow.rl.reinforce import reinforce_train  # noqa: E402
 from adaflow.train import checkpoint as ckpt  # noqa: E402
 from adaflow.train.loop import load_trainer_and_params  # noqa: E402
-from adaflow.train.registry import build_objective  # noqa: E402
+from adaflow.methods import build_objective  # noqa: E402
 
 
 def load_config(path):

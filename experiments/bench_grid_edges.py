@@ -62,7 +62,7 @@ from adaflow.config_defaults import load_config_file  # noqa: E402
 from adaflow.eval import evaluate_samples, get_classifier  # noqa: E402
 from adaflow.eval import bootstrap  # noqa: E402
 from adaflow.eval.frechet import feature_statistics  # noqa: E402
-from adaflow.eval.generate import balanced_labels  # noqa: E402
+from adaflow.flow.driver import balanced_labels  # noqa: E402
 from adaflow.pipelines.grouped import load_grouped, run_grouped  # noqa: E402
 from adaflow.train.loop import load_trainer_and_params, train  # noqa: E402
 from experiments.common import machine_line, utc_now, write_report  # noqa: E402
@@ -165,7 +165,7 @@ def old_grouped_segments(edges, grid) -> list[tuple[int, np.ndarray]]:
 
 
 class Model:
-  """One trained model (its composed generator, adaflow.compose.generator_for) and how each rule
+  """One trained model (its composed generator, adaflow.methods.generator_for) and how each rule
   samples it."""
 
   def __init__(self, name, generator, params, config, kind):

@@ -35,14 +35,14 @@ import numpy as np  # noqa: E402
 from adaflow import data as data_lib  # noqa: E402
 from adaflow.eval import evaluate_samples, get_classifier  # noqa: E402
 from adaflow.models.grouped import group_key  # noqa: E402
-from adaflow.compose.generator import generator_for  # noqa: E402
-from adaflow.objectives.flow_matching import FlowMatchingObjective  # noqa: E402
+from adaflow.methods import generator_for  # noqa: E402
+from adaflow.models.dit import dit_from_config  # noqa: E402
 from adaflow.parallel import make_mesh  # noqa: E402
 from adaflow.prune import budget as budget_lib  # noqa: E402
 from adaflow.pipelines.grouped import (grouped_generator, prune, run_grouped,  # noqa: E402
                                     sampling_summary)
 from adaflow.prune.slicing import Structure, slice_params  # noqa: E402
-from adaflow.eval.generate import balanced_labels, make_generate_fn  # noqa: E402
+from adaflow.flow.driver import balanced_labels, make_generate_fn  # noqa: E402
 from adaflow.train.loop import train  # noqa: E402
 from adaflow.train.loop import load_params  # noqa: E402
 
@@ -138,8 +138,8 @@ def main():
   # ---- the arms -------------------------------------------------------------------------------
   cfg = base_config(args)
   info = data_lib.get_info(cfg.data)
-  dense_obj = FlowMatchingObjective(cfg, info)
-  base_flops = budget_lib.model_flops(dense_obj.model)
+  dense_model = dit_from_config(cfg.model, info.image_shape, info.num_classes)
+  base_flops = budget_lib.model_flops(dense_model)
   arms = {}   # name -> (generator, params, flops fraction, note)
   dense_gen = generator_for(cfg, info)
   arms[f"dense ({total} steps)"] = (dense_gen, load_params(os.path.join(args.work, "dense")), 1.0)
@@ -155,13 +155,13 @@ def main():
     if o == "extra":
       arms[f"TDC largest=data k={args.extra_k:g}"] = (obj, tuned, frac)
       continue
-    sliced = {group_key(gr["group"]): slice_params(stage1_params, dense_obj.model, Structure.from_json(gr["structure"]))
+    sliced = {group_key(gr["group"]): slice_params(stage1_params, dense_model, Structure.from_json(gr["structure"]))
               for gr in res["groups"]}
     arms[f"TDC largest={o}"] = (obj, tuned, frac)
     arms[f"prune-only largest={o}"] = (obj, sliced, frac)
   results["random"] = rnd_result
   robj = grouped_generator(grouped_cfg(args, "data"), rnd_result)
-  rsliced = {group_key(gr["group"]): slice_params(stage1_params, dense_obj.model, Structure.from_json(gr["structure"]))
+  rsliced = {group_key(gr["group"]): slice_params(stage1_params, dense_model, Structure.from_json(gr["structure"]))
              for gr in rnd_result["groups"]}
   arms["random-prune-only largest=data"] = (robj, rsliced, sampling_summary(cfg, rnd_result)["flops_fraction"])
 

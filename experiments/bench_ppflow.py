@@ -172,7 +172,7 @@ def main():
       call_fns[(arch, s)] = (compiled, params)
   grid_steps = {"dense": [args.sample_steps]}
   for arch in ("ppflow2", "ppflow3"):
-    sch = loaded[arch][0].objective.schedule
+    sch = loaded[arch][0].objective.spec.schedule
     per = sch.step_stages(np.linspace(0, 1, args.sample_steps + 1))
     grid_steps[arch] = [per.count(s) for s in range(sch.num_stages)]
   sample_flops = {n: sum(f * k for f, k in zip(stage_flops[n], grid_steps[n])) for n in stage_flops}
@@ -189,7 +189,7 @@ def main():
   # ---- report ------------------------------------------------------------------------------
   theory = {"dense": 1.0}
   for name in ("ppflow2", "ppflow3"):
-    theory[name] = loaded[name][0].objective.schedule.token_cost_ratio()
+    theory[name] = loaded[name][0].objective.spec.schedule.token_cost_ratio()
   date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
   cmd = "python experiments/bench_ppflow.py " + " ".join(sys.argv[1:])
   if os.environ.get("ADAFLOW_BENCH_LOCKED"):
@@ -220,7 +220,7 @@ def main():
             "| model | stage | patch (px) | tokens | FLOPs/call | vs dense | steps of the grid |", "|---|---|---|---|---|---|---|"]
   lines.append(f"| dense | 0 | 2x2 | 64 | {stage_flops['dense'][0] / 1e6:.2f}M | 1.000 | {args.sample_steps} |")
   for name in ("ppflow2", "ppflow3"):
-    sch = loaded[name][0].objective.schedule
+    sch = loaded[name][0].objective.spec.schedule
     for s in range(sch.num_stages):
       ph, pw = sch.patch_shapes[s]
       lines.append(f"| {name} | {s} (t <= {sch.t_ends[s]}) | {ph}x{pw} | {sch.tokens(s)} | "
@@ -230,7 +230,7 @@ def main():
             "| network | ms/call | vs dense | FLOPs vs dense |", "|---|---|---|---|"]
   for (name, s), ms in call_ms.items():
     fl = stage_flops[name][s] / stage_flops["dense"][0]
-    lines.append(f"| {name} stage {s} ({loaded[name][0].objective.schedule.tokens(s) if name != 'dense' else 64} tokens) | {ms:.2f} | {ms / call_ms[('dense', 0)]:.3f} | {fl:.3f} |")
+    lines.append(f"| {name} stage {s} ({loaded[name][0].objective.spec.schedule.tokens(s) if name != 'dense' else 64} tokens) | {ms:.2f} | {ms / call_ms[('dense', 0)]:.3f} | {fl:.3f} |")
   lines += ["", "Training wall-clock (s, including compilation): " +
             ", ".join(f"{k} {v:.0f}" for k, v in wall.items()) + f". Total benchmark time: {time.time() - t_start:.0f} s."]
   text = "\n".join(lines) + "\n"

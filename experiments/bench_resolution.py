@@ -50,7 +50,8 @@ import numpy as np  # noqa: E402
 
 from adaflow import data as data_lib  # noqa: E402
 from adaflow import flow  # noqa: E402
-from adaflow.compose.generator import ComposedGenerator, composed_config  # noqa: E402
+from adaflow.compose.generator import ComposedGenerator  # noqa: E402
+from adaflow.methods import composed_config  # noqa: E402
 from adaflow.compose.model import finest_stage_view  # noqa: E402
 from adaflow.compose.sampler import ComposedSampler  # noqa: E402
 from adaflow.config_defaults import base_config  # noqa: E402

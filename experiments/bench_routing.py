@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from adaflow.eval import evaluate_samples, get_classifier  # noqa: E402
 from adaflow.models import routing  # noqa: E402
 from adaflow.models.dit import DiTBlock  # noqa: E402
-from adaflow.eval.generate import balanced_labels, generate_images, make_generate_fn  # noqa: E402
+from adaflow.flow.driver import balanced_labels, generate_images, make_generate_fn  # noqa: E402
 from adaflow.train.loop import Trainer, train  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -122,7 +122,7 @@ def sampler_flops(tr, params, table, args, dense_gen_flops, dense_forward_flops)
   times = []
   for t0, t1 in zip(grid[:-1], grid[1:]):
     times += [t0, t1]                              # Heun: evaluations at t0 and t1
-  spec = tr.objective.spec
+  spec = tr.objective.spec.routing
   # XLA's cost_analysis counts a while loop (the sampler's lax.scan) body once: one Heun step.
   total = dense_gen_flops * args.steps
   for t in times:
@@ -202,7 +202,7 @@ def main():
     mem = step.lower(state_abs, batch_abs).compile().memory_analysis()
     r["train_temp_bytes"] = int(getattr(mem, "temp_size_in_bytes", 0))
     if name != "dense":
-      spec = tr.objective.spec
+      spec = tr.objective.spec.routing
       r["table"] = routing.ratio_table(r["params"], spec)
       r["snapped"] = routing.snapped_table(r["table"], spec)
 
@@ -281,7 +281,7 @@ def main():
   tables = []
   for name in ("learned-0.75", "learned-0.5"):
     r = runs[name]
-    spec = r["tr"].objective.spec
+    spec = r["tr"].objective.spec.routing
     hdr = "| layer | " + " | ".join(f"t in ({spec.boundaries[i]:.2f}, {spec.boundaries[i + 1]:.2f}]"
                                       for i in range(spec.num_regions)) + " |"
     lines = [f"**{name}** (learned rho; snapped bin in brackets; mean rho {float(np.mean(r['table'])):.3f})", "",

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from adaflow.config_defaults import base_config  # noqa: E402
 from experiments.common import time_calls  # noqa: E402
 from adaflow.data import make_train_batches  # noqa: E402
-from adaflow.eval.generate import make_generate_fn  # noqa: E402
+from adaflow.flow.driver import make_generate_fn  # noqa: E402
 from adaflow.train.loop import Trainer  # noqa: E402
 from adaflow.train.sharded_state import init_state  # noqa: E402
 

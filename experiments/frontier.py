@@ -88,14 +88,14 @@ import numpy as np  # noqa: E402
 
 from adaflow import data as data_lib  # noqa: E402
 from adaflow import storage  # noqa: E402
-from adaflow.compose.generator import composed_config  # noqa: E402
+from adaflow.methods import composed_config  # noqa: E402
 from adaflow.compose.sampler import ComposedSampler  # noqa: E402
 from adaflow.config_defaults import load_config_file, merged_config  # noqa: E402
 from adaflow.eval import get_classifier, real_vs_real_fd  # noqa: E402
 from adaflow.eval.bootstrap import (ReferenceFD, fd_interval, interval_from_resamples, resample_indices,  # noqa: E402
                                     resampled_fds)
 from adaflow.eval.frechet import feature_statistics  # noqa: E402
-from adaflow.eval.generate import balanced_labels  # noqa: E402
+from adaflow.flow.driver import balanced_labels  # noqa: E402
 from adaflow.models import ppflow as ppflow_lib  # noqa: E402
 from adaflow.models.step_selector import ACTION_METHODS, action_label  # noqa: E402
 from adaflow.pipelines import recipe as recipe_lib  # noqa: E402

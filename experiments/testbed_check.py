@@ -22,7 +22,7 @@ import jax  # noqa: E402
 
 from adaflow.eval import get_classifier, real_vs_real_fd  # noqa: E402
 from adaflow.eval.classifier import cache_dir  # noqa: E402
-from adaflow.eval.generate import balanced_labels, generate_images  # noqa: E402
+from adaflow.flow.driver import balanced_labels, generate_images  # noqa: E402
 from adaflow.eval.quality import evaluate_samples  # noqa: E402
 from adaflow.train.loop import load_trainer_and_params  # noqa: E402
 from experiments.common import machine_line, utc_now  # noqa: E402

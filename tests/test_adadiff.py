@@ -38,33 +38,34 @@ def selector_config(generator_workdir="/nonexistent", **overrides):
 
 
 def test_config_validation_names_fields():
-  from adaflow.train import registry
+  from adaflow import methods
   c = selector_config()
   c.selector.step_set = (16, 8)
   with pytest.raises(ValueError, match=r"selector\.step_set"):
-    registry.validate(c)
+    methods.validate(c)
   c = selector_config(generator_workdir="")
   with pytest.raises(ValueError, match=r"selector\.generator_workdir.*--init"):
-    registry.validate(c)
+    methods.validate(c)
   c = selector_config()
   c.selector.quality = "psnr"
   with pytest.raises(ValueError, match=r"selector\.quality"):
-    registry.validate(c)
+    methods.validate(c)
   # The reward's classifier must not be the evaluation's (a policy scored by its own reward).
   c = selector_config()
   c.selector.quality = "classifier"
-  registry.validate(c)                                   # defaults: seeds 1 (reward) and 0 (eval)
+  methods.validate(c)                                   # defaults: seeds 1 (reward) and 0 (eval)
   c.selector.classifier_seed = c.eval.classifier_seed
   with pytest.raises(ValueError, match=r"selector\.classifier_seed.*eval\.classifier_seed"):
-    registry.validate(c)
+    methods.validate(c)
 
 
 def test_use_init_workdir_sets_generator():
-  from adaflow.train.registry import OBJECTIVES
+  from adaflow.methods import uses_init_workdir
   c = selector_config()
-  assert OBJECTIVES["step_selector"].use_init_workdir(c, "some/gen") is True
+  assert uses_init_workdir(c, "some/gen") is True
   assert c.selector.generator_workdir == os.path.abspath("some/gen")
-  assert OBJECTIVES["flow_matching"].use_init_workdir(c, "other") is False  # normal --init path unchanged
+  c.objective = "flow_matching"
+  assert uses_init_workdir(c, "other") is False  # normal --init path unchanged
   assert c.selector.generator_workdir == os.path.abspath("some/gen")
 
 
@@ -186,7 +187,7 @@ def test_noise_statistics_standardised():
 # ---- objective ------------------------------------------------------------------------------------
 def _tiny_objective(**selector_overrides):
   from adaflow import data as data_lib
-  from adaflow.compose.generator import generator_for
+  from adaflow.methods import generator_for
   from adaflow.objectives.step_selector import StepSelectorObjective
   gen_config = tiny_config()
   info = data_lib.get_info(gen_config.data)
@@ -276,17 +277,17 @@ def test_invalid_actions_rejected(bad):
 
 
 def test_actions_default_to_the_step_set_with_one_solver():
-  from adaflow.train import registry
+  from adaflow import methods
   assert sel.parse_actions((), (4, 8), "heun") == (("heun", 4), ("heun", 8))
   assert sel.parse_actions(("euler:2", "ab2:8", "heun:4"), (4, 8), "heun") == (("euler", 2), ("ab2", 8), ("heun", 4))
   c = selector_config()
   c.selector.actions = ("euler:2", "sde:4")
   with pytest.raises(ValueError, match=r"selector\.actions"):
-    registry.validate(c)
+    methods.validate(c)
   c = selector_config()
   c.selector.cost = "seconds"
   with pytest.raises(ValueError, match=r"selector\.cost"):
-    registry.validate(c)
+    methods.validate(c)
 
 
 def test_solver_actions_sample_like_the_generator_and_cost_network_evaluations():

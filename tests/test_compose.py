@@ -14,7 +14,9 @@ from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow import flow
 from adaflow.compose import flops as flops_lib
-from adaflow.compose.generator import ComposedGenerator, composed_config, generator_for
+from adaflow.compose import model as model_lib
+from adaflow.compose.generator import ComposedGenerator
+from adaflow.methods import composed_config, generator_for
 from adaflow.compose.model import finest_stage_view
 from adaflow.compose.objective import ComposedObjective, cells
 from adaflow.compose.sampler import ComposedSampler
@@ -23,9 +25,7 @@ from adaflow.config_defaults import compose_defaults, merged_config, routing_def
 from adaflow.models import routing as routing_lib
 from adaflow.models.dit import BlockSpec, dit_from_config
 from adaflow.models.grouped import GroupedModel, group_key
-from adaflow.objectives.flow_matching import FlowMatchingObjective
-from adaflow.objectives.ppflow import PPFlowObjective
-from adaflow.objectives.routed import RoutedFlowMatchingObjective
+from adaflow.models import ppflow as ppflow_lib
 from adaflow.objectives.step_selector import StepSelectorObjective
 from adaflow.prune import budget as budget_lib
 from adaflow.prune.slicing import Structure, mask_params, slice_params
@@ -116,6 +116,31 @@ def _noise(key, b=3):
   return jax.random.normal(key, (b, 16, 16, 1), jnp.float32)
 
 
+class _Net:
+  """A method's network applied as its own objective applied it before every DiT method became a
+  preset of the composed objective: the DiT (with its stages, or routed) called directly."""
+
+  def __init__(self, c, info):
+    m = c.model.copy_and_resolve_references()
+    self.schedule = None
+    if c.model.stages:
+      self.schedule = ppflow_lib.schedule_from_config(c, info.image_shape)
+      m.stage_groups = tuple(self.schedule.groups)
+    self.routed = c.objective == "routed_flow_matching"
+    self.model = (routing_lib.routed_dit_from_config(c, info.image_shape, info.num_classes) if self.routed
+                  else dit_from_config(m, info.image_shape, info.num_classes))
+    self.spec = routing_lib.spec_from_config(c) if self.routed else None
+    self.interpolant, self.null_label, self.info = flow.make_interpolant(c.flow), info.num_classes, info
+
+  def init(self, rng):
+    kw = {"mode": "train"} if self.routed else {}
+    return self.model.init(rng, *model_lib.dummy_inputs(self.info),
+                           method=lambda mod, *a: [mod(*a, stage=s, **kw) for s in range(mod.num_stages)])
+
+  def apply(self, params, x, t, y, **kw):
+    return self.model.apply(params, x, t, y, **(dict(mode="infer", **kw) if self.routed else kw))
+
+
 def _run_config(objective, **fields):
   c = _config()
   c.objective = objective
@@ -128,7 +153,7 @@ def _run_config(objective, **fields):
 def test_dense_run_samples_as_before(method):
   c = _run_config("flow_matching")
   info = _info(c)
-  ref = FlowMatchingObjective(c, info)
+  ref = _Net(c, info)
   params = _perturb(_init(ref, 0))
   gen = generator_for(c, info)
   assert gen.spec.name() == "dense"
@@ -142,7 +167,7 @@ def test_ppflow_run_samples_as_before(method):
   c = _run_config("ppflow", stages=STAGES)
   c.sample.cfg_scales = (1.0, 2.0, 3.0)
   info = _info(c)
-  ref = PPFlowObjective(c, info)
+  ref = _Net(c, info)
   params = _perturb(_init(ref, 0))
   gen = generator_for(c, info)
   assert gen.spec.name() == "ppflow"
@@ -157,7 +182,7 @@ def test_ppflow_run_samples_as_before(method):
 def test_routed_run_samples_as_before(method):
   c = _run_config("routed_flow_matching")
   info = _info(c)
-  ref = RoutedFlowMatchingObjective(c, info)
+  ref = _Net(c, info)
   params = _set_rho(_perturb(_init(ref, 0)), [[0.5, 1.0], [0.3, 0.6]])
   gen = generator_for(c, info)
   assert gen.spec.name() == "routing"
@@ -177,7 +202,7 @@ def test_grouped_model_samples_as_before(method):
   blocks = [tuple(BlockSpec(*b) for b in g) for g in BLOCKS]
   gen = ComposedGenerator(composed_config(c, groups=(blocks, EDGES)), info)
   params = _perturb(_init(gen, 0))
-  dense = FlowMatchingObjective(c, info)
+  dense = _Net(c, info)
   ref = GroupedModel([dense.model.clone(blocks=b, depth=len(b), parent=None) for b in blocks], EDGES)
 
   def velocity(g):
@@ -191,9 +216,7 @@ def test_grouped_model_samples_as_before(method):
 
 def test_generator_for_other_families_and_bad_objectives():
   c = _run_config("dqvae")
-  sentinel = object()
-  assert generator_for(c, _info(c), sentinel) is sentinel
-  with pytest.raises(ValueError, match="samples with its own objective"):
+  with pytest.raises(ValueError, match="sample with their own objective"):
     generator_for(c, _info(c))
   with pytest.raises(ValueError, match="config.objective"):
     composed_config(c)
@@ -222,7 +245,7 @@ def test_selector_only_equals_step_selector_sample_grouped():
   # and each image equals the dense sampler at its chosen step count from the same noise
   noise = ref.noise(jax.random.PRNGKey(2), len(labels))
   i = int(np.argmax(want["steps"] == 2))
-  dense = FlowMatchingObjective(c, info)
+  dense = _Net(c, info)
   vel = _guided(dense, params, jnp.asarray(labels[i:i + 1]), c.sample.cfg_scale)
   _close(got["images"][i:i + 1], flow.sample(vel, noise[i:i + 1], 2, c.sample.method))
 
@@ -358,7 +381,7 @@ def test_selector_without_generator_params_rejected():
 def test_selector_without_policy_params_rejected():
   c = _config(selector=True)
   info = _info(c)
-  params = _init(FlowMatchingObjective(c, info), 0)
+  params = _init(_Net(c, info), 0)
   with pytest.raises(ValueError, match="no policy params"):
     ComposedSampler(c, info, params)
   with pytest.raises(ValueError, match="compose.selector is False"):
@@ -393,7 +416,7 @@ def test_grouped_params_must_match():
 def test_routing_needs_routed_params_and_ppflow_needs_stage_params():
   c = _config(routing=True, ppflow=True)
   info = _info(c)
-  dense = _init(FlowMatchingObjective(_config(), info))
+  dense = _init(_Net(_config(), info))
   with pytest.raises(ValueError, match="routers/rho missing.*stage embeddings differ"):
     ComposedGenerator(c, info).check_params(dense)
 

@@ -151,7 +151,7 @@ def test_dqvae_train_step_updates_codebook_by_ema_only():
   """Through the shared train step: the codebook moves only by after_update (no gradient), all
   codes start dead and restart from encoder vectors, and the loss is finite."""
   from adaflow.data import get_info
-  from adaflow.train.registry import build_objective
+  from adaflow.methods import build_objective
   from adaflow.train.optim import make_optimizer
   from adaflow.train.state import create_state
   from adaflow.train.step import make_train_step
@@ -192,7 +192,7 @@ def test_gate_calibration_sets_encoding_fraction_and_both_estimator():
   gate_gradient='both' has the same loss value as the paper's 'max' estimator but its own gate
   gradient."""
   from adaflow.data import get_info
-  from adaflow.train.registry import build_objective
+  from adaflow.methods import build_objective
   c = _dq_config(fine_fraction=0.25, gate_calibration_decay=0.5)
   info = get_info(c.data)
   obj = build_objective(c, info)
@@ -221,25 +221,25 @@ def test_gate_calibration_sets_encoding_fraction_and_both_estimator():
   assert float(jnp.abs(gb).max()) > 0 and float(jnp.abs(gm - gb).max()) > 1e-3 * float(jnp.abs(gb).max())
   assert float(jnp.abs(g_both["params"]["gate_threshold"])) == 0.0
   c_bad = _dq_config(gate_gradient="sometimes")
-  from adaflow.train import registry
+  from adaflow import methods
   with pytest.raises(ValueError, match="dqvae.gate_gradient"):
-    registry.validate(c_bad, info)
+    methods.validate(c_bad, info)
 
 
 def test_dqvae_config_errors():
-  from adaflow.train import registry
+  from adaflow import methods
   from adaflow.data import get_info
   c = _dq_config(coarse_stride=6)
   with pytest.raises(ValueError, match="dqvae.coarse_stride"):
-    registry.validate(c, get_info(c.data))
+    methods.validate(c, get_info(c.data))
   c = _dq_config(router="random")
   with pytest.raises(ValueError, match="dqvae.router"):
-    registry.validate(c, get_info(c.data))
+    methods.validate(c, get_info(c.data))
   c = _dq_config(perceptual_weight=0.1)
-  registry.validate(c, get_info(c.data))                # perceptual_seed 1, eval.classifier_seed 0
+  methods.validate(c, get_info(c.data))                # perceptual_seed 1, eval.classifier_seed 0
   c.dqvae.perceptual_seed = c.eval.classifier_seed
   with pytest.raises(ValueError, match="dqvae.perceptual_seed.*eval.classifier_seed"):
-    registry.validate(c, get_info(c.data))
+    methods.validate(c, get_info(c.data))
 
 
 def test_entropy_router_and_fixed_map():

@@ -358,7 +358,7 @@ def test_cli_eval_fid_dispatches_to_fid(monkeypatch):
 def test_imagenet64_recipes_validate():
   """Every recipe passes the registered config validators for ImageNet64 on a 32-chip mesh (the
   AdaDiff policy needs its generator workdir, which `--init` provides)."""
-  from adaflow.train import registry
+  from adaflow import methods
   from adaflow.data.pipeline import DatasetInfo
   sys.path.insert(0, os.path.join(ROOT, "experiments", "imagenet64"))
   try:
@@ -370,9 +370,9 @@ def test_imagenet64_recipes_validate():
     c = recipes.get_config(method)
     if method == "adadiff":
       with pytest.raises(ValueError, match="generator_workdir"):
-        registry.validate(c, info, num_devices=32)
+        methods.validate(c, info, num_devices=32)
       c.selector.generator_workdir = "/runs/in64_dense"
-    registry.validate(c, info, num_devices=1 if method == "smoke" else 32)
+    methods.validate(c, info, num_devices=1 if method == "smoke" else 32)
   assert recipes.get_config("dense").data.name == "tfds:imagenet_resized/64x64"
   with pytest.raises(ValueError, match="config.py:<method>"):
     recipes.get_config("nope")

@@ -14,7 +14,8 @@ sys.path.insert(0, ROOT)
 
 from adaflow import data as data_lib  # noqa: E402
 from adaflow.compose import flops as flops_lib  # noqa: E402
-from adaflow.compose.generator import ComposedGenerator, composed_config  # noqa: E402
+from adaflow.compose.generator import ComposedGenerator  # noqa: E402
+from adaflow.methods import composed_config  # noqa: E402
 from adaflow.eval.bootstrap import Interval  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 from experiments import frontier  # noqa: E402

@@ -128,7 +128,8 @@ def test_snr_groups_and_dispatch_at_boundaries():
 
 
 def test_grouped_apply_and_sampling_pick_the_right_group():
-  from adaflow.compose.generator import ComposedGenerator, composed_config
+  from adaflow.compose.generator import ComposedGenerator
+  from adaflow.methods import composed_config
   from adaflow.compose.objective import ComposedObjective
   from adaflow.data import get_info
   c = tiny_config()
@@ -259,7 +260,7 @@ def test_taylor_importance_matches_masking_gradient():
 def test_stage2_resumes_mid_group(tmp_path):
   """Stage 2 of one group, killed after its step-2 checkpoint, resumes to the same parameters."""
   from adaflow.data import get_info
-  from adaflow.objectives.flow_matching import FlowMatchingObjective
+  from adaflow.models.dit import dit_from_config
   from adaflow.config_defaults import grouped_defaults
   from adaflow.pipelines.grouped import group_config
   from adaflow.train.loop import train
@@ -268,7 +269,7 @@ def test_stage2_resumes_mid_group(tmp_path):
   c.grouped.stage2_steps = 4
   c.train.ckpt_every = 2
   info = get_info(c.data)
-  base = FlowMatchingObjective(c, info).model
+  base = dit_from_config(c.model, info.image_shape, info.num_classes)
   s = Structure(((1,), (0, 1)), (tuple(range(0, 128, 2)), ()))
   gc = group_config(c, 1, s, (0.3, 0.7))
   init = slice_params(_params(base), base, s)

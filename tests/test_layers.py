@@ -18,10 +18,11 @@ LAYERS = (
     ("adaflow.prune",),                              # 4 groups, budget, importance, slicing, search
     ("adaflow.compose",),                            # 5 spec, model, generator, objective, flops, sampler
     ("adaflow.eval",),                               # 6 metrics, classifier, FID, generation helpers
-    ("adaflow.train",),                              # 7 loop, state, checkpoints, objective registry
-    ("adaflow.pipelines",),                          # 8 multi-run drivers (grouped, compose recipe)
-    ("adaflow.convert",),                            # 9 PyTorch checkpoints
-    ("adaflow.commands", "adaflow.cli"),             # 10 the CLI
+    ("adaflow.methods",),                            # 7 the method table: objective name -> objective
+    ("adaflow.train",),                              # 8 loop, state, checkpoints
+    ("adaflow.pipelines",),                          # 9 multi-run drivers (grouped, compose recipe)
+    ("adaflow.convert",),                            # 10 PyTorch checkpoints
+    ("adaflow.commands", "adaflow.cli"),             # 11 the CLI
 )
 
 
@@ -105,6 +106,7 @@ def test_no_function_level_imports_of_adaflow():
 
 def test_layer_of_knows_the_order():
   assert layer_of("adaflow.flow.samplers") == 0
-  assert layer_of("adaflow.train.registry") > layer_of("adaflow.compose.objective") > layer_of("adaflow.objectives.dqvae")
+  assert layer_of("adaflow.train.loop") > layer_of("adaflow.methods") > layer_of("adaflow.compose.objective") > \
+      layer_of("adaflow.objectives.dqvae")
   with pytest.raises(KeyError):
     layer_of("adaflow.unknown")

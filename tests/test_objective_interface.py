@@ -2,18 +2,35 @@
 whoever builds them, abilities are declared, constructors do no I/O."""
 import pytest
 
+from adaflow.compose.objective import ComposedObjective
+from adaflow.methods import DIT_PRESETS, OTHER_FAMILIES, build_objective
 from adaflow.objectives.base import Objective, ObjectiveBase
-from adaflow.train.registry import OBJECTIVES, build_objective
 from conftest import tiny_config
 
 
 def test_every_objective_implements_the_protocol():
-  for name, cls in OBJECTIVES.items():
+  classes = dict({n: cls for n, (cls, _) in OTHER_FAMILIES.items()}, composed=ComposedObjective)
+  for name, cls in classes.items():
     assert issubclass(cls, ObjectiveBase), name
-    for member in ("validate", "init", "loss", "after_update", "has_side"):
+    for member in ("validate", "init", "loss", "after_update", "has_side", "sampler"):
       assert hasattr(cls, member), f"{name} lacks {member}"
-  assert {n for n, c in OBJECTIVES.items() if c.has_side} == {"dqvae", "step_selector"}
-  assert {n for n, c in OBJECTIVES.items() if c.has_maps} == {"dqvae", "dq_transformer"}
+  assert {n for n, c in classes.items() if c.has_side} == {"dqvae", "step_selector"}
+  assert {n for n, c in classes.items() if c.has_maps} == {"dqvae", "dq_transformer"}
+
+
+@pytest.mark.parametrize("name", sorted(set(DIT_PRESETS) - {"composed"}))
+def test_every_dit_method_is_the_composed_objective_with_its_preset(name):
+  from adaflow.data import get_info
+  c = tiny_config(objective=name)
+  if name == "ppflow":
+    c.model.stages = ((0.5, (8, 8)), (1.0, (4, 4)))
+  if name == "grouped_finetune":
+    c.grouped.t_range = (0.2, 0.6)
+  obj = build_objective(c, get_info(c.data))
+  assert isinstance(obj, ComposedObjective) and obj.generator.spec.name() == {
+      "flow_matching": "dense", "ppflow": "ppflow", "routed_flow_matching": "routing", "grouped_finetune": "dense"}[name]
+  assert [(lo, hi) for _, _, lo, hi, _ in obj.cells] == {
+      "ppflow": [(0.0, 0.5), (0.5, 1.0)], "grouped_finetune": [(0.2, 0.6)]}.get(name, [(0.0, 1.0)])
 
 
 def test_build_objective_runs_the_objectives_own_checks():

@@ -7,14 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adaflow.train import registry
+from adaflow import methods
 from adaflow import flow
 from adaflow import data as data_lib
-from adaflow.compose.generator import generator_for
+from adaflow.methods import generator_for
 from adaflow.models import ppflow as pp
 from adaflow.models.dit import DiT
 from adaflow.models.patchify import depth_to_space, space_to_depth, stage_position_embedding
-from adaflow.train.registry import build_objective
+from adaflow.methods import build_objective
 from conftest import tiny_config
 
 GROUPS3 = ((2, 2), (1, 2), (1, 1))
@@ -88,24 +88,24 @@ def test_bad_stage_configs_rejected(stages, needle):
   c = pp_config(stages=stages)
   info = data_lib.get_info(c.data)
   with pytest.raises(ValueError, match="config.model.stages") as e:
-    registry.validate(c, info)
+    methods.validate(c, info)
   assert needle in str(e.value)
 
 
 def test_validator_other_fields():
   c = pp_config()
   info = data_lib.get_info(c.data)
-  registry.validate(c, info)                       # the good config passes
+  methods.validate(c, info)                       # the good config passes
   c.sample.cfg_scales = (1.0, 2.0)
   with pytest.raises(ValueError, match="config.sample.cfg_scales"):
-    registry.validate(c, info)
+    methods.validate(c, info)
   c = pp_config()
   c.objective = "flow_matching"
   with pytest.raises(ValueError, match="only objective 'ppflow'"):
-    registry.validate(c, info)
+    methods.validate(c, info)
   c = pp_config(**{"train.batch_size": 2})
   with pytest.raises(ValueError, match="config.train.batch_size"):
-    registry.validate(c, info)
+    methods.validate(c, info)
 
 
 def test_stages_wider_than_the_model_are_flagged():
@@ -125,11 +125,11 @@ def test_stages_wider_than_the_model_are_flagged():
   c.model.hidden_size = 8 * ch                      # stage 0 (4x4 patches) no longer fits
   c.model.num_heads = 1
   with pytest.warns(UserWarning, match=r"model.stages: stage 0's 4x4 patches .* flow.prediction='data'"):
-    registry.validate(c, info)
+    methods.validate(c, info)
   c.flow.prediction = "data"
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    registry.validate(c, info)
+    methods.validate(c, info)
 
 
 def test_stage_choice_at_boundaries():
@@ -260,9 +260,9 @@ def test_convert_rejects_mismatched_model():
 def test_objective_gradients_reach_every_stage_and_sampling():
   c = pp_config(**{"train.batch_size": 8, "flow.t_sampler": "uniform"})
   info = data_lib.get_info(c.data)
-  registry.validate(c, info)
+  methods.validate(c, info)
   obj = build_objective(c, info)
-  assert obj.counts == (4, 2, 2)
+  assert pp.batch_split(8, obj.masses) == (4, 2, 2)
   params = perturb(nn.meta.unbox(jax.jit(obj.init)(jax.random.PRNGKey(0))), jax.random.PRNGKey(1), 0.05)
   assert {f"embed_{s}" for s in range(3)} <= set(params["params"])
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(2), (8, 16, 16, 1), minval=-1, maxval=1),
@@ -288,7 +288,7 @@ def test_sampling_switches_stage_with_per_stage_cfg():
   params = perturb(nn.meta.unbox(jax.jit(obj.init)(jax.random.PRNGKey(0))), jax.random.PRNGKey(1), 0.05)
   labels = jnp.arange(2)
 
-  def sample(cfg):   # a PPFlow run samples with the composed generator (adaflow.compose.generator_for)
+  def sample(cfg):   # a PPFlow run samples with the composed generator (adaflow.methods.generator_for)
     gen = generator_for(cfg, info)
     return jax.jit(lambda p, r, y: gen.generate(p, r, y, steps=4, method="euler", cfg_scale=1.0))(
         params, jax.random.PRNGKey(4), labels)
@@ -322,7 +322,7 @@ def test_convert_stages_workdir_round_trip(tmp_path):
   convert_workdir(str(tmp_path / "dense"), cfg, str(tmp_path / "pp"), log=lambda m: None)
   _, dense, _ = load_trainer_and_params(str(tmp_path / "dense"))
   tr, conv, step = load_trainer_and_params(str(tmp_path / "pp"))
-  assert step == 0 and tr.objective.schedule.num_stages == 2
+  assert step == 0 and tr.objective.spec.schedule.num_stages == 2
   np.testing.assert_array_equal(conv["params"]["head_1"]["linear"]["kernel"], dense["params"]["head_0"]["linear"]["kernel"])
   np.testing.assert_allclose(conv["params"]["embed_0"]["proj"]["kernel"],
                              pp.repeat_embed_kernel(np.asarray(dense["params"]["embed_0"]["proj"]["kernel"]), 2, (2, 2), 1))

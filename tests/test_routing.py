@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from adaflow.train import registry
+from adaflow import methods
 from adaflow.config_defaults import merged_config, routing_defaults
 from adaflow.models import routing
 from adaflow.models.dit import DiTBlock
@@ -227,7 +227,7 @@ def test_invalid_routing_config_rejected(field, value, match):
     cfg.routing.num_regions = len(value) - 1
   cfg.routing[field] = value
   with pytest.raises(ValueError, match=match):
-    registry.validate(cfg)
+    methods.validate(cfg)
 
 
 def test_regions_count_must_match_boundaries():
@@ -236,9 +236,9 @@ def test_regions_count_must_match_boundaries():
   cfg.routing.boundaries = (0.0, 0.3, 1.0)
   cfg.routing.num_regions = 4
   with pytest.raises(ValueError, match="routing.num_regions"):
-    registry.validate(cfg)
+    methods.validate(cfg)
   cfg.routing.num_regions = 2
-  registry.validate(cfg)
+  methods.validate(cfg)
 
 
 def test_merge_dense_params_keeps_dense_weights_and_adds_routing():

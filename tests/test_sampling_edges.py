@@ -13,7 +13,8 @@ from adaflow import config as config_lib
 from adaflow import data as data_lib
 from adaflow import flow
 from adaflow.compose import flops as flops_lib
-from adaflow.compose.generator import ComposedGenerator, composed_config
+from adaflow.compose.generator import ComposedGenerator
+from adaflow.methods import composed_config
 from adaflow.config_defaults import routing_defaults
 from adaflow.models.dit import BlockSpec
 from conftest import tiny_config

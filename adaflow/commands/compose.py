@@ -17,7 +17,7 @@ from adaflow.commands.registry import command, need
 from adaflow.compose.sampler import ComposedSampler
 from adaflow.eval import evaluate_samples, get_classifier
 from adaflow.eval.classifier import cache_dir
-from adaflow.eval.generate import balanced_labels
+from adaflow.flow.driver import balanced_labels
 from adaflow.parallel.host import is_writer
 from adaflow.pipelines.recipe import load_composed, run_recipe
 
@@ -33,7 +33,7 @@ def evaluate_composed(workdir: str, num: int, seed: int = 1234, log=print) -> di
   clf = get_classifier(config.data, cache_dir(config, workdir), seed=int(config.eval.classifier_seed), log=log)
   res = evaluate_samples(clf, out["images"], labels)
   res.update(methods=list(sampler.spec.enabled), average_steps=float(np.mean(out["steps"])),
-             flops_per_image=sampler.flops_per_image(out["steps"]))
+             flops_per_image=sampler.flops_per_image(out["actions"]))
   return res
 
 

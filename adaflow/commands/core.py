@@ -10,7 +10,8 @@ from adaflow.commands.adadiff import sample_with_selector
 from adaflow.commands.dq import apply_tokenizer_flag, sample_map
 from adaflow.commands.registry import FLAGS, command, need
 from adaflow.eval.classifier import cache_dir
-from adaflow.eval.generate import evaluate_generator, generate_images
+from adaflow.eval.generate import evaluate_generator
+from adaflow.flow.driver import generate_images
 from adaflow.flow.partition import EDGE_RULES
 from adaflow.flow.samplers import METHODS
 from adaflow.parallel import make_mesh
@@ -19,7 +20,7 @@ from adaflow.parallel.precision import describe_compute_dtype
 from adaflow.pipelines.grouped import is_grouped_workdir, load_grouped, run_grouped
 from adaflow.train.images import save_grid
 from adaflow.train.loop import load_params, load_trainer_and_params, train
-from adaflow.train.registry import objective_class
+from adaflow import methods
 
 flags.DEFINE_string("init", None, "Initialise parameters from this workdir's latest checkpoint (fine-tuning).")
 flags.DEFINE_integer("num", 64, "Number of images for `sample`.")
@@ -43,7 +44,7 @@ def cmd_train():
   if getattr(FLAGS, "tokenizer", None):  # DQ-Transformer: the DQ-VAE workdir (adaflow/commands/dq.py)
     apply_tokenizer_flag(config, FLAGS.tokenizer)
   # The objective may consume --init itself (e.g. step_selector: the frozen generator's workdir).
-  if FLAGS.init and objective_class(config).use_init_workdir(config, FLAGS.init):
+  if FLAGS.init and methods.uses_init_workdir(config, FLAGS.init):
     init = None
   else:
     init = load_params(FLAGS.init) if FLAGS.init else None
@@ -94,8 +95,8 @@ def cmd_eval():
 
 
 def _load_generator(workdir: str):
-  """(generator, params, config, mesh, step) of a training workdir (adaflow.compose.generator_for:
-  the composed generator for the DiT family) or a train-then-prune workdir (stage1/ + prune/ +
+  """(generator, params, config, mesh, step) of a training workdir (the run's objective's
+  generator: the composed one for the DiT family) or a train-then-prune workdir (stage1/ + prune/ +
   group_i/: the composed generator with timestep groups, each group's fine-tuned sub-model)."""
   if is_grouped_workdir(workdir):
     generator, params, config = load_grouped(workdir, FLAGS.config)

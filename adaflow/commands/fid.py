@@ -19,7 +19,7 @@ from adaflow import storage
 from adaflow.commands.registry import FLAGS, command, need
 from adaflow.eval import fid as fid_lib
 from adaflow.eval import inception as inception_lib
-from adaflow.eval.generate import balanced_labels
+from adaflow.flow.driver import balanced_labels
 from adaflow.parallel.host import is_writer
 from adaflow.train.loop import load_trainer_and_params
 

@@ -66,7 +66,7 @@ def cmd_inspect_ratios():
   if tr.config.objective != "routed_flow_matching":
     raise ValueError(f"{workdir} was trained with objective {tr.config.objective!r}; "
                      "`inspect ratios` needs a routed_flow_matching run (config.objective)")
-  spec = tr.objective.spec
+  spec = tr.objective.spec.routing
   table = routing.ratio_table(params, spec)
   snapped = routing.snapped_table(table, spec)
   model = tr.objective.model

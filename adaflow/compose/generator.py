@@ -1,46 +1,33 @@
 """ComposedGenerator: the flow-matching sampler for any subset of {PPFlow stages, routing, timestep
 groups}. The timestep groups, PPFlow stages and routing regions are `flow.TimePartition`s; the
-time grid gets all their edges inserted as grid points and is cut into maximal runs of steps that
-share one (group, stage, region) (`flow.joint_segments`). Each run is integrated with
-`flow.integrate` by group g's network at stage s (routing: "infer" mode, the snapped bin of the
-run's timestep region), with stage s's CFG scale.
+time grid meets their edges by `config.sample.edges` (`sampling_grid`) and is cut into runs of
+steps with the same (group, stage) networks (`runs`). Each run is integrated with `flow.integrate`
+by group g's network at stage s (routing: "infer" mode, the snapped bin of each step's timestep
+region), with stage s's CFG scale.
 
-It is the one sampler of the DiT family: `generator_for(config, info)` builds it for a run of any
-DiT-family objective (flow_matching, ppflow, routed_flow_matching, grouped_finetune, composed) from
-that run's config (`composed_config`), reading the run's parameters as they are.
+It is the one sampler of the DiT family: every DiT-family method is a preset of the composed model
+(adaflow.methods), so a run of any of them samples with it, reading its parameters as they are.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from adaflow import flow
 from adaflow.compose import flops as flops_lib
 from adaflow.compose import model as model_lib
 from adaflow.compose.spec import ComposeSpec, spec_from_config
-from adaflow.config_defaults import compose_defaults
-from adaflow.models.dit import BlockSpec
 from adaflow.models.routing import RoutedDiT
-
-# Objectives whose runs sample with the composed generator; what each turns on in `config.compose`.
-DIT_FAMILY = {
-    "flow_matching": (),
-    "grouped_finetune": (),          # one group's pruned sub-model (model.blocks) sampled alone
-    "ppflow": ("ppflow",),           # stages from model.stages
-    "routed_flow_matching": ("routing",),
-    "composed": None,                # config.compose as given
-}
 
 
 class ComposedGenerator:
   """Generator of a composed model (see module docstring):
   `generate(params, rng, labels, *, steps, method, cfg_scale, grid)`."""
 
-  has_maps = False   # declared as on every objective (adaflow.objectives.base): no DQ code maps here
+  has_maps = False   # as on every objective that samples itself (adaflow.objectives.base): no DQ code maps
 
   def __init__(self, config, info, spec: Optional[ComposeSpec] = None):
     self.config, self.info = config, info
@@ -172,45 +159,3 @@ class ComposedGenerator:
     """labels [B] -> images [B, H, W, C] (not clipped); noise [B, H, W, C] = normal(rng)."""
     return self.integrate_noise(params, labels, self.noise(rng, labels.shape[0]), steps=steps, method=method,
                                 cfg_scale=cfg_scale, grid=grid, solver_rng=jax.random.fold_in(rng, 1))
-
-
-def composed_config(config, groups: Optional[tuple[Sequence[Sequence[BlockSpec]], Sequence[float]]] = None
-                    ) -> ml_collections.ConfigDict:
-  """The objective-'composed' config equivalent to a DiT-family run's config: the parameters of the
-  run (its own layout: `{'params': ...}`, or `{'group_i': ...}` for a grouped model) are the
-  composed model's as they are. `groups` = (blocks per group, edges [N + 1]) of a train-then-prune
-  model (adaflow.pipelines.grouped) turns timestep groups on."""
-  name = config.objective
-  if name not in DIT_FAMILY:
-    raise ValueError(f"config.objective: {name!r} is not a DiT-family objective ({sorted(DIT_FAMILY)}); its "
-                     "runs sample with their own objective")
-  c = config.copy_and_resolve_references()
-  if DIT_FAMILY[name] is not None:
-    cc = compose_defaults()
-    for method in DIT_FAMILY[name]:
-      cc[method] = True
-    if name == "ppflow":
-      cc.stages = config.model.stages
-      c.model.stages = None
-    elif c.sample.cfg_scales is not None:
-      c.sample.cfg_scales = None    # per-stage scales mean nothing without stages; these runs ignored them
-    c.compose = cc
-  if groups is not None:
-    blocks, edges = groups
-    c.compose.grouped = True
-    c.compose.group_blocks = tuple(tuple((int(b.num_heads), int(b.mlp_dim)) for b in g) for g in blocks)
-    c.compose.group_edges = tuple(float(e) for e in edges)
-  c.objective = "composed"
-  return c
-
-
-def generator_for(config, info, objective: Any = None) -> Any:
-  """The sampler of a run: the composed generator (`composed_config`) for the DiT family; for
-  another family (DQ-VAE / DQ-Transformer, the AdaDiff step policy) the run's `objective`, which
-  samples its own way. Either has `generate(params, rng, labels, *, steps, method, cfg_scale)`."""
-  if config.objective not in DIT_FAMILY:
-    if objective is None:
-      raise ValueError(f"generator_for: objective {config.objective!r} samples with its own objective; "
-                       "pass it")
-    return objective
-  return ComposedGenerator(composed_config(config), info)

@@ -1,13 +1,15 @@
 """The one sampler entry point of a composed model.
 
     sampler = ComposedSampler(config, info, params, policy_params)   # validates everything first
-    out = sampler.sample(rng, labels)   # {'images': [N, H, W, C], 'steps': [N]}
+    out = sampler.sample(rng, labels)   # {'images': [N, H, W, C], 'steps': [N], 'actions': [N] or None}
 
 `config.compose` turns on any subset of {ppflow, routing, grouped, selector} (adaflow.compose.spec).
 The generator (stages / routing / groups) is `ComposedGenerator`; with the selector on, the
 AdaDiff policy (`StepSelectorObjective`, the same class the policy is trained with) picks each
-input's step count and inputs are sampled grouped by count, each group running the composed
-generator at its own count. Every check (config, parameter trees, policy) runs in the
+input's (solver, steps) action and inputs are sampled grouped by action, each group running the
+composed generator at its own setting. Both paths batch and shard through the one sampling driver
+(adaflow.flow.driver) on `mesh` (default: this process's devices, every process computing the same
+images from host parameters). Every check (config, parameter trees, policy) runs in the
 constructor, before anything is compiled.
 """
 from __future__ import annotations
@@ -15,13 +17,15 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from adaflow.compose import flops
 from adaflow.compose.generator import ComposedGenerator
 from adaflow.compose.spec import spec_from_config
+from adaflow.flow.driver import generate_images
 from adaflow.objectives.step_selector import StepSelectorObjective
+from adaflow.parallel import local_mesh
 from adaflow.parallel.host import to_host
 
 
@@ -36,8 +40,9 @@ class ComposedSampler:
   """See the module docstring. `params`: generator params in the composed layout; `policy_params`:
   the step policy's {'params': ..., 'reinforce': ...} (selector on only)."""
 
-  def __init__(self, config, info, params: Any, policy_params: Optional[Any] = None):
+  def __init__(self, config, info, params: Any, policy_params: Optional[Any] = None, mesh: Optional[Mesh] = None):
     self.config, self.info = config, info
+    self.mesh = local_mesh() if mesh is None else mesh
     self.spec = spec_from_config(config, info)
     if params is None:
       if self.spec.actions is not None:
@@ -63,38 +68,28 @@ class ComposedSampler:
                          f"use_noise_stats): expected {want}, got {got}")
     elif policy_params is not None:
       raise ValueError("policy params were given but config.compose.selector is False; turn it on or drop them")
-    self._gen_fns: dict = {}
-
-  def _gen_fn(self, steps: int, method: str, cfg_scale: float):
-    key = (steps, method, cfg_scale)
-    if key not in self._gen_fns:
-      self._gen_fns[key] = jax.jit(lambda p, r, y: self.generator.generate(p, r, y, steps=steps, method=method,
-                                                                            cfg_scale=cfg_scale))
-    return self._gen_fns[key]
 
   def sample(self, rng: jax.Array, labels: np.ndarray, *, steps: Optional[int] = None, method: Optional[str] = None,
              cfg_scale: Optional[float] = None, batch_size: int = 256, actions: Optional[np.ndarray] = None) -> dict:
-    """labels [N] -> {'images': [N, H, W, C] numpy, 'steps': [N] int}.
+    """labels [N] -> {'images': [N, H, W, C] numpy, 'steps': [N] int, 'actions': [N] or None}.
 
     Without the selector: `steps` (default config.sample.steps) for every input, batches of
-    `batch_size` with keys fold_in(rng, i) (as adaflow.eval.generate.generate_images). With the
+    `batch_size` with keys fold_in(rng, i) (adaflow.flow.driver.generate_images). With the
     selector: its noise(rng, N), the policy's argmax actions (or `actions` [N], indices into the
     policy's action set: e.g. a fixed action or a shuffled assignment as baselines), grouped
     sampling (`steps` and `method` are then ignored; CFG comes from config.selector, default
     config.sample)."""
     labels = np.asarray(labels, np.int32)
     if self.selector is not None:
-      res = self.selector.sample_grouped(self.policy_params, rng, labels, batch_size=batch_size, actions=actions)
+      res = self.selector.sample_grouped(self.policy_params, rng, labels, batch_size=batch_size, actions=actions,
+                                         mesh=self.mesh)
       return {"images": res["images"], "steps": np.asarray(res["steps"]), "actions": res["actions"]}
     s = self.config.sample
     steps = int(s.steps if steps is None else steps)
-    fn = self._gen_fn(steps, method or s.method, float(s.cfg_scale if cfg_scale is None else cfg_scale))
-    out = []
-    for i, a in enumerate(range(0, len(labels), batch_size)):
-      chunk = labels[a:a + batch_size]
-      y = np.concatenate([chunk, np.zeros(batch_size - len(chunk), np.int32)]) if len(labels) > batch_size else chunk
-      out.append(np.asarray(fn(self.params, jax.random.fold_in(rng, i), jnp.asarray(y)))[:len(chunk)])
-    return {"images": np.concatenate(out), "steps": np.full(len(labels), steps, np.int32)}
+    images = generate_images(self.generator, self.params, self.mesh, rng, labels, steps=steps,
+                             method=method or s.method, cfg_scale=float(s.cfg_scale if cfg_scale is None else cfg_scale),
+                             batch_size=batch_size)
+    return {"images": images, "steps": np.full(len(labels), steps, np.int32), "actions": None}
 
   def flops_per_image(self, actions_per_image: Optional[np.ndarray] = None, *, steps: Optional[int] = None,
                       method: Optional[str] = None, cfg_scale: Optional[float] = None) -> float:

@@ -54,7 +54,7 @@ from adaflow import storage
 from adaflow.models.dit import dit_from_config
 from adaflow.models.patchify import stage_position_embedding
 from adaflow.train import checkpoint as ckpt
-from adaflow.train import registry
+from adaflow import methods
 from adaflow.train.loop import Trainer
 from adaflow.train.sharded_state import init_state
 
@@ -434,9 +434,9 @@ def convert_file(path: str, layout: str, config, out_dir: Optional[str] = None, 
   compilation."""
   if layout not in LAYOUTS:
     raise ValueError(f"--format must be one of {LAYOUTS}, got {layout!r}")
-  registry.validate(config)
+  methods.validate(config)
   info = data_lib.get_info(config.data)
-  registry.validate(config, info)
+  methods.validate(config, info)
   model = dit_from_config(config.model, info.image_shape, info.num_classes)
   sd = load_state_dict(path)
   params = torch_to_adaflow(sd, layout, model)

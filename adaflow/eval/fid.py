@@ -39,7 +39,7 @@ from adaflow import data as data_lib
 from adaflow import storage
 from adaflow.eval import inception as inception_lib
 from adaflow.eval.frechet import StreamingStatistics, frechet_distance
-from adaflow.eval.generate import generate_images
+from adaflow.flow.driver import generate_images
 from adaflow.parallel import batch_sharding
 from adaflow.parallel.host import agree, barrier, is_writer, to_global, to_host
 

@@ -257,7 +257,7 @@ def convert_dense_params(dense: Any, target: Any, groups: Sequence[tuple[int, in
 
 
 def convert_params_for(objective, dense: Any, rng: jax.Array) -> Any:
-  """`convert_dense_params` for a PPFlow objective (`adaflow.objectives.ppflow.PPFlowObjective`):
+  """`convert_dense_params` for a PPFlow objective (objective 'ppflow', adaflow.methods):
   the level embedding comes from a fresh init with `rng`. Returns unboxed {'params': ...}."""
   import flax.linen as nn
   model = objective.model

@@ -13,7 +13,7 @@ import jax
 
 @runtime_checkable
 class Objective(Protocol):
-  """What the train loop (adaflow.train) calls. Built by `adaflow.train.registry.build_objective`,
+  """What the train loop (adaflow.train) calls. Built by `adaflow.methods.build_objective`,
   which runs `validate(config, info)` first and hands the constructor whatever must be loaded
   (frozen generator, tokenizer, classifier): constructors do no I/O."""
 
@@ -65,6 +65,13 @@ class ObjectiveBase:
     into `config`), False when --init means "start from that run's parameters"."""
     del config, workdir
     return False
+
+  @property
+  def sampler(self):
+    """The run's sampler (`generate(params, rng, labels, *, steps, method, cfg_scale)`): the objectives
+    that sample their own way (DQ, the step policy) are their own; the DiT family's is its composed
+    generator."""
+    return self
 
   def images_and_maps(self, params, rng: jax.Array, labels) -> tuple:
     raise ValueError(f"{type(self).__name__} has no code maps to show (has_maps is False)")

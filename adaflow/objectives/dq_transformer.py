@@ -1,7 +1,7 @@
 """DQ-Transformer objective (stage 2 of DQ): next-position / next-code cross-entropy over the
 code sequences of a frozen DQ-VAE tokenizer.
 
-The tokenizer is passed in: `adaflow.train.registry.build_objective` loads the latest checkpoint of
+The tokenizer is passed in: `adaflow.methods.build_objective` loads the latest checkpoint of
 `config.tokenizer_workdir` (set by `adaflow train --tokenizer <dqvae workdir>`); its parameters are frozen constants of the step.
 Each batch is encoded on the fly (the DQ-VAE routes deterministically at encode time), then
     loss = CE(content) + 1/2 (CE(coarse positions) + CE(fine positions)).
@@ -50,7 +50,7 @@ class DQTransformerObjective(ObjectiveBase):
 
   def __init__(self, config, info, tokenizer):
     """`tokenizer`: (DQTokenizer, its frozen params); loading it from `config.tokenizer_workdir` is
-    `adaflow.train.registry.dq_transformer_objective`."""
+    `adaflow.methods.dq_transformer_objective`."""
     self.config, self.info = config, info
     self.num_classes = info.num_classes
     tok, tok_params = tokenizer

@@ -75,7 +75,7 @@ def validate_dqvae(config, info) -> None:
 def build_tokenizer(dq_cfg, info, entropy_images: Optional[np.ndarray] = None) -> dq.DQTokenizer:
   """A `DQTokenizer` for `config.dqvae` on the dataset `info`. The entropy router sets its
   threshold from `entropy_images` [N, H, W, C] (the first `dqvae.entropy_num_images` training
-  images, loaded by `adaflow.train.registry.dqvae_objective`)."""
+  images, loaded by `adaflow.methods.dqvae_objective`)."""
   layout = dq.layout_from_config(dq_cfg, info.image_shape[0], info.num_classes)
   net = dq.net_from_config(dq_cfg, info.image_shape[2])
   threshold = 0.0
@@ -102,7 +102,7 @@ class DQVAEObjective(ObjectiveBase):
     """`tokenizer` from `build_tokenizer` (with the entropy router's threshold images);
     `classifier` (a FeatureClassifier: `num_classes`, `params`, `network`) is the frozen feature
     net of the perceptual loss, needed when `dqvae.perceptual_weight > 0`. Both are built by
-    `adaflow.train.registry.dqvae_objective`, which does the loading."""
+    `adaflow.methods.dqvae_objective`, which does the loading."""
     self.config, self.info = config, info
     self.dq = config.dqvae
     self.num_classes = info.num_classes

@@ -1,6 +1,6 @@
 """Objective `step_selector` (AdaDiff): trains ONLY a step-count policy; the generator is frozen.
 
-The generator (any flow-matching checkpoint) is passed in: `adaflow.train.registry.build_objective`
+The generator (any flow-matching checkpoint) is passed in: `adaflow.methods.build_objective`
 loads it from `config.selector.generator_workdir` (`adaflow train --init <generator workdir>` sets
 it), with the evaluation classifier; it is a constant of this objective; the trainable state is the policy plus the REINFORCE baseline:
 
@@ -30,11 +30,14 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from adaflow import flow
 from adaflow import storage
 from adaflow.models import step_selector as sel
+from adaflow.flow.driver import map_batches
 from adaflow.objectives.base import ObjectiveBase
+from adaflow.parallel import local_mesh
 from adaflow.parallel.host import to_host
 from adaflow.rl import reinforce as rl
 from adaflow.rl import rewards as rw
@@ -83,11 +86,11 @@ class StepSelectorObjective(ObjectiveBase):
     return True
 
   def __init__(self, config, info, generator, generator_params, classifier=None, sample_config=None):
-    """`generator` (the composed generator, adaflow.compose.generator_for: `integrate_noise`) with its
+    """`generator` (the composed generator, adaflow.methods.generator_for: `integrate_noise`) with its
     `generator_params`;
     `classifier` (a FeatureClassifier: `num_classes`, `params`, `network`) for the 'classifier' /
     'features' qualities; `sample_config` the generator's `config.sample` (default this config's).
-    Loading them from a workdir is `adaflow.train.registry.step_selector_objective`."""
+    Loading them from a workdir is `adaflow.methods.step_selector_objective`."""
     s = config.selector
     self.config, self.info = config, info
     self.num_classes = info.num_classes
@@ -184,13 +187,14 @@ class StepSelectorObjective(ObjectiveBase):
     return self._group_fns[a]
 
   def sample_grouped(self, params, rng: jax.Array, labels: np.ndarray, batch_size: int = 256,
-                     actions: Optional[np.ndarray] = None) -> dict:
+                     actions: Optional[np.ndarray] = None, mesh: Optional[Mesh] = None) -> dict:
     """Policy sampling, inputs grouped by chosen action (each group runs only its solver and steps).
 
     labels [N] -> {'images': [N, H, W, C] numpy, 'steps': [N] int, 'actions': [N] (indices into
     `self.actions`), 'seconds_per_group': {action label: s}}. The noise is `self.noise(rng, N)` (so a fixed key gives the
-    same images). Groups are cut into chunks of at most `batch_size`, each padded to a power of two
-    (>= 8) so few shapes are compiled. `actions` overrides the policy (e.g. fixed-step baselines).
+    same images). Each group runs through the sampling driver (adaflow.flow.driver.map_batches on
+    `mesh`, default this process's devices) in batches of `batch_size`, padded to buckets from 8 so
+    few shapes are compiled. `actions` overrides the policy (e.g. fixed-step baselines).
     """
     labels = np.asarray(labels, np.int32)
     chex.assert_rank(labels, 1)
@@ -205,6 +209,7 @@ class StepSelectorObjective(ObjectiveBase):
       actions = np.asarray(self._choose_fn(params, jnp.asarray(labels), noise))
     actions = np.asarray(actions, np.int32)
     noise_np = np.asarray(noise)
+    mesh = local_mesh() if mesh is None else mesh
     out = np.zeros((n,) + tuple(self.info.image_shape), np.float32)
     seconds = {}
     for a, action in enumerate(self.actions):
@@ -212,17 +217,9 @@ class StepSelectorObjective(ObjectiveBase):
       if idx.size == 0:
         continue
       t0 = time.perf_counter()
-      for start in range(0, idx.size, batch_size):
-        chunk = idx[start:start + batch_size]
-        size = 8
-        while size < chunk.size:
-          size *= 2
-        size = max(min(size, batch_size), chunk.size)
-        pad = size - chunk.size
-        y = np.concatenate([labels[chunk], np.zeros(pad, np.int32)])
-        z = np.concatenate([noise_np[chunk], np.zeros((pad,) + noise_np.shape[1:], np.float32)])
-        imgs = self._group_fn(a)(self.generator_params, jnp.asarray(y), jnp.asarray(z))
-        out[chunk] = np.asarray(jax.device_get(imgs))[:chunk.size]
+      fn = self._group_fn(a)
+      out[idx] = map_batches(lambda i, y, z: fn(self.generator_params, y, z), mesh, [labels[idx], noise_np[idx]],
+                             batch_size, smallest=8)
       seconds[sel.action_label(action)] = time.perf_counter() - t0
     steps = np.asarray(self.step_set, np.int32)[actions]
     return {"images": out, "steps": steps, "actions": actions, "seconds_per_group": seconds}

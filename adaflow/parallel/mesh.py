@@ -37,6 +37,13 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
+def local_mesh() -> Mesh:
+  """This process's own devices on 'data': for sampling that every process repeats in full from host
+  parameters (the composed sampler), so no process needs another's devices."""
+  devices = jax.local_devices()
+  return Mesh(np.asarray(devices).reshape(len(devices), 1, 1), MESH_AXES)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) dimension over ('data', 'fsdp'); the rest replicated."""
   return NamedSharding(mesh, P(("data", "fsdp")))

@@ -25,14 +25,14 @@ import numpy as np
 
 from adaflow import data as data_lib
 from adaflow import flow
+from adaflow import methods
 from adaflow import storage
-from adaflow.compose.generator import ComposedGenerator, composed_config
+from adaflow.compose.generator import ComposedGenerator
 from adaflow.eval.classifier import cache_dir
 from adaflow.eval.generate import evaluate_generator
 from adaflow.models.dit import dit_from_config
 from adaflow.models.grouped import group_key
 from adaflow.objectives.flow_loss import regression_loss
-from adaflow.objectives.flow_matching import FlowMatchingObjective
 from adaflow.parallel import make_mesh
 from adaflow.parallel.host import is_writer
 from adaflow.pipelines.stages import run_stage, stage_done
@@ -42,7 +42,6 @@ from adaflow.prune.groups import group_edges
 from adaflow.prune.search import (PROPOSERS, MemoryBank, Proposer, ProxyEvaluator, SearchSpace, make_proposer,
                                   search_group)
 from adaflow.prune.slicing import Structure, slice_params
-from adaflow.train import registry
 from adaflow.train.loop import config_of, load_params, train
 
 
@@ -115,9 +114,9 @@ def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] =
   result.json under `out_dir` and returns the result dict."""
   g = config.grouped
   info = data_lib.get_info(config.data)
-  obj = FlowMatchingObjective(config, info)
-  base = obj.model
-  edges = group_edges(g.num_groups, obj.interpolant, tuple(g.snr_range_db))
+  base = dit_from_config(config.model, info.image_shape, info.num_classes)
+  interpolant = flow.make_interpolant(config.flow)
+  edges = group_edges(g.num_groups, interpolant, tuple(g.snr_range_db))
   base_f = budget_lib.model_flops(base)
   budgets = budget_lib.group_budgets(g.num_groups, g.k, base_f, g.largest)
   proposer = proposer or make_proposer(g.proposer)
@@ -148,10 +147,10 @@ def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] =
     else:
       def loss_fn(params, batch):
         x, y, nz, tt = batch
-        return regression_loss(functools.partial(base.apply, params), obj.interpolant, x, nz, tt, y)
+        return regression_loss(functools.partial(base.apply, params), interpolant, x, nz, tt, y)
       imp = importance_lib.taylor(base_params, base, loss_fn, [in_range_batch(s) for s in range(g.importance_batches)])
     space = SearchSpace(base, imp, float(budgets[i]), int(g.mlp_granularity), bool(g.allow_block_drop))
-    proxy = ProxyEvaluator(obj, base_params, heldout, int(g.proxy_finetune_steps),
+    proxy = ProxyEvaluator(base, interpolant, base_params, heldout, int(g.proxy_finetune_steps),
                            lambda s: in_range_batch(1000 + s), float(g.proxy_lr))
     log(f"pruning group {i}: t in [{lo:.3f}, {hi:.3f}), budget {budgets[i] / base_f:.3f} F, "
         f"proposer {proposer.name}, rounds {g.rounds} x {g.proposals_per_round}")
@@ -191,7 +190,7 @@ def grouped_generator(config, result: dict) -> ComposedGenerator:
   """The composed generator with the pruning result's timestep groups (params {group_i: ...})."""
   info = data_lib.get_info(config.data)
   blocks = [Structure.from_json(gr["structure"]).block_specs() for gr in result["groups"]]
-  return ComposedGenerator(composed_config(config, groups=(blocks, result["edges"])), info)
+  return ComposedGenerator(methods.composed_config(config, groups=(blocks, result["edges"])), info)
 
 
 # ---- the driver -----------------------------------------------------------------------------
@@ -199,7 +198,7 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
   """Stage 1 -> pruning -> stage 2 per group -> evaluation; resumable. Returns the summary."""
   validate_grouped(config)
   info = data_lib.get_info(config.data)
-  registry.validate(config, info, num_devices=jax.device_count(), num_processes=jax.process_count())
+  methods.validate(config, info, num_devices=jax.device_count(), num_processes=jax.process_count())
   g = config.grouped
   storage.check_writable(workdir, "--workdir")   # creates it; a bad path or bucket fails before stage 1
   if is_writer():   # the other processes computed the same; one writes
@@ -219,13 +218,13 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
   else:
     result = prune(config, base_params, pdir, proposer=proposer, log=log)
 
-  info_obj = FlowMatchingObjective(config, info)
+  base_model = dit_from_config(config.model, info.image_shape, info.num_classes)
   params = {}
   log(f"===== stage 3/3: fine-tune each group, {g.stage2_steps} steps per group =====")
   for gr in result["groups"]:
     i = gr["group"]
     structure = Structure.from_json(gr["structure"])
-    sliced = slice_params(base_params, info_obj.model, structure)
+    sliced = slice_params(base_params, base_model, structure)
     gdir = os.path.join(workdir, f"group_{i}")
     if int(g.stage2_steps) == 0:
       log(f"group {i}: stage2_steps = 0, using the sliced weights (pruning only)")
@@ -285,7 +284,8 @@ def load_grouped(workdir: str, config: Optional[ml_collections.ConfigDict] = Non
       params[group_key(i)] = load_params(gdir)
     elif int(config.grouped.stage2_steps) == 0:
       base = load_params(stage1) if base is None else base
-      params[group_key(i)] = slice_params(base, FlowMatchingObjective(config, generator.info).model,
+      params[group_key(i)] = slice_params(base, dit_from_config(config.model, generator.info.image_shape,
+                                                                generator.info.num_classes),
                                           Structure.from_json(gr["structure"]))
     else:
       raise ValueError(f"group {i} of {workdir} has not finished stage 2 ({gdir} has no DONE marker); "

@@ -40,7 +40,7 @@ from adaflow.pipelines.grouped import prune, validate_grouped
 from adaflow.pipelines.stages import run_stage
 from adaflow.prune.slicing import slice_params, Structure
 from adaflow.train import checkpoint as ckpt
-from adaflow.train import registry
+from adaflow import methods
 from adaflow.train.loop import load_params, train
 
 STAGES = ("dense", "ppflow", "routed", "grouped", "selector")
@@ -162,11 +162,11 @@ def validate_recipe(config) -> None:
       raise ValueError(f"config.compose.{name}: must be an integer >= 0, got {steps!r}")
   if cc.dense_steps < 1:
     raise ValueError("config.compose.dense_steps: the recipe starts from a dense DiT; needs >= 1 step")
-  registry.validate(dense_config(config), info)
+  methods.validate(dense_config(config), info)
   if cc.ppflow:
-    registry.validate(ppflow_config(config), info)
+    methods.validate(ppflow_config(config), info)
   if cc.routing:
-    registry.validate(gen, info)
+    methods.validate(gen, info)
 
 
 def run_recipe(config, workdir: str, log=_log) -> dict:

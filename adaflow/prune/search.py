@@ -384,20 +384,20 @@ class ProxyEvaluator:
   that many Adam steps on `finetune_batch(step) -> (x, y, noise, t)` (times inside the group).
   """
 
-  def __init__(self, objective, base_params: Any, heldout: tuple, finetune_steps: int = 0,
+  def __init__(self, model: DiT, interpolant, base_params: Any, heldout: tuple, finetune_steps: int = 0,
                finetune_batch: Optional[Callable[[int], tuple]] = None, lr: float = 1e-4):
-    self.objective, self.base_params = objective, jax.device_get(base_params)
+    self.model, self.interpolant, self.base_params = model, interpolant, jax.device_get(base_params)
     self.heldout = heldout
     self.finetune_steps, self.finetune_batch, self.lr = int(finetune_steps), finetune_batch, lr
 
   def _loss_fn(self, model: DiT):
     def loss(params, x, y, noise, t):
-      return regression_loss(functools.partial(model.apply, params), self.objective.interpolant, x, noise, t, y)
+      return regression_loss(functools.partial(model.apply, params), self.interpolant, x, noise, t, y)
     return loss
 
   def __call__(self, structure: Structure) -> float:
-    model = sub_model(self.objective.model, structure)
-    params = slice_params(self.base_params, self.objective.model, structure)
+    model = sub_model(self.model, structure)
+    params = slice_params(self.base_params, self.model, structure)
     loss = self._loss_fn(model)
     if self.finetune_steps > 0:
       if self.finetune_batch is None:

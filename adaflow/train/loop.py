@@ -45,12 +45,13 @@ from tqdm import tqdm
 
 from adaflow import config as config_lib
 from adaflow import data as data_lib
+from adaflow import methods
 from adaflow import storage
-from adaflow.compose.generator import DIT_FAMILY, generator_for
 from adaflow.config_defaults import merged_config
 from adaflow.data.prefetch import Prefetcher
 from adaflow.eval.classifier import cache_dir
-from adaflow.eval.generate import evaluate_generator, generate_images
+from adaflow.eval.generate import evaluate_generator
+from adaflow.flow.driver import generate_images
 from adaflow.parallel import batch_sharding, make_mesh, replicated
 from adaflow.parallel.host import agree, to_host
 from adaflow.parallel.precision import describe_compute_dtype
@@ -60,8 +61,6 @@ from adaflow.train.images import save_grid
 from adaflow.train.metrics_log import MetricWriter, parse_writers, progress, read_metrics
 from adaflow.train.periodic_fid import PeriodicFID
 from adaflow.train.optim import learning_rate_schedule, make_optimizer
-from adaflow.train import registry
-from adaflow.train.registry import build_objective
 from adaflow.train.sharded_state import init_state, state_shardings
 from adaflow.train.step import make_train_step
 
@@ -161,11 +160,10 @@ class Trainer:
 
   def __init__(self, config, workdir: str, log=_log):
     self.config, self.workdir, self.log = config, workdir, log
-    registry.validate(config)
+    methods.validate(config)
     self.info = data_lib.get_info(config.data)
-    registry.validate(config, self.info, num_devices=jax.device_count(), num_processes=jax.process_count())
-    self.objective = build_objective(config, self.info, load_run=load_trainer_and_params, workdir=workdir)
-    self._generator = None
+    methods.validate(config, self.info, num_devices=jax.device_count(), num_processes=jax.process_count())
+    self.objective = methods.build_objective(config, self.info, load_run=load_trainer_and_params, workdir=workdir)
     self.mesh = make_mesh(config.mesh)
     self.tx = make_optimizer(config.train)
     self.lr_schedule = learning_rate_schedule(config.train)
@@ -200,11 +198,11 @@ class Trainer:
     """The train step with the DiT blocks unrolled (`model.scan_blocks=False`), lowered for its
     FLOPs and never compiled: XLA's cost analysis counts a scanned (while-loop) body once, so the
     scanned step's own analysis would report about one block. None where no DiT is scanned."""
-    if not self.config.model.scan_blocks or self.config.objective not in DIT_FAMILY:
+    if not self.config.model.scan_blocks or not methods.is_dit_family(self.config):
       return None
     c = self.config.copy_and_resolve_references()
     c.model.scan_blocks = False
-    objective = build_objective(c, self.info, load_run=load_trainer_and_params, workdir=self.workdir)
+    objective = methods.build_objective(c, self.info, load_run=load_trainer_and_params, workdir=self.workdir)
     step = make_train_step(objective, self.tx, c.train.ema_decay, self.lr_schedule,
                            debug_nan_step=int(c.train.debug_nan_step))
     return jax.jit(step, in_shardings=(self.shardings, self.batch_sharding),
@@ -217,12 +215,9 @@ class Trainer:
     return out if self._reorder is None else self._reorder(out)
 
   def generator(self):
-    """The run's sampler (adaflow.compose.generator_for): the composed generator for the DiT family.
-    Built on first use (a run that never samples needs no sampler config) and kept, so its
-    compiled sampling programs are reused."""
-    if self._generator is None:
-      self._generator = generator_for(self.config, self.info, self.objective)
-    return self._generator
+    """The run's sampler: its objective's (the composed generator for the DiT family); kept with
+    the objective, so its compiled sampling programs are reused."""
+    return self.objective.sampler
 
   def sample_grid(self, params, step: int) -> str:
     s = self.config.sample

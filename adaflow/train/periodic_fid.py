@@ -15,7 +15,7 @@ from typing import Optional
 
 from adaflow.eval import fid as fid_lib
 from adaflow.eval import inception as inception_lib
-from adaflow.eval.generate import balanced_labels
+from adaflow.flow.driver import balanced_labels
 
 
 class PeriodicFID:

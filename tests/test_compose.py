@@ -22,14 +22,15 @@ from adaflow.compose.spec import spec_from_config
 from adaflow.config_defaults import compose_defaults, merged_config, routing_defaults, selector_defaults
 from adaflow.models import routing as routing_lib
 from adaflow.models.dit import BlockSpec, dit_from_config
-from adaflow.models.grouped import GroupedModel, group_key
+from adaflow.models.grouped import group_key
 from adaflow.objectives.flow_matching import FlowMatchingObjective
 from adaflow.objectives.ppflow import PPFlowObjective
 from adaflow.objectives.routed import RoutedFlowMatchingObjective
 from adaflow.objectives.step_selector import StepSelectorObjective
 from adaflow.prune import budget as budget_lib
-from adaflow.prune.slicing import Structure, mask_params, slice_params
+from adaflow.prune.slicing import Structure, slice_params
 from conftest import tiny_config
+from masking import mask_params
 
 STAGES = ((0.5, (4, 4)), (0.75, (2, 4)), (1.0, (2, 2)))
 BLOCKS = (((1, 64), (1, 32)), ((2, 128), (2, 128)))        # two groups: a pruned one, the full one
@@ -148,7 +149,7 @@ def test_ppflow_run_samples_as_before(method):
   assert gen.spec.name() == "ppflow"
   assert [s for _, s, _ in gen.segments(np.linspace(0, 1, STEPS + 1))] == [0, 1, 2]
   key = jax.random.PRNGKey(4)
-  runs = ref.schedule.grid_slices(flow.time_grid(STEPS))
+  runs = ref.schedule.partition.segments(flow.time_grid(STEPS))
   want = _reference(lambda s: _guided(ref, params, _labels(), (1.0, 2.0, 3.0)[s], stage=s), _noise(key), runs, method)
   np.testing.assert_array_equal(np.asarray(_gen(gen, params, key, method)), np.asarray(want))
 
@@ -178,14 +179,14 @@ def test_grouped_model_samples_as_before(method):
   gen = ComposedGenerator(composed_config(c, groups=(blocks, EDGES)), info)
   params = _perturb(_init(gen, 0))
   dense = FlowMatchingObjective(c, info)
-  ref = GroupedModel([dense.model.clone(blocks=b, depth=len(b), parent=None) for b in blocks], EDGES)
+  refs = [dense.model.clone(blocks=b, depth=len(b), parent=None) for b in blocks]
 
   def velocity(g):
     def model_fn(x, t, y):
-      return dense.interpolant.velocity(ref.apply_group(params, g, x, t, y), x, t)
+      return dense.interpolant.velocity(refs[g].apply(params[group_key(g)], x, t, y), x, t)
     return flow.guided(model_fn, _labels(), dense.null_label, 2.0)
   key = jax.random.PRNGKey(6)
-  want = _reference(velocity, _noise(key), ref.partition.segments(flow.time_grid(STEPS)), method)
+  want = _reference(velocity, _noise(key), flow.TimePartition(EDGES).segments(flow.time_grid(STEPS)), method)
   np.testing.assert_array_equal(np.asarray(_gen(gen, params, key, method)), np.asarray(want))
 
 

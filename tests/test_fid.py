@@ -101,7 +101,7 @@ def test_inception_parity_with_torch_fidelity(tmp_path, random_params):
 
 def test_weights_round_trip_npz_and_safetensors(tmp_path, random_params):
   npz = str(tmp_path / "w.npz")
-  inc.save_state_dict_npz(random_params, npz)
+  np.savez(npz, **inc.params_to_state_dict(random_params))
   from safetensors.numpy import save_file
   st = str(tmp_path / "w.safetensors")
   save_file({k: np.ascontiguousarray(v) for k, v in inc.params_to_state_dict(random_params).items()}, st)

@@ -182,7 +182,7 @@ def routing_defaults() -> ml_collections.ConfigDict:
       init_ratio=1.0,           # initial rho (1.0 = no compression)
       rho_min=0.1,              # rho is clamped to [rho_min, rho_max]
       rho_max=1.0,
-      scale="ste",              # ste | weight (see adaflow.models.routing)
+      scale="ste",              # ste | weight (see adaflow.models.routing.routed_dit)
       fixed_ratio=0.0,          # > 0: non-learned uniform ratio for every layer/region (baseline)
       ratio_lr_scale=1.0,       # rho = ratio_lr_scale * param: with Adam, rho moves ~scale x faster
   ))

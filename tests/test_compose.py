@@ -20,7 +20,7 @@ from adaflow.compose.objective import ComposedObjective, cells
 from adaflow.compose.sampler import ComposedSampler
 from adaflow.compose.spec import spec_from_config
 from adaflow.config_defaults import compose_defaults, merged_config, routing_defaults, selector_defaults
-from adaflow.models import routing as routing_lib
+from adaflow.models.routing.ratios import ratio_table, snapped_table
 from adaflow.models.dit import BlockSpec, dit_from_config
 from adaflow.models.grouped import group_key
 from adaflow.objectives.flow_matching import FlowMatchingObjective
@@ -162,7 +162,7 @@ def test_routed_run_samples_as_before(method):
   params = _set_rho(_perturb(_init(ref, 0)), [[0.5, 1.0], [0.3, 0.6]])
   gen = generator_for(c, info)
   assert gen.spec.name() == "routing"
-  snapped = routing_lib.snapped_table(routing_lib.ratio_table(params, gen.spec.routing), gen.spec.routing)
+  snapped = snapped_table(ratio_table(params, gen.spec.routing), gen.spec.routing)
   assert snapped.min() < 1.0                                 # some blocks really drop tokens
   key = jax.random.PRNGKey(5)
   grid = ref.spec.partition.refine(flow.time_grid(STEPS))

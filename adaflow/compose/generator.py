@@ -24,7 +24,7 @@ from adaflow.compose import model as model_lib
 from adaflow.compose.spec import ComposeSpec, spec_from_config
 from adaflow.config_defaults import compose_defaults
 from adaflow.models.dit import BlockSpec
-from adaflow.models.routing import RoutedDiT
+from adaflow.models.routing.routed_dit import RoutedDiT
 
 # Objectives whose runs sample with the composed generator; what each turns on in `config.compose`.
 DIT_FAMILY = {

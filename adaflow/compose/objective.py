@@ -17,7 +17,8 @@ import jax
 
 from adaflow.compose import model as model_lib
 from adaflow.compose.generator import ComposedGenerator
-from adaflow.models import routing as routing_lib
+from adaflow.models.routing.ratios import project_ratios
+from adaflow.models.routing.routed_dit import merge_params
 from adaflow.models.ppflow import batch_split
 from adaflow.compose.spec import validate_composed
 from adaflow.objectives import flow_loss
@@ -56,7 +57,7 @@ class ComposedObjective(ComposedGenerator, ObjectiveBase):
     """`--init` / recipe params -> the full composed tree: matching leaves copied (shapes must
     agree), routers / rho absent from the source initialised fresh."""
     fresh = jax.device_get(nn.meta.unbox(jax.jit(self.init)(rng)))
-    return routing_lib.merge_params(init_params, fresh)
+    return merge_params(init_params, fresh)
 
   @classmethod
   def validate(cls, config, info) -> None:
@@ -68,8 +69,8 @@ class ComposedObjective(ComposedGenerator, ObjectiveBase):
     if not self.routed:
       return params
     if not self.grouped:
-      return routing_lib.project_ratios(params, self.spec.routing)
-    return {k: routing_lib.project_ratios(v, self.spec.routing) for k, v in params.items()}
+      return project_ratios(params, self.spec.routing)
+    return {k: project_ratios(v, self.spec.routing) for k, v in params.items()}
 
   def loss(self, params, batch, rng: jax.Array):
     """batch {'image': [B, H, W, C], 'label': [B]} -> (loss, metrics); see the module docstring."""

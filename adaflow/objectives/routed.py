@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import jax
 
-from adaflow.models import routing
+from adaflow.models.routing.ratios import project_ratios
+from adaflow.models.routing.routed_dit import merge_params, routed_dit_from_config
+from adaflow.models.routing.spec import spec_from_config, validate_routing_config
 from adaflow.objectives import flow_loss
 from adaflow.objectives.flow_matching import FlowMatchingObjective
 
@@ -28,8 +30,8 @@ class RoutedFlowMatchingObjective(FlowMatchingObjective):
 
   def __init__(self, config, info):
     super().__init__(config, info)
-    self.spec = routing.spec_from_config(config)
-    self.model = routing.routed_dit_from_config(config, info.image_shape, info.num_classes)
+    self.spec = spec_from_config(config)
+    self.model = routed_dit_from_config(config, info.image_shape, info.num_classes)
 
   def init(self, rng: jax.Array):
     """Boxed variables: the DiT's (every patch stage) + router_{i}/kernel + rho."""
@@ -44,16 +46,16 @@ class RoutedFlowMatchingObjective(FlowMatchingObjective):
     """Dense (or routed) `--init` params -> full routed tree (new routers/rho initialised)."""
     import flax.linen as nn
     fresh = jax.device_get(nn.meta.unbox(jax.jit(self.init)(rng)))
-    return routing.merge_params(init_params, fresh)
+    return merge_params(init_params, fresh)
 
   @classmethod
   def validate(cls, config, info) -> None:
-    routing.validate_routing_config(config, info)
+    validate_routing_config(config, info)
 
   def after_update(self, params, side):
     """rho projected onto [rho_min, rho_max] after every optimizer step."""
     del side
-    return routing.project_ratios(params, self.spec)
+    return project_ratios(params, self.spec)
 
   def loss(self, params, batch, rng: jax.Array, stage: int = 0):
     """batch: {'image': [B, H, W, C], 'label': [B]} -> (flow loss + weighted ratio loss, metrics)."""

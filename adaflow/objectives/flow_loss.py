@@ -94,5 +94,5 @@ def ratio_penalty(rhos: Sequence[jax.Array], spec: RoutingSpec) -> tuple[jax.Arr
     return jnp.zeros((), jnp.float32), jnp.float32(spec.fixed_ratio)
   r_loss = sum(ratio_loss(r, spec) for r in rhos) / len(rhos)
   mean_ratio = jnp.mean(jnp.stack([jnp.mean(clamp_ratio(spec.ratio_lr_scale * r, spec.rho_min,
-                                                                    spec.rho_max)) for r in rhos]))
+                                                        spec.rho_max)) for r in rhos]))
   return r_loss, mean_ratio

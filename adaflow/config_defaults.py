@@ -9,6 +9,8 @@ whether a method runs is decided by `objective` (and `grouped.enabled` for train
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Any, Mapping
 
 import ml_collections
@@ -378,8 +380,6 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
   """`get_config([arg])` of the config file at `path` (config files are not a package; one
   config builds on another by loading it with this). Relative paths resolve against the caller's
   file when given as `os.path.join(os.path.dirname(__file__), "quickstart.py")`."""
-  import importlib.util
-  import os
   if not os.path.exists(path):
     raise ValueError(f"config file {path!r} does not exist")
   name = "_adaflow_config_" + os.path.splitext(os.path.basename(path))[0]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -243,7 +244,6 @@ def convert_dense_params(dense: Any, target: Any, groups: Sequence[tuple[int, in
 def convert_params_for(objective, dense: Any, rng: jax.Array) -> Any:
   """`convert_dense_params` for a PPFlow objective (`adaflow.objectives.ppflow.PPFlowObjective`):
   the level embedding comes from a fresh init with `rng`. Returns unboxed {'params': ...}."""
-  import flax.linen as nn
   model = objective.model
   target = jax.device_get(jax.jit(lambda r: nn.meta.unbox(objective.init(r)))(rng))
   out_c = model.in_channels * (2 if model.learn_sigma else 1)

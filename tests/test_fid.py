@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from adaflow.eval import frechet
+from adaflow.eval import inception as inc
 from adaflow.eval.fid import run as fid_run
 from adaflow.eval.fid.features import InceptionFeatures, build_inception_features, model_to_pixels
 from adaflow.eval.fid.reference import load_reference, reference_images, save_reference
 from adaflow.eval.fid.scores import inception_score, precision_recall
 from adaflow.eval.fid.shards import _read_npz, generate_shards, shard_features, statistics_of_shards
-from adaflow.eval import frechet
-from adaflow.eval import inception as inc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = 75  # smallest valid Inception input: the pipeline tests use it (parity uses 299)
@@ -407,7 +407,7 @@ def test_sfid_reference_round_trip_and_self_sfid_zero(tmp_path, random_params):
   again = load_reference(str(tmp_path / "stats.npz"))
   np.testing.assert_array_equal(again.mu_s, ref.mu_s)
   paths = generate_shards(lambda i, lab: _fake_generator()(0, np.zeros(12, np.int32))[:len(lab)],
-                                  np.zeros(12, np.int32), str(tmp_path / "run"), shard_size=12)
+                          np.zeros(12, np.int32), str(tmp_path / "run"), shard_size=12)
   sf = shard_features(paths, feats)
   stats = frechet.StreamingStatistics().update(sf[0]["spatial"]).result()
   k = 6   # a 12-image covariance is singular: compare on a few dims (as test_self_fid_is_zero_...)

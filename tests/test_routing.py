@@ -11,12 +11,12 @@ import pytest
 
 from adaflow.train import registry
 from adaflow.config_defaults import merged_config, routing_defaults
+from adaflow.models.dit import DiTBlock
 from adaflow.models.routing.ratios import bin_pair, project_ratios, ratio_loss, region_index, snap_index, snapped_table
 from adaflow.models.routing.routed_dit import merge_params, routed_dit_from_config
 from adaflow.models.routing.spec import RoutingSpec, spec_from_config
 from adaflow.models.routing.tokens import (gather_tokens, masked_block, num_kept, residual_scales, routed_block,
                                            scatter_tokens, token_rank, top_k_indices)
-from adaflow.models.dit import DiTBlock
 from conftest import tiny_config
 
 H, D, N, B = 16, 32, 16, 3

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence
 
+import jax
+
 from adaflow.config_defaults import check_known_fields
 from adaflow.flow.interpolants import INTERPOLANTS, PREDICTIONS
 from adaflow.flow.partition import EDGE_RULES
@@ -161,5 +163,4 @@ def validate(config, info=None, num_devices: Optional[int] = None, num_processes
 
 
 def num_params(tree) -> int:
-  import jax
   return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))

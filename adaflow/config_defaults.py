@@ -9,6 +9,8 @@ whether a method runs is decided by `objective` (and `grouped.enabled` for train
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Any, Mapping
 
 import ml_collections
@@ -182,7 +184,7 @@ def routing_defaults() -> ml_collections.ConfigDict:
       init_ratio=1.0,           # initial rho (1.0 = no compression)
       rho_min=0.1,              # rho is clamped to [rho_min, rho_max]
       rho_max=1.0,
-      scale="ste",              # ste | weight (see adaflow.models.routing)
+      scale="ste",              # ste | weight (see adaflow.models.routing.routed_dit)
       fixed_ratio=0.0,          # > 0: non-learned uniform ratio for every layer/region (baseline)
       ratio_lr_scale=1.0,       # rho = ratio_lr_scale * param: with Adam, rho moves ~scale x faster
   ))
@@ -378,8 +380,6 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
   """`get_config([arg])` of the config file at `path` (config files are not a package; one
   config builds on another by loading it with this). Relative paths resolve against the caller's
   file when given as `os.path.join(os.path.dirname(__file__), "quickstart.py")`."""
-  import importlib.util
-  import os
   if not os.path.exists(path):
     raise ValueError(f"config file {path!r} does not exist")
   name = "_adaflow_config_" + os.path.splitext(os.path.basename(path))[0]

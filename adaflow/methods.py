@@ -34,7 +34,7 @@ from adaflow.config_defaults import compose_defaults
 from adaflow.eval.classifier import cache_dir, get_classifier
 from adaflow.models import ppflow as schedule_lib
 from adaflow.models.dit import BlockSpec
-from adaflow.models.routing import validate_routing_config
+from adaflow.models.routing.spec import validate_routing_config
 from adaflow.objectives.dq_transformer import DQTransformerObjective
 from adaflow.objectives.dqvae import DQVAEObjective, build_tokenizer
 from adaflow.objectives.step_selector import StepSelectorObjective

@@ -44,7 +44,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from adaflow.eval import evaluate_samples, get_classifier  # noqa: E402
-from adaflow.models import routing  # noqa: E402
+from adaflow.models.routing.ratios import ratio_table, region_index, snapped_table  # noqa: E402
+from adaflow.models.routing.tokens import num_kept, routed_block  # noqa: E402
 from adaflow.models.dit import DiTBlock  # noqa: E402
 from adaflow.flow.driver import balanced_labels, generate_images, make_generate_fn  # noqa: E402
 from adaflow.train.loop import Trainer, train  # noqa: E402
@@ -104,7 +105,7 @@ def block_flops(model, params, b, n, k) -> float:
   x = jnp.zeros((b, n, model.hidden_size))
   c = jnp.zeros((b, model.hidden_size))
   w = jnp.zeros((b, n))
-  fn = jax.jit(lambda p, x, c, w: blk.apply(p, x, c, method=lambda m, x, c: routing.routed_block(m, x, c, w, k, "ste")))
+  fn = jax.jit(lambda p, x, c, w: blk.apply(p, x, c, method=lambda m, x, c: routed_block(m, x, c, w, k, "ste")))
   return flops_of(fn.lower(bp, x, c, w).compile())
 
 
@@ -126,9 +127,9 @@ def sampler_flops(tr, params, table, args, dense_gen_flops, dense_forward_flops)
   # XLA's cost_analysis counts a while loop (the sampler's lax.scan) body once: one Heun step.
   total = dense_gen_flops * args.steps
   for t in times:
-    r = int(routing.region_index(jnp.float32(t), spec.boundaries))
+    r = int(region_index(jnp.float32(t), spec.boundaries))
     for layer in range(table.shape[0]):
-      k = routing.num_kept(float(table[layer, r]), n)
+      k = num_kept(float(table[layer, r]), n)
       if k not in per_k:
         per_k[k] = block_flops(model, params, b, n, k)
       total += per_k[k] - dense_block
@@ -203,8 +204,8 @@ def main():
     r["train_temp_bytes"] = int(getattr(mem, "temp_size_in_bytes", 0))
     if name != "dense":
       spec = tr.objective.spec.routing
-      r["table"] = routing.ratio_table(r["params"], spec)
-      r["snapped"] = routing.snapped_table(r["table"], spec)
+      r["table"] = ratio_table(r["params"], spec)
+      r["snapped"] = snapped_table(r["table"], spec)
 
   if args.train_only:
     return   # the compiled programs are now in the persistent compilation cache
@@ -241,10 +242,10 @@ def main():
   cb = jax.random.normal(jax.random.PRNGKey(1), (bsz, model.hidden_size))
   wk = jax.random.normal(jax.random.PRNGKey(2), (model.hidden_size, 1)) * 0.02
   prof_fns = {}
-  for k in sorted({n, routing.num_kept(0.75, n), routing.num_kept(0.5, n)}, reverse=True):
+  for k in sorted({n, num_kept(0.75, n), num_kept(0.5, n)}, reverse=True):
     prof_fns[f"plain block, {k} tokens"] = jax.jit(lambda p, x, c, k=k: blk.apply(p, x[:, :k], c))
     prof_fns[f"routed block, k={k}"] = jax.jit(lambda p, x, c, k=k: blk.apply(
-        p, x, c, method=lambda m, x, c: routing.routed_block(m, x, c, jax.nn.sigmoid((x @ wk)[..., 0]), k, "ste")))
+        p, x, c, method=lambda m, x, c: routed_block(m, x, c, jax.nn.sigmoid((x @ wk)[..., 0]), k, "ste")))
   prof_t = {name: [] for name in prof_fns}
   for f in prof_fns.values():
     jax.block_until_ready(f(bp, xb, cb))
@@ -318,7 +319,7 @@ is far from the 2500-step quick start; compare the rows with each other.
 Sampling time: median of {args.reps} interleaved repetitions (all variants timed in turn). FLOPs: per
 batch of {args.sample_batch} images (x2 for CFG). Train temp MiB: XLA temporary buffers of the compiled train
 step (activation memory); routed training computes two full-width masked blocks per layer (see
-adaflow/models/routing.py), so it needs more activation memory than dense training here, unlike the
+adaflow/models/routing/routed_dit.py), so it needs more activation memory than dense training here, unlike the
 paper's gathered training.
 
 Where the time goes (one block; "routed" = router + top-k + sort + gather + block + scatter, so

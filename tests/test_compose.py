@@ -22,14 +22,17 @@ from adaflow.compose.objective import ComposedObjective, cells
 from adaflow.compose.sampler import ComposedSampler
 from adaflow.compose.spec import spec_from_config
 from adaflow.config_defaults import compose_defaults, merged_config, routing_defaults, selector_defaults
-from adaflow.models import routing as routing_lib
+from adaflow.models.routing.ratios import ratio_table, snapped_table
+from adaflow.models.routing.routed_dit import routed_dit_from_config
+from adaflow.models.routing.spec import spec_from_config as routing_spec_from_config
 from adaflow.models.dit import BlockSpec, dit_from_config
-from adaflow.models.grouped import GroupedModel, group_key
+from adaflow.models.grouped import group_key
 from adaflow.models import ppflow as ppflow_lib
 from adaflow.objectives.step_selector import StepSelectorObjective
 from adaflow.prune import budget as budget_lib
-from adaflow.prune.slicing import Structure, mask_params, slice_params
+from adaflow.prune.slicing import Structure, slice_params
 from conftest import tiny_config
+from masking import mask_params
 
 STAGES = ((0.5, (4, 4)), (0.75, (2, 4)), (1.0, (2, 2)))
 BLOCKS = (((1, 64), (1, 32)), ((2, 128), (2, 128)))        # two groups: a pruned one, the full one
@@ -127,9 +130,9 @@ class _Net:
       self.schedule = ppflow_lib.schedule_from_config(c, info.image_shape)
       m.stage_groups = tuple(self.schedule.groups)
     self.routed = c.objective == "routed_flow_matching"
-    self.model = (routing_lib.routed_dit_from_config(c, info.image_shape, info.num_classes) if self.routed
+    self.model = (routed_dit_from_config(c, info.image_shape, info.num_classes) if self.routed
                   else dit_from_config(m, info.image_shape, info.num_classes))
-    self.spec = routing_lib.spec_from_config(c) if self.routed else None
+    self.spec = routing_spec_from_config(c) if self.routed else None
     self.interpolant, self.null_label, self.info = flow.make_interpolant(c.flow), info.num_classes, info
 
   def init(self, rng):
@@ -173,7 +176,7 @@ def test_ppflow_run_samples_as_before(method):
   assert gen.spec.name() == "ppflow"
   assert [s for _, s, _ in gen.segments(np.linspace(0, 1, STEPS + 1))] == [0, 1, 2]
   key = jax.random.PRNGKey(4)
-  runs = ref.schedule.grid_slices(flow.time_grid(STEPS))
+  runs = ref.schedule.partition.segments(flow.time_grid(STEPS))
   want = _reference(lambda s: _guided(ref, params, _labels(), (1.0, 2.0, 3.0)[s], stage=s), _noise(key), runs, method)
   np.testing.assert_array_equal(np.asarray(_gen(gen, params, key, method)), np.asarray(want))
 
@@ -186,7 +189,7 @@ def test_routed_run_samples_as_before(method):
   params = _set_rho(_perturb(_init(ref, 0)), [[0.5, 1.0], [0.3, 0.6]])
   gen = generator_for(c, info)
   assert gen.spec.name() == "routing"
-  snapped = routing_lib.snapped_table(routing_lib.ratio_table(params, gen.spec.routing), gen.spec.routing)
+  snapped = snapped_table(ratio_table(params, gen.spec.routing), gen.spec.routing)
   assert snapped.min() < 1.0                                 # some blocks really drop tokens
   key = jax.random.PRNGKey(5)
   grid = ref.spec.partition.refine(flow.time_grid(STEPS))
@@ -203,14 +206,14 @@ def test_grouped_model_samples_as_before(method):
   gen = ComposedGenerator(composed_config(c, groups=(blocks, EDGES)), info)
   params = _perturb(_init(gen, 0))
   dense = _Net(c, info)
-  ref = GroupedModel([dense.model.clone(blocks=b, depth=len(b), parent=None) for b in blocks], EDGES)
+  refs = [dense.model.clone(blocks=b, depth=len(b), parent=None) for b in blocks]
 
   def velocity(g):
     def model_fn(x, t, y):
-      return dense.interpolant.velocity(ref.apply_group(params, g, x, t, y), x, t)
+      return dense.interpolant.velocity(refs[g].apply(params[group_key(g)], x, t, y), x, t)
     return flow.guided(model_fn, _labels(), dense.null_label, 2.0)
   key = jax.random.PRNGKey(6)
-  want = _reference(velocity, _noise(key), ref.partition.segments(flow.time_grid(STEPS)), method)
+  want = _reference(velocity, _noise(key), flow.TimePartition(EDGES).segments(flow.time_grid(STEPS)), method)
   np.testing.assert_array_equal(np.asarray(_gen(gen, params, key, method)), np.asarray(want))
 
 

@@ -20,9 +20,13 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from adaflow.eval import fid as fid_lib
 from adaflow.eval import frechet
 from adaflow.eval import inception as inc
+from adaflow.eval.fid import run as fid_run
+from adaflow.eval.fid.features import InceptionFeatures, build_inception_features, model_to_pixels
+from adaflow.eval.fid.reference import load_reference, reference_images, save_reference
+from adaflow.eval.fid.scores import inception_score, precision_recall
+from adaflow.eval.fid.shards import _read_npz, generate_shards, shard_features, statistics_of_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = 75  # smallest valid Inception input: the pipeline tests use it (parity uses 299)
@@ -101,7 +105,7 @@ def test_inception_parity_with_torch_fidelity(tmp_path, random_params):
 
 def test_weights_round_trip_npz_and_safetensors(tmp_path, random_params):
   npz = str(tmp_path / "w.npz")
-  inc.save_state_dict_npz(random_params, npz)
+  np.savez(npz, **inc.params_to_state_dict(random_params))
   from safetensors.numpy import save_file
   st = str(tmp_path / "w.safetensors")
   save_file({k: np.ascontiguousarray(v) for k, v in inc.params_to_state_dict(random_params).items()}, st)
@@ -119,7 +123,7 @@ def test_missing_weights_file_says_where_to_put_it(tmp_path):
   assert missing in msg and "--inception" in msg and inc.default_weights_path() in msg
   assert inc.WEIGHTS_FILENAME in msg and "never downloaded" in msg
   with pytest.raises(ValueError, match="--inception"):
-    fid_lib.build_inception_features(missing)
+    build_inception_features(missing)
 
 
 def test_fid_command_fails_on_missing_weights_before_restoring(tmp_path):
@@ -179,7 +183,7 @@ def _fake_generator(seed=0):
 
 
 def test_self_fid_is_zero_and_shards_resume(tmp_path, random_params):
-  feats = fid_lib.InceptionFeatures(random_params, "random-0", batch_size=4, size=SMALL)
+  feats = InceptionFeatures(random_params, "random-0", batch_size=4, size=SMALL)
   labels = np.arange(10, dtype=np.int32) % 3
   calls = []
   gen = _fake_generator()
@@ -189,14 +193,14 @@ def test_self_fid_is_zero_and_shards_resume(tmp_path, random_params):
     return gen(i, labels_i)
 
   out = str(tmp_path / "run")
-  paths = fid_lib.generate_shards(generate, labels, out, shard_size=4)
+  paths = generate_shards(generate, labels, out, shard_size=4)
   assert calls == [0, 1, 2] and len(paths) == 3
-  shard_feats = fid_lib.shard_features(paths, feats)
-  sharded = fid_lib.statistics_of_shards(shard_feats)
+  shard_feats = shard_features(paths, feats)
+  sharded = statistics_of_shards(shard_feats)
   assert sharded.count == 10
 
   # One-shot statistics of all images equal the merged per-shard statistics.
-  images = np.concatenate([fid_lib._read_npz(p)["images"] for p in paths])
+  images = np.concatenate([_read_npz(p)["images"] for p in paths])
   all_feats = feats(images)["pool"]
   mu, sigma = frechet.feature_statistics(all_feats)
   mu_s, sigma_s = sharded.result()
@@ -209,7 +213,7 @@ def test_self_fid_is_zero_and_shards_resume(tmp_path, random_params):
   # test_self_fid_2048_dims, marked slow).
   d = 6
   self_fid = frechet.frechet_distance(mu_s[:d], sigma_s[:d, :d], mu[:d], sigma[:d, :d])
-  other = fid_lib.model_to_pixels(_fake_generator(seed=7)(0, labels) * 0.5)
+  other = model_to_pixels(_fake_generator(seed=7)(0, labels) * 0.5)
   mu_o, sigma_o = frechet.feature_statistics(feats(other)["pool"][:, :d])
   other_fid = frechet.frechet_distance(mu_o, sigma_o, mu[:d], sigma[:d, :d])
   assert abs(self_fid) < 1e-8 * max(other_fid, 1.0) and other_fid > 1e-4
@@ -221,50 +225,50 @@ def test_self_fid_is_zero_and_shards_resume(tmp_path, random_params):
   with open(paths[2], "wb") as f:
     f.write(b"torn")
   calls.clear()
-  paths2 = fid_lib.generate_shards(generate, labels, out, shard_size=4)
+  paths2 = generate_shards(generate, labels, out, shard_size=4)
   assert calls == [1, 2]
-  again = fid_lib.statistics_of_shards(fid_lib.shard_features(paths2, feats)).result()
+  again = statistics_of_shards(shard_features(paths2, feats)).result()
   np.testing.assert_array_equal(again[0], mu_s)
   np.testing.assert_array_equal(again[1], sigma_s)
 
 
 def test_reference_npz_formats(tmp_path, random_params):
-  feats = fid_lib.InceptionFeatures(random_params, "random-0", batch_size=4, size=SMALL)
-  images = fid_lib.model_to_pixels(_fake_generator()(0, np.zeros(6, np.int32)))
+  feats = InceptionFeatures(random_params, "random-0", batch_size=4, size=SMALL)
+  images = model_to_pixels(_fake_generator()(0, np.zeros(6, np.int32)))
   # ADM reference-batch layout: arr_0 uint8 images (+ mu/sigma when precomputed).
   np.savez(tmp_path / "imgs.npz", arr_0=images)
-  from_images = fid_lib.load_reference(str(tmp_path / "imgs.npz"), feats)
+  from_images = load_reference(str(tmp_path / "imgs.npz"), feats)
   acts = feats(images)["pool"]
   np.testing.assert_allclose(from_images.activations, acts, rtol=0, atol=1e-6)
-  fid_lib.save_reference(from_images, str(tmp_path / "stats.npz"))
-  from_stats = fid_lib.load_reference(str(tmp_path / "stats.npz"))
+  save_reference(from_images, str(tmp_path / "stats.npz"))
+  from_stats = load_reference(str(tmp_path / "stats.npz"))
   np.testing.assert_array_equal(from_stats.mu, from_images.mu)
   np.savez(tmp_path / "musigma.npz", mu=from_images.mu, sigma=from_images.sigma, arr_0=images)
-  ms = fid_lib.load_reference(str(tmp_path / "musigma.npz"))
+  ms = load_reference(str(tmp_path / "musigma.npz"))
   np.testing.assert_array_equal(ms.sigma, from_images.sigma)
-  np.testing.assert_array_equal(fid_lib.reference_images(str(tmp_path / "musigma.npz")), images)
+  np.testing.assert_array_equal(reference_images(str(tmp_path / "musigma.npz")), images)
   np.savez(tmp_path / "bad.npz", foo=np.zeros(3))
   with pytest.raises(ValueError, match="mu\\+sigma, activations, or arr_0"):
-    fid_lib.load_reference(str(tmp_path / "bad.npz"), feats)
+    load_reference(str(tmp_path / "bad.npz"), feats)
   with pytest.raises(ValueError, match="--ref"):
-    fid_lib.load_reference(str(tmp_path / "absent.npz"), feats)
+    load_reference(str(tmp_path / "absent.npz"), feats)
 
 
 def test_inception_score_and_precision_recall_closed_cases():
   # Uniform predictions -> IS 1; confident, balanced over C classes -> IS = C.
-  assert abs(fid_lib.inception_score(np.zeros((20, 1008)))[0] - 1.0) < 1e-9
+  assert abs(inception_score(np.zeros((20, 1008)))[0] - 1.0) < 1e-9
   confident = np.full((40, 1008), -1e4)
   confident[np.arange(40), np.arange(40) % 4] = 0.0
-  np.testing.assert_allclose(fid_lib.inception_score(confident, splits=2)[0], 4.0, rtol=1e-6)
+  np.testing.assert_allclose(inception_score(confident, splits=2)[0], 4.0, rtol=1e-6)
   rng = np.random.default_rng(0)
   real = rng.standard_normal((200, 8)).astype(np.float32)
-  pr = fid_lib.precision_recall(real, real.copy(), k=3)
+  pr = precision_recall(real, real.copy(), k=3)
   assert pr == {"precision": 1.0, "recall": 1.0}
-  far = fid_lib.precision_recall(real, real + 100.0, k=3)
+  far = precision_recall(real, real + 100.0, k=3)
   assert far == {"precision": 0.0, "recall": 0.0}
   # A fake set covering a quarter of the real support: full precision, recall well below 1.
   quarter = real[(real[:, 0] > 0) & (real[:, 1] > 0)]
-  pr = fid_lib.precision_recall(real, quarter, k=3)
+  pr = precision_recall(real, quarter, k=3)
   assert pr["precision"] == 1.0 and pr["recall"] < 0.7
 
 
@@ -286,13 +290,14 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import numpy as np, jax
     from jax.sharding import Mesh
     sys.path.insert(0, {root!r})
-    from adaflow.eval import fid as fid_lib, inception as inc, frechet
+    from adaflow.eval import inception as inc, frechet
+    from adaflow.eval.fid.features import InceptionFeatures
     assert jax.device_count() == 8
     mesh = Mesh(np.array(jax.devices()).reshape(8, 1, 1), ("data", "fsdp", "model"))
     params = inc.init_random_params(0)
     pix = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
-    sharded = fid_lib.InceptionFeatures(params, "r", batch_size=8, size=75, mesh=mesh)(pix)["pool"]
-    single = fid_lib.InceptionFeatures(params, "r", batch_size=8, size=75)(pix)["pool"]
+    sharded = InceptionFeatures(params, "r", batch_size=8, size=75, mesh=mesh)(pix)["pool"]
+    single = InceptionFeatures(params, "r", batch_size=8, size=75)(pix)["pool"]
     merged = frechet.StreamingStatistics()
     for part in np.array_split(sharded, 3):
       merged.merge(frechet.StreamingStatistics().update(part))
@@ -332,7 +337,7 @@ def test_imagenet64_smoke_run_resumes(tmp_path):
   first = smoke.run_smoke(workdir, num=8, shard=4)
   assert first["num"] == 8 and np.isfinite(first["fid"]) and first["fid"] > 0
   assert first["inception"] == "random-0" and first["resize"] == "tf" and first["step"] == 2
-  run_dir = os.path.join(workdir, "fid", fid_lib.run_tag(2, 8, 1234, 2, "euler", 1.0))
+  run_dir = os.path.join(workdir, "fid", fid_run.run_tag(2, 8, 1234, 2, "euler", 1.0))
   shards = sorted(f for f in os.listdir(run_dir) if f.startswith("samples_"))
   assert shards == ["samples_00000.npz", "samples_00001.npz"]
   stamp = {f: os.path.getmtime(os.path.join(run_dir, f)) for f in os.listdir(run_dir) if f.endswith(".npz")}
@@ -392,18 +397,18 @@ def test_spatial_features_are_mixed_6_conv_first_7_channels(random_params):
 
 
 def test_sfid_reference_round_trip_and_self_sfid_zero(tmp_path, random_params):
-  feats = fid_lib.InceptionFeatures(random_params, "random-0", batch_size=4, size=SMALL)
-  images = fid_lib.model_to_pixels(_fake_generator()(0, np.zeros(12, np.int32)))
+  feats = InceptionFeatures(random_params, "random-0", batch_size=4, size=SMALL)
+  images = model_to_pixels(_fake_generator()(0, np.zeros(12, np.int32)))
   np.savez(tmp_path / "imgs.npz", arr_0=images)
-  ref = fid_lib.load_reference(str(tmp_path / "imgs.npz"), feats)
+  ref = load_reference(str(tmp_path / "imgs.npz"), feats)
   d = ref.mu_s.shape[0]
   assert ref.sigma_s.shape == (d, d) and d == feats(images[:1])["spatial"].shape[1]
-  fid_lib.save_reference(ref, str(tmp_path / "stats.npz"))       # ADM's names: mu_s / sigma_s
-  again = fid_lib.load_reference(str(tmp_path / "stats.npz"))
+  save_reference(ref, str(tmp_path / "stats.npz"))       # ADM's names: mu_s / sigma_s
+  again = load_reference(str(tmp_path / "stats.npz"))
   np.testing.assert_array_equal(again.mu_s, ref.mu_s)
-  paths = fid_lib.generate_shards(lambda i, lab: _fake_generator()(0, np.zeros(12, np.int32))[:len(lab)],
-                                  np.zeros(12, np.int32), str(tmp_path / "run"), shard_size=12)
-  sf = fid_lib.shard_features(paths, feats)
+  paths = generate_shards(lambda i, lab: _fake_generator()(0, np.zeros(12, np.int32))[:len(lab)],
+                          np.zeros(12, np.int32), str(tmp_path / "run"), shard_size=12)
+  sf = shard_features(paths, feats)
   stats = frechet.StreamingStatistics().update(sf[0]["spatial"]).result()
   k = 6   # a 12-image covariance is singular: compare on a few dims (as test_self_fid_is_zero_...)
   assert abs(frechet.frechet_distance(stats[0][:k], stats[1][:k, :k], ref.mu_s[:k], ref.sigma_s[:k, :k])) < 1e-6
@@ -424,16 +429,16 @@ def test_fid_while_training_is_logged_and_resumes(tmp_path, monkeypatch):
   shards, to the same number); the row and result of step 2 stay untouched."""
   from adaflow.train.loop import train
   from adaflow.train.metrics_log import read_metrics
-  real = fid_lib.frechet_distance
+  real = frechet.frechet_distance
   # A 2048-d sqrtm takes minutes on a busy 2-core CPU; this test is about the schedule and resume,
   # so the distance is taken on the first 6 dimensions (the full size: test_self_fid_2048_dims).
-  monkeypatch.setattr(fid_lib, "frechet_distance", lambda m1, s1, m2, s2: real(m1[:6], s1[:6, :6], m2[:6], s2[:6, :6]))
+  monkeypatch.setattr(fid_run, "frechet_distance", lambda m1, s1, m2, s2: real(m1[:6], s1[:6, :6], m2[:6], s2[:6, :6]))
   w = str(tmp_path / "w")
   train(_fid_config(), w, log=lambda m: None)
   rows = read_metrics(w, "fid")
   assert [r["step"] for r in rows] == [2, 4]
   assert all(np.isfinite(r["fid"]) and np.isfinite(r["sfid"]) and r["fid"] > 0 for r in rows)
-  result2 = os.path.join(w, "fid", fid_lib.run_tag(2, 8, 1234, 2, "euler", 2.0), "result.json")
+  result2 = os.path.join(w, "fid", fid_run.run_tag(2, 8, 1234, 2, "euler", 2.0), "result.json")
   stamp = os.path.getmtime(result2)
   path = os.path.join(w, "metrics.jsonl")
   lines = open(path).read().splitlines(keepends=True)

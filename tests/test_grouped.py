@@ -10,16 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adaflow.flow import LinearInterpolant
+from adaflow.flow import LinearInterpolant, TimePartition
 from adaflow.models.dit import BlockSpec, DiT
-from adaflow.models.grouped import GroupedModel, group_key
+from adaflow.models.grouped import group_key
 from adaflow.prune import budget as B
 from adaflow.prune import importance
 from adaflow.prune.groups import group_edges
-from adaflow.prune.search import (Entry, ImportanceProposer, MemoryBank, RandomProposer, SearchSpace, TextProposer,
-                                  search_group)
-from adaflow.prune.slicing import Structure, mask_params, slice_params, sub_model
+from adaflow.prune.search import ImportanceProposer, MemoryBank, RandomProposer, SearchSpace, search_group
+from adaflow.prune.slicing import Structure, slice_params, sub_model
 from conftest import tiny_config
+from masking import mask_params
 
 
 def _dit(**kw):
@@ -113,13 +113,13 @@ def test_snr_groups_and_dispatch_at_boundaries():
   snr = 20 * np.log10(e[1:-1] / (1 - e[1:-1]))
   np.testing.assert_allclose(snr, [-10.0, 0.0, 10.0], atol=1e-3)   # equal width in SNR dB
   t = np.asarray([0.0, np.nextafter(np.float32(e[1]), np.float32(0)), e[1], 0.5, e[3], 1.0], np.float32)
-  gm = GroupedModel([_dit()] * 4, e)
-  np.testing.assert_array_equal(gm.group_of(t), [0, 0, 1, 2, 3, 3])
-  np.testing.assert_array_equal(np.asarray(gm.group_of(jnp.asarray(t))), [0, 0, 1, 2, 3, 3])
+  partition = TimePartition(tuple(e))
+  np.testing.assert_array_equal(partition.index(t), [0, 0, 1, 2, 3, 3])
+  np.testing.assert_array_equal(np.asarray(partition.index(jnp.asarray(t))), [0, 0, 1, 2, 3, 3])
   grid = np.linspace(0, 1, 9)
   # grid .125 apart vs edges .240, .5, .760: .240 and .760 become grid points, .5 already is one,
   # so every step lies inside one group
-  segs = gm.partition.segments(grid)
+  segs = partition.segments(grid)
   assert [g for g, _ in segs] == [0, 1, 2, 3]
   np.testing.assert_allclose(np.concatenate([sub[:-1] for _, sub in segs] + [[1.0]]),
                              [0, .125, e[1], .25, .375, .5, .625, .75, e[3], .875, 1])
@@ -127,7 +127,7 @@ def test_snr_groups_and_dispatch_at_boundaries():
     assert e[g] - 1e-6 <= sub[0] and sub[-1] <= e[g + 1] + 1e-6
 
 
-def test_grouped_apply_and_sampling_pick_the_right_group():
+def test_grouped_sampling_picks_the_right_group():
   from adaflow.compose.generator import ComposedGenerator
   from adaflow.methods import composed_config
   from adaflow.compose.objective import ComposedObjective
@@ -139,16 +139,9 @@ def test_grouped_apply_and_sampling_pick_the_right_group():
                for _ in range(int(c.model.depth)))
   gc = composed_config(c, groups=([(BlockSpec(1, 16),), full], edges))
   gen = ComposedGenerator(gc, info)            # the grouped model's sampler
-  gm = GroupedModel(gen.models, edges)
-  params = {group_key(i): _params(m, seed=i) for i, m in enumerate(gm.models)}
+  params = {group_key(i): _params(m, seed=i) for i, m in enumerate(gen.models)}
   x, _, y = _inputs(4)
-  t = jnp.asarray([0.0, 0.39, 0.4, 1.0])
-  sel = jax.jit(gm.apply_select)(params, x, t, y)
-  apply = [jax.jit(lambda p, x, t, y, g=g: gm.apply_group(p, g, x, t, y)) for g in range(2)]
-  for j, g in enumerate([0, 0, 1, 1]):
-    np.testing.assert_allclose(sel[j], apply[g](params, x, t, y)[j], atol=1e-5)
-  sl = jax.jit(lambda p, x, t, y: gm.apply_sliced(p, x, t, y, [2, 2]))(params, x, t, y)
-  np.testing.assert_allclose(sl, sel, atol=1e-5)
+  apply = [jax.jit(lambda p, x, t, y, g=g: gen.models[g].apply(p[group_key(g)], x, t, y)) for g in range(2)]
   # sampling: steps starting below 0.4 use group 0, the rest group 1
   rng = jax.random.PRNGKey(3)
   labels = jnp.asarray([1, 2], jnp.int32)
@@ -166,22 +159,20 @@ def test_grouped_apply_and_sampling_pick_the_right_group():
   assert np.isfinite(float(loss))
 
 
-def test_stage_and_block_fn_pass_through():
+def test_sliced_model_keeps_stages_and_block_fn():
   base = _dit(stage_groups=((1, 1), (2, 2)), depth=2)
   s = Structure(((0,), (0, 1)), ((1, 2), ()))
   small = sub_model(base, s)
   p = slice_params(_params(base), base, s)
-  gm = GroupedModel([small, small], [0.0, 0.5, 1.0])
-  params = {"group_0": p, "group_1": p}
   x, t, y = _inputs(2)
   for stage in (0, 1):
-    np.testing.assert_allclose(gm.apply_group(params, 1, x, t, y, stage=stage), small.apply(p, x, t, y, stage=stage))
+    assert small.apply(p, x, t, y, stage=stage).shape == x.shape
   calls = []
 
   def block_fn(i, block, tokens, c):
     calls.append((i, tokens.shape[1]))
     return block(tokens, c)
-  gm.apply_group(params, 0, x, t, y, stage=1, block_fn=block_fn)
+  small.apply(p, x, t, y, stage=1, block_fn=block_fn)
   assert calls == [(0, 4), (1, 4)]   # 16x16 image, patch 4 grouped 2x2 -> 4 tokens, both kept blocks
 
 
@@ -220,19 +211,6 @@ def test_greedy_cut_removes_least_important_units():
     assert set(kept) == set(order[:len(kept)].tolist())
   assert space.flops(s.counts()) <= space.budget
   assert space.flops(s.counts()) > space.budget - space.head_cost - space.block_overhead  # budget used
-
-
-def test_text_proposer_plugs_in():
-  space, base = _space(0.7)
-  seen = []
-
-  def fake_llm(prompt):
-    seen.append(prompt)
-    return 'Sure: {"proposals": [[[4, 256], [2, 128], [0, 0]], [[4, 256], [4, 256], [4, 256]]]}'
-  out = TextProposer(fake_llm).propose(space, [], 0, 2, np.random.default_rng(0))
-  assert "Budget" in seen[0] and len(out) == 2
-  assert out[0].counts() == [(4, 256), (2, 128), (0, 0)]
-  assert all(space.flops(s.counts()) <= space.budget for s in out)   # over-budget one shrunk
 
 
 def test_taylor_importance_matches_masking_gradient():

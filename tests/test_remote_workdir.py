@@ -118,7 +118,7 @@ def test_train_resume_sample_eval_fid_keep_everything_in_the_bucket(gcs, tmp_pat
   ev = _run(cli + ["eval"] + common, env, cwd)
   weights = tmp_path / "inception_random.npz"   # an input file: local, outside the working directory
   from adaflow.eval import inception as inception_lib
-  inception_lib.save_state_dict_npz(inception_lib.init_random_params(3), str(weights))
+  np.savez(str(weights), **inception_lib.params_to_state_dict(inception_lib.init_random_params(3)))
   fid = _run(cli + ["eval", "fid"] + common + ["--num=16", "--ref=dataset", "--fid_ref_num=16",
                                                f"--inception={weights}", "--fid_input_size=75", "--fid_batch=8",
                                                "--fid_gen_batch=8", "--fid_shard=8", "--nofid_progress"], env, cwd)

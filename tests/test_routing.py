@@ -11,8 +11,12 @@ import pytest
 
 from adaflow import methods
 from adaflow.config_defaults import merged_config, routing_defaults
-from adaflow.models import routing
 from adaflow.models.dit import DiTBlock
+from adaflow.models.routing.ratios import bin_pair, project_ratios, ratio_loss, region_index, snap_index, snapped_table
+from adaflow.models.routing.routed_dit import merge_params, routed_dit_from_config
+from adaflow.models.routing.spec import RoutingSpec, spec_from_config
+from adaflow.models.routing.tokens import (gather_tokens, masked_block, num_kept, residual_scales, routed_block,
+                                           scatter_tokens, token_rank, top_k_indices)
 from conftest import tiny_config
 
 H, D, N, B = 16, 32, 16, 3
@@ -52,7 +56,7 @@ def _model(**routing_overrides):
   cfg.routing.target = 0.75
   for k, v in routing_overrides.items():
     cfg.routing[k] = v
-  model = routing.routed_dit_from_config(cfg, (16, 16, 1), 10)
+  model = routed_dit_from_config(cfg, (16, 16, 1), 10)
   x = jax.random.normal(jax.random.PRNGKey(0), (B, 16, 16, 1))
   t = jnp.array([0.1, 0.4, 0.9])
   y = jnp.array([1, 2, 3])
@@ -74,8 +78,8 @@ def test_ratio_one_reproduces_dense_block_exactly():
   blk, params, x, c = _block()
   w = jax.nn.sigmoid(jax.random.normal(jax.random.PRNGKey(5), (B, N)))
   dense = _apply_block(blk, params, lambda m: m(x, c))
-  routed = _apply_block(blk, params, lambda m: routing.routed_block(m, x, c, w, N, "ste"))
-  masked = _apply_block(blk, params, lambda m: routing.masked_block(m, x, c, w, jnp.ones((B, N), bool), "ste"))
+  routed = _apply_block(blk, params, lambda m: routed_block(m, x, c, w, N, "ste"))
+  masked = _apply_block(blk, params, lambda m: masked_block(m, x, c, w, jnp.ones((B, N), bool), "ste"))
   np.testing.assert_array_equal(np.asarray(routed), np.asarray(dense))
   np.testing.assert_array_equal(np.asarray(masked), np.asarray(dense))
   # Whole model under jit: rho = 1 everywhere, training (interpolated) and inference (snapped)
@@ -91,26 +95,26 @@ def test_gather_scatter_round_trip_and_order():
   x = jax.random.normal(jax.random.PRNGKey(0), (B, N, D))
   w = jax.random.uniform(jax.random.PRNGKey(1), (B, N))
   k = 5
-  idx = routing.top_k_indices(w, k)
+  idx = top_k_indices(w, k)
   chex.assert_shape(idx, (B, k))
   assert np.all(np.diff(np.asarray(idx), axis=-1) > 0), "kept indices must be in original order"
   expect = np.sort(np.argsort(-np.asarray(w), axis=-1)[:, :k], axis=-1)
   np.testing.assert_array_equal(np.asarray(idx), expect)
-  sel = routing.gather_tokens(x, idx)
-  np.testing.assert_array_equal(np.asarray(routing.scatter_tokens(x, idx, sel)), np.asarray(x))
-  y = routing.scatter_tokens(x, idx, sel + 1.0)
+  sel = gather_tokens(x, idx)
+  np.testing.assert_array_equal(np.asarray(scatter_tokens(x, idx, sel)), np.asarray(x))
+  y = scatter_tokens(x, idx, sel + 1.0)
   changed = np.any(np.asarray(y) != np.asarray(x), axis=-1)
-  np.testing.assert_array_equal(changed, np.asarray(routing.token_rank(w)) < k)
-  np.testing.assert_array_equal(np.asarray(routing.gather_tokens(y, idx)), np.asarray(sel) + 1.0)
+  np.testing.assert_array_equal(changed, np.asarray(token_rank(w)) < k)
+  np.testing.assert_array_equal(np.asarray(gather_tokens(y, idx)), np.asarray(sel) + 1.0)
 
 
 def test_masked_training_path_equals_gathered_block():
   blk, params, x, c = _block()
   w = jax.nn.sigmoid(jax.random.normal(jax.random.PRNGKey(5), (B, N)))
   for k in (3, 8, 12):
-    keep = routing.token_rank(w) < k
-    gathered = _apply_block(blk, params, lambda m: routing.routed_block(m, x, c, w, k, "ste"))
-    masked = _apply_block(blk, params, lambda m: routing.masked_block(m, x, c, w, keep, "ste"))
+    keep = token_rank(w) < k
+    gathered = _apply_block(blk, params, lambda m: routed_block(m, x, c, w, k, "ste"))
+    masked = _apply_block(blk, params, lambda m: masked_block(m, x, c, w, keep, "ste"))
     np.testing.assert_allclose(np.asarray(masked), np.asarray(gathered), atol=2e-5, rtol=1e-5)
     unselected = ~np.asarray(keep)
     np.testing.assert_array_equal(np.asarray(gathered)[unselected], np.asarray(x)[unselected])
@@ -118,17 +122,17 @@ def test_masked_training_path_equals_gathered_block():
 
 def test_bins_regions_and_snapping():
   bins = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-  j, lam = routing.bin_pair(jnp.array([1.0, 0.85, 0.3, 0.05]), bins)
+  j, lam = bin_pair(jnp.array([1.0, 0.85, 0.3, 0.05]), bins)
   np.testing.assert_array_equal(np.asarray(j), [6, 5, 0, 0])
   np.testing.assert_allclose(np.asarray(lam), [0.0, 0.5, 1.0, 1.0], atol=1e-5)
   edges = (0.0, 0.25, 0.5, 0.75, 1.0)
   # region r holds [b_r, b_{r+1}) (flow.TimePartition): a step starting on an edge is in the region above
-  np.testing.assert_array_equal(np.asarray(routing.region_index(jnp.array([0.0, 0.2499, 0.25, 0.26, 0.75, 1.0]), edges)),
+  np.testing.assert_array_equal(np.asarray(region_index(jnp.array([0.0, 0.2499, 0.25, 0.26, 0.75, 1.0]), edges)),
                                 [0, 0, 1, 1, 3, 3])
-  snapped = np.asarray(bins)[np.asarray(routing.snap_index(jnp.array([0.83, 0.86, 0.34, 0.1, 1.0]), bins))]
+  snapped = np.asarray(bins)[np.asarray(snap_index(jnp.array([0.83, 0.86, 0.34, 0.1, 1.0]), bins))]
   np.testing.assert_allclose(snapped, [0.8, 0.9, 0.3, 0.3, 1.0])
-  assert [routing.num_kept(b, 64) for b in (1.0, 0.75, 0.5, 0.3)] == [64, 48, 32, 20]
-  assert routing.num_kept(0.9, 10) == 9 and routing.num_kept(0.3, 10) == 3
+  assert [num_kept(b, 64) for b in (1.0, 0.75, 0.5, 0.3)] == [64, 48, 32, 20]
+  assert num_kept(0.9, 10) == 9 and num_kept(0.3, 10) == 3
 
 
 def test_inference_snaps_to_nearest_bin_and_runs_once():
@@ -136,10 +140,10 @@ def test_inference_snaps_to_nearest_bin_and_runs_once():
   t = jnp.full((B,), 0.6)
   # rho = 0.7 snaps to the bin 0.8 (bins 1.0, 0.8, 0.5): same output as a fixed ratio 0.8.
   out = _run(model, _with_rho(params, 0.7), x, t, y, "infer")
-  fixed = model.clone(routing=routing.RoutingSpec(**{**model.routing.__dict__, "fixed_ratio": 0.8}))
+  fixed = model.clone(routing=RoutingSpec(**{**model.routing.__dict__, "fixed_ratio": 0.8}))
   ref = _run(fixed, params, x, t, y, "infer")
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-6, atol=1e-6)
-  other = fixed.clone(routing=routing.RoutingSpec(**{**model.routing.__dict__, "fixed_ratio": 0.5}))
+  other = fixed.clone(routing=RoutingSpec(**{**model.routing.__dict__, "fixed_ratio": 0.5}))
   assert not np.allclose(np.asarray(out), np.asarray(_run(other, params, x, t, y, "infer")), atol=1e-4)
   # Training at rho exactly on a bin equals that bin's (gathered) inference output.
   train = _run(model, _with_rho(params, 0.8), x, t, y, "train")
@@ -169,9 +173,9 @@ def test_weight_scale_multiplies_only_the_mlp_update():
   after_attn = blk.apply(params, x, c, mlp_scale=zero)          # x1: the MLP update switched off
   mlp_update = blk.apply(params, x, c) - after_attn
   assert float(jnp.max(jnp.abs(mlp_update))) > 1e-2 and float(jnp.max(jnp.abs(after_attn - x))) > 1e-2
-  got = blk.apply(params, x, c, **routing.residual_scales(w, "weight"))
+  got = blk.apply(params, x, c, **residual_scales(w, "weight"))
   np.testing.assert_allclose(got, after_attn + w[..., None] * mlp_update, atol=1e-5)
-  np.testing.assert_array_equal(blk.apply(params, x, c, **routing.residual_scales(w, "ste")), blk.apply(params, x, c))
+  np.testing.assert_array_equal(blk.apply(params, x, c, **residual_scales(w, "ste")), blk.apply(params, x, c))
 
 
 def test_remat_routed_blocks_same_outputs_and_rho_gradient():
@@ -188,21 +192,21 @@ def test_remat_routed_blocks_same_outputs_and_rho_gradient():
 
 
 def test_ratio_loss_alone_moves_rho_to_target_within_bounds():
-  spec = routing.spec_from_config(merged_config({"routing": dict(target=0.5, num_regions=3)}))
+  spec = spec_from_config(merged_config({"routing": dict(target=0.5, num_regions=3)}))
   params = {"params": {"rho": jnp.ones((4, 3))}}
   tx = optax.sgd(3.0)
   opt = tx.init(params)
   losses = []
   for _ in range(40):
-    loss, g = jax.value_and_grad(lambda p: routing.ratio_loss(p["params"]["rho"], spec))(params)
+    loss, g = jax.value_and_grad(lambda p: ratio_loss(p["params"]["rho"], spec))(params)
     losses.append(float(loss))
     upd, opt = tx.update(g, opt, params)
-    params = routing.project_ratios(optax.apply_updates(params, upd), spec)
+    params = project_ratios(optax.apply_updates(params, upd), spec)
   rho = np.asarray(params["params"]["rho"])
   assert losses[-1] < 1e-3 * losses[0]
   np.testing.assert_allclose(rho.mean(), 0.5, atol=0.01)
   # Projection keeps rho in [rho_min, rho_max] even under a huge step.
-  far = routing.project_ratios({"params": {"rho": jnp.array([[-3.0, 5.0]])}}, spec)
+  far = project_ratios({"params": {"rho": jnp.array([[-3.0, 5.0]])}}, spec)
   np.testing.assert_allclose(np.asarray(far["params"]["rho"]), [[0.1, 1.0]])
 
 
@@ -245,14 +249,14 @@ def test_merge_dense_params_keeps_dense_weights_and_adds_routing():
   model, fresh, _ = _model()
   dense = {"params": {k: v for k, v in fresh["params"].items() if k != "rho" and not k.startswith("router_")}}
   dense = _perturb(dense, jax.random.PRNGKey(9))
-  merged = routing.merge_params(dense, fresh)
+  merged = merge_params(dense, fresh)
   chex.assert_trees_all_equal(merged["params"]["block_0"], dense["params"]["block_0"])
   chex.assert_trees_all_equal(merged["params"]["rho"], fresh["params"]["rho"])
   chex.assert_trees_all_equal(merged["params"]["router_1"], fresh["params"]["router_1"])
   bad = jax.tree_util.tree_map(lambda a: a, dense)
   bad["params"]["y_embed"] = jnp.zeros((3, 3))
   with pytest.raises(ValueError, match="y_embed"):
-    routing.merge_params(bad, fresh)
+    merge_params(bad, fresh)
 
 
 def test_routing_inside_a_patch_stage():
@@ -261,7 +265,7 @@ def test_routing_inside_a_patch_stage():
   cfg.model.stage_groups = ((2, 2), (1, 1))
   cfg.routing = routing_defaults()
   cfg.routing.bins = TEST_BINS
-  model = routing.routed_dit_from_config(cfg, (16, 16, 1), 10)
+  model = routed_dit_from_config(cfg, (16, 16, 1), 10)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 1))
   t, y = jnp.array([0.2, 0.2]), jnp.array([0, 1])
   both = lambda m, *a: [m(*a, mode="train", stage=s) for s in (0, 1)]
@@ -279,8 +283,8 @@ def test_routing_inside_a_patch_stage():
 def test_inspect_table_and_heatmap(tmp_path):
   from adaflow.commands.inspect import format_ratio_table, save_heatmap
   table = np.array([[1.0, 0.72], [0.55, 0.31]], np.float32)
-  spec = routing.spec_from_config(merged_config({"routing": dict(num_regions=2)}))
-  snapped = routing.snapped_table(table, spec)
+  spec = spec_from_config(merged_config({"routing": dict(num_regions=2)}))
+  snapped = snapped_table(table, spec)
   np.testing.assert_allclose(snapped, [[1.0, 0.7], [0.6, 0.3]])
   text = format_ratio_table(table, snapped, spec.boundaries, 64)
   assert "0.720 [0.7/45]" in text and "0.310 [0.3/20]" in text and "(0.50,1.00]" in text

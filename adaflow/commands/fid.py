@@ -17,7 +17,9 @@ from absl import flags
 
 from adaflow import storage
 from adaflow.commands.registry import FLAGS, command, need
-from adaflow.eval import fid as fid_lib
+from adaflow.eval.fid.features import build_inception_features
+from adaflow.eval.fid.reference import resolve_reference
+from adaflow.eval.fid.run import run_fid, run_tag
 from adaflow.eval import inception as inception_lib
 from adaflow.flow.driver import balanced_labels
 from adaflow.parallel.host import is_writer
@@ -57,18 +59,18 @@ def fid_main():
   config = tr.config
   if tr.info.image_shape[-1] not in (1, 3):
     raise ValueError(f"FID needs 1- or 3-channel images; data has shape {tr.info.image_shape}.")
-  features = fid_lib.build_inception_features(
+  features = build_inception_features(
       FLAGS.inception, random_seed=FLAGS.fid_random_inception, resize=FLAGS.fid_resize,
       batch_size=FLAGS.fid_batch, size=FLAGS.fid_input_size, mesh=tr.mesh)
   fid_dir = os.path.join(workdir, "fid")
   storage.makedirs(fid_dir)
-  reference, ref_images = fid_lib.resolve_reference(ref_arg, config.data, features, fid_dir,
-                                                    ref_num=FLAGS.fid_ref_num, with_pr=FLAGS.fid_pr)
+  reference, ref_images = resolve_reference(ref_arg, config.data, features, fid_dir,
+                                            ref_num=FLAGS.fid_ref_num, with_pr=FLAGS.fid_pr)
   s = config.sample
   seed = int(config.eval.seed)
-  out_dir = os.path.join(fid_dir, fid_lib.run_tag(step, num, seed, s.steps, s.method, s.cfg_scale))
+  out_dir = os.path.join(fid_dir, run_tag(step, num, seed, s.steps, s.method, s.cfg_scale))
   labels = balanced_labels(num, tr.objective.num_classes)
-  result = fid_lib.run_fid(
+  result = run_fid(
       tr.generator(), params, tr.mesh, out_dir=out_dir, num=num, features=features, reference=reference,
       labels=labels, seed=seed, steps=s.steps, method=s.method, cfg_scale=s.cfg_scale,
       gen_batch=FLAGS.fid_gen_batch, shard_size=FLAGS.fid_shard, with_pr=FLAGS.fid_pr,

@@ -13,8 +13,8 @@ import numpy as np
 
 from adaflow import storage
 from adaflow.commands.registry import FLAGS, command, need
-from adaflow.models import routing
-from adaflow.models.routing import num_kept
+from adaflow.models.routing.ratios import ratio_table, snapped_table
+from adaflow.models.routing.tokens import num_kept
 from adaflow.train.loop import load_trainer_and_params
 
 
@@ -67,8 +67,8 @@ def cmd_inspect_ratios():
     raise ValueError(f"{workdir} was trained with objective {tr.config.objective!r}; "
                      "`inspect ratios` needs a routed_flow_matching run (config.objective)")
   spec = tr.objective.spec.routing
-  table = routing.ratio_table(params, spec)
-  snapped = routing.snapped_table(table, spec)
+  table = ratio_table(params, spec)
+  snapped = snapped_table(table, spec)
   model = tr.objective.model
   n = (tr.info.image_shape[0] // model.patch_size) * (tr.info.image_shape[1] // model.patch_size)
   print(f"{workdir} step {step}: kept-token ratio per layer x timestep region")

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from adaflow.compose import model as model_lib
-from adaflow.models import routing as routing_lib
+from adaflow.models.routing.ratios import ratio_table, region_index, snapped_table
+from adaflow.models.routing.tokens import num_kept
 from adaflow.prune import budget as budget_lib
 
 
@@ -39,9 +40,9 @@ def _kept(generator, params, g: int, stage: int, t: float) -> Optional[list[int]
   spec = generator.spec.routing
   model = generator.models[g]
   n = budget_lib.model_tokens(model, stage)
-  table = routing_lib.snapped_table(routing_lib.ratio_table(model_lib.group_params(params, generator.spec, g), spec), spec)
-  r = int(routing_lib.region_index(jnp.float32(t), spec.boundaries))
-  return [routing_lib.num_kept(float(table[i, r]), n) for i in range(table.shape[0])]
+  table = snapped_table(ratio_table(model_lib.group_params(params, generator.spec, g), spec), spec)
+  r = int(region_index(jnp.float32(t), spec.boundaries))
+  return [num_kept(float(table[i, r]), n) for i in range(table.shape[0])]
 
 
 def sampling_flops(generator, params: Any, steps: int, method: str, cfg_scale: float,

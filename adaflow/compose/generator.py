@@ -20,7 +20,7 @@ from adaflow import flow
 from adaflow.compose import flops as flops_lib
 from adaflow.compose import model as model_lib
 from adaflow.compose.spec import ComposeSpec, spec_from_config
-from adaflow.models.routing import RoutedDiT
+from adaflow.models.routing.routed_dit import RoutedDiT
 
 
 class ComposedGenerator:

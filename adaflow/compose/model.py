@@ -18,7 +18,7 @@ import numpy as np
 from adaflow.compose.spec import ComposeSpec
 from adaflow.models.dit import DiT, dit_from_config
 from adaflow.models.grouped import group_key
-from adaflow.models.routing import RoutedDiT
+from adaflow.models.routing.routed_dit import RoutedDiT
 
 
 def base_model(config, info, spec: ComposeSpec) -> DiT:

@@ -22,7 +22,8 @@ import jax
 from adaflow import flow
 from adaflow.compose import model as model_lib
 from adaflow.compose.generator import ComposedGenerator
-from adaflow.models import routing as routing_lib
+from adaflow.models.routing.ratios import project_ratios
+from adaflow.models.routing.routed_dit import merge_params
 from adaflow.models.ppflow import batch_split
 from adaflow.objectives import flow_loss
 from adaflow.objectives.base import ObjectiveBase
@@ -97,7 +98,7 @@ class ComposedObjective(ObjectiveBase):
     if not self.merge_init:
       return init_params
     fresh = jax.device_get(nn.meta.unbox(jax.jit(self.init)(rng)))
-    return routing_lib.merge_params(init_params, fresh)
+    return merge_params(init_params, fresh)
 
   def after_update(self, params, side):
     """Routing ratios projected onto [rho_min, rho_max] after every optimizer step."""
@@ -105,8 +106,8 @@ class ComposedObjective(ObjectiveBase):
     if not self.generator.routed:
       return params
     if not self.generator.grouped:
-      return routing_lib.project_ratios(params, self.spec.routing)
-    return {k: routing_lib.project_ratios(v, self.spec.routing) for k, v in params.items()}
+      return project_ratios(params, self.spec.routing)
+    return {k: project_ratios(v, self.spec.routing) for k, v in params.items()}
 
   def flow_loss(self, params, batch, rng: jax.Array):
     """The (stratified) flow-matching loss over the cells -> (loss, metrics)."""

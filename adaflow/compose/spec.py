@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from adaflow.models import routing as routing_lib
+from adaflow.models.routing import spec as routing_spec
+from adaflow.models.routing.tokens import num_kept
 from adaflow.models.dit import BlockSpec
 from adaflow.models.ppflow import PatchSchedule, parse_stages
 from adaflow.models.step_selector import parse_actions
@@ -29,7 +30,7 @@ METHODS = ("ppflow", "routing", "grouped", "selector")
 class ComposeSpec:
   """The validated composition. None = that method is off."""
   schedule: Optional[PatchSchedule] = None
-  routing: Optional[routing_lib.RoutingSpec] = None
+  routing: Optional[routing_spec.RoutingSpec] = None
   blocks_per_group: Optional[tuple[tuple[BlockSpec, ...], ...]] = None
   edges: Optional[tuple[float, ...]] = None
   actions: Optional[tuple[tuple[str, int], ...]] = None     # the step policy's (solver, steps)
@@ -76,7 +77,7 @@ def stage_tokens(model_config, image_shape: Sequence[int], groups: Sequence[tupl
   return [(h // (p * g[0])) * (w // (p * g[1])) for g in groups]
 
 
-def check_routing_fits(spec: routing_lib.RoutingSpec, tokens: Sequence[int]) -> None:
+def check_routing_fits(spec: routing_spec.RoutingSpec, tokens: Sequence[int]) -> None:
   """Every bin must keep at least one whole token of every stage, and on the finest stage (the last,
   most tokens) the bins must give distinct kept counts (otherwise two bins are the same program)."""
   for s, n in enumerate(tokens):
@@ -85,7 +86,7 @@ def check_routing_fits(spec: routing_lib.RoutingSpec, tokens: Sequence[int]) -> 
         raise _err("routing.bins", f"bin {b} keeps {b * n:.2f} < 1 of the {n} tokens of PPFlow stage {s} "
                    f"(compose.stages); raise the lowest bin to >= {1.0 / n:.3f} or use larger images/smaller patches")
   n = tokens[-1]
-  ks = [routing_lib.num_kept(b, n) for b in spec.bins]
+  ks = [num_kept(b, n) for b in spec.bins]
   if len(set(ks)) != len(ks):
     raise _err("routing.bins", f"bins {spec.bins} keep {ks} of the {n} tokens of the finest stage: two bins keep the "
                "same count; use fewer, more widely spaced bins")
@@ -161,7 +162,7 @@ def spec_from_config(config, info) -> ComposeSpec:
     cfg_scales = tuple(float(s) for s in scales)
   rspec = None
   if on["routing"]:
-    rspec = routing_lib.spec_from_config(config)
+    rspec = routing_spec.spec_from_config(config)
     check_routing_fits(rspec, stage_tokens(m, info.image_shape, groups))
   blocks = edges = None
   if on["grouped"]:

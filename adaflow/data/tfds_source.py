@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from adaflow.data import pipeline
 
@@ -43,7 +44,6 @@ def _settings(data_config: Any) -> dict:
 
 def _open(s: dict) -> Any:
   """Opens the tfds ArrayRecord data source; failures become ValueErrors with a fix."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     return tfds.data_source(s['name'], split=s['split'], data_dir=s['data_dir'], download=False)
   except Exception as e:  # pylint: disable=broad-except

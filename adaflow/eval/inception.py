@@ -461,11 +461,6 @@ def load_inception_params(path: Optional[str] = None) -> Any:
   return state_dict_to_params(sd)
 
 
-def save_state_dict_npz(params, path: str) -> None:
-  """Writes params as an `.npz` with the torch key names (loadable by `load_inception_params`)."""
-  np.savez(path, **params_to_state_dict(params))
-
-
 __all__: Sequence[str] = (
     "FIDInceptionV3", "FEATURE_DIM", "INPUT_SIZE", "RESIZE_MODES", "default_weights_path",
     "init_random_params", "load_inception_params", "make_feature_fn", "params_to_state_dict",

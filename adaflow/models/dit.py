@@ -121,7 +121,7 @@ class DiTBlock(nn.Module):
                mlp_scale: Optional[jax.Array] = None, attn_mask: Optional[jax.Array] = None):
     """x: [B, N, D]; c: [B, D]; attn_scale / mlp_scale: optional [B, N, 1] multipliers on the
     attention / MLP residual branch (token routing scales a kept token's update by its router
-    weight, see adaflow.models.routing.residual_scales); attn_mask: optional bool key mask
+    weight, see adaflow.models.routing.tokens.residual_scales); attn_mask: optional bool key mask
     [B, 1, 1, N] for the attention (see Attention)."""
     mod = layers.dense(6 * self.hidden, axes=("embed", "cond"), dtype=self.dtype, name="adaLN",
                        kernel_init=nn.initializers.zeros)(nn.silu(c))

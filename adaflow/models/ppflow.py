@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,26 +75,10 @@ class PatchSchedule:
     prediction (flow.prediction = "data") targets the low-dimensional image instead."""
     return tuple(s for s in range(self.num_stages) if self.values_per_token(s, channels) > int(hidden_size))
 
-  def token_cost_ratio(self) -> float:
-    """Time-averaged token count relative to the last (finest) stage: the paper's theoretical
-    cost ratio (0.625 for 2 levels, 0.5 for 3 levels with the default boundaries). Counts only
-    the linear layers' token-proportional cost; attention is quadratic in N and shrinks faster."""
-    n_fine = self.tokens(self.num_stages - 1)
-    return float(sum(span * self.tokens(s) / n_fine for s, span in enumerate(self.spans)))
-
   @property
   def partition(self) -> TimePartition:
     """The stages as buckets of flow time (edges 0, t_end[0], ..., 1)."""
     return TimePartition((0.0,) + self.t_ends)
-
-  def stage_of(self, t: float) -> int:
-    """Stage of a time point (stage s holds [t_end[s-1], t_end[s]))."""
-    return int(self.partition.index(t))
-
-  def grid_slices(self, grid: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """(stage, sub-grid) pieces of a time grid [n + 1] with the stage boundaries inserted as grid
-    points; each sub-grid shares its end point with the next one's start."""
-    return self.partition.segments(grid)
 
 
 def _field_error(field: str, message: str) -> ValueError:
@@ -259,7 +244,6 @@ def convert_dense_params(dense: Any, target: Any, groups: Sequence[tuple[int, in
 def convert_params_for(objective, dense: Any, rng: jax.Array) -> Any:
   """`convert_dense_params` for a PPFlow objective (objective 'ppflow', adaflow.methods):
   the level embedding comes from a fresh init with `rng`. Returns unboxed {'params': ...}."""
-  import flax.linen as nn
   model = objective.model
   target = jax.device_get(jax.jit(lambda r: nn.meta.unbox(objective.init(r)))(rng))
   out_c = model.in_channels * (2 if model.learn_sigma else 1)

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from adaflow import flow
-from adaflow.models import routing as routing_lib
+from adaflow.models.routing.ratios import clamp_ratio, ratio_loss
+from adaflow.models.routing.spec import RoutingSpec
 
 # (x_t [B, H, W, C], t [B], y [B]) -> prediction [B, H, W, C]
 ApplyFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -86,12 +87,12 @@ def stratified_flow_loss(apply_fn: Callable[..., jax.Array], x: jax.Array, y: ja
   return loss, metrics
 
 
-def ratio_penalty(rhos: Sequence[jax.Array], spec: routing_lib.RoutingSpec) -> tuple[jax.Array, jax.Array]:
+def ratio_penalty(rhos: Sequence[jax.Array], spec: RoutingSpec) -> tuple[jax.Array, jax.Array]:
   """DiffCR ratio loss (arXiv 2412.16822) averaged over the routed networks' raw `rho` params
   (one per timestep group) -> (ratio loss, mean clamped compute ratio); zero loss for fixed ratios."""
   if not spec.learned:
     return jnp.zeros((), jnp.float32), jnp.float32(spec.fixed_ratio)
-  r_loss = sum(routing_lib.ratio_loss(r, spec) for r in rhos) / len(rhos)
-  mean_ratio = jnp.mean(jnp.stack([jnp.mean(routing_lib.clamp_ratio(spec.ratio_lr_scale * r, spec.rho_min,
-                                                                    spec.rho_max)) for r in rhos]))
+  r_loss = sum(ratio_loss(r, spec) for r in rhos) / len(rhos)
+  mean_ratio = jnp.mean(jnp.stack([jnp.mean(clamp_ratio(spec.ratio_lr_scale * r, spec.rho_min,
+                                                        spec.rho_max)) for r in rhos]))
   return r_loss, mean_ratio

@@ -12,7 +12,7 @@ proxy-based search for a sub-model structure within the group's FLOPs budget.
     best = lowest proxy score in the bank for the group
 
 Proposers (`Proposer` interface — an external proposer, e.g. a language model, plugs in by
-subclassing it or through `TextProposer(fn)` where `fn(prompt: str) -> str` returns JSON):
+subclassing it and passing it to the driver):
   * `ImportanceProposer`: round 0 is a greedy cut (remove the unit with the least importance per
     FLOP until the budget holds, then refill leftover budget with the most important units);
     later rounds do local search: mutate the best bank entries (move heads / MLP channel chunks
@@ -28,8 +28,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
-import json
-import re
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -178,19 +176,6 @@ class SearchSpace:
         out.append(tuple(sorted(int(i) for i in idx)))
     return Structure(tuple(heads), tuple(mlp))
 
-  def describe(self) -> str:
-    """Plain-text summary (for external / language-model proposers)."""
-    lines = [f"Base DiT: {len(self.specs)} blocks, hidden {self.model.hidden_size}, head dim {self.model.head_dim}, "
-             f"{self.tokens} tokens; FLOPs per image {self.base_flops}. Budget: {int(self.budget)} FLOPs "
-             f"({self.budget / self.base_flops:.3f} of the base).",
-             f"Cost: one head {self.head_cost} FLOPs, one MLP channel {self.chan_cost}, block overhead {self.block_overhead}.",
-             "Per block (max heads, max MLP channels, head importance, MLP importance total, block importance):"]
-    for b, s in enumerate(self.specs):
-      lines.append(f"  block {b}: {s.num_heads} heads, {s.mlp_dim} channels, heads "
-                   f"{np.round(self.importance.heads[b], 5).tolist()}, mlp {float(np.sum(self.importance.mlp[b])):.5g}, "
-                   f"block {float(self.importance.blocks[b]):.5g}")
-    return "\n".join(lines)
-
 
 # ---- memory bank ----------------------------------------------------------------------------
 @dataclasses.dataclass
@@ -327,41 +312,6 @@ class RandomProposer(Proposer):
       if s.key() not in seen:
         seen.add(s.key())
         out.append(s)
-    return out
-
-
-class TextProposer(Proposer):
-  """Adapter for an external text-in/text-out proposer (e.g. a language model, as in the paper).
-
-  `fn(prompt) -> reply`; the prompt states the search space, budget and the memory bank; the
-  reply must contain JSON `{"proposals": [[[heads, mlp], ...per block], ...]}`. Counts are turned
-  into structures with the importance ranking and shrunk into the budget if they exceed it.
-  """
-  name = "text"
-
-  def __init__(self, fn: Callable[[str], str]):
-    self.fn = fn
-
-  def prompt(self, space: SearchSpace, history: Sequence[Entry], num: int) -> str:
-    bank = "\n".join(f"  counts {e.structure.counts()} flops {e.flops} proxy_loss {e.score:.5f}"
-                     for e in sorted(history, key=lambda e: e.score)) or "  (empty)"
-    return (f"{space.describe()}\nMemory bank (per-block [heads, mlp] counts, FLOPs, proxy loss; lower is better):\n"
-            f"{bank}\nPropose {num} new structures within the budget, as JSON "
-            '{"proposals": [[[heads, mlp], ...one pair per block...], ...]}.')
-
-  def propose(self, space, history, round_index, num, rng):
-    reply = self.fn(self.prompt(space, history, num))
-    m = re.search(r"\{.*\}", reply, re.S)
-    if not m:
-      raise ValueError(f"TextProposer: reply has no JSON object: {reply[:200]!r}")
-    out = []
-    for counts in json.loads(m.group(0)).get("proposals", [])[:num]:
-      if len(counts) != len(space.specs):
-        continue
-      c = [[int(np.clip(h, 0, s.num_heads)), int(np.clip(mm, 0, s.mlp_dim))] for (h, mm), s in zip(counts, space.specs)]
-      c = space.shrink(c)
-      if space.fits(c):
-        out.append(space.structure(c))
     return out
 
 

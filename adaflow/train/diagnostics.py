@@ -21,6 +21,7 @@ import tempfile
 from typing import Any, Optional, Sequence
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 
 from adaflow import storage
 
@@ -190,7 +191,6 @@ def enable_compilation_cache(path: str, min_compile_time_secs: float = 1.0, min_
   current = jax.config.jax_compilation_cache_dir
   if current and current != path:
     # JAX opens the cache once, in the first directory it sees; start over for a new one.
-    from jax.experimental.compilation_cache import compilation_cache
     compilation_cache.reset_cache()
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))

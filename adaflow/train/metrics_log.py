@@ -184,7 +184,7 @@ def progress(total: int, initial: int = 0, enabled: bool = True, stream=None):
 
 def _summary_writer(logdir: str):
   """tensorboardX SummaryWriter for `logdir`, or None (with a note) where it cannot write there."""
-  from tensorboardX import SummaryWriter
+  from tensorboardX import SummaryWriter   # here: importing tensorboardX takes ~2.5 s; only this writer needs it
   if storage.is_remote(logdir):
     from tensorboardX import record_writer
     scheme = logdir.split("://")[0]

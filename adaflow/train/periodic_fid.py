@@ -1,7 +1,7 @@
 """`eval.fid_every`: Inception FID (and sFID when the reference has spatial statistics) of the EMA
 parameters every N steps inside `adaflow train`.
 
-The same path as `adaflow eval fid` (`adaflow.eval.fid.run_fid`: resumable sample shards under
+The same path as `adaflow eval fid` (`adaflow.eval.fid.run.run_fid`: resumable sample shards under
 `<workdir>/fid/<tag>/`, collective on several processes), with the user's Inception weights
 (`eval.fid_inception`, default `~/.cache/adaflow/pt_inception-2015-12-05-6726825d.pth`) and
 reference (`eval.fid_ref`: an .npz such as ADM's reference batch, or `dataset[:split]`). Results
@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from adaflow.eval import fid as fid_lib
+from adaflow.eval.fid.features import InceptionFeatures, build_inception_features
+from adaflow.eval.fid.reference import resolve_reference
+from adaflow.eval.fid.run import run_fid, run_tag
 from adaflow.eval import inception as inception_lib
 from adaflow.flow.driver import balanced_labels
 
@@ -26,7 +28,7 @@ class PeriodicFID:
     ec = config.eval
     self.every = int(ec.fid_every)
     self.config, self.workdir, self.log = config, workdir, log
-    self.features: Optional[fid_lib.InceptionFeatures] = None
+    self.features: Optional[InceptionFeatures] = None
     self._reference = None
     if self.every < 0:
       raise ValueError(f"eval.fid_every must be >= 0 (0 = off), got {self.every}")
@@ -47,7 +49,7 @@ class PeriodicFID:
       path = os.path.expanduser(weights) if weights else inception_lib.default_weights_path()
       if not os.path.isfile(path):
         raise ValueError("eval.fid_inception: " + inception_lib.missing_weights_message(path))
-    self.features = fid_lib.build_inception_features(
+    self.features = build_inception_features(
         weights, random_seed=seed if seed >= 0 else None, resize=ec.fid_resize,
         batch_size=int(ec.fid_batch), size=int(ec.fid_input_size),
         mesh=mesh)
@@ -59,11 +61,11 @@ class PeriodicFID:
     ec, s = self.config.eval, self.config.sample
     fid_dir = os.path.join(self.workdir, "fid")
     if self._reference is None:   # once per run; cached under fid_dir for `dataset`
-      self._reference, _ = fid_lib.resolve_reference(self.ref, self.config.data, self.features, fid_dir,
-                                                     ref_num=int(ec.fid_ref_num))
+      self._reference, _ = resolve_reference(self.ref, self.config.data, self.features, fid_dir,
+                                             ref_num=int(ec.fid_ref_num))
     seed = int(ec.seed)
-    out_dir = os.path.join(fid_dir, fid_lib.run_tag(step, self.num, seed, s.steps, s.method, s.cfg_scale))
-    result = fid_lib.run_fid(
+    out_dir = os.path.join(fid_dir, run_tag(step, self.num, seed, s.steps, s.method, s.cfg_scale))
+    result = run_fid(
         generator, params, self.features.mesh, out_dir=out_dir, num=self.num, features=self.features,
         reference=self._reference, labels=balanced_labels(self.num, generator.num_classes), seed=seed,
         steps=s.steps, method=s.method, cfg_scale=s.cfg_scale, gen_batch=int(ec.fid_gen_batch),

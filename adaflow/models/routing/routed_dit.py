@@ -1,0 +1,172 @@
+"""DiffCR token routing (You et al., arXiv 2412.16822): layer- and timestep-adaptive, differentiable
+token-keep ratios on top of the DiT backbone, without a second copy of the block code.
+
+Per block i (the block itself is `adaflow.models.dit.DiTBlock`, wrapped via `DiT.block_fn`):
+
+    w      = sigmoid(Router_i(tokens))                 [B, N]     Router_i: Linear(D -> 1, no bias)
+    idx    = sort(top_k(w, k))                          [B, k]     original token order kept
+    sel    = take_along_axis(tokens, idx)               [B, k, D]  masked gather
+    out    = Block_i(sel, c, scales(w_sel))             [B, k, D]  attention among selected only
+    tokens = tokens.at[idx].set(out)                    [B, N, D]  scatter; the rest skip the block
+
+`k = ceil(rho * N)` with rho a *bin* (default 1.0, 0.9, ..., 0.3), so every shape is static.
+
+Residual scaling (`routing.scale`). The router weight w of a kept token multiplies its residual
+update through `DiTBlock(attn_scale=..., mlp_scale=...)`:
+  * "ste" (default): both branches (attention and MLP) get s = 1 + (w - stop_gradient(w)). The
+    forward value is exactly 1, so a kept token gets exactly the dense block's update (ratio 1.0
+    reproduces the dense block bit for bit, and fine-tuning from a dense checkpoint starts at the
+    dense model), while the router receives the gradient it would get if the update were
+    multiplied by w. This is adaflow's variant, not the papers' formulation.
+  * "weight": the MLP branch's update is multiplied by w = sigmoid(score), the attention branch is
+    not, as in the DiffCR pseudocode (arXiv 2412.16822), which follows Mixture-of-Depths
+    (arXiv 2404.02258). Changes the function at every ratio. With a fixed ratio
+    (`routing.learn_ratio=False`) this is the Mixture-of-Depths baseline; with "ste" a fixed ratio
+    is plain top-k token skipping with a straight-through router, not MoD.
+
+Learnable ratios. `rho` is a Flax param [depth, R] (one scalar per layer and timestep region;
+the ratio is `routing.ratio_lr_scale * rho`, so that Adam, whose steps are ~lr whatever the
+gradient scale, can move ratios faster than weights), initialised to `routing.init_ratio`
+(1.0 = no compression) and projected onto
+[rho_min, rho_max] = [0.1, 1] after every optimizer step (`project_ratios`; the forward pass also
+clamps with a straight-through clip). Timestep regions: R contiguous ranges of t given by
+`routing.boundaries` (default: R = `routing.num_regions` even ranges of [0, 1]); region r holds
+t in [b_r, b_{r+1}) (t = 1 belongs to the last region): the buckets of `flow.TimePartition`.
+
+Training (differentiable ratio). With bins b1 < rho <= b2 the two neighbours of rho, a block
+returns `lam * y(b1) + (1 - lam) * y(b2)`, `lam = (b2 - rho) / (b2 - b1)`, so d out / d rho =
+(y(b2) - y(b1)) / (b2 - b1) != 0. rho below the lowest bin is clamped to it (no compute below the
+lowest bin; the ratio loss still sees the clamped-to-[rho_min, rho_max] value).
+
+Compile-per-pair vs evaluate-all-bins (the trade-off, and the choice made here). rho is a traced
+parameter, so which pair is active is only known on device. (a) Evaluating all bins every step and
+selecting costs sum(bins) = 5.2 dense blocks (default bins) in one program. (b) A `lax.switch` per
+block over the bin pairs with gathered static-k branches executes only two routed blocks, but the
+program holds (bins - 1) * 2 block copies per layer and per timestep region (regions need static
+slices of the batch): on this CPU a depth-2 model already took minutes to compile, far too slow.
+(c) Our choice: in training the two bin outputs are computed *masked at full width*: the block
+runs on all N tokens with an attention key mask that keeps only the top-k(b) tokens, and only the
+kept tokens take the update (`jnp.where`). Because the DiT has no per-block position information,
+this is mathematically identical to gathering the k tokens (tested against the gathered path),
+while k may be a traced, per-example value. So one compiled program, one forward pass for a batch
+with mixed timesteps (each example uses the rho of its own region), at a fixed training cost of two
+full-width blocks per layer (~2x a dense step, independent of the number of bins). Inference snaps
+rho to the nearest bin and uses the *gathered* path with static k: a `lax.switch` over the bins per
+block (XLA compiles every bin's branch once and executes exactly one) — that is the speed-up. A
+non-learned fixed ratio (`routing.fixed_ratio`) uses the gathered static-k path in training too.
+
+Mixed t in a batch. Training: per example (above). Inference: the region comes from `t[0]` (an
+ODE step shares one t across the batch), so `mode="infer"` assumes one t per call, as every
+sampler here does.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adaflow.models import layers
+from adaflow.models.dit import DiT, dit_from_config
+from adaflow.models.routing.ratios import bin_pair, clamp_ratio, region_index, snap_index
+from adaflow.models.routing.spec import RoutingSpec, spec_from_config
+from adaflow.models.routing.tokens import masked_block, num_kept, routed_block, token_rank
+
+MODES = ("train", "infer", "dense")
+
+
+class RoutedDiT(DiT):
+  """A `DiT` whose blocks run on router-selected tokens. Parameters = the DiT's (same names, so a
+  dense checkpoint loads unchanged) + `router_{i}/kernel` [D, 1] (logical axes ('embed', None)) +
+  `rho` [depth, R] (logical axes ('layers', 'regions'), replicated).
+
+  `__call__(x, t, y, *, stage=0, mode="infer")`:
+    mode "train": each example uses its region's rho; the two neighbouring bins are interpolated
+      (masked full-width path, see the module docstring).
+    mode "infer": region from t[0]; rho snapped to the nearest bin; one routed block per layer.
+    mode "dense": the plain DiT (routers unused).
+  """
+  routing: Optional[RoutingSpec] = None
+
+  def setup(self):
+    super().setup()
+    if self.routing is None:
+      raise ValueError("RoutedDiT needs `routing` (a RoutingSpec from spec_from_config)")
+    self.routers = [layers.dense(1, axes=("embed", None), dtype=jnp.float32, use_bias=False,
+                                 kernel_init=nn.initializers.normal(0.02), name=f"router_{i}")
+                    for i in range(len(self.block_specs))]
+    self.rho = self.param("rho", nn.with_logical_partitioning(
+        nn.initializers.constant(self.routing.init_ratio / self.routing.ratio_lr_scale), ("layers", "regions")),
+        (len(self.block_specs), self.routing.num_regions), jnp.float32)
+
+  def ratios(self) -> jax.Array:
+    """Clamped ratios [depth, R] (the fixed ratio everywhere for the non-learned baseline)."""
+    s = self.routing
+    if not s.learned:
+      return jnp.full(self.rho.shape, s.fixed_ratio, jnp.float32)
+    return clamp_ratio(s.ratio_lr_scale * self.rho, s.rho_min, s.rho_max)
+
+  def router_weights(self, i: int, tokens: jax.Array) -> jax.Array:
+    """tokens [B, N, D] -> w [B, N] = sigmoid(Linear(D -> 1, no bias))."""
+    return jax.nn.sigmoid(self.routers[i](tokens)[..., 0])
+
+  def __call__(self, x, t, y, *, stage: int = 0, mode: str = "infer", block_fn=None):
+    """x: [B, H, W, C]; t: [B]; y: [B] -> [B, H, W, C]. See the class docstring for `mode`."""
+    if mode not in MODES:
+      raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if block_fn is not None:
+      raise ValueError("RoutedDiT supplies its own block_fn")
+    if mode == "dense":
+      return super().__call__(x, t, y, stage=stage)
+    s = self.routing
+    ratios = self.ratios()
+
+    def fn(i, block, tokens, c):
+      n = tokens.shape[1]
+      w = self.router_weights(i, tokens)
+      if not s.learned:
+        return routed_block(block, tokens, c, w, num_kept(s.fixed_ratio, n), s.scale)
+      if mode == "train":
+        rho = ratios[i][region_index(t, s.boundaries)]              # [B]: each example's region
+        j, lam = bin_pair(rho, s.bins)
+        ks = jnp.asarray([num_kept(b, n) for b in s.bins], jnp.int32)
+        rank = token_rank(w)
+        y1 = masked_block(block, tokens, c, w, rank < ks[j][:, None], s.scale)
+        y2 = masked_block(block, tokens, c, w, rank < ks[j + 1][:, None], s.scale)
+        lam = lam[:, None, None]
+        return lam * y1 + (1.0 - lam) * y2
+      b = snap_index(ratios[i][region_index(t[0], s.boundaries)], s.bins)
+      branches = [self._bin_branch(ratio, n) for ratio in s.bins]
+      return nn.switch(b, branches, block, tokens, c, w)
+
+    return super().__call__(x, t, y, stage=stage, block_fn=fn)
+
+  def _bin_branch(self, ratio: float, n: int):
+    scale = self.routing.scale
+    def branch(block, tokens, c, w):
+      return routed_block(block, tokens, c, w, num_kept(ratio, n), scale)
+    return branch
+
+
+def routed_dit_from_config(config, image_shape: Sequence[int], num_classes: int) -> RoutedDiT:
+  """RoutedDiT with the DiT fields of `config.model` and the routing of `config.routing`."""
+  base = dit_from_config(config.model, image_shape, num_classes)
+  fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(DiT) if f.init and f.name not in ("parent", "name")}
+  return RoutedDiT(**fields, routing=spec_from_config(config))
+
+
+def merge_params(dense: Any, fresh: Any, path: str = "params") -> Any:
+  """Fine-tuning from a dense checkpoint: every leaf of `fresh` (a freshly initialised routed
+  tree) is replaced by the same-path leaf of `dense` when it exists (shapes must match); router
+  and rho params, absent from a dense tree, keep their fresh initialisation."""
+  if isinstance(fresh, dict) or hasattr(fresh, "items"):
+    dense_d = dense if (isinstance(dense, dict) or hasattr(dense, "items")) else {}
+    return {k: (merge_params(dense_d[k], v, f"{path}/{k}") if k in dense_d else v) for k, v in fresh.items()}
+  d, f = np.shape(dense), np.shape(fresh)
+  if d != f:
+    raise ValueError(f"--init checkpoint: parameter {path} has shape {d}, the routed model needs {f}; "
+                     "the dense run's config.model must match this config.model")
+  return jnp.asarray(dense, jnp.asarray(fresh).dtype)

@@ -1,5 +1,6 @@
 """The `adaflow` command line: help, version, suggestions, one-line user errors (exit 2) on one
-and on two processes, tracebacks for bugs and with --debug / ADAFLOW_DEBUG."""
+and on two processes, tracebacks for bugs and with --debug / ADAFLOW_DEBUG, the `fid` flags
+writing into config.eval."""
 import os
 import subprocess
 import sys
@@ -7,7 +8,9 @@ import sys
 import pytest
 
 from adaflow import cli
-from adaflow.commands.registry import COMMAND_FLAGS, COMMANDS
+from adaflow.cli import COMMANDS
+from adaflow.commands import fid
+from adaflow.commands.common import Command
 from adaflow.errors import UserError, is_user_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -16,6 +19,7 @@ CLI_CONFIG = os.path.join(HERE, "tiny_cli_config.py")
 
 
 def _main(argv, capsys):
+  cli.FLAGS.unparse_flags()   # absl keeps values across parses (e.g. an earlier --debug)
   with pytest.raises(SystemExit) as e:
     cli.main(["adaflow"] + argv)
   out, err = capsys.readouterr()
@@ -34,10 +38,13 @@ def test_command_help_shows_only_its_flags(capsys):
   code, out, _ = _main(["train", "--help"], capsys)
   assert code == 0
   shown = {ln.split(":")[0].strip()[2:] for ln in out.splitlines() if ln.startswith("  --")}
-  assert shown == set(COMMAND_FLAGS["train"]) | {"debug"}
+  assert shown == set(COMMANDS["train"].flags) | {"debug"}
   assert "fid_batch" not in out and "verbosity" not in out and "logtostderr" not in out
   code, out, _ = _main(["eval", "fid", "-h"], capsys)
   assert code == 0 and "--fid_batch" in out and "--init" not in out
+  assert "--fid_random_inception: >= 0: random Inception weights" in out and "-1 = off; sets config.eval." in out
+  for name, command in COMMANDS.items():   # every row of the table names flags that exist
+    assert command.name == name and cli.command_help(name).count("\n  --") == len(command.flags) + 1, name
 
 
 def test_mistyped_command_suggests_the_nearest(capsys):
@@ -56,7 +63,7 @@ def test_version(capsys):
 def test_user_error_is_one_line_and_exit_2_bug_keeps_traceback(capsys, monkeypatch):
   def bad():
     raise UserError("config.train.lr: must be positive, got -1.0")
-  monkeypatch.setitem(COMMANDS, "train", bad)
+  monkeypatch.setitem(COMMANDS, "train", Command("train", bad))
   code, _, err = _main(["train"], capsys)
   assert code == 2 and err == "error: config.train.lr: must be positive, got -1.0\n"
   monkeypatch.setenv("ADAFLOW_DEBUG", "1")
@@ -68,7 +75,7 @@ def test_user_error_is_one_line_and_exit_2_bug_keeps_traceback(capsys, monkeypat
 
   def bug():
     raise ValueError("an internal shape mismatch")   # raised outside adaflow/: a bug, not bad input
-  monkeypatch.setitem(COMMANDS, "train", bug)
+  monkeypatch.setitem(COMMANDS, "train", Command("train", bug))
   with pytest.raises(ValueError, match="internal"):
     cli.main(["adaflow", "train"])
 
@@ -128,6 +135,36 @@ def test_user_error_on_two_processes_every_process_exits_2(tmp_path):
   for code, _, err in outs:
     assert code == 2 and err.strip().splitlines()[-1] == "error: config.train.lr: must be positive, got -1.0"
     assert "Traceback" not in err
+
+
+def test_fid_flags_only_write_into_the_runs_eval_fields(tmp_path, monkeypatch):
+  """`adaflow fid --fid_batch=8 --fid_random_inception=-1`: given flags set config.eval.fid_*, the
+  others keep the run's values; -1 is "off" (the real weights) for the flag as for the field."""
+  from absl import flags
+  from conftest import tiny_config
+  run = tiny_config(**{"eval.fid_gen_batch": 32, "eval.fid_random_inception": 3, "eval.fid_ref": "dataset"})
+  seen = []
+
+  def stop(workdir, config):
+    ec = config.eval
+    seen.append((ec.fid_batch, ec.fid_gen_batch, ec.fid_random_inception, ec.fid_ref, ec.fid_inception))
+    raise RuntimeError("stop before restoring")
+  monkeypatch.setattr(fid, "config_of", lambda workdir: run)
+  monkeypatch.setattr(fid, "load_trainer_and_params", stop)
+  weights = tmp_path / "inception.pth"
+  weights.write_bytes(b"")
+  flags.FLAGS.unparse_flags()
+  try:
+    flags.FLAGS(["adaflow", f"--workdir={tmp_path}", "--fid_batch=8", f"--inception={weights}"])
+    with pytest.raises(RuntimeError, match="stop"):
+      fid.fid_main()
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["adaflow", f"--workdir={tmp_path}", "--fid_random_inception=-1", f"--inception={tmp_path / 'no.pth'}"])
+    with pytest.raises(ValueError, match="FID Inception weights not found"):
+      fid.fid_main()
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert seen == [(8, 32, 3, "dataset", str(weights))] and run.eval.fid_random_inception == -1
 
 
 def test_sample_method_steps_cfg_flags_override_the_config(tmp_path, capsys, monkeypatch):

@@ -6,12 +6,13 @@ its rows of the command table `COMMANDS` below.
 
 `adaflow --help` lists the commands, `adaflow <command> --help` that command's flags. Bad input
 (config, data, checkpoint, command line) ends with one line, `error: <message>`, and exit status 2
-on every process; `--debug` or `ADAFLOW_DEBUG=1` shows the traceback. Other exceptions are bugs
-and keep their traceback.
+on every process, and so does a full or unwritable disk; `--debug` or `ADAFLOW_DEBUG=1` shows the
+traceback. Other exceptions are bugs and keep their traceback.
 """
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib.metadata
 import os
 import sys
@@ -22,11 +23,13 @@ from adaflow.commands import compose, convert, convert_stages, core, fid, inspec
 from adaflow.commands.common import FLAGS
 from adaflow.errors import is_user_error
 from adaflow.parallel.distributed import initialize_runtime
+from adaflow.train.checkpoint import CheckpointWriteError
 
 # The command table: name ("eval fid" for two words) -> Command(name, fn, flags it reads).
 COMMANDS = {c.name: c for module in (core, fid, convert, convert_stages, inspect, compose) for c in module.COMMANDS}
 HELP_ARGS = ("-h", "--help", "--helpshort", "--helpfull", "-help", "help")
 USAGE_EXIT = 2
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def version() -> str:
@@ -91,6 +94,18 @@ def _flag_error_message(e: Exception, name: str) -> str:
   return text
 
 
+def _user_message(e: Exception):
+  """The one line for bad input or a full / unwritable disk; None for a bug (keeps its traceback)."""
+  if isinstance(e, (app.UsageError, flags.Error)) or is_user_error(e):
+    return str(e)
+  if isinstance(e, CheckpointWriteError) or (isinstance(e, OSError) and e.errno in DISK_ERRNOS):
+    # A CheckpointWriteError names the directory and the fix itself (orbax's text may span lines).
+    what = (f"{e.filename}: {e.strerror}; free space there or make it writable, then rerun: checkpoints written so "
+            "far are kept" if e.filename else f"{e.strerror}; then rerun")
+    return " ".join(f"{what} and training resumes from the latest checkpoint".split())
+  return None
+
+
 def _debug(argv) -> bool:
   return "--debug" in argv or os.environ.get("ADAFLOW_DEBUG", "") not in ("", "0")
 
@@ -131,11 +146,12 @@ def main(argv=None):
     # sampling and evaluation span all hosts' devices just like training.
     initialize_runtime()
     COMMANDS[name]()
-  except (app.UsageError, flags.Error, ValueError) as e:
+  except (app.UsageError, flags.Error, ValueError, OSError) as e:
     # Every process validates the same config and data, so each ends here the same way.
-    if debug or (FLAGS.is_parsed() and FLAGS.debug) or not (isinstance(e, (app.UsageError, flags.Error)) or is_user_error(e)):
+    message = _user_message(e)
+    if debug or (FLAGS.is_parsed() and FLAGS.debug) or message is None:
       raise
-    _error(str(e))
+    _error(message)
   sys.exit(0)
 
 

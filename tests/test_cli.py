@@ -1,6 +1,7 @@
 """The `adaflow` command line: help, version, suggestions, one-line user errors (exit 2) on one
-and on two processes, tracebacks for bugs and with --debug / ADAFLOW_DEBUG, the `fid` flags
-writing into config.eval."""
+and on two processes (bad input, a full or unwritable disk), tracebacks for bugs and with --debug /
+ADAFLOW_DEBUG, the `fid` flags writing into config.eval."""
+import errno
 import os
 import subprocess
 import sys
@@ -80,6 +81,24 @@ def test_user_error_is_one_line_and_exit_2_bug_keeps_traceback(capsys, monkeypat
     cli.main(["adaflow", "train"])
 
 
+@pytest.mark.parametrize("code,fix", [(errno.ENOSPC, "No space left on device; free space there"),
+                                      (errno.EACCES, "Permission denied; free space there or make it writable")])
+def test_full_or_unwritable_disk_is_one_line_and_exit_2(capsys, monkeypatch, code, fix):
+  def write():
+    raise OSError(code, os.strerror(code), "/runs/w/samples/grid.png")
+  monkeypatch.setitem(COMMANDS, "sample", Command("sample", write))
+  exit_code, _, err = _main(["sample"], capsys)
+  assert exit_code == 2 and err.count("\n") == 1 and err.startswith(f"error: /runs/w/samples/grid.png: {fix}")
+  assert err.endswith("then rerun: checkpoints written so far are kept and training resumes from the latest "
+                      "checkpoint\n")
+
+  def bug():
+    raise OSError(errno.EBADF, "Bad file descriptor")   # not a disk the user can fix: a bug
+  monkeypatch.setitem(COMMANDS, "sample", Command("sample", bug))
+  with pytest.raises(OSError, match="Bad file"):
+    cli.main(["adaflow", "sample"])
+
+
 def test_is_user_error_by_origin():
   import numpy as np
   from adaflow.flow.samplers import time_grid
@@ -94,8 +113,8 @@ def test_is_user_error_by_origin():
   assert not is_user_error(RuntimeError("x"))
 
 
-def _run(args, env=None, processes=1, timeout=240):
-  """`python -m adaflow.cli <args>` as `processes` JAX processes; [(returncode, stdout, stderr)]."""
+def _run(args, env=None, processes=1, timeout=240, prog=("-m", "adaflow.cli")):
+  """`python <prog> <args>` as `processes` JAX processes; [(returncode, stdout, stderr)]."""
   from test_multiprocess import _env, free_port
   coord = f"127.0.0.1:{free_port()}"
   procs = []
@@ -106,7 +125,7 @@ def _run(args, env=None, processes=1, timeout=240):
     if processes > 1:
       e.update(ADAFLOW_COORDINATOR=coord, ADAFLOW_NUM_PROCESSES=str(processes), ADAFLOW_PROCESS_ID=str(i),
                JAX_NUM_CPU_DEVICES="1")
-    procs.append(subprocess.Popen([sys.executable, "-m", "adaflow.cli"] + args, stdout=subprocess.PIPE,
+    procs.append(subprocess.Popen([sys.executable, *prog] + args, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT))
   out = []
   for p in procs:
@@ -135,6 +154,27 @@ def test_user_error_on_two_processes_every_process_exits_2(tmp_path):
   for code, _, err in outs:
     assert code == 2 and err.strip().splitlines()[-1] == "error: config.train.lr: must be positive, got -1.0"
     assert "Traceback" not in err
+
+
+# `adaflow` with every checkpoint write failing as on a full disk (the writer raises ENOSPC).
+FULL_DISK = """import errno, sys
+import orbax.checkpoint as ocp
+def full(*a, **k):
+  raise OSError(errno.ENOSPC, "No space left on device")
+ocp.CheckpointManager.save = full
+from adaflow import cli
+cli.main(["adaflow"] + sys.argv[1:])
+"""
+
+
+def test_full_disk_during_a_checkpoint_write_is_one_line_exit_2_on_every_process(tmp_path):
+  w = tmp_path / "w"
+  outs = _run(["train", f"--config={CLI_CONFIG}", f"--workdir={w}"], processes=2, prog=("-c", FULL_DISK))
+  for code, _, err in outs:
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and "Traceback" not in err and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0]
+    assert errors[0].startswith(f"error: could not write checkpoint step 2 to {w}/checkpoints: the disk is full")
+    assert errors[0].endswith("untouched; then rerun and training resumes from the latest checkpoint")
 
 
 def test_fid_flags_only_write_into_the_runs_eval_fields(tmp_path, monkeypatch):

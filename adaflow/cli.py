@@ -1,29 +1,35 @@
 """`adaflow <command> --config configs/x.py --workdir DIR [--config.a.b=value ...]`.
 
 Config files are `ml_collections` ConfigDicts loaded with `config_flags`, so config fields can be
-overridden on the command line. Commands live in `adaflow/commands/` (one module each).
+overridden on the command line. Commands live in `adaflow/commands/`, one module each exporting
+its rows of the command table `COMMANDS` below.
 
 `adaflow --help` lists the commands, `adaflow <command> --help` that command's flags. Bad input
 (config, data, checkpoint, command line) ends with one line, `error: <message>`, and exit status 2
-on every process; `--debug` or `ADAFLOW_DEBUG=1` shows the traceback. Other exceptions are bugs
-and keep their traceback.
+on every process, and so does a full or unwritable disk; `--debug` or `ADAFLOW_DEBUG=1` shows the
+traceback. Other exceptions are bugs and keep their traceback.
 """
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib.metadata
 import os
 import sys
 
 from absl import app, flags, logging
 
-from adaflow import commands  # noqa: F401  registers every command
-from adaflow.commands.registry import COMMAND_FLAGS, COMMAND_HELP, COMMANDS, FLAGS
+from adaflow.commands import compose, convert, convert_stages, core, fid, inspect
+from adaflow.commands.common import FLAGS
 from adaflow.errors import is_user_error
 from adaflow.parallel.distributed import initialize_runtime
+from adaflow.train.checkpoint import CheckpointWriteError
 
+# The command table: name ("eval fid" for two words) -> Command(name, fn, flags it reads).
+COMMANDS = {c.name: c for module in (core, fid, convert, convert_stages, inspect, compose) for c in module.COMMANDS}
 HELP_ARGS = ("-h", "--help", "--helpshort", "--helpfull", "-help", "help")
 USAGE_EXIT = 2
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def version() -> str:
@@ -39,7 +45,7 @@ def overview() -> str:
   width = max(len(n) for n in COMMANDS) + 2
   lines = ["usage: adaflow <command> [--flag=value ...]   (adaflow <command> --help: its flags)", "",
            "commands:"]
-  lines += [f"  {n.ljust(width)}{COMMAND_HELP.get(n, '')}" for n in sorted(COMMANDS)]
+  lines += [f"  {n.ljust(width)}{COMMANDS[n].summary}" for n in sorted(COMMANDS)]
   lines += ["", "options:", "  --help        this list", "  --version     the package version",
             "  --debug       show the traceback of user errors (also ADAFLOW_DEBUG=1)"]
   return "\n".join(lines)
@@ -47,12 +53,12 @@ def overview() -> str:
 
 def command_help(name: str) -> str:
   """`adaflow <name> --help`: usage, one line, and only the flags the command reads."""
-  lines = [f"usage: adaflow {name} [--flag=value ...]", "", COMMAND_HELP.get(name, "")]
+  lines = [f"usage: adaflow {name} [--flag=value ...]", "", COMMANDS[name].summary]
   subs = sorted(n for n in COMMANDS if n.startswith(name + " "))
   if subs:
     lines += ["", "subcommands: " + ", ".join(f"adaflow {s}" for s in subs)]
   lines += ["", "flags:"]
-  for f in COMMAND_FLAGS.get(name, ()) + ("debug",):
+  for f in COMMANDS[name].flags + ("debug",):
     flag = FLAGS[f]
     default = "" if flag.default is None else f" (default: {flag.default_as_str or flag.default})"
     lines.append(f"  --{f}: {flag.help}{default}")
@@ -78,7 +84,7 @@ def _flag_error_message(e: Exception, name: str) -> str:
   while isinstance(e, (KeyError, AttributeError)) and e.args and isinstance(e.args[0], Exception):
     e = e.args[0]
   if isinstance(e, flags.UnrecognizedFlagError):   # absl suggests from every command's flags
-    near = difflib.get_close_matches(e.flagname, COMMAND_FLAGS.get(name, ()) + ("debug",), n=1, cutoff=0.5)
+    near = difflib.get_close_matches(e.flagname, COMMANDS[name].flags + ("debug",), n=1, cutoff=0.5)
     return (f"unknown flag --{e.flagname} for `adaflow {name}`" + (f"; did you mean --{near[0]}?" if near else "")
             + f" (`adaflow {name} --help` lists its flags)")
   text = str(e.args[0]) if isinstance(e, (KeyError, AttributeError)) and e.args else str(e)
@@ -86,6 +92,18 @@ def _flag_error_message(e: Exception, name: str) -> str:
   if isinstance(e, (KeyError, AttributeError)):
     return f"--config: no such config field {text} (`adaflow <command> --help`; fields are listed in adaflow/config_defaults.py)"
   return text
+
+
+def _user_message(e: Exception):
+  """The one line for bad input or a full / unwritable disk; None for a bug (keeps its traceback)."""
+  if isinstance(e, (app.UsageError, flags.Error)) or is_user_error(e):
+    return str(e)
+  if isinstance(e, CheckpointWriteError) or (isinstance(e, OSError) and e.errno in DISK_ERRNOS):
+    # A CheckpointWriteError names the directory and the fix itself (orbax's text may span lines).
+    what = (f"{e.filename}: {e.strerror}; free space there or make it writable, then rerun: checkpoints written so "
+            "far are kept" if e.filename else f"{e.strerror}; then rerun")
+    return " ".join(f"{what} and training resumes from the latest checkpoint".split())
+  return None
 
 
 def _debug(argv) -> bool:
@@ -128,11 +146,12 @@ def main(argv=None):
     # sampling and evaluation span all hosts' devices just like training.
     initialize_runtime()
     COMMANDS[name]()
-  except (app.UsageError, flags.Error, ValueError) as e:
+  except (app.UsageError, flags.Error, ValueError, OSError) as e:
     # Every process validates the same config and data, so each ends here the same way.
-    if debug or (FLAGS.is_parsed() and FLAGS.debug) or not (isinstance(e, (app.UsageError, flags.Error)) or is_user_error(e)):
+    message = _user_message(e)
+    if debug or (FLAGS.is_parsed() and FLAGS.debug) or message is None:
       raise
-    _error(str(e))
+    _error(message)
   sys.exit(0)
 
 

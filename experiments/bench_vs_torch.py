@@ -378,7 +378,7 @@ def write_report(a, results, notes, profiles, elapsed):
            f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()}-core CPU, no GPU. "
            f"Other jobs may have shared the CPU during the run.",
            f"- CPU flags (matmul-relevant): {cpu_flag_line()}; adaflow compute dtype: "
-           f"{describe_compute_dtype(types.SimpleNamespace(dtype='auto'))}.",
+           f"{describe_compute_dtype(types.SimpleNamespace(dtype='auto', attention='auto'))}.",
            f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; jax {jax.__version__}, "
            f"torch {torch.__version__}, diffusers {diffusers.__version__}; total run {elapsed / 60:.1f} min.",
            f"- Command: `python experiments/bench_vs_torch.py --sizes {a.sizes} "

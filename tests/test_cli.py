@@ -1,5 +1,7 @@
 """The `adaflow` command line: help, version, suggestions, one-line user errors (exit 2) on one
-and on two processes, tracebacks for bugs and with --debug / ADAFLOW_DEBUG."""
+and on two processes (bad input, a full or unwritable disk), tracebacks for bugs and with --debug /
+ADAFLOW_DEBUG, the `fid` flags writing into config.eval."""
+import errno
 import os
 import subprocess
 import sys
@@ -7,7 +9,9 @@ import sys
 import pytest
 
 from adaflow import cli
-from adaflow.commands.registry import COMMAND_FLAGS, COMMANDS
+from adaflow.cli import COMMANDS
+from adaflow.commands import fid
+from adaflow.commands.common import Command
 from adaflow.errors import UserError, is_user_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -16,6 +20,7 @@ CLI_CONFIG = os.path.join(HERE, "tiny_cli_config.py")
 
 
 def _main(argv, capsys):
+  cli.FLAGS.unparse_flags()   # absl keeps values across parses (e.g. an earlier --debug)
   with pytest.raises(SystemExit) as e:
     cli.main(["adaflow"] + argv)
   out, err = capsys.readouterr()
@@ -34,10 +39,13 @@ def test_command_help_shows_only_its_flags(capsys):
   code, out, _ = _main(["train", "--help"], capsys)
   assert code == 0
   shown = {ln.split(":")[0].strip()[2:] for ln in out.splitlines() if ln.startswith("  --")}
-  assert shown == set(COMMAND_FLAGS["train"]) | {"debug"}
+  assert shown == set(COMMANDS["train"].flags) | {"debug"}
   assert "fid_batch" not in out and "verbosity" not in out and "logtostderr" not in out
   code, out, _ = _main(["eval", "fid", "-h"], capsys)
   assert code == 0 and "--fid_batch" in out and "--init" not in out
+  assert "--fid_random_inception: >= 0: random Inception weights" in out and "-1 = off; sets config.eval." in out
+  for name, command in COMMANDS.items():   # every row of the table names flags that exist
+    assert command.name == name and cli.command_help(name).count("\n  --") == len(command.flags) + 1, name
 
 
 def test_mistyped_command_suggests_the_nearest(capsys):
@@ -56,7 +64,7 @@ def test_version(capsys):
 def test_user_error_is_one_line_and_exit_2_bug_keeps_traceback(capsys, monkeypatch):
   def bad():
     raise UserError("config.train.lr: must be positive, got -1.0")
-  monkeypatch.setitem(COMMANDS, "train", bad)
+  monkeypatch.setitem(COMMANDS, "train", Command("train", bad))
   code, _, err = _main(["train"], capsys)
   assert code == 2 and err == "error: config.train.lr: must be positive, got -1.0\n"
   monkeypatch.setenv("ADAFLOW_DEBUG", "1")
@@ -68,9 +76,27 @@ def test_user_error_is_one_line_and_exit_2_bug_keeps_traceback(capsys, monkeypat
 
   def bug():
     raise ValueError("an internal shape mismatch")   # raised outside adaflow/: a bug, not bad input
-  monkeypatch.setitem(COMMANDS, "train", bug)
+  monkeypatch.setitem(COMMANDS, "train", Command("train", bug))
   with pytest.raises(ValueError, match="internal"):
     cli.main(["adaflow", "train"])
+
+
+@pytest.mark.parametrize("code,fix", [(errno.ENOSPC, "No space left on device; free space there"),
+                                      (errno.EACCES, "Permission denied; free space there or make it writable")])
+def test_full_or_unwritable_disk_is_one_line_and_exit_2(capsys, monkeypatch, code, fix):
+  def write():
+    raise OSError(code, os.strerror(code), "/runs/w/samples/grid.png")
+  monkeypatch.setitem(COMMANDS, "sample", Command("sample", write))
+  exit_code, _, err = _main(["sample"], capsys)
+  assert exit_code == 2 and err.count("\n") == 1 and err.startswith(f"error: /runs/w/samples/grid.png: {fix}")
+  assert err.endswith("then rerun: checkpoints written so far are kept and training resumes from the latest "
+                      "checkpoint\n")
+
+  def bug():
+    raise OSError(errno.EBADF, "Bad file descriptor")   # not a disk the user can fix: a bug
+  monkeypatch.setitem(COMMANDS, "sample", Command("sample", bug))
+  with pytest.raises(OSError, match="Bad file"):
+    cli.main(["adaflow", "sample"])
 
 
 def test_is_user_error_by_origin():
@@ -87,8 +113,8 @@ def test_is_user_error_by_origin():
   assert not is_user_error(RuntimeError("x"))
 
 
-def _run(args, env=None, processes=1, timeout=240):
-  """`python -m adaflow.cli <args>` as `processes` JAX processes; [(returncode, stdout, stderr)]."""
+def _run(args, env=None, processes=1, timeout=240, prog=("-m", "adaflow.cli")):
+  """`python <prog> <args>` as `processes` JAX processes; [(returncode, stdout, stderr)]."""
   from test_multiprocess import _env, free_port
   coord = f"127.0.0.1:{free_port()}"
   procs = []
@@ -99,7 +125,7 @@ def _run(args, env=None, processes=1, timeout=240):
     if processes > 1:
       e.update(ADAFLOW_COORDINATOR=coord, ADAFLOW_NUM_PROCESSES=str(processes), ADAFLOW_PROCESS_ID=str(i),
                JAX_NUM_CPU_DEVICES="1")
-    procs.append(subprocess.Popen([sys.executable, "-m", "adaflow.cli"] + args, stdout=subprocess.PIPE,
+    procs.append(subprocess.Popen([sys.executable, *prog] + args, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT))
   out = []
   for p in procs:
@@ -128,6 +154,57 @@ def test_user_error_on_two_processes_every_process_exits_2(tmp_path):
   for code, _, err in outs:
     assert code == 2 and err.strip().splitlines()[-1] == "error: config.train.lr: must be positive, got -1.0"
     assert "Traceback" not in err
+
+
+# `adaflow` with every checkpoint write failing as on a full disk (the writer raises ENOSPC).
+FULL_DISK = """import errno, sys
+import orbax.checkpoint as ocp
+def full(*a, **k):
+  raise OSError(errno.ENOSPC, "No space left on device")
+ocp.CheckpointManager.save = full
+from adaflow import cli
+cli.main(["adaflow"] + sys.argv[1:])
+"""
+
+
+def test_full_disk_during_a_checkpoint_write_is_one_line_exit_2_on_every_process(tmp_path):
+  w = tmp_path / "w"
+  outs = _run(["train", f"--config={CLI_CONFIG}", f"--workdir={w}"], processes=2, prog=("-c", FULL_DISK))
+  for code, _, err in outs:
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and "Traceback" not in err and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0]
+    assert errors[0].startswith(f"error: could not write checkpoint step 2 to {w}/checkpoints: the disk is full")
+    assert errors[0].endswith("untouched; then rerun and training resumes from the latest checkpoint")
+
+
+def test_fid_flags_only_write_into_the_runs_eval_fields(tmp_path, monkeypatch):
+  """`adaflow fid --fid_batch=8 --fid_random_inception=-1`: given flags set config.eval.fid_*, the
+  others keep the run's values; -1 is "off" (the real weights) for the flag as for the field."""
+  from absl import flags
+  from conftest import tiny_config
+  run = tiny_config(**{"eval.fid_gen_batch": 32, "eval.fid_random_inception": 3, "eval.fid_ref": "dataset"})
+  seen = []
+
+  def stop(workdir, config):
+    ec = config.eval
+    seen.append((ec.fid_batch, ec.fid_gen_batch, ec.fid_random_inception, ec.fid_ref, ec.fid_inception))
+    raise RuntimeError("stop before restoring")
+  monkeypatch.setattr(fid, "config_of", lambda workdir: run)
+  monkeypatch.setattr(fid, "load_trainer_and_params", stop)
+  weights = tmp_path / "inception.pth"
+  weights.write_bytes(b"")
+  flags.FLAGS.unparse_flags()
+  try:
+    flags.FLAGS(["adaflow", f"--workdir={tmp_path}", "--fid_batch=8", f"--inception={weights}"])
+    with pytest.raises(RuntimeError, match="stop"):
+      fid.fid_main()
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["adaflow", f"--workdir={tmp_path}", "--fid_random_inception=-1", f"--inception={tmp_path / 'no.pth'}"])
+    with pytest.raises(ValueError, match="FID Inception weights not found"):
+      fid.fid_main()
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert seen == [(8, 32, 3, "dataset", str(weights))] and run.eval.fid_random_inception == -1
 
 
 def test_sample_method_steps_cfg_flags_override_the_config(tmp_path, capsys, monkeypatch):

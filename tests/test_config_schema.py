@@ -44,7 +44,7 @@ def _new_value(path: str, kind: type, default):
 
 def _parse(tmp_path, monkeypatch, overrides):
   """`--config=<file returning base_config()>` plus `overrides`, through absl + config_flags as
-  adaflow.commands.registry defines the flag (config_flags reads the overrides from sys.argv)."""
+  adaflow.commands.common defines the flag (config_flags reads the overrides from sys.argv)."""
   path = tmp_path / "schema_config.py"
   path.write_text(textwrap.dedent("""
       from adaflow.config_defaults import base_config

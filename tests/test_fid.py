@@ -128,10 +128,12 @@ def test_missing_weights_file_says_where_to_put_it(tmp_path):
 
 def test_fid_command_fails_on_missing_weights_before_restoring(tmp_path):
   from absl import flags
-  from adaflow.commands.registry import COMMANDS
+  from adaflow.cli import COMMANDS
   missing = str(tmp_path / inc.WEIGHTS_FILENAME)
   flags.FLAGS.unparse_flags()
-  flags.FLAGS(["adaflow", f"--workdir={tmp_path / 'no_run'}", "--ref=dataset", f"--inception={missing}"])
+  config = os.path.join(ROOT, "tests", "tiny_cli_config.py")   # given, the (missing) run's config is not read
+  flags.FLAGS(["adaflow", f"--config={config}", f"--workdir={tmp_path / 'no_run'}", "--ref=dataset",
+               f"--inception={missing}"])
   try:
     with pytest.raises(ValueError, match="--inception=/path/to/pt_inception"):
       COMMANDS["eval fid"]()
@@ -350,7 +352,7 @@ def test_imagenet64_smoke_run_resumes(tmp_path):
 
 def test_cli_eval_fid_dispatches_to_fid(monkeypatch):
   from adaflow import cli
-  from adaflow.commands.registry import COMMANDS
+  from adaflow.cli import COMMANDS
   called = []
   monkeypatch.setitem(COMMANDS, "eval fid", lambda: called.append("eval fid"))
   monkeypatch.setitem(COMMANDS, "eval", lambda: called.append("eval"))

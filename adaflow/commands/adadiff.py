@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 
 from absl import flags
+import jax
+import numpy as np
 
 from adaflow import storage
-from adaflow.commands.registry import FLAGS
+from adaflow.commands.common import FLAGS
 from adaflow.models.step_selector import action_label
 from adaflow.parallel.host import is_writer
 from adaflow.train.images import save_grid
@@ -23,9 +25,6 @@ flags.DEFINE_string("selector", None, "`sample`: a step-selector (AdaDiff) workd
 
 
 def sample_with_selector() -> dict:
-  import jax
-  import numpy as np
-
   selector_dir = FLAGS.selector
   config = FLAGS.config if FLAGS.config is not None else config_of(selector_dir)
   if config.objective != "step_selector":

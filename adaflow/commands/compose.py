@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+import numpy as np
+
 from adaflow import storage
-from adaflow.commands.registry import command, need
+from adaflow.commands.common import Command, need
 from adaflow.compose.sampler import ComposedSampler
 from adaflow.eval import evaluate_samples, get_classifier
 from adaflow.eval.classifier import cache_dir
@@ -24,8 +27,6 @@ from adaflow.pipelines.recipe import load_composed, run_recipe
 
 def evaluate_composed(workdir: str, num: int, seed: int = 1234, log=print) -> dict:
   """FD and class accuracy (adaflow.eval) of the finished recipe's composed sampler."""
-  import jax
-  import numpy as np
   config, info, params, policy = load_composed(workdir)
   sampler = ComposedSampler(config, info, params, policy)
   labels = balanced_labels(num, info.num_classes)
@@ -37,7 +38,6 @@ def evaluate_composed(workdir: str, num: int, seed: int = 1234, log=print) -> di
   return res
 
 
-@command("compose")
 def cmd_compose():
   """Train the composed model with the resumable recipe (all methods in one model)."""
   config, workdir = need("config"), need("workdir")
@@ -48,3 +48,6 @@ def cmd_compose():
       return
     storage.write_json(os.path.join(workdir, "eval.json"), res, indent=2)
     print("composed eval: " + json.dumps(res))
+
+
+COMMANDS = (Command("compose", cmd_compose),)

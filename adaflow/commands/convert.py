@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from adaflow.commands.registry import FLAGS, command, need
+from adaflow.commands.common import FLAGS, Command, need
 from adaflow.convert import convert_file
 
 flags.DEFINE_string("from", None, "`convert`: PyTorch checkpoint to import (.pt/.pth/.bin state dict or .safetensors).")
@@ -18,7 +18,6 @@ flags.DEFINE_enum("format", "dit", ["dit", "diffusers"],
                   "`convert`: key layout of --from: original facebookresearch/DiT (`dit`) or diffusers DiTTransformer2DModel.")
 
 
-@command("convert", ("from", "format", "config", "out"))
 def cmd_convert():
   """Import a PyTorch DiT checkpoint (DiT or diffusers layout) as an adaflow workdir."""
   src = FLAGS["from"].value
@@ -27,3 +26,6 @@ def cmd_convert():
   if FLAGS.out is None:
     raise app.UsageError("--out is required for `convert` (the adaflow workdir to create)")
   convert_file(src, FLAGS.format, need("config"), FLAGS.out)
+
+
+COMMANDS = (Command("convert", cmd_convert, ("from", "format", "config", "out")),)

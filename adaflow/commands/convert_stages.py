@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from absl import app
 
-from adaflow.commands.registry import FLAGS, command, need
+from adaflow.commands.common import FLAGS, Command, need
 from adaflow.pipelines.convert_stages import convert_workdir
 
 
-@command("convert-stages", ("workdir", "config", "out"))
 def cmd_convert_stages():
   """Initialise a PPFlow (multi-stage) model from a trained dense DiT run."""
   if FLAGS.out is None:
     raise app.UsageError("--out is required for `convert-stages` (the workdir to write the PPFlow checkpoint to)")
   convert_workdir(need("workdir"), need("config"), FLAGS.out)
+
+
+COMMANDS = (Command("convert-stages", cmd_convert_stages, ("workdir", "config", "out")),)

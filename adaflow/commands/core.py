@@ -5,10 +5,13 @@ import json
 import os
 
 from absl import flags
+import jax
+import numpy as np
 
+from adaflow import storage
 from adaflow.commands.adadiff import sample_with_selector
-from adaflow.commands.dq import apply_tokenizer_flag, sample_map
-from adaflow.commands.registry import FLAGS, command, need
+from adaflow.commands.common import FLAGS, Command, need
+from adaflow.commands.dq import sample_map
 from adaflow.eval.classifier import cache_dir
 from adaflow.eval.generate import evaluate_generator
 from adaflow.flow.driver import generate_images
@@ -23,8 +26,7 @@ from adaflow.train.loop import load_params, load_trainer_and_params, train
 from adaflow import methods
 
 flags.DEFINE_string("init", None, "Initialise parameters from this workdir's latest checkpoint (fine-tuning).")
-flags.DEFINE_integer("num", 64, "Number of images for `sample`.")
-flags.DEFINE_string("out", None, "Output path (`sample`: PNG grid; default <workdir>/samples/cli_step_<step>.png).")
+flags.DEFINE_string("tokenizer", None, "DQ-Transformer: the trained DQ-VAE workdir (sets config.tokenizer_workdir).")
 flags.DEFINE_enum("method", None, list(METHODS), "`sample`: solver (overrides config.sample.method; `sde` also "
                   "reads --config.sample.diffusion_form / diffusion_norm).")
 flags.DEFINE_integer("steps", None, "`sample`: number of solver steps (overrides config.sample.steps).")
@@ -34,15 +36,15 @@ flags.DEFINE_enum("edges", None, list(EDGE_RULES), "`sample`: how the time grid 
                   "moved onto the edges; insert = every edge added as a step; cross = uniform grid.")
 
 
-@command("train", ("config", "workdir", "init", "tokenizer"))
 def cmd_train():
   """Train a model (resumes from the latest checkpoint in --workdir)."""
   config = need("config")
   if config.grouped.enabled:  # train-then-prune: stage 1, pruning, stage 2 (adaflow/pipelines/grouped.py)
     run_grouped(config, need("workdir"))
     return
-  if getattr(FLAGS, "tokenizer", None):  # DQ-Transformer: the DQ-VAE workdir (adaflow/commands/dq.py)
-    apply_tokenizer_flag(config, FLAGS.tokenizer)
+  if FLAGS.tokenizer:  # DQ-Transformer: resuming and `adaflow sample` find it in the config (gs:// stays as is)
+    with config.unlocked():
+      config.tokenizer_workdir = storage.absolute(FLAGS.tokenizer)
   # The objective may consume --init itself (e.g. step_selector: the frozen generator's workdir).
   if FLAGS.init and methods.uses_init_workdir(config, FLAGS.init):
     init = None
@@ -51,13 +53,10 @@ def cmd_train():
   train(config, need("workdir"), init_params=init)
 
 
-@command("sample", ("config", "workdir", "num", "out", "method", "steps", "cfg", "edges", "selector"))
 def cmd_sample():
   """Write a grid of samples from a trained workdir (EMA parameters, config.sample)."""
-  if getattr(FLAGS, "selector", None):  # AdaDiff: per-input step counts (adaflow/commands/adadiff.py)
+  if FLAGS.selector:  # AdaDiff: per-input step counts (adaflow/commands/adadiff.py)
     return sample_with_selector()
-  import jax
-  import numpy as np
   generator, params, config, mesh, step = _load_generator(need("workdir"))
   s = config.sample
   method = FLAGS.method or s.method
@@ -84,7 +83,6 @@ def cmd_sample():
       print(f"wrote {path}")
 
 
-@command("eval", ("config", "workdir"))
 def cmd_eval():
   """FD and class accuracy of a trained workdir (`adaflow eval fid`: Inception FID)."""
   objective, params, config, mesh, step = _load_generator(need("workdir"))
@@ -107,3 +105,9 @@ def _load_generator(workdir: str):
   if is_writer():
     print(describe_compute_dtype(tr.config.model))
   return tr.generator(), params, tr.config, tr.mesh, step
+
+
+COMMANDS = (Command("train", cmd_train, ("config", "workdir", "init", "tokenizer")),
+            Command("sample", cmd_sample, ("config", "workdir", "num", "out", "method", "steps", "cfg", "edges",
+                                           "selector")),
+            Command("eval", cmd_eval))

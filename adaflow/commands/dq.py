@@ -1,35 +1,19 @@
-"""DQ (DQ-VAE -> DQ-Transformer) command-line pieces.
-
-`--tokenizer <dqvae workdir>` for `adaflow train --config configs/quickstart_dqtransformer.py`
-(stored as `config.tokenizer_workdir`, so resuming and `adaflow sample` find it again).
-`adaflow sample` on a DQ workdir additionally writes `<out>_map.png` via `sample_map`.
-"""
+"""`adaflow sample` on a DQ (DQ-VAE -> DQ-Transformer) workdir also writes `<out>_map.png` via
+`sample_map` (`adaflow train --tokenizer` is in core.py)."""
 from __future__ import annotations
 
 import os
 
-from absl import flags
+import jax
+import numpy as np
 
-from adaflow import storage
 from adaflow.models import dqvae as dq
 from adaflow.parallel.host import is_writer
 from adaflow.train.images import save_grid
 
-flags.DEFINE_string("tokenizer", None, "DQ-Transformer: the trained DQ-VAE workdir (sets config.tokenizer_workdir).")
-
-
-def apply_tokenizer_flag(config, value) -> None:
-  """Sets config.tokenizer_workdir from --tokenizer (absolute path)."""
-  if value:
-    with config.unlocked():
-      config.tokenizer_workdir = storage.absolute(value)   # gs:// paths stay as they are
-
-
 def sample_map(objective, params, labels, seed: int, out: str) -> str:
   """Writes `<out minus .png>_map.png`: rows of images and their coarse/fine maps (red = fine
   region with 4 codes, blue = coarse region with 1 code). Returns the path."""
-  import jax
-  import numpy as np
   labels = np.asarray(labels[:16], np.int32)
   imgs, mask, extra = objective.images_and_maps(params, jax.random.PRNGKey(seed), labels)
   base = extra if extra is not None else imgs    # the map is drawn over the input when there is one

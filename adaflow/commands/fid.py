@@ -7,73 +7,85 @@ Samples use the checkpoint's EMA params and `config.sample` (override with --con
 --config=<the run's config file> to change them); the seed is `config.eval.seed`. Shards go to
 <workdir>/fid/<tag>/ and a rerun resumes from them. `--ref=dataset[:split]` computes reference
 statistics from the run's own dataset (`--fid_ref_num` images), cached under <workdir>/fid/.
+`--ref`, `--inception` and `--fid_*` (but --fid_pr*, --fid_progress) set the run's config.eval.fid_*.
 """
 from __future__ import annotations
 
 import json
 import os
 
-from absl import flags
+from absl import app, flags
 
 from adaflow import storage
-from adaflow.commands.registry import FLAGS, command, need
+from adaflow.commands.common import FLAGS, Command, need
+from adaflow.config_defaults import base_config
 from adaflow.eval.fid.features import build_inception_features
 from adaflow.eval.fid.reference import resolve_reference
 from adaflow.eval.fid.run import run_fid, run_tag
 from adaflow.eval import inception as inception_lib
 from adaflow.flow.driver import balanced_labels
 from adaflow.parallel.host import is_writer
-from adaflow.train.loop import load_trainer_and_params
+from adaflow.train.loop import config_of, load_trainer_and_params
 
-flags.DEFINE_string("ref", None, "Reference: an .npz with mu/sigma, activations or arr_0 images "
-                    "(e.g. ADM's VIRTUAL_imagenet64_labeled.npz), or `dataset[:split]`.")
-flags.DEFINE_string("inception", None, "Path to pt_inception-2015-12-05-6726825d.pth (.pth, "
-                    ".safetensors or .npz); default ~/.cache/adaflow/<that name>.")
-flags.DEFINE_integer("fid_random_inception", None, "Use random Inception weights with this seed "
-                     "(smoke tests only: the numbers mean nothing).")
-flags.DEFINE_enum("fid_resize", "tf", ["tf", "pytorch"], "Resize to 299: 'tf' (TF1 graph / ADM "
-                  "evaluator / torch-fidelity) or 'pytorch' (pytorch-fid).")
-flags.DEFINE_integer("fid_batch", 200, "Images per Inception forward.")
-flags.DEFINE_integer("fid_gen_batch", 256, "Images per generation batch.")
-flags.DEFINE_integer("fid_shard", 1000, "Images per resumable sample shard.")
-flags.DEFINE_integer("fid_ref_num", 50000, "Reference images when --ref=dataset.")
+# flag -> the config.eval field (FID while training reads it too) it writes; same defaults and "off" values.
+EVAL_FIELDS = {"ref": "fid_ref", "inception": "fid_inception", **{f: f for f in (
+    "fid_random_inception", "fid_resize", "fid_batch", "fid_gen_batch", "fid_shard", "fid_ref_num", "fid_input_size")}}
+_EVAL, _SETS = base_config().eval, "; sets config.eval.{} (not given: the run's value, by default the schema's).".format
+flags.DEFINE_string("ref", _EVAL.fid_ref, "Reference: an .npz with mu/sigma, activations or arr_0 images (e.g. "
+                    "ADM's VIRTUAL_imagenet64_labeled.npz), or `dataset[:split]`" + _SETS("fid_ref"))
+flags.DEFINE_string("inception", _EVAL.fid_inception, "Path to pt_inception-2015-12-05-6726825d.pth (.pth, "
+                    ".safetensors or .npz); '' = ~/.cache/adaflow/<that name>" + _SETS("fid_inception"))
+flags.DEFINE_integer("fid_random_inception", _EVAL.fid_random_inception, ">= 0: random Inception weights with "
+                     "this seed (smoke tests only: the numbers mean nothing); -1 = off" + _SETS("fid_random_inception"))
+flags.DEFINE_enum("fid_resize", _EVAL.fid_resize, ["tf", "pytorch"], "Resize to 299: 'tf' (TF1 graph / ADM "
+                  "evaluator / torch-fidelity) or 'pytorch' (pytorch-fid)" + _SETS("fid_resize"))
+flags.DEFINE_integer("fid_batch", _EVAL.fid_batch, "Images per Inception forward" + _SETS("fid_batch"))
+flags.DEFINE_integer("fid_gen_batch", _EVAL.fid_gen_batch, "Images per generation batch" + _SETS("fid_gen_batch"))
+flags.DEFINE_integer("fid_shard", _EVAL.fid_shard, "Images per resumable sample shard" + _SETS("fid_shard"))
+flags.DEFINE_integer("fid_ref_num", _EVAL.fid_ref_num, "Reference images when --ref=dataset" + _SETS("fid_ref_num"))
+flags.DEFINE_integer("fid_input_size", _EVAL.fid_input_size, "Inception input size (299 for real FIDs; tests "
+                     "only use less)" + _SETS("fid_input_size"))
 flags.DEFINE_bool("fid_pr", False, "Also compute improved precision/recall (k=3).")
 flags.DEFINE_integer("fid_pr_num", 10000, "Images per side for precision/recall.")
-flags.DEFINE_integer("fid_input_size", 299, "Inception input size (299 for real FIDs; tests only "
-                     "use less).")
 flags.DEFINE_bool("fid_progress", True, "Show progress bars.")
 
-DEFAULT_NUM = 50000
+FID_FLAGS = ("config", "workdir", "num", *EVAL_FIELDS, "fid_pr", "fid_pr_num", "fid_progress")
 
 
 def fid_main():
   """Inception FID of a trained workdir (the FID-50K protocol; resumable sample shards)."""
   workdir = need("workdir")
-  ref_arg = need("ref")
-  num = FLAGS.num if FLAGS["num"].present else DEFAULT_NUM
-  if FLAGS.fid_random_inception is None:   # fail on missing weights before restoring anything
-    path = os.path.expanduser(FLAGS.inception) if FLAGS.inception else inception_lib.default_weights_path()
+  num = FLAGS.num if FLAGS["num"].present else 50000   # the FID-50K protocol
+  config = FLAGS.config if FLAGS.config is not None else config_of(workdir)
+  for flag, field in EVAL_FIELDS.items():
+    if FLAGS[flag].present:
+      config.eval[field] = FLAGS[flag].value
+  ec = config.eval
+  if not ec.fid_ref:
+    raise app.UsageError("--ref is required for this command (the run's config.eval.fid_ref is unset)")
+  random_seed = ec.fid_random_inception if ec.fid_random_inception >= 0 else None
+  if random_seed is None:   # fail on missing weights before restoring the checkpoint
+    path = os.path.expanduser(ec.fid_inception) if ec.fid_inception else inception_lib.default_weights_path()
     if not os.path.isfile(path):
       raise ValueError(inception_lib.missing_weights_message(path))
-  tr, params, step = load_trainer_and_params(workdir, FLAGS.config)
-  config = tr.config
+  tr, params, step = load_trainer_and_params(workdir, config)
   if tr.info.image_shape[-1] not in (1, 3):
     raise ValueError(f"FID needs 1- or 3-channel images; data has shape {tr.info.image_shape}.")
   features = build_inception_features(
-      FLAGS.inception, random_seed=FLAGS.fid_random_inception, resize=FLAGS.fid_resize,
-      batch_size=FLAGS.fid_batch, size=FLAGS.fid_input_size, mesh=tr.mesh)
+      ec.fid_inception, random_seed=random_seed, resize=ec.fid_resize, batch_size=ec.fid_batch,
+      size=ec.fid_input_size, mesh=tr.mesh)
   fid_dir = os.path.join(workdir, "fid")
   storage.makedirs(fid_dir)
-  reference, ref_images = resolve_reference(ref_arg, config.data, features, fid_dir,
-                                            ref_num=FLAGS.fid_ref_num, with_pr=FLAGS.fid_pr)
+  reference, ref_images = resolve_reference(ec.fid_ref, config.data, features, fid_dir,
+                                            ref_num=ec.fid_ref_num, with_pr=FLAGS.fid_pr)
   s = config.sample
-  seed = int(config.eval.seed)
+  seed = int(ec.seed)
   out_dir = os.path.join(fid_dir, run_tag(step, num, seed, s.steps, s.method, s.cfg_scale))
   labels = balanced_labels(num, tr.objective.num_classes)
   result = run_fid(
       tr.generator(), params, tr.mesh, out_dir=out_dir, num=num, features=features, reference=reference,
       labels=labels, seed=seed, steps=s.steps, method=s.method, cfg_scale=s.cfg_scale,
-      gen_batch=FLAGS.fid_gen_batch, shard_size=FLAGS.fid_shard, with_pr=FLAGS.fid_pr,
+      gen_batch=ec.fid_gen_batch, shard_size=ec.fid_shard, with_pr=FLAGS.fid_pr,
       pr_num=FLAGS.fid_pr_num, ref_images=ref_images, progress=FLAGS.fid_progress)
   result["step"] = int(step)
   result["workdir"] = workdir
@@ -82,7 +94,4 @@ def fid_main():
   return result
 
 
-FID_FLAGS = ("config", "workdir", "num", "ref", "inception", "fid_random_inception", "fid_resize", "fid_batch",
-             "fid_gen_batch", "fid_shard", "fid_ref_num", "fid_pr", "fid_pr_num", "fid_input_size", "fid_progress")
-command("fid", FID_FLAGS)(fid_main)
-command("eval fid", FID_FLAGS)(fid_main)
+COMMANDS = (Command("fid", fid_main, FID_FLAGS), Command("eval fid", fid_main, FID_FLAGS))

@@ -9,10 +9,11 @@ from __future__ import annotations
 import io
 import os
 
+from absl import app
 import numpy as np
 
 from adaflow import storage
-from adaflow.commands.registry import FLAGS, command, need
+from adaflow.commands.common import FLAGS, Command, need
 from adaflow.models.routing.ratios import ratio_table, snapped_table
 from adaflow.models.routing.tokens import num_kept
 from adaflow.train.loop import load_trainer_and_params
@@ -58,7 +59,6 @@ def save_heatmap(table: np.ndarray, boundaries, path: str, title: str = "learned
   storage.write_bytes(path, buf.getvalue())
 
 
-@command("inspect ratios", ("workdir", "config", "out"))
 def cmd_inspect_ratios():
   """Table and heat map of a routed run's learned kept-token ratios (DiffCR)."""
   workdir = need("workdir")
@@ -78,8 +78,10 @@ def cmd_inspect_ratios():
   print(f"wrote {out}")
 
 
-@command("inspect", ())
 def cmd_inspect():
   """Inspect a trained run: `adaflow inspect ratios`."""
-  from absl import app
   raise app.UsageError("`adaflow inspect` needs a subject: `adaflow inspect ratios --workdir DIR`")
+
+
+COMMANDS = (Command("inspect", cmd_inspect, ()),
+            Command("inspect ratios", cmd_inspect_ratios, ("workdir", "config", "out")))

@@ -45,6 +45,7 @@ import os
 import re
 from typing import Any, Callable, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,7 +216,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def _single_stage_model(model) -> None:
-  if getattr(model, "num_stages", 1) != 1:
+  if model.num_stages != 1:
     raise ValueError("config.model.stage_groups: PyTorch DiT checkpoints have one patch stage; convert with "
                      "stage_groups=((1, 1),) (add stages afterwards by fine-tuning)")
 
@@ -275,7 +276,6 @@ def _config_problems(model, info: dict, layout: str) -> list[str]:
 
 def _abstract_params(model) -> dict:
   """{'params': ShapeDtypeStruct tree} of `model` (no compile, no allocation)."""
-  import flax.linen as nn
   h, w = model.image_size
   x = jnp.zeros((1, h, w, model.in_channels), jnp.float32)
   t, y = jnp.zeros((1,), jnp.float32), jnp.zeros((1,), jnp.int32)
@@ -405,7 +405,6 @@ def write_checkpoint(params: dict, config, out_dir: str, log=print) -> str:
   """Writes `params` as step 0 of an adaflow run in `out_dir` (orbax, same layout as `train`),
   so that `adaflow sample|eval --workdir out_dir` and `adaflow train --init out_dir` work.
   Returns the checkpoint directory."""
-  import json
   if storage.listdir(ckpt.checkpoint_dir(out_dir)):
     raise ValueError(f"--out: {ckpt.checkpoint_dir(out_dir)} already holds checkpoints; choose an empty directory")
   tr = Trainer(config, out_dir, log=log)
@@ -419,12 +418,10 @@ def write_checkpoint(params: dict, config, out_dir: str, log=print) -> str:
   state = init_state(tr.objective, tr.tx, tr.mesh, tr.root_rng, tr.shardings, params=jax.tree_util.tree_map(
       jnp.asarray, params))
   manager = ckpt.make_manager(out_dir, async_save=False)
-  meta = tr.meta()
-  meta["converted"] = True
+  meta = dict(tr.meta(), converted=True)
   ckpt.save(manager, 0, state, meta, force=True)
   manager.wait_until_finished()
   manager.close()
-  json.dumps(meta)  # meta is plain JSON (checked before we report success)
   return ckpt.checkpoint_dir(out_dir)
 
 

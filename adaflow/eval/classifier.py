@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 from adaflow import data as data_lib
 from adaflow import storage
@@ -247,10 +248,7 @@ class FeatureClassifier:
 
 
 def _field(cfg, name):
-  if isinstance(cfg, Mapping):
-    value = cfg.get(name)
-  else:
-    value = getattr(cfg, name, None)
+  value = cfg.get(name) if isinstance(cfg, Mapping) else cfg[name]   # a plain dict may leave fields out
   if isinstance(value, (tuple, list)):
     return list(value)
   if value is None or isinstance(value, (bool, int, float, str)):
@@ -261,8 +259,7 @@ def _field(cfg, name):
 def cache_key(data_config, seed: int, steps: int, batch_size: int) -> str:
   """Hash of the data config fields that matter, the seed and the training recipe."""
   desc = {f: _field(data_config, f) for f in KEY_FIELDS}
-  desc.update(seed=int(seed), steps=int(steps), batch_size=int(batch_size),
-              recipe=RECIPE_VERSION)
+  desc.update(seed=int(seed), steps=int(steps), batch_size=int(batch_size), recipe=RECIPE_VERSION)
   blob = json.dumps(desc, sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -295,8 +292,6 @@ def _cache_payload(clf: FeatureClassifier, num_reference: int):
 
 def _restore(path: str, num_classes: int, image_shape) -> FeatureClassifier:
   """Restores and validates a cached classifier; raises on any inconsistency."""
-  import orbax.checkpoint as ocp
-
   params_shape = jax.eval_shape(
       ClassifierNet(num_classes=num_classes).init, jax.random.PRNGKey(0),
       jnp.zeros((1,) + tuple(image_shape), jnp.float32))
@@ -313,12 +308,9 @@ def _restore(path: str, num_classes: int, image_shape) -> FeatureClassifier:
   with ocp.StandardCheckpointer() as ckptr:
     restored = ckptr.restore(path, target)
   restored = jax.tree.map(np.asarray, restored)
-  chex_ok = jax.tree.all(jax.tree.map(
-      lambda a, b: a.shape == b.shape and a.dtype == b.dtype, restored, target))
-  if not chex_ok:
+  if not jax.tree.all(jax.tree.map(lambda a, b: a.shape == b.shape and a.dtype == b.dtype, restored, target)):
     raise ValueError("restored arrays do not have the expected shapes/dtypes")
-  if int(restored["num_classes"]) != num_classes or \
-      tuple(restored["image_shape"].tolist()) != tuple(image_shape):
+  if int(restored["num_classes"]) != num_classes or tuple(restored["image_shape"].tolist()) != tuple(image_shape):
     raise ValueError("restored classifier was trained for a different dataset shape")
   if not all(np.isfinite(x).all() for x in jax.tree.leaves(restored)):
     raise ValueError("restored arrays contain non-finite values")
@@ -332,8 +324,6 @@ def _restore(path: str, num_classes: int, image_shape) -> FeatureClassifier:
 
 
 def _save(path: str, clf: FeatureClassifier, num_reference: int):
-  import orbax.checkpoint as ocp
-
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(path, _cache_payload(clf, num_reference), force=True)
     ckptr.wait_until_finished()
@@ -361,9 +351,8 @@ def build_classifier(images, labels, num_classes: int, seed: int = 0,
 def cache_dir(config, workdir: str) -> str:
   """Where the evaluation classifier is cached (`eval.cache_dir`, default `<workdir>/../.adaflow_cache`;
   for a gs:// workdir that is in the same bucket)."""
-  d = config.eval.cache_dir or os.environ.get("ADAFLOW_CACHE") or os.path.join(
+  return config.eval.cache_dir or os.environ.get("ADAFLOW_CACHE") or os.path.join(
       storage.parent(workdir), ".adaflow_cache")
-  return d
 
 
 def get_classifier(data_config, cache_dir: str, seed: int = 0,
@@ -397,8 +386,7 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
       storage.rmtree(path, ignore_errors=True)
 
   if num_train is None:
-    total = getattr(info, "num_examples", None)
-    num_train = min(int(total), MAX_TRAIN_EXAMPLES) if total else MAX_TRAIN_EXAMPLES
+    num_train = min(int(info.num_examples), MAX_TRAIN_EXAMPLES) if info.num_examples else MAX_TRAIN_EXAMPLES
   images, labels = data_lib.load_arrays(data_config, num=num_train, seed=seed)
   t0 = time.time()
   clf = build_classifier(images, labels, num_classes, seed=seed, steps=steps,

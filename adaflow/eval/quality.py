@@ -43,7 +43,6 @@ def evaluate_samples(classifier, images, labels=None, *, num_resamples: int = 20
     classifier: a `FeatureClassifier` with `reference_stats` set.
     images: [N, H, W, C] samples in [-1, 1] (clipped to that range first), N >= 2.
     labels: optional [N] int classes the samples were conditioned on.
-
     num_resamples: bootstrap resamples for FD's 95% interval.
 
   Returns:
@@ -77,10 +76,9 @@ def real_vs_real_fd(classifier, data_config, num: int, seed: int = 1) -> float:
 
   Loads 2 * num real images with `adaflow.data.load_arrays` and splits them in halves.
   """
-
   if num < 2:
     raise ValueError(f"real_vs_real_fd needs num >= 2; got {num}.")
-  total = getattr(data_lib.get_info(data_config), "num_examples", None)
+  total = data_lib.get_info(data_config).num_examples
   if total is not None and 2 * num > int(total):
     raise ValueError(
         f"real_vs_real_fd(num={num}) needs {2 * num} distinct real images but the dataset has "

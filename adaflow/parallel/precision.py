@@ -87,5 +87,5 @@ def describe_compute_dtype(model_config) -> str:
   """One start-up log line: the compute dtype `model_config.dtype` and the attention core
   `model_config.attention` resolve to, and why."""
   name, reason = resolve_compute_dtype(model_config.dtype)
-  impl, why = resolve_attention(getattr(model_config, "attention", "auto"))
+  impl, why = resolve_attention(model_config.attention)
   return f"compute dtype {name} ({reason}); attention {impl} ({why})"

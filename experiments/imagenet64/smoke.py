@@ -24,8 +24,7 @@ def run_smoke(workdir: str, num: int = 8, shard: int = 4, extra_fid_flags=()) ->
   """Trains the smoke config and runs `adaflow eval fid` on it; returns the FID result dict."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from adaflow.commands.registry import COMMANDS  # pylint: disable=g-import-not-at-top
-  import adaflow.commands  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from adaflow.cli import COMMANDS  # pylint: disable=g-import-not-at-top
 
   with tfds.testing.mock_data(num_examples=16):
     flags.FLAGS.unparse_flags()

@@ -40,7 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
       crop="",                # folder: "" | "center" (ADM: resize the short side, center-crop; any size)
       resample="bicubic",     # folder: PIL filter of resizes (nearest | box | bilinear | bicubic | lanczos)
       image_key="image",
-      label_key="label",
+      label_key="label",      # tfds: the class-label feature; None = no labels (unconditional)
+      # True: class-conditional when the data has labels of >= 2 classes, unconditional otherwise (a flat
+      # folder, one class, tfds without a label feature); False: ignore the labels (unconditional).
+      use_labels=True,
       prefetch=2,             # batches built ahead on host threads during device steps; 0 = synchronous
   ))
 

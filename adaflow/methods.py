@@ -31,7 +31,7 @@ from adaflow.compose.generator import ComposedGenerator
 from adaflow.compose.objective import ComposedObjective
 from adaflow.compose.spec import validate_composed
 from adaflow.config_defaults import compose_defaults
-from adaflow.eval.classifier import cache_dir, get_classifier
+from adaflow.eval.classifier import cache_dir, get_classifier, validate_evaluation
 from adaflow.models import ppflow as schedule_lib
 from adaflow.models.dit import BlockSpec
 from adaflow.models.routing.spec import validate_routing_config
@@ -232,6 +232,28 @@ def validate_objective(config, info) -> None:
     OTHER_FAMILIES[config.objective][0].validate(config, info)
 
 
+def validate_unlabeled(config, info) -> None:
+  """Unlabeled data (`info.num_classes == 0`) trains an unconditional model, which cannot be guided:
+  classifier-free guidance contrasts a label with the null label, and every label is the null label."""
+  if info is None or info.num_classes:
+    return
+  why = ("the data has no labels (a flat or one-class folder, tfds data.label_key=None, or "
+         "data.use_labels=False): the model is unconditional")
+  s, sel = config.sample, config.selector
+  asked = []
+  if is_dit_family(config):
+    asked = [("sample.cfg_scale", s.cfg_scale)] + [("sample.cfg_scales", x) for x in s.cfg_scales or ()]
+  elif config.objective == "step_selector":
+    asked = [("selector.cfg_scale", sel.cfg_scale)] if sel.cfg_scale >= 0 else []
+    if sel.quality == "classifier":
+      raise ValueError(f"config.selector.quality: 'classifier' rewards log p(label | image), but {why}; "
+                       "use 'closeness' or 'features'")
+  for field, scale in asked:
+    if float(scale) != 1.0:
+      fix = "unset it or use 1 for every stage" if field == "sample.cfg_scales" else f"set --config.{field}=1"
+      raise ValueError(f"config.{field}: {scale} asks for classifier-free guidance, but {why}; {fix}")
+
+
 def uses_init_workdir(config, workdir: str) -> bool:
   """`adaflow train --init <workdir>`: True when the objective takes the workdir itself (written
   into `config`: the step policy's generator), False when --init means "start from its parameters"."""
@@ -243,7 +265,7 @@ def validate(config, info=None, num_devices=None, num_processes: int = 1) -> Non
   """`adaflow.config.validate` with the checks of `config.objective`'s method."""
   _check_name(config)
   config_lib.validate(config, info, num_devices=num_devices, num_processes=num_processes,
-                      checks=(validate_objective,))
+                      checks=(validate_objective, validate_unlabeled, validate_evaluation))
 
 
 def build_objective(config, info, load_run=None, workdir: str = "."):

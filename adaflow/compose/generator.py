@@ -104,9 +104,11 @@ class ComposedGenerator:
     return 2 * n if method == "heun" else n
 
   def stage_cfg_scales(self, cfg_scale: float) -> tuple[float, ...]:
-    if self.spec.cfg_scales is not None:
-      return self.spec.cfg_scales
-    return (float(cfg_scale),) * self.spec.num_stages
+    scales = self.spec.cfg_scales if self.spec.cfg_scales is not None else (float(cfg_scale),) * self.spec.num_stages
+    if not self.num_classes and any(float(x) != 1.0 for x in scales):
+      raise ValueError(f"CFG scale {cfg_scale if self.spec.cfg_scales is None else scales}: this model is "
+                       "unconditional (trained without labels) and cannot be guided; sample with --cfg 1")
+    return scales
 
   # ---- networks -----------------------------------------------------------------------------
   def apply(self, params, g: int, x, t, y, *, stage: int = 0, mode: str = "infer"):

@@ -2,7 +2,13 @@
 
 ``config.data`` fields: ``name`` ('digits', 'crops', 'tfds:<name>' or 'folder'), ``image_size``,
 ``channels`` (1 or 3), ``random_flip``, ``data_dir``, ``split``, ``num_crops`` (crops),
-``image_key`` / ``label_key`` (tfds), ``resize`` (tfds / folder: resize instead of failing).
+``image_key`` / ``label_key`` (tfds), ``resize`` (tfds / folder: resize instead of failing),
+``use_labels`` (False: ignore the labels).
+
+Labels are optional: data without labels of at least two classes (a flat image folder, a folder
+with one class subfolder, tfds with ``label_key=None``, or any dataset with ``use_labels=False``)
+is unlabeled: ``DatasetInfo.num_classes == 0`` and every example's label is 0, which is the null
+label of a model with no classes (one learned embedding row; see adaflow.models.dit).
 
 Public API::
 
@@ -17,6 +23,7 @@ Public API::
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -53,15 +60,43 @@ def _kind(data_config: Any) -> str:
                    f"{', '.join(VALID_NAMES)} (e.g. 'tfds:cifar10').")
 
 
+def _use_labels(data_config: Any) -> bool:
+  value = pipeline.field(data_config, 'use_labels')
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f'data.use_labels must be True (use the labels the data has) or False (ignore '
+                     f'them: unconditional), got {value!r}.')
+  return bool(value)
+
+
 def get_info(data_config: Any) -> DatasetInfo:
-  """Validates ``data_config`` and returns its DatasetInfo (image_shape is (H, W, C))."""
-  return _KINDS[_kind(data_config)][0](data_config)
+  """Validates ``data_config`` and returns its DatasetInfo (image_shape is (H, W, C));
+  ``num_classes == 0`` for unlabeled data (fewer than two classes, or ``data.use_labels=False``)."""
+  use_labels = _use_labels(data_config)
+  info = _KINDS[_kind(data_config)][0](data_config)
+  if info.num_classes < 2 or not use_labels:
+    info = dataclasses.replace(info, num_classes=0, class_names=())
+  return info
+
+
+class _Unlabeled:
+  """A source with every label replaced by 0 (``data.use_labels=False``)."""
+
+  def __init__(self, source: Any):
+    self._source = source
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    return pipeline.example(self._source[index]['image'], 0)
 
 
 def make_source(data_config: Any) -> Any:
   """A grain random-access source: ``len(src)``; ``src[i] = {'image': uint8 [H, W, C],
-  'label': int32 []}``. Validates ``data_config`` first."""
-  return _KINDS[_kind(data_config)][1](data_config)
+  'label': int32 []}`` (label 0 for unlabeled data). Validates ``data_config`` first."""
+  use_labels = _use_labels(data_config)
+  source = _KINDS[_kind(data_config)][1](data_config)
+  return source if use_labels else _Unlabeled(source)
 
 
 def make_train_batches(data_config: Any, *, global_batch_size: int, seed: int,

@@ -1,7 +1,17 @@
-"""Image folders: ``data.data_dir/<class name>/<image file>``.
+"""Image folders: a flat folder ``data.data_dir/<image file>`` (unlabeled) or class subfolders
+``data.data_dir/<class name>/<image file>``.
 
-Classes are the sorted subfolder names; files (png, jpg, jpeg, bmp, webp; any case) are sorted
-within each class. Images are loaded with PIL and converted to ``data.channels`` (default 3):
+Image files are png, jpg, jpeg, bmp, webp (any case), sorted by name. Which layout a folder has:
+
+* images directly in ``data_dir`` (subfolders without images are ignored): ONE unlabeled dataset,
+  i.e. an unconditional model; subfolders are not searched;
+* no images directly in it: the sorted subfolders are the classes (labels 0, 1, ... in that order);
+  with a single class subfolder the data is unlabeled too (one class carries no information);
+* images both directly in it and in subfolders: an error (which of them did you mean?), unless
+  ``data.use_labels=False``: then all of them, ``data_dir`` and its subfolders (one level), are one
+  unlabeled dataset (e.g. FFHQ's shard folders 00000/, 01000/, ...: without it, classes).
+
+Images are loaded with PIL and converted to ``data.channels`` (default 3):
 gray (L, I;16, P with a gray palette) -> RGB repeats the plane, RGBA -> RGB drops the alpha
 channel (PIL ``convert('RGB')``: transparent pixels keep their stored colour, no compositing),
 RGB -> gray uses ITU-R 601 luma. Size handling:
@@ -43,17 +53,26 @@ def center_crop(pil: Image.Image, size: int, resample: int = Image.BICUBIC) -> I
   return pil.crop((left, top, left + size, top + size))
 
 
-def _scan(root: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
-  """Returns (class names, ((path, label), ...)) for an image-folder root."""
+def _images(folder: str) -> list[str]:
+  return [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+          if f.lower().endswith(EXTENSIONS) and os.path.isfile(os.path.join(folder, f))]
+
+
+def _scan(root: str, use_labels: bool) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
+  """Returns (class names, ((path, label), ...)) for an image-folder root: no class names (all
+  labels 0) for a flat folder, or for every layout with `use_labels=False` (see module docstring)."""
   classes = tuple(sorted(
       d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))))
-  files = []
-  for label, name in enumerate(classes):
-    folder = os.path.join(root, name)
-    for fname in sorted(os.listdir(folder)):
-      if fname.lower().endswith(EXTENSIONS):
-        files.append((os.path.join(folder, fname), label))
-  return classes, tuple(files)
+  per_class = [_images(os.path.join(root, name)) for name in classes]
+  top = _images(root)
+  if top and any(per_class) and use_labels:
+    raise ValueError(f'data.data_dir={root!r} holds images both directly and in subfolders '
+                     f'({", ".join(c for c, f in zip(classes, per_class) if f)[:200]}); move them into one '
+                     'layout (a flat folder, or one subfolder per class), or set data.use_labels=False to '
+                     'use all of them without labels.')
+  if top or not use_labels:
+    return (), tuple((path, 0) for path in top + [p for files in per_class for p in files])
+  return classes, tuple((path, label) for label, files in enumerate(per_class) for path in files)
 
 
 def _settings(data_config: Any) -> dict:
@@ -61,11 +80,11 @@ def _settings(data_config: Any) -> dict:
   root = pipeline.field(data_config, 'data_dir')
   if not root or not os.path.isdir(root):
     raise ValueError(f"data.data_dir={root!r} is not a directory; for data.name='folder' set "
-                     'data.data_dir to a folder with one subfolder of images per class.')
-  classes, files = _scan(os.path.abspath(root))
+                     'data.data_dir to a folder of images (or with one subfolder of images per class).')
+  classes, files = _scan(os.path.abspath(root), bool(pipeline.field(data_config, 'use_labels')))
   if not files:
-    raise ValueError(f'data.data_dir={root!r} holds no images: expected one subfolder per class '
-                     f'containing files ending in {EXTENSIONS}.')
+    raise ValueError(f'data.data_dir={root!r} holds no images: expected files ending in {EXTENSIONS} in it '
+                     '(unlabeled) or in one subfolder per class.')
   crop = pipeline.field(data_config, 'crop')
   if crop not in CROPS:
     raise ValueError(f"data.crop={crop!r} is not supported; use '' (no crop) or 'center' (ADM: resize "

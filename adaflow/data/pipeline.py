@@ -31,7 +31,7 @@ class DatasetInfo:
 
   Attributes:
     image_shape: (H, W, C) of every example image.
-    num_classes: number of labels; labels lie in [0, num_classes).
+    num_classes: number of labels; labels lie in [0, num_classes). 0: unlabeled (labels are 0).
     num_examples: examples in one epoch of the configured split.
     class_names: ``num_classes`` human-readable names.
   """

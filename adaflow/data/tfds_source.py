@@ -90,7 +90,7 @@ class TfdsSource:
     image_feature, label_feature = _features(self._source, self._s)
     native = image_feature.shape[-1] if image_feature.shape and image_feature.shape[-1] else 3
     self.channels = pipeline.channels_of(data_config, native)
-    self.num_classes = label_feature.num_classes if label_feature is not None else 1
+    self.num_classes = label_feature.num_classes if label_feature is not None else 0
     names = getattr(label_feature, 'names', None) if label_feature is not None else None
     self.class_names = tuple(names) if names else tuple(str(c) for c in range(self.num_classes))
     static = tuple(image_feature.shape or ())

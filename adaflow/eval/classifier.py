@@ -1,11 +1,17 @@
-"""A small per-dataset classifier whose penultimate features define adaflow's "FD" metric.
+"""A small per-dataset network whose penultimate features define adaflow's "FD" metric.
 
 The network (`ClassifierNet`) is three conv blocks (Conv3x3 -> GroupNorm -> ReLU, twice, then a
 2x2 average pool) with 32/64/128 channels, a global average pool giving a 128-d feature vector,
-and a linear head. It accepts [B, H, W, C] images in [-1, 1] with H = W in {16, 32, 64} and
-C in {1, 3}. It is trained once per dataset with Adam and random shifts of up to two pixels,
-deterministically from a seed, and cached with orbax under `cache_dir` together with the real-data
-feature statistics (`FeatureClassifier.reference_stats`) that generated samples are compared with.
+and a linear head. It accepts [B, H, W, C] images in [-1, 1], square with H a multiple of 8 in
+[16, 128], C in {1, 3}. It is trained once per dataset with Adam and random shifts of up to two
+pixels, deterministically from a seed, and cached with orbax under `cache_dir` together with the
+real-data feature statistics (`FeatureClassifier.reference_stats`) that samples are compared with.
+
+Its task (`TASKS`) needs no labels where the data has none: "classes" predicts the dataset's
+labels; "rotation" (unlabeled data) predicts which of 4 rotations (0, 90, 180, 270 degrees) was
+applied to an image, the self-supervised pretext task of Gidaris et al. 2018 (arXiv 1803.07728),
+with the same network and recipe. Its features see object shape, orientation and texture, and
+it is trained on real images only: never on samples, never a loss or reward of what it scores.
 """
 from __future__ import annotations
 
@@ -28,8 +34,10 @@ from adaflow import storage
 from adaflow.eval.frechet import StreamingStatistics
 from adaflow.parallel.host import agree
 
-SUPPORTED_SIZES = (16, 32, 64)
+SIZE_RANGE = (16, 128)   # square images with a side in this range, a multiple of 8 (three 2x2 pools)
 SUPPORTED_CHANNELS = (1, 3)
+TASKS = ("classes", "rotation")
+ROTATIONS = 4
 FEATURE_DIM = 128
 EVAL_BATCH = 512
 # Bump when the architecture or training recipe changes, so stale caches are not reused.
@@ -72,11 +80,41 @@ def _check_images(images, image_shape=None) -> np.ndarray:
       raise ValueError(
           f"images have shape [N, {h}, {w}, {c}] but the classifier was trained on "
           f"[N, {', '.join(map(str, image_shape))}]; evaluate with the dataset's image size.")
-  elif h != w or h not in SUPPORTED_SIZES or c not in SUPPORTED_CHANNELS:
+  elif not supported_shape((h, w, c)):
     raise ValueError(
-        f"images must be square with size in {SUPPORTED_SIZES} and channels in "
+        f"images must be square with a side in {SIZE_RANGE} that is a multiple of 8 and channels in "
         f"{SUPPORTED_CHANNELS}; got [N, {h}, {w}, {c}].")
   return images
+
+
+def supported_shape(image_shape) -> bool:
+  """Whether `ClassifierNet` takes images of `image_shape` (H, W, C)."""
+  h, w, c = image_shape
+  return h == w and h % 8 == 0 and SIZE_RANGE[0] <= h <= SIZE_RANGE[1] and c in SUPPORTED_CHANNELS
+
+
+def needs_feature_net(config) -> bool:
+  """Whether a run of `config` uses this network before or at its end: the evaluation after
+  training, the dense base's FD of train-then-prune, a step-policy reward or a perceptual loss."""
+  return bool(config.eval.at_end or (config.grouped.enabled and config.grouped.eval_stage1)
+              or (config.objective == "step_selector" and config.selector.quality in ("classifier", "features"))
+              or (config.objective == "dqvae" and float(config.dqvae.perceptual_weight) > 0))
+
+
+def validate_evaluation(config, info) -> None:
+  """Refuses, before training, a run whose feature network could not be built for its data."""
+  if info is not None and needs_feature_net(config) and not supported_shape(tuple(info.image_shape)):
+    raise ValueError(
+        f"config.eval.at_end: the built-in FD's feature network takes square images with a side in "
+        f"{SIZE_RANGE}, a multiple of 8 (data.image_size={info.image_shape[0]}); set data.image_size so, "
+        "or eval.at_end=False (and no classifier reward / perceptual loss) and measure Inception FID with "
+        "`adaflow eval fid`.")
+
+
+def rotate(images, k):
+  """images [B, H, W, C] (square), k [B] int in [0, 4) -> each image turned by k x 90 degrees."""
+  turns = [lambda x, i=i: jnp.rot90(x, i, axes=(0, 1)) for i in range(ROTATIONS)]
+  return jax.vmap(lambda x, r: jax.lax.switch(r, turns, x))(images, k)
 
 
 def _random_shift(images, key, max_shift):
@@ -105,17 +143,22 @@ def _learning_rate(step, total_steps, peak):
   return jnp.where(step < warmup, warm, cosine)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "batch_size", "max_shift"),
+@functools.partial(jax.jit, static_argnames=("num_classes", "batch_size", "max_shift", "rotation"),
                    donate_argnames=("params", "opt_state"))
 def _train_step(params, opt_state, x_all, y_all, data_key, step, total_steps, peak_lr, *,
-                num_classes, batch_size, max_shift):
-  """One Adam step on a random batch; compiled once per (shapes, num_classes, batch, shift)."""
+                num_classes, batch_size, max_shift, rotation=False):
+  """One Adam step on a random batch; compiled once per (shapes, num_classes, batch, shift, task).
+  `rotation`: the labels are random rotations (k x 90 degrees) applied to the images (y_all unused)."""
   model = ClassifierNet(num_classes=num_classes)
   step_key = jax.random.fold_in(data_key, step)
   idx_key, aug_key = jax.random.split(step_key)
   idx = jax.random.randint(idx_key, (batch_size,), 0, x_all.shape[0])
-  x = _random_shift(x_all[idx], aug_key, max_shift)
-  y = y_all[idx]
+  if rotation:
+    y = jax.random.randint(jax.random.fold_in(step_key, 1), (batch_size,), 0, ROTATIONS)
+    x = _random_shift(rotate(x_all[idx], y), aug_key, max_shift)
+  else:
+    x = _random_shift(x_all[idx], aug_key, max_shift)
+    y = y_all[idx]
 
   def loss_fn(p):
     logits, _ = model.apply(p, x)
@@ -130,19 +173,23 @@ def _train_step(params, opt_state, x_all, y_all, data_key, step, total_steps, pe
 
 def train_classifier(images, labels, num_classes: int, seed: int = 0,
                      steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
-                     learning_rate: float = 3e-3, max_shift: int = 2):
+                     learning_rate: float = 3e-3, max_shift: int = 2, task: str = "classes"):
   """Trains `ClassifierNet` on (images [N,H,W,C] in [-1,1], labels [N]); returns params.
 
   Adam with a linear-warmup + cosine-decay learning rate, batches drawn uniformly with
   replacement, each image shifted by up to `max_shift` pixels (edge padding). Deterministic
   given `seed`: initialisation, batch sampling and augmentation all derive from one PRNG key.
+  task "rotation": the labels are random rotations of the images (`labels` ignored, 4 classes).
   """
   images = _check_images(images)
+  rotation = task == "rotation"
+  if rotation:
+    labels, num_classes = np.zeros(images.shape[0], np.int32), ROTATIONS
   labels = np.asarray(labels)
   if labels.shape != (images.shape[0],):
     raise ValueError(f"labels must have shape [{images.shape[0]}]; got {labels.shape}.")
   if num_classes < 2:
-    raise ValueError(f"num_classes must be at least 2; got {num_classes}.")
+    raise ValueError(f"num_classes must be at least 2; got {num_classes} (unlabeled data: task='rotation').")
   if steps < 1 or batch_size < 1:
     raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}.")
 
@@ -158,7 +205,7 @@ def train_classifier(images, labels, num_classes: int, seed: int = 0,
   for step in range(steps):
     params, opt_state, _ = _train_step(
         params, opt_state, x_all, y_all, data_key, jnp.asarray(step, jnp.int32), total, peak,
-        num_classes=num_classes, batch_size=batch_size, max_shift=max_shift)
+        num_classes=num_classes, batch_size=batch_size, max_shift=max_shift, rotation=rotation)
   return jax.tree.map(np.asarray, jax.device_get(params))
 
 
@@ -176,13 +223,14 @@ class FeatureClassifier:
   Attributes:
     params: the Flax parameter pytree.
     num_classes, image_shape: what it was trained for.
+    task: "classes" (it predicts the dataset's labels) or "rotation" (4 rotations; no labels).
     reference_stats: (mu [F], sigma [F, F]) float64 of real-data features, or None.
     heldout_accuracy: accuracy on the held-out real images when it was trained, or None.
   """
 
   def __init__(self, params, num_classes: int, image_shape, reference_stats=None,
-               heldout_accuracy: float | None = None):
-    self.params = params
+               heldout_accuracy: float | None = None, task: str = "classes"):
+    self.params, self.task = params, task
     self.num_classes = int(num_classes)
     self.image_shape = tuple(int(s) for s in image_shape)
     self.reference_stats = reference_stats
@@ -256,10 +304,12 @@ def _field(cfg, name):
   return str(value)
 
 
-def cache_key(data_config, seed: int, steps: int, batch_size: int) -> str:
-  """Hash of the data config fields that matter, the seed and the training recipe."""
+def cache_key(data_config, seed: int, steps: int, batch_size: int, task: str = "classes") -> str:
+  """Hash of the data config fields that matter, the seed, the training recipe and the task."""
   desc = {f: _field(data_config, f) for f in KEY_FIELDS}
   desc.update(seed=int(seed), steps=int(steps), batch_size=int(batch_size), recipe=RECIPE_VERSION)
+  if task != "classes":   # classifiers cached before tasks existed keep their key
+    desc.update(task=task)
   blob = json.dumps(desc, sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -290,7 +340,7 @@ def _cache_payload(clf: FeatureClassifier, num_reference: int):
   return body
 
 
-def _restore(path: str, num_classes: int, image_shape) -> FeatureClassifier:
+def _restore(path: str, num_classes: int, image_shape, task: str) -> FeatureClassifier:
   """Restores and validates a cached classifier; raises on any inconsistency."""
   params_shape = jax.eval_shape(
       ClassifierNet(num_classes=num_classes).init, jax.random.PRNGKey(0),
@@ -320,7 +370,7 @@ def _restore(path: str, num_classes: int, image_shape) -> FeatureClassifier:
   return FeatureClassifier(
       restored["params"], num_classes, image_shape,
       reference_stats=(restored["reference_mu"], restored["reference_sigma"]),
-      heldout_accuracy=float(restored["heldout_accuracy"]))
+      heldout_accuracy=float(restored["heldout_accuracy"]), task=task)
 
 
 def _save(path: str, clf: FeatureClassifier, num_reference: int):
@@ -331,19 +381,26 @@ def _save(path: str, clf: FeatureClassifier, num_reference: int):
 
 def build_classifier(images, labels, num_classes: int, seed: int = 0,
                      steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
-                     heldout_fraction: float = HELDOUT_FRACTION):
-  """Trains on a (1 - heldout_fraction) split, measures held-out accuracy, and computes the
-  reference statistics over all `images`. Returns a FeatureClassifier."""
+                     heldout_fraction: float = HELDOUT_FRACTION, task: str = "classes"):
+  """Trains on a (1 - heldout_fraction) split, measures held-out accuracy (task "rotation": over
+  the 4 rotations of each held-out image), and computes the reference statistics over all
+  (unrotated) `images`. Returns a FeatureClassifier."""
   images = _check_images(images)
-  labels = np.asarray(labels, np.int32)
   n = images.shape[0]
+  if task == "rotation":
+    labels, num_classes = np.zeros(n, np.int32), ROTATIONS
+  labels = np.asarray(labels, np.int32)
   perm = np.random.RandomState(seed).permutation(n)
   num_heldout = max(1, int(round(n * heldout_fraction)))
   held, train = perm[:num_heldout], perm[num_heldout:]
   params = train_classifier(images[train], labels[train], num_classes, seed=seed,
-                            steps=steps, batch_size=batch_size)
-  clf = FeatureClassifier(params, num_classes, images.shape[1:])
-  clf.heldout_accuracy = clf.accuracy(images[held], labels[held])
+                            steps=steps, batch_size=batch_size, task=task)
+  clf = FeatureClassifier(params, num_classes, images.shape[1:], task=task)
+  if task == "rotation":
+    turned = np.concatenate([np.rot90(images[held], k, axes=(1, 2)) for k in range(ROTATIONS)])
+    clf.heldout_accuracy = clf.accuracy(turned, np.repeat(np.arange(ROTATIONS), len(held)))
+  else:
+    clf.heldout_accuracy = clf.accuracy(images[held], labels[held])
   clf.reference_stats = clf.feature_statistics(images)
   return clf
 
@@ -358,8 +415,10 @@ def cache_dir(config, workdir: str) -> str:
 def get_classifier(data_config, cache_dir: str, seed: int = 0,
                    log: Callable[[str], Any] = print, steps: int = DEFAULT_STEPS,
                    batch_size: int = DEFAULT_BATCH_SIZE,
-                   num_train: int | None = None) -> FeatureClassifier:
-  """Returns the dataset's evaluation classifier, from `cache_dir` if cached, else trained.
+                   num_train: int | None = None, task: str | None = None) -> FeatureClassifier:
+  """Returns the dataset's evaluation network, from `cache_dir` if cached, else trained: a
+  classifier of its labels, or for unlabeled data (`info.num_classes == 0`) the rotation network
+  (`task` picks one explicitly: "rotation" works on labeled data too).
 
   Training uses `adaflow.data.load_arrays(data_config, num)` with num = all examples up to
   8192 (all 1797 for digits), of which 10% are held out for the reported accuracy. The
@@ -369,19 +428,24 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
 
   info = data_lib.get_info(data_config)
   image_shape = tuple(int(s) for s in info.image_shape)
-  num_classes = int(info.num_classes)
-  key = cache_key(data_config, seed, steps, batch_size)
+  task = task or ("classes" if info.num_classes else "rotation")
+  if task not in TASKS or (task == "classes" and not info.num_classes):
+    raise ValueError(f"task={task!r}: use one of {TASKS} ('classes' needs labeled data)")
+  num_classes = int(info.num_classes) if task == "classes" else ROTATIONS
+  key = cache_key(data_config, seed, steps, batch_size, task)
   name = str(_field(data_config, "name") or "data")
-  path = storage.absolute(os.path.join(cache_dir, f"eval_classifier_{name}_{key}"))
+  kind = "classifier" if task == "classes" else task
+  path = storage.absolute(os.path.join(cache_dir, f"eval_{kind}_{name}_{key}"))
+  what = "classifier" if task == "classes" else "rotation network"
 
   if agree(storage.exists(path)):   # one decision for all processes: save/restore are collective
     try:
-      clf = _restore(path, num_classes, image_shape)
-      log(f"[eval] loaded cached classifier {path} "
+      clf = _restore(path, num_classes, image_shape, task)
+      log(f"[eval] loaded cached {what} {path} "
           f"(held-out accuracy {clf.heldout_accuracy:.4f})")
       return clf
     except Exception as e:  # pylint: disable=broad-except
-      log(f"[eval] cached classifier at {path} is corrupted or unreadable "
+      log(f"[eval] cached {what} at {path} is corrupted or unreadable "
           f"({type(e).__name__}: {str(e)[:200]}); deleting it and retraining.")
       storage.rmtree(path, ignore_errors=True)
 
@@ -390,10 +454,10 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
   images, labels = data_lib.load_arrays(data_config, num=num_train, seed=seed)
   t0 = time.time()
   clf = build_classifier(images, labels, num_classes, seed=seed, steps=steps,
-                         batch_size=batch_size)
-  log(f"[eval] trained classifier for '{name}' on {len(images)} images in "
+                         batch_size=batch_size, task=task)
+  log(f"[eval] trained {what} for '{name}' on {len(images)} images in "
       f"{time.time() - t0:.1f}s: held-out accuracy {clf.heldout_accuracy:.4f}")
   storage.makedirs(cache_dir)
   _save(path, clf, num_reference=len(images))
-  log(f"[eval] saved classifier to {path}")
+  log(f"[eval] saved {what} to {path}")
   return clf

@@ -13,7 +13,9 @@ quote next to FD numbers.
 FD comes with a bootstrap 95% interval (`adaflow.eval.bootstrap`): `fd_low`, `fd_high`.
 
 Class accuracy is the fraction of class-conditional samples that the classifier assigns to the
-class they were generated for (its held-out accuracy on real images is the ceiling).
+class they were generated for (its held-out accuracy on real images is the ceiling). Unlabeled
+data has no classes: its network is the rotation-prediction one (`classifier.task == "rotation"`),
+FD uses its features the same way, and class accuracy is None.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def evaluate_samples(classifier, images, labels=None, *, num_resamples: int = 20
   Args:
     classifier: a `FeatureClassifier` with `reference_stats` set.
     images: [N, H, W, C] samples in [-1, 1] (clipped to that range first), N >= 2.
-    labels: optional [N] int classes the samples were conditioned on.
+    labels: optional [N] int classes the samples were conditioned on (ignored by a rotation network).
     num_resamples: bootstrap resamples for FD's 95% interval.
 
   Returns:
@@ -67,7 +69,7 @@ def evaluate_samples(classifier, images, labels=None, *, num_resamples: int = 20
   ref_mu, ref_sigma = classifier.reference_stats
   fd = frechet_distance(*feature_statistics(feats), ref_mu, ref_sigma)
   interval = fd_interval(feats, (ref_mu, ref_sigma), num_resamples=num_resamples)
-  class_acc = None if labels is None else float(np.mean(preds == labels))
+  class_acc = None if labels is None or getattr(classifier, "task", "classes") != "classes" else float(np.mean(preds == labels))
   return dict(fd=fd, fd_low=interval.low, fd_high=interval.high, class_acc=class_acc, num=int(n))
 
 

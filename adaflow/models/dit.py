@@ -7,6 +7,9 @@
 
 Labels `y` index a table of `num_classes + 1` rows; row `num_classes` is the null class used for
 classifier-free guidance (the objective replaces labels by it with probability `class_dropout`).
+An unconditional model is `num_classes = 0`: the table keeps one learned row, the null label 0 that
+every input gets, so conditioning (c = t embedding + one learned vector) and the parameter layout
+are those of every other model and every method runs unconditionally through the same code.
 The backbone serves every method: `stage` selects a PPFlow patch stage (one compiled program per
 stage, static token count); per-block `block_heads` / `block_mlp_dims` describe structurally pruned
 sub-models (train-then-prune); `block_fn` lets token routing wrap a block without copying it.
@@ -184,7 +187,7 @@ class DiT(nn.Module):
     patch_size: base patch p. stage_groups: per-stage space-to-depth groupings, ((1, 1),) = dense.
     hidden_size, depth, num_heads, mlp_ratio: the usual DiT sizes; head_dim = hidden / num_heads.
     blocks: optional per-block BlockSpec (pruned sub-models); overrides depth/num_heads/mlp_ratio.
-    num_classes: labels 0..K-1 plus the null label K.
+    num_classes: labels 0..K-1 plus the null label K (K = 0: unconditional, every label is 0).
     learn_sigma: emit 2C channels like the original DiT; the extra C are kept and ignored.
     time_scale: t in [0, 1] is multiplied by this before the sinusoidal features (1000 = DiT).
     time_freq_shift: 0 (DiT) or 1 (diffusers) in the timestep frequencies.

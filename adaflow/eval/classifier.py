@@ -8,10 +8,14 @@ pixels, deterministically from a seed, and cached with orbax under `cache_dir` t
 real-data feature statistics (`FeatureClassifier.reference_stats`) that samples are compared with.
 
 Its task (`TASKS`) needs no labels where the data has none: "classes" predicts the dataset's
-labels; "rotation" (unlabeled data) predicts which of 4 rotations (0, 90, 180, 270 degrees) was
-applied to an image, the self-supervised pretext task of Gidaris et al. 2018 (arXiv 1803.07728),
-with the same network and recipe. Its features see object shape, orientation and texture, and
-it is trained on real images only: never on samples, never a loss or reward of what it scores.
+labels; "instances" (unlabeled data) tells `EXEMPLARS` real images apart, each one its own class,
+under random shifts of up to `INSTANCE_SHIFT` pixels: Exemplar-CNN's self-supervised task
+(Dosovitskiy et al. 2014, arXiv 1406.6909), with the same network and recipe. Telling hundreds of
+similar images apart needs their fine detail (texture, edges), which is what few-step sampling
+blurs. Rotation prediction (Gidaris et al. 2018), tried first, barely learns its task on texture-like
+data (the crops: accuracy ~0.3, chance 0.25) and its FD did not separate 4 from 32 sampling steps
+there; the exemplar FD does, like the classifier FD (experiments/results/label_free_fd.md). Either
+network is trained on real images only: never on samples, never a loss or reward of what it scores.
 """
 from __future__ import annotations
 
@@ -36,8 +40,9 @@ from adaflow.parallel.host import agree
 
 SIZE_RANGE = (16, 128)   # square images with a side in this range, a multiple of 8 (three 2x2 pools)
 SUPPORTED_CHANNELS = (1, 3)
-TASKS = ("classes", "rotation")
-ROTATIONS = 4
+TASKS = ("classes", "instances")
+EXEMPLARS = 512          # "instances": images told apart (the first of the seeded shuffle)
+INSTANCE_SHIFT = 3       # "instances": random shifts of up to this many pixels
 FEATURE_DIM = 128
 EVAL_BATCH = 512
 # Bump when the architecture or training recipe changes, so stale caches are not reused.
@@ -103,18 +108,17 @@ def needs_feature_net(config) -> bool:
 
 def validate_evaluation(config, info) -> None:
   """Refuses, before training, a run whose feature network could not be built for its data."""
-  if info is not None and needs_feature_net(config) and not supported_shape(tuple(info.image_shape)):
+  if info is None or not needs_feature_net(config):
+    return
+  fix = ("or eval.at_end=False (and no classifier reward / perceptual loss) and measure Inception FID with "
+         "`adaflow eval fid`")
+  if not supported_shape(tuple(info.image_shape)):
     raise ValueError(
         f"config.eval.at_end: the built-in FD's feature network takes square images with a side in "
-        f"{SIZE_RANGE}, a multiple of 8 (data.image_size={info.image_shape[0]}); set data.image_size so, "
-        "or eval.at_end=False (and no classifier reward / perceptual loss) and measure Inception FID with "
-        "`adaflow eval fid`.")
-
-
-def rotate(images, k):
-  """images [B, H, W, C] (square), k [B] int in [0, 4) -> each image turned by k x 90 degrees."""
-  turns = [lambda x, i=i: jnp.rot90(x, i, axes=(0, 1)) for i in range(ROTATIONS)]
-  return jax.vmap(lambda x, r: jax.lax.switch(r, turns, x))(images, k)
+        f"{SIZE_RANGE}, a multiple of 8 (data.image_size={info.image_shape[0]}); set data.image_size so, {fix}")
+  if info.num_examples < 2:
+    raise ValueError(f"config.eval.at_end: the built-in FD compares feature statistics of at least 2 real "
+                     f"images; the data has {info.num_examples}: add images, {fix}")
 
 
 def _random_shift(images, key, max_shift):
@@ -143,22 +147,17 @@ def _learning_rate(step, total_steps, peak):
   return jnp.where(step < warmup, warm, cosine)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "batch_size", "max_shift", "rotation"),
+@functools.partial(jax.jit, static_argnames=("num_classes", "batch_size", "max_shift"),
                    donate_argnames=("params", "opt_state"))
 def _train_step(params, opt_state, x_all, y_all, data_key, step, total_steps, peak_lr, *,
-                num_classes, batch_size, max_shift, rotation=False):
-  """One Adam step on a random batch; compiled once per (shapes, num_classes, batch, shift, task).
-  `rotation`: the labels are random rotations (k x 90 degrees) applied to the images (y_all unused)."""
+                num_classes, batch_size, max_shift):
+  """One Adam step on a random batch; compiled once per (shapes, num_classes, batch, shift)."""
   model = ClassifierNet(num_classes=num_classes)
   step_key = jax.random.fold_in(data_key, step)
   idx_key, aug_key = jax.random.split(step_key)
   idx = jax.random.randint(idx_key, (batch_size,), 0, x_all.shape[0])
-  if rotation:
-    y = jax.random.randint(jax.random.fold_in(step_key, 1), (batch_size,), 0, ROTATIONS)
-    x = _random_shift(rotate(x_all[idx], y), aug_key, max_shift)
-  else:
-    x = _random_shift(x_all[idx], aug_key, max_shift)
-    y = y_all[idx]
+  x = _random_shift(x_all[idx], aug_key, max_shift)
+  y = y_all[idx]
 
   def loss_fn(p):
     logits, _ = model.apply(p, x)
@@ -173,23 +172,19 @@ def _train_step(params, opt_state, x_all, y_all, data_key, step, total_steps, pe
 
 def train_classifier(images, labels, num_classes: int, seed: int = 0,
                      steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
-                     learning_rate: float = 3e-3, max_shift: int = 2, task: str = "classes"):
+                     learning_rate: float = 3e-3, max_shift: int = 2):
   """Trains `ClassifierNet` on (images [N,H,W,C] in [-1,1], labels [N]); returns params.
 
   Adam with a linear-warmup + cosine-decay learning rate, batches drawn uniformly with
   replacement, each image shifted by up to `max_shift` pixels (edge padding). Deterministic
   given `seed`: initialisation, batch sampling and augmentation all derive from one PRNG key.
-  task "rotation": the labels are random rotations of the images (`labels` ignored, 4 classes).
   """
   images = _check_images(images)
-  rotation = task == "rotation"
-  if rotation:
-    labels, num_classes = np.zeros(images.shape[0], np.int32), ROTATIONS
   labels = np.asarray(labels)
   if labels.shape != (images.shape[0],):
     raise ValueError(f"labels must have shape [{images.shape[0]}]; got {labels.shape}.")
   if num_classes < 2:
-    raise ValueError(f"num_classes must be at least 2; got {num_classes} (unlabeled data: task='rotation').")
+    raise ValueError(f"num_classes must be at least 2; got {num_classes} (unlabeled data: task='instances').")
   if steps < 1 or batch_size < 1:
     raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}.")
 
@@ -205,7 +200,7 @@ def train_classifier(images, labels, num_classes: int, seed: int = 0,
   for step in range(steps):
     params, opt_state, _ = _train_step(
         params, opt_state, x_all, y_all, data_key, jnp.asarray(step, jnp.int32), total, peak,
-        num_classes=num_classes, batch_size=batch_size, max_shift=max_shift, rotation=rotation)
+        num_classes=num_classes, batch_size=batch_size, max_shift=max_shift)
   return jax.tree.map(np.asarray, jax.device_get(params))
 
 
@@ -223,7 +218,7 @@ class FeatureClassifier:
   Attributes:
     params: the Flax parameter pytree.
     num_classes, image_shape: what it was trained for.
-    task: "classes" (it predicts the dataset's labels) or "rotation" (4 rotations; no labels).
+    task: "classes" (it predicts the dataset's labels) or "instances" (it tells exemplars apart).
     reference_stats: (mu [F], sigma [F, F]) float64 of real-data features, or None.
     heldout_accuracy: accuracy on the held-out real images when it was trained, or None.
   """
@@ -382,27 +377,35 @@ def _save(path: str, clf: FeatureClassifier, num_reference: int):
 def build_classifier(images, labels, num_classes: int, seed: int = 0,
                      steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
                      heldout_fraction: float = HELDOUT_FRACTION, task: str = "classes"):
-  """Trains on a (1 - heldout_fraction) split, measures held-out accuracy (task "rotation": over
-  the 4 rotations of each held-out image), and computes the reference statistics over all
-  (unrotated) `images`. Returns a FeatureClassifier."""
+  """Trains on a (1 - heldout_fraction) split, measures held-out accuracy, and computes the
+  reference statistics over all `images`. Returns a FeatureClassifier. Task "instances" (`labels`
+  unused): the first `num_exemplars(n)` images of the seeded permutation are the classes, and the
+  accuracy reported is on them, mirrored (a view never trained on)."""
   images = _check_images(images)
   n = images.shape[0]
-  if task == "rotation":
-    labels, num_classes = np.zeros(n, np.int32), ROTATIONS
-  labels = np.asarray(labels, np.int32)
   perm = np.random.RandomState(seed).permutation(n)
+  if task == "instances":
+    num_classes = num_exemplars(n)
+    exemplars, ids = images[perm[:num_classes]], np.arange(num_classes)
+    params = train_classifier(exemplars, ids, num_classes, seed=seed, steps=steps, batch_size=batch_size,
+                              max_shift=INSTANCE_SHIFT)
+    clf = FeatureClassifier(params, num_classes, images.shape[1:], task=task)
+    clf.heldout_accuracy = clf.accuracy(exemplars[:, :, ::-1], ids)
+    clf.reference_stats = clf.feature_statistics(images)
+    return clf
+  labels = np.asarray(labels, np.int32)
   num_heldout = max(1, int(round(n * heldout_fraction)))
   held, train = perm[:num_heldout], perm[num_heldout:]
   params = train_classifier(images[train], labels[train], num_classes, seed=seed,
-                            steps=steps, batch_size=batch_size, task=task)
-  clf = FeatureClassifier(params, num_classes, images.shape[1:], task=task)
-  if task == "rotation":
-    turned = np.concatenate([np.rot90(images[held], k, axes=(1, 2)) for k in range(ROTATIONS)])
-    clf.heldout_accuracy = clf.accuracy(turned, np.repeat(np.arange(ROTATIONS), len(held)))
-  else:
-    clf.heldout_accuracy = clf.accuracy(images[held], labels[held])
+                            steps=steps, batch_size=batch_size)
+  clf = FeatureClassifier(params, num_classes, images.shape[1:])
+  clf.heldout_accuracy = clf.accuracy(images[held], labels[held])
   clf.reference_stats = clf.feature_statistics(images)
   return clf
+
+
+def num_exemplars(num_images: int) -> int:
+  return min(EXEMPLARS, int(num_images))
 
 
 def cache_dir(config, workdir: str) -> str:
@@ -417,8 +420,8 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
                    batch_size: int = DEFAULT_BATCH_SIZE,
                    num_train: int | None = None, task: str | None = None) -> FeatureClassifier:
   """Returns the dataset's evaluation network, from `cache_dir` if cached, else trained: a
-  classifier of its labels, or for unlabeled data (`info.num_classes == 0`) the rotation network
-  (`task` picks one explicitly: "rotation" works on labeled data too).
+  classifier of its labels, or for unlabeled data (`info.num_classes == 0`) the exemplar network
+  (`task` picks one explicitly: "instances" works on labeled data too).
 
   Training uses `adaflow.data.load_arrays(data_config, num)` with num = all examples up to
   8192 (all 1797 for digits), of which 10% are held out for the reported accuracy. The
@@ -428,15 +431,17 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
 
   info = data_lib.get_info(data_config)
   image_shape = tuple(int(s) for s in info.image_shape)
-  task = task or ("classes" if info.num_classes else "rotation")
+  task = task or ("classes" if info.num_classes else "instances")
   if task not in TASKS or (task == "classes" and not info.num_classes):
     raise ValueError(f"task={task!r}: use one of {TASKS} ('classes' needs labeled data)")
-  num_classes = int(info.num_classes) if task == "classes" else ROTATIONS
+  if num_train is None:
+    num_train = min(int(info.num_examples), MAX_TRAIN_EXAMPLES) if info.num_examples else MAX_TRAIN_EXAMPLES
+  num_classes = int(info.num_classes) if task == "classes" else num_exemplars(num_train)
   key = cache_key(data_config, seed, steps, batch_size, task)
   name = str(_field(data_config, "name") or "data")
   kind = "classifier" if task == "classes" else task
   path = storage.absolute(os.path.join(cache_dir, f"eval_{kind}_{name}_{key}"))
-  what = "classifier" if task == "classes" else "rotation network"
+  what = "classifier" if task == "classes" else "exemplar network"
 
   if agree(storage.exists(path)):   # one decision for all processes: save/restore are collective
     try:
@@ -449,8 +454,6 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
           f"({type(e).__name__}: {str(e)[:200]}); deleting it and retraining.")
       storage.rmtree(path, ignore_errors=True)
 
-  if num_train is None:
-    num_train = min(int(info.num_examples), MAX_TRAIN_EXAMPLES) if info.num_examples else MAX_TRAIN_EXAMPLES
   images, labels = data_lib.load_arrays(data_config, num=num_train, seed=seed)
   t0 = time.time()
   clf = build_classifier(images, labels, num_classes, seed=seed, steps=steps,

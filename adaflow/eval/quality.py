@@ -14,8 +14,8 @@ FD comes with a bootstrap 95% interval (`adaflow.eval.bootstrap`): `fd_low`, `fd
 
 Class accuracy is the fraction of class-conditional samples that the classifier assigns to the
 class they were generated for (its held-out accuracy on real images is the ceiling). Unlabeled
-data has no classes: its network is the rotation-prediction one (`classifier.task == "rotation"`),
-FD uses its features the same way, and class accuracy is None.
+data has no classes: its network is the exemplar one (`classifier.task == "instances"`), FD uses
+its features the same way, and class accuracy is None.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def evaluate_samples(classifier, images, labels=None, *, num_resamples: int = 20
   Args:
     classifier: a `FeatureClassifier` with `reference_stats` set.
     images: [N, H, W, C] samples in [-1, 1] (clipped to that range first), N >= 2.
-    labels: optional [N] int classes the samples were conditioned on (ignored by a rotation network).
+    labels: optional [N] int classes the samples were conditioned on (unused by an exemplar network).
     num_resamples: bootstrap resamples for FD's 95% interval.
 
   Returns:

@@ -74,7 +74,8 @@ def cmd_sample():
                          steps=steps, method=method, cfg_scale=cfg_scale)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "samples", f"cli_step_{step}.png")
   if is_writer():     # every process generated all images; one writes them
-    save_grid(np.clip(imgs, -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // imgs.shape[1]))
+    save_grid(np.clip(imgs, -1, 1), out, rows=min(k, FLAGS.num) if generator.num_classes else 0,
+              upscale=max(1, 64 // imgs.shape[1]))
     print(f"wrote {out}")
   # DQ: coarse/fine map picture (adaflow/commands/dq.py); a DQ run's generator is its objective.
   if generator.has_maps:

@@ -31,13 +31,14 @@ def _settings(data_config: Any) -> dict:
   if not name:
     raise ValueError("data.name='tfds:' needs a dataset name, e.g. 'tfds:cifar10'.")
   size = pipeline.require_int(pipeline.field(data_config, 'image_size'), 'image_size')
+  label_key = pipeline.field(data_config, 'label_key')
   return {
       'name': name,
       'size': size,
       'data_dir': pipeline.field(data_config, 'data_dir'),
       'split': pipeline.field(data_config, 'split'),
       'image_key': pipeline.field(data_config, 'image_key'),
-      'label_key': pipeline.field(data_config, 'label_key'),
+      'label_key': None if label_key in ('', 'None') else label_key,   # 'None': from the command line
       'resize': bool(pipeline.field(data_config, 'resize')),
   }
 

@@ -167,6 +167,8 @@ def validate_recipe(config) -> None:
     methods.validate(ppflow_config(config), info)
   if cc.routing:
     methods.validate(gen, info)
+  if cc.selector:   # the policy's own fields (guidance, reward) with the generator it will get
+    methods.validate(selector_config(config, "<the recipe's generator>"), info)
 
 
 def run_recipe(config, workdir: str, log=_log) -> dict:

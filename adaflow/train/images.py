@@ -16,9 +16,11 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def save_grid(images: np.ndarray, path: str, rows: int, upscale: int = 1) -> str:
-  """images [N, H, W, C] in [-1, 1] laid out `rows` x ceil(N / rows) with 1-px gaps -> PNG."""
+  """images [N, H, W, C] in [-1, 1] laid out `rows` x ceil(N / rows) with 1-px gaps -> PNG
+  (`rows` 0: about square, for samples without classes)."""
   imgs = to_uint8(images)
   n, h, w, c = imgs.shape
+  rows = rows if rows > 0 else max(1, int(np.sqrt(n)))
   cols = -(-n // rows)
   grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, np.uint8)
   for i in range(n):

@@ -228,7 +228,8 @@ class Trainer:
                            method=s.method, cfg_scale=s.cfg_scale, batch_size=len(labels))
     path = os.path.join(self.workdir, "samples", f"step_{step:07d}.png")
     if jax.process_index() == 0:
-      save_grid(np.clip(imgs, -1, 1), path, rows=k, upscale=max(1, 64 // self.info.image_shape[0]))
+      save_grid(np.clip(imgs, -1, 1), path, rows=k if self.objective.num_classes else 0,
+                upscale=max(1, 64 // self.info.image_shape[0]))
     return path
 
   def meta(self) -> dict:

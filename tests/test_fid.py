@@ -379,7 +379,7 @@ def test_imagenet64_recipes_validate():
       with pytest.raises(ValueError, match="generator_workdir"):
         methods.validate(c, info, num_devices=32)
       c.selector.generator_workdir = "/runs/in64_dense"
-    methods.validate(c, info, num_devices=1 if method == "smoke" else 32)
+    methods.validate(c, info, num_devices=1 if method.endswith("smoke") else 32)
   assert recipes.get_config("dense").data.name == "tfds:imagenet_resized/64x64"
   with pytest.raises(ValueError, match="config.py:<method>"):
     recipes.get_config("nope")

@@ -1,6 +1,7 @@
-"""ImageNet 64x64 (class-conditional, pixel space) recipes: `--config experiments/imagenet64/config.py:<method>`.
+"""ImageNet 64x64 (pixel space) recipes: `--config experiments/imagenet64/config.py:<method>`.
 
-Methods: dense | ppflow2 | ppflow3 | diffcr | grouped | adadiff | smoke.
+Methods: dense | ppflow2 | ppflow3 | diffcr | grouped | adadiff | smoke (class-conditional) and
+uncond | uncond_smoke (unconditional).
 
 `dense`, `ppflow2`, `ppflow3` and `grouped` ARE the method owners' `configs/imagenet64_<method>.py`
 (loaded by path, so there is one source of truth); `diffcr` and `adadiff` are built here on top of
@@ -16,6 +17,9 @@ fp32 params, 400k steps; sampling Heun 125 steps (250 NFE). Per-method fields fo
   ratio-loss weight 0.3).
 * grouped: train-then-prune, N = 5 SNR groups, k = 0.5 (see configs/imagenet64_grouped.py).
 * adadiff: a step-count policy on a trained dense generator (`--init <dense workdir>`).
+* uncond: the dense recipe without labels on `tfds:downsampled_imagenet/64x64` (van den Oord et al.
+  2016's downsampled ImageNet, the unconditional benchmark; no label feature: `data.label_key=None`),
+  no guidance (CFG 1). Any other method runs unconditionally the same way (README.md).
 
 The dataset must be prepared once in ArrayRecord format (see README.md); `data_dir` is a
 command-line override: `--config.data.data_dir=gs://bucket/tfds`.
@@ -24,7 +28,7 @@ import os
 
 import ml_collections
 
-METHODS = ("dense", "ppflow2", "ppflow3", "diffcr", "grouped", "adadiff", "smoke")
+METHODS = ("dense", "ppflow2", "ppflow3", "diffcr", "grouped", "adadiff", "smoke", "uncond", "uncond_smoke")
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs")
 
 
@@ -61,10 +65,22 @@ def _adadiff(c):
   return c
 
 
-def smoke() -> ml_collections.ConfigDict:
-  """The dense recipe's data path and model code at toy size (CPU, seconds)."""
+def uncond() -> ml_collections.ConfigDict:
+  """Unconditional: the dense recipe on the unlabeled downsampled ImageNet 64x64, no guidance."""
   c = dense()
-  c.name = "imagenet64_smoke"
+  c.name = "imagenet64_uncond_B4"
+  c.data.name = "tfds:downsampled_imagenet/64x64"
+  c.data.label_key = None          # the dataset has no labels: an unconditional model (one null row)
+  c.model.class_dropout = 0.0      # every label is the null label already
+  c.sample.cfg_scale = 1.0         # no guidance without labels (validation refuses anything else)
+  c.train.grid_per_class = 64      # one class: a 64-image sample grid
+  return c
+
+
+def smoke(c=None, name: str = "imagenet64_smoke") -> ml_collections.ConfigDict:
+  """The dense (or given) recipe's data path and model code at toy size (CPU, seconds)."""
+  c = dense() if c is None else c
+  c.name = name
   c.model.size = ""
   c.model.patch_size = 8
   c.model.hidden_size = 32
@@ -93,6 +109,13 @@ def get_config(method: str = "dense") -> ml_collections.ConfigDict:
     raise ValueError(f"experiments/imagenet64/config.py:<method> needs one of {METHODS}; got {method!r}.")
   if method == "smoke":
     return smoke()
+  if method in ("uncond", "uncond_smoke"):
+    c = uncond()
+    if method == "uncond_smoke":
+      c = smoke(c, "imagenet64_uncond_smoke")
+      c.data.resize = True         # TFDS mock images of this dataset have random sizes (no static shape)
+      c.train.grid_per_class = 8
+    return c
   c = dense()
   if method in ("ppflow2", "ppflow3", "grouped"):
     return _load(f"imagenet64_{method}")

@@ -1,9 +1,11 @@
 """CPU smoke run of the whole ImageNet64 path on TFDS mock data (tests/test_fid.py runs it).
 
-  python experiments/imagenet64/smoke.py /tmp/in64_smoke
+  python experiments/imagenet64/smoke.py /tmp/in64_smoke [smoke | uncond_smoke]
 
 1. `adaflow train --config experiments/imagenet64/config.py:smoke` on `tfds:imagenet_resized/64x64`
-   under `tfds.testing.mock_data` (random 64x64 images, 1000 classes; nothing downloaded);
+   under `tfds.testing.mock_data` (random 64x64 images, 1000 classes; nothing downloaded), or
+   `:uncond_smoke` on `tfds:downsampled_imagenet/64x64` (no labels: an unconditional model; its mock
+   images have random sizes, resized to 64x64);
 2. `adaflow eval fid --num 8 --ref dataset` with a random-weight Inception at 75x75 input
    (`--fid_random_inception=0 --fid_input_size=75`): reference statistics from the mock dataset,
    sharded resumable generation, features, float64 statistics, FID and Inception Score.
@@ -20,18 +22,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(HERE, "config.py")
 
 
-def run_smoke(workdir: str, num: int = 8, shard: int = 4, extra_fid_flags=()) -> dict:
-  """Trains the smoke config and runs `adaflow eval fid` on it; returns the FID result dict."""
+def run_smoke(workdir: str, num: int = 8, shard: int = 4, extra_fid_flags=(), method: str = "smoke") -> dict:
+  """Trains the `method` smoke config and runs `adaflow eval fid` on it; returns the FID result dict."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from adaflow.cli import COMMANDS  # pylint: disable=g-import-not-at-top
 
   with tfds.testing.mock_data(num_examples=16):
     flags.FLAGS.unparse_flags()
-    flags.FLAGS(["adaflow", f"--config={CONFIG}:smoke", f"--workdir={workdir}"])
+    flags.FLAGS(["adaflow", f"--config={CONFIG}:{method}", f"--workdir={workdir}"])
     COMMANDS["train"]()
     flags.FLAGS.unparse_flags()
-    flags.FLAGS(["adaflow", f"--config={CONFIG}:smoke", f"--workdir={workdir}", f"--num={num}",
+    flags.FLAGS(["adaflow", f"--config={CONFIG}:{method}", f"--workdir={workdir}", f"--num={num}",
                  "--ref=dataset", f"--fid_ref_num={num}", "--fid_random_inception=0",
                  "--fid_input_size=75", "--fid_batch=4", "--fid_gen_batch=4", f"--fid_shard={shard}",
                  "--fid_progress=false", *extra_fid_flags])
@@ -41,5 +43,6 @@ def run_smoke(workdir: str, num: int = 8, shard: int = 4, extra_fid_flags=()) ->
 
 
 if __name__ == "__main__":
-  out = run_smoke(sys.argv[1] if len(sys.argv) > 1 else "/tmp/adaflow_in64_smoke")
+  out = run_smoke(sys.argv[1] if len(sys.argv) > 1 else "/tmp/adaflow_in64_smoke",
+                  method=sys.argv[2] if len(sys.argv) > 2 else "smoke")
   print(json.dumps(out, indent=2))

@@ -647,11 +647,23 @@ def measure_quality(a, classifier, labels, time_labels, key, args, log, cache_di
     save_quality(a, args, cache_dir)
 
 
+REPEAT_BLOCK = "timing repeat"
+
+
 def timing_block(a) -> str:
   """The arms compiled and timed together: one model's (its workdir's) arms with their sampler
   variants and policy baselines; the repeated dense points form a block of their own, timed last, so
   their spread against the first timing of the same program includes the drift over the whole run."""
-  return "timing repeat" if a.repeat_of is not None else a.source
+  return REPEAT_BLOCK if a.repeat_of is not None else a.source
+
+
+def timing_blocks(arms) -> list[list[Arm]]:
+  """The arms cut into `timing_block`s in the order their models first appear; the repeats last."""
+  blocks: dict[str, list[Arm]] = {}
+  for a in arms:
+    blocks.setdefault(timing_block(a), []).append(a)
+  blocks[REPEAT_BLOCK] = blocks.pop(REPEAT_BLOCK, [])
+  return [b for b in blocks.values() if b]
 
 
 def time_block(block, time_labels, args, log) -> None:
@@ -685,11 +697,8 @@ def measure(arms, classifier, args, info, log, cache_dir: str = "") -> list[Arm]
   time_labels = balanced_labels(args.batch, info.num_classes)
   ref = ReferenceFD(*classifier.reference_stats)
   key = jax.random.PRNGKey(1234)
-  blocks: dict[str, list[Arm]] = {}
-  for a in arms:
-    blocks.setdefault(timing_block(a), []).append(a)
   out = []
-  for block in blocks.values():
+  for block in timing_blocks(arms):
     done = []
     for a in block:
       a.ref = ref

@@ -67,12 +67,11 @@ def test_arms_are_timed_one_model_at_a_time_and_the_repeats_last():
           arm("c ab2 4 (insert edges)", "composed", None, "ab2", 4, source="/w/composed", variant="insert edges"),
           arm("dense euler 4 (timed again)", "timing repeat", None, "euler", 4, source="/w/dense",
               repeat_of="dense euler 4"),
-          arm("composed + policy", "composed + policy", None, source="/w/composed")]
-  blocks = {}
-  for a in arms:
-    blocks.setdefault(frontier.timing_block(a), []).append(a.name)
-  assert list(blocks.values()) == [["dense euler 4"], ["c euler 4", "c ab2 4 (insert edges)", "composed + policy"],
-                                   ["dense euler 4 (timed again)"]]
+          arm("composed + policy", "composed + policy", None, source="/w/composed"),
+          arm("AdaDiff policy (dense)", "AdaDiff policy (dense)", None, source="/w/adadiff")]
+  blocks = [[a.name for a in block] for block in frontier.timing_blocks(arms)]
+  assert blocks == [["dense euler 4"], ["c euler 4", "c ab2 4 (insert edges)", "composed + policy"],
+                    ["AdaDiff policy (dense)"], ["dense euler 4 (timed again)"]]
 
 
 def test_reuse_refuses_a_stage_made_with_other_settings(tmp_path):

@@ -91,11 +91,12 @@ class Metrics(Hook):
     self.flag = (step, metrics["nonfinite"])
     self.pending.append(metrics)
     if step % self.every == 0 or step == self.last:
-      host, now, n = jax.device_get(self.pending), time.time(), step - self.n_last
+      host = jax.device_get(self.pending)
       mean = {k: _finite_mean([m[k] for m in host]) for k in host[0]}
       mean["nonfinite"] = float(np.sum([m["nonfinite"] for m in host]))
       if mean["nonfinite"] and self.nan_policy == "skip":
         self.log(f"skipped {int(mean['nonfinite'])} non-finite update(s) in steps {self.n_last}..{step - 1}")
+      now, n = time.time(), step - self.n_last
       mean["images_per_second"] = n * self.batch_size / max(now - self.t_last, 1e-9)
       mean.update(diagnostics.throughput_metrics(self.flops, n, now - self.t_last, self.peak, jax.device_count()))
       self.t_last, self.n_last, self.pending = now, step, []

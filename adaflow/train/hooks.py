@@ -33,6 +33,8 @@ from adaflow.train.images import save_grid
 
 
 class Hook:
+  """No-op defaults of the two calls (module docstring)."""
+
   def after_step(self, step: int, state, metrics) -> bool:
     return False
 

@@ -7,7 +7,7 @@
   FinalEvaluation  eval.at_end
 
 `after_step(step, state, metrics)` runs after every step; `step` is the number of steps done (==
-`state.step`, the step of metrics rows and checkpoints). True ends the run at this step boundary
+`state.step`, the step of metrics rows and checkpoints). Returning True ends the run at this step boundary
 and skips the later hooks for the step (no FID or grid past a stop's checkpoint). `at_end(step,
 state)` runs once training reached `train.steps`, never after a stop.
 """
@@ -35,8 +35,8 @@ from adaflow.train.images import save_grid
 class Hook:
   """No-op defaults of the two calls (module docstring)."""
 
-  def after_step(self, step: int, state, metrics) -> bool:
-    return False
+  def after_step(self, step: int, state, metrics) -> Optional[bool]:
+    pass
 
   def at_end(self, step: int, state) -> None:
     pass
@@ -63,8 +63,7 @@ class Metrics(Hook):
   steps and at the last: the interval's means (non-finite values left out; "nonfinite" counts
   them), images/s, TFLOP/s and MFU -> a metrics row and the progress display's postfix."""
 
-  def __init__(self, writer, pbar, train_config, start: int, manager, workdir: str, log):
-    tc = train_config
+  def __init__(self, writer, pbar, tc, start: int, manager, workdir: str, log):
     self.writer, self.pbar, self.manager, self.workdir, self.log = writer, pbar, manager, workdir, log
     self.every, self.last, self.batch_size, self.nan_policy = tc.log_every, tc.steps, tc.batch_size, tc.nan_policy
     self.peak = diagnostics.peak_tflops_per_device(override=tc.peak_tflops_per_device)
@@ -88,7 +87,7 @@ class Metrics(Hook):
         f"update was not applied. Last good checkpoint: {where}. Lower train.lr / raise train.warmup_steps, "
         f"or set train.nan_policy='skip' to skip such updates", step=at_step, last_checkpoint=last)
 
-  def after_step(self, step, state, metrics) -> bool:
+  def after_step(self, step, state, metrics) -> None:
     self.check_finite()   # the previous update's
     self.flag = (step, metrics["nonfinite"])
     self.pending.append(metrics)
@@ -105,7 +104,6 @@ class Metrics(Hook):
       self.writer.write(step, mean)
       self.pbar.set_postfix(loss=f"{mean['loss']:.4f}", img_s=f"{mean['images_per_second']:.0f}")
     self.pbar.update(1)
-    return False
 
 
 class PreemptionGuard:
@@ -125,10 +123,9 @@ class PreemptionGuard:
     self._old = {}
 
   def _handler(self, signum, frame):
-    name = signal.Signals(signum).name
     if self.requested and signum == signal.SIGINT:
       raise KeyboardInterrupt
-    self.requested = self.requested or name
+    self.requested = self.requested or signal.Signals(signum).name
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -183,10 +180,9 @@ class SampleGrids(Hook):
     self.tr, self.log, tc = trainer, log, trainer.config.train
     self.every, self.last, self.final = tc.sample_every, tc.steps, tc.final_samples
 
-  def after_step(self, step, state, metrics) -> bool:
+  def after_step(self, step, state, metrics) -> None:
     if self.every and step % self.every == 0 and step != self.last:
       self.grid(state.ema_params, step)
-    return False
 
   def at_end(self, step, state) -> None:
     if self.last > 0 and self.final:

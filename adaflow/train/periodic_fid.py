@@ -70,13 +70,12 @@ class PeriodicFID(Hook):
     if self.due(step) and agree(not any(r["step"] == step for r in read_metrics(self.workdir, "fid"))):
       self.after_step(step, state, None)
 
-  def after_step(self, step, state, metrics) -> bool:
+  def after_step(self, step, state, metrics) -> None:
     if self.due(step):
       res = self(self.generator, state.ema_params, step)
       self.writer.write(step, res, kind="fid")
       self.writer.flush()
       self.log(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
-    return False
 
   def __call__(self, generator, params, step: int) -> dict:
     ec, s = self.config.eval, self.config.sample

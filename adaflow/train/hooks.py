@@ -6,10 +6,10 @@
   SampleGrids      every train.sample_every steps; the final grid (train.final_samples)
   FinalEvaluation  eval.at_end
 
-`after_step(step, state, metrics)` runs after every step; `step` is the number of steps done (==
-`state.step`, the step of metrics rows and checkpoints). Returning True ends the run at this step boundary
-and skips the later hooks for the step (no FID or grid past a stop's checkpoint). `at_end(step,
-state)` runs once training reached `train.steps`, never after a stop.
+`after_step(step, state, metrics)` runs after every step; `step` is the number of steps done
+(== `state.step`, the step of metrics rows and checkpoints). Returning True ends the run at this
+step boundary and skips the later hooks for the step (no FID or grid past a stop's checkpoint).
+`at_end(step, state)` runs once training reached `train.steps`, never after a stop.
 """
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
                                         process_index=jax.process_index(), process_count=jax.process_count())
   # Host input overlaps the device step: batches[step + 1 ..] are built on threads (same batches).
   batches = Prefetcher(batches, start=start, stop=tc.steps, depth=config.data.prefetch)
-  jitted, step_fn = tr.jitted_step(), None   # compiled at the first step
+  jitted = tr.jitted_step()   # compiled at the first step
   prof = diagnostics.ProfileWindow(os.path.join(workdir, "profile"), start, tc.profile_start, tc.profile_steps)
   writer = MetricWriter(workdir, writers=tc.writers, run_config=json.loads(config.to_json_best_effort()),
                         wandb_project=tc.wandb_project, name=config.name)
@@ -183,8 +183,10 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
                SampleGrids(tr, log), FinalEvaluation(tr, writer, log)]
 
   # ---- Loop ----
-  stopped = False
-  with guard, batches, prof:   # leaving it (end, stop, error) joins the threads, ends a trace
+  step_fn, stopped = None, False
+  # Leaving the block (end, stop, error) restores the signal handlers, joins the input threads and
+  # ends a profiler trace.
+  with guard, batches, prof:
     log(f"{config.name}: {tr.info.image_shape} {tr.info.num_classes} classes, "
         f"{config_lib.num_params(state.params) / 1e6:.2f}M params, mesh {dict(tr.mesh.shape)}, "
         f"steps {start} -> {tc.steps}")

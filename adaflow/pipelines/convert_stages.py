@@ -25,5 +25,5 @@ def convert_workdir(dense_workdir: str, config, out_dir: str, log=print) -> str:
   ckpt.save(manager, 0, state, meta, force=True)
   manager.wait_until_finished()
   manager.close()
-  log(f"wrote {ckpt.checkpoint_dir(out_dir)}/0: {tr.objective.schedule.num_stages}-stage model from {dense_workdir}")
+  log(f"wrote {ckpt.checkpoint_dir(out_dir)}/0: {tr.objective.spec.num_stages}-stage model from {dense_workdir}")
   return out_dir

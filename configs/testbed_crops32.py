@@ -3,14 +3,20 @@
 Photo crops carry texture (grass, brick, coins, retina vessels) that few-step ODE sampling blurs,
 so sample quality depends on sampling compute here, unlike the digits (where FD at 4 Heun steps
 already equals FD at 64). One dense model is trained once with this config, cached as a workdir,
-and every method's arm starts from it (experiments/frontier.py).
+and every method's arm starts from it (`python -m experiments.frontier`, whose method settings are
+configs/frontier_crops32.py).
 
 adaflow train --config configs/testbed_crops32.py --workdir runs/testbed_dense
+
+`get_config("smoke")` (`--config configs/testbed_crops32.py:smoke`): a smaller DiT trained for 30
+steps, the base of `python -m experiments.frontier --smoke` (a pipeline check; numbers mean nothing).
 """
 from adaflow.config_defaults import base_config
 
 
-def get_config():
+def get_config(arg=None):
+  if arg not in (None, "smoke"):
+    raise ValueError(f"configs/testbed_crops32.py takes no argument or 'smoke', got {arg!r}")
   c = base_config()
   c.name = "testbed_crops32"
   c.data.name = "crops"
@@ -36,4 +42,9 @@ def get_config():
   c.sample.cfg_scale = 2.0
   c.eval.at_end = False
   c.eval.num_samples = 2000
+  if arg == "smoke":
+    c.model.depth, c.model.hidden_size, c.model.num_heads = 2, 64, 2
+    c.train.steps, c.train.batch_size, c.train.warmup_steps = 30, 16, 5
+    c.train.ckpt_every, c.train.log_every = 30, 10
+    c.train.final_samples = False
   return c

@@ -1,6 +1,6 @@
 """AdaDiff benchmark: fixed step counts vs REINFORCE step-selection policies at several beta.
 
-  flock /tmp/adaflow-bench.lock python experiments/bench_adadiff.py --generator runs/quickstart
+  flock /tmp/adaflow-bench.lock python -m experiments.bench_adadiff --generator runs/quickstart
 
 1. Generator: `--generator` (a flow-matching workdir); trained with the quick start config
    (`--gen_steps`, default 1500) when it has no checkpoint.
@@ -21,7 +21,6 @@ Writes experiments/results/adadiff.md and adadiff_curve.png.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import subprocess
 import sys
@@ -31,23 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from adaflow import data as data_lib  # noqa: E402
-from adaflow.eval import evaluate_samples  # noqa: E402
-from adaflow.models import step_selector as sel  # noqa: E402
-from adaflow.rl import rewards as rw  # noqa: E402
-from adaflow.rl.reinforce import reinforce_train  # noqa: E402
-from adaflow.train import checkpoint as ckpt  # noqa: E402
-from adaflow.train.loop import load_trainer_and_params  # noqa: E402
-from adaflow.methods import build_objective  # noqa: E402
-
-
-def load_config(path):
-  """A configs/*.py file's get_config() (see adaflow.config_defaults.load_config_file)."""
-  from adaflow.config_defaults import load_config_file
-  return load_config_file(path)
+from adaflow import data as data_lib
+from adaflow.eval import evaluate_samples
+from adaflow.models import step_selector as sel
+from adaflow.rl import rewards as rw
+from adaflow.rl.reinforce import reinforce_train
+from adaflow.train import checkpoint as ckpt
+from adaflow.train.loop import load_trainer_and_params
+from adaflow.methods import build_objective
+from experiments.common import RESULTS, ROOT, load_config, machine_line, utc_now
 
 
 def ensure_generator(workdir, steps):
@@ -89,7 +80,7 @@ def quality_tables(obj, images, labels, clf_apply):
 
 
 def main():
-  p = argparse.ArgumentParser()
+  p = argparse.ArgumentParser(prog="python -m experiments.bench_adadiff", description=__doc__.split("\n\n")[0])
   p.add_argument("--generator", default=os.path.join(ROOT, "runs/quickstart"))
   p.add_argument("--gen_steps", type=int, default=1500)
   p.add_argument("--pool", type=int, default=320)
@@ -100,14 +91,13 @@ def main():
   p.add_argument("--rl_batch", type=int, default=64)
   p.add_argument("--betas", default="0.0002,0.001,0.005,0.02,0.1")
   p.add_argument("--chunk", type=int, default=64)
-  p.add_argument("--out", default=os.path.join(ROOT, "experiments/results/adadiff.md"))
+  p.add_argument("--out", default=os.path.join(RESULTS, "adadiff.md"))
   args = p.parse_args()
-  from experiments.common import machine_line
   machine = machine_line()
   t_start = time.time()
   gen_train_s = ensure_generator(os.path.abspath(args.generator), args.gen_steps)
 
-  config = load_config(os.path.join(ROOT, "configs/quickstart_adadiff.py"))
+  config = load_config("quickstart_adadiff")
   config.selector.generator_workdir = os.path.abspath(args.generator)
   config.selector.quality = "closeness"        # tables for both qualities are computed below
   info = data_lib.get_info(config.data)
@@ -218,9 +208,9 @@ def write_report(args, obj, fixed, policies, ev_labels, S, K, secs, clf, machine
   lines = []
   add = lines.append
   add("# AdaDiff: per-input step counts (REINFORCE) vs fixed step counts\n")
-  add(f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Machine: {machine}. "
+  add(f"Date: {utc_now()}. Machine: {machine}. "
       "Timings are best of repetitions, interleaved.\n")
-  add(f"Command: `python experiments/bench_adadiff.py {' '.join(sys.argv[1:])}`\n")
+  add(f"Command: `python -m experiments.bench_adadiff {' '.join(sys.argv[1:])}`\n")
   add(f"Generator: `{args.generator}` (flow-matching DiT, quick start config), sampled with {obj.method} + CFG "
       f"{obj.cfg_scale:g}; step set {tuple(int(s) for s in S)}. Policy: 2-layer MLP (64 wide) over the generator's "
       f"class embedding (`+noise`: plus 6 initial-noise statistics), REINFORCE with a moving-average baseline "

@@ -1,6 +1,6 @@
 """DiT's attention and MLP blocks before and after issue #18's changes, side by side in one run.
 
-    flock /tmp/adaflow-bench.lock python experiments/bench_attention.py [--sizes S,B] [--batch 32] [--reps 5]
+    flock /tmp/adaflow-bench.lock python -m experiments.bench_attention [--sizes S,B] [--batch 32] [--reps 5]
 
 One block on [B, N, D] tokens with DiT-S/2 or DiT-B/2 shapes at 256 tokens, float32 params:
 
@@ -27,16 +27,13 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from adaflow.models import dit, layers  # noqa: E402
-from experiments.common import machine_line, utc_now, write_report  # noqa: E402
+from adaflow.models import dit, layers
+from experiments.common import RESULTS, machine_line, utc_now, write_report
 
 SIZES = {"S": (384, 6), "B": (768, 12)}
 TOKENS = 256
@@ -110,11 +107,11 @@ def block_until_ready(tree):
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_attention", description=__doc__.split("\n\n")[0])
   ap.add_argument("--sizes", default="S,B")
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--reps", type=int, default=5)
-  ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "attention.md"))
+  ap.add_argument("--out", default=os.path.join(RESULTS, "attention.md"))
   a = ap.parse_args(argv)
   for s in a.sizes.split(","):
     if s not in SIZES:
@@ -166,7 +163,7 @@ def main(argv=None):
   text = "\n".join([
       "# Attention and MLP blocks before and after issue #18, side by side", "",
       f"- {machine}; load average at the end {load_end}; {date}; total {time.time() - t_start:.0f} s.",
-      f"- Command: `{' '.join(['python experiments/bench_attention.py', argv_text]).strip()}`.",
+      f"- Command: `{' '.join(['python -m experiments.bench_attention', argv_text]).strip()}`.",
       f"- One block (attention: qkv projection + attention + output projection; MLP: fc1, GELU, fc2), batch "
       f"{a.batch}, {TOKENS} tokens, float32 params; median of {a.reps} interleaved calls after a warm-up; "
       "forward+backward = gradients w.r.t. params and input. Speed-up = the block's first (before #18) variant's "

@@ -1,6 +1,6 @@
 """Compile time of one DiT train step with the blocks unrolled vs `model.scan_blocks` (one scanned body).
 
-    python experiments/bench_compile.py [--size XL] [--batch 32] [--timeout 600]
+    python -m experiments.bench_compile [--size XL] [--batch 32] [--timeout 600]
 
 DiT-<size>/2 on 32x32x4 latents (256 tokens, the ImageNet-256 latent shape), bf16 matmul inputs,
 fp32 params, MSE + AdamW, params and optimizer state donated. Parameters are abstract
@@ -18,11 +18,8 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-
 
 def child(size: str, batch: int, scan: bool, image: int = 32, channels: int = 4) -> dict:
-  sys.path.insert(0, ROOT)
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -58,26 +55,27 @@ def child(size: str, batch: int, scan: bool, image: int = 32, channels: int = 4)
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_compile", description=__doc__.split("\n\n")[0])
   ap.add_argument("--size", default="XL", choices=("S", "B", "L", "XL"))
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--image", type=int, default=32, help="latent side (32: 256 tokens at patch 2)")
   ap.add_argument("--timeout", type=float, default=600.0, help="seconds per setting before it is reported as timed out")
-  ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "compile.md"))
+  ap.add_argument("--out", default=None, help="default experiments/results/compile.md")
   ap.add_argument("--_child", choices=("scan", "loop"), help=argparse.SUPPRESS)
   a = ap.parse_args()
   if a._child:
     print(json.dumps(child(a.size, a.batch, a._child == "scan", a.image)), flush=True)
     return
-  sys.path.insert(0, ROOT)
-  from experiments.common import machine_line, utc_now
+  # Imported here, not at the top: a compile subprocess imports only what it measures.
+  from experiments.common import RESULTS, ROOT, machine_line, utc_now
+  a.out = a.out or os.path.join(RESULTS, "compile.md")
   head = [f"- {machine_line()}; {utc_now()}.",
           "- Wall times stretch with the machine's load; 'CPU seconds' (user + system of the compiling process) "
           "is the work itself, the better figure to compare on a shared machine."]
   rows = []
   for mode in ("scan", "loop"):
-    cmd = [sys.executable, os.path.abspath(__file__), "--_child", mode, "--size", a.size, "--batch", str(a.batch),
-           "--image", str(a.image)]
+    cmd = [sys.executable, "-m", "experiments.bench_compile", "--_child", mode, "--size", a.size,
+           "--batch", str(a.batch), "--image", str(a.image)]
     t0 = time.perf_counter()
     try:
       r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=a.timeout)
@@ -93,7 +91,7 @@ def main():
     print(mode, m, flush=True)
   tokens = (a.image // 2) ** 2
   lines = [f"# Compile time of one DiT-{a.size}/2 train step ({tokens} tokens, batch {a.batch}): scanned vs unrolled blocks",
-           "", *head, f"- Command: `python experiments/bench_compile.py --size {a.size} --batch {a.batch}` "
+           "", *head, f"- Command: `python -m experiments.bench_compile --size {a.size} --batch {a.batch}` "
            "(abstract params; trace + lower, then XLA compile; each setting in a fresh process).", "",
            "| model.scan_blocks | trace + lower (s) | XLA compile (s) | total (s) | CPU seconds (lower + compile) | "
            "process wall incl. imports (s) |",

@@ -1,6 +1,6 @@
 """Matmul throughput of XLA (jax.jit) vs PyTorch (oneDNN) on this machine, on a DiT's own shapes.
 
-    python experiments/bench_cpu_gemm.py [--width 384] [--tokens 8192]
+    python -m experiments.bench_cpu_gemm [--width 384] [--tokens 8192]
 
 Explains the train-step ratios of `bench_vs_torch.py`: a DiT step is mostly matmuls, so the
 framework whose GEMM is faster on this CPU wins. Shapes are those of a DiT block at batch x tokens
@@ -13,25 +13,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from experiments.common import machine_line, time_calls  # noqa: E402
-
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+from experiments.common import RESULTS, machine_line, time_calls
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_cpu_gemm", description=__doc__.split("\n\n")[0])
   ap.add_argument("--width", type=int, default=384, help="DiT width D (384 = DiT-S, 768 = DiT-B)")
   ap.add_argument("--tokens", type=int, default=8192, help="rows M = batch x tokens (32 x 256)")
   ap.add_argument("--reps", type=int, default=5)
-  ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "cpu_gemm.md"))
+  ap.add_argument("--out", default=os.path.join(RESULTS, "cpu_gemm.md"))
   args = ap.parse_args()
   import torch
   m, d = args.tokens, args.width
@@ -67,7 +62,7 @@ def main():
   lines = ["# Matmul throughput on this CPU: XLA (jax.jit) vs PyTorch (oneDNN)", "",
            f"- {machine_line()}",
            f"- jax {jax.__version__}, torch {torch.__version__}, torch threads {torch.get_num_threads()}.",
-           f"- Command: `python experiments/bench_cpu_gemm.py --width {d} --tokens {m}`; median of {args.reps} "
+           f"- Command: `python -m experiments.bench_cpu_gemm --width {d} --tokens {m}`; median of {args.reps} "
            "interleaved calls after a warm-up.", "",
            "| shape | [M, K] x [K, N] | contender | GFLOP/s |", "|---|---|---|---|"]
   lines += [f"| {s} | {dims} | {label} | {g:.0f} |" for s, dims, label, g in rows]

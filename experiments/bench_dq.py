@@ -1,7 +1,7 @@
 """DQ-VAE vs fixed-grid VQ (reconstruction), then DQ-Transformer vs raster transformer (generation).
 
-    flock /tmp/adaflow-bench.lock python experiments/bench_dq.py --phase recon [--steps 600]
-    flock /tmp/adaflow-bench.lock python experiments/bench_dq.py --phase gen   [--gen_steps 800]
+    flock /tmp/adaflow-bench.lock python -m experiments.bench_dq --phase recon [--steps 600]
+    flock /tmp/adaflow-bench.lock python -m experiments.bench_dq --phase gen   [--gen_steps 800]
 
 Data: the embedded `crops` photos, 32x32 RGB. Coarse regions 8x8 px (16 per image), fine cells
 4x4 px (64 per image). Every tokenizer has the same encoder/decoder/codebook; only the router
@@ -31,18 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from adaflow import data as data_lib  # noqa: E402
-from adaflow.eval import evaluate_samples, get_classifier, real_vs_real_fd  # noqa: E402
-from adaflow.models import dqvae as dq  # noqa: E402
-from adaflow.train.images import save_grid  # noqa: E402
-from adaflow.train.loop import train  # noqa: E402
-from adaflow.train.loop import load_trainer_and_params  # noqa: E402
-from experiments.common import machine_line, utc_now  # noqa: E402
-
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-RESULTS = os.path.join(ROOT, "experiments", "results")
+from adaflow import data as data_lib
+from adaflow.eval import evaluate_samples, get_classifier, real_vs_real_fd
+from adaflow.models import dqvae as dq
+from adaflow.train.images import save_grid
+from adaflow.train.loop import train
+from adaflow.train.loop import load_trainer_and_params
+from experiments.common import RESULTS, load_config, machine_line, utc_now
 
 
 RECON_RUNS = ("fixed_0.5", "gumbel_0.5", "gumbelboth_0.5", "entropy_0.5", "fixed_0.0", "fixed_1.0",
@@ -62,9 +57,7 @@ def parse_run(name: str):
 
 
 def vae_config(kind: str, r: float, steps: int, width: int, batch: int):
-  sys.path.insert(0, ROOT)
-  from configs.quickstart_dqvae import get_config
-  c = get_config()
+  c = load_config("quickstart_dqvae")
   c.name = f"bench_{kind}_{r}"
   router = "gumbel" if kind == "gumbelboth" else kind
   c.dqvae.router = router
@@ -136,9 +129,7 @@ def phase_recon(args, cache, on_row=None):
 
 
 def gen_config(tokenizer_wd: str, steps: int, batch: int):
-  sys.path.insert(0, ROOT)
-  from configs.quickstart_dqtransformer import get_config
-  c = get_config()
+  c = load_config("quickstart_dqtransformer")
   c.tokenizer_workdir = tokenizer_wd
   c.dq_transformer.width = 96
   c.dq_transformer.depth_pos = 2
@@ -229,7 +220,7 @@ def header(cmd: str) -> str:
 
 
 def main():
-  p = argparse.ArgumentParser()
+  p = argparse.ArgumentParser(prog="python -m experiments.bench_dq", description=__doc__.split("\n\n")[0])
   p.add_argument("--phase", choices=("recon", "gen", "all"), default="all")
   p.add_argument("--steps", type=int, default=600)
   p.add_argument("--width", type=int, default=48)
@@ -246,7 +237,7 @@ def main():
   args = p.parse_args()
   os.makedirs(RESULTS, exist_ok=True)
   cache = os.environ.get("ADAFLOW_CACHE") or os.path.join(args.workdir, ".adaflow_cache")
-  cmd = "python experiments/bench_dq.py " + " ".join(sys.argv[1:])
+  cmd = "python -m experiments.bench_dq " + " ".join(sys.argv[1:])
   state_path = os.path.join(args.workdir, "sections.json")
   os.makedirs(args.workdir, exist_ok=True)
   sections = json.load(open(state_path)) if os.path.exists(state_path) else {}

@@ -1,7 +1,7 @@
 """FSDP memory benchmark: per-device bytes of parameters (and of the whole train state) vs the
 size of the `fsdp` mesh axis, DiT-S on 8 simulated CPU devices.
 
-    python experiments/bench_fsdp.py [--out experiments/results/fsdp.md]
+    python -m experiments.bench_fsdp [--out experiments/results/fsdp.md]
 
 For each mesh (data, fsdp, model) in (8,1,1), (4,2,1), (2,4,1), (1,8,1) it builds the sharded train
 state exactly as `adaflow.train.loop.Trainer` does, *allocates* the parameters with their
@@ -14,19 +14,15 @@ table shows how close the measured ratio comes to the ideal 1/fsdp.
 import argparse
 import os
 import platform
-import subprocess
-import sys
 import time
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import flax.linen as nn
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from adaflow.config_defaults import base_config  # noqa: E402
-from adaflow.train.loop import Trainer  # noqa: E402
-import flax.linen as nn  # noqa: E402
+from adaflow.config_defaults import base_config
+from adaflow.train.loop import Trainer
+from experiments.common import RESULTS, utc_now
 
 MESHES = [(8, 1, 1), (4, 2, 1), (2, 4, 1), (1, 8, 1)]
 
@@ -51,15 +47,17 @@ def device0_bytes(tree) -> int:
 
 
 def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "fsdp.md"))
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_fsdp", description=__doc__.split("\n\n")[0])
+  ap.add_argument("--out", default=os.path.join(RESULTS, "fsdp.md"))
   args = ap.parse_args()
+  jax.config.update("jax_num_cpu_devices", 8)     # 8 simulated CPU devices (before the backend starts)
   assert jax.device_count() == 8, jax.devices()
   rows = []
   for mesh in MESHES:
     t0 = time.time()
     tr = Trainer(config_for(mesh), "/tmp/adaflow_bench_fsdp", log=lambda m: None)
-    params = jax.jit(lambda r: nn.meta.unbox(tr.objective.init(r)), out_shardings=tr.shardings.params)(tr.root_rng)
+    params = jax.jit(lambda r, tr=tr: nn.meta.unbox(tr.objective.init(r)),
+                     out_shardings=tr.shardings.params)(tr.root_rng)
     jax.block_until_ready(params)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
     p_total = sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
@@ -84,13 +82,13 @@ def main():
                  f"| {r['s_dev'] / 2**20:.2f} | {r['s_dev'] / base_s:.4f} | {100 * r['frac_sharded']:.1f}% |")
   table = "\n".join(lines)
   print(table)
-  date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
-  cmd = "nice -n 19 python experiments/bench_fsdp.py"
+  date = utc_now()
+  cmd = "nice -n 19 python -m experiments.bench_fsdp"
   r0 = rows[0]
   text = f"""# FSDP: per-device memory vs the `fsdp` mesh axis (DiT-S/2)
 
 Date: {date}. Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU;
-8 simulated CPU devices (`--xla_force_host_platform_device_count=8`). Other jobs may have shared the
+8 simulated CPU devices (`jax_num_cpu_devices=8`). Other jobs may have shared the
 CPU (this only affects run time, not the measured bytes). It measures bytes, not time, so it
 ran at lowest priority outside the shared benchmark lock (other helpers' timed runs held it).
 Command: `{cmd}`

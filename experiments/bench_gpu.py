@@ -1,8 +1,8 @@
 """DiT-B/2 and DiT-XL/2 train throughput on one GPU: adaflow (jit, bf16 compute) vs diffusers'
 DiTTransformer2DModel in bf16 (eager autocast and torch.compile). Run by experiments/bench_gpu.sh.
 
-    python experiments/bench_gpu.py [--sizes B,XL] [--batch 64] [--steps 10] [--out experiments/results/gpu.md]
-    python experiments/bench_gpu.py --smoke        # CPU, tiny DiT, seconds: checks the script end to end
+    python -m experiments.bench_gpu [--sizes B,XL] [--batch 64] [--steps 10] [--out experiments/results/gpu.md]
+    python -m experiments.bench_gpu --smoke        # CPU, tiny DiT, seconds: checks the script end to end
 
 Same network on both sides: 32x32x4 latents, patch 2 (256 tokens, the ImageNet-256 latent shape),
 1000 classes, no learned sigma, LayerNorm eps 1e-6; MSE on a fixed random target, AdamW, one fixed
@@ -30,7 +30,8 @@ import time
 
 import numpy as np
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+# Not experiments.common.ROOT: that module imports jax, and the torch contenders' processes stay without it.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"T": (2, 64, 2), "B": (12, 768, 12), "XL": (28, 1152, 16)}   # T: tiny, --smoke only
 CONTENDERS = ("adaflow", "torch-bf16", "torch-compile-bf16")
 
@@ -73,7 +74,6 @@ def timed(step, n_warm: int, n: int, sync) -> tuple[float, float]:
 
 
 def run_adaflow(size: str, batch: int, image: int, channels: int, classes: int, steps: int) -> dict:
-  sys.path.insert(0, ROOT)
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -158,7 +158,7 @@ def child(a) -> None:
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_gpu", description=__doc__.split("\n\n")[0])
   ap.add_argument("--sizes", default="B,XL")
   ap.add_argument("--batch", type=int, default=64)
   ap.add_argument("--steps", type=int, default=10)
@@ -186,7 +186,7 @@ def main():
   rows, t_start = [], time.time()
   for size in a.sizes.split(","):
     for who in a.contenders.split(","):
-      cmd = [sys.executable, os.path.abspath(__file__), "--_child", who, "--size", size, "--batch", str(a.batch),
+      cmd = [sys.executable, "-m", "experiments.bench_gpu", "--_child", who, "--size", size, "--batch", str(a.batch),
              "--steps", str(a.steps), "--image", str(a.image), "--channels", str(a.channels), "--classes", str(a.classes)]
       left = a.budget - (time.time() - t_start)
       if left < 20:
@@ -208,14 +208,13 @@ def main():
 
 
 def write(a, rows, elapsed: float) -> None:
-  sys.path.insert(0, ROOT)
   from adaflow.train.diagnostics import PEAK_BF16_TFLOPS
   device = next((r["device"] for r in rows if "device" in r and r.get("platform") not in ("cpu",)), "cpu")
   peak = a.peak_tflops or next((p for sub, p in PEAK_BF16_TFLOPS["gpu"] if sub in device.lower()), 0.0)
   head = [f"# DiT train throughput on one GPU: adaflow vs diffusers DiT (bf16){' - SMOKE RUN (CPU, tiny)' if a.smoke else ''}",
           "", f"- Device: {device}; bf16 dense peak {peak or 'unknown'} TFLOP/s; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; total {elapsed / 60:.1f} min.",
-          f"- Command: `python experiments/bench_gpu.py --sizes {a.sizes} --batch {a.batch} --steps {a.steps}"
+          f"- Command: `python -m experiments.bench_gpu --sizes {a.sizes} --batch {a.batch} --steps {a.steps}"
           f"{' --smoke' if a.smoke else ''}` ({a.image}x{a.image}x{a.channels} latents, patch 2, "
           f"{(a.image // 2) ** 2} tokens, {a.classes} classes).",
           "- Train img/s: median of the timed steps after 3 warm-ups; first step = compilation (adaflow: XLA "

@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-exec timeout 475 python experiments/bench_gpu.py --timeout 150 --budget 440 "$@"
+exec timeout 475 python -m experiments.bench_gpu --timeout 150 --budget 440 "$@"

@@ -1,7 +1,7 @@
 """Time-partition edges on the sampling grid: sample quality and NFE before / after the change.
 
-    ADAFLOW_BENCH_LOCKED=1 flock /tmp/adaflow-bench.lock python experiments/bench_grid_edges.py --steps 4,6,8,16
-    python experiments/bench_grid_edges.py --smoke --workdir /tmp/adaflow_grid_edges_smoke
+    ADAFLOW_BENCH_LOCKED=1 flock /tmp/adaflow-bench.lock python -m experiments.bench_grid_edges --steps 4,6,8,16
+    python -m experiments.bench_grid_edges --smoke --workdir /tmp/adaflow_grid_edges_smoke
         # tiny budgets, 64 samples, 4 steps: ~2.5-3.5 min from scratch on the loaded 2-core CPU (mostly
         # compilation), ~40 s once its models and the classifier are cached
 
@@ -45,32 +45,21 @@ import argparse
 import functools
 import json
 import os
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from adaflow import flow  # noqa: E402
-from adaflow.config_defaults import load_config_file  # noqa: E402
-from adaflow.eval import evaluate_samples, get_classifier  # noqa: E402
-from adaflow.eval import bootstrap  # noqa: E402
-from adaflow.eval.frechet import feature_statistics  # noqa: E402
-from adaflow.flow.driver import balanced_labels  # noqa: E402
-from adaflow.pipelines.grouped import load_grouped, run_grouped  # noqa: E402
-from adaflow.train.loop import load_trainer_and_params, train  # noqa: E402
-from experiments.common import machine_line, utc_now, write_report  # noqa: E402
-
-
-def load_config(name: str):
-  """A configs/*.py file's get_config() (see adaflow.config_defaults.load_config_file)."""
-  return load_config_file(os.path.join(ROOT, "configs", f"{name}.py"))
+from adaflow import flow
+from adaflow.eval import evaluate_samples, get_classifier
+from adaflow.eval import bootstrap
+from adaflow.eval.frechet import feature_statistics
+from adaflow.flow.driver import balanced_labels
+from adaflow.pipelines.grouped import load_grouped, run_grouped
+from adaflow.train.loop import load_trainer_and_params, train
+from experiments.common import RESULTS, load_config, machine_line, matmul_flags, utc_now, write_report
 
 
 def bench_overrides(c, args, steps: int):
@@ -231,7 +220,7 @@ def ci(boot: np.ndarray, point: float) -> str:
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_grid_edges", description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", default="/tmp/adaflow_grid_edges", help="cache of the trained models")
   ap.add_argument("--out", default=None, help="results file (default experiments/results/grid_edges.md; "
                                               "--smoke: <workdir>/grid_edges_smoke.md)")
@@ -260,12 +249,10 @@ def main():
   args.cache = args.cache or os.path.join(args.workdir, ".adaflow_cache")
   if args.out is None:
     args.out = (os.path.join(args.workdir, "grid_edges_smoke.md") if args.smoke
-                else os.path.join(ROOT, "experiments", "results", "grid_edges.md"))
+                else os.path.join(RESULTS, "grid_edges.md"))
   step_list = [int(s) for s in (args.steps or "4,8,16").split(",")]
 
   machine, started = machine_line(), utc_now()
-  flags = subprocess.run("grep -o 'avx512_bf16\\|amx_bf16\\|avx2' /proc/cpuinfo | sort -u", shell=True,
-                         capture_output=True, text=True).stdout.split()
   t_start = time.time()
   os.makedirs(args.workdir, exist_ok=True)
   log = lambda m: print(f"[grid_edges {time.time() - t_start:6.0f}s] {m}", flush=True)
@@ -329,14 +316,14 @@ def main():
   biases = [np.mean(c["boot"]) - c["fd"] for c in cells.values()]
   bias_lo, bias_hi = float(np.min(biases)), float(np.max(biases))
   edges = {m.name: ", ".join(f"{e:.3f}" for e in m.partition.inner) for m in models}
-  cmd = "python experiments/bench_grid_edges.py " + " ".join(sys.argv[1:])
+  cmd = "python -m experiments.bench_grid_edges " + " ".join(sys.argv[1:])
   if os.environ.get("ADAFLOW_BENCH_LOCKED"):
     cmd = "ADAFLOW_BENCH_LOCKED=1 flock /tmp/adaflow-bench.lock " + cmd
   pm = models[0]
   md = [
       "# Partition edges on the sampling grid: before / after (PPFlow-3, timestep-grouped)" +
       (" — SMOKE RUN (tiny budgets, not a result)" if args.smoke else ""), "",
-      f"Date: {started}. Machine: {machine}. CPU flags: {' '.join(flags) or 'none of avx2/avx512_bf16/amx_bf16'}.",
+      f"Date: {started}. Machine: {machine}. CPU flags: {matmul_flags()}.",
       f"Command: `{cmd.strip()}` (total {time.time() - t_start:.0f} s, of which training or loading the models "
       f"{train_s:.0f} s).", "",
       f"Models (digits 16x16, quick-start DiT width 128, depth 4, 4 heads, bf16 matmuls), trained once and sampled "

@@ -1,6 +1,6 @@
 """Benchmark: timestep-grouped train-then-prune vs the dense base at the same training images.
 
-    flock /tmp/adaflow-bench.lock python experiments/bench_grouped.py [--out experiments/results/grouped.md]
+    flock /tmp/adaflow-bench.lock python -m experiments.bench_grouped [--out experiments/results/grouped.md]
 
 Digits quick-start model (16x16, patch 4, width 128, depth 4, 4 heads), with a SMALLER step budget
 than the quick start so the whole benchmark fits in ~10-20 minutes on a shared 2-core CPU:
@@ -22,39 +22,30 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from adaflow import data as data_lib  # noqa: E402
-from adaflow.eval import evaluate_samples, get_classifier  # noqa: E402
-from adaflow.models.grouped import group_key  # noqa: E402
-from adaflow.methods import generator_for  # noqa: E402
-from adaflow.models.dit import dit_from_config  # noqa: E402
-from adaflow.parallel import make_mesh  # noqa: E402
-from adaflow.prune import budget as budget_lib  # noqa: E402
-from adaflow.pipelines.grouped import (grouped_generator, prune, run_grouped,  # noqa: E402
+from adaflow import data as data_lib
+from adaflow.eval import evaluate_samples, get_classifier
+from adaflow.models.grouped import group_key
+from adaflow.methods import generator_for
+from adaflow.models.dit import dit_from_config
+from adaflow.parallel import make_mesh
+from adaflow.prune import budget as budget_lib
+from adaflow.pipelines.grouped import (grouped_generator, prune, run_grouped,
                                     sampling_summary)
-from adaflow.prune.slicing import Structure, slice_params  # noqa: E402
-from adaflow.flow.driver import balanced_labels, make_generate_fn  # noqa: E402
-from adaflow.train.loop import train  # noqa: E402
-from adaflow.train.loop import load_params  # noqa: E402
-
-
-def load_quickstart():
-  """A configs/*.py file's get_config() (see adaflow.config_defaults.load_config_file)."""
-  from adaflow.config_defaults import load_config_file
-  return load_config_file(os.path.join(ROOT, "configs", "quickstart.py"))
+from adaflow.prune.slicing import Structure, slice_params
+from adaflow.flow.driver import balanced_labels, make_generate_fn
+from adaflow.train.loop import train
+from adaflow.train.loop import load_params
+from experiments.common import RESULTS, load_config, machine_line, utc_now
 
 
 def base_config(args):
-  c = load_quickstart()
+  c = load_config("quickstart")
   c.train.batch_size = args.batch
   c.train.warmup_steps = 50
   c.train.ckpt_every = 10000
@@ -78,9 +69,9 @@ def grouped_cfg(args, largest, proposer="importance", stage2=None, k=0.5):
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_grouped", description=__doc__.split("\n\n")[0])
   ap.add_argument("--work", default="/tmp/adaflow_bench_grouped")
-  ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "grouped.md"))
+  ap.add_argument("--out", default=os.path.join(RESULTS, "grouped.md"))
   ap.add_argument("--cache", default="/tmp/.adaflow_cache")
   ap.add_argument("--batch", type=int, default=64)
   ap.add_argument("--stage1", type=int, default=300)
@@ -92,7 +83,6 @@ def main():
   ap.add_argument("--extra_k", type=float, default=None,
                   help="also run TDC (largest=data) with this smaller k, to see where the FLOPs bar is reached")
   args = ap.parse_args()
-  from experiments.common import machine_line
   machine = machine_line()
   total = args.stage1 + 4 * args.stage2
   t_start = time.time()
@@ -207,11 +197,11 @@ def main():
     for gr in res["groups"]:
       struct_rows.append(f"| {key} | {gr['group']} | [{gr['t_range'][0]:.3f}, {gr['t_range'][1]:.3f}) | "
                          f"{gr['budget_fraction']:.3f} | {gr['flops_fraction']:.3f} | {gr['counts']} | {gr['proxy']:.4f} |")
-  date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+  date = utc_now()
   md = [
       "# Timestep-grouped train-then-prune (TDC) vs dense — digits quick-start model", "",
       f"Date: {date}. Machine: {machine}. Wall-clock: interleaved repetitions, median.",
-      f"Command: `python experiments/bench_grouped.py {' '.join(sys.argv[1:])}` "
+      f"Command: `python -m experiments.bench_grouped {' '.join(sys.argv[1:])}` "
       f"(batch {args.batch}, {total} total steps per arm = {total * args.batch} training images; the quick start "
       "uses 2500 x 128, the same or a smaller budget).",
       f"TDC: stage 1 {args.stage1} steps, N = 4 groups (equal SNR-dB width over [-20, 20] dB), k = 0.5"

@@ -1,6 +1,6 @@
 """Host input vs the train step: does `data.prefetch` make input keep up?
 
-    python experiments/bench_input.py [--smoke] [--out experiments/results/input.md]
+    python -m experiments.bench_input [--smoke] [--out experiments/results/input.md]
 
 1. Writes a real TFDS dataset in ArrayRecord format to a temp dir, offline (a tfds builder whose
    examples are JPEG-encoded photo crops from the embedded `crops` source; no TensorFlow needed),
@@ -20,34 +20,25 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from adaflow import data as data_lib  # noqa: E402
-from adaflow.config_defaults import base_config  # noqa: E402
-from adaflow.data import embedded  # noqa: E402
-from adaflow.data.prefetch import Prefetcher  # noqa: E402
-from adaflow.train.loop import Trainer, train  # noqa: E402
-from adaflow.train.metrics_log import read_metrics  # noqa: E402
-from adaflow.train.sharded_state import init_state  # noqa: E402
-from experiments.common import machine_line, time_calls, utc_now, write_report  # noqa: E402
+from adaflow import data as data_lib
+from adaflow.config_defaults import base_config
+from adaflow.data import embedded
+from adaflow.data.prefetch import Prefetcher
+from adaflow.train.loop import Trainer, train
+from adaflow.train.metrics_log import read_metrics
+from adaflow.train.sharded_state import init_state
+from experiments.common import RESULTS, machine_line, matmul_flags, time_calls, utc_now, write_report
 
 DATASET = "bench_input_images"
 # name: (hidden, depth, heads, patch); all on 32x32x3 data, bf16 matmuls as in the defaults.
 MODELS = {"tiny": (64, 2, 2, 4), "quickstart": (128, 4, 4, 4)}
-
-
-def cpu_flags() -> str:
-  out = subprocess.run("grep -o 'avx512_bf16\\|amx_bf16\\|avx2' /proc/cpuinfo | sort -u", shell=True,
-                       capture_output=True, text=True).stdout.split()
-  return ", ".join(out) or "none of avx2 / avx512_bf16 / amx_bf16"
 
 
 def write_dataset(data_dir: str, num: int, stored: int) -> None:
@@ -133,7 +124,7 @@ def loop_rates(c, steps: int, intervals: int, prefetch: int) -> list:
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_input", description=__doc__.split("\n\n")[0])
   ap.add_argument("--smoke", action="store_true", help="tiny sizes, one model: seconds; writes no file unless --out")
   ap.add_argument("--batch", type=int, default=128)
   ap.add_argument("--examples", type=int, default=4096)
@@ -146,9 +137,9 @@ def main():
     args.batch, args.examples, args.input_steps, args.loop_steps, args.repeats = 16, 128, 4, 3, 1
     MODELS.pop("quickstart")
   out = args.out or (None if args.smoke else
-                     os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "input.md"))
-  header = (f"Measured {utc_now()}: {machine_line()}; CPU flags: {cpu_flags()}. "
-            "Command: `" + " ".join(["python", "experiments/bench_input.py", *sys.argv[1:]]) + "`.")
+                     os.path.join(RESULTS, "input.md"))
+  header = (f"Measured {utc_now()}: {machine_line()}; CPU flags: {matmul_flags()}. "
+            "Command: `" + " ".join(["python", "-m", "experiments.bench_input", *sys.argv[1:]]) + "`.")
   print(header, flush=True)
   root = tempfile.mkdtemp(prefix="adaflow_bench_input_data_")
   # The step is compiled once per model (step_rate, then two train() runs with the same HLO).

@@ -1,6 +1,6 @@
 """PPFlow vs the dense DiT, side by side in one run (arXiv 2506.23543).
 
-    ADAFLOW_BENCH_LOCKED=1 flock /tmp/adaflow-bench.lock python experiments/bench_ppflow.py [--steps 400 --batch 64]
+    ADAFLOW_BENCH_LOCKED=1 flock /tmp/adaflow-bench.lock python -m experiments.bench_ppflow [--steps 400 --batch 64]
 
 Setting: embedded digits 16x16, the quick start DiT (width 128, depth 4, 4 heads) with base patch
 2 (64 tokens in the fine stage; 16 in the 2x2 stage, 32 in the 1x2 stage). With the quick start's
@@ -21,23 +21,19 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-
-def load_config(name: str):
-  """A configs/*.py file's get_config() (see adaflow.config_defaults.load_config_file)."""
-  from adaflow.config_defaults import load_config_file
-  return load_config_file(os.path.join(ROOT, "configs", f"{name}.py"))
+from adaflow.eval import evaluate_samples, get_classifier
+from adaflow.eval.classifier import cache_dir
+from adaflow.eval.quality import real_vs_real_fd
+from adaflow.models.ppflow import convert_params_for
+from adaflow.train.loop import Trainer, load_trainer_and_params, train
+from experiments.common import RESULTS, load_config, machine_line, utc_now
 
 
 def bench_config(name: str, args):
@@ -72,7 +68,8 @@ def token_cost_ratio(schedule) -> float:
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_ppflow",
+                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--steps", type=int, default=400)
   ap.add_argument("--batch", type=int, default=64)
   ap.add_argument("--ft_fraction", type=float, default=0.25)
@@ -83,18 +80,10 @@ def main():
   ap.add_argument("--ft_models", default="ppflow3", help="comma list of ppflow2,ppflow3 to fine-tune from dense")
   ap.add_argument("--workdir", default="/tmp/adaflow_bench_ppflow")
   ap.add_argument("--keep", action="store_true", help="reuse finished runs in --workdir (train() resumes them)")
-  ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "ppflow.md"))
+  ap.add_argument("--out", default=os.path.join(RESULTS, "ppflow.md"))
   args = ap.parse_args()
   t_start = time.time()
-  from experiments.common import machine_line
   machine = machine_line()
-
-  from adaflow.models.ppflow import convert_params_for
-  from adaflow.eval import evaluate_samples
-  from adaflow.eval.classifier import cache_dir
-  from adaflow.train.loop import Trainer, load_trainer_and_params, train
-  from adaflow.eval import get_classifier
-  from adaflow.eval.quality import real_vs_real_fd
 
   if os.path.exists(args.workdir) and not args.keep:
     shutil.rmtree(args.workdir)
@@ -198,8 +187,8 @@ def main():
   theory = {"dense": 1.0}
   for name in ("ppflow2", "ppflow3"):
     theory[name] = token_cost_ratio(loaded[name][0].objective.spec.schedule)
-  date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
-  cmd = "python experiments/bench_ppflow.py " + " ".join(sys.argv[1:])
+  date = utc_now()
+  cmd = "python -m experiments.bench_ppflow " + " ".join(sys.argv[1:])
   if os.environ.get("ADAFLOW_BENCH_LOCKED"):
     cmd = "ADAFLOW_BENCH_LOCKED=1 flock /tmp/adaflow-bench.lock " + cmd
   lines = [

@@ -1,6 +1,6 @@
 """What does agreeing on a stop cost per step? `train.preemption_sync_every` on 2 real JAX processes.
 
-    python experiments/bench_preemption_sync.py [--smoke] [--out experiments/results/preemption_sync.md]
+    python -m experiments.bench_preemption_sync [--smoke] [--out experiments/results/preemption_sync.md]
 
 With several processes, `PreemptionGuard.should_stop` all-gathers every process's stop flag
 (`multihost_utils.process_allgather` of an int32 scalar) every `train.preemption_sync_every`
@@ -20,6 +20,7 @@ Writes experiments/results/preemption_sync.md. Worker mode (internal): `--worker
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -29,8 +30,10 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+import numpy as np
+
+from experiments.common import RESULTS, ROOT, machine_line, matmul_flags, utc_now, write_report
+
 SYNC_EVERY = (1, 10, 100)
 # name: config overrides on tests/conftest.py tiny_config (16x16 digits, float32).
 MODELS = {
@@ -41,23 +44,20 @@ MODELS = {
 }
 
 
-def cpu_flags() -> str:
-  out = subprocess.run("grep -o 'avx512_bf16\\|amx_bf16\\|avx2' /proc/cpuinfo | sort -u", shell=True,
-                       capture_output=True, text=True).stdout.split()
-  return ", ".join(out) or "none of avx2 / avx512_bf16 / amx_bf16"
+def tiny_config(**overrides):
+  """tests/conftest.py's `tiny_config`, loaded by path (tests/ is not a package)."""
+  spec = importlib.util.spec_from_file_location("_adaflow_tests_conftest", os.path.join(ROOT, "tests", "conftest.py"))
+  conftest = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(conftest)
+  return conftest.tiny_config(**overrides)
 
 
 # ----------------------------------------------------------------------------- worker (one process)
 
 
 def worker(spec: dict) -> None:
-  os.environ.pop("XLA_FLAGS", None)
-  os.environ.update(ADAFLOW_COORDINATOR=spec["coordinator"], ADAFLOW_NUM_PROCESSES="2",
-                    ADAFLOW_PROCESS_ID=str(spec["process_id"]), JAX_PLATFORMS="cpu")
-  sys.path.insert(0, ROOT)
-  sys.path.insert(0, os.path.join(ROOT, "tests"))
+  """One of the 2 processes; `run_two` starts it with its ADAFLOW_* / JAX_PLATFORMS environment."""
   import jax
-  import numpy as np
   jax.config.update("jax_num_cpu_devices", 1)
   from adaflow.parallel.distributed import initialize_runtime
   assert initialize_runtime(timeout_s=60)     # the path `adaflow train` takes (gloo on CPU)
@@ -65,7 +65,6 @@ def worker(spec: dict) -> None:
   jax.config.update("jax_compilation_cache_dir", os.path.join(spec["root"], f"jax_cache_{spec['process_id']}"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   from jax.experimental import multihost_utils
-  from conftest import tiny_config
   from adaflow.data import make_train_batches
   from adaflow.train import checkpoint as ckpt
   from adaflow.train.loop import PreemptionGuard, Trainer
@@ -141,11 +140,13 @@ def free_port() -> int:
 
 def run_two(spec: dict, timeout: float) -> list:
   coord = f"127.0.0.1:{free_port()}"
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  env = dict(os.environ, PYTHONUNBUFFERED="1", ADAFLOW_COORDINATOR=coord, ADAFLOW_NUM_PROCESSES="2",
+             JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
-  procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker",
+  procs = [subprocess.Popen([sys.executable, "-m", "experiments.bench_preemption_sync", "--worker",
                              json.dumps(dict(spec, coordinator=coord, process_id=i))],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(env, ADAFLOW_PROCESS_ID=str(i)), cwd=ROOT)
            for i in range(2)]
   outs = []
   try:
@@ -162,7 +163,8 @@ def run_two(spec: dict, timeout: float) -> list:
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_preemption_sync",
+                               description=__doc__.split("\n\n")[0])
   ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   ap.add_argument("--smoke", action="store_true", help="one model, one repeat: runs in well under a minute")
   ap.add_argument("--calls", type=int, default=300, help="timed all-gathers per process")
@@ -175,12 +177,9 @@ def main():
     return
   if args.smoke:
     args.calls, args.block, args.repeats = 50, 20, 1
-  out = args.out or (None if args.smoke else os.path.join(HERE, "results", "preemption_sync.md"))
-  sys.path.insert(0, ROOT)
-  import numpy as np
-  from experiments.common import machine_line, utc_now, write_report
-  header = (f"Measured {utc_now()}: {machine_line()}; CPU flags: {cpu_flags()}. "
-            "Command: `" + " ".join(["python", "experiments/bench_preemption_sync.py", *sys.argv[1:]]) + "`.")
+  out = args.out or (None if args.smoke else os.path.join(RESULTS, "preemption_sync.md"))
+  header = (f"Measured {utc_now()}: {machine_line()}; CPU flags: {matmul_flags()}. "
+            "Command: `" + " ".join(["python", "-m", "experiments.bench_preemption_sync", *sys.argv[1:]]) + "`.")
   print(header, flush=True)
   spec = {"root": tempfile.mkdtemp(prefix="adaflow_bench_psync_"), "calls": args.calls,
           "block": args.block, "probe": 5 if args.smoke else 20, "repeats": args.repeats, "smoke": args.smoke}

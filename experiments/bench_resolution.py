@@ -1,7 +1,7 @@
 """How the gain grows with resolution (issue #25 item 9): each method's analytic FLOPs per image and
 its measured sampling speed-up over dense at equal steps, at several token counts.
 
-    nice -n 19 python experiments/bench_resolution.py [--sizes 16,32,64] [--depth 12] [--steps 8] \
+    nice -n 19 python -m experiments.bench_resolution [--sizes 16,32,64] [--depth 12] [--steps 8] \
         [--batch 8] [--reps 5] [--out experiments/results/resolution.md]
 
 Random weights: this measures speed only, never quality. One DiT width / depth / heads for every
@@ -37,32 +37,28 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import flax.linen as nn
+import jax
+import numpy as np
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from adaflow import data as data_lib  # noqa: E402
-from adaflow import flow  # noqa: E402
-from adaflow.compose.generator import ComposedGenerator  # noqa: E402
-from adaflow.methods import composed_config  # noqa: E402
-from adaflow.compose.model import finest_stage_view  # noqa: E402
-from adaflow.compose.sampler import ComposedSampler  # noqa: E402
-from adaflow.config_defaults import base_config  # noqa: E402
-from adaflow.models.grouped import group_key  # noqa: E402
-from adaflow.parallel.precision import resolve_compute_dtype  # noqa: E402
-from adaflow.prune import budget as budget_lib  # noqa: E402
-from adaflow.prune import importance as importance_lib  # noqa: E402
-from adaflow.prune.groups import group_edges  # noqa: E402
-from adaflow.prune.search import ImportanceProposer, SearchSpace  # noqa: E402
-from adaflow.prune.slicing import slice_params  # noqa: E402
-from experiments.common import machine_line  # noqa: E402
+from adaflow import data as data_lib
+from adaflow import flow
+from adaflow.compose.generator import ComposedGenerator
+from adaflow.methods import composed_config
+from adaflow.compose.model import finest_stage_view
+from adaflow.compose.sampler import ComposedSampler
+from adaflow.config_defaults import base_config
+from adaflow.models.grouped import group_key
+from adaflow.parallel.precision import resolve_compute_dtype
+from adaflow.prune import budget as budget_lib
+from adaflow.prune import importance as importance_lib
+from adaflow.prune.groups import group_edges
+from adaflow.prune.search import ImportanceProposer, SearchSpace
+from adaflow.prune.slicing import slice_params
+from experiments.common import RESULTS, machine_line, matmul_flags, utc_now
 
 NUM_CLASSES = 10
 PAPERS = {   # what the papers report, checked against their text (see the results file's notes)
@@ -224,10 +220,6 @@ def measure(args, log) -> list[dict]:
 
 
 # ---- report ------------------------------------------------------------------------------------
-def sh(cmd: str) -> str:
-  return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True).stdout.strip()
-
-
 def report(args, rows, ctx) -> str:
   g = dense_config(args).grouped
   edges = group_edges(g.num_groups, flow.make_interpolant(dense_config(args).flow), tuple(g.snr_range_db))
@@ -336,7 +328,7 @@ def reading(args, rows) -> list[str]:
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_resolution", description=__doc__.split("\n\n")[0])
   ap.add_argument("--sizes", default="16,32,64", help="image sides in pixels (16,32,64 -> 64,256,1024 tokens at patch 2)")
   ap.add_argument("--width", type=int, default=384)
   ap.add_argument("--depth", type=int, default=4, help="DiT-S has 12; 4 keeps the run within ~15 min on 2 cores")
@@ -347,14 +339,14 @@ def main(argv=None):
   ap.add_argument("--batch", type=int, default=4, help="images per timed call")
   ap.add_argument("--reps", type=int, default=5, help="interleaved timed rounds (median)")
   ap.add_argument("--ratio", type=float, default=0.6, help="DiffCR kept-token ratio of every layer and region")
-  ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "resolution.md"))
+  ap.add_argument("--out", default=os.path.join(RESULTS, "resolution.md"))
   args = ap.parse_args(argv)
   validate_args(args)
   t0 = time.time()
-  ctx = {"date": sh("date -u"), "flags": " ".join(sh("grep -o 'avx512_bf16\\|amx_bf16\\|avx2' /proc/cpuinfo | sort -u").split()),
+  ctx = {"date": utc_now(), "flags": matmul_flags(),
          "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1 / 5 / 15 min)", "machine": machine_line(),
          "dtype": resolve_compute_dtype("auto")[0],
-         "command": (f"nice -n {os.nice(0)} " if os.nice(0) else "") + "python experiments/bench_resolution.py"
+         "command": (f"nice -n {os.nice(0)} " if os.nice(0) else "") + "python -m experiments.bench_resolution"
                     + "".join(f" {a}" for a in sys.argv[1:])}
   log = lambda m: print(f"[resolution {time.time() - t0:6.0f}s] {m}", flush=True)
   rows = measure(args, log)

@@ -1,7 +1,7 @@
 """DiffCR token routing vs the dense DiT, side by side in one run (digits 16x16, patch 2: 64 tokens).
 
-    python experiments/bench_routing.py --train-only [--pre 500 --ft 250]
-    ADAFLOW_BENCH_LOCKED=1 flock /tmp/adaflow-bench.lock python experiments/bench_routing.py --reuse [same flags]
+    python -m experiments.bench_routing --train-only [--pre 500 --ft 250]
+    ADAFLOW_BENCH_LOCKED=1 flock /tmp/adaflow-bench.lock python -m experiments.bench_routing --reuse [same flags]
 
 Two phases: `--train-only` trains every variant (untimed, may run beside other jobs), then the same
 command with `--reuse` under the benchmark lock restores the checkpoints and does every timed and
@@ -30,10 +30,8 @@ accuracy (adaflow.eval), and the learned ratio table. Writes experiments/results
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -41,22 +39,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from adaflow.eval import evaluate_samples, get_classifier  # noqa: E402
-from adaflow.models.routing.ratios import ratio_table, region_index, snapped_table  # noqa: E402
-from adaflow.models.routing.tokens import num_kept, routed_block  # noqa: E402
-from adaflow.models.dit import DiTBlock  # noqa: E402
-from adaflow.flow.driver import balanced_labels, generate_images, make_generate_fn  # noqa: E402
-from adaflow.train.loop import Trainer, train  # noqa: E402
-
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-
-
-def load_config():
-  """A configs/*.py file's get_config() (see adaflow.config_defaults.load_config_file)."""
-  from adaflow.config_defaults import load_config_file
-  return load_config_file(os.path.join(ROOT, "configs", "quickstart_routed.py"))
+from adaflow.eval import evaluate_samples, get_classifier
+from adaflow.models.routing.ratios import ratio_table, region_index, snapped_table
+from adaflow.models.routing.tokens import num_kept, routed_block
+from adaflow.models.dit import DiTBlock
+from adaflow.flow.driver import balanced_labels, generate_images, make_generate_fn
+from adaflow.train.loop import Trainer, train
+from experiments.common import RESULTS, load_config, machine_line, utc_now
 
 
 def variant_config(base, name, args):
@@ -137,7 +126,7 @@ def sampler_flops(tr, params, table, args, dense_gen_flops, dense_forward_flops)
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_routing", description=__doc__.split("\n\n")[0])
   ap.add_argument("--pre", type=int, default=500)
   ap.add_argument("--ft", type=int, default=250)
   ap.add_argument("--batch", type=int, default=64)
@@ -153,9 +142,8 @@ def main():
                        "measurement later with --reuse under the benchmark lock)")
   ap.add_argument("--reuse", action="store_true",
                   help="keep --workdir: finished runs are restored from their checkpoints, not retrained")
-  ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "routing.md"))
+  ap.add_argument("--out", default=os.path.join(RESULTS, "routing.md"))
   args = ap.parse_args()
-  from experiments.common import machine_line
   machine = machine_line()
   t_start = time.time()
   # Identical programs (the train step compiled again for memory_analysis, the two learned
@@ -166,7 +154,7 @@ def main():
   if not args.reuse:
     shutil.rmtree(args.workdir, ignore_errors=True)
     shutil.rmtree(args.workdir + "_jaxcache", ignore_errors=True)
-  base = load_config()
+  base = load_config("quickstart_routed")
   quiet = lambda msg: None
 
   # 1. dense pre-training, then fine-tunes from it (same budget for every variant).
@@ -210,7 +198,6 @@ def main():
   if args.train_only:
     return   # the compiled programs are now in the persistent compilation cache
   # FLOPs: dense from XLA directly; routed = dense + per-block differences at the snapped bins.
-  dense_tr, dense_p = runs["dense"]["tr"], runs["dense"]["params"]
   dense_flops = runs["dense"]["gen_flops_xla"]
   for name, r in runs.items():
     if name == "dense":
@@ -296,12 +283,12 @@ def main():
     r = runs[name]
     check += (f"- {name}: FLOPs by per-block accounting {r['flops'] / 1e9:.2f} G vs XLA on the whole sampler "
               f"{r['gen_flops_xla'] * args.steps / 1e9:.2f} G (scan body x {args.steps} steps)\n")
-  cmd = "python experiments/bench_routing.py " + " ".join(sys.argv[1:])
+  cmd = "python -m experiments.bench_routing " + " ".join(sys.argv[1:])
   if args.reuse:
-    cmd = (f"python experiments/bench_routing.py {' '.join(a for a in sys.argv[1:] if a != '--reuse')} --train-only` "
+    cmd = (f"python -m experiments.bench_routing {' '.join(a for a in sys.argv[1:] if a != '--reuse')} --train-only` "
            f"(training, untimed), then `{cmd}")
   locked = "held" if os.environ.get("ADAFLOW_BENCH_LOCKED") else "NOT held (set ADAFLOW_BENCH_LOCKED=1 when run under flock)"
-  date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+  date = utc_now()
   md = f"""# DiffCR token routing vs dense DiT (digits 16x16, patch 2 = 64 tokens)
 
 Machine: {machine}. Date: {date}.

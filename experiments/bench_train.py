@@ -1,6 +1,6 @@
 """Training and sampling throughput of a DiT on this machine, with XLA FLOPs and MFU.
 
-    python experiments/bench_train.py [--size S/2] [--batch 32] [--image 32]
+    python -m experiments.bench_train [--size S/2] [--batch 32] [--image 32]
 
 MFU is measured against this machine's own matmul peak, measured in the same run (a large
 bf16 x bf16 -> f32 matmul for bf16 models, f32 for f32 models). Writes experiments/results/train.md.
@@ -8,7 +8,6 @@ bf16 x bf16 -> f32 matmul for bf16 models, f32 for f32 models). Writes experimen
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import sys
@@ -16,14 +15,12 @@ import sys
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from adaflow.config_defaults import base_config  # noqa: E402
-from experiments.common import time_calls  # noqa: E402
-from adaflow.data import make_train_batches  # noqa: E402
-from adaflow.flow.driver import make_generate_fn  # noqa: E402
-from adaflow.train.loop import Trainer  # noqa: E402
-from adaflow.train.sharded_state import init_state  # noqa: E402
+from adaflow.config_defaults import base_config
+from adaflow.data import make_train_batches
+from adaflow.flow.driver import make_generate_fn
+from adaflow.train.loop import Trainer
+from adaflow.train.sharded_state import init_state
+from experiments.common import RESULTS, time_calls, utc_now
 
 
 def flops_of(compiled) -> float:
@@ -90,13 +87,13 @@ def bench(size_patch: str, image: int, batch: int, dtype: str, reps: int, sample
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_train", description=__doc__.split("\n\n")[0])
   ap.add_argument("--size", default="S/2")
   ap.add_argument("--image", type=int, default=32)
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--reps", type=int, default=10)
   ap.add_argument("--sample-steps", type=int, default=16)
-  ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "train.md"))
+  ap.add_argument("--out", default=os.path.join(RESULTS, "train.md"))
   args = ap.parse_args()
   rows = []
   for dtype in ("bfloat16", "float32"):
@@ -106,12 +103,12 @@ def main():
              fwd_mfu=r["fwd_flops"] / r["fwd_s"] / peak)
     rows.append(r)
     print(r, flush=True)
-  now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  now = utc_now()
   lines = [
       f"# Training and sampling throughput: DiT-{args.size} at {args.image}x{args.image}x3, batch {args.batch}",
       "",
       f"Measured {now} on this project's machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), "
-      f"no GPU, jax {jax.__version__}. Command: `python experiments/bench_train.py {' '.join(sys.argv[1:])}`. "
+      f"no GPU, jax {jax.__version__}. Command: `python -m experiments.bench_train {' '.join(sys.argv[1:])}`. "
       f"Other jobs may have shared the CPU.",
       "",
       "| compute dtype | train img/s | forward img/s | sampling img/s (Euler, "

@@ -3,7 +3,7 @@ with and without `model.scan_blocks`, under XLA:CPU's default scheduler and with
 concurrency-optimised scheduler switched off. Params and optimizer state are donated (as in the
 train loop); one row without donation shows what donation saves.
 
-    python experiments/bench_train_memory.py [--size S] [--batch 32]
+    python -m experiments.bench_train_memory [--size S] [--batch 32]
 
 Compile only (no step runs): `compiled.memory_analysis()` gives XLA's exact buffer plan
 (arguments = params + AdamW state + batch; temporaries = everything else) and
@@ -19,14 +19,14 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+from experiments.common import RESULTS, ROOT, machine_line, utc_now
+
 SCHEDULERS = {"XLA:CPU default": "",
               "concurrency-optimised scheduler off": "--xla_cpu_enable_concurrency_optimized_scheduler=false"}
 
 
 def child(size: str, batch: int) -> None:
   """Prints one JSON line per remat setting (runs under the XLA_FLAGS of its parent's choosing)."""
-  sys.path.insert(0, ROOT)
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -65,22 +65,21 @@ def child(size: str, batch: int) -> None:
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_train_memory",
+                               description=__doc__.split("\n\n")[0])
   ap.add_argument("--size", default="S", choices=("S", "B", "L", "XL"))
   ap.add_argument("--batch", type=int, default=32)
-  ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "train_memory.md"))
+  ap.add_argument("--out", default=os.path.join(RESULTS, "train_memory.md"))
   ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
   a = ap.parse_args()
   if a._child:
     child(a.size, a.batch)
     return
-  sys.path.insert(0, ROOT)
-  from experiments.common import machine_line, utc_now
   rows = []
   for name, flags in SCHEDULERS.items():
     env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", "--size", a.size, "--batch", str(a.batch)],
-                       capture_output=True, text=True, env=env, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-m", "experiments.bench_train_memory", "--_child", "--size", a.size,
+                        "--batch", str(a.batch)], capture_output=True, text=True, env=env, cwd=ROOT)
     if r.returncode != 0:
       raise SystemExit(f"{name}: the compile subprocess failed:\n{r.stderr[-2000:]}")
     for line in r.stdout.strip().splitlines():
@@ -88,7 +87,7 @@ def main():
       print(name, rows[-1][2], flush=True)
   lines = [f"# Planned memory of one DiT-{a.size}/2 train step (batch {a.batch}): remat and XLA:CPU scheduler", "",
            f"- {machine_line()}; {utc_now()}.",
-           f"- Command: `python experiments/bench_train_memory.py --size {a.size} --batch {a.batch}` "
+           f"- Command: `python -m experiments.bench_train_memory --size {a.size} --batch {a.batch}` "
            "(compile only; XLA `memory_analysis` / `cost_analysis`).", "",
            "| scheduler | XLA_FLAGS | model.remat | model.scan_blocks | donated | temporaries (MiB) | arguments (MiB) | "
            "total: args + temps + outputs - aliased (MiB) | XLA GFLOP per step |",

@@ -1,6 +1,6 @@
 """adaflow DiT (JAX, jit) vs diffusers DiTTransformer2DModel (PyTorch), side by side in one run.
 
-    flock /tmp/adaflow-bench.lock python experiments/bench_vs_torch.py [--sizes S,B] [--reps 3]
+    flock /tmp/adaflow-bench.lock python -m experiments.bench_vs_torch [--sizes S,B] [--reps 3]
         [--batch 32] [--modes eager,bf16,compile] [--profile]
 
 Same network on both sides: DiT-S/2 and DiT-B/2 on 32x32x3 images (256 tokens), 10 classes,
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import glob
 import gzip
 import json
@@ -44,8 +43,8 @@ import types
 
 import numpy as np
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
+# Not experiments.common.ROOT: that module imports jax, and the torch memory subprocess measures RSS without it.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "T": (2, 64, 2)}   # T: tiny, for a quick smoke run only
 IMAGE, CHANNELS, PATCH, CLASSES = 32, 3, 2, 10
@@ -224,7 +223,7 @@ def torch_memory_child(size: str, batch: int, mode: str) -> dict:
 
 
 def torch_memory(size: str, batch: int, mode: str) -> dict:
-  cmd = [sys.executable, os.path.abspath(__file__), "--_torch_memory", f"{size},{batch},{mode}"]
+  cmd = [sys.executable, "-m", "experiments.bench_vs_torch", "--_torch_memory", f"{size},{batch},{mode}"]
   r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
   if r.returncode != 0:
     return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"rc {r.returncode}"}
@@ -300,7 +299,7 @@ def median_rate(times, batch):
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_vs_torch", description=__doc__.split("\n\n")[0])
   ap.add_argument("--sizes", default="S,B")
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--reps", type=int, default=3)
@@ -370,6 +369,7 @@ def cpu_flag_line() -> str:
 
 def write_report(a, results, notes, profiles, elapsed):
   from adaflow.parallel.precision import describe_compute_dtype
+  from experiments.common import utc_now
   import jax
   import torch
   import diffusers
@@ -379,9 +379,9 @@ def write_report(a, results, notes, profiles, elapsed):
            f"Other jobs may have shared the CPU during the run.",
            f"- CPU flags (matmul-relevant): {cpu_flag_line()}; adaflow compute dtype: "
            f"{describe_compute_dtype(types.SimpleNamespace(dtype='auto', attention='auto'))}.",
-           f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; jax {jax.__version__}, "
+           f"- Date: {utc_now()}; jax {jax.__version__}, "
            f"torch {torch.__version__}, diffusers {diffusers.__version__}; total run {elapsed / 60:.1f} min.",
-           f"- Command: `python experiments/bench_vs_torch.py --sizes {a.sizes} "
+           f"- Command: `python -m experiments.bench_vs_torch --sizes {a.sizes} "
            f"--batch {a.batch} --reps {a.reps} --modes {a.modes}{' --profile' if a.profile else ''}`",
            f"- CPU load average (1/5/15 min) at start {'/'.join(f'{x:.1f}' for x in a.load_start)}, at the time of "
            f"writing {'/'.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores: above 2 means other jobs competed)."

@@ -1,6 +1,6 @@
 """Which XLA:CPU library settings make this CPU's DiT matmuls fastest (issue #18: adaflow vs torch bf16).
 
-    flock /tmp/adaflow-bench.lock python experiments/bench_xla_cpu_flags.py [--width 384] [--tokens 8192]
+    flock /tmp/adaflow-bench.lock python -m experiments.bench_xla_cpu_flags [--width 384] [--tokens 8192]
 
 XLA:CPU hands dots to one of several libraries (its own Eigen/tiled emitters, XNNPACK, YNNPACK,
 oneDNN where built in), chosen by `XLA_FLAGS`. Each variant below runs in a fresh process (XLA reads
@@ -16,8 +16,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from experiments.common import RESULTS, ROOT, machine_line, time_calls, utc_now, write_report
 
 VARIANTS = {
     "XLA:CPU default": "",
@@ -36,8 +35,6 @@ def child(width: int, tokens: int, reps: int) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-
-  from experiments.common import time_calls
   shapes = {"qkv": (tokens, width, 3 * width), "mlp up": (tokens, width, 4 * width),
             "mlp down": (tokens, 4 * width, width)}
   precisions = {"fp32": (jnp.float32, jnp.float32), "bf16 in, fp32 out": (jnp.bfloat16, jnp.float32),
@@ -56,23 +53,24 @@ def child(width: int, tokens: int, reps: int) -> dict:
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap = argparse.ArgumentParser(prog="python -m experiments.bench_xla_cpu_flags",
+                               description=__doc__.split("\n\n")[0])
   ap.add_argument("--width", type=int, default=384, help="DiT width (384 = DiT-S, 768 = DiT-B)")
   ap.add_argument("--tokens", type=int, default=8192, help="rows = batch x tokens (32 x 256)")
   ap.add_argument("--reps", type=int, default=5)
-  ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "xla_cpu_flags.md"))
+  ap.add_argument("--out", default=os.path.join(RESULTS, "xla_cpu_flags.md"))
   ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
   a = ap.parse_args(argv)
   if a._child:
     print("RESULT " + json.dumps(child(a.width, a.tokens, a.reps)))
     return
-  from experiments.common import machine_line, utc_now, write_report
   machine, date = machine_line(), utc_now()
   results, errors = {}, {}
   for name, flags in VARIANTS.items():
     env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", "--width", str(a.width), "--tokens",
-                        str(a.tokens), "--reps", str(a.reps)], capture_output=True, text=True, env=env, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-m", "experiments.bench_xla_cpu_flags", "--_child", "--width", str(a.width),
+                        "--tokens", str(a.tokens), "--reps", str(a.reps)], capture_output=True, text=True, env=env,
+                       cwd=ROOT)
     line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT ")), None)
     if r.returncode != 0 or line is None:
       err = (r.stderr.strip().splitlines() or ["no output"])[-1]
@@ -84,7 +82,8 @@ def main(argv=None):
   keys = next(iter(results.values())).keys() if results else []
   lines = ["# XLA:CPU matmul libraries on this CPU: GFLOP/s per XLA_FLAGS variant", "",
            f"- {machine}; {date}.",
-           f"- Command: `python experiments/bench_xla_cpu_flags.py --width {a.width} --tokens {a.tokens} --reps {a.reps}`; "
+           f"- Command: `python -m experiments.bench_xla_cpu_flags --width {a.width} --tokens {a.tokens} "
+           f"--reps {a.reps}`; "
            "each variant in a fresh process; median of the calls after a warm-up.", "",
            "| variant | XLA_FLAGS | " + " | ".join(k.replace("|", ", ") for k in keys) + " | mean bf16 in, fp32 out |",
            "|---|---|" + "---:|" * (len(keys) + 1)]

@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: where and when a measurement was taken."""
+"""Helpers shared by the benchmark scripts: where the repository is, its configs, and where and when
+a measurement was taken. Scripts run from the repository root as `python -m experiments.NAME`."""
 from __future__ import annotations
 
 import datetime
@@ -9,7 +10,16 @@ import time
 import jax
 import numpy as np
 
+from adaflow.config_defaults import load_config_file
 from adaflow.parallel.precision import cpu_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
+RESULTS = os.path.join(ROOT, "experiments", "results")
+
+
+def load_config(name: str, arg: str | None = None):
+  """configs/<name>.py's `get_config([arg])` (adaflow.config_defaults.load_config_file)."""
+  return load_config_file(os.path.join(ROOT, "configs", f"{name}.py"), arg)
 
 
 def utc_now() -> str:

@@ -1,11 +1,13 @@
 """Each method's own quality-vs-compute frontier against dense's, every method on dense's grid
 (issue #25; the protocol of #17), on the crops 32x32 testbed.
 
-    flock /tmp/adaflow-bench.lock python experiments/frontier.py --base /work/testbed/dense --reuse
-    python experiments/frontier.py --smoke --work /tmp/frontier_smoke     # minutes; numbers meaningless
+    flock /tmp/adaflow-bench.lock python -m experiments.frontier --base /work/testbed/dense --reuse
+    python -m experiments.frontier --smoke --work /tmp/frontier_smoke     # minutes; numbers meaningless
 
-Protocol (the papers': every method starts from a trained dense model and adds a fraction of its
-training images):
+(from the repository root). Protocol (the papers': every method starts from a trained dense model
+and adds a fraction of its training images); each method's own settings (DiffCR's bins, regions
+and target, the pruning groups, the policy's inputs, the fine-tuning lr) are
+configs/frontier_crops32.py, laid onto the base's config:
 
   base        a dense DiT trained once with configs/testbed_crops32.py (`--base`, default <work>/base;
               trained through run_stage when it has not finished); a copy of its latest checkpoint
@@ -56,67 +58,64 @@ CFG doubling). The run-to-run spread of ms comes from two dense points timed aga
 arms at the end of the run (the first timing was at its start). Floors: real-vs-real and
 real-vs-reference (what a generator that samples the data exactly scores under this protocol).
 
-Matched quality: dense's lower envelope over ALL its solvers (cost vs FD, the points no cheaper
-point beats) is interpolated linearly in log cost against FD; a method point's speed-up is the
-dense cost at its FD over its own cost, and a method's frontier speed-up at FD level L is dense's
-envelope cost at L over the method's envelope cost at L. Outside dense's FD range it is a bound
-("> x" beyond dense's best FD, "< x" worse than dense's cheapest point).
+Matched quality (experiments/frontier_report.py, which also writes the tables and the plot):
+dense's lower envelope over ALL its solvers (cost vs FD, the points no cheaper point beats) is
+interpolated linearly in log cost against FD; a method point's speed-up is the dense cost at its FD
+over its own cost, and a method's frontier speed-up at FD level L is dense's envelope cost at L over
+the method's envelope cost at L. Outside dense's FD range it is a bound ("> x" beyond dense's best
+FD, "< x" worse than dense's cheapest point).
 
 Resumable: every stage keeps a DONE marker (with its training seconds) and every arm's quality
 measurement (features, actions) is kept in <work>/quality keyed by the settings and its stage's
 marker, so `--reuse` after an interruption redoes only what is missing (timing always reruns).
 
 Writes `--out` (default experiments/results/frontier.md; with --smoke <work>/frontier_smoke.md) and
-the plot next to it (.png).
+the plot next to it (.png). Below, in order: the flags, the base, training the arms, measuring them,
+`main`.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
-import math
 import os
 import shutil
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from adaflow import data as data_lib  # noqa: E402
-from adaflow import storage  # noqa: E402
-from adaflow.methods import composed_config  # noqa: E402
-from adaflow.compose.sampler import ComposedSampler  # noqa: E402
-from adaflow.config_defaults import load_config_file, merged_config  # noqa: E402
-from adaflow.eval import get_classifier, real_vs_real_fd  # noqa: E402
-from adaflow.eval.bootstrap import (ReferenceFD, fd_interval, interval_from_resamples, resample_indices,  # noqa: E402
+from adaflow import data as data_lib
+from adaflow import storage
+from adaflow.methods import composed_config
+from adaflow.compose.sampler import ComposedSampler
+from adaflow.config_defaults import load_config_file, merged_config
+from adaflow.eval import get_classifier, real_vs_real_fd
+from adaflow.eval.bootstrap import (ReferenceFD, fd_interval, interval_from_resamples, resample_indices,
                                     resampled_fds)
-from adaflow.eval.frechet import feature_statistics  # noqa: E402
-from adaflow.flow.driver import balanced_labels  # noqa: E402
-from adaflow.models import ppflow as ppflow_lib  # noqa: E402
-from adaflow.models.step_selector import ACTION_METHODS, action_label  # noqa: E402
-from adaflow.pipelines import recipe as recipe_lib  # noqa: E402
-from adaflow.pipelines.convert_stages import convert_workdir  # noqa: E402
-from adaflow.pipelines.grouped import load_grouped, run_grouped  # noqa: E402
-from adaflow.pipelines.stages import run_stage, stage_done  # noqa: E402
-from adaflow.train import checkpoint as ckpt  # noqa: E402
-from adaflow.train.diagnostics import enable_compilation_cache  # noqa: E402
-from adaflow.train.loop import config_of, load_params, train  # noqa: E402
-from experiments.common import machine_line, matmul_flags, utc_now  # noqa: E402
+from adaflow.eval.frechet import feature_statistics
+from adaflow.flow.driver import balanced_labels
+from adaflow.models import ppflow as ppflow_lib
+from adaflow.models.step_selector import ACTION_METHODS, action_label
+from adaflow.pipelines import recipe as recipe_lib
+from adaflow.pipelines.convert_stages import convert_workdir
+from adaflow.pipelines.grouped import load_grouped, run_grouped
+from adaflow.pipelines.stages import run_stage, stage_done
+from adaflow.train import checkpoint as ckpt
+from adaflow.train.diagnostics import enable_compilation_cache
+from adaflow.train.loop import config_of, load_params, train
+from experiments.common import RESULTS, ROOT, machine_line, matmul_flags, utc_now
+from experiments.frontier_report import ADADIFF, COMPOSED, COMPOSED_POLICY, DENSE, PRUNE, ROUTED, plot, report
 
-TESTBED = os.path.join(ROOT, "configs", "testbed_crops32.py")
+TESTBED = os.path.join(ROOT, "configs", "testbed_crops32.py")            # the dense base
+SETTINGS = os.path.join(ROOT, "configs", "frontier_crops32.py")          # every arm's method settings
+METHOD_SECTIONS = ("compose", "routing", "grouped", "selector")         # what SETTINGS lays onto the base
 ABLATIONS = ("ppflow3", "mod", "scratch", "composed_split")
-DENSE, ROUTED, PRUNE = "dense", "DiffCR (learned ratios)", "train-then-prune"
-COMPOSED, COMPOSED_POLICY, ADADIFF = "composed", "composed + policy", "AdaDiff policy (dense)"
-# The goals of issue #25: frontier speed-up at matched FD beyond dense's envelope.
-GOALS = {"PPFlow": 1.2, ROUTED: 1.2, COMPOSED: 1.5}
-# --smoke: a pipeline check in minutes on 2 CPU cores (smaller DiT, tiny budgets); numbers mean nothing.
-SMOKE = dict(base_steps=30, batch=16, depth=2, hidden=64, heads=2, num_eval=64, batch_eval=32, reps=2,
-             grid="euler:2,ab2:4,heun:2", policy_actions="euler:2,ab2:4", ablation_grid="ab2:4", edge_steps="4",
-             fd_levels="50,100", selector_steps=2, selector_batch=8, groups=2)
+# --smoke: a pipeline check in minutes on 2 CPU cores; numbers mean nothing. These flags, and the
+# configs' "smoke" variants (a smaller DiT trained 30 steps, tiny pruning search and policy batches).
+SMOKE_FLAGS = dict(num_eval=64, batch=32, reps=2, grid="euler:2,ab2:4,heun:2", policy_actions="euler:2,ab2:4",
+                   ablation_grid="ab2:4", edge_steps="4", fd_levels="50,100", selector_steps=2)
 
 
 # ---- configuration ----------------------------------------------------------------------------
@@ -211,49 +210,32 @@ def check_map_count(programs: int, path: str = "/proc/sys/vm/max_map_count") -> 
 
 
 def base_train_config(args):
-  """The dense base's training config: the testbed (smaller and shorter under --smoke)."""
-  c = load_config_file(TESTBED)
+  """The dense base's training config: configs/testbed_crops32.py (its "smoke" variant under --smoke)."""
+  c = load_config_file(TESTBED, "smoke" if args.smoke else None)
   c.eval.cache_dir = args.cache
-  if args.smoke:
-    s = SMOKE
-    c.train.steps, c.train.batch_size, c.train.warmup_steps = s["base_steps"], s["batch"], 5
-    c.train.ckpt_every, c.train.log_every = s["base_steps"], 10
-    c.model.depth, c.model.hidden_size, c.model.num_heads = s["depth"], s["hidden"], s["heads"]
-    c.train.final_samples = False
   return c
 
 
 def method_config(base, args, ft_steps: int):
-  """The base's own config (model, data, sampling) with every method's settings for this benchmark."""
+  """Every arm's config: the base's own (model, data, sampling) with the method sections of
+  configs/frontier_crops32.py (whatever the base had there) and what depends on the base and the
+  flags: the composed recipe's PPFlow stages, the fine-tuning budget, the policy's flags."""
+  settings = load_config_file(SETTINGS, "smoke" if args.smoke else None).copy_and_resolve_references()
   c = base.copy_and_resolve_references()
+  for section in METHOD_SECTIONS:
+    c[section] = settings[section]
   c.eval.cache_dir = args.cache
-  c.eval.at_end = False
+  c.eval.at_end = False            # the benchmark measures every arm itself
   c.train.final_samples = False
   c.train.sample_every = 0
   cc = c.compose
   cc.stages = ppflow_stages(c)[-1][1]    # the composed recipe's: the coarsest that fits the width
-  cc.finetune_lr = 3e-4
   cc.ppflow_steps = cc.routing_steps = cc.grouped_steps = ft_steps
   cc.finetune_warmup_steps = min(20, max(1, ft_steps // 10))
-  c.routing.bins = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
-  c.routing.num_regions = 4
-  c.routing.target = 0.6
-  c.routing.ratio_loss_weight = 0.3
-  c.routing.ratio_lr_scale = 10.0   # ratios move within a short fine-tune (see adaflow.models.routing)
-  c.routing.scale = "weight"
-  c.grouped.num_groups = SMOKE["groups"] if args.smoke else 4
-  c.grouped.k = 0.5
-  c.grouped.largest = "data"
+  cc.selector_steps = args.selector_steps
   c.selector.actions = tuple(action_label(a) for a in args.policy_actions)
   c.selector.cost = args.policy_cost
-  c.selector.use_noise_stats = True       # per-input features: the class embedding and the noise's statistics
   c.selector.beta = args.policy_beta
-  cc.selector_steps = SMOKE["selector_steps"] if args.smoke else args.selector_steps
-  cc.selector_batch = SMOKE["selector_batch"] if args.smoke else 32
-  if args.smoke:
-    c.selector.quality = "closeness"   # saves training a second (reward) classifier in the smoke run
-    c.grouped.rounds, c.grouped.proposals_per_round = 1, 1
-    c.grouped.proxy_samples, c.grouped.importance_batches = 16, 1
   return c
 
 
@@ -595,6 +577,7 @@ def policy_baselines(policy: Arm, arms: list[Arm], args) -> list[Arm]:
               images=policy.images, source=policy.source, pair=policy.name, assign=shuffled)]
 
 
+# ---- measuring: quality (cached per arm), timing one model at a time, shared bootstrap rows ------------
 def features(classifier, images) -> tuple[np.ndarray, np.ndarray]:
   """images [N, H, W, C] -> (features [N, F] float64, predicted classes [N]); as adaflow.eval.quality."""
   f, p = [], []
@@ -664,11 +647,23 @@ def measure_quality(a, classifier, labels, time_labels, key, args, log, cache_di
     save_quality(a, args, cache_dir)
 
 
+REPEAT_BLOCK = "timing repeat"
+
+
 def timing_block(a) -> str:
   """The arms compiled and timed together: one model's (its workdir's) arms with their sampler
   variants and policy baselines; the repeated dense points form a block of their own, timed last, so
   their spread against the first timing of the same program includes the drift over the whole run."""
-  return "timing repeat" if a.repeat_of is not None else a.source
+  return REPEAT_BLOCK if a.repeat_of is not None else a.source
+
+
+def timing_blocks(arms) -> list[list[Arm]]:
+  """The arms cut into `timing_block`s in the order their models first appear; the repeats last."""
+  blocks: dict[str, list[Arm]] = {}
+  for a in arms:
+    blocks.setdefault(timing_block(a), []).append(a)
+  blocks[REPEAT_BLOCK] = blocks.pop(REPEAT_BLOCK, [])
+  return [b for b in blocks.values() if b]
 
 
 def time_block(block, time_labels, args, log) -> None:
@@ -702,11 +697,8 @@ def measure(arms, classifier, args, info, log, cache_dir: str = "") -> list[Arm]
   time_labels = balanced_labels(args.batch, info.num_classes)
   ref = ReferenceFD(*classifier.reference_stats)
   key = jax.random.PRNGKey(1234)
-  blocks: dict[str, list[Arm]] = {}
-  for a in arms:
-    blocks.setdefault(timing_block(a), []).append(a)
   out = []
-  for block in blocks.values():
+  for block in timing_blocks(arms):
     done = []
     for a in block:
       a.ref = ref
@@ -752,299 +744,14 @@ def real_reference_fd(classifier, data_config, args, seed: int):
   return fd_interval(feats, ReferenceFD(*classifier.reference_stats), num_resamples=args.resamples)
 
 
-# ---- matched quality: lower envelopes and interpolated costs ----------------------------------------
-def envelope(cost: np.ndarray, fd: np.ndarray) -> np.ndarray:
-  """Indices of the lower envelope of points (cost [P], FD [P]): sorted by cost, each point with a
-  lower FD than every cheaper point (the settings a user would pick)."""
-  order = np.argsort(cost, kind="stable")
-  keep, best = [], math.inf
-  for i in order:
-    if fd[i] < best:
-      keep.append(i)
-      best = fd[i]
-  return np.asarray(keep, int)
-
-
-def cost_at(cost: np.ndarray, fd: np.ndarray, level: float) -> float:
-  """The cost at which the envelope of (cost, FD) reaches FD `level`: linear in log cost between
-  its points; +inf below its best FD (never reached), its cheapest cost at or above its cheapest
-  point's FD (a bound: cheaper settings were not measured)."""
-  e = envelope(cost, fd)
-  c, f = np.log(cost[e]), fd[e]          # f decreasing as c grows
-  if level < f[-1]:
-    return math.inf
-  if level >= f[0]:
-    return float(cost[e][0])
-  j = int(np.nonzero(f <= level)[0][0])   # first envelope point at or below the level (j >= 1)
-  w = (f[j - 1] - level) / (f[j - 1] - f[j])
-  return float(np.exp(c[j - 1] + w * (c[j] - c[j - 1])))
-
-
-def ratio_interval(point: float, boot: np.ndarray) -> tuple[float, float, float]:
-  """(point, low, high) of a speed-up from its resampled values (percentile, no interpolation, so
-  +inf resamples stay +inf)."""
-  lo, hi = np.percentile(boot, [2.5, 97.5], method="lower"), np.percentile(boot, [97.5], method="higher")[0]
-  return float(point), float(lo[0]), float(hi)
-
-
-def dense_points(arms, axis: str):
-  d = [a for a in arms if a.kind == DENSE and not a.variant]
-  return np.asarray([a.res[axis] for a in d]), np.asarray([a.res["fd"] for a in d]), np.stack([a.boot for a in d], 1)
-
-
-def point_speedup(a, arms, axis: str) -> tuple[float, float, float]:
-  """Dense's envelope cost at this arm's FD over its cost, with the shared-resample interval."""
-  dc, dfd, dboot = dense_points(arms, axis)
-  point = cost_at(dc, dfd, a.res["fd"]) / a.res[axis]
-  boot = np.asarray([cost_at(dc, dboot[r], a.boot[r]) / a.res[axis] for r in range(len(a.boot))])
-  return ratio_interval(point, boot)
-
-
-def frontier_speedup(kind: str, arms, axis: str, level: float):
-  """(point, low, high, bound) of dense's envelope cost at FD `level` over `kind`'s envelope cost
-  there, or None when the method's envelope never reaches the level. bound: "" (both interpolated),
-  ">=" (the level is at or above the method's cheapest point's FD: its true cost may be lower),
-  "<=" (likewise for dense), "?" (both)."""
-  pts = [a for a in arms if a.kind == kind and not a.variant]
-  mc, mfd = np.asarray([a.res[axis] for a in pts]), np.asarray([a.res["fd"] for a in pts])
-  mboot = np.stack([a.boot for a in pts], 1)
-  dc, dfd, dboot = dense_points(arms, axis)
-
-  def one(mf, df):
-    own = cost_at(mc, mf, level)
-    return math.nan if not math.isfinite(own) else cost_at(dc, df, level) / own
-  point = one(mfd, dfd)
-  if math.isnan(point):
-    return None
-  boot = np.asarray([one(mboot[r], dboot[r]) for r in range(len(mboot))])
-  boot = np.where(np.isnan(boot), 0.0, boot)    # a resample whose method misses the level: no speed-up
-  m_cheap = level >= mfd[envelope(mc, mfd)][0]
-  d_cheap = level >= dfd[envelope(dc, dfd)][0]
-  bound = "?" if m_cheap and d_cheap else ">=" if m_cheap else "<=" if d_cheap else ""
-  return ratio_interval(point, boot) + (bound,)
-
-
-# ---- report ------------------------------------------------------------------------------------
-def ci(r, k="fd") -> str:
-  return f"{r[k]:.3f} [{r[k + '_low']:.3f}, {r[k + '_high']:.3f}]"
-
-
-def fmt_ratio(v) -> str:
-  return "inf" if not math.isfinite(v) else f"{v:.2f}x"
-
-
-def sp(t) -> str:
-  """A speed-up (point, low, high[, bound]) as text."""
-  if t is None:
-    return "-"
-  point, lo, hi = t[:3]
-  bound = t[3] if len(t) > 3 else ""
-  if not math.isfinite(point):
-    return f"> all dense (interval low {fmt_ratio(lo)})"
-  return f"{bound}{fmt_ratio(point)} [{fmt_ratio(lo)}, {fmt_ratio(hi)}]"
-
-
-def method_kinds(arms) -> list[str]:
-  return list(dict.fromkeys(a.kind for a in arms if not a.policy and a.kind not in (DENSE, "timing repeat")))
-
-
-def plot(arms, floor: float, floor_ref, path: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-  for ax, axis, xlabel in ((axes[0], "gflops", "analytic GFLOPs / image (log)"),
-                           (axes[1], "ms", "sampling wall-clock, ms / image (log)")):
-    for kind in [DENSE] + method_kinds(arms):
-      pts = [a for a in arms if a.kind == kind and not a.variant]
-      x, y = np.asarray([a.res[axis] for a in pts]), np.asarray([a.res["fd"] for a in pts])
-      e = envelope(x, y)
-      line, = ax.plot(x[e], y[e], "-", lw=2 if kind == DENSE else 1.3, color="black" if kind == DENSE else None,
-                      label=f"{kind} (envelope)")
-      ax.plot(x, y, "o", ms=3, alpha=0.5, color=line.get_color())
-      if kind == DENSE:
-        for a in pts:
-          ax.annotate(f"{a.method}{a.steps}", (a.res[axis], a.res["fd"]), fontsize=5, xytext=(2, 2),
-                      textcoords="offset points")
-    for a in arms:
-      if a.policy:
-        ax.errorbar([a.res[axis]], [a.res["fd"]], yerr=np.clip([[a.res["fd"] - a.res["fd_low"]], [a.res["fd_high"] - a.res["fd"]]], 0, None),
-                    fmt="*" if a.assign is None else "x", ms=10 if a.assign is None else 6, capsize=2,
-                    label=a.name)
-    ax.axhline(floor, color="gray", lw=0.8, ls=":", label="real vs real")
-    ax.axhspan(floor_ref.low, floor_ref.high, color="gray", alpha=0.15, lw=0)
-    ax.axhline(floor_ref.value, color="gray", lw=0.8, ls="--", label="real vs reference (a perfect generator)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    # A floor interval reaching 0 would stretch the log axis down to nothing: start below the lowest FD.
-    ax.set_ylim(bottom=0.7 * min([a.res["fd"] for a in arms if a.res["fd"] > 0] + [floor, floor_ref.value]))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("FD, classifier features (log)")
-  axes[0].set_title("each method's frontier (lines: lower envelopes over all solvers x steps)", fontsize=9)
-  axes[1].legend(fontsize=6, ncol=2)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def report(args, ctx, arms, floor, floor_ref, secs, path_md, path_png) -> str:
-  by_name = {a.name: a for a in arms}
-  kinds = method_kinds(arms)
-  L = ["# Each method's quality-vs-compute frontier against dense's, every method on dense's grid"
-       + (" (SMOKE: tiny budgets, numbers meaningless)" if args.smoke else ""), ""]
-  L.append(f"Date: {ctx['date']}. Machine: {ctx['machine']}. CPU flags: {ctx['flags']}.")
-  L.append(f"Command: `python experiments/frontier.py {' '.join(ctx['argv'])}` (total {ctx['total_s']:.0f} s).")
-  L.append(f"Base: {ctx['base']} at step {ctx['base_step']} x batch {ctx['batch']} = {ctx['base_images']} training "
-           f"images ({ctx['model']}). Fine-tuning budget per method: {args.ft_fraction:g} x base = {ctx['ft_images']} "
-           f"images = {ctx['ft_steps']} steps of {ctx['batch']} (train-then-prune: {ctx['ft_steps']} // N per group; "
-           f"composed: the same budget for EACH ingredient, its PPFlow stage being the PPFlow arm). Policies: {ctx['sel']}.")
-  L.append(f"PPFlow stages (t_end, patch): {ctx['ppflow']}.")
-  L.append(f"Grid (dense and every method): {', '.join(action_label(p) for p in args.grid)}; sample.edges = snap, "
-           "AB2 keeps its history across edges (module docstring); ablations at "
-           f"{', '.join(action_label(p) for p in args.ablation_grid)}.")
-  L.append(f"Quality: {args.num_eval} class-balanced samples per arm, the same labels and noise for every grid arm; FD "
-           f"of classifier features (not Inception), 95% intervals from {args.resamples} bootstrap resamples shared by "
-           f"every arm (so differences, envelopes and interpolated speed-ups are paired); floors: real-vs-reference "
-           f"({args.num_eval} real images scored like an arm) **{floor_ref.value:.3f} [{floor_ref.low:.3f}, "
-           f"{floor_ref.high:.3f}]**, real-vs-real ({args.num_eval} vs {args.num_eval}) {floor:.3f}. Cost: analytic "
-           f"FLOPs per image (primary) and ms per image, median of {args.reps} calls of {args.batch} images "
-           "interleaved over one model's arms after a first (compiling) call (one model's programs compiled at a "
-           "time; the timing spread below bounds the drift between models). NFE: network evaluations per image without "
-           f"the CFG doubling (CFG scale {ctx['cfg']}: every evaluation runs twice).")
-  L.append("")
-  L.append("## Frontier speed-up at matched quality")
-  L.append("")
-  L.append("Dense cost at FD L (its lower envelope over ALL solvers and steps, linear in log cost between points) over "
-           "the method's own envelope cost at L; 95% interval from the shared bootstrap resamples (a resample where "
-           "the method misses L counts as 0x). `>=`: L is at or above the method's cheapest point's FD (its true "
-           "cost there may be lower); `<=`: likewise for dense; `?`: both; `-`: the method never reaches L.")
-  L.append("")
-  L.append("| method | " + " | ".join(f"FD {lv:g}: FLOPs | FD {lv:g}: ms" for lv in args.fd_levels) + " |")
-  L.append("|---|" + "---|---|" * len(args.fd_levels))
-  table = {}
-  for kind in kinds:
-    cells = []
-    for lv in args.fd_levels:
-      f, m = frontier_speedup(kind, arms, "gflops", lv), frontier_speedup(kind, arms, "ms", lv)
-      table[(kind, lv)] = f
-      cells += [sp(f), sp(m)]
-    L.append(f"| {kind} | " + " | ".join(cells) + " |")
-  L.append("")
-  L.append("## Dense grid")
-  L.append("")
-  L.append("| solver | steps | NFE | FD [95% CI] | class acc | GFLOPs / image | ms / image | compile s | on the FLOPs envelope |")
-  L.append("|---|---:|---:|---|---:|---:|---:|---:|---|")
-  dense = [a for a in arms if a.kind == DENSE]
-  on = set(envelope(np.asarray([a.res["gflops"] for a in dense]), np.asarray([a.res["fd"] for a in dense])))
-  for i, a in enumerate(dense):
-    r = a.res
-    L.append(f"| {a.method} | {a.steps} | {r['nfe']:.0f} | {ci(r)} | {r['acc']:.3f} | {r['gflops']:.4f} | "
-             f"{r['ms']:.3f} | {r['compile_s']:.1f} | {'yes' if i in on else ''} |")
-  L.append("")
-  L.append("## Every method point")
-  L.append("")
-  L.append("Matched-FD speed-up: dense's envelope cost at this point's FD over its cost (`inf`: better than every "
-           "dense point). Same-point: dense / method at the same solver and steps; FD diff = method - dense there, "
-           "paired (same noise, labels and resamples).")
-  L.append("")
-  L.append("| arm | training images | NFE | FD [95% CI] | FD diff vs dense same point | class acc | GFLOPs | ms | "
-           "matched-FD speed-up, FLOPs | matched-FD speed-up, ms | same-point speed-up FLOPs / ms |")
-  L.append("|---|---:|---:|---|---|---:|---:|---:|---|---|---|")
-  for a in arms:
-    if a.kind in (DENSE, "timing repeat") or a.variant or a.policy:
-      continue
-    r, d = a.res, by_name[a.pair].res
-    L.append(f"| {a.name} | {a.images} | {r['nfe']:.0f} | {ci(r)} | {ci(r, 'diff')} | {r['acc']:.3f} | "
-             f"{r['gflops']:.4f} | {r['ms']:.3f} | {sp(point_speedup(a, arms, 'gflops'))} | "
-             f"{sp(point_speedup(a, arms, 'ms'))} | {d['gflops'] / r['gflops']:.2f}x / {d['ms'] / r['ms']:.2f}x |")
-  L.append("")
-  L.append("## Step policies and their baselines")
-  L.append("")
-  L.append("Each policy samples its own noise (the selector's); its baselines use the SAME noise and labels: the best "
-           "fixed action of its set (lowest FD among its model's grid points costing at most the policy's mean NFE) "
-           "and its own choices shuffled over the inputs (same action mix). FD diff = baseline - policy, paired.")
-  L.append("")
-  L.append("| arm | NFE (mean) | FD [95% CI] | FD diff vs the policy | class acc | GFLOPs | ms | matched-FD speed-up vs "
-           "dense, FLOPs | actions chosen |")
-  L.append("|---|---:|---|---|---:|---:|---:|---|---|")
-  for a in arms:
-    if not a.policy:
-      continue
-    r = a.res
-    hist = ", ".join(f"{k} {v:.0%}" for k, v in r.get("histogram", {}).items() if v > 0)
-    L.append(f"| {a.name} | {r['nfe']:.2f} | {ci(r)} | {ci(r, 'diff') if 'diff' in r else ''} | {r['acc']:.3f} | "
-             f"{r['gflops']:.4f} | {r['ms']:.3f} | {sp(point_speedup(a, arms, 'gflops'))} | {hist} |")
-  L.append("")
-  L.append("## The sampling grid at partition edges and AB2's history")
-  L.append("")
-  L.append("Each row against the same model at the same AB2 steps with the defaults (edges snap, history kept): "
-           "FD diff = this rule - default, paired.")
-  L.append("")
-  L.append("| model | AB2 steps | rule | NFE (default -> this) | FD [95% CI] | FD diff vs default | GFLOPs (default -> this) |")
-  L.append("|---|---:|---|---|---|---|---|")
-  for a in arms:
-    if not a.variant:
-      continue
-    r, d = a.res, by_name[a.pair].res
-    L.append(f"| {a.kind} | {a.steps} | {a.variant} | {d['nfe']:.0f} -> {r['nfe']:.0f} | {ci(r)} | {ci(r, 'diff')} | "
-             f"{d['gflops']:.4f} -> {r['gflops']:.4f} |")
-  L.append("")
-  L.append("## Timing spread")
-  L.append("")
-  rep = [a for a in arms if a.repeat_of is not None]
-  ratios = [a.res["ms"] / by_name[a.repeat_of].res["ms"] for a in rep]
-  spreads = [(max(a.times) - min(a.times)) / float(np.median(a.times)) for a in dense]
-  L.append("Two dense points timed again as separate arms at the end of the run (the same program as at its start): "
-           + "; ".join(f"{a.repeat_of}: {by_name[a.repeat_of].res['ms']:.3f} vs {a.res['ms']:.3f} ms ({x:.3f}x)"
-                       for a, x in zip(rep, ratios))
-           + f". Within an arm, (max - min) / median of its {args.reps} calls over the dense points: median "
-           f"{np.median(spreads):.1%}, largest {max(spreads):.1%}. Read ms ratios closer to 1 than that as equal.")
-  L.append("")
-  L.append("## Goals (issue #25)")
-  L.append("")
-  for kind in kinds:
-    goal = next((g for k, g in GOALS.items() if kind.startswith(k) and "scratch" not in kind), None)
-    if goal is None:
-      continue
-    got = [(lv, table[(kind, lv)]) for lv in args.fd_levels if table[(kind, lv)] is not None]
-    best = max(got, key=lambda x: x[1][0], default=None)
-    met = [lv for lv, t in got if t[0] >= goal and t[1] >= 1.0 and t[3] in ("", ">=")]
-    L.append(f"- {kind}: >= {goal}x beyond dense's envelope at matched FD (FLOPs): "
-             + (f"best {sp(best[1])} at FD {best[0]:g}; " if best else "reaches none of the FD levels; ")
-             + (f"**met** at FD {', '.join(f'{lv:g}' for lv in met)} (interval above 1x)." if met else "**not met**."))
-  for a in arms:
-    if a.policy and a.assign is None:
-      base = [b for b in arms if b.pair == a.name]
-      wins = [b for b in base if b.res["diff_low"] > 0]
-      L.append(f"- {a.name}: beyond its baselines (FD lower than each, paired interval above 0, at mean NFE "
-               f"{a.res['nfe']:.2f}): " + "; ".join(f"{b.name.split(': ', 1)[1]} (NFE {b.res['nfe']:.2f}) FD diff "
-                                                      f"{ci(b.res, 'diff')}" for b in base)
-               + f": **{'met' if len(wins) == len(base) else 'not met'}**.")
-  reused = {k: v for k, (v, r) in secs.items() if r}
-  known = sum(v for v in reused.values() if v is not None)
-  L.append(f"- Whole benchmark on this machine: {(ctx['total_s'] + known) / 60:.1f} min (this invocation "
-           f"{ctx['total_s'] / 60:.1f} min" + (f" + {known / 60:.1f} min of training recorded by the earlier invocation "
-           "that made the reused stages" if reused else "") + "; goal: < 90 min on a 2-core CPU with the base cached)"
-           + (" (some reused stages did not record their time)" if None in reused.values() else "") + ".")
-  L.append("")
-  L.append("Training seconds: " + (", ".join(
-      f"{k} {'?' if v is None else f'{v:.0f}'}{' (reused)' if r else ''}" for k, (v, r) in secs.items()) or "none")
-      + " (composed: its routing, pruning, grouped and policy stages; its PPFlow stage is the PPFlow arm's).")
-  L.append("")
-  L.append(f"![frontier]({os.path.basename(path_png)})")
-  text = "\n".join(L) + "\n"
-  with open(path_md, "w") as f:
-    f.write(text)
-  return text
-
-
+# ---- the command line: flags -> base -> arms -> measurements -> report ---------------------------------
 def build_parser() -> argparse.ArgumentParser:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap = argparse.ArgumentParser(prog="python -m experiments.frontier", description=__doc__.split("\n\n")[0])
   ap.add_argument("--work", default="/tmp/adaflow_frontier", help="stage directories of this benchmark")
   ap.add_argument("--base", default="", help="dense base workdir (default <work>/base; trained if not finished)")
   ap.add_argument("--base_as_is", action="store_true",
                   help="use the base's latest checkpoint even if its training has not finished (never trains it)")
-  ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "frontier.md"))
+  ap.add_argument("--out", default=os.path.join(RESULTS, "frontier.md"))
   ap.add_argument("--cache", default="/tmp/.adaflow_cache", help="evaluation classifier cache")
   ap.add_argument("--compile_cache", default=None,
                   help="JAX persistent compilation cache (default <cache>/xla; '' = off): reruns skip compiling")
@@ -1075,10 +782,8 @@ def main(argv=None):
   args = ap.parse_args(argv)
   argv_text = list(sys.argv[1:] if argv is None else argv)
   if args.smoke:
-    s = SMOKE
-    args.num_eval, args.batch, args.reps = s["num_eval"], s["batch_eval"], s["reps"]
-    args.grid, args.policy_actions, args.ablation_grid = s["grid"], s["policy_actions"], s["ablation_grid"]
-    args.edge_steps, args.fd_levels = s["edge_steps"], s["fd_levels"]
+    for flag, value in SMOKE_FLAGS.items():
+      setattr(args, flag, value)
     if args.out == ap.get_default("out"):
       args.out = os.path.join(args.work, "frontier_smoke.md")    # smoke numbers stay out of results/
   validate_args(args)

@@ -1,12 +1,12 @@
 """Does sample quality depend on sampling compute on the evidence testbed? (issue 17's first check)
 
-    python experiments/testbed_check.py --workdir /work/testbed/dense [--num 1000]
+    python -m experiments.testbed_check --workdir /work/testbed/dense [--num 1000]
 
 Loads the latest checkpoint of a dense run trained with configs/testbed_crops32.py (it may still be
 training: the checkpoint is only read), samples `--num` class-balanced images at a few step counts
 and solvers with the run's generator and CFG scale, and reports FD with its bootstrap 95% interval
 (adaflow.eval), class accuracy, and the real-vs-real floor. Appends nothing, writes
-experiments/results/testbed_check.md. The full frontier is experiments/frontier.py.
+experiments/results/testbed_check.md. The full frontier is `python -m experiments.frontier`.
 """
 from __future__ import annotations
 
@@ -15,26 +15,23 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import jax
 
-import jax  # noqa: E402
-
-from adaflow.eval import get_classifier, real_vs_real_fd  # noqa: E402
-from adaflow.eval.classifier import cache_dir  # noqa: E402
-from adaflow.flow.driver import balanced_labels, generate_images  # noqa: E402
-from adaflow.eval.quality import evaluate_samples  # noqa: E402
-from adaflow.train.loop import load_trainer_and_params  # noqa: E402
-from experiments.common import machine_line, utc_now  # noqa: E402
+from adaflow.eval import get_classifier, real_vs_real_fd
+from adaflow.eval.classifier import cache_dir
+from adaflow.flow.driver import balanced_labels, generate_images
+from adaflow.eval.quality import evaluate_samples
+from adaflow.train.loop import load_trainer_and_params
+from experiments.common import RESULTS, machine_line, utc_now
 
 SETTINGS = (("heun", 2), ("heun", 4), ("heun", 8), ("heun", 32), ("euler", 8), ("ab2", 8))
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(prog="python -m experiments.testbed_check", description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", required=True, help="dense run of configs/testbed_crops32.py")
   ap.add_argument("--num", type=int, default=1000, help="samples per setting (and real images per floor half)")
-  ap.add_argument("--out", default=os.path.join(ROOT, "experiments/results/testbed_check.md"))
+  ap.add_argument("--out", default=os.path.join(RESULTS, "testbed_check.md"))
   args = ap.parse_args()
   if args.num < 10:
     raise ValueError(f"--num: needs at least 10 samples for an FD interval, got {args.num}")
@@ -59,7 +56,7 @@ def main():
   lines = [
       "# Testbed check: FD vs sampling steps of the dense crops32 base", "",
       f"- {machine}; {utc_now()}.",
-      f"- Command: `python experiments/testbed_check.py {' '.join(sys.argv[1:])}` ({time.time() - t0:.0f} s).",
+      f"- Command: `python -m experiments.testbed_check {' '.join(sys.argv[1:])}` ({time.time() - t0:.0f} s).",
       f"- Model: {args.workdir} at step {step} of {tr.config.train.steps} (configs/testbed_crops32.py, "
       f"CFG {tr.config.sample.cfg_scale}); {args.num} class-balanced samples per row, the same labels and "
       f"noise key for every row; FD = classifier-feature Frechet distance (adaflow.eval, not Inception FID) "

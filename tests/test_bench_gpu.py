@@ -1,5 +1,6 @@
-"""experiments/bench_gpu.sh --smoke: the GPU benchmark end to end on CPU with a tiny DiT (seconds on an
-idle machine), so the script a GPU run depends on cannot rot unnoticed."""
+"""experiments/bench_gpu.sh --smoke (it runs `python -m experiments.bench_gpu`): the GPU benchmark end to
+end on CPU with a tiny DiT (seconds on an idle machine), so the script a GPU run depends on cannot rot
+unnoticed."""
 import os
 import re
 import subprocess
@@ -9,9 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_bench_gpu_smoke_writes_a_table_with_both_frameworks(tmp_path):
   out = tmp_path / "gpu.md"
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   r = subprocess.run(["bash", os.path.join(ROOT, "experiments", "bench_gpu.sh"), "--smoke", "--out", str(out)],
-                     capture_output=True, text=True, env=env, timeout=600)
+                     capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
   text = out.read_text()
   assert "SMOKE RUN" in text

@@ -2,13 +2,8 @@
 before it writes anything, so its report must not be the first thing to fail (it once did, on a
 changed helper signature)."""
 import argparse
-import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from experiments import bench_vs_torch as bench  # noqa: E402
+from experiments import bench_vs_torch as bench
 
 
 def test_report_from_fake_measurements(tmp_path):

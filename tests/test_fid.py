@@ -330,11 +330,7 @@ def test_imagenet64_smoke_run_resumes(tmp_path):
   """train (2 steps, TFDS mock imagenet_resized/64x64) -> `eval fid` (random Inception); a second
   call reuses every shard and cached feature and gives the identical FID."""
   pytest.importorskip("tensorflow_datasets")
-  sys.path.insert(0, os.path.join(ROOT, "experiments", "imagenet64"))
-  try:
-    import smoke  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
+  from experiments.imagenet64 import smoke  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "in64")
   first = smoke.run_smoke(workdir, num=8, shard=4)
   assert first["num"] == 8 and np.isfinite(first["fid"]) and first["fid"] > 0
@@ -367,11 +363,7 @@ def test_imagenet64_recipes_validate():
   AdaDiff policy needs its generator workdir, which `--init` provides)."""
   from adaflow import methods
   from adaflow.data.pipeline import DatasetInfo
-  sys.path.insert(0, os.path.join(ROOT, "experiments", "imagenet64"))
-  try:
-    import config as recipes  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
+  from experiments.imagenet64 import config as recipes  # pylint: disable=g-import-not-at-top
   info = DatasetInfo((64, 64, 3), 1000, 1281167, tuple(str(i) for i in range(1000)))
   for method in recipes.METHODS:
     c = recipes.get_config(method)

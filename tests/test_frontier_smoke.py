@@ -1,6 +1,7 @@
-"""experiments/frontier.py (issue #25 benchmark driver): bad flags fail before anything trains, and
---smoke runs the whole protocol end to end (base, snapshot, every method's fine-tune, every arm on the grid,
-every table, plot) in a temporary directory, so the script the real run depends on cannot rot."""
+"""experiments/frontier.py (issue #25 benchmark driver) and its report (experiments/frontier_report.py):
+bad flags fail before anything trains, and `python -m experiments.frontier --smoke` runs the whole protocol
+end to end (base, snapshot, every method's fine-tune, every arm on the grid, every table, plot) in a temporary
+directory, so the script the real run depends on cannot rot."""
 import os
 import re
 import subprocess
@@ -9,16 +10,16 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from adaflow import data as data_lib
+from adaflow.compose import flops as flops_lib
+from adaflow.compose.generator import ComposedGenerator
+from adaflow.methods import composed_config
+from adaflow.eval.bootstrap import Interval
+from conftest import tiny_config
+from experiments import frontier
+from experiments import frontier_report as report_lib
 
-from adaflow import data as data_lib  # noqa: E402
-from adaflow.compose import flops as flops_lib  # noqa: E402
-from adaflow.compose.generator import ComposedGenerator  # noqa: E402
-from adaflow.methods import composed_config  # noqa: E402
-from adaflow.eval.bootstrap import Interval  # noqa: E402
-from conftest import tiny_config  # noqa: E402
-from experiments import frontier  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CI = r"\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\]"
 
@@ -66,12 +67,11 @@ def test_arms_are_timed_one_model_at_a_time_and_the_repeats_last():
           arm("c ab2 4 (insert edges)", "composed", None, "ab2", 4, source="/w/composed", variant="insert edges"),
           arm("dense euler 4 (timed again)", "timing repeat", None, "euler", 4, source="/w/dense",
               repeat_of="dense euler 4"),
-          arm("composed + policy", "composed + policy", None, source="/w/composed")]
-  blocks = {}
-  for a in arms:
-    blocks.setdefault(frontier.timing_block(a), []).append(a.name)
-  assert list(blocks.values()) == [["dense euler 4"], ["c euler 4", "c ab2 4 (insert edges)", "composed + policy"],
-                                   ["dense euler 4 (timed again)"]]
+          arm("composed + policy", "composed + policy", None, source="/w/composed"),
+          arm("AdaDiff policy (dense)", "AdaDiff policy (dense)", None, source="/w/adadiff")]
+  blocks = [[a.name for a in block] for block in frontier.timing_blocks(arms)]
+  assert blocks == [["dense euler 4"], ["c euler 4", "c ab2 4 (insert edges)", "composed + policy"],
+                    ["AdaDiff policy (dense)"], ["dense euler 4 (timed again)"]]
 
 
 def test_reuse_refuses_a_stage_made_with_other_settings(tmp_path):
@@ -106,11 +106,11 @@ def test_ppflow_arms_keep_coarse_tokens_within_the_width():
 
 def test_envelope_and_interpolated_cost():
   cost, fd = np.array([1.0, 2.0, 4.0, 8.0]), np.array([2.0, 1.0, 0.5, 0.6])
-  assert list(frontier.envelope(cost, fd)) == [0, 1, 2]            # the 8-cost point is beaten by a cheaper one
-  assert frontier.cost_at(cost, fd, 0.75) == pytest.approx(2 * np.sqrt(2))   # halfway in FD, log-linear in cost
-  assert frontier.cost_at(cost, fd, 1.0) == pytest.approx(2.0)
-  assert frontier.cost_at(cost, fd, 0.4) == np.inf                  # better than every point: never reached
-  assert frontier.cost_at(cost, fd, 3.0) == 1.0                     # worse than the cheapest: its cost (a bound)
+  assert list(report_lib.envelope(cost, fd)) == [0, 1, 2]            # the 8-cost point is beaten by a cheaper one
+  assert report_lib.cost_at(cost, fd, 0.75) == pytest.approx(2 * np.sqrt(2))   # halfway in FD, log-linear in cost
+  assert report_lib.cost_at(cost, fd, 1.0) == pytest.approx(2.0)
+  assert report_lib.cost_at(cost, fd, 0.4) == np.inf                  # better than every point: never reached
+  assert report_lib.cost_at(cost, fd, 3.0) == 1.0                     # worse than the cheapest: its cost (a bound)
 
 
 class _FakeGen:
@@ -149,12 +149,12 @@ def _fake_arms():
                           rng=rng))
   arms.append(_fake_arm("PPFlow-2 ab2 8 (AB2 restarts at edges)", "PPFlow-2", ("ab2", 8), 0.45, 0.4, 4,
                         pair="PPFlow-2 ab2 8", variant="AB2 restarts at edges", rng=rng))
-  pol = _fake_arm(frontier.ADADIFF, frontier.ADADIFF, None, 0.5, 0.5, 5, rng=rng)
+  pol = _fake_arm(report_lib.ADADIFF, report_lib.ADADIFF, None, 0.5, 0.5, 5, rng=rng)
   pol.res["histogram"] = {"euler:2": 0.25, "ab2:8": 0.75}
   arms.append(pol)
   for name in ("best fixed action euler:2", "random, same action mix"):
-    arms.append(_fake_arm(f"{frontier.ADADIFF}: {name}", frontier.ADADIFF + " baseline", None, 0.7, 0.5, 5,
-                          pair=frontier.ADADIFF, assign=lambda n: np.zeros(n, int), rng=rng))
+    arms.append(_fake_arm(f"{report_lib.ADADIFF}: {name}", report_lib.ADADIFF + " baseline", None, 0.7, 0.5, 5,
+                          pair=report_lib.ADADIFF, assign=lambda n: np.zeros(n, int), rng=rng))
   rep = _fake_arm("dense euler 2 (timed again)", "timing repeat", ("euler", 2), 2.0, 0.2, 2.1, rng=rng)
   rep.repeat_of = "dense euler 2"
   arms.append(rep)
@@ -170,12 +170,12 @@ def _fake_arms():
 def test_matched_fd_speedups():
   arms = _fake_arms()
   ppflow = next(a for a in arms if a.name == "PPFlow-2 euler 4")
-  point, lo, hi = frontier.point_speedup(ppflow, arms, "gflops")
+  point, lo, hi = report_lib.point_speedup(ppflow, arms, "gflops")
   assert point == pytest.approx(2.0) and lo <= point <= hi
-  f = frontier.frontier_speedup("PPFlow-2", arms, "gflops", 1.0)
+  f = report_lib.frontier_speedup("PPFlow-2", arms, "gflops", 1.0)
   assert f[0] == pytest.approx(2.0) and f[3] == ""
-  assert frontier.frontier_speedup("PPFlow-2", arms, "gflops", 0.1) is None      # never reached
-  assert frontier.frontier_speedup("PPFlow-2", arms, "gflops", 5.0)[3] == "?"    # worse than both cheapest points
+  assert report_lib.frontier_speedup("PPFlow-2", arms, "gflops", 0.1) is None      # never reached
+  assert report_lib.frontier_speedup("PPFlow-2", arms, "gflops", 5.0)[3] == "?"    # worse than both cheapest points
 
 
 def test_report_from_measured_arms(tmp_path):
@@ -190,8 +190,8 @@ def test_report_from_measured_arms(tmp_path):
   secs = {"ppflow2": (60.0, False), "routed": (1200.0, True), "adadiff": (None, True)}
   md, png = tmp_path / "f.md", tmp_path / "f.png"
   floor_ref = Interval(0.2, 0.15, 0.26)
-  frontier.plot(arms, 0.3, floor_ref, str(png))
-  text = frontier.report(args, ctx, arms, 0.3, floor_ref, secs, str(md), str(png))
+  report_lib.plot(arms, 0.3, floor_ref, str(png))
+  text = report_lib.report(args, ctx, arms, 0.3, floor_ref, secs, str(md), str(png))
   assert png.stat().st_size > 0 and md.read_text() == text
   row = next(l for l in text.splitlines() if l.startswith("| PPFlow-2 | "))
   assert "2.00x" in row                                              # the frontier speed-up at FD 1.0
@@ -239,9 +239,8 @@ def test_flops_count_one_call_per_step_for_multistep_and_two_for_heun():
 def test_smoke_writes_every_table_with_intervals(tmp_path):
   committed = os.path.join(ROOT, "experiments", "results", "frontier.md")
   before = open(committed).read() if os.path.exists(committed) else None
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "frontier.py"), "--smoke", "--ablations", "all",
-                      "--work", str(tmp_path)], capture_output=True, text=True, env=env, timeout=3000)
+  r = subprocess.run([sys.executable, "-m", "experiments.frontier", "--smoke", "--ablations", "all",
+                      "--work", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=3000)
   assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
   text = (tmp_path / "frontier_smoke.md").read_text()
   assert (tmp_path / "frontier_smoke.png").stat().st_size > 0

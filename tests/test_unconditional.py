@@ -219,11 +219,7 @@ def test_imagenet64_unconditional_smoke(tmp_path):
   feature), then `adaflow eval fid` (random Inception, reference statistics of the mock data)."""
   pytest.importorskip("tensorflow_datasets")
   from adaflow.train.loop import load_trainer_and_params
-  sys.path.insert(0, os.path.join(ROOT, "experiments", "imagenet64"))
-  try:
-    import smoke  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
+  from experiments.imagenet64 import smoke  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "in64u")
   result = smoke.run_smoke(workdir, num=8, shard=4, method="uncond_smoke")
   assert result["num"] == 8 and np.isfinite(result["fid"]) and result["cfg_scale"] == 1.0

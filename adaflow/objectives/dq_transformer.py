@@ -15,6 +15,7 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from adaflow import config as config_lib
 from adaflow.models import dq_transformer as dqt
@@ -94,8 +95,6 @@ class DQTransformerObjective(ObjectiveBase):
 
   def images_and_maps(self, params, rng: jax.Array, labels) -> tuple:
     """(samples [N, H, W, C], fine_mask [N, Nc], None) as numpy, for `adaflow sample`'s map picture."""
-    import numpy as np
-
     @jax.jit
     def run(p, r, y):
       seq = self.sample_sequences(p, r, y)

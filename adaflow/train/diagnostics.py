@@ -1,17 +1,7 @@
-"""Run diagnostics: train-step FLOPs, TFLOP/s and MFU, a profiler window, the compilation cache.
-
-The loop only calls these helpers (see `adaflow/train/loop.py`):
-
-  * `compile_step(jitted, state, batch)`: lowers and compiles the train step once, ahead of the
-    loop, and reads its FLOPs from XLA's cost analysis. The compiled object *is* the step function
-    (same program, same donation), so nothing is compiled twice.
-  * `throughput_metrics(...)`: achieved TFLOP/s over a log interval and MFU against the per-device
-    peak of `peak_tflops_per_device` (bf16 dense, by `device_kind`; none on CPU).
-  * `ProfileWindow`: `jax.profiler` trace of a few steps into `<workdir>/profile` (TensorBoard /
-    XProf / Perfetto read it), on process 0 only (like MaxText's default).
-  * `enable_compilation_cache(dir)`: JAX's persistent compilation cache, so a restarted or
-    resumed run (or a second run of the same config) loads the compiled step instead of
-    recompiling it, which takes minutes for large models on TPU.
+"""Run diagnostics: train-step FLOPs (`compile_step`: one compilation, and XLA's cost analysis),
+TFLOP/s and MFU (`throughput_metrics`, against `peak_tflops_per_device`), a `jax.profiler` window
+(`ProfileWindow`) and JAX's persistent compilation cache (`enable_compilation_cache`), so that a
+resumed run loads the compiled step instead of recompiling it. Used by loop.py and hooks.py.
 """
 from __future__ import annotations
 

@@ -1,39 +1,23 @@
-"""The training loop, written once for every objective (train layer: the loop, its state and
-checkpoints, and rebuilding a run from its workdir: `load_trainer_and_params`, `load_params`).
+"""The training loop, written once for every objective, and rebuilding a run from its workdir
+(`load_trainer_and_params`, `load_params`).
 
-    validate config -> dataset info -> objective -> mesh -> sharded state (restore or init)
-    for step in [start, steps): batch = data[step] -> jitted step -> log / checkpoint / samples
-    final checkpoint, sample grid, evaluation
+`train` reads top to bottom: setup (everything that can be wrong fails before anything compiles)
+-> state (the latest readable checkpoint, or a new one) -> per step: batch -> jitted step -> hooks
+(hooks.py: metrics and the NaN check, checkpoints and preemption, FID, sample grids) -> end (final
+samples and evaluation, train_complete.json).
 
-Resuming: the latest readable checkpoint in `<workdir>/checkpoints` is restored automatically.
-The input position is the step itself (batches are a pure function of the step), so a resumed
-run sees exactly the batches and random keys of an uninterrupted run: the input-pipeline state
-*is* the checkpointed `state.step`.
-
-Reliability (see tests/test_reliability.py, tests/test_multiprocess.py):
-  * SIGTERM / SIGINT: the current step finishes, a checkpoint is saved at that step boundary,
-    `train` logs where it is and returns normally (the CLI exits 0); rerunning resumes exactly.
-    With several processes the stop is agreed on (any process's signal, or orbax's preemption
-    sync point) so that all of them save the same step.
-  * NaN/Inf loss or gradients: the update is dropped inside the compiled step; with
-    `train.nan_policy="stop"` (default) training raises NonFiniteLossError naming the step and
-    the last good checkpoint (nothing is saved after the bad step), with `"skip"` it goes on.
-  * Full or unwritable disk while checkpointing: `checkpoint.CheckpointWriteError` naming the dir.
-  * Several processes: each feeds its own rows of the global batch; the global batch is put in
-    the order of a single-process run, so losses do not depend on the process count.
-
-Diagnostics (adaflow/train/diagnostics.py, tests/test_diagnostics.py): the step is compiled once,
-before the first step, and its XLA cost analysis gives the FLOPs per step, logged as
-`tflops_per_second` and `mfu` with the metrics; `train.compilation_cache_dir` (persistent compile
-cache), `train.profile_start` / `train.profile_steps` (jax.profiler trace in <workdir>/profile),
-`train.keep_every` (milestone checkpoints beside the `keep_checkpoints` newest).
+The input position is the step itself (batches are a pure function of the step), so a resumed run
+sees exactly the batches and random keys of an uninterrupted run. SIGTERM / SIGINT: a checkpoint
+at the next step boundary (the same step on every process), then `train` returns normally. A
+non-finite update is dropped in the compiled step; train.nan_policy="stop" then raises
+NonFiniteLossError naming the last good checkpoint. A full disk is a CheckpointWriteError. Each
+process feeds its own rows of the global batch, put in single-process order, so losses do not
+depend on the process count (tests/test_reliability.py, tests/test_multiprocess.py).
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 import time
 from typing import Any, Optional
 
@@ -49,89 +33,25 @@ from adaflow import methods
 from adaflow import storage
 from adaflow.config_defaults import merged_config
 from adaflow.data.prefetch import Prefetcher
-from adaflow.eval.classifier import cache_dir
-from adaflow.eval.generate import evaluate_generator
-from adaflow.flow.driver import generate_images
 from adaflow.parallel import batch_sharding, make_mesh, replicated
-from adaflow.parallel.host import agree, to_host
+from adaflow.parallel.host import to_host
 from adaflow.parallel.precision import describe_compute_dtype
 from adaflow.train import checkpoint as ckpt
 from adaflow.train import diagnostics
-from adaflow.train.images import save_grid
-from adaflow.train.metrics_log import MetricWriter, parse_writers, progress, read_metrics
+from adaflow.train.hooks import Checkpoints, FinalEvaluation, Metrics, NonFiniteLossError, PreemptionGuard, SampleGrids
+from adaflow.train.metrics_log import MetricWriter, parse_writers, progress
 from adaflow.train.periodic_fid import PeriodicFID
 from adaflow.train.optim import learning_rate_schedule, make_optimizer
 from adaflow.train.sharded_state import init_state, state_shardings
 from adaflow.train.step import make_train_step
 
+__all__ = ["NonFiniteLossError", "PreemptionGuard", "Trainer", "config_of", "load_params",
+           "load_trainer_and_params", "train"]
+
 
 def _log(msg: str) -> None:
   if jax.process_index() == 0:
     tqdm.write(f"[adaflow] {msg}")
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Training stopped on a NaN/Inf loss (train.nan_policy="stop"); `.step`, `.last_checkpoint`."""
-
-  def __init__(self, message: str, step: int, last_checkpoint: Optional[int]):
-    super().__init__(message)
-    self.step, self.last_checkpoint = step, last_checkpoint
-
-
-class PreemptionGuard:
-  """Turns SIGTERM/SIGINT into a stop request honoured at the next step boundary.
-
-  Use as a context manager around the step loop (handlers are installed only in the main thread and
-  restored on exit). A second SIGINT raises KeyboardInterrupt at once. `should_stop(manager, step)`
-  is collective with several processes: it is True on every process when any process got a signal
-  (checked every `sync_every` steps with an all-gather) or orbax reached a preemption sync point.
-  """
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self, sync_every: int = 1):
-    self.requested: Optional[str] = None
-    self.sync_every = max(int(sync_every), 1)
-    self._old = {}
-
-  def _handler(self, signum, frame):
-    name = signal.Signals(signum).name
-    if self.requested and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.requested = self.requested or name
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in self.SIGNALS:
-        self._old[sig] = signal.signal(sig, self._handler)
-    return self
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-    self._old = {}
-    return False
-
-  def should_stop(self, manager, step: int) -> bool:
-    if jax.process_count() == 1:
-      return self.requested is not None
-    stop = False
-    if step % self.sync_every == 0:
-      from jax.experimental import multihost_utils
-      flags = multihost_utils.process_allgather(np.asarray(self.requested is not None, np.int32))
-      stop = bool(np.max(flags))
-      if stop and self.requested is None:
-        self.requested = "signal on another process"
-    if manager.reached_preemption(step):
-      self.requested = self.requested or "preemption sync point"
-      stop = True
-    return stop
-
-
-def _finite_mean(values) -> float:
-  a = np.asarray(values, np.float64)
-  a = a[np.isfinite(a)]
-  return float(a.mean()) if a.size else float("nan")
 
 
 def _process_order_permutation(sharding, global_batch: int) -> Optional[np.ndarray]:
@@ -188,11 +108,13 @@ class Trainer:
       init_params = self.objective.merge_init_params(init_params, self.root_rng)  # e.g. add routers
     return init_state(self.objective, self.tx, self.mesh, self.root_rng, self.shardings, params=init_params)
 
-  def jitted_step(self):
-    step = make_train_step(self.objective, self.tx, self.config.train.ema_decay, self.lr_schedule,
-                           debug_nan_step=int(self.config.train.debug_nan_step))
+  def jitted_step(self, objective=None, donate: bool = True):
+    """The jitted train step of `objective` (default: the run's), state buffers donated."""
+    tc = self.config.train
+    step = make_train_step(objective or self.objective, self.tx, tc.ema_decay, self.lr_schedule,
+                           debug_nan_step=int(tc.debug_nan_step))
     return jax.jit(step, in_shardings=(self.shardings, self.batch_sharding),
-                   out_shardings=(self.shardings, replicated(self.mesh)), donate_argnums=(0,))
+                   out_shardings=(self.shardings, replicated(self.mesh)), donate_argnums=(0,) if donate else ())
 
   def flops_counting_step(self):
     """The train step with the DiT blocks unrolled (`model.scan_blocks=False`), lowered for its
@@ -202,11 +124,8 @@ class Trainer:
       return None
     c = self.config.copy_and_resolve_references()
     c.model.scan_blocks = False
-    objective = methods.build_objective(c, self.info, load_run=load_trainer_and_params, workdir=self.workdir)
-    step = make_train_step(objective, self.tx, c.train.ema_decay, self.lr_schedule,
-                           debug_nan_step=int(c.train.debug_nan_step))
-    return jax.jit(step, in_shardings=(self.shardings, self.batch_sharding),
-                   out_shardings=(self.shardings, replicated(self.mesh)))
+    return self.jitted_step(methods.build_objective(c, self.info, load_run=load_trainer_and_params,
+                                                    workdir=self.workdir), donate=False)
 
   def global_batch(self, local: dict) -> dict:
     """This process's rows (`make_train_batches(..., process_index, process_count)[step]`) ->
@@ -219,19 +138,6 @@ class Trainer:
     the objective, so its compiled sampling programs are reused."""
     return self.objective.sampler
 
-  def sample_grid(self, params, step: int) -> str:
-    s = self.config.sample
-    per_class = int(self.config.train.grid_per_class)
-    k = max(self.objective.num_classes, 1)
-    labels = np.repeat(np.arange(k, dtype=np.int32), per_class)
-    imgs = generate_images(self.generator(), params, self.mesh, jax.random.PRNGKey(7), labels, steps=s.steps,
-                           method=s.method, cfg_scale=s.cfg_scale, batch_size=len(labels))
-    path = os.path.join(self.workdir, "samples", f"step_{step:07d}.png")
-    if jax.process_index() == 0:
-      save_grid(np.clip(imgs, -1, 1), path, rows=k if self.objective.num_classes else 0,
-                upscale=max(1, 64 // self.info.image_shape[0]))
-    return path
-
   def meta(self) -> dict:
     return {"config": json.loads(self.config.to_json_best_effort()), "image_shape": list(self.info.image_shape),
             "num_classes": self.info.num_classes}
@@ -239,133 +145,82 @@ class Trainer:
 
 def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> Any:
   """Runs (or resumes) training to `config.train.steps`; returns the final TrainState."""
-  tr = Trainer(config, workdir, log)
+  # ---- Setup: everything that can be wrong fails here, before anything compiles ----
+  tr = Trainer(config, workdir, log)   # validates the config; traces shapes only
   tc = config.train
-  # Before anything compiles (Trainer only traces shapes): the train step is then cached on disk.
-  diagnostics.enable_compilation_cache(tc.compilation_cache_dir,
-                                       tc.compilation_cache_min_compile_secs)
-  nan_policy = tc.nan_policy
-  parse_writers(tc.writers)   # a selected writer that is not installed fails before compiling
-  periodic_fid = PeriodicFID(config, workdir, tr.mesh, log)   # eval.fid_every: weights / reference checked now
-  ckpt.check_writable(workdir)   # creates the workdir; a bad path or bucket fails here, before compiling
+  # Before the first compilation, so that the train step is cached on disk.
+  diagnostics.enable_compilation_cache(tc.compilation_cache_dir, tc.compilation_cache_min_compile_secs)
+  parse_writers(tc.writers)   # a selected writer that is not installed fails here
+  fid = PeriodicFID(config, workdir, tr.mesh, log)   # eval.fid_every: weights / reference checked now
+  ckpt.check_writable(workdir)   # creates the workdir; a bad path or bucket fails here
   storage.makedirs(workdir)
   if jax.process_index() == 0:
     storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   manager = ckpt.make_manager(workdir, max_to_keep=tc.keep_checkpoints,
                               keep_every=tc.keep_every)   # + milestones (multiples of keep_every)
+
+  # ---- State: the latest checkpoint or a fresh one; its step is also the input position ----
   state = tr.initial_state(manager, init_params)
   start = int(jax.device_get(state.step))
   batches = data_lib.make_train_batches(config.data, global_batch_size=tc.batch_size, seed=config.seed,
                                         process_index=jax.process_index(), process_count=jax.process_count())
   # Host input overlaps the device step: batches[step + 1 ..] are built on threads (same batches).
   batches = Prefetcher(batches, start=start, stop=tc.steps, depth=config.data.prefetch)
-  jitted, step_fn, flops = tr.jitted_step(), None, None   # compiled at the first step (diagnostics.compile_step)
-  peak = diagnostics.peak_tflops_per_device(override=tc.peak_tflops_per_device)
-  prof = diagnostics.ProfileWindow(os.path.join(workdir, "profile"), start, tc.profile_start,
-                                   tc.profile_steps)
+  jitted = tr.jitted_step()   # compiled at the first step
+  prof = diagnostics.ProfileWindow(os.path.join(workdir, "profile"), start, tc.profile_start, tc.profile_steps)
   writer = MetricWriter(workdir, writers=tc.writers, run_config=json.loads(config.to_json_best_effort()),
                         wandb_project=tc.wandb_project, name=config.name)
   dropped = writer.drop_after(start)
   if dropped:
-    tr.log(f"metrics.jsonl: dropped {dropped} rows logged after step {start} (they are recomputed now)")
-  n_params = config_lib.num_params(state.params)
+    log(f"metrics.jsonl: dropped {dropped} rows logged after step {start} (they are recomputed now)")
+  fid.start(start, state, tr.generator(), writer)   # the FID of `start` if a stop cut it off
 
-  def fid_at(step: int) -> None:
-    """eval.fid_every: FID of the EMA params at `step`, one metrics row of kind "fid"."""
-    res = periodic_fid(tr.generator(), state.ema_params, step)
-    writer.write(step, res, kind="fid")
-    writer.flush()
-    log(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
-
-  # A run stopped after the checkpoint at `start` but before that step's FID was logged: compute
-  # it now (process 0's metrics decide; earlier FIDs are kept, never recomputed).
-  if periodic_fid.due(start) and agree(not any(r["step"] == start for r in read_metrics(workdir, "fid"))):
-    fid_at(start)
-
+  # ---- Hooks: called in this order after every step (hooks.py) ----
   pbar = progress(tc.steps, start, enabled=jax.process_index() == 0)   # plain lines when stderr is a log file
-
-  def check_finite(flag, at_step: int) -> None:
-    """nan_policy="stop": raise if the update at state.step == at_step was non-finite."""
-    if nan_policy == "stop" and float(jax.device_get(flag)) > 0:
-      ckpt.wait(manager)
-      last = manager.latest_step()
-      writer.flush()
-      where = f"{ckpt.checkpoint_dir(workdir)}/{last}" if last is not None else "none (no checkpoint was saved)"
-      raise NonFiniteLossError(
-          f"non-finite loss or gradients at step {at_step} (update {at_step + 1}); training stopped and the "
-          f"update was not applied. Last good checkpoint: {where}. Lower train.lr / raise train.warmup_steps, "
-          f"or set train.nan_policy='skip' to skip such updates", step=at_step, last_checkpoint=last)
-
-  pending, t_last, n_last, prev_flag = [], time.time(), start, None
   guard = PreemptionGuard(sync_every=tc.preemption_sync_every)
-  with guard, batches, prof:   # leaving it (end, preemption, error) joins the threads, ends a trace
+  metrics_hook = Metrics(writer, pbar, tc, start, manager, workdir, log)
+  run_hooks = [metrics_hook, Checkpoints(manager, tr.meta(), tc, guard, metrics_hook), fid,
+               SampleGrids(tr, log), FinalEvaluation(tr, writer, log)]
+
+  # ---- Loop ----
+  step_fn, stopped = None, False
+  # Leaving the block (end, stop, error) restores the signal handlers, joins the input threads and
+  # ends a profiler trace.
+  with guard, batches, prof:
     log(f"{config.name}: {tr.info.image_shape} {tr.info.num_classes} classes, "
-        f"{n_params / 1e6:.2f}M params, mesh {dict(tr.mesh.shape)}, steps {start} -> {tc.steps}")
+        f"{config_lib.num_params(state.params) / 1e6:.2f}M params, mesh {dict(tr.mesh.shape)}, "
+        f"steps {start} -> {tc.steps}")
     log(describe_compute_dtype(config.model))
     for step in range(start, tc.steps):
       batch = tr.global_batch(batches[step])
-      if step_fn is None:                        # one compilation, which also gives the FLOPs per step
+      if step_fn is None:   # one compilation, which also gives the FLOPs per step
         step_fn, flops = diagnostics.compile_step(jitted, state, batch, flops_from=tr.flops_counting_step())
-        log(diagnostics.describe_flops(flops, peak, jax.device_count()))
-        t_last = time.time()                     # throughput is measured without the compilation
+        metrics_hook.compiled(flops)
       prof.before(step)
       state, metrics = step_fn(state, batch)
       prof.after(step, (state, metrics))
-      if prev_flag is not None:
-        check_finite(prev_flag, step - 1)        # one step behind: keeps the device queue full
-      prev_flag = metrics["nonfinite"]
-      pending.append(metrics)
-      done = step + 1
-      if done % tc.log_every == 0 or done == tc.steps:
-        host = jax.device_get(pending)
-        mean = {k: _finite_mean([m[k] for m in host]) for k in host[0]}
-        mean["nonfinite"] = float(np.sum([m["nonfinite"] for m in host]))
-        if mean["nonfinite"] and nan_policy == "skip":
-          log(f"skipped {int(mean['nonfinite'])} non-finite update(s) in steps {n_last}..{done - 1}")
-        now = time.time()
-        mean["images_per_second"] = (done - n_last) * tc.batch_size / max(now - t_last, 1e-9)
-        mean.update(diagnostics.throughput_metrics(flops, done - n_last, now - t_last, peak, jax.device_count()))
-        t_last, n_last, pending = now, done, []
-        writer.write(done, mean)
-        pbar.set_postfix(loss=f"{mean['loss']:.4f}", img_s=f"{mean['images_per_second']:.0f}")
-      pbar.update(1)
-      preempt = guard.should_stop(manager, done) and done != tc.steps
-      if done % tc.ckpt_every == 0 or done == tc.steps or preempt:
-        check_finite(prev_flag, step)            # never checkpoint past a bad step
-        ckpt.save(manager, done, state, tr.meta(), force=preempt)
-      if periodic_fid.due(done) and not preempt:   # after the checkpoint: a resume finds the row or recomputes it
-        fid_at(done)
-      if preempt:
-        ckpt.wait(manager)
-        writer.close()
-        pbar.close()
-        manager.close()
-        log(f"stopping on {guard.requested} after step {done}: checkpoint saved to "
-            f"{ckpt.checkpoint_dir(workdir)}/{done}; run the same command again to resume")
-        return state
-      if tc.sample_every and done % tc.sample_every == 0 and done != tc.steps:
-        tr.sample_grid(state.ema_params, done)
+      # `any` stops at the first hook that asks to stop: the later ones skip this step.
+      if any(h.after_step(step + 1, state, metrics) for h in run_hooks):
+        stopped = True
+        break
+
+  # ---- End: a stopped run says how to resume; a finished one gets its final samples and eval ----
   pbar.close()
   ckpt.wait(manager)
-  writer.flush()
-
   final_step = int(jax.device_get(state.step))
-  if tc.steps > 0 and config.train.final_samples:
-    log(f"sample grid: {tr.sample_grid(state.ema_params, final_step)}")
-  if config.eval.at_end and tc.steps > 0:
-    result = evaluate_generator(tr.generator(), state.ema_params, config, tr.mesh, cache_dir(config, workdir), log=log)
-    result["step"] = final_step
-    writer.write(final_step, {k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None},
-                 kind="eval")
-    if jax.process_index() == 0:
-      storage.write_json(os.path.join(workdir, "eval.json"), result, indent=2)
-    log("eval: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
-  if jax.process_index() == 0 and final_step >= tc.steps:
-    # Written last, and never on a preemption stop: a watcher (tpu/resume_after_preemption.sh)
-    # relaunches until it appears.
-    storage.write_json(os.path.join(workdir, "train_complete.json"), {"step": final_step, "time": time.time()})
+  if not stopped:
+    writer.flush()
+    for h in run_hooks:
+      h.at_end(final_step, state)
+    if jax.process_index() == 0 and final_step >= tc.steps:
+      # Written last, and never on a stop: a watcher (tpu/resume_after_preemption.sh) relaunches
+      # until it appears.
+      storage.write_json(os.path.join(workdir, "train_complete.json"), {"step": final_step, "time": time.time()})
   writer.close()
   manager.close()
+  if stopped:
+    log(f"stopping on {guard.requested} after step {final_step}: checkpoint saved to "
+        f"{ckpt.checkpoint_dir(workdir)}/{final_step}; run the same command again to resume")
   return state
 
 

@@ -18,11 +18,16 @@ from adaflow.eval.fid.reference import resolve_reference
 from adaflow.eval.fid.run import run_fid, run_tag
 from adaflow.eval import inception as inception_lib
 from adaflow.flow.driver import balanced_labels
+from adaflow.parallel.host import agree
+from adaflow.train.hooks import Hook
+from adaflow.train.metrics_log import read_metrics
 
 
-class PeriodicFID:
-  """Built before training compiles (missing weights or reference fail then); `due(step)` and
-  `__call__(generator, params, step) -> {"fid", "sfid"?, "inception_score"?}` on every process."""
+class PeriodicFID(Hook):
+  """A loop hook (hooks.py), built before training compiles: missing weights or reference fail
+  then. It runs after the step's checkpoint, so a resumed run finds the step's row or computes it
+  (`start`). `__call__(generator, params, step) -> {"fid", "sfid"?, "inception_score"?}`; all of it
+  on every process."""
 
   def __init__(self, config, workdir: str, mesh, log=print):
     ec = config.eval
@@ -56,6 +61,21 @@ class PeriodicFID:
 
   def due(self, step: int) -> bool:
     return bool(self.every) and step > 0 and step % self.every == 0
+
+  def start(self, step: int, state, generator, writer) -> None:
+    """The run's generator and metric writer. A run stopped after the checkpoint at `step` but
+    before that step's FID was logged computes it now (process 0's metrics decide; earlier FIDs
+    are kept, never recomputed)."""
+    self.generator, self.writer = generator, writer
+    if self.due(step) and agree(not any(r["step"] == step for r in read_metrics(self.workdir, "fid"))):
+      self.after_step(step, state, None)
+
+  def after_step(self, step, state, metrics) -> None:
+    if self.due(step):
+      res = self(self.generator, state.ema_params, step)
+      self.writer.write(step, res, kind="fid")
+      self.writer.flush()
+      self.log(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
 
   def __call__(self, generator, params, step: int) -> dict:
     ec, s = self.config.eval, self.config.sample

@@ -1,6 +1,6 @@
 """FLOPs per image of the ImageNet64 recipes (XLA cost_analysis on CPU) and the TPU-hours they imply.
 
-  python experiments/imagenet64/flops.py [--batch 8] [--peak 275e12] [--mfu 0.4]
+  python -m experiments.imagenet64.flops [--batch 8] [--peak 275e12] [--mfu 0.4]
 
 Measured (compiled on this machine's CPU backend, batch `--batch`, divided per image):
 * the dense DiT-B/4 64x64 train step (forward + backward + optimizer + EMA), from
@@ -15,13 +15,10 @@ Writes experiments/results/imagenet64_flops.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", ".."))
-sys.path.insert(0, HERE)
+from experiments.common import RESULTS, utc_now
+from experiments.imagenet64 import config as recipes
 
 
 def _flops(compiled) -> float:
@@ -34,7 +31,6 @@ def measure(batch: int) -> dict:
   import jax
   import jax.numpy as jnp
   import tensorflow_datasets as tfds
-  import config as recipes
   from adaflow.eval import inception as inc
   from adaflow.train.loop import Trainer
 
@@ -62,11 +58,11 @@ def measure(batch: int) -> dict:
 
 
 def main():
-  ap = argparse.ArgumentParser()
+  ap = argparse.ArgumentParser(prog="python -m experiments.imagenet64.flops", description=__doc__.split("\n\n")[0])
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--peak", type=float, default=275e12, help="assumed bf16 peak FLOP/s per chip (v4: 275e12, v5p: 459e12)")
   ap.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
-  ap.add_argument("--out", default=os.path.join(HERE, "..", "results", "imagenet64_flops.md"))
+  ap.add_argument("--out", default=os.path.join(RESULTS, "imagenet64_flops.md"))
   args = ap.parse_args()
   m = measure(args.batch)
   c = m["config"]
@@ -77,13 +73,13 @@ def main():
   train_h = images * m["train"] / rate / 3600
   sample_h = 50_000 * nfe * cfg_mult * m["fwd"] / rate / 3600
   fid_h = 50_000 * m["inception"] / rate / 3600
-  now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  now = utc_now()
   lines = [
       "# ImageNet 64x64 dense DiT-B/4: measured FLOPs per image and implied TPU time",
       "",
       f"Measured {now} with XLA cost_analysis on this project's machine (2-core CPU, no GPU; other "
       f"jobs may have shared the CPU, which does not affect FLOP counts). Command: "
-      f"`python experiments/imagenet64/flops.py --batch {args.batch} --peak {args.peak:g} --mfu {args.mfu}`.",
+      f"`python -m experiments.imagenet64.flops --batch {args.batch} --peak {args.peak:g} --mfu {args.mfu}`.",
       "",
       f"Model: DiT-B/4, 64x64x3, 256 tokens, {m['classes']} classes, {m['params'] / 1e6:.1f}M parameters.",
       "",

@@ -1,6 +1,6 @@
 """CPU smoke run of the whole ImageNet64 path on TFDS mock data (tests/test_fid.py runs it).
 
-  python experiments/imagenet64/smoke.py /tmp/in64_smoke [smoke | uncond_smoke]
+  python -m experiments.imagenet64.smoke /tmp/in64_smoke [--method uncond_smoke]
 
 1. `adaflow train --config experiments/imagenet64/config.py:smoke` on `tfds:imagenet_resized/64x64`
    under `tfds.testing.mock_data` (random 64x64 images, 1000 classes; nothing downloaded), or
@@ -14,9 +14,9 @@ real path (data -> train -> checkpoint -> restore -> generate -> Inception -> FI
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(HERE, "config.py")
@@ -42,7 +42,14 @@ def run_smoke(workdir: str, num: int = 8, shard: int = 4, extra_fid_flags=(), me
   return result
 
 
+def main(argv=None):
+  ap = argparse.ArgumentParser(prog="python -m experiments.imagenet64.smoke", description=__doc__.split("\n\n")[0])
+  ap.add_argument("workdir", nargs="?", default="/tmp/adaflow_in64_smoke", help="the smoke run's workdir")
+  ap.add_argument("--method", default="smoke", choices=("smoke", "uncond_smoke"),
+                  help="class-conditional (imagenet_resized) or unconditional (downsampled_imagenet) smoke config")
+  args = ap.parse_args(argv)
+  print(json.dumps(run_smoke(args.workdir, method=args.method), indent=2))
+
+
 if __name__ == "__main__":
-  out = run_smoke(sys.argv[1] if len(sys.argv) > 1 else "/tmp/adaflow_in64_smoke",
-                  method=sys.argv[2] if len(sys.argv) > 2 else "smoke")
-  print(json.dumps(out, indent=2))
+  main()

@@ -1,12 +1,21 @@
-"""Compile time of one DiT train step with the blocks unrolled vs `model.scan_blocks` (one scanned body).
+"""Compile time of one DiT train step with the blocks unrolled vs `model.scan_blocks` (one scanned body),
+and (`--methods`) of each method's train step and sampler against dense's on the crops testbed.
 
     python -m experiments.bench_compile [--size XL] [--batch 32] [--timeout 600]
+    python -m experiments.bench_compile --methods [--steps 16] [--num 40]
 
 DiT-<size>/2 on 32x32x4 latents (256 tokens, the ImageNet-256 latent shape), bf16 matmul inputs,
 fp32 params, MSE + AdamW, params and optimizer state donated. Parameters are abstract
 (`jax.eval_shape`), so nothing is initialised or run: the time is tracing + lowering to StableHLO
 (`lower`) and XLA compilation (`compile`). Each setting runs in a fresh subprocess (no in-memory
 or persistent compilation cache shared between them). Writes experiments/results/compile.md.
+
+`--methods`: the frontier's arms (configs/frontier_crops32.py: dense, PPFlow-2, DiffCR routing,
+the composed model with PPFlow + routing + four pruned timestep groups) built through the method
+table exactly as `adaflow train` builds them, with abstract state: the train step (one batch of
+`train.batch_size`) and the sampler (`--num` images, Heun `--steps`, the CLI's generate path),
+each with `model.scan_blocks` on (the default) and off (the per-layer loop every routed model
+used before routing scanned its layers). Writes experiments/results/compile_methods.md.
 """
 from __future__ import annotations
 
@@ -54,6 +63,120 @@ def child(size: str, batch: int, scan: bool, image: int = 32, channels: int = 4)
           "depth": depth}
 
 
+# The composed arm's pruned block structure, (heads, mlp channels) per block and timestep group,
+# as the frontier run's train-then-prune search chose it (2026-12-03, /work/testbed/frontier):
+# pruned groups have uneven blocks, which is what a composed model compiles in practice.
+COMPOSED_GROUP_BLOCKS = (((4, 480), (1, 32), (4, 416), (0, 384)), ((4, 480), (2, 224), (4, 416), (2, 384)),
+                         ((4, 480), (4, 416), (4, 416), (3, 384)), ((4, 512), (4, 512), (4, 512), (4, 512)))
+COMPOSED_GROUP_EDGES = (0.0, 0.2402530536055565, 0.4999999850988388, 0.7597469389438629, 1.0)
+METHOD_ARMS = ("dense", "ppflow", "routed", "composed")
+
+
+def method_config(arm: str, scan: bool):
+  """The frontier config of `arm` (see the module docstring), `model.scan_blocks = scan`."""
+  from experiments.common import load_config
+  c = load_config("frontier_crops32")
+  c.model.scan_blocks = scan
+  stages = ((0.5, (4, 8)), (1.0, (4, 4)))                 # the frontier's PPFlow-2 schedule
+  if arm == "dense":
+    c.objective = "flow_matching"
+  elif arm == "ppflow":
+    c.objective, c.model.stages = "ppflow", stages
+  elif arm == "routed":
+    c.objective = "routed_flow_matching"
+  else:
+    c.objective = "composed"
+    c.compose.ppflow, c.compose.routing, c.compose.grouped = True, True, True
+    c.compose.stages = stages
+    c.compose.group_blocks = COMPOSED_GROUP_BLOCKS
+    c.compose.group_edges = COMPOSED_GROUP_EDGES
+  return c
+
+
+def method_child(arm: str, scan: bool, what: str, steps: int, num: int) -> dict:
+  """Lowers and compiles `arm`'s train step or sampler with abstract arguments."""
+  import tempfile
+  import jax
+  import jax.numpy as jnp
+  from adaflow.flow.driver import make_generate_fn
+  from adaflow.train.loop import Trainer
+
+  def cpu_s():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+  config = method_config(arm, scan)
+  with tempfile.TemporaryDirectory() as work:
+    tr = Trainer(config, work, log=lambda m: None)
+  h, w, ch = tr.info.image_shape
+  if what == "train":
+    b = config.train.batch_size
+    batch = {"image": jax.ShapeDtypeStruct((b, h, w, ch), jnp.float32), "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+    fn, args = tr.jitted_step(), (tr.abstract_state, batch)
+  else:
+    fn = make_generate_fn(tr.generator(), tr.mesh, steps=steps, method="heun", cfg_scale=float(config.sample.cfg_scale))
+    args = (tr.abstract_state.ema_params, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((num,), jnp.int32))
+  t0, c0 = time.perf_counter(), cpu_s()
+  lowered = fn.lower(*args)
+  t1 = time.perf_counter()
+  lowered.compile()
+  t2, c2 = time.perf_counter(), cpu_s()
+  return {"arm": arm, "scan": scan, "what": what, "lower_s": t1 - t0, "compile_s": t2 - t1, "cpu_s": c2 - c0}
+
+
+def run_methods(a) -> None:
+  from experiments.common import RESULTS, ROOT, machine_line, utc_now
+  out = a.out or os.path.join(RESULTS, "compile_methods.md")
+  rows = {}
+  for what in ("train", "sample"):
+    for arm in METHOD_ARMS:
+      for scan in ((True,) if arm in ("dense", "ppflow") else (True, False)):
+        cmd = [sys.executable, "-m", "experiments.bench_compile", "--_method", f"{arm}:{int(scan)}:{what}",
+               "--steps", str(a.steps), "--num", str(a.num)]
+        t0 = time.perf_counter()
+        try:
+          r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=a.timeout)
+        except subprocess.TimeoutExpired:
+          rows[arm, scan, what] = {"timeout": a.timeout}
+          print(arm, scan, what, "timed out", flush=True)
+          continue
+        if r.returncode != 0:
+          raise SystemExit(f"{arm} {what}: the compile subprocess failed:\n{r.stderr[-3000:]}")
+        m = json.loads(r.stdout.strip().splitlines()[-1])
+        m["wall_s"] = time.perf_counter() - t0
+        rows[arm, scan, what] = m
+        print(arm, scan, what, m, flush=True)
+  total = lambda m: m["lower_s"] + m["compile_s"]
+  lines = ["# Compile time of each method's train step and sampler against dense's (crops 32x32 testbed)", "",
+           f"- {machine_line()}; {utc_now()}.",
+           f"- Command: `python -m experiments.bench_compile --methods --steps {a.steps} --num {a.num}` (abstract state; "
+           "trace + lower, then XLA compile; each row in a fresh process, no compilation cache).",
+           "- Arms: configs/frontier_crops32.py (DiT depth 4, width 128, patch 4; routing bins 1.0..0.3, 4 regions; "
+           "PPFlow-2 stages ((0.5, (4, 8)), (1.0, (4, 4))); composed = PPFlow-2 + routing + 4 pruned timestep groups "
+           "with the frontier run's block structure). Train step: one batch of train.batch_size; sampler: "
+           f"{a.num} images, Heun {a.steps} steps, the CLI's generate path.",
+           "- 'CPU seconds' (user + system of the compiling process) is the work itself; wall times stretch with load.",
+           "", "| program | arm | layers | trace + lower (s) | XLA compile (s) | total (s) | CPU seconds | x dense (total) |",
+           "|---|---|---|---:|---:|---:|---:|---:|"]
+  for what in ("train", "sample"):
+    dense = rows.get(("dense", True, what))
+    for arm in METHOD_ARMS:
+      for scan in (True, False):
+        m = rows.get((arm, scan, what))
+        if m is None:
+          continue
+        layers = "scanned" if scan else "per-layer loop"
+        if "timeout" in m:
+          lines.append(f"| {what} | {arm} | {layers} | - | - | > {m['timeout']:.0f} | - | - |")
+          continue
+        ratio = f"{total(m) / total(dense):.2f}x" if dense and "timeout" not in dense else "-"
+        lines.append(f"| {what} | {arm} | {layers} | {m['lower_s']:.1f} | {m['compile_s']:.1f} | {total(m):.1f} | "
+                     f"{m['cpu_s']:.1f} | {ratio} |")
+  with open(out, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
 def main():
   ap = argparse.ArgumentParser(prog="python -m experiments.bench_compile", description=__doc__.split("\n\n")[0])
   ap.add_argument("--size", default="XL", choices=("S", "B", "L", "XL"))
@@ -61,8 +184,19 @@ def main():
   ap.add_argument("--image", type=int, default=32, help="latent side (32: 256 tokens at patch 2)")
   ap.add_argument("--timeout", type=float, default=600.0, help="seconds per setting before it is reported as timed out")
   ap.add_argument("--out", default=None, help="default experiments/results/compile.md")
+  ap.add_argument("--methods", action="store_true", help="each method's train step and sampler vs dense's")
+  ap.add_argument("--steps", type=int, default=16, help="--methods: Heun steps of the sampler")
+  ap.add_argument("--num", type=int, default=40, help="--methods: images per sampler call")
   ap.add_argument("--_child", choices=("scan", "loop"), help=argparse.SUPPRESS)
+  ap.add_argument("--_method", help=argparse.SUPPRESS)
   a = ap.parse_args()
+  if a._method:
+    arm, scan, what = a._method.split(":")
+    print(json.dumps(method_child(arm, scan == "1", what, a.steps, a.num)), flush=True)
+    return
+  if a.methods:
+    run_methods(a)
+    return
   if a._child:
     print(json.dumps(child(a.size, a.batch, a._child == "scan", a.image)), flush=True)
     return

@@ -191,6 +191,25 @@ def test_remat_routed_blocks_same_outputs_and_rho_gradient():
   np.testing.assert_allclose(_run(remat, params, x, t, y, "train"), _run(model, params, x, t, y, "train"), atol=1e-5)
 
 
+def test_scanned_routed_layers_equal_the_loop():
+  """Sampling with identical blocks runs one scanned layer body (block + router + bin switch, the
+  layer's ratio row scanned): the same outputs (learned and fixed ratio) as the per-layer loop,
+  and the program holds one block body per bin instead of one per bin and layer."""
+  model, params, (x, t, y) = _model()
+  assert model.depth > 1 and model.scan_blocks
+  scan, loop = model, model.clone(scan_blocks=False)
+  params = _with_rho(params, 0.7)
+  dots = lambda m, p: str(jax.make_jaxpr(lambda q: m.apply(q, x, t, y, mode="infer"))(p)).count("dot_general")
+  one_layer = model.clone(depth=1, scan_blocks=False)
+  one_layer_params = nn.meta.unbox(one_layer.init(jax.random.PRNGKey(1), x, t, y, mode="train"))
+  assert dots(scan, params) == dots(one_layer, one_layer_params) < dots(loop, params)
+  t_one = jnp.full((B,), 0.6)
+  np.testing.assert_allclose(_run(scan, params, x, t_one, y, "infer"), _run(loop, params, x, t_one, y, "infer"), atol=1e-5)
+  fixed = lambda m: m.clone(routing=RoutingSpec(**{**m.routing.__dict__, "fixed_ratio": 0.5}))
+  np.testing.assert_allclose(_run(fixed(scan), params, x, t_one, y, "infer"),
+                             _run(fixed(loop), params, x, t_one, y, "infer"), atol=1e-5)
+
+
 def test_ratio_loss_alone_moves_rho_to_target_within_bounds():
   spec = spec_from_config(merged_config({"routing": dict(target=0.5, num_regions=3)}))
   params = {"params": {"rho": jnp.ones((4, 3))}}

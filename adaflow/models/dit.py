@@ -286,36 +286,49 @@ class DiT(nn.Module):
     chex.assert_shape(y, (x.shape[0],))
     c = self.condition(t, y, stage)
     tokens = self.embed(x, stage)
-    if block_fn is None and self._can_scan():
+    if block_fn is None and self.can_scan():
       tokens = self._scan_blocks(tokens, c)
     else:
       for i, block in enumerate(self.block_modules):
         tokens = block(tokens, c) if block_fn is None else block_fn(i, block, tokens, c)
     return self.unembed(tokens, c, stage)
 
-  def _can_scan(self) -> bool:
+  def can_scan(self) -> bool:
+    """Whether the blocks run as one scanned body: `scan_blocks` on, identical blocks (not pruned
+    unevenly) and params bound (init always runs the loop, which creates the per-block names)."""
     specs = self.block_specs
     return (self.scan_blocks and len(specs) > 1 and len(set(specs)) == 1 and not self.is_initializing()
             and "params" in self.variables)
 
   def _scan_blocks(self, tokens: jax.Array, c: jax.Array) -> jax.Array:
-    """tokens [B, N, D] through all (identical) blocks as one scanned body. The per-block
-    parameters are stacked here, inside the traced step, so the stored tree keeps its `block_i`
-    names; the stack is a copy of the block weights per call (their gradients are sliced back by
-    autodiff), small next to a step's activations."""
-    spec = self.block_specs[0]
-    per_block = [nn.meta.unbox(self.variables["params"][f"block_{i}"]) for i in range(len(self.block_specs))]
-    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_block)
-    block = DiTBlock(self.hidden_size, spec.num_heads, self.head_dim, spec.mlp_dim, self.dtype, self.attention,
-                     parent=None)
+    """tokens [B, N, D] through all (identical) blocks as one scanned body."""
+    block = self.unbound_block()
+    return self.scan_layers(lambda x, p: block.apply({"params": p}, x, c), tokens, self.stacked_params("block"))
 
-    def body(x, p):
-      return block.apply({"params": p}, x, c), None
+  def unbound_block(self) -> DiTBlock:
+    """The (identical) block as a module to `apply` with one layer's slice of `stacked_params`."""
+    spec = self.block_specs[0]
+    return DiTBlock(self.hidden_size, spec.num_heads, self.head_dim, spec.mlp_dim, self.dtype, self.attention,
+                    parent=None)
+
+  def stacked_params(self, prefix: str) -> Any:
+    """The params of `{prefix}_0 .. {prefix}_{depth-1}` stacked on a leading layer axis. They are
+    stacked here, inside the traced step, so the stored tree keeps its per-layer names; the stack
+    is a copy of those weights per call (their gradients are sliced back by autodiff), small next
+    to a step's activations."""
+    per_layer = [nn.meta.unbox(self.variables["params"][f"{prefix}_{i}"]) for i in range(len(self.block_specs))]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_layer)
+
+  def scan_layers(self, layer_fn: Callable[[jax.Array, Any], jax.Array], tokens: jax.Array, per_layer: Any) -> jax.Array:
+    """tokens [B, N, D] -> `layer_fn(tokens, xs_i)` applied for i = 0..depth-1 as one `lax.scan`
+    body over `per_layer` (pytrees with a leading [depth] axis), under `model.remat`'s policy."""
+    def body(x, xs):
+      return layer_fn(x, xs), None
 
     policy = remat_policy(self.remat)
     if policy is not None:
       body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-    tokens, _ = jax.lax.scan(body, tokens, stacked)
+    tokens, _ = jax.lax.scan(body, tokens, per_layer)
     return tokens
 
 

@@ -52,7 +52,9 @@ while k may be a traced, per-example value. So one compiled program, one forward
 with mixed timesteps (each example uses the rho of its own region), at a fixed training cost of two
 full-width blocks per layer (~2x a dense step, independent of the number of bins). Inference snaps
 rho to the nearest bin and uses the *gathered* path with static k: a `lax.switch` over the bins per
-block (XLA compiles every bin's branch once and executes exactly one) — that is the speed-up. A
+block (XLA compiles every bin's branch and executes exactly one) — that is the speed-up. With
+identical blocks the layers run as one scanned body, so the bins' branches are compiled once for
+the whole depth, not once per layer. A
 non-learned fixed ratio (`routing.fixed_ratio`) uses the gathered static-k path in training too.
 
 Mixed t in a batch. Training: per example (above). Inference: the region comes from `t[0]` (an
@@ -62,8 +64,10 @@ sampler here does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional, Sequence
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -114,41 +118,78 @@ class RoutedDiT(DiT):
     return jax.nn.sigmoid(self.routers[i](tokens)[..., 0])
 
   def __call__(self, x, t, y, *, stage: int = 0, mode: str = "infer", block_fn=None):
-    """x: [B, H, W, C]; t: [B]; y: [B] -> [B, H, W, C]. See the class docstring for `mode`."""
+    """x: [B, H, W, C]; t: [B]; y: [B] -> [B, H, W, C]. See the class docstring for `mode`.
+
+    Sampling ("infer") with identical blocks (`can_scan`) runs ONE scanned layer body (block +
+    router + the bin switch, the layer's row of ratios as a scanned input): the program holds one
+    block body per ratio bin whatever the depth, instead of one per bin and layer (the testbed's
+    routed sampler compiles in 2.5x dense's time instead of 4.8x: experiments/results/
+    compile_methods.md). Training keeps the per-layer loop: its two masked blocks per layer
+    compile as fast as dense's step there (a scan saves nothing on XLA:CPU, compile.md). Pruned
+    (uneven) blocks keep the loop. Same function either way (tests/test_routing.py)."""
     if mode not in MODES:
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if block_fn is not None:
       raise ValueError("RoutedDiT supplies its own block_fn")
     if mode == "dense":
       return super().__call__(x, t, y, stage=stage)
-    s = self.routing
+    chex.assert_rank(x, 4)
+    chex.assert_shape(t, (x.shape[0],))
+    chex.assert_shape(y, (x.shape[0],))
+    c = self.condition(t, y, stage)
+    tokens = self.embed(x, stage)
     ratios = self.ratios()
+    if mode == "infer" and self.can_scan():
+      block, router = self.unbound_block(), self._unbound_router()
 
-    def fn(i, block, tokens, c):
-      n = tokens.shape[1]
-      w = self.router_weights(i, tokens)
-      if not s.learned:
-        return routed_block(block, tokens, c, w, num_kept(s.fixed_ratio, n), s.scale)
-      if mode == "train":
-        rho = ratios[i][region_index(t, s.boundaries)]              # [B]: each example's region
-        j, lam = bin_pair(rho, s.bins)
-        ks = jnp.asarray([num_kept(b, n) for b in s.bins], jnp.int32)
-        rank = token_rank(w)
-        y1 = masked_block(block, tokens, c, w, rank < ks[j][:, None], s.scale)
-        y2 = masked_block(block, tokens, c, w, rank < ks[j + 1][:, None], s.scale)
-        lam = lam[:, None, None]
-        return lam * y1 + (1.0 - lam) * y2
-      b = snap_index(ratios[i][region_index(t[0], s.boundaries)], s.bins)
-      branches = [self._bin_branch(ratio, n) for ratio in s.bins]
-      return nn.switch(b, branches, block, tokens, c, w)
+      def layer(x, xs):
+        block_p, router_p, ratio_row = xs
+        w = jax.nn.sigmoid(router.apply({"params": router_p}, x)[..., 0])
+        run = lambda *a, **kw: block.apply({"params": block_p}, *a, **kw)
+        return self._route(mode, t, ratio_row, run, x, c, w, _switch_over_function)
 
-    return super().__call__(x, t, y, stage=stage, block_fn=fn)
+      tokens = self.scan_layers(layer, tokens, (self.stacked_params("block"), self.stacked_params("router"), ratios))
+    else:
+      for i, block in enumerate(self.block_modules):
+        tokens = self._route(mode, t, ratios[i], block, tokens, c, self.router_weights(i, tokens), nn.switch)
+    return self.unembed(tokens, c, stage)
+
+  def _route(self, mode: str, t, ratio_row, block, tokens, c, w, switch):
+    """One routed layer: tokens [B, N, D] -> [B, N, D] through `block` (a bound block or a
+    function of its params) on the tokens that router weights w [B, N] keep, with this layer's
+    ratios `ratio_row` [R] (one per timestep region). `switch` is `nn.switch` for a bound block,
+    `_switch_over_function` inside the scanned body."""
+    s = self.routing
+    n = tokens.shape[1]
+    if not s.learned:
+      return routed_block(block, tokens, c, w, num_kept(s.fixed_ratio, n), s.scale)
+    if mode == "train":
+      rho = ratio_row[region_index(t, s.boundaries)]               # [B]: each example's region
+      j, lam = bin_pair(rho, s.bins)
+      ks = jnp.asarray([num_kept(b, n) for b in s.bins], jnp.int32)
+      rank = token_rank(w)
+      y1 = masked_block(block, tokens, c, w, rank < ks[j][:, None], s.scale)
+      y2 = masked_block(block, tokens, c, w, rank < ks[j + 1][:, None], s.scale)
+      lam = lam[:, None, None]
+      return lam * y1 + (1.0 - lam) * y2
+    b = snap_index(ratio_row[region_index(t[0], s.boundaries)], s.bins)
+    return switch(b, [self._bin_branch(ratio, n) for ratio in s.bins], block, tokens, c, w)
+
+  def _unbound_router(self) -> layers.Dense:
+    """`routers[i]` as a module to `apply` with one layer's slice of the stacked router params."""
+    return layers.Dense(1, axes=("embed", None), dtype=jnp.float32, use_bias=False, parent=None)
 
   def _bin_branch(self, ratio: float, n: int):
     scale = self.routing.scale
     def branch(block, tokens, c, w):
       return routed_block(block, tokens, c, w, num_kept(ratio, n), scale)
     return branch
+
+
+def _switch_over_function(index, branches, block, *operands):
+  """`nn.switch`'s signature for a block that is a function (closing over its params), which
+  `jax.lax.switch` cannot take as an operand: each branch gets it bound."""
+  return jax.lax.switch(index, [functools.partial(branch, block) for branch in branches], *operands)
 
 
 def routed_dit_from_config(config, image_shape: Sequence[int], num_classes: int) -> RoutedDiT:

@@ -342,3 +342,21 @@ def test_metrics_rows_after_the_resumed_step_are_dropped(tmp_path):
   assert read_metrics(str(tmp_path), kind="eval") == []
   assert w.drop_after(4) == 0
   w.close()
+
+
+def test_workdir_of_another_model_is_refused_and_left_untouched(tmp_path):
+  """Resuming (or sampling) a workdir with a config that builds another model (here another width;
+  e.g. a dataset whose classes changed) used to skip every checkpoint as unreadable and train a
+  fresh model over the old run; it is now one clear error before anything compiles, and the
+  workdir keeps its checkpoints and config.json."""
+  from adaflow.train.loop import load_trainer_and_params
+  w = str(tmp_path / "w")
+  train(tiny_config(**{"train.steps": 2}), w, log=QUIET)
+  before = (steps_of(w), open(os.path.join(w, "config.json")).read())
+  other = tiny_config(**{"train.steps": 4, "model.hidden_size": 48})
+  with pytest.raises(ValueError, match=r"holds a different model than this config builds \(shapes \(stored vs needed\) (params/)?block_0/"):
+    train(other, w, log=QUIET)
+  with pytest.raises(ValueError, match="holds a different model"):
+    load_trainer_and_params(w, other)
+  assert (steps_of(w), open(os.path.join(w, "config.json")).read()) == before
+  assert int(train(tiny_config(**{"train.steps": 3}), w, log=QUIET).step) == 3   # its own config resumes

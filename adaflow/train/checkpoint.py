@@ -156,6 +156,44 @@ def check_writable(workdir: str) -> None:
                                f"({e.strerror}); fix permissions/space or choose another --workdir") from e
 
 
+def _param_shapes(tree: Any) -> dict[str, tuple]:
+  """{'a/b/kernel': shape} of a params tree (arrays, ShapeDtypeStructs or orbax array metadata)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    key = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+    out[key] = tuple(getattr(leaf, "shape", ()) or ())
+  return out
+
+
+def check_model_matches(manager: ocp.CheckpointManager, abstract_state: Any) -> None:
+  """ValueError when the newest checkpoint's stored parameter shapes differ from the run's model
+  (the workdir was written with another `config.model`, dataset or method): resuming would
+  otherwise skip every checkpoint as unreadable and train a fresh model over the old run. Only the
+  stored metadata is read; a checkpoint whose metadata cannot be read is left to `restore_latest`
+  (it falls back to an older one)."""
+  step = manager.latest_step()
+  if step is None:
+    return
+  try:   # the manager has no handler registry for item_metadata; the state's own handler reads it
+    stored = ocp.StandardCheckpointHandler().metadata(manager.directory / str(step) / "state")
+    stored = getattr(stored, "tree", stored)["params"]
+  except Exception:  # pylint: disable=broad-except  # unreadable: restore_latest reports it
+    return
+  if stored is None:
+    return
+  want, got = _param_shapes(abstract_state.params), _param_shapes(stored)
+  diff = [f"{k} {got[k]} vs {want[k]}" for k in sorted(set(want) & set(got)) if got[k] != want[k]]
+  missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+  if not (diff or missing or extra):
+    return
+  parts = ([f"shapes (stored vs needed) {', '.join(diff[:3])}{' ...' if len(diff) > 3 else ''}"] if diff else []) + \
+          ([f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}"] if missing else []) + \
+          ([f"not in this model {extra[:3]}{' ...' if len(extra) > 3 else ''}"] if extra else [])
+  raise ValueError(f"checkpoint {manager.directory}/{step} holds a different model than this config builds "
+                   f"({'; '.join(parts)}): resume with the config it was written with (config.json next to "
+                   "checkpoints/), or train into a new --workdir; nothing was changed")
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
                    log: Callable[[str], None] = print) -> tuple[Optional[Any], Optional[dict], Optional[int]]:
   """(state, meta, step) from the newest readable checkpoint, or (None, None, None) if none.

@@ -99,6 +99,7 @@ class Trainer:
 
   def initial_state(self, manager, init_params: Optional[Any] = None):
     """Latest checkpoint if the workdir has one, else a fresh (or `init_params`) state."""
+    ckpt.check_model_matches(manager, self.abstract_state)   # another model's workdir: stop, change nothing
     abstract = ckpt.abstract_with_shardings(self.abstract_state, self.shardings)
     state, meta, step = ckpt.restore_latest(manager, abstract, log=self.log)
     if state is not None:
@@ -154,13 +155,13 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   fid = PeriodicFID(config, workdir, tr.mesh, log)   # eval.fid_every: weights / reference checked now
   ckpt.check_writable(workdir)   # creates the workdir; a bad path or bucket fails here
   storage.makedirs(workdir)
-  if jax.process_index() == 0:
-    storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   manager = ckpt.make_manager(workdir, max_to_keep=tc.keep_checkpoints,
                               keep_every=tc.keep_every)   # + milestones (multiples of keep_every)
 
   # ---- State: the latest checkpoint or a fresh one; its step is also the input position ----
-  state = tr.initial_state(manager, init_params)
+  state = tr.initial_state(manager, init_params)   # a workdir of another model fails here, untouched
+  if jax.process_index() == 0:
+    storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   start = int(jax.device_get(state.step))
   batches = data_lib.make_train_batches(config.data, global_batch_size=tc.batch_size, seed=config.seed,
                                         process_index=jax.process_index(), process_count=jax.process_count())
@@ -241,6 +242,7 @@ def load_trainer_and_params(workdir: str, config: Optional[ml_collections.Config
   config = config if config is not None else config_of(workdir)
   tr = Trainer(config, workdir)
   manager = ckpt.make_manager(workdir, async_save=False)
+  ckpt.check_model_matches(manager, tr.abstract_state)   # names the mismatch instead of "no readable checkpoint"
   abstract = ckpt.abstract_with_shardings(tr.abstract_state, tr.shardings)
   state, _, step = ckpt.restore_latest(manager, abstract, log=tr.log)
   if state is None:

@@ -69,7 +69,7 @@ def evaluate_samples(classifier, images, labels=None, *, num_resamples: int = 20
   ref_mu, ref_sigma = classifier.reference_stats
   fd = frechet_distance(*feature_statistics(feats), ref_mu, ref_sigma)
   interval = fd_interval(feats, (ref_mu, ref_sigma), num_resamples=num_resamples)
-  class_acc = None if labels is None or getattr(classifier, "task", "classes") != "classes" else float(np.mean(preds == labels))
+  class_acc = None if labels is None or classifier.task != "classes" else float(np.mean(preds == labels))
   return dict(fd=fd, fd_low=interval.low, fd_high=interval.high, class_acc=class_acc, num=int(n))
 
 

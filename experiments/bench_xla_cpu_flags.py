@@ -6,7 +6,10 @@ XLA:CPU hands dots to one of several libraries (its own Eigen/tiled emitters, XN
 oneDNN where built in), chosen by `XLA_FLAGS`. Each variant below runs in a fresh process (XLA reads
 its flags once) on the DiT block's three GEMM shapes at `--tokens` rows: fp32, bf16 in / fp32 out
 (adaflow's mixed-precision matmul), bf16 in / bf16 out. A variant whose flags XLA rejects is reported
-as such. Median of `--reps` calls after a warm-up. Writes experiments/results/xla_cpu_flags.md.
+as such. Median of `--reps` calls after a warm-up. A last row times the same shapes with torch's
+CPU matmul (oneDNN; AMX tiles where the CPU has them), the kernels torch bf16 autocast runs, when
+torch is installed (it has no bf16-in / fp32-out matmul: that cell stays empty). Writes
+experiments/results/xla_cpu_flags.md.
 """
 from __future__ import annotations
 
@@ -29,14 +32,33 @@ VARIANTS = {
     "YNNPACK dot fusions": "--xla_cpu_experimental_ynn_fusion_type=dot",
     "XNNPACK dot fusions": "--xla_cpu_experimental_xnn_fusion_type=dot",
 }
+TORCH_ROW = "torch (oneDNN), for reference"
+
+
+def gemm_shapes(width: int, tokens: int) -> dict:
+  """{name: (m, k, n)} of a DiT block's three GEMMs at `tokens` rows."""
+  return {"qkv": (tokens, width, 3 * width), "mlp up": (tokens, width, 4 * width),
+          "mlp down": (tokens, 4 * width, width)}
+
+
+def torch_child(width: int, tokens: int, reps: int) -> dict:
+  """GFLOP/s of torch.matmul on the same shapes: fp32 and bf16 (bf16 out, fp32 accumulation)."""
+  import torch
+  torch.manual_seed(0)
+  out = {}
+  for sname, (m, k, n) in gemm_shapes(width, tokens).items():
+    for pname, dtype in (("fp32", torch.float32), ("bf16 in, bf16 out", torch.bfloat16)):
+      a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+      torch.matmul(a, b)
+      out[f"{sname}|{pname}"] = 2.0 * m * k * n / time_calls(lambda: torch.matmul(a, b), reps) / 1e9
+  return out
 
 
 def child(width: int, tokens: int, reps: int) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  shapes = {"qkv": (tokens, width, 3 * width), "mlp up": (tokens, width, 4 * width),
-            "mlp down": (tokens, 4 * width, width)}
+  shapes = gemm_shapes(width, tokens)
   precisions = {"fp32": (jnp.float32, jnp.float32), "bf16 in, fp32 out": (jnp.bfloat16, jnp.float32),
                 "bf16 in, bf16 out": (jnp.bfloat16, jnp.bfloat16)}
   out = {}
@@ -60,15 +82,17 @@ def main(argv=None):
   ap.add_argument("--reps", type=int, default=5)
   ap.add_argument("--out", default=os.path.join(RESULTS, "xla_cpu_flags.md"))
   ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+  ap.add_argument("--_torch_child", action="store_true", help=argparse.SUPPRESS)
   a = ap.parse_args(argv)
-  if a._child:
-    print("RESULT " + json.dumps(child(a.width, a.tokens, a.reps)))
+  if a._child or a._torch_child:
+    print("RESULT " + json.dumps((torch_child if a._torch_child else child)(a.width, a.tokens, a.reps)))
     return
   machine, date = machine_line(), utc_now()
   results, errors = {}, {}
-  for name, flags in VARIANTS.items():
-    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
-    r = subprocess.run([sys.executable, "-m", "experiments.bench_xla_cpu_flags", "--_child", "--width", str(a.width),
+  for name, flags in list(VARIANTS.items()) + [(TORCH_ROW, None)]:
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + (flags or "")).strip())
+    kind = "--_torch_child" if flags is None else "--_child"
+    r = subprocess.run([sys.executable, "-m", "experiments.bench_xla_cpu_flags", kind, "--width", str(a.width),
                         "--tokens", str(a.tokens), "--reps", str(a.reps)], capture_output=True, text=True, env=env,
                        cwd=ROOT)
     line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -79,7 +103,7 @@ def main(argv=None):
       continue
     results[name] = json.loads(line[len("RESULT "):])
     print(name, {k: round(v) for k, v in results[name].items()}, flush=True)
-  keys = next(iter(results.values())).keys() if results else []
+  keys = next((res.keys() for name, res in results.items() if name != TORCH_ROW), [])
   lines = ["# XLA:CPU matmul libraries on this CPU: GFLOP/s per XLA_FLAGS variant", "",
            f"- {machine}; {date}.",
            f"- Command: `python -m experiments.bench_xla_cpu_flags --width {a.width} --tokens {a.tokens} "
@@ -89,10 +113,12 @@ def main(argv=None):
            "|---|---|" + "---:|" * (len(keys) + 1)]
   for name, res in results.items():
     bf = [v for k, v in res.items() if k.endswith("bf16 in, fp32 out")]
-    lines.append(f"| {name} | `{VARIANTS[name] or '(none)'}` | " + " | ".join(f"{res[k]:.0f}" for k in keys)
-                 + f" | {sum(bf) / len(bf):.0f} |")
+    flags = "(torch.matmul, not XLA)" if name == TORCH_ROW else f"`{VARIANTS[name] or '(none)'}`"
+    mean = f"{sum(bf) / len(bf):.0f}" if bf else ""
+    lines.append(f"| {name} | {flags} | " + " | ".join(f"{res[k]:.0f}" if k in res else "" for k in keys)
+                 + f" | {mean} |")
   for name, err in errors.items():
-    lines.append(f"| {name} | `{VARIANTS[name]}` | rejected or failed: {err} |" + " |" * len(keys))
+    lines.append(f"| {name} | `{VARIANTS.get(name, '')}` | rejected or failed: {err} |" + " |" * len(keys))
   write_report("\n".join(lines) + "\n", a.out)
 
 

@@ -43,6 +43,17 @@ def validate_train(config) -> None:
   validate_diagnostics(config)
 
 
+def validate_eval(config) -> None:
+  """The final evaluation's sample count and batch (eval.*); checked even with eval.at_end off,
+  because `adaflow eval` and the compose recipe read them too."""
+  e = config.eval
+  _require(_is_int(e.num_samples) and e.num_samples >= 2, "eval.num_samples",
+           f"must be an integer >= 2 (the FD compares feature statistics of the samples), got {e.num_samples!r}; "
+           "to skip the final evaluation set eval.at_end=False")
+  _require(_is_int(e.batch_size) and e.batch_size > 0, "eval.batch_size",
+           f"must be a positive integer, got {e.batch_size!r}")
+
+
 def _is_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
@@ -152,6 +163,7 @@ def validate(config, info=None, num_devices: Optional[int] = None, num_processes
   check_known_fields(config)
   validate_objective_fields(config)
   validate_train(config)
+  validate_eval(config)
   validate_data(config)
   validate_flow(config)
   if info is not None:

@@ -20,6 +20,8 @@ from adaflow.train.loop import Trainer, train
     ({"sample.diffusion_form": "cubic"}, "sample.diffusion_form"),
     ({"sample.diffusion_norm": -1.0}, "sample.diffusion_norm"),
     ({"flow.endpoint_margin": 0.7}, "flow.endpoint_margin"),
+    ({"eval.num_samples": 0}, "eval.num_samples"),   # used to fail after training ("need at least one array")
+    ({"eval.batch_size": 0}, "eval.batch_size"),
 ])
 def test_bad_config_raises_before_compile(tmp_path, monkeypatch, overrides, field):
   import jax

@@ -23,6 +23,10 @@ class FakeGenerator:
     noise = jax.random.normal(rng, (labels.shape[0], 4, 4, 1))
     return params["w"] * labels[:, None, None, None].astype(jnp.float32) + 0 * noise + steps
 
+  def specialize(self, params):
+    del params
+    return self
+
 
 class CompileCounter:
   def __init__(self):

@@ -11,8 +11,10 @@ import pytest
 
 from adaflow import methods
 from adaflow.config_defaults import merged_config, routing_defaults
+from adaflow.data.pipeline import DatasetInfo
 from adaflow.models.dit import DiTBlock
-from adaflow.models.routing.ratios import bin_pair, project_ratios, ratio_loss, region_index, snap_index, snapped_table
+from adaflow.models.routing.ratios import (bin_pair, project_ratios, ratio_loss, ratio_table, region_index, snap_index,
+                                           snapped_table)
 from adaflow.models.routing.routed_dit import merge_params, routed_dit_from_config
 from adaflow.models.routing.spec import RoutingSpec, spec_from_config
 from adaflow.models.routing.tokens import (gather_tokens, masked_block, num_kept, residual_scales, routed_block,
@@ -208,6 +210,39 @@ def test_scanned_routed_layers_equal_the_loop():
   fixed = lambda m: m.clone(routing=RoutingSpec(**{**m.routing.__dict__, "fixed_ratio": 0.5}))
   np.testing.assert_allclose(_run(fixed(scan), params, x, t_one, y, "infer"),
                              _run(fixed(loop), params, x, t_one, y, "infer"), atol=1e-5)
+
+
+def test_snapped_table_compiles_only_the_used_bins_and_samples_the_same():
+  """The sampler reads the snapped ratios from the trained params (`RoutingSpec.snapped`): the same
+  outputs as choosing the bin on device, scanned or looped, with fewer block branches (a layer whose
+  regions share a bin has no switch); the composed generator specializes through the driver."""
+  model, params, (x, t, y) = _model(num_regions=2)
+  rho = jnp.asarray([[1.0, 0.55], [0.95, 0.97]], jnp.float32)     # bins used: {1.0, 0.5} and {1.0}
+  params = _with_rho(params, rho)
+  table = tuple(tuple(float(b) for b in row) for row in snapped_table(ratio_table(params, model.routing), model.routing))
+  assert table == ((1.0, 0.5), (1.0, 1.0))
+  with_table = lambda m: m.clone(routing=RoutingSpec(**{**m.routing.__dict__, "snapped": table}))
+  dots = lambda m: str(jax.make_jaxpr(lambda q: m.apply(q, x, t, y, mode="infer"))(params)).count("dot_general")
+  for m in (model, model.clone(scan_blocks=False)):
+    assert dots(with_table(m)) < dots(m)
+    for t_one in (jnp.full((B,), 0.2), jnp.full((B,), 0.7)):
+      # Same math; XLA fuses a branch outside a switch differently (float32 rounding, ~1e-7).
+      np.testing.assert_allclose(_run(with_table(m), params, x, t_one, y, "infer"),
+                                 _run(m, params, x, t_one, y, "infer"), atol=1e-5)
+  with pytest.raises(ValueError, match="RoutingSpec.snapped"):
+    model.clone(routing=RoutingSpec(**{**model.routing.__dict__, "snapped": ((1.0, 0.7),) * 2})).init(
+        jax.random.PRNGKey(0), x, t, y, mode="train")
+  # Through the composed generator: specialize() caches one generator per table.
+  cfg = tiny_config(objective="routed_flow_matching")
+  cfg.routing = routing_defaults()
+  cfg.routing.bins, cfg.routing.num_regions = TEST_BINS, 2
+  gen = methods.generator_for(cfg, DatasetInfo((16, 16, 1), 10, 100, tuple(map(str, range(10)))))
+  spec_gen = gen.specialize(params)
+  assert spec_gen is gen.specialize(params) and spec_gen is not gen
+  assert spec_gen.models[0].routing.snapped == table and gen.models[0].routing.snapped is None
+  labels = jnp.asarray([1, 2, 3])
+  run = lambda g: jax.jit(lambda p: g.generate(p, jax.random.PRNGKey(0), labels, steps=3, method="euler"))(params)
+  np.testing.assert_allclose(run(spec_gen), run(gen), atol=1e-5)
 
 
 def test_ratio_loss_alone_moves_rho_to_target_within_bounds():

@@ -10,6 +10,8 @@ It is the one sampler of the DiT family: every DiT-family method is a preset of 
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Any, Optional
 
 import jax
@@ -20,7 +22,12 @@ from adaflow import flow
 from adaflow.compose import flops as flops_lib
 from adaflow.compose import model as model_lib
 from adaflow.compose.spec import ComposeSpec, spec_from_config
+from adaflow.models.routing.ratios import ratio_table, snapped_table
 from adaflow.models.routing.routed_dit import RoutedDiT
+
+# Specialized generators kept per composed generator (`ComposedGenerator.specialize`): training
+# with evaluation meets a new ratio table at most once per evaluation, so a few suffice.
+_SPECIALIZED_KEPT = 4
 
 
 class ComposedGenerator:
@@ -40,6 +47,7 @@ class ComposedGenerator:
     self.routed = isinstance(self.base, RoutedDiT)
     self.grouped = self.spec.blocks_per_group is not None
     self.class_dropout = float(config.model.class_dropout)
+    self._specialized: dict = {}
 
   # ---- parameters ---------------------------------------------------------------------------
   def dummy_inputs(self, batch: int = 1):
@@ -56,6 +64,28 @@ class ComposedGenerator:
     """The tree whose `['params']['y_embed']` the AdaDiff policy reads: the last group's (the
     group at the data end, t ~ 1)."""
     return model_lib.group_params(params, self.spec, self.spec.num_groups - 1)
+
+  def specialize(self, params: Any) -> "ComposedGenerator":
+    """The generator to sample `params` with: for learned routing, one whose networks carry the
+    snapped inference ratios of `params` as static tables (`RoutingSpec.snapped`), so that each
+    routed layer compiles only the ratio bins it uses (same samples, fewer branches to compile);
+    otherwise itself. The same tables give the same object, so its compiled samplers
+    (adaflow.flow.driver) are reused. Reads the small `rho` params on the host (replicated)."""
+    if not self.routed or not self.spec.routing.learned:
+      return self
+    spec = self.spec.routing
+    tables = tuple(tuple(tuple(float(b) for b in row)
+                         for row in snapped_table(ratio_table(model_lib.group_params(params, self.spec, g), spec), spec))
+                   for g in range(len(self.models)))
+    if tables not in self._specialized:
+      while len(self._specialized) >= _SPECIALIZED_KEPT:
+        self._specialized.pop(next(iter(self._specialized)))
+      gen = copy.copy(self)
+      gen._specialized = {}
+      gen.models = tuple(m.clone(routing=dataclasses.replace(spec, snapped=table), parent=None)
+                         for m, table in zip(self.models, tables))
+      self._specialized[tables] = gen
+    return self._specialized[tables]
 
   # ---- dispatch -----------------------------------------------------------------------------
   def partitions(self) -> tuple[flow.TimePartition, flow.TimePartition, flow.TimePartition]:

@@ -5,7 +5,8 @@ sample`, evaluation, FID shards, the composed sampler and the step policy's grou
 Batches are padded only up to the next bucket (`batch_buckets`: the shard count times a power of
 two, from `smallest`), so at most log2(batch_size / shards) + 1 programs are compiled per setting.
 `generate_images` runs a generator (duck-typed: `.generate(params, rng, labels, *, steps, method,
-cfg_scale)`) whose jitted sampler is compiled once per generator and setting (`make_generate_fn`).
+cfg_scale)` and `.specialize(params)`, the generator to sample those params with) whose jitted
+sampler is compiled once per generator and setting (`make_generate_fn`).
 """
 from __future__ import annotations
 
@@ -117,7 +118,10 @@ def generate_images(generator, params, mesh: Mesh, rng: jax.Array, labels: np.nd
   40 images with batch_size 256 compute 64, not 256. Full batches are unchanged by bucketing; images
   of the last batch differ from those of a fully padded batch (the same fold_in(rng, i) key draws
   noise of another shape).
+
+  `generator.specialize(params)` samples: what is static in the params (routing's snapped ratios)
+  is then compiled in, not traced.
   """
-  fn = make_generate_fn(generator, mesh, steps=steps, method=method, cfg_scale=cfg_scale)
+  fn = make_generate_fn(generator.specialize(params), mesh, steps=steps, method=method, cfg_scale=cfg_scale)
   return map_batches(lambda i, y: fn(params, jax.random.fold_in(rng, i), y), mesh,
                      [np.asarray(labels, np.int32)], batch_size, progress=progress)

@@ -73,6 +73,12 @@ class ObjectiveBase:
     generator."""
     return self
 
+  def specialize(self, params):
+    """The sampler to sample `params` with, specialized to what is static in them (the composed
+    generator reads routing's snapped ratios; `adaflow.flow.driver.generate_images` calls this)."""
+    del params
+    return self
+
   def images_and_maps(self, params, rng: jax.Array, labels) -> tuple:
     raise ValueError(f"{type(self).__name__} has no code maps to show (has_maps is False)")
 

@@ -54,7 +54,9 @@ full-width blocks per layer (~2x a dense step, independent of the number of bins
 rho to the nearest bin and uses the *gathered* path with static k: a `lax.switch` over the bins per
 block (XLA compiles every bin's branch and executes exactly one) — that is the speed-up. With
 identical blocks the layers run as one scanned body, so the bins' branches are compiled once for
-the whole depth, not once per layer. A
+the whole depth, not once per layer. The sampler reads the snapped ratios from the trained
+parameters when it is built (`RoutingSpec.snapped`, `ComposedGenerator.specialize`): then only the
+bins they use are compiled (a layer with one bin for every region has no switch). A
 non-learned fixed ratio (`routing.fixed_ratio`) uses the gathered static-k path in training too.
 
 Mixed t in a batch. Training: per example (above). Inference: the region comes from `t[0]` (an
@@ -99,6 +101,11 @@ class RoutedDiT(DiT):
     super().setup()
     if self.routing is None:
       raise ValueError("RoutedDiT needs `routing` (a RoutingSpec from spec_from_config)")
+    table = self.routing.snapped
+    if table is not None and (len(table) != len(self.block_specs) or any(
+        len(row) != self.routing.num_regions or not set(row) <= set(self.routing.bins) for row in table)):
+      raise ValueError(f"RoutingSpec.snapped must be [depth={len(self.block_specs)}][R={self.routing.num_regions}] "
+                       f"ratios from routing.bins {self.routing.bins}, got {table}")
     self.routers = [layers.dense(1, axes=("embed", None), dtype=jnp.float32, use_bias=False,
                                  kernel_init=nn.initializers.normal(0.02), name=f"router_{i}")
                     for i in range(len(self.block_specs))]
@@ -141,39 +148,69 @@ class RoutedDiT(DiT):
     ratios = self.ratios()
     if mode == "infer" and self.can_scan():
       block, router = self.unbound_block(), self._unbound_router()
+      bins, branch = self._inference_branches(ratios, range(len(self.block_specs)))
 
       def layer(x, xs):
-        block_p, router_p, ratio_row = xs
+        block_p, router_p, branch_row = xs
         w = jax.nn.sigmoid(router.apply({"params": router_p}, x)[..., 0])
         run = lambda *a, **kw: block.apply({"params": block_p}, *a, **kw)
-        return self._route(mode, t, ratio_row, run, x, c, w, _switch_over_function)
+        return self._route_infer(t, bins, branch_row, run, x, c, w, _switch_over_function)
 
-      tokens = self.scan_layers(layer, tokens, (self.stacked_params("block"), self.stacked_params("router"), ratios))
+      tokens = self.scan_layers(layer, tokens, (self.stacked_params("block"), self.stacked_params("router"), branch))
     else:
       for i, block in enumerate(self.block_modules):
-        tokens = self._route(mode, t, ratios[i], block, tokens, c, self.router_weights(i, tokens), nn.switch)
+        w = self.router_weights(i, tokens)
+        if mode == "train":
+          tokens = self._route_train(t, ratios[i], block, tokens, c, w)
+        else:
+          bins, branch = self._inference_branches(ratios, (i,))
+          tokens = self._route_infer(t, bins, branch[0], block, tokens, c, w, nn.switch)
     return self.unembed(tokens, c, stage)
 
-  def _route(self, mode: str, t, ratio_row, block, tokens, c, w, switch):
-    """One routed layer: tokens [B, N, D] -> [B, N, D] through `block` (a bound block or a
-    function of its params) on the tokens that router weights w [B, N] keep, with this layer's
-    ratios `ratio_row` [R] (one per timestep region). `switch` is `nn.switch` for a bound block,
-    `_switch_over_function` inside the scanned body."""
+  def _inference_branches(self, ratios: jax.Array, layer_ids: Sequence[int]) -> tuple[tuple[float, ...], jax.Array]:
+    """(bins, branch): the ratio bins sampling compiles a block branch for, and per layer of
+    `layer_ids` and timestep region the index of its branch [len(layer_ids), R] int32.
+
+    With `routing.snapped` (the snapped ratios read from trained parameters when the sampler is
+    built, `ComposedGenerator.specialize`) these are static: only the bins those layers use (a
+    layer whose regions share one bin needs no switch). Without it every bin is compiled and the
+    traced ratios [depth, R] pick one on device. A fixed ratio is one bin."""
+    s = self.routing
+    rows = list(layer_ids)
+    if not s.learned:
+      return (s.fixed_ratio,), jnp.zeros((len(rows), s.num_regions), jnp.int32)
+    if s.snapped is None:
+      return s.bins, snap_index(ratios[jnp.asarray(rows, jnp.int32)], s.bins)
+    used = tuple(sorted({s.snapped[i][r] for i in rows for r in range(s.num_regions)}))
+    return used, jnp.asarray([[used.index(b) for b in s.snapped[i]] for i in rows], jnp.int32)
+
+  def _route_train(self, t, ratio_row, block, tokens, c, w):
+    """One routed layer in training: tokens [B, N, D] -> [B, N, D] through the bound `block` on
+    the tokens that router weights w [B, N] keep, with this layer's ratios `ratio_row` [R] (each
+    example's region's; the two neighbouring bins interpolated at full width, masked)."""
     s = self.routing
     n = tokens.shape[1]
     if not s.learned:
       return routed_block(block, tokens, c, w, num_kept(s.fixed_ratio, n), s.scale)
-    if mode == "train":
-      rho = ratio_row[region_index(t, s.boundaries)]               # [B]: each example's region
-      j, lam = bin_pair(rho, s.bins)
-      ks = jnp.asarray([num_kept(b, n) for b in s.bins], jnp.int32)
-      rank = token_rank(w)
-      y1 = masked_block(block, tokens, c, w, rank < ks[j][:, None], s.scale)
-      y2 = masked_block(block, tokens, c, w, rank < ks[j + 1][:, None], s.scale)
-      lam = lam[:, None, None]
-      return lam * y1 + (1.0 - lam) * y2
-    b = snap_index(ratio_row[region_index(t[0], s.boundaries)], s.bins)
-    return switch(b, [self._bin_branch(ratio, n) for ratio in s.bins], block, tokens, c, w)
+    rho = ratio_row[region_index(t, s.boundaries)]               # [B]: each example's region
+    j, lam = bin_pair(rho, s.bins)
+    ks = jnp.asarray([num_kept(b, n) for b in s.bins], jnp.int32)
+    rank = token_rank(w)
+    y1 = masked_block(block, tokens, c, w, rank < ks[j][:, None], s.scale)
+    y2 = masked_block(block, tokens, c, w, rank < ks[j + 1][:, None], s.scale)
+    lam = lam[:, None, None]
+    return lam * y1 + (1.0 - lam) * y2
+
+  def _route_infer(self, t, bins: Sequence[float], branch_row, block, tokens, c, w, switch):
+    """One routed layer in sampling: tokens [B, N, D] -> [B, N, D] through `block` (a bound block
+    or a function of its params) on the top-k tokens of router weights w [B, N], k from the bin
+    `bins[branch_row[region of t[0]]]` (`branch_row` [R] int32, `_inference_branches`). `switch` is
+    `nn.switch` for a bound block, `_switch_over_function` inside the scanned body."""
+    n = tokens.shape[1]
+    branches = [self._bin_branch(ratio, n) for ratio in bins]
+    if len(branches) == 1:
+      return branches[0](block, tokens, c, w)
+    return switch(branch_row[region_index(t[0], self.routing.boundaries)], branches, block, tokens, c, w)
 
   def _unbound_router(self) -> layers.Dense:
     """`routers[i]` as a module to `apply` with one layer's slice of the stacked router params."""

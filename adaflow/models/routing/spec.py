@@ -24,6 +24,10 @@ class RoutingSpec:
   scale: str = "ste"
   fixed_ratio: float = 0.0
   ratio_lr_scale: float = 1.0
+  # Sampling only: the snapped inference ratios [depth][R] read from trained parameters when the
+  # sampler is built (`ComposedGenerator.specialize`), so that each layer compiles only the bins
+  # it uses. None: every bin is compiled and the traced ratios choose on device. Never a config field.
+  snapped: Optional[tuple[tuple[float, ...], ...]] = None
 
   @property
   def num_regions(self) -> int:

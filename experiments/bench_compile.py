@@ -70,6 +70,11 @@ COMPOSED_GROUP_BLOCKS = (((4, 480), (1, 32), (4, 416), (0, 384)), ((4, 480), (2,
                          ((4, 480), (4, 416), (4, 416), (3, 384)), ((4, 512), (4, 512), (4, 512), (4, 512)))
 COMPOSED_GROUP_EDGES = (0.0, 0.2402530536055565, 0.4999999850988388, 0.7597469389438629, 1.0)
 METHOD_ARMS = ("dense", "ppflow", "routed", "composed")
+# Learned keep ratios [layer][region] of a trained 4-layer, 4-region DiffCR run (experiments/results/
+# routing.md, "learned-0.5", 2026-12-02): the sampler specialized to them compiles the 5 bins they
+# snap to (1.0, 0.9, 0.8, 0.5, 0.3) instead of all 8. The composed arm uses it for every group.
+TRAINED_RATIOS = ((0.957, 0.975, 0.980, 0.981), (0.538, 0.753, 0.875, 0.929),
+                  (0.977, 0.982, 0.979, 0.967), (0.104, 0.529, 0.539, 0.299))
 
 
 def method_config(arm: str, scan: bool):
@@ -93,8 +98,22 @@ def method_config(arm: str, scan: bool):
   return c
 
 
-def method_child(arm: str, scan: bool, what: str, steps: int, num: int) -> dict:
-  """Lowers and compiles `arm`'s train step or sampler with abstract arguments."""
+def with_trained_ratios(params, spec):
+  """The abstract `params` with every `rho` leaf set to TRAINED_RATIOS (raw param = ratio /
+  routing.ratio_lr_scale), which is all `ComposedGenerator.specialize` reads."""
+  import jax
+  import numpy as np
+
+  def leaf(path, x):
+    if getattr(path[-1], "key", None) == "rho":
+      return np.asarray(TRAINED_RATIOS, np.float32) / spec.ratio_lr_scale
+    return x
+  return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def method_child(arm: str, scan: bool, what: str, steps: int, num: int, trained: bool = False) -> dict:
+  """Lowers and compiles `arm`'s train step or sampler with abstract arguments (`trained`: the
+  sampler specialized to TRAINED_RATIOS, as `generate_images` specializes to a run's ratios)."""
   import tempfile
   import jax
   import jax.numpy as jnp
@@ -114,14 +133,17 @@ def method_child(arm: str, scan: bool, what: str, steps: int, num: int) -> dict:
     batch = {"image": jax.ShapeDtypeStruct((b, h, w, ch), jnp.float32), "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
     fn, args = tr.jitted_step(), (tr.abstract_state, batch)
   else:
-    fn = make_generate_fn(tr.generator(), tr.mesh, steps=steps, method="heun", cfg_scale=float(config.sample.cfg_scale))
+    gen = tr.generator()
+    if trained:
+      gen = gen.specialize(with_trained_ratios(tr.abstract_state.ema_params, gen.spec.routing))
+    fn = make_generate_fn(gen, tr.mesh, steps=steps, method="heun", cfg_scale=float(config.sample.cfg_scale))
     args = (tr.abstract_state.ema_params, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((num,), jnp.int32))
   t0, c0 = time.perf_counter(), cpu_s()
   lowered = fn.lower(*args)
   t1 = time.perf_counter()
   lowered.compile()
   t2, c2 = time.perf_counter(), cpu_s()
-  return {"arm": arm, "scan": scan, "what": what, "lower_s": t1 - t0, "compile_s": t2 - t1, "cpu_s": c2 - c0}
+  return {"arm": arm, "scan": scan, "what": what, "trained": trained, "lower_s": t1 - t0, "compile_s": t2 - t1, "cpu_s": c2 - c0}
 
 
 def run_methods(a) -> None:
@@ -130,8 +152,11 @@ def run_methods(a) -> None:
   rows = {}
   for what in ("train", "sample"):
     for arm in METHOD_ARMS:
-      for scan in ((True,) if arm in ("dense", "ppflow") else (True, False)):
-        cmd = [sys.executable, "-m", "experiments.bench_compile", "--_method", f"{arm}:{int(scan)}:{what}",
+      for scan in ((True,) if arm in ("dense", "ppflow") else (True, False, "trained")):
+        if scan == "trained" and what == "train":
+          continue
+        spec = f"{arm}:1:{what}:1" if scan == "trained" else f"{arm}:{int(scan)}:{what}:0"
+        cmd = [sys.executable, "-m", "experiments.bench_compile", "--_method", spec,
                "--steps", str(a.steps), "--num", str(a.num)]
         t0 = time.perf_counter()
         try:
@@ -155,17 +180,21 @@ def run_methods(a) -> None:
            "PPFlow-2 stages ((0.5, (4, 8)), (1.0, (4, 4))); composed = PPFlow-2 + routing + 4 pruned timestep groups "
            "with the frontier run's block structure). Train step: one batch of train.batch_size; sampler: "
            f"{a.num} images, Heun {a.steps} steps, the CLI's generate path.",
+           "- 'scanned, trained ratios' bins': the sampler specialized to a trained run's ratio table "
+           "(TRAINED_RATIOS, from results/routing.md's learned-0.5 run: 5 of the 8 bins used; every composed group "
+           "given the same table), as `generate_images` specializes to the run's parameters; the other sampler rows "
+           "compile every bin (the bin chosen on device).",
            "- 'CPU seconds' (user + system of the compiling process) is the work itself; wall times stretch with load.",
            "", "| program | arm | layers | trace + lower (s) | XLA compile (s) | total (s) | CPU seconds | x dense (total) |",
            "|---|---|---|---:|---:|---:|---:|---:|"]
   for what in ("train", "sample"):
     dense = rows.get(("dense", True, what))
     for arm in METHOD_ARMS:
-      for scan in (True, False):
+      for scan in (True, False, "trained"):
         m = rows.get((arm, scan, what))
         if m is None:
           continue
-        layers = "scanned" if scan else "per-layer loop"
+        layers = {True: "scanned", False: "per-layer loop", "trained": "scanned, trained ratios' bins"}[scan]
         if "timeout" in m:
           lines.append(f"| {what} | {arm} | {layers} | - | - | > {m['timeout']:.0f} | - | - |")
           continue
@@ -191,8 +220,8 @@ def main():
   ap.add_argument("--_method", help=argparse.SUPPRESS)
   a = ap.parse_args()
   if a._method:
-    arm, scan, what = a._method.split(":")
-    print(json.dumps(method_child(arm, scan == "1", what, a.steps, a.num)), flush=True)
+    arm, scan, what, trained = a._method.split(":")
+    print(json.dumps(method_child(arm, scan == "1", what, a.steps, a.num, trained == "1")), flush=True)
     return
   if a.methods:
     run_methods(a)

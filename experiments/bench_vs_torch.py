@@ -34,6 +34,7 @@ import gzip
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -67,14 +68,14 @@ def make_inputs(batch: int, seed: int = 0):
 # adaflow
 
 
-def ada_label() -> str:
-  """The adaflow contender's row name: the compute dtype `model.dtype="auto"` picks on this CPU."""
+def ada_label(dtype: str = "auto") -> str:
+  """The adaflow contender's row name: the compute dtype `model.dtype=dtype` resolves to on this CPU."""
   from adaflow.parallel.precision import resolve_compute_dtype
-  return f"adaflow jit ({resolve_compute_dtype('auto')[0]} compute, fp32 params)"
+  return f"adaflow jit ({resolve_compute_dtype(dtype)[0]} compute, fp32 params)"
 
 
 class AdaflowContender:
-  def __init__(self, size: str, batch: int):
+  def __init__(self, size: str, batch: int, dtype: str = "auto"):
     import jax
     import jax.numpy as jnp
     import flax.linen as nn
@@ -85,7 +86,7 @@ class AdaflowContender:
     depth, d, h = SIZES[size]
     self.jax = jax
     self.model = DiT(image_size=(IMAGE, IMAGE), in_channels=CHANNELS, patch_size=PATCH, hidden_size=d, depth=depth,
-                     num_heads=h, num_classes=CLASSES, dtype=dtype_from_name(resolve_compute_dtype("auto")[0]),
+                     num_heads=h, num_classes=CLASSES, dtype=dtype_from_name(resolve_compute_dtype(dtype)[0]),
                      remat="dots_no_batch", scan_blocks=True)   # adaflow's config defaults
     x, t, y, target = (jnp.asarray(a) for a in make_inputs(batch))
     self.inputs = (x, t, y)
@@ -307,6 +308,8 @@ def main():
   ap.add_argument("--profile", action="store_true")
   ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "vs_torch.md"))
   ap.add_argument("--note", default="", help="a sentence added to the results file (run conditions)")
+  ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                  help="adaflow's model.dtype (compute dtype); XLA flags: set XLA_FLAGS for the run (recorded)")
   ap.add_argument("--_torch_memory", default=None, help=argparse.SUPPRESS)
   a = ap.parse_args()
   if a._torch_memory:
@@ -323,10 +326,10 @@ def main():
   a.load_start = os.getloadavg()
   for size in a.sizes.split(","):
     t0 = time.time()
-    ada = AdaflowContender(size, a.batch)
+    ada = AdaflowContender(size, a.batch, a.dtype)
     m, tin, ttarget = build_torch(size, a.batch)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-    contenders = {ada_label(): ada}
+    contenders = {ada_label(a.dtype): ada}
     for mode in modes:
       try:
         contenders[f"torch {mode}"] = TorchContender(m, tin, ttarget, mode, opt)
@@ -345,7 +348,7 @@ def main():
           times[name][phase].append(time.perf_counter() - s)
       print(f"  rep {rep}: " + ", ".join(f"{n.split(' (')[0]} fwd {t['forward'][-1]:.2f}s train {t['train'][-1]:.2f}s"
                                          for n, t in times.items()), flush=True)
-    mem = {ada_label(): ada.memory()}
+    mem = {ada_label(a.dtype): ada.memory()}
     for mode in modes:
       if f"torch {mode}" in contenders and mode != "compile":
         mem[f"torch {mode}"] = torch_memory(size, a.batch, mode)
@@ -367,22 +370,30 @@ def cpu_flag_line() -> str:
   return " ".join(f for f in wanted if f in have) or "none of " + " ".join(wanted)
 
 
+def command_line(a) -> str:
+  """The command that reproduces the run: its XLA_FLAGS (when set) and every option."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  return ((f"XLA_FLAGS={shlex.quote(flags)} " if flags else "") +
+          f"python -m experiments.bench_vs_torch --sizes {a.sizes} --batch {a.batch} --reps {a.reps} "
+          f"--modes {a.modes} --dtype {a.dtype}{' --profile' if a.profile else ''} --out {shlex.quote(a.out)}"
+          + (f" --note {shlex.quote(a.note)}" if a.note else ""))
+
+
 def write_report(a, results, notes, profiles, elapsed):
   from adaflow.parallel.precision import describe_compute_dtype
   from experiments.common import utc_now
   import jax
   import torch
   import diffusers
-  ada_name = ada_label()
+  ada_name = ada_label(a.dtype)
   lines = ["# adaflow vs PyTorch (diffusers DiTTransformer2DModel): DiT-S/2 and DiT-B/2", "",
            f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()}-core CPU, no GPU. "
            f"Other jobs may have shared the CPU during the run.",
            f"- CPU flags (matmul-relevant): {cpu_flag_line()}; adaflow compute dtype: "
-           f"{describe_compute_dtype(types.SimpleNamespace(dtype='auto', attention='auto'))}.",
+           f"{describe_compute_dtype(types.SimpleNamespace(dtype=a.dtype, attention='auto'))}.",
            f"- Date: {utc_now()}; jax {jax.__version__}, "
            f"torch {torch.__version__}, diffusers {diffusers.__version__}; total run {elapsed / 60:.1f} min.",
-           f"- Command: `python -m experiments.bench_vs_torch --sizes {a.sizes} "
-           f"--batch {a.batch} --reps {a.reps} --modes {a.modes}{' --profile' if a.profile else ''}`",
+           f"- Command: `{command_line(a)}`",
            f"- CPU load average (1/5/15 min) at start {'/'.join(f'{x:.1f}' for x in a.load_start)}, at the time of "
            f"writing {'/'.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores: above 2 means other jobs competed)."
            + (f" {a.note}" if a.note else ""),

@@ -6,7 +6,7 @@ import argparse
 from experiments import bench_vs_torch as bench
 
 
-def test_report_from_fake_measurements(tmp_path):
+def test_report_from_fake_measurements(tmp_path, monkeypatch):
   ada = bench.ada_label()
   mib = 2 ** 20
   times = {ada: {"forward": [1.0, 1.2], "train": [4.0, 4.4]},
@@ -17,7 +17,7 @@ def test_report_from_fake_measurements(tmp_path):
          "torch eager": {"train": 4000 * mib, "forward": 2000 * mib},
          "torch bf16": {"error": "killed"}}
   results = {"S": {"times": times, "mem": mem, "params": (32.5e6, 35.2e6)}}
-  a = argparse.Namespace(sizes="S", batch=32, reps=2, modes="eager,bf16", profile=False, note="a note.",
+  a = argparse.Namespace(sizes="S", batch=32, reps=2, modes="eager,bf16", profile=False, note="a note.", dtype="auto",
                          out=str(tmp_path / "vs_torch.md"), load_start=(0.1, 0.2, 0.3))
   bench.write_report(a, results, ["DiT-S/2 torch compile: failed (x)"], {}, 60.0)
   text = (tmp_path / "vs_torch.md").read_text()
@@ -27,3 +27,7 @@ def test_report_from_fake_measurements(tmp_path):
   assert "| 1.82x | 1.90x | 0.50x |" in row, row
   assert "- DiT-S/2 vs torch bf16: 0.48x -> BELOW the bar" in text
   assert "a note." in text and "DiT-S/2 torch compile: failed (x)" in text
+  # The command line reproduces the run: every option, and XLA_FLAGS when it was set.
+  assert f"--dtype auto --out {tmp_path / 'vs_torch.md'} --note 'a note.'`" in text
+  monkeypatch.setenv("XLA_FLAGS", "--xla_a=1 --xla_b=2")     # read by command_line only (no backend starts)
+  assert bench.command_line(a).startswith("XLA_FLAGS='--xla_a=1 --xla_b=2' python -m experiments.bench_vs_torch")

@@ -94,8 +94,9 @@ class StepSelectorObjective(ObjectiveBase):
     s = config.selector
     self.config, self.info = config, info
     self.num_classes = info.num_classes
-    self.generator = generator
     self.generator_params = jax.tree_util.tree_map(jnp.asarray, jax.device_get(generator_params))
+    # Frozen params: their static parts (routing's snapped ratios) are compiled in once.
+    self.generator = generator.specialize(self.generator_params)
     # The tree whose ['params']['y_embed'] the policy reads (with several timestep groups: one group's).
     self.condition_params = generator.condition_params(self.generator_params)
     sample_cfg = sample_config if sample_config is not None else config.sample

@@ -1,12 +1,34 @@
 """Shared test helpers: tiny configs and a fake dataset info."""
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+
+def pytest_configure(config):
+  """One persistent JAX compilation cache for the whole test session, shared by the xdist workers
+  and every CLI / multi-process subprocess they start (they inherit the environment): the suite
+  compiles the same small programs (the tiny DiT's step, its sampler, the classifier) over and
+  over in fresh processes. Set before JAX is imported anywhere; a cache the caller set is kept.
+  Executables read back are the ones XLA compiled, so no number changes."""
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return
+  path = tempfile.mkdtemp(prefix="adaflow-tests-jax-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  config.adaflow_jax_cache = path       # removed by the process that made it
+
+
+def pytest_unconfigure(config):
+  path = getattr(config, "adaflow_jax_cache", None)
+  if path:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def tiny_config(**overrides):

@@ -35,7 +35,7 @@ from adaflow.compose.spec import spec_from_config
 from adaflow.models.grouped import group_key
 from adaflow.models.step_selector import parse_actions
 from adaflow.pipelines.convert_stages import convert_workdir
-from adaflow.parallel.host import is_writer
+from adaflow.parallel.host import barrier, is_writer
 from adaflow.pipelines.grouped import prune, validate_grouped
 from adaflow.pipelines.stages import run_stage
 from adaflow.prune.slicing import slice_params, Structure
@@ -239,6 +239,9 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
     summary["stages"]["selector"]["labels"] = cc.selector_steps * int(cc.selector_batch)
   if is_writer():   # the other processes computed the same; one writes
     storage.write_json(os.path.join(workdir, "composed.json"), summary, indent=1)
+  # The evaluation (`adaflow compose`, load_composed) reads it back on every process: none may
+  # read before process 0 has written it (a 2-process run once read it empty and died).
+  barrier(f"composed.json {workdir}")
   log(f"composed model ready: generator {last}" + (f", selector {summary.get('selector_dir')}" if cc.selector else "")
       + f"; {summary['training_images']} training images")
   return summary

@@ -34,7 +34,7 @@ from adaflow.models.dit import dit_from_config
 from adaflow.models.grouped import group_key
 from adaflow.objectives.flow_loss import regression_loss
 from adaflow.parallel import make_mesh
-from adaflow.parallel.host import is_writer
+from adaflow.parallel.host import agree, is_writer
 from adaflow.pipelines.stages import run_stage, stage_done
 from adaflow.prune import budget as budget_lib
 from adaflow.prune import importance as importance_lib
@@ -212,7 +212,7 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
   pdir = os.path.join(workdir, "prune")
   log(f"===== stage 2/3 (pruning): N={g.num_groups}, k={g.k}, largest={g.largest} -> {pdir} =====")
   result_path = os.path.join(pdir, "result.json")
-  if storage.exists(result_path):
+  if agree(storage.exists(result_path)):   # one decision for all processes (pruning is collective)
     log("pruning already finished (result.json); skipping")
     result = storage.read_json(result_path)
   else:

@@ -35,7 +35,7 @@ from adaflow.compose.spec import spec_from_config
 from adaflow.models.grouped import group_key
 from adaflow.models.step_selector import parse_actions
 from adaflow.pipelines.convert_stages import convert_workdir
-from adaflow.parallel.host import barrier, is_writer
+from adaflow.parallel.host import agree, barrier, is_writer
 from adaflow.pipelines.grouped import prune, validate_grouped
 from adaflow.pipelines.stages import run_stage
 from adaflow.prune.slicing import slice_params, Structure
@@ -213,7 +213,7 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
     prev_params = load_params(last)
     n_stages = len(cc.stages) if cc.ppflow else 1
     log(f"===== prune: finest-stage view of {last} -> {pdir} =====")
-    if storage.exists(rpath):
+    if agree(storage.exists(rpath)):   # one decision for all processes (pruning is collective)
       log("pruning already finished (result.json); skipping")
       result = storage.read_json(rpath)
     else:

@@ -115,6 +115,7 @@ class StepSelectorObjective(ObjectiveBase):
     self.classifier = classifier
     self.quality_fn = rw.make_quality_fn(s.quality, classifier)
     self._group_fns: dict = {}
+    self._choose_fn = None     # the jitted policy, made on the first policy sampling
 
   def action_costs(self, cost: str) -> tuple[float, ...]:
     """The reward's compute term of each action (`selector.cost`): its steps, its network
@@ -205,7 +206,7 @@ class StepSelectorObjective(ObjectiveBase):
       # Host copies: the policy runs on each process's own device (checkpoint params may span
       # processes); every process computes the same actions and images.
       params = to_host(params)
-      if getattr(self, "_choose_fn", None) is None:
+      if self._choose_fn is None:
         self._choose_fn = jax.jit(self.choose)   # one compiled policy, not a new jit wrapper per call
       actions = np.asarray(self._choose_fn(params, jnp.asarray(labels), noise))
     actions = np.asarray(actions, np.int32)

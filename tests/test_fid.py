@@ -453,6 +453,9 @@ def test_fid_while_training_checks_its_inputs_before_training(tmp_path):
           str(w), log=lambda m: None)
   with pytest.raises(ValueError, match="eval.fid_ref"):
     train(_fid_config(**{"eval.fid_ref": ""}), str(w), log=lambda m: None)
+  for field, value in (("fid_shard", 0), ("fid_gen_batch", 0), ("fid_ref_num", 1)):   # used at the first FID only
+    with pytest.raises(ValueError, match=f"eval.{field} must be >= "):
+      train(_fid_config(**{f"eval.{field}": value}), str(w), log=lambda m: None)
   assert not (w / "checkpoints").exists()
 
 

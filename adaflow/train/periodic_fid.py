@@ -48,6 +48,13 @@ class PeriodicFID(Hook):
                        "VIRTUAL_imagenet64_labeled.npz) or 'dataset' (statistics of eval.fid_ref_num training images)")
     if not (self.ref == "dataset" or self.ref.startswith("dataset:") or os.path.isfile(self.ref)):
       raise ValueError(f"eval.fid_ref={self.ref!r} does not exist; give a reference .npz or 'dataset'")
+    # Used only when the first FID runs, after training steps: checked now.
+    for field in ("fid_gen_batch", "fid_shard"):
+      if int(ec[field]) < 1:
+        raise ValueError(f"eval.{field} must be >= 1 (images per batch / per shard file), got {ec[field]}")
+    if (self.ref == "dataset" or self.ref.startswith("dataset:")) and int(ec.fid_ref_num) < 2:
+      raise ValueError(f"eval.fid_ref_num must be >= 2 images for eval.fid_ref={self.ref!r} (a covariance), "
+                       f"got {ec.fid_ref_num}")
     seed = int(ec.fid_random_inception)
     weights = str(ec.fid_inception) or None
     if seed < 0:

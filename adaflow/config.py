@@ -52,6 +52,8 @@ def validate_eval(config) -> None:
            "to skip the final evaluation set eval.at_end=False")
   _require(_is_int(e.batch_size) and e.batch_size > 0, "eval.batch_size",
            f"must be a positive integer, got {e.batch_size!r}")
+  _require(_is_int(e.classifier_steps) and e.classifier_steps > 0, "eval.classifier_steps",
+           f"must be a positive integer (Adam steps of the feature network; 300 by default), got {e.classifier_steps!r}")
 
 
 def _is_int(v) -> bool:

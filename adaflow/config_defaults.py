@@ -148,6 +148,9 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=250,
       seed=1234,
       classifier_seed=0,
+      # Adam steps of the built-in feature network (adaflow.eval.classifier): FD / class accuracy, and the
+      # step policy's classifier reward and DQ-VAE's perceptual loss (their own seeds); part of its cache key.
+      classifier_steps=300,
       cache_dir="",
       # Inception FID (+ sFID) while training (adaflow/train/periodic_fid.py); inputs as `adaflow eval fid`:
       fid_every=0,            # steps between FIDs of the EMA params; 0 = off; rows of kind "fid" in metrics.jsonl

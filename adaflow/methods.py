@@ -169,7 +169,7 @@ def step_selector_objective(config, info, load_run=None, workdir: str = ".") -> 
   classifier = None
   if s.quality in ("classifier", "features"):
     classifier = get_classifier(config.data, cache_dir(gen_tr.config, s.generator_workdir or "."),
-                                seed=int(s.classifier_seed))
+                                seed=int(s.classifier_seed), steps=int(config.eval.classifier_steps))
   return StepSelectorObjective(config, info, generator_for(gen_tr.config, gen_tr.info), params, classifier,
                                sample_config=gen_tr.config.sample)
 
@@ -205,7 +205,8 @@ def dqvae_objective(config, info, load_run=None, workdir: str = ".") -> DQVAEObj
     images, _ = data_lib.load_arrays(config.data, int(d.entropy_num_images), seed=0)
   classifier = None
   if float(d.perceptual_weight) > 0:
-    classifier = get_classifier(config.data, cache_dir(config, workdir), seed=int(d.perceptual_seed))
+    classifier = get_classifier(config.data, cache_dir(config, workdir), seed=int(d.perceptual_seed),
+                                steps=int(config.eval.classifier_steps))
   return DQVAEObjective(config, info, build_tokenizer(d, info, images), classifier)
 
 

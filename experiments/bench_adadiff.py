@@ -107,8 +107,10 @@ def main():
   cache = cache_dir(config, config.selector.generator_workdir)
   # The reward's classifier (selector.classifier_seed) and the evaluation's (eval.classifier_seed)
   # are different networks: a policy trained on one is scored by the other, never by its reward.
-  reward_clf = get_classifier(config.data, cache, seed=int(config.selector.classifier_seed))
-  clf = get_classifier(config.data, cache, seed=int(config.eval.classifier_seed))
+  reward_clf = get_classifier(config.data, cache, seed=int(config.selector.classifier_seed),
+                              steps=int(config.eval.classifier_steps))
+  clf = get_classifier(config.data, cache, seed=int(config.eval.classifier_seed),
+                       steps=int(config.eval.classifier_steps))
   clf_apply = jax.jit(rw.classifier_apply_fn(reward_clf))
   S = np.asarray(obj.step_set)
   A, smax, K = len(S), obj.max_steps, obj.num_classes

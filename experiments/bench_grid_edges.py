@@ -267,7 +267,8 @@ def main():
 
   # ---- samples and features ------------------------------------------------------------------
   cfg0 = tr.config
-  clf = get_classifier(cfg0.data, args.cache, seed=int(cfg0.eval.classifier_seed), log=log)
+  clf = get_classifier(cfg0.data, args.cache, seed=int(cfg0.eval.classifier_seed), log=log,
+                       steps=int(cfg0.eval.classifier_steps))
   fast_fd = bootstrap.ReferenceFD(*clf.reference_stats)
   labels = balanced_labels(args.num, tr.objective.num_classes)
   batch = min(args.gen_batch, args.num)

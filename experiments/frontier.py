@@ -812,7 +812,8 @@ def main(argv=None):
   info = data_lib.get_info(c.data)
   dirs, secs = train_arms(c, dense, ft_steps, base_step, args.work, args.ablations, log)
 
-  classifier = get_classifier(c.data, args.cache, seed=int(c.eval.classifier_seed), log=log)
+  classifier = get_classifier(c.data, args.cache, seed=int(c.eval.classifier_seed), log=log,
+                              steps=int(c.eval.classifier_steps))
   floor = real_vs_real_fd(classifier, c.data, args.num_eval)
   log(f"real-vs-real FD floor ({args.num_eval} vs {args.num_eval}): {floor:.3f}")
   floor_ref = real_reference_fd(classifier, c.data, args, seed=int(c.eval.classifier_seed) + 1000)

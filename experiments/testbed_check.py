@@ -38,7 +38,8 @@ def main():
   machine, t0 = machine_line(), time.time()
   tr, params, step = load_trainer_and_params(args.workdir)
   gen = tr.generator()
-  clf = get_classifier(tr.config.data, cache_dir(tr.config, args.workdir), seed=int(tr.config.eval.classifier_seed))
+  clf = get_classifier(tr.config.data, cache_dir(tr.config, args.workdir), seed=int(tr.config.eval.classifier_seed),
+                       steps=int(tr.config.eval.classifier_steps))
   floor = real_vs_real_fd(clf, tr.config.data, args.num)
   labels = balanced_labels(args.num, gen.num_classes)
   rows = []

@@ -22,6 +22,7 @@ from adaflow.train.loop import Trainer, train
     ({"flow.endpoint_margin": 0.7}, "flow.endpoint_margin"),
     ({"eval.num_samples": 0}, "eval.num_samples"),   # used to fail after training ("need at least one array")
     ({"eval.batch_size": 0}, "eval.batch_size"),
+    ({"eval.classifier_steps": 0}, "eval.classifier_steps"),   # the feature network would never train
 ])
 def test_bad_config_raises_before_compile(tmp_path, monkeypatch, overrides, field):
   import jax

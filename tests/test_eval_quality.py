@@ -213,3 +213,21 @@ def test_frechet_distance_one_dimensional():
   from adaflow.eval.frechet import frechet_distance
   d = frechet_distance(np.array([0.0]), np.array([[4.0]]), np.array([1.0]), np.array([[1.0]]))
   assert abs(d - 2.0) < 1e-9
+
+
+def test_evaluation_trains_its_feature_network_for_eval_classifier_steps(monkeypatch):
+  """`eval.classifier_steps` reaches the network the evaluation asks for (and so its cache key)."""
+  from adaflow.eval import generate as generate_lib
+  from conftest import tiny_config
+
+  class Asked(Exception):
+    pass
+
+  def fake_get_classifier(data_config, cache_dir, **kw):
+    raise Asked(kw["steps"], kw["seed"])
+  monkeypatch.setattr(generate_lib, "get_classifier", fake_get_classifier)
+  config = tiny_config(**{"eval.classifier_steps": 7, "eval.classifier_seed": 3})
+  with pytest.raises(Asked) as asked:
+    generate_lib.evaluate_generator(None, None, config, None, cache_dir="unused")
+  assert asked.value.args == (7, 3)
+  assert clf_lib.cache_key(DIGITS, 0, 7, 64) != clf_lib.cache_key(DIGITS, 0, 300, 64)

@@ -31,7 +31,8 @@ def evaluate_composed(workdir: str, num: int, seed: int = 1234, log=print) -> di
   sampler = ComposedSampler(config, info, params, policy)
   labels = balanced_labels(num, info.num_classes)
   out = sampler.sample(jax.random.PRNGKey(seed), labels, batch_size=int(config.eval.batch_size))
-  clf = get_classifier(config.data, cache_dir(config, workdir), seed=int(config.eval.classifier_seed), log=log)
+  clf = get_classifier(config.data, cache_dir(config, workdir), seed=int(config.eval.classifier_seed), log=log,
+                       steps=int(config.eval.classifier_steps))
   res = evaluate_samples(clf, out["images"], labels)
   res.update(methods=list(sampler.spec.enabled), average_steps=float(np.mean(out["steps"])),
              flops_per_image=sampler.flops_per_image(out["actions"]))

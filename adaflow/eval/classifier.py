@@ -49,7 +49,7 @@ EVAL_BATCH = 512
 RECIPE_VERSION = 1
 # Data config fields that change which images the classifier is trained and evaluated on.
 KEY_FIELDS = ("name", "image_size", "channels", "data_dir", "split", "num_crops")
-DEFAULT_STEPS = 300
+DEFAULT_STEPS = 300            # library default; runs train eval.classifier_steps (300 unless set)
 DEFAULT_BATCH_SIZE = 64
 MAX_TRAIN_EXAMPLES = 8192
 HELDOUT_FRACTION = 0.1

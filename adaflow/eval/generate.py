@@ -17,7 +17,8 @@ def evaluate_generator(generator, params, config, mesh: Mesh, cache_dir: str, lo
   class-balanced samples made with `config.sample` (steps, method, CFG scale) by the run's
   `generator`. Timing: `first_batch_seconds` (includes compiling the sampler, unless an earlier
   call compiled it) apart from the steady state, `images_per_second` over the later batches."""
-  classifier = get_classifier(config.data, cache_dir, seed=config.eval.classifier_seed, log=log)
+  classifier = get_classifier(config.data, cache_dir, seed=config.eval.classifier_seed, log=log,
+                              steps=int(config.eval.classifier_steps))
   n = int(config.eval.num_samples)
   labels = balanced_labels(n, generator.num_classes)
   marks = []                                         # (time, images) after each batch

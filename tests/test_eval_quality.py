@@ -179,6 +179,7 @@ def test_corrupted_cache_is_detected_and_retrained(tmp_path):
   second = ev.get_classifier(DIGITS, cache, seed=1, log=logs.append, steps=5)
   text = "\n".join(logs)
   assert "corrupted" in text and "trained classifier" in text, text
+  assert ("near chance" in text) == (first.heldout_accuracy < 0.2), text    # 10 classes: below 2x chance
   chex.assert_trees_all_equal(first.params, second.params)  # retrained deterministically
   logs.clear()
   third = ev.get_classifier(DIGITS, cache, seed=1, log=logs.append, steps=5)
@@ -231,3 +232,12 @@ def test_evaluation_trains_its_feature_network_for_eval_classifier_steps(monkeyp
     generate_lib.evaluate_generator(None, None, config, None, cache_dir="unused")
   assert asked.value.args == (7, 3)
   assert clf_lib.cache_key(DIGITS, 0, 7, 64) != clf_lib.cache_key(DIGITS, 0, 300, 64)
+
+
+def test_a_feature_network_that_did_not_learn_is_warned_about():
+  """Held-out accuracy below twice chance: its FD says nothing, and the log says so and how to fix it."""
+  learned = clf_lib.FeatureClassifier(None, 20, (16, 16, 3), heldout_accuracy=0.5, task="instances")
+  chance = clf_lib.FeatureClassifier(None, 20, (16, 16, 3), heldout_accuracy=0.05, task="instances")
+  assert clf_lib._chance_warning(learned, 300) == ""   # pylint: disable=protected-access
+  warning = clf_lib._chance_warning(chance, 20)         # pylint: disable=protected-access
+  assert "near chance (1/20)" in warning and "eval.classifier_steps (now 20)" in warning

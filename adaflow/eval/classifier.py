@@ -404,6 +404,15 @@ def build_classifier(images, labels, num_classes: int, seed: int = 0,
   return clf
 
 
+def _chance_warning(clf: FeatureClassifier, steps: int) -> str:
+  """A warning when the network did not learn its task (held-out accuracy below twice chance):
+  its features then barely depend on the image, and FDs measured with it say nothing."""
+  if clf.heldout_accuracy >= 2.0 / clf.num_classes:
+    return ""
+  return (f"; WARNING: near chance (1/{clf.num_classes}), so its FD does not rank samples: raise "
+          f"eval.classifier_steps (now {steps}) or give it more images")
+
+
 def num_exemplars(num_images: int) -> int:
   return min(EXEMPLARS, int(num_images))
 
@@ -447,7 +456,7 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
     try:
       clf = _restore(path, num_classes, image_shape, task)
       log(f"[eval] loaded cached {what} {path} "
-          f"(held-out accuracy {clf.heldout_accuracy:.4f})")
+          f"(held-out accuracy {clf.heldout_accuracy:.4f}{_chance_warning(clf, steps)})")
       return clf
     except Exception as e:  # pylint: disable=broad-except
       log(f"[eval] cached {what} at {path} is corrupted or unreadable "
@@ -459,7 +468,7 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
   clf = build_classifier(images, labels, num_classes, seed=seed, steps=steps,
                          batch_size=batch_size, task=task)
   log(f"[eval] trained {what} for '{name}' on {len(images)} images in "
-      f"{time.time() - t0:.1f}s: held-out accuracy {clf.heldout_accuracy:.4f}")
+      f"{time.time() - t0:.1f}s: held-out accuracy {clf.heldout_accuracy:.4f}{_chance_warning(clf, steps)}")
   storage.makedirs(cache_dir)
   _save(path, clf, num_reference=len(images))
   log(f"[eval] saved {what} to {path}")

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import socket
+import zipfile
 from typing import Any, Iterator, Union
 
 import numpy as np
@@ -146,16 +147,35 @@ def save_npz(path: PathLike, atomic: bool = False, **arrays: np.ndarray) -> None
     os.replace(target, path)
 
 
+class _CheckedNpz:
+  """An open `np.load` archive whose reads fail as ValueErrors naming the file and the array."""
+
+  def __init__(self, archive, path: PathLike):
+    self._archive, self._path = archive, path
+    self.files = archive.files
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    try:
+      return self._archive[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:   # object arrays, torn entries
+      raise ValueError(f"{self._path}: cannot read array {key!r} ({str(e)[:120]}); it must hold plain "
+                       "numeric arrays written by np.savez (no Python objects)") from e
+
+
 @contextlib.contextmanager
 def open_npz(path: PathLike) -> Iterator[Any]:
   """`np.load(path, allow_pickle=False)` as a context manager, for local and remote files; the
-  arrays are read lazily, only those accessed."""
-  if not is_remote(path):
-    with np.load(path, allow_pickle=False) as z:
-      yield z
-    return
-  with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as z:
-    yield z
+  arrays are read lazily, only those accessed. A file that is not such an archive, or an array
+  that needs unpickling, is a ValueError naming the file."""
+  with contextlib.ExitStack() as stack:
+    try:
+      source = path if not is_remote(path) else stack.enter_context(epath.Path(path).open("rb"))
+      loaded = np.load(source, allow_pickle=False)
+    except (ValueError, EOFError, zipfile.BadZipFile) as e:
+      raise ValueError(f"{path} is not a readable .npz archive ({str(e)[:120]}); write it with np.savez") from e
+    if not hasattr(loaded, "files"):     # np.load of a bare .npy gives an array, not an archive
+      raise ValueError(f"{path} holds one .npy array, not an .npz archive of named arrays; write it with np.savez")
+    yield _CheckedNpz(stack.enter_context(loaded), path)
 
 
 _HINTS = {

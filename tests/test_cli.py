@@ -146,6 +146,8 @@ def test_config_errors_print_one_line_in_a_subprocess(tmp_path):
   assert code == 2 and len(err.strip().splitlines()) == 1 and 'Did you mean "name"' in err
   (code, _, err), = _run(["train"] + common + ["--config.train.lr=-1"], env={"ADAFLOW_DEBUG": "1"})
   assert code == 1 and "Traceback" in err and "must be positive" in err
+  (code, _, err), = _run(["sample"] + common + ["--num=0"])      # refused before the workdir is read
+  assert code == 2 and err.strip().splitlines() == ["error: flag --num=0: 0 is not a positive integer"]
 
 
 def test_user_error_on_two_processes_every_process_exits_2(tmp_path):

@@ -9,6 +9,7 @@ CPU wheel on this machine's index, so the module is imported without running the
 import importlib.util
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -149,6 +150,9 @@ def test_wrong_state_dict_is_rejected(tmp_path, random_params):
   np.savez(path, **sd)
   with pytest.raises(ValueError, match="Mixed_7c.branch_pool.conv.weight.*extra.weight"):
     inc.load_inception_params(path)
+  np.savez(path, **{**sd, "fc.weight": np.array([object()], dtype=object)})   # never unpickled
+  with pytest.raises(ValueError, match="cannot read array 'fc.weight'"):
+    inc.load_inception_params(path)
   sd = inc.params_to_state_dict(random_params)
   sd["fc.weight"] = sd["fc.weight"][:1000]
   np.savez(path, **sd)
@@ -254,6 +258,20 @@ def test_reference_npz_formats(tmp_path, random_params):
     load_reference(str(tmp_path / "bad.npz"), feats)
   with pytest.raises(ValueError, match="--ref"):
     load_reference(str(tmp_path / "absent.npz"), feats)
+  # Files from users: refused with a line naming the file, before any sample is generated.
+  np.savez(tmp_path / "other_net.npz", mu=np.zeros(3), sigma=np.eye(3))      # another network's statistics
+  with pytest.raises(ValueError, match="not statistics of the 2048-d Inception"):
+    load_reference(str(tmp_path / "other_net.npz"))
+  np.savez(tmp_path / "objects.npz", mu=np.array([object()], dtype=object), sigma=np.eye(2))
+  with pytest.raises(ValueError, match="objects.npz: cannot read array 'mu'.*no Python objects"):
+    load_reference(str(tmp_path / "objects.npz"))                          # never unpickled
+  (tmp_path / "pickle.npz").write_bytes(pickle.dumps({"mu": 1}))
+  (tmp_path / "text.npz").write_text("not an archive " * 10)
+  np.save(tmp_path / "bare.npy", np.zeros(3))
+  (tmp_path / "bare.npz").write_bytes((tmp_path / "bare.npy").read_bytes())
+  for name, match in (("pickle", "not a readable .npz"), ("text", "not a readable .npz"), ("bare", "one .npy array")):
+    with pytest.raises(ValueError, match=match):
+      load_reference(str(tmp_path / f"{name}.npz"))
 
 
 def test_inception_score_and_precision_recall_closed_cases():

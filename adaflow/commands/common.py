@@ -13,7 +13,7 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/
                                 "with --config.a.b=value.", lock_config=False)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples.")
 flags.DEFINE_bool("debug", False, "Show the Python traceback of user errors (also ADAFLOW_DEBUG=1).")
-flags.DEFINE_integer("num", 64, "Number of images (`sample`; `fid`: 50000 unless given).")
+flags.DEFINE_integer("num", 64, "Number of images (`sample`; `fid`: 50000 unless given).", lower_bound=1)
 flags.DEFINE_string("out", None, "Output path (`sample`: PNG grid, default <workdir>/samples/cli_step_<step>.png; "
                     "`convert`, `convert-stages`: the workdir to write; `inspect ratios`: the heat map PNG).")
 

@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adaflow import storage
+
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 SPATIAL_CHANNELS = 7   # ADM evaluator: spatial features = mixed_6/conv[..., :7]
@@ -453,7 +455,7 @@ def load_inception_params(path: Optional[str] = None) -> Any:
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     sd = load_file(path)
   elif ext == ".npz":
-    with np.load(path, allow_pickle=False) as z:
+    with storage.open_npz(path) as z:
       sd = {k: z[k] for k in z.files}
   else:
     raise ValueError(f"--inception={path}: unknown weights format {ext!r}; use .pth, "

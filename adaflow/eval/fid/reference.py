@@ -20,6 +20,7 @@ from adaflow import data as data_lib
 from adaflow import storage
 from adaflow.eval.fid.features import InceptionFeatures, model_to_pixels
 from adaflow.eval.frechet import StreamingStatistics
+from adaflow.eval.inception import FEATURE_DIM
 from adaflow.parallel.host import agree, is_writer
 
 
@@ -40,6 +41,22 @@ def _stats_from_activations(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return StreamingStatistics().update(acts).result()
 
 
+def _check_stats(path: str, ref: Reference) -> Reference:
+  """ValueError, before any sample is generated, when the file's statistics are not those of the
+  Inception pool features (e.g. another network's): FID would fail only after generating."""
+  d = FEATURE_DIM
+  if ref.mu.shape != (d,) or ref.sigma.shape != (d, d) or (ref.activations is not None and
+                                                          (ref.activations.ndim != 2 or ref.activations.shape[1] != d)):
+    acts = "" if ref.activations is None else f", activations {ref.activations.shape}"
+    raise ValueError(f"--ref={path}: mu {ref.mu.shape}, sigma {ref.sigma.shape}{acts} are not statistics of the "
+                     f"{d}-d Inception pool features (mu [{d}], sigma [{d}, {d}], activations [N, {d}]); "
+                     "use a reference batch made with this Inception (e.g. ADM's) or --ref=dataset")
+  if ref.mu_s is not None and (ref.mu_s.ndim != 1 or ref.sigma_s.shape != (ref.mu_s.size,) * 2):
+    raise ValueError(f"--ref={path}: mu_s {ref.mu_s.shape} and sigma_s {ref.sigma_s.shape} do not match "
+                     "(mu_s [D], sigma_s [D, D]); fix or drop them (FID does not need them, sFID does)")
+  return ref
+
+
 def load_reference(path: str, features: Optional[InceptionFeatures] = None, progress=None) -> Reference:
   """Reference statistics from an npz (see module docstring). `features` is needed only when the
   file holds images (`arr_0`) and no `mu`/`sigma`."""
@@ -55,10 +72,12 @@ def load_reference(path: str, features: Optional[InceptionFeatures] = None, prog
       # mu/sigma suffice for FID; `arr_0` images are only read for precision/recall
       # (`reference_images`, used by the fid command when --fid_pr is set).
       mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
-      return Reference(mu, sigma, acts, f"{path} (mu/sigma)", *spatial)
+      return _check_stats(path, Reference(mu, sigma, acts, f"{path} (mu/sigma)", *spatial))
     if acts is not None:
+      if acts.ndim != 2:
+        raise ValueError(f"--ref={path}: activations must be [N, {FEATURE_DIM}]; got {acts.shape}")
       mu, sigma = _stats_from_activations(acts)
-      return Reference(mu, sigma, acts, f"{path} (activations)", *spatial)
+      return _check_stats(path, Reference(mu, sigma, acts, f"{path} (activations)", *spatial))
     if "arr_0" in keys:
       if features is None:
         raise ValueError(f"{path} holds images (arr_0) but no mu/sigma: an Inception is needed.")

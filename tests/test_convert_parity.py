@@ -385,6 +385,10 @@ def test_unsafe_pickle_is_refused(tmp_path, tiny):
   torch.save({"x": Evil()}, path)
   with pytest.raises(ValueError, match="weights_only=True"):
     load_state_dict(str(path))
+  torn = tmp_path / "torn.safetensors"       # a torn or foreign file: one line naming it, no traceback
+  torn.write_bytes(b"garbage" * 20)
+  with pytest.raises(ValueError, match="torn.safetensors: not a readable .safetensors file"):
+    load_state_dict(str(torn))
 
 
 @pytest.mark.slow

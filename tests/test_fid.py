@@ -153,6 +153,10 @@ def test_wrong_state_dict_is_rejected(tmp_path, random_params):
   np.savez(path, **{**sd, "fc.weight": np.array([object()], dtype=object)})   # never unpickled
   with pytest.raises(ValueError, match="cannot read array 'fc.weight'"):
     inc.load_inception_params(path)
+  torn = tmp_path / "torn.safetensors"
+  torn.write_bytes(b"garbage" * 20)
+  with pytest.raises(ValueError, match="--inception=.*torn.safetensors: not a readable"):
+    inc.load_inception_params(str(torn))
   sd = inc.params_to_state_dict(random_params)
   sd["fc.weight"] = sd["fc.weight"][:1000]
   np.savez(path, **sd)

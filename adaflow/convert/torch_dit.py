@@ -191,7 +191,10 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
       from safetensors.torch import load_file
     except ImportError as e:
       raise ValueError("reading .safetensors needs `pip install safetensors torch`") from e
-    raw = load_file(path, device="cpu")
+    try:
+      raw = load_file(path, device="cpu")
+    except Exception as e:  # pylint: disable=broad-except  # a torn or foreign file (SafetensorError, OSError)
+      raise ValueError(f"{path}: not a readable .safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
   else:
     try:
       import torch

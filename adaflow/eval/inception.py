@@ -453,7 +453,11 @@ def load_inception_params(path: Optional[str] = None) -> Any:
     sd = {k: v.detach().cpu().float().numpy() for k, v in sd.items()}
   elif ext == ".safetensors":
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    sd = load_file(path)
+    try:
+      sd = load_file(path)
+    except Exception as e:  # pylint: disable=broad-except  # a torn or foreign file (SafetensorError, OSError)
+      raise ValueError(f"--inception={path}: not a readable .safetensors file ({type(e).__name__}: "
+                       f"{str(e)[:200]})") from None
   elif ext == ".npz":
     with storage.open_npz(path) as z:
       sd = {k: z[k] for k in z.files}

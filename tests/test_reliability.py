@@ -360,3 +360,9 @@ def test_workdir_of_another_model_is_refused_and_left_untouched(tmp_path):
     load_trainer_and_params(w, other)
   assert (steps_of(w), open(os.path.join(w, "config.json")).read()) == before
   assert int(train(tiny_config(**{"train.steps": 3}), w, log=QUIET).step) == 3   # its own config resumes
+  # --init from that run into a new workdir with the other width: one line naming --init (it was a Flax
+  # shape error when the first step was traced).
+  _, params, _ = load_trainer_and_params(w)
+  with pytest.raises(ValueError, match=r"--init: its parameters are not this config's model \(shapes .*block_0/"):
+    train(other, str(tmp_path / "fine_tune"), init_params=params, log=QUIET)
+  assert not steps_of(str(tmp_path / "fine_tune"))

@@ -181,17 +181,23 @@ def check_model_matches(manager: ocp.CheckpointManager, abstract_state: Any) -> 
     return
   if stored is None:
     return
-  want, got = _param_shapes(abstract_state.params), _param_shapes(stored)
+  mismatch = param_mismatch(stored, abstract_state.params)
+  if mismatch:
+    raise ValueError(f"checkpoint {manager.directory}/{step} holds a different model than this config builds "
+                     f"({mismatch}): resume with the config it was written with (config.json next to "
+                     "checkpoints/), or train into a new --workdir; nothing was changed")
+
+
+def param_mismatch(got: Any, want: Any) -> str:
+  """How the parameter tree `got` differs from `want` (shapes, missing and extra leaves; the
+  first three of each), or "" when they agree."""
+  want, got = _param_shapes(want), _param_shapes(got)
   diff = [f"{k} {got[k]} vs {want[k]}" for k in sorted(set(want) & set(got)) if got[k] != want[k]]
   missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-  if not (diff or missing or extra):
-    return
   parts = ([f"shapes (stored vs needed) {', '.join(diff[:3])}{' ...' if len(diff) > 3 else ''}"] if diff else []) + \
           ([f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}"] if missing else []) + \
           ([f"not in this model {extra[:3]}{' ...' if len(extra) > 3 else ''}"] if extra else [])
-  raise ValueError(f"checkpoint {manager.directory}/{step} holds a different model than this config builds "
-                   f"({'; '.join(parts)}): resume with the config it was written with (config.json next to "
-                   "checkpoints/), or train into a new --workdir; nothing was changed")
+  return "; ".join(parts)
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,

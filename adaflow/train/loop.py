@@ -107,6 +107,10 @@ class Trainer:
       return state
     if init_params is not None:
       init_params = self.objective.merge_init_params(init_params, self.root_rng)  # e.g. add routers
+      mismatch = ckpt.param_mismatch(init_params, self.abstract_state.params)
+      if mismatch:   # would otherwise surface as a Flax shape error when the first step is traced
+        raise ValueError(f"--init: its parameters are not this config's model ({mismatch}); initialise from a "
+                         "run with the same config.model, data shape and method, or drop --init")
     return init_state(self.objective, self.tx, self.mesh, self.root_rng, self.shardings, params=init_params)
 
   def jitted_step(self, objective=None, donate: bool = True):

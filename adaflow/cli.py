@@ -17,6 +17,7 @@ import importlib.metadata
 import os
 import sys
 
+import ml_collections
 from absl import app, flags, logging
 
 from adaflow.commands import compose, convert, convert_stages, core, fid, inspect
@@ -89,9 +90,28 @@ def _flag_error_message(e: Exception, name: str) -> str:
             + f" (`adaflow {name} --help` lists its flags)")
   text = str(e.args[0]) if isinstance(e, (KeyError, AttributeError)) and e.args else str(e)
   text = " ".join(text.split())
+  if isinstance(e, AttributeError) and "'get_config'" in text:
+    return "--config: the file defines no get_config() returning the config (configs/*.py show the form)"
   if isinstance(e, (KeyError, AttributeError)):
     return f"--config: no such config field {text} (`adaflow <command> --help`; fields are listed in adaflow/config_defaults.py)"
   return text
+
+
+def _config_file_error(name: str):
+  """One line when `--config` was given but did not load into a ConfigDict, else None:
+  ml_collections defers a missing or unreadable file's error to the first read of the config."""
+  if "config" not in COMMANDS[name].flags or not FLAGS["config"].present:
+    return None
+  path, config = FLAGS["config"].config_filename, FLAGS["config"].value
+  if isinstance(config, ml_collections.ConfigDict):
+    return None
+  try:
+    config.keys()   # the deferred load error is raised here
+  except Exception as e:  # pylint: disable=broad-except
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+    return f"--config={path}: cannot load it ({reason})"
+  return (f"--config={path}: get_config() returned a {type(config).__name__}, not an ml_collections ConfigDict; "
+          "build it from adaflow.config_defaults.base_config() as configs/*.py do")
 
 
 def _user_message(e: Exception):
@@ -136,6 +156,14 @@ def main(argv=None):
     if debug:
       raise
     _error(_flag_error_message(e, name))
+  except Exception as e:  # pylint: disable=broad-except  # raised by the --config file's own code
+    if debug:
+      raise
+    _error(f"--config: running the config file failed ({type(e).__name__}: {' '.join(str(e).split())}); "
+           "--debug shows the traceback")
+  config_error = _config_file_error(name)
+  if config_error and not debug:
+    _error(config_error)
   try:
     if rest:
       subs = [n for n in COMMANDS if n.startswith(name + " ")]

@@ -56,6 +56,24 @@ def test_mistyped_command_suggests_the_nearest(capsys):
   assert err.count("\n") == 1
 
 
+def test_a_config_file_that_does_not_load_is_one_line(tmp_path):
+  """A missing file, a syntax or name error in it, no get_config(), or a get_config() that does not
+  return a ConfigDict: one line naming --config and exit 2 (tracebacks before)."""
+  files = {"syntax.py": "def get_config(:\n", "name.py": "def get_config():\n  return undefined_name\n",
+           "no_get.py": "x = 1\n", "plain_dict.py": "def get_config():\n  return {'train': {}}\n"}
+  for name, text in files.items():
+    (tmp_path / name).write_text(text)
+  expected = {"syntax.py": "running the config file failed (SyntaxError: invalid syntax",
+              "name.py": "running the config file failed (NameError: name 'undefined_name' is not defined)",
+              "no_get.py": "the file defines no get_config()",
+              "plain_dict.py": "get_config() returned a dict, not an ml_collections ConfigDict",
+              "missing.py": "missing.py: cannot load it ([Errno 2] No such file or directory"}
+  for name, message in expected.items():   # one process each: a process loads one config file
+    (code, _, err), = _run(["train", f"--config={tmp_path / name}", f"--workdir={tmp_path / 'w'}"])
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: --config") and message in err, (name, err)
+  assert not (tmp_path / "w").exists()
+
+
 def test_version(capsys):
   code, out, _ = _main(["--version"], capsys)
   assert code == 0 and out.strip() == f"adaflow {cli.version()}" and cli.version()[0].isdigit()

@@ -144,11 +144,15 @@ def validate_objective_fields(config) -> None:
            "only objective 'ppflow' uses a patch schedule; set config.objective='ppflow' or remove model.stages")
 
 
-def validate_mesh(config, num_devices: int, num_processes: int = 1) -> None:
+def validate_mesh(config, num_devices: int, num_processes: int = 1, training: bool = True) -> None:
+  """The mesh fits the devices; when `training`, the global batch fits the mesh and the processes
+  (sampling and evaluation batch their own images, so a run trained elsewhere loads on any count)."""
   try:
     data, fsdp, _ = mesh_shape(config.mesh, num_devices)
   except ValueError as e:
     raise ValueError(f"config.mesh: {e}") from None
+  if not training:
+    return
   b = config.train.batch_size
   _require(b % (data * fsdp) == 0, "train.batch_size",
            f"global batch {b} is not divisible by the batch-sharding mesh axes data*fsdp = {data}*{fsdp}; "
@@ -158,7 +162,7 @@ def validate_mesh(config, num_devices: int, num_processes: int = 1) -> None:
 
 
 def validate(config, info=None, num_devices: Optional[int] = None, num_processes: int = 1,
-             checks: Sequence[Callable] = ()) -> None:
+             checks: Sequence[Callable] = (), training: bool = True) -> None:
   """All checks that need no compilation. `info` is the dataset's DatasetInfo (from
   `adaflow.data.get_info`, which itself validates `config.data`); `checks` are further
   `fn(config, info)`, e.g. the objective's `validate`."""
@@ -171,7 +175,7 @@ def validate(config, info=None, num_devices: Optional[int] = None, num_processes
   if info is not None:
     validate_model(config, info)
   if num_devices is not None:
-    validate_mesh(config, num_devices, num_processes)
+    validate_mesh(config, num_devices, num_processes, training)
   for fn in checks:
     fn(config, info)
 

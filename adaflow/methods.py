@@ -262,11 +262,12 @@ def uses_init_workdir(config, workdir: str) -> bool:
   return config.objective in OTHER_FAMILIES and OTHER_FAMILIES[config.objective][0].use_init_workdir(config, workdir)
 
 
-def validate(config, info=None, num_devices=None, num_processes: int = 1) -> None:
-  """`adaflow.config.validate` with the checks of `config.objective`'s method."""
+def validate(config, info=None, num_devices=None, num_processes: int = 1, training: bool = True) -> None:
+  """`adaflow.config.validate` with the checks of `config.objective`'s method (`training=False`:
+  a finished run loaded to sample or evaluate; its train batch need not fit these devices)."""
   _check_name(config)
   config_lib.validate(config, info, num_devices=num_devices, num_processes=num_processes,
-                      checks=(validate_objective, validate_unlabeled, validate_evaluation))
+                      checks=(validate_objective, validate_unlabeled, validate_evaluation), training=training)
 
 
 def build_objective(config, info, load_run=None, workdir: str = "."):

@@ -255,3 +255,10 @@ def test_sample_method_steps_cfg_flags_override_the_config(tmp_path, capsys, mon
   assert all(np.isfinite(v).all() for v in images.values())
   code, _, err = _main(["sample", f"--workdir={w}", "--method=rk4"], capsys)
   assert code == 2 and "--method" in err and err.count("\n") == 1
+  # On 3 devices, which do not divide the run's train batch of 8: sampling needs no train batch, so
+  # it loads and gives the 1-device images (it was refused naming config.train.batch_size).
+  for devices in (1, 3):
+    (code, _, err), = _run(["sample", f"--workdir={w}", "--num=4", f"--out={tmp_path / f'{devices}dev.png'}"],
+                           env={"JAX_NUM_CPU_DEVICES": str(devices)})
+    assert code == 0, err
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "3dev.png")), np.asarray(Image.open(tmp_path / "1dev.png")))

@@ -78,11 +78,12 @@ def _process_order_permutation(sharding, global_batch: int) -> Optional[np.ndarr
 class Trainer:
   """Holds what a run needs: config, dataset info, objective, mesh, optimizer and shardings."""
 
-  def __init__(self, config, workdir: str, log=_log):
+  def __init__(self, config, workdir: str, log=_log, training: bool = True):
     self.config, self.workdir, self.log = config, workdir, log
     methods.validate(config)
     self.info = data_lib.get_info(config.data)
-    methods.validate(config, self.info, num_devices=jax.device_count(), num_processes=jax.process_count())
+    methods.validate(config, self.info, num_devices=jax.device_count(), num_processes=jax.process_count(),
+                     training=training)
     self.objective = methods.build_objective(config, self.info, load_run=load_trainer_and_params, workdir=workdir)
     self.mesh = make_mesh(config.mesh)
     self.tx = make_optimizer(config.train)
@@ -90,7 +91,7 @@ class Trainer:
     self.root_rng = jax.random.PRNGKey(config.seed)
     self.abstract_state, self.shardings = state_shardings(self.objective, self.tx, self.mesh, self.root_rng)
     self.batch_sharding = batch_sharding(self.mesh)
-    self._perm = _process_order_permutation(self.batch_sharding, config.train.batch_size)
+    self._perm = _process_order_permutation(self.batch_sharding, config.train.batch_size) if training else None
     self._reorder = None
     if self._perm is not None:
       perm = jnp.asarray(self._perm)
@@ -244,7 +245,7 @@ def load_trainer_and_params(workdir: str, config: Optional[ml_collections.Config
   with the checkpoint, which orbax checks shape by shape.
   """
   config = config if config is not None else config_of(workdir)
-  tr = Trainer(config, workdir)
+  tr = Trainer(config, workdir, training=False)   # sampling / evaluation / --init: any device count
   manager = ckpt.make_manager(workdir, async_save=False)
   ckpt.check_model_matches(manager, tr.abstract_state)   # names the mismatch instead of "no readable checkpoint"
   abstract = ckpt.abstract_with_shardings(tr.abstract_state, tr.shardings)

@@ -166,6 +166,8 @@ def test_config_errors_print_one_line_in_a_subprocess(tmp_path):
   assert code == 1 and "Traceback" in err and "must be positive" in err
   (code, _, err), = _run(["sample"] + common + ["--num=0"])      # refused before the workdir is read
   assert code == 2 and err.strip().splitlines() == ["error: flag --num=0: 0 is not a positive integer"]
+  (code, _, err), = _run(["sample"] + common + ["--steps=0"])
+  assert code == 2 and err.strip().splitlines() == ["error: flag --steps=0: 0 is not a positive integer"]
 
 
 def test_user_error_on_two_processes_every_process_exits_2(tmp_path):

@@ -29,8 +29,9 @@ flags.DEFINE_string("init", None, "Initialise parameters from this workdir's lat
 flags.DEFINE_string("tokenizer", None, "DQ-Transformer: the trained DQ-VAE workdir (sets config.tokenizer_workdir).")
 flags.DEFINE_enum("method", None, list(METHODS), "`sample`: solver (overrides config.sample.method; `sde` also "
                   "reads --config.sample.diffusion_form / diffusion_norm).")
-flags.DEFINE_integer("steps", None, "`sample`: number of solver steps (overrides config.sample.steps).")
-flags.DEFINE_float("cfg", None, "`sample`: classifier-free guidance scale, 1 = none (overrides config.sample.cfg_scale).")
+flags.DEFINE_integer("steps", None, "`sample`: number of solver steps (overrides config.sample.steps).", lower_bound=1)
+flags.DEFINE_float("cfg", None, "`sample`: classifier-free guidance scale, 1 = none (overrides config.sample.cfg_scale).",
+                   lower_bound=0.0)
 flags.DEFINE_enum("edges", None, list(EDGE_RULES), "`sample`: how the time grid meets PPFlow stage / timestep group / "
                   "routing region edges (overrides config.sample.edges): snap = the requested steps, grid points "
                   "moved onto the edges; insert = every edge added as a step; cross = uniform grid.")

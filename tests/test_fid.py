@@ -372,8 +372,8 @@ def test_cli_eval_fid_dispatches_to_fid(monkeypatch):
   from adaflow import cli
   from adaflow.cli import COMMANDS
   called = []
-  monkeypatch.setitem(COMMANDS, "eval fid", lambda: called.append("eval fid"))
-  monkeypatch.setitem(COMMANDS, "eval", lambda: called.append("eval"))
+  for name in ("eval fid", "eval"):   # the table's rows, with functions that record the dispatch
+    monkeypatch.setitem(COMMANDS, name, COMMANDS[name]._replace(fn=lambda name=name: called.append(name)))
   for argv in (["adaflow", "eval", "fid"], ["adaflow", "eval"]):
     with pytest.raises(SystemExit):
       cli.main(argv)

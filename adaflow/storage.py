@@ -147,6 +147,24 @@ def save_npz(path: PathLike, atomic: bool = False, **arrays: np.ndarray) -> None
     os.replace(target, path)
 
 
+def read_torch_file(path: str, flag: str) -> Any:
+  """`torch.load(path, map_location="cpu", weights_only=True)`: no pickled code runs. A file torch
+  refuses or cannot read is a ValueError naming `flag`, the file and torch's cause."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top  # optional: only PyTorch files need it
+  except ImportError as e:
+    raise ValueError(f"{flag}={path}: reading a PyTorch file needs PyTorch (`pip install torch`), or convert "
+                     "it to .safetensors") from e
+  try:
+    return torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except  # unpickling refused, torn or foreign file
+    # torch's text is paragraphs: advice to unpickle, the cause (e.g. "unsupported GLOBAL posix.system"), a link.
+    causes = [" ".join(p.split()) for p in str(e).split("\n\n") if p.strip() and not p.strip().startswith("Check the")]
+    raise ValueError(f"{flag}={path}: could not be read with torch.load(weights_only=True) ({type(e).__name__}: "
+                     f"{(causes[-1] if causes else '')[:200]}); save the bare state dict "
+                     "(torch.save(model.state_dict(), path)) or use safetensors") from None
+
+
 class _CheckedNpz:
   """An open `np.load` archive whose reads fail as ValueErrors naming the file and the array."""
 

@@ -157,6 +157,15 @@ def test_wrong_state_dict_is_rejected(tmp_path, random_params):
   torn.write_bytes(b"garbage" * 20)
   with pytest.raises(ValueError, match="--inception=.*torn.safetensors: not a readable"):
     inc.load_inception_params(str(torn))
+  torch = pytest.importorskip("torch")
+
+  class Evil:
+    def __reduce__(self):
+      return (os.system, ("echo pwned",))
+  evil = tmp_path / "evil.pth"
+  torch.save({"x": Evil()}, evil)
+  with pytest.raises(ValueError, match=r"--inception=.*evil.pth: could not be read with torch.load\(weights_only=True\)"):
+    inc.load_inception_params(str(evil))                                   # refused, not run: one line
   sd = inc.params_to_state_dict(random_params)
   sd["fc.weight"] = sd["fc.weight"][:1000]
   np.savez(path, **sd)

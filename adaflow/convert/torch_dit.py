@@ -196,16 +196,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     except Exception as e:  # pylint: disable=broad-except  # a torn or foreign file (SafetensorError, OSError)
       raise ValueError(f"{path}: not a readable .safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
   else:
-    try:
-      import torch
-    except ImportError as e:
-      raise ValueError("reading a .pt checkpoint needs PyTorch: `pip install torch`") from e
-    try:
-      raw = _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
-    except Exception as e:  # unpickling refused / corrupt file
-      raise ValueError(f"{path}: could not be read with torch.load(weights_only=True) "
-                       f"({type(e).__name__}: {str(e)[:300]}); save the bare state dict "
-                       f"(torch.save(model.state_dict(), path)) or use safetensors") from None
+    raw = _unwrap(storage.read_torch_file(path, "--from"), path)
   out = {}
   for k, v in raw.items():
     if not hasattr(v, "detach"):

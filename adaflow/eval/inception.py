@@ -442,12 +442,7 @@ def load_inception_params(path: Optional[str] = None) -> Any:
     raise ValueError(missing_weights_message(path))
   ext = os.path.splitext(path)[1].lower()
   if ext in (".pth", ".pt", ".bin"):
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ValueError(f"reading {path} needs PyTorch (`pip install torch`), or convert it to "
-                       ".safetensors / .npz with the same keys.") from e
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = storage.read_torch_file(path, "--inception")
     if not isinstance(sd, dict):
       raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__}).")
     sd = {k: v.detach().cpu().float().numpy() for k, v in sd.items()}

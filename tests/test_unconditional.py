@@ -136,7 +136,8 @@ TINY = ["--config.data.image_size=16", "--config.model.hidden_size=32", "--confi
         "--config.model.num_heads=2", "--config.model.dtype=float32", "--config.train.steps=4",
         "--config.train.batch_size=8", "--config.train.warmup_steps=1", "--config.train.log_every=2",
         "--config.train.ckpt_every=4", "--config.sample.steps=2", "--config.sample.method=euler",
-        "--config.eval.num_samples=32", "--config.eval.batch_size=16"]
+        "--config.eval.num_samples=32", "--config.eval.batch_size=16",
+        "--config.eval.classifier_steps=50"]   # as tiny_config: the tests check that evaluation runs
 
 
 def test_flat_folder_train_sample_eval(tmp_path, capsys):

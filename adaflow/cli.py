@@ -30,6 +30,8 @@ from adaflow.train.checkpoint import CheckpointWriteError
 COMMANDS = {c.name: c for module in (core, fid, convert, convert_stages, inspect, compose) for c in module.COMMANDS}
 HELP_ARGS = ("-h", "--help", "--helpshort", "--helpfull", "-help", "help")
 USAGE_EXIT = 2
+# `--config=<this file>:<workdir>` is a run's stored config (<workdir>/config.json), for overrides without --config.
+STORED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "commands", "stored_config.py")
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
@@ -89,6 +91,11 @@ def _flag_error_message(e: Exception, name: str) -> str:
     return (f"unknown flag --{e.flagname} for `adaflow {name}`" + (f"; did you mean --{near[0]}?" if near else "")
             + f" (`adaflow {name} --help` lists its flags)")
   text = str(e.args[0]) if isinstance(e, (KeyError, AttributeError)) and e.args else str(e)
+  if "Error whilst parsing config file" in text:   # get_config() raised; ml_collections adds its traceback
+    last = text.strip().splitlines()[-1].strip()    # "ValueError: <the config file's message>"
+    if STORED_CONFIG in text:
+      return last.split(": ", 1)[-1]
+    return f"--config: the config file's get_config() failed ({last})"
   text = " ".join(text.split())
   if isinstance(e, AttributeError) and "'get_config'" in text:
     return "--config: the file defines no get_config() returning the config (configs/*.py show the form)"
@@ -112,6 +119,30 @@ def _config_file_error(name: str):
     return f"--config={path}: cannot load it ({reason})"
   return (f"--config={path}: get_config() returned a {type(config).__name__}, not an ml_collections ConfigDict; "
           "build it from adaflow.config_defaults.base_config() as configs/*.py do")
+
+
+def _flag_value(args, name: str):
+  """The value of `--name=v` or `--name v` in `args` (the last one given), or None."""
+  value = None
+  for i, a in enumerate(args):
+    if a.startswith(f"--{name}="):
+      value = a.split("=", 1)[1]
+    elif a == f"--{name}" and i + 1 < len(args):
+      value = args[i + 1]
+  return value
+
+
+def with_stored_config(name: str, args: list) -> list:
+  """`args` with `--config=<STORED_CONFIG>:<workdir>` in front when they override config fields
+  (`--config.a.b=value`) and name `--workdir` but no `--config`: the overrides then change the
+  run's stored config, e.g. `adaflow eval --workdir W --config.eval.num_samples=5000` or
+  `adaflow train --workdir W --config.train.steps=20000` (resume for longer)."""
+  if ("config" not in COMMANDS[name].flags or "workdir" not in COMMANDS[name].flags
+      or not any(a.startswith("--config.") for a in args)
+      or any(a == "--config" or a.startswith("--config=") for a in args)):
+    return args
+  workdir = _flag_value(args, "workdir")
+  return args if not workdir else [f"--config={STORED_CONFIG}:{workdir}"] + args
 
 
 def _user_message(e: Exception):
@@ -150,6 +181,7 @@ def main(argv=None):
     print(command_help(name))
     sys.exit(0)
   debug = _debug(argv)
+  args = with_stored_config(name, args)
   try:
     rest = FLAGS([argv[0]] + args)[1:]
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:

@@ -2,6 +2,7 @@
 and on two processes (bad input, a full or unwritable disk), tracebacks for bugs and with --debug /
 ADAFLOW_DEBUG, the `fid` flags writing into config.eval."""
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -129,6 +130,40 @@ def test_is_user_error_by_origin():
   except ValueError as e:
     assert not is_user_error(e)
   assert not is_user_error(RuntimeError("x"))
+
+
+def test_overrides_without_config_change_the_runs_stored_config(tmp_path, capsys, monkeypatch):
+  """`--config.a.b=value` with `--workdir` and no `--config` overrides the run's config.json (it
+  was "unknown flag --config.sample.steps"); a workdir without one, a config.json this version cannot
+  read and a config file whose get_config() raises are each one line."""
+  from conftest import tiny_config
+  from adaflow.commands import core
+  from adaflow.train.loop import train
+  w = tmp_path / "w"
+  train(tiny_config(**{"train.steps": 1, "train.ckpt_every": 1}), str(w), log=lambda m: None)
+
+  def run(args):   # ml_collections reads the --config.* overrides from sys.argv, as in the installed CLI
+    monkeypatch.setattr(sys, "argv", ["adaflow", *args])
+    return _main(args, capsys)
+  seen = []
+  real = core.generate_images
+  monkeypatch.setattr(core, "generate_images", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+  code, _, err = run(["sample", "--workdir", str(w), "--config.sample.method=heun", "--config.sample.steps=3",
+                      "--num=4", f"--out={tmp_path / 's.png'}"])
+  assert code == 0, err
+  assert [(k["method"], k["steps"]) for k in seen] == [("heun", 3)]          # config.json says euler, 2
+  assert json.loads((w / "config.json").read_text())["sample"]["steps"] == 2  # the stored file is unchanged
+  # Given --config, or a command without --workdir: the arguments are left as they are.
+  assert cli.with_stored_config("sample", ["--config=c.py", f"--workdir={w}", "--config.seed=1"])[0] == "--config=c.py"
+  assert cli.with_stored_config("convert", ["--config.seed=1"]) == ["--config.seed=1"]
+  code, _, err = run(["eval", f"--workdir={tmp_path / 'none'}", "--config.eval.num_samples=8"])
+  assert code == 2 and err.count("\n") == 1 and "none/config.json, which does not exist" in err and "--config=" in err
+  (tmp_path / "bad").mkdir()
+  (tmp_path / "bad" / "config.json").write_text('{"model": {"widht": 3}}')
+  code, _, err = run(["eval", f"--workdir={tmp_path / 'bad'}", "--config.eval.num_samples=8"])
+  assert code == 2 and err.count("\n") == 1 and "bad/config.json: config.model.widht: unknown field" in err
+  code, _, err = run(["sample", f"--workdir={w}", f"--config={ROOT}/configs/testbed_crops32.py:bad"])
+  assert code == 2 and err.count("\n") == 1 and "get_config() failed (ValueError: configs/testbed_crops32.py takes" in err
 
 
 def _run(args, env=None, processes=1, timeout=240, prog=("-m", "adaflow.cli")):

@@ -39,7 +39,9 @@ def train_losses(code_root: str, config: str, workdir: str, steps: int, log_ever
   """Runs `python -m adaflow.cli train` with the package found in `code_root` -> (steps, losses, seconds)."""
   env = dict(os.environ, PYTHONPATH=code_root, PYTHONUNBUFFERED="1")
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
-  args = [sys.executable, "-m", "adaflow.cli", "train", f"--config={os.path.join(code_root, 'configs', config + '.py')}",
+  name, _, arg = config.partition(":")   # "testbed_crops32:smoke" -> configs/testbed_crops32.py:smoke
+  config_path = os.path.join(code_root, "configs", name + ".py") + (f":{arg}" if arg else "")
+  args = [sys.executable, "-m", "adaflow.cli", "train", f"--config={config_path}",
           f"--workdir={workdir}", f"--config.train.steps={steps}", f"--config.train.log_every={log_every}",
           f"--config.train.ckpt_every={steps}", "--config.train.final_samples=False", f"--config.model.dtype={dtype}"]
   t0 = time.perf_counter()
@@ -94,7 +96,8 @@ def plot(curves: dict, ref_name: str, head_name: str, path: str, title: str) -> 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--ref", default="106ec08", help="git revision of the reference code (default: the code when #28 was filed)")
-  p.add_argument("--config", default="testbed_crops32", help="configs/<name>.py, present in both versions")
+  p.add_argument("--config", default="testbed_crops32",
+                 help="configs/<name>.py (or <name>:<arg> for get_config(arg)), present in both versions")
   p.add_argument("--steps", type=int, default=1000)
   p.add_argument("--log_every", type=int, default=10)
   p.add_argument("--dtypes", default="auto,float32", help="comma-separated model.dtype values, one pair of runs each")

@@ -11,6 +11,7 @@ traceback. Other exceptions are bugs and keep their traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import importlib.metadata
@@ -24,7 +25,7 @@ from adaflow.commands import compose, convert, convert_stages, core, fid, inspec
 from adaflow.commands.common import FLAGS
 from adaflow.errors import is_user_error
 from adaflow.parallel.distributed import initialize_runtime
-from adaflow.train.checkpoint import CheckpointWriteError
+from adaflow.train.checkpoint import CheckpointWriteError, quiet_write_failures
 
 # The command table: name ("eval fid" for two words) -> Command(name, fn, flags it reads).
 COMMANDS = {c.name: c for module in (core, fid, convert, convert_stages, inspect, compose) for c in module.COMMANDS}
@@ -196,6 +197,15 @@ def main(argv=None):
   config_error = _config_file_error(name)
   if config_error and not debug:
     _error(config_error)
+  # A failing checkpoint write is one `error:` line, not orbax's and tensorstore's thread tracebacks.
+  quiet = contextlib.nullcontext() if debug else quiet_write_failures()
+  with quiet:
+    _run(name, rest, debug)
+  sys.exit(0)
+
+
+def _run(name: str, rest: list, debug: bool) -> None:
+  """Runs command `name`; bad input or a full / unwritable disk ends in `_error`'s one line."""
   try:
     if rest:
       subs = [n for n in COMMANDS if n.startswith(name + " ")]
@@ -212,7 +222,6 @@ def main(argv=None):
     if debug or (FLAGS.is_parsed() and FLAGS.debug) or message is None:
       raise
     _error(message)
-  sys.exit(0)
 
 
 if __name__ == "__main__":

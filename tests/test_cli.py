@@ -1,9 +1,12 @@
 """The `adaflow` command line: help, version, suggestions, one-line user errors (exit 2) on one
 and on two processes (bad input, a full or unwritable disk), tracebacks for bugs and with --debug /
 ADAFLOW_DEBUG, the `fid` flags writing into config.eval."""
+import contextlib
 import errno
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -224,13 +227,40 @@ cli.main(["adaflow"] + sys.argv[1:])
 """
 
 
+@contextlib.contextmanager
+def small_tmpfs(path, size: str):
+  """`path` as a tmpfs of `size` (a really full disk), or None where this user cannot mount one."""
+  path.mkdir()
+  if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode != 0:
+    yield None
+    return
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
 def test_full_disk_during_a_checkpoint_write_is_one_line_exit_2_on_every_process(tmp_path):
-  w = tmp_path / "w"
-  outs = _run(["train", f"--config={CLI_CONFIG}", f"--workdir={w}"], processes=2, prog=("-c", FULL_DISK))
+  """A really full disk where a tmpfs can be mounted (root): 2 MiB hold the tiny model's checkpoints
+  2 and 4, and step 6 is refused on both processes before orbax writes (a write failing on one
+  process only would leave the other at orbax's barriers). Elsewhere every checkpoint write
+  raises ENOSPC. Either way: one line, exit 2, on every process."""
+  with small_tmpfs(tmp_path / "disk", "2m") as disk:
+    w = (disk or tmp_path) / "w"
+    outs = _run(["train", f"--config={CLI_CONFIG}", f"--workdir={w}", "--config.train.ckpt_every=2",
+                 "--config.train.steps=40"], processes=2, prog=("-m", "adaflow.cli") if disk else ("-c", FULL_DISK))
+    kept = sorted(os.listdir(w / "checkpoints"))
   for code, _, err in outs:
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert code == 2 and "Traceback" not in err and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0]
-    assert errors[0].startswith(f"error: could not write checkpoint step 2 to {w}/checkpoints: the disk is full")
+    noise = [ln for ln in err.splitlines() if not ln.startswith(("error:", "[adaflow] train "))]
+    assert code == 2 and not noise and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err[-3000:]
+    if disk:
+      assert re.match(rf"error: could not write checkpoint step 6 to {w}/checkpoints: the disk is full \(the "
+                      r"checkpoint needs about [0-9.]+ MiB, [0-9.]+ MiB are free; nothing was written\)", errors[0])
+      assert kept == ["2", "4"]
+    else:
+      assert errors[0].startswith(f"error: could not write checkpoint step 2 to {w}/checkpoints: the disk is full")
     assert errors[0].endswith("untouched; then rerun and training resumes from the latest checkpoint")
 
 
@@ -299,3 +329,52 @@ def test_sample_method_steps_cfg_flags_override_the_config(tmp_path, capsys, mon
                            env={"JAX_NUM_CPU_DEVICES": str(devices)})
     assert code == 0, err
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "3dev.png")), np.asarray(Image.open(tmp_path / "1dev.png")))
+
+
+def test_quiet_write_failures_drops_only_the_reports_of_a_failed_write():
+  """The filters behind the one-line full-disk error, without a disk: orbax's disk-error records
+  and tensorstore's closed-loop callbacks are dropped, other errors pass; on a disk error the
+  filters stay (the process is ending), otherwise they are removed."""
+  import asyncio
+  import logging
+  import threading
+  import types
+  from adaflow.train import checkpoint as ckpt
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)
+  except RuntimeError as e:
+    closed_loop = e
+  disk = ValueError("RESOURCE_EXHAUSTED: Failed writing: No space left on device [os_error_code='28']")
+  oom = ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.00GiB")   # not a disk
+  records, unraisables = [], []
+  handler = logging.Handler()
+  handler.emit = records.append
+  absl_logger = logging.getLogger("absl")
+
+  def report_all():
+    for exc in (disk, oom, RuntimeError("Event loop is closed"), closed_loop):
+      absl_logger.error("save failed", exc_info=(type(exc), exc, exc.__traceback__))
+      sys.unraisablehook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=exc.__traceback__,
+                                               err_msg=None, object=None))
+
+  hooks = sys.unraisablehook, threading.excepthook
+  absl_logger.addHandler(handler)
+  sys.unraisablehook = lambda u: unraisables.append(u.exc_value)
+  try:
+    with ckpt.quiet_write_failures():
+      report_all()
+    # A closed-loop callback is dropped as an unraisable error only; a disk error in either form.
+    assert [str(r.exc_info[1]) for r in records] == [str(oom), "Event loop is closed", "Event loop is closed"]
+    assert [str(e) for e in unraisables] == [str(oom), "Event loop is closed"]
+    assert not absl_logger.filters and sys.unraisablehook.__name__ == "<lambda>"   # removed again
+    with pytest.raises(OSError):
+      with ckpt.quiet_write_failures():
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert absl_logger.filters and sys.unraisablehook.__name__ != "<lambda>"    # the process is ending: kept
+  finally:
+    sys.unraisablehook, threading.excepthook = hooks
+    absl_logger.removeHandler(handler)
+    for name in ("absl", "asyncio"):
+      logging.getLogger(name).filters.clear()

@@ -251,15 +251,21 @@ def _mount_tmpfs(path, size):
   return r.returncode == 0
 
 
-def test_real_full_disk_keeps_older_checkpoint(tmp_path):
+@pytest.mark.parametrize("size,checked", [("720k", False), ("1228k", True)])
+def test_real_full_disk_keeps_older_checkpoint(tmp_path, monkeypatch, size, checked):
   """A tmpfs that holds one checkpoint but not two: the second save fails with a clear error (no
-  hang), and the first (older) checkpoint is not deleted even with keep_checkpoints=1."""
+  hang), and the first (older) checkpoint is not deleted even with keep_checkpoints=1. Checked: the
+  free-space check refuses it before writing. Not checked (the check passed, then the disk filled,
+  e.g. by another job): orbax's write itself fails."""
   mnt = tmp_path / "mnt"
-  if not _mount_tmpfs(mnt, "720k"):
+  if not _mount_tmpfs(mnt, size):
     pytest.skip("cannot mount a tmpfs here (needs root); the monkeypatched test covers the message")
+  if not checked:
+    monkeypatch.setattr(ckpt, "check_space", lambda *a: None)
   try:
     c = tiny_config(**{"train.steps": 4, "train.ckpt_every": 2, "train.keep_checkpoints": 1})
-    with pytest.raises(ckpt.CheckpointWriteError, match="disk is full"):
+    with pytest.raises(ckpt.CheckpointWriteError, match="step 4 .* disk is full " + (
+        r"\(the checkpoint needs about" if checked else r"or the directory is not writable \(ValueError")):
       train(c, str(mnt / "w"), log=QUIET)
     assert steps_of(str(mnt / "w")) == [2]
     tr = Trainer(c, str(mnt / "w"), QUIET)
@@ -267,9 +273,10 @@ def test_real_full_disk_keeps_older_checkpoint(tmp_path):
                                          ckpt.abstract_with_shardings(tr.abstract_state, tr.shardings),
                                          log=pytest.fail)
     assert step == 2 and int(state.step) == 2
-    record("real full disk (720 KiB tmpfs, room for one checkpoint), keep_checkpoints=1",
-           "second save failed with CheckpointWriteError (No space left on device), no hang; "
-           "step 2 was not deleted and restores cleanly")
+    record(f"real full disk ({size}B tmpfs, room for one checkpoint), keep_checkpoints=1, free-space check "
+           f"{'on' if checked else 'off (the disk fills during the write)'}",
+           f"second save {'refused before writing' if checked else 'failed'} with CheckpointWriteError ('the disk is "
+           "full'), no hang; step 2 was not deleted and restores cleanly")
   finally:
     # orbax may still hold files open for a moment: fall back to a lazy unmount so no mount leaks.
     if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:

@@ -12,25 +12,38 @@ recomputes it after reading, so truncated *or silently corrupted* files are dete
 and the next older checkpoint is used instead.
 
 Write errors (full disk, read-only or unwritable directory) raise `CheckpointWriteError` naming the
-directory, instead of a deep orbax/tensorstore trace (and never hang).
+directory, instead of a deep orbax/tensorstore trace (and never hang). On a really full disk orbax's
+background save threads also log each failure with its traceback, and tensorstore's late write
+callbacks report "Event loop is closed" by the hundred; `quiet_write_failures` drops exactly those
+while the CheckpointWriteError carries the one message (the CLI uses it unless --debug).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
-from typing import Any, Callable, Optional
+import re
+import shutil
+import sys
+import threading
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from adaflow import storage
 
 CHECKSUM_KEY = "_state_checksum"
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
-_DISK_PHRASES = ("no space left", "resource_exhausted", "read-only file system", "permission denied",
-                 "disk quota", "os_error_code='28'")
+# Not "RESOURCE_EXHAUSTED" alone: tensorstore's full-disk errors say "No space left" too, and an
+# XLA out-of-memory (or an object store's rate limit) is RESOURCE_EXHAUSTED without being a disk.
+_DISK_PHRASES = ("no space left", "read-only file system", "permission denied", "disk quota",
+                 "os_error_code='28'")
 
 
 class CheckpointWriteError(OSError):
@@ -48,12 +61,86 @@ def _is_disk_error(e: BaseException) -> bool:
 
 
 def _write_error(manager: ocp.CheckpointManager, step: Optional[int], e: BaseException) -> CheckpointWriteError:
+  # An async save's error surfaces at the next save: name the step whose directory failed.
+  failed = re.search(r"[/\\](\d+)\.orbax-checkpoint-tmp", str(e))
+  step = int(failed.group(1)) if failed else step
   where = f"step {step} " if step is not None else ""
   return CheckpointWriteError(
       errno.ENOSPC if "space" in str(e).lower() or getattr(e, "errno", None) == errno.ENOSPC else errno.EIO,
       f"could not write checkpoint {where}to {manager.directory}: the disk is full or the directory is "
       f"not writable ({type(e).__name__}: {str(e)[:300]}). Free space or point --workdir at a writable "
       f"disk; completed older checkpoints there are untouched")
+
+
+class _WriteFailureReports:
+  """Decides which reports of a failing write to drop (see `quiet_write_failures`). `failed` turns
+  on at the first dropped disk error: from then on the process is ending with that error."""
+
+  def __init__(self):
+    self.failed = False
+
+  def drop_record(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None and _is_disk_error(exc):   # orbax's background save threads, one per failure
+      self.failed = True
+      return True
+    # asyncio reports the save tasks that the failed save left pending when they are collected.
+    return self.failed and record.name == "asyncio" and "orbax" in record.getMessage()
+
+  def drop_unraisable(self, unraisable) -> bool:
+    exc, tb = unraisable.exc_value, unraisable.exc_traceback
+    if exc is not None and _is_disk_error(exc):   # e.g. TensorBoard's final flush at exit
+      self.failed = True
+      return True
+    while tb is not None and tb.tb_next is not None:
+      tb = tb.tb_next
+    # tensorstore's write callbacks posting to the event loop of a save that already failed.
+    return (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed" and tb is not None
+            and os.path.basename(tb.tb_frame.f_code.co_filename) == "base_events.py")
+
+  def drop_thread_exception(self, args) -> bool:
+    if args.exc_value is not None and _is_disk_error(args.exc_value):
+      self.failed = True
+      return True
+    # TensorBoard's writer thread, left running by a close that could not flush, meets its closed queue.
+    return self.failed and type(args.thread).__module__.startswith("tensorboardX")
+
+
+@contextlib.contextmanager
+def quiet_write_failures() -> Iterator[None]:
+  """While active, a full or unwritable disk is reported once, by the CheckpointWriteError (or
+  OSError) that ends the run, instead of by every thread that meets it: log records and unraisable
+  or thread exceptions carrying a disk error are dropped, and so are the follow-on reports of the
+  failed save (tensorstore's "Event loop is closed" callbacks, asyncio's pending orbax tasks,
+  TensorBoard's writer thread). Everything else passes. When the block ends in a disk error the
+  filters stay installed: the process is ending, and its exit handlers meet the same full disk."""
+  reports = _WriteFailureReports()
+  loggers = logging.getLogger("absl"), logging.getLogger("asyncio")
+  record_filter = lambda record: not reports.drop_record(record)
+  old_unraisable, old_thread = sys.unraisablehook, threading.excepthook
+
+  def unraisable_hook(unraisable):
+    if not reports.drop_unraisable(unraisable):
+      old_unraisable(unraisable)
+
+  def thread_hook(args):
+    if not reports.drop_thread_exception(args):
+      old_thread(args)
+
+  for lg in loggers:
+    lg.addFilter(record_filter)
+  sys.unraisablehook, threading.excepthook = unraisable_hook, thread_hook
+  ending = False
+  try:
+    yield
+  except BaseException as e:
+    ending = _is_disk_error(e)   # also the CLI's SystemExit raised while handling one
+    raise
+  finally:
+    if not ending:
+      for lg in loggers:
+        lg.removeFilter(record_filter)
+      sys.unraisablehook, threading.excepthook = old_unraisable, old_thread
 
 
 def _leaf_words(x: jax.Array) -> jax.Array:
@@ -115,6 +202,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, forc
   previous async save surface here or in `wait`).
   """
   meta = dict(meta, **{CHECKSUM_KEY: state_checksum(state)})
+  wait(manager)   # the previous save's files are on disk before the free space is read
+  check_space(manager, step, state)
   try:
     return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                       meta=ocp.args.JsonSave(meta)), force=force)
@@ -122,6 +211,29 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, forc
     if _is_disk_error(e):
       raise _write_error(manager, step, e) from e
     raise
+
+
+def check_space(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
+  """CheckpointWriteError on every process when the checkpoint disk has less free space than the
+  state's bytes plus its metadata (orbax's zstd only makes the files smaller), before anything is
+  written. Checked, not left to the write, because a write that fails on one of several
+  processes leaves the others waiting at orbax's barriers until its timeout (20 minutes). Free
+  space is read on every process (local disks or one shared file system), the smallest counts.
+  Object stores (gs://) are not checked."""
+  directory = str(manager.directory)
+  if storage.is_remote(directory):
+    return
+  mib, leaves = 2.0 ** 20, jax.tree_util.tree_leaves(state)
+  # Metadata (_METADATA, _sharding, the OCDBT manifest) measured at ~0.5 KiB per array: 1 KiB + 64 KiB.
+  needed = (sum(getattr(leaf, "nbytes", 0) for leaf in leaves) + 1024 * len(leaves) + 65536) / mib
+  free = shutil.disk_usage(directory).free / mib
+  if jax.process_count() > 1:   # MiB as float32: a byte count would overflow int32 without x64
+    free = float(np.min(multihost_utils.process_allgather(np.float32(free))))
+  if free < needed:
+    raise CheckpointWriteError(
+        errno.ENOSPC, f"could not write checkpoint step {step} to {directory}: the disk is full (the checkpoint "
+        f"needs about {needed:.1f} MiB, {free:.1f} MiB are free; nothing was written). Free space or point --workdir "
+        "at a larger disk; completed older checkpoints there are untouched")
 
 
 def wait(manager: ocp.CheckpointManager) -> None:

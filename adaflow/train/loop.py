@@ -176,53 +176,54 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   prof = diagnostics.ProfileWindow(os.path.join(workdir, "profile"), start, tc.profile_start, tc.profile_steps)
   writer = MetricWriter(workdir, writers=tc.writers, run_config=json.loads(config.to_json_best_effort()),
                         wandb_project=tc.wandb_project, name=config.name)
-  dropped = writer.drop_after(start)
-  if dropped:
-    log(f"metrics.jsonl: dropped {dropped} rows logged after step {start} (they are recomputed now)")
-  fid.start(start, state, tr.generator(), writer)   # the FID of `start` if a stop cut it off
+  # Closed however training ends; an error's own message wins over a close that fails too (full disk).
+  with writer:
+    dropped = writer.drop_after(start)
+    if dropped:
+      log(f"metrics.jsonl: dropped {dropped} rows logged after step {start} (they are recomputed now)")
+    fid.start(start, state, tr.generator(), writer)   # the FID of `start` if a stop cut it off
 
-  # ---- Hooks: called in this order after every step (hooks.py) ----
-  pbar = progress(tc.steps, start, enabled=jax.process_index() == 0)   # plain lines when stderr is a log file
-  guard = PreemptionGuard(sync_every=tc.preemption_sync_every)
-  metrics_hook = Metrics(writer, pbar, tc, start, manager, workdir, log)
-  run_hooks = [metrics_hook, Checkpoints(manager, tr.meta(), tc, guard, metrics_hook), fid,
-               SampleGrids(tr, log), FinalEvaluation(tr, writer, log)]
+    # ---- Hooks: called in this order after every step (hooks.py) ----
+    pbar = progress(tc.steps, start, enabled=jax.process_index() == 0)   # plain lines when stderr is a log file
+    guard = PreemptionGuard(sync_every=tc.preemption_sync_every)
+    metrics_hook = Metrics(writer, pbar, tc, start, manager, workdir, log)
+    run_hooks = [metrics_hook, Checkpoints(manager, tr.meta(), tc, guard, metrics_hook), fid,
+                 SampleGrids(tr, log), FinalEvaluation(tr, writer, log)]
 
-  # ---- Loop ----
-  step_fn, stopped = None, False
-  # Leaving the block (end, stop, error) restores the signal handlers, joins the input threads and
-  # ends a profiler trace.
-  with guard, batches, prof:
-    log(f"{config.name}: {tr.info.image_shape} {tr.info.num_classes} classes, "
-        f"{config_lib.num_params(state.params) / 1e6:.2f}M params, mesh {dict(tr.mesh.shape)}, "
-        f"steps {start} -> {tc.steps}")
-    log(describe_compute_dtype(config.model))
-    for step in range(start, tc.steps):
-      batch = tr.global_batch(batches[step])
-      if step_fn is None:   # one compilation, which also gives the FLOPs per step
-        step_fn, flops = diagnostics.compile_step(jitted, state, batch, flops_from=tr.flops_counting_step())
-        metrics_hook.compiled(flops)
-      prof.before(step)
-      state, metrics = step_fn(state, batch)
-      prof.after(step, (state, metrics))
-      # `any` stops at the first hook that asks to stop: the later ones skip this step.
-      if any(h.after_step(step + 1, state, metrics) for h in run_hooks):
-        stopped = True
-        break
+    # ---- Loop ----
+    step_fn, stopped = None, False
+    # Leaving the block (end, stop, error) restores the signal handlers, joins the input threads and
+    # ends a profiler trace.
+    with guard, batches, prof:
+      log(f"{config.name}: {tr.info.image_shape} {tr.info.num_classes} classes, "
+          f"{config_lib.num_params(state.params) / 1e6:.2f}M params, mesh {dict(tr.mesh.shape)}, "
+          f"steps {start} -> {tc.steps}")
+      log(describe_compute_dtype(config.model))
+      for step in range(start, tc.steps):
+        batch = tr.global_batch(batches[step])
+        if step_fn is None:   # one compilation, which also gives the FLOPs per step
+          step_fn, flops = diagnostics.compile_step(jitted, state, batch, flops_from=tr.flops_counting_step())
+          metrics_hook.compiled(flops)
+        prof.before(step)
+        state, metrics = step_fn(state, batch)
+        prof.after(step, (state, metrics))
+        # `any` stops at the first hook that asks to stop: the later ones skip this step.
+        if any(h.after_step(step + 1, state, metrics) for h in run_hooks):
+          stopped = True
+          break
 
-  # ---- End: a stopped run says how to resume; a finished one gets its final samples and eval ----
-  pbar.close()
-  ckpt.wait(manager)
-  final_step = int(jax.device_get(state.step))
-  if not stopped:
-    writer.flush()
-    for h in run_hooks:
-      h.at_end(final_step, state)
-    if jax.process_index() == 0 and final_step >= tc.steps:
-      # Written last, and never on a stop: a watcher (tpu/resume_after_preemption.sh) relaunches
-      # until it appears.
-      storage.write_json(os.path.join(workdir, "train_complete.json"), {"step": final_step, "time": time.time()})
-  writer.close()
+    # ---- End: a stopped run says how to resume; a finished one gets its final samples and eval ----
+    pbar.close()
+    ckpt.wait(manager)
+    final_step = int(jax.device_get(state.step))
+    if not stopped:
+      writer.flush()
+      for h in run_hooks:
+        h.at_end(final_step, state)
+      if jax.process_index() == 0 and final_step >= tc.steps:
+        # Written last, and never on a stop: a watcher (tpu/resume_after_preemption.sh) relaunches
+        # until it appears.
+        storage.write_json(os.path.join(workdir, "train_complete.json"), {"step": final_step, "time": time.time()})
   manager.close()
   if stopped:
     log(f"stopping on {guard.requested} after step {final_step}: checkpoint saved to "

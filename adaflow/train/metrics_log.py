@@ -138,11 +138,26 @@ class MetricWriter:
       w.flush()
 
   def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
-    for w in self._extra:
-      w.close()
-    self._extra = []
+    tb, extra, self._tb, self._extra = self._tb, self._extra, None, []
+    try:
+      if tb is not None:
+        tb.close()
+    finally:
+      for w in extra:
+        w.close()
+
+  def __enter__(self) -> "MetricWriter":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> bool:
+    """Closes the writers however the block ends; when it ends in an error, a close that fails
+    too (the final flush onto a full disk) does not replace that error."""
+    try:
+      self.close()
+    except OSError:
+      if exc is None:
+        raise
+    return False
 
 
 class PlainProgress:

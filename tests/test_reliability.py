@@ -245,6 +245,27 @@ def test_unwritable_checkpoint_dir_fails_before_training(tmp_path):
          "'checkpoint directory ... is not writable or the disk is full'")
 
 
+def test_free_space_check_before_a_save(tmp_path, monkeypatch):
+  """The state's bytes + metadata against the disk's free space; a file system that cannot say
+  (no statvfs) and an object store are not checked."""
+  import types
+  state = {"w": np.zeros((1024, 256), np.float32)}      # 1 MiB, + 1 KiB per array + 64 KiB of metadata
+  local = types.SimpleNamespace(directory=tmp_path)
+  free = lambda mib: (lambda d: types.SimpleNamespace(free=int(mib * 2 ** 20)))
+  monkeypatch.setattr(shutil, "disk_usage", free(1.07))
+  ckpt.check_space(local, 3, state)
+  monkeypatch.setattr(shutil, "disk_usage", free(1.0))
+  with pytest.raises(ckpt.CheckpointWriteError, match=r"checkpoint step 3 to .*: the disk is full \(the checkpoint "
+                     r"needs about 1\.1 MiB, 1\.0 MiB are free; nothing was written\)"):
+    ckpt.check_space(local, 3, state)
+
+  def no_statvfs(d):
+    raise OSError(errno.ENOSYS, "Function not implemented")
+  monkeypatch.setattr(shutil, "disk_usage", no_statvfs)
+  ckpt.check_space(local, 3, state)
+  ckpt.check_space(types.SimpleNamespace(directory="gs://bucket/run/checkpoints"), 3, state)
+
+
 def _mount_tmpfs(path, size):
   os.makedirs(path, exist_ok=True)
   r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)

@@ -226,7 +226,10 @@ def check_space(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
   mib, leaves = 2.0 ** 20, jax.tree_util.tree_leaves(state)
   # Metadata (_METADATA, _sharding, the OCDBT manifest) measured at ~0.5 KiB per array: 1 KiB + 64 KiB.
   needed = (sum(getattr(leaf, "nbytes", 0) for leaf in leaves) + 1024 * len(leaves) + 65536) / mib
-  free = shutil.disk_usage(directory).free / mib
+  try:
+    free = shutil.disk_usage(directory).free / mib
+  except OSError:   # a file system without statvfs: not checked here (the others still gather)
+    free = float("inf")
   if jax.process_count() > 1:   # MiB as float32: a byte count would overflow int32 without x64
     free = float(np.min(multihost_utils.process_allgather(np.float32(free))))
   if free < needed:

@@ -21,7 +21,6 @@ DIGITS_SIZES = (16, 32)
 CROPS_SIZES = (32, 64)
 DIGITS_SPLITS = ('train',)  # load_digits has no held-out split: 'train' is all 1797 images.
 CROPS_SPLITS = ('train', 'test')  # 'test' draws crop positions from a different RNG stream.
-DEFAULT_NUM_CROPS = 8192
 
 # Visually distinct photographs (``cat`` is the same photo as ``chelsea``: only chelsea is used).
 CROP_PHOTOS = (

@@ -55,7 +55,6 @@ SPATIAL_CHANNELS = 7   # ADM evaluator: spatial features = mixed_6/conv[..., :7]
 NUM_LOGITS = 1008
 BN_EPS = 1e-3
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
-WEIGHTS_SHA256_PREFIX = "6726825d"
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                + WEIGHTS_FILENAME)
 RESIZE_MODES = ("tf", "pytorch")
@@ -107,12 +106,6 @@ def resize_bilinear(images: jax.Array, size: int = INPUT_SIZE, mode: str = "tf")
   mw = jnp.asarray(_interp_matrix(w, size, mode))
   x = jnp.einsum("oh,bhwc->bowc", mh, x, precision=_HIGHEST)
   return jnp.einsum("pw,bowc->bopc", mw, x, precision=_HIGHEST)
-
-
-def to_uint8_range(images: jax.Array) -> jax.Array:
-  """Model-range images [B, H, W, C] in [-1, 1] -> quantized pixel values in {0, ..., 255}
-  (float32), as saved PNGs / the ADM sample npz hold them: round((x + 1) * 127.5), clipped."""
-  return jnp.clip(jnp.round((images.astype(jnp.float32) + 1.0) * 127.5), 0.0, 255.0)
 
 
 def preprocess(pixels: jax.Array, mode: str = "tf", size: int = INPUT_SIZE) -> jax.Array:
@@ -465,5 +458,5 @@ def load_inception_params(path: Optional[str] = None) -> Any:
 __all__: Sequence[str] = (
     "FIDInceptionV3", "FEATURE_DIM", "INPUT_SIZE", "RESIZE_MODES", "default_weights_path",
     "init_random_params", "load_inception_params", "make_feature_fn", "params_to_state_dict",
-    "preprocess", "resize_bilinear", "state_dict_to_params", "to_uint8_range",
+    "preprocess", "resize_bilinear", "state_dict_to_params",
 )

@@ -53,11 +53,6 @@ class TimePartition:
     object.__setattr__(self, "edges", tuple(float(x) for x in e))
 
   @classmethod
-  def even(cls, k: int) -> "TimePartition":
-    """k equal buckets of [0, 1]."""
-    return cls(tuple(np.linspace(0.0, 1.0, int(k) + 1)))
-
-  @classmethod
   def single(cls) -> "TimePartition":
     return cls((0.0, 1.0))
 

@@ -12,8 +12,6 @@ Shapes: labels [B] int32, noise [B, H, W, C], features [B, F], logits [B, A], ac
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import chex
 import flax.linen as nn
 import jax
@@ -143,8 +141,3 @@ def sample_actions(rng: jax.Array, logits: jax.Array) -> jax.Array:
 def greedy_actions(logits: jax.Array) -> jax.Array:
   """Argmax action per row (test-time choice) -> [B] int32."""
   return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-
-def steps_of(actions: jax.Array, step_set: Sequence[int]) -> jax.Array:
-  """Action indices [B] -> step counts [B] int32."""
-  return jnp.asarray(np.asarray(step_set, np.int32))[actions]

@@ -36,7 +36,7 @@ import orbax.checkpoint as ocp
 from adaflow import data as data_lib
 from adaflow import storage
 from adaflow.eval.frechet import StreamingStatistics
-from adaflow.parallel.host import agree
+from adaflow.parallel.host import agree, is_writer
 
 SIZE_RANGE = (16, 128)   # square images with a side in this range, a multiple of 8 (three 2x2 pools)
 SUPPORTED_CHANNELS = (1, 3)
@@ -335,12 +335,12 @@ def _cache_payload(clf: FeatureClassifier, num_reference: int):
   return body
 
 
-def _restore(path: str, num_classes: int, image_shape, task: str) -> FeatureClassifier:
-  """Restores and validates a cached classifier; raises on any inconsistency."""
+def _payload_template(num_classes: int, image_shape) -> dict:
+  """Zeros in the structure, shapes and dtypes of `_cache_payload`."""
   params_shape = jax.eval_shape(
       ClassifierNet(num_classes=num_classes).init, jax.random.PRNGKey(0),
       jnp.zeros((1,) + tuple(image_shape), jnp.float32))
-  target = {
+  return {
       "params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_shape),
       "reference_mu": np.zeros((FEATURE_DIM,), np.float64),
       "reference_sigma": np.zeros((FEATURE_DIM, FEATURE_DIM), np.float64),
@@ -350,9 +350,19 @@ def _restore(path: str, num_classes: int, image_shape, task: str) -> FeatureClas
       "image_shape": np.zeros((3,), np.int64),
       "checksum": np.zeros((), np.float64),
   }
+
+
+def _restore(path: str, num_classes: int, image_shape, task: str) -> FeatureClassifier:
+  """Restores and validates a cached classifier; raises on any inconsistency."""
   with ocp.StandardCheckpointer() as ckptr:
-    restored = ckptr.restore(path, target)
-  restored = jax.tree.map(np.asarray, restored)
+    restored = ckptr.restore(path, _payload_template(num_classes, image_shape))
+  return _from_payload(restored, num_classes, image_shape, task)
+
+
+def _from_payload(payload: dict, num_classes: int, image_shape, task: str) -> FeatureClassifier:
+  """The classifier of a `_cache_payload`, validated (shapes, dataset shape, finite, checksum)."""
+  target = _payload_template(num_classes, image_shape)
+  restored = jax.tree.map(np.asarray, payload)
   if not jax.tree.all(jax.tree.map(lambda a, b: a.shape == b.shape and a.dtype == b.dtype, restored, target)):
     raise ValueError("restored arrays do not have the expected shapes/dtypes")
   if int(restored["num_classes"]) != num_classes or tuple(restored["image_shape"].tolist()) != tuple(image_shape):
@@ -368,9 +378,9 @@ def _restore(path: str, num_classes: int, image_shape, task: str) -> FeatureClas
       heldout_accuracy=float(restored["heldout_accuracy"]), task=task)
 
 
-def _save(path: str, clf: FeatureClassifier, num_reference: int):
+def _save(path: str, payload: dict):
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, _cache_payload(clf, num_reference), force=True)
+    ckptr.save(path, payload, force=True)
     ckptr.wait_until_finished()
 
 
@@ -463,13 +473,22 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
           f"({type(e).__name__}: {str(e)[:200]}); deleting it and retraining.")
       storage.rmtree(path, ignore_errors=True)
 
-  images, labels = data_lib.load_arrays(data_config, num=num_train, seed=seed)
-  t0 = time.time()
-  clf = build_classifier(images, labels, num_classes, seed=seed, steps=steps,
-                         batch_size=batch_size, task=task)
-  log(f"[eval] trained {what} for '{name}' on {len(images)} images in "
-      f"{time.time() - t0:.1f}s: held-out accuracy {clf.heldout_accuracy:.4f}{_chance_warning(clf, steps)}")
+  # Process 0 trains; the others receive its network bit for bit: training it on every process
+  # cost each of them the compilation and the steps, and where training is not bit-deterministic
+  # (GPUs) would give the processes different networks for one evaluation.
+  if is_writer():
+    images, labels = data_lib.load_arrays(data_config, num=num_train, seed=seed)
+    t0 = time.time()
+    clf = build_classifier(images, labels, num_classes, seed=seed, steps=steps,
+                           batch_size=batch_size, task=task)
+    log(f"[eval] trained {what} for '{name}' on {len(images)} images in "
+        f"{time.time() - t0:.1f}s: held-out accuracy {clf.heldout_accuracy:.4f}{_chance_warning(clf, steps)}")
+    payload = _cache_payload(clf, num_reference=len(images))
+  else:
+    payload = _payload_template(num_classes, image_shape)
+  payload = agree(payload)
+  clf = _from_payload(payload, num_classes, image_shape, task)
   storage.makedirs(cache_dir)
-  _save(path, clf, num_reference=len(images))
+  _save(path, payload)
   log(f"[eval] saved {what} to {path}")
   return clf

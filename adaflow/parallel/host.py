@@ -51,10 +51,17 @@ def to_host(tree: Any) -> Any:
 
 
 def agree(value: Any) -> Any:
-  """Process 0's value of a small host pytree (bools, ints, arrays), on every process."""
+  """Process 0's value of a host pytree (bools, numbers, arrays), on every process, bit for bit:
+  32- and 64-bit leaves travel as uint32 words (the broadcast is a sum with the other processes'
+  zeros, which would turn -0.0 into 0.0, and JAX without x64 would round float64 / int64)."""
   if jax.process_count() == 1:
     return value
-  out = multihost_utils.broadcast_one_to_all(jax.tree_util.tree_map(np.asarray, value))
+  host = jax.tree_util.tree_map(np.asarray, value)
+  wide = lambda a: a.dtype.itemsize in (4, 8)
+  words = jax.tree_util.tree_map(lambda a: a.reshape(-1).view(np.uint32) if wide(a) else a, host)
+  out = multihost_utils.broadcast_one_to_all(words)
+  out = jax.tree_util.tree_map(lambda w, a: np.asarray(w).view(a.dtype).reshape(a.shape) if wide(a) else np.asarray(w),
+                               out, host)
   return jax.tree_util.tree_map(lambda a, v: type(v)(a) if isinstance(v, (bool, int, float)) else a,
                                 out, value)
 

@@ -250,3 +250,46 @@ def test_compose_on_two_processes_matches_one_process(tmp_path):
   assert two["flops_per_image"] == one["flops_per_image"]
   np.testing.assert_allclose(two["fd"], one["fd"], rtol=1e-6)
   assert os.listdir(cwd) == []
+
+
+# Process 0 fails while training the evaluation's feature network (its data cannot be read).
+CLASSIFIER_FAILS_ON_PROCESS_0 = """import sys
+from adaflow.parallel.distributed import initialize_runtime
+assert initialize_runtime(timeout_s=60)
+import jax
+from adaflow import data as data_lib
+from adaflow.eval import classifier
+from conftest import tiny_config
+def unreadable(*a, **k):
+  raise ValueError("data.path: cannot read the images")
+data_lib.load_arrays = unreadable
+try:
+  classifier.get_classifier(tiny_config().data, sys.argv[1], steps=2)
+except ValueError as e:
+  print(f"process {jax.process_index()}: {e}")
+"""
+
+
+def test_feature_network_failure_on_process_0_stops_every_process(tmp_path):
+  """Only process 0 trains the feature network (the others receive it): when it fails, the others
+  must stop too, not wait for the network forever."""
+  coord = f"127.0.0.1:{free_port()}"
+  procs = []
+  for i in range(2):
+    env = _env()
+    env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", PYTHONPATH=HERE + os.pathsep + ROOT,
+               ADAFLOW_COORDINATOR=coord, ADAFLOW_NUM_PROCESSES="2", ADAFLOW_PROCESS_ID=str(i))
+    procs.append(subprocess.Popen([sys.executable, "-c", CLASSIFIER_FAILS_ON_PROCESS_0, str(tmp_path / "cache")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+  outs = []
+  try:
+    for p in procs:
+      out, err = p.communicate(timeout=120)
+      assert p.returncode == 0, err[-3000:]
+      outs.append(out.strip().splitlines()[-1])
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert outs == ["process 0: data.path: cannot read the images",
+                  "process 1: process 0 could not train the evaluation's classifier (its error says why)"]

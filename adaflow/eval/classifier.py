@@ -476,16 +476,20 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
   # Process 0 trains; the others receive its network bit for bit: training it on every process
   # cost each of them the compilation and the steps, and where training is not bit-deterministic
   # (GPUs) would give the processes different networks for one evaluation.
+  payload, failure = _payload_template(num_classes, image_shape), None
   if is_writer():
-    images, labels = data_lib.load_arrays(data_config, num=num_train, seed=seed)
-    t0 = time.time()
-    clf = build_classifier(images, labels, num_classes, seed=seed, steps=steps,
-                           batch_size=batch_size, task=task)
-    log(f"[eval] trained {what} for '{name}' on {len(images)} images in "
-        f"{time.time() - t0:.1f}s: held-out accuracy {clf.heldout_accuracy:.4f}{_chance_warning(clf, steps)}")
-    payload = _cache_payload(clf, num_reference=len(images))
-  else:
-    payload = _payload_template(num_classes, image_shape)
+    try:
+      images, labels = data_lib.load_arrays(data_config, num=num_train, seed=seed)
+      t0 = time.time()
+      clf = build_classifier(images, labels, num_classes, seed=seed, steps=steps,
+                             batch_size=batch_size, task=task)
+      log(f"[eval] trained {what} for '{name}' on {len(images)} images in "
+          f"{time.time() - t0:.1f}s: held-out accuracy {clf.heldout_accuracy:.4f}{_chance_warning(clf, steps)}")
+      payload = _cache_payload(clf, num_reference=len(images))
+    except Exception as e:  # pylint: disable=broad-except  # said to the others first, then raised
+      failure = e
+  if agree(failure is not None):   # the others would otherwise wait for the network forever
+    raise failure or ValueError(f"process 0 could not train the evaluation's {what} (its error says why)")
   payload = agree(payload)
   clf = _from_payload(payload, num_classes, image_shape, task)
   storage.makedirs(cache_dir)

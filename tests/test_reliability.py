@@ -264,6 +264,11 @@ def test_free_space_check_before_a_save(tmp_path, monkeypatch):
   monkeypatch.setattr(shutil, "disk_usage", no_statvfs)
   ckpt.check_space(local, 3, state)
   ckpt.check_space(types.SimpleNamespace(directory="gs://bucket/run/checkpoints"), 3, state)
+  # train() checks the abstract state before anything compiles: no step runs, nothing is logged.
+  monkeypatch.setattr(shutil, "disk_usage", free(0.01))
+  with pytest.raises(ckpt.CheckpointWriteError, match=r"could not write checkpoint to .*: the disk is full"):
+    train(tiny_config(), str(tmp_path / "w"), log=QUIET)
+  assert read_metrics(str(tmp_path / "w")) == [] and not os.listdir(tmp_path / "w" / "checkpoints")
 
 
 def _mount_tmpfs(path, size):

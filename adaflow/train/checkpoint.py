@@ -213,19 +213,20 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, forc
     raise
 
 
-def check_space(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
+def check_space(manager: ocp.CheckpointManager, step: Optional[int], state: Any) -> None:
   """CheckpointWriteError on every process when the checkpoint disk has less free space than the
   state's bytes plus its metadata (orbax's zstd only makes the files smaller), before anything is
   written. Checked, not left to the write, because a write that fails on one of several
   processes leaves the others waiting at orbax's barriers until its timeout (20 minutes). Free
   space is read on every process (local disks or one shared file system), the smallest counts.
-  Object stores (gs://) are not checked."""
+  Object stores (gs://) are not checked. `state` may be abstract (ShapeDtypeStructs): train()
+  checks before anything compiles that the disk holds one checkpoint."""
   directory = str(manager.directory)
   if storage.is_remote(directory):
     return
   mib, leaves = 2.0 ** 20, jax.tree_util.tree_leaves(state)
   # Metadata (_METADATA, _sharding, the OCDBT manifest) measured at ~0.5 KiB per array: 1 KiB + 64 KiB.
-  needed = (sum(getattr(leaf, "nbytes", 0) for leaf in leaves) + 1024 * len(leaves) + 65536) / mib
+  needed = (sum(leaf.size * leaf.dtype.itemsize for leaf in leaves) + 1024 * len(leaves) + 65536) / mib
   try:
     free = shutil.disk_usage(directory).free / mib
   except OSError:   # a file system without statvfs: not checked here (the others still gather)
@@ -234,9 +235,9 @@ def check_space(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
     free = float(np.min(multihost_utils.process_allgather(np.float32(free))))
   if free < needed:
     raise CheckpointWriteError(
-        errno.ENOSPC, f"could not write checkpoint step {step} to {directory}: the disk is full (the checkpoint "
-        f"needs about {needed:.1f} MiB, {free:.1f} MiB are free; nothing was written). Free space or point --workdir "
-        "at a larger disk; completed older checkpoints there are untouched")
+        errno.ENOSPC, f"could not write checkpoint {'' if step is None else f'step {step} '}to {directory}: the disk "
+        f"is full (the checkpoint needs about {needed:.1f} MiB, {free:.1f} MiB are free; nothing was written). Free "
+        "space or point --workdir at a larger disk; completed older checkpoints there are untouched")
 
 
 def wait(manager: ocp.CheckpointManager) -> None:

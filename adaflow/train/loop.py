@@ -164,6 +164,7 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
                               keep_every=tc.keep_every)   # + milestones (multiples of keep_every)
 
   # ---- State: the latest checkpoint or a fresh one; its step is also the input position ----
+  ckpt.check_space(manager, None, tr.abstract_state)   # a disk that cannot hold one checkpoint fails here
   state = tr.initial_state(manager, init_params)   # a workdir of another model fails here, untouched
   if jax.process_index() == 0:
     storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))

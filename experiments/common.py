@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import subprocess
 import time
 
 import jax
@@ -66,3 +67,14 @@ def write_report(text: str, out: str | None) -> None:
     with open(out, "w") as f:
       f.write(text)
     print(f"wrote {out}")
+
+
+def git(*args: str) -> str:
+  """`git ARGS` in the repository -> its stripped stdout."""
+  return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def export_revision(rev: str, dest: str) -> None:
+  """Writes the tree of `rev` into the existing folder `dest` (no .git; nothing in this checkout changes)."""
+  archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=ROOT, check=True, capture_output=True).stdout
+  subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)

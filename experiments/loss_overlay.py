@@ -22,17 +22,7 @@ import time
 
 import numpy as np
 
-from experiments.common import ROOT, machine_line, utc_now, write_report
-
-
-def git(*args: str) -> str:
-  return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def export_revision(rev: str, dest: str) -> None:
-  """Writes the tree of `rev` into the existing folder `dest` (no .git; nothing in this checkout changes)."""
-  archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=ROOT, check=True, capture_output=True).stdout
-  subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+from experiments.common import ROOT, export_revision, git, machine_line, utc_now, write_report
 
 
 def train_losses(code_root: str, config: str, workdir: str, steps: int, log_every: int, dtype: str) -> tuple[list, list, float]:

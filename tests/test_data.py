@@ -59,6 +59,23 @@ def test_digits_shapes(size):
   check_batch(data.make_train_batches(cfg, global_batch_size=8, seed=0)[3], 8, (size, size, 1), 10)
 
 
+def test_digits_read_without_scikit_learn_equal_load_digits(monkeypatch):
+  """The digits are read from scikit-learn's CSV without importing scikit-learn (start-up time):
+  the same pixels and labels as `load_digits`, and the fallback (load_digits itself) where the
+  file is not found gives them too."""
+  from sklearn.datasets import load_digits
+  from adaflow.data import embedded
+  reference = load_digits()
+  pixels, labels = embedded._sklearn_digits()
+  np.testing.assert_array_equal(pixels, reference.data)
+  np.testing.assert_array_equal(labels, reference.target)
+  assert pixels.dtype == reference.data.dtype and labels.dtype == reference.target.dtype
+  monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
+  pixels, labels = embedded._sklearn_digits()
+  np.testing.assert_array_equal(pixels, reference.data)
+  np.testing.assert_array_equal(labels, reference.target)
+
+
 def test_digits_rgb():
   cfg = make_config(channels=3)
   assert data.get_info(cfg).image_shape == (16, 16, 3)

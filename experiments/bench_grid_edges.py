@@ -55,6 +55,7 @@ import numpy as np
 from adaflow import flow
 from adaflow.eval import evaluate_samples, get_classifier
 from adaflow.eval import bootstrap
+from adaflow.eval import frechet
 from adaflow.eval.frechet import feature_statistics
 from adaflow.flow.driver import balanced_labels
 from adaflow.pipelines.grouped import load_grouped, run_grouped
@@ -269,7 +270,7 @@ def main():
   cfg0 = tr.config
   clf = get_classifier(cfg0.data, args.cache, seed=int(cfg0.eval.classifier_seed), log=log,
                        steps=int(cfg0.eval.classifier_steps))
-  fast_fd = bootstrap.ReferenceFD(*clf.reference_stats)
+  fast_fd = frechet.ReferenceFD(*clf.reference_stats)
   labels = balanced_labels(args.num, tr.objective.num_classes)
   batch = min(args.gen_batch, args.num)
   idx = bootstrap.resample_indices(args.num, args.boot, seed=0)

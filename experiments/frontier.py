@@ -92,9 +92,8 @@ from adaflow.methods import composed_config
 from adaflow.compose.sampler import ComposedSampler
 from adaflow.config_defaults import load_config_file, merged_config
 from adaflow.eval import get_classifier, real_vs_real_fd
-from adaflow.eval.bootstrap import (ReferenceFD, fd_interval, interval_from_resamples, resample_indices,
-                                    resampled_fds)
-from adaflow.eval.frechet import feature_statistics
+from adaflow.eval.bootstrap import fd_interval, interval_from_resamples, resample_indices, resampled_fds
+from adaflow.eval.frechet import ReferenceFD, feature_statistics
 from adaflow.flow.driver import balanced_labels
 from adaflow.models import ppflow as ppflow_lib
 from adaflow.models.step_selector import ACTION_METHODS, action_label

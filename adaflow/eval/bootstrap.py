@@ -10,12 +10,8 @@ biases FD upward; the raw percentile interval of a good model can lie wholly abo
 interval reported is therefore the percentile interval shifted by the bootstrap's own bias
 estimate (mean of the resampled FDs - FD), the "basic bias-corrected" interval.
 
-Per resample the FD is computed against the fixed reference (mu_r, S_r) as
-
-    ||mu - mu_r||^2 + tr(S) + tr(S_r) - 2 sum(sqrt(eig(R S R))),   R = sqrtm(S_r) (symmetric),
-
-since R S R is symmetric PSD and similar to S S_r: one `eigvalsh` per resample instead of a
-general matrix square root.
+Per resample the FD is computed against the fixed reference with `frechet.ReferenceFD` (its
+square root R = sqrtm(S_r) once, then one `eigvalsh` per resample).
 """
 from __future__ import annotations
 
@@ -24,23 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from adaflow.eval.frechet import feature_statistics
-
-
-class ReferenceFD:
-  """FD of feature statistics against one fixed reference (mu_r [F], sigma_r [F, F])."""
-
-  def __init__(self, mu_r, sigma_r):
-    self.mu_r = np.asarray(mu_r, np.float64)
-    s_r = np.asarray(sigma_r, np.float64)
-    w, v = np.linalg.eigh(s_r)
-    self.trace_r = float(np.trace(s_r))
-    self.root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-
-  def __call__(self, mu, sigma) -> float:
-    ev = np.linalg.eigvalsh(self.root @ np.asarray(sigma, np.float64) @ self.root)
-    d = np.asarray(mu, np.float64) - self.mu_r
-    return float(d @ d + np.trace(sigma) + self.trace_r - 2.0 * np.sum(np.sqrt(np.clip(ev, 0.0, None))))
+from adaflow.eval.frechet import ReferenceFD, feature_statistics
 
 
 @dataclasses.dataclass(frozen=True)

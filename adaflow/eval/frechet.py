@@ -1,10 +1,17 @@
 """Frechet distance between Gaussian fits of two feature sets, in float64 on the host.
 
-`frechet_distance` follows the formula the standard FID tools use,
+`frechet_distance` is the standard FID formula
 
     d^2 = ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr(sqrtm(S1 S2)),
 
-with `scipy.linalg.sqrtm`. What the *features* are is up to the caller; in adaflow they are the
+with the trace of the square root taken as sum(sqrt(eig(R S1 R))), R = sqrtm(S2) symmetric (from
+`eigh`): R S1 R is symmetric positive semi-definite and similar to S1 S2, so two symmetric
+eigen-decompositions replace the general (Schur) `scipy.linalg.sqrtm` that pytorch-fid and
+torch-fidelity call. On 2048-d Inception covariances that is 2 s instead of 10 s on a 2-core Xeon, and
+agrees with the sqrtm formula to 2e-14 relative for full-rank covariances (more samples than
+dimensions, as any FID takes); with fewer samples than dimensions sqrtm's own rounding (complex
+parts the tools discard) makes them differ by ~1e-7 relative (tests/test_eval_quality.py).
+`ReferenceFD` keeps R of a fixed reference for many calls (the bootstrap's resamples). What the *features* are is up to the caller; in adaflow they are the
 penultimate-layer features of the small per-dataset classifier (`adaflow.eval.classifier`), so the
 numbers are NOT Inception FIDs (see `adaflow.eval.quality`).
 
@@ -14,19 +21,7 @@ all features in memory at once; merging partial accumulators gives the one-shot 
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-import scipy.linalg
-
-
-def _sqrtm(matrix):
-  with warnings.catch_warnings():
-    # `disp` is deprecated in recent SciPy but kept for parity with the standard FID tools.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    out = scipy.linalg.sqrtm(matrix, disp=False)
-  # SciPy returns (sqrtm, error estimate) with disp=False, except a bare array for 1x1 input.
-  return out[0] if isinstance(out, tuple) else out
 
 
 def _as_features(features) -> np.ndarray:
@@ -48,7 +43,7 @@ def feature_statistics(features):
   return mu, np.atleast_2d(sigma)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), computed in float64."""
   mu1 = np.atleast_1d(np.asarray(mu1, dtype=np.float64))
   mu2 = np.atleast_1d(np.asarray(mu2, dtype=np.float64))
@@ -62,21 +57,25 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     if sigma.shape != (dim, dim):
       raise ValueError(
           f"{name} must have shape ({dim}, {dim}) to match the means; got {sigma.shape}.")
+  return ReferenceFD(mu2, sigma2)(mu1, sigma1)
 
-  diff = mu1 - mu2
-  covmean = _sqrtm(sigma1.dot(sigma2))
-  if not np.isfinite(covmean).all():
-    offset = np.eye(dim) * eps
-    covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
-  if np.iscomplexobj(covmean):
-    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-      max_imag = np.max(np.abs(covmean.imag))
-      raise ValueError(
-          f"sqrtm(sigma1 @ sigma2) has a significant imaginary component ({max_imag:.3g}); "
-          "the covariances are likely degenerate (use more samples than feature dimensions).")
-    covmean = covmean.real
-  tr_covmean = np.trace(covmean)
-  return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+
+class ReferenceFD:
+  """Frechet distance of feature statistics to one fixed reference (mu_r [F], sigma_r [F, F]),
+  float64: R = sqrtm(sigma_r) once (eigh, negative rounding eigenvalues clipped), then one
+  `eigvalsh` of R sigma R per call."""
+
+  def __init__(self, mu_r, sigma_r):
+    self.mu_r = np.asarray(mu_r, np.float64)
+    s_r = np.asarray(sigma_r, np.float64)
+    w, v = np.linalg.eigh(s_r)
+    self.trace_r = float(np.trace(s_r))
+    self.root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+  def __call__(self, mu, sigma) -> float:
+    ev = np.linalg.eigvalsh(self.root @ np.asarray(sigma, np.float64) @ self.root)
+    d = np.asarray(mu, np.float64) - self.mu_r
+    return float(d @ d + np.trace(sigma) + self.trace_r - 2.0 * np.sum(np.sqrt(np.clip(ev, 0.0, None))))
 
 
 class StreamingStatistics:

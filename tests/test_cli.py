@@ -4,11 +4,13 @@ ADAFLOW_DEBUG, the `fid` flags writing into config.eval."""
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -20,6 +22,19 @@ from adaflow.errors import UserError, is_user_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+
+
+@pytest.fixture(autouse=True)
+def _restore_report_filters():
+  """cli.main keeps its full-disk report filters installed when a command ends in a disk error
+  (the process is ending: exit handlers may still report it); an in-process test does not end the
+  process, so the filters and hooks are put back for the tests after it."""
+  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+  saved = [list(lg.filters) for lg in loggers], sys.unraisablehook, threading.excepthook
+  yield
+  for lg, filters in zip(loggers, saved[0]):
+    lg.filters[:] = filters
+  sys.unraisablehook, threading.excepthook = saved[1], saved[2]
 CLI_CONFIG = os.path.join(HERE, "tiny_cli_config.py")
 
 

@@ -163,7 +163,7 @@ def test_dqvae_train_step_updates_codebook_by_ema_only():
   state = create_state(params, tx, jax.random.PRNGKey(1))
   x = jax.random.uniform(jax.random.PRNGKey(2), (8, 16, 16, 1), minval=-1, maxval=1)
   batch = {"image": x, "label": jnp.zeros((8,), jnp.int32)}
-  (_, (metrics, _)), grads = jax.value_and_grad(obj.loss, has_aux=True)(params, batch, jax.random.PRNGKey(3))
+  (_, (metrics, _)), grads = jax.jit(jax.value_and_grad(obj.loss, has_aux=True))(params, batch, jax.random.PRNGKey(3))
   assert float(jnp.abs(grads["params"]["codebook_embed"]).max()) == 0.0
   assert float(jnp.abs(grads["params"]["gate_fc2"]["kernel"]).max()) > 0.0     # gate learns (ST path)
   new_state, m = jax.jit(make_train_step(obj, tx, 0.0))(state, batch)
@@ -201,21 +201,21 @@ def test_gate_calibration_sets_encoding_fraction_and_both_estimator():
   params["params"]["gate_fc2"]["bias"] = jnp.array([0.0, 3.0])
   x = jax.random.uniform(jax.random.PRNGKey(2), (16, 16, 16, 1), minval=-1, maxval=1)
   batch = {"image": x, "label": jnp.zeros((16,), jnp.int32)}
-  tok = obj.tokenizer
-  raw = float(jnp.mean(tok.encode_codes(params, x)["fine_mask"]))
+  encode_codes = jax.jit(obj.tokenizer.encode_codes)
+  raw = float(jnp.mean(encode_codes(params, x)["fine_mask"]))
   assert raw > 0.9
-  loss = jax.jit(obj.loss)
+  loss, after_update = jax.jit(obj.loss), jax.jit(obj.after_update)
   for i in range(30):
     _, (_, side) = loss(params, batch, jax.random.PRNGKey(i))
-    params = obj.after_update(params, side)
+    params = after_update(params, side)
   assert float(params["params"]["gate_threshold"]) > 0.5
-  calibrated = float(jnp.mean(tok.encode_codes(params, x)["fine_mask"]))
+  calibrated = float(jnp.mean(encode_codes(params, x)["fine_mask"]))
   assert abs(calibrated - 0.25) < 0.02, calibrated
   # Estimators: equal loss value, different (non-zero) gate gradients.
   c_both = _dq_config(fine_fraction=0.25, gate_gradient="both")
   obj_both = build_objective(c_both, info)
-  (l_max, _), g_max = jax.value_and_grad(obj.loss, has_aux=True)(params, batch, jax.random.PRNGKey(5))
-  (l_both, _), g_both = jax.value_and_grad(obj_both.loss, has_aux=True)(params, batch, jax.random.PRNGKey(5))
+  (l_max, _), g_max = jax.jit(jax.value_and_grad(obj.loss, has_aux=True))(params, batch, jax.random.PRNGKey(5))
+  (l_both, _), g_both = jax.jit(jax.value_and_grad(obj_both.loss, has_aux=True))(params, batch, jax.random.PRNGKey(5))
   np.testing.assert_allclose(float(l_max), float(l_both), rtol=1e-5)
   gm, gb = g_max["params"]["gate_fc2"]["kernel"], g_both["params"]["gate_fc2"]["kernel"]
   assert float(jnp.abs(gb).max()) > 0 and float(jnp.abs(gm - gb).max()) > 1e-3 * float(jnp.abs(gb).max())

@@ -60,12 +60,14 @@ def run_tests(code_root: str, pytest_args: list[str], log_path: str) -> dict:
           "durations": durations}
 
 
-def report(args, names: list[str], runs: list[dict], header: str, started: str) -> str:
+def report(args, revisions: list[str], names: list[str], runs: list[dict], header: str, started: str) -> str:
+  """Markdown: one row per run (`names[i]` labels `runs[i]`), then the slowest tests per run."""
   command = f"python -m pytest {args.pytest}"
-  lines = [f"## {started[:10]}: test-suite time, {' vs '.join(names)}", "",
+  each = "one run each, back to back" if args.rounds == 1 else f"{args.rounds} runs each, the revisions in turn"
+  lines = [f"## {started[:10]}: test time, {' vs '.join(revisions)}", "",
            f"- {header}; started {started}.",
            f"- Command per revision: `{command}` (a git revision from a tree exported with `git archive`, `checkout`"
-           f" in this working tree), one run each, back to back;"
+           f" in this working tree), {each};"
            f" measured by `python -m experiments.time_tests {' '.join(shlex.quote(a) for a in sys.argv[1:])}`.",
            "", "| revision | load 1/5/15 min before | result | exit | wall | user CPU s | system CPU s |",
            "|---|---|---|---:|---:|---:|---:|"]
@@ -89,28 +91,36 @@ def main():
   p.add_argument("--revs", default="checkout", help="comma-separated git revisions; `checkout` is this working tree")
   p.add_argument("--pytest", default="-q -n 2", help="pytest arguments (default: the README's test command's)")
   p.add_argument("--top", type=int, default=25, help="how many of the slowest tests to list")
+  p.add_argument("--rounds", type=int, default=1,
+                 help="run the revisions in turn this many times (A B A B ...): drift of the machine's speed "
+                      "then shows in the rounds instead of favouring one revision")
   p.add_argument("--append", default=None, help="markdown file to append the section to")
   args = p.parse_args()
   revs = [r for r in args.revs.split(",") if r]
   names = [revision_name(r) for r in revs]
   header, started = machine_line(), utc_now()
   pytest_args = shlex.split(args.pytest) + [f"--durations={max(args.top, 1) * 3}"]
-  runs = []
+  runs, run_names = [], []
   with tempfile.TemporaryDirectory(prefix="adaflow-test-time-") as tmp:
-    for rev, name in zip(revs, names):
-      code_root = ROOT
+    roots = {}
+    for i, rev in enumerate(revs):
+      roots[rev] = ROOT
       if rev != "checkout":
-        code_root = os.path.join(tmp, f"code_{len(runs)}")
-        os.makedirs(code_root)
-        export_revision(rev, code_root)
-      log_path = os.path.join(tmp, f"pytest_{len(runs)}.log")
-      print(f"[time_tests] {name}: python -m pytest {' '.join(pytest_args)} ...", flush=True)
-      runs.append(run_tests(code_root, pytest_args, log_path))
-      r = runs[-1]
-      print(f"[time_tests]   {r['summary']}, exit {r['exit']}, {r['wall']:.0f} s wall, {r['user']:.0f} user CPU s", flush=True)
-      if r["exit"] != 0:
-        print(open(log_path).read()[-4000:], flush=True)
-  text = report(args, names, runs, header, started)
+        roots[rev] = os.path.join(tmp, f"code_{i}")
+        os.makedirs(roots[rev])
+        export_revision(rev, roots[rev])
+    for round_index in range(args.rounds):
+      for rev, name in zip(revs, names):
+        label = name if args.rounds == 1 else f"{name}, round {round_index + 1}"
+        log_path = os.path.join(tmp, f"pytest_{len(runs)}.log")
+        print(f"[time_tests] {label}: python -m pytest {' '.join(pytest_args)} ...", flush=True)
+        runs.append(run_tests(roots[rev], pytest_args, log_path))
+        run_names.append(label)
+        r = runs[-1]
+        print(f"[time_tests]   {r['summary']}, exit {r['exit']}, {r['wall']:.0f} s wall, {r['user']:.0f} user CPU s", flush=True)
+        if r["exit"] != 0:
+          print(open(log_path).read()[-4000:], flush=True)
+  text = report(args, names, run_names, runs, header, started)
   print(text)
   if args.append:
     with open(args.append, "a") as f:

@@ -40,8 +40,8 @@ _CROP_SCALE = 4  # Photos are downscaled so their short side is CROP_SCALE * ima
 def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
   """scikit-learn's digits as (pixels float64 [1797, 64] in 0..16, labels [1797]), read from the CSV
   that `sklearn.datasets.load_digits` reads (its package data, found without importing scikit-learn:
-  that import takes ~0.9 s of a 1 s load on a 2-core Xeon, at every start of a digits run). The
-  same numbers as load_digits(); load_digits() itself where the file is not at that place."""
+  that import took ~0.9 s of a 1 s load on a 2-core Xeon, timed by hand, at every start of a digits
+  run). The same numbers as load_digits(); load_digits() itself where the file is not found."""
   spec = importlib.util.find_spec("sklearn")
   for folder in (spec.submodule_search_locations or []) if spec else []:
     path = os.path.join(folder, "datasets", "data", "digits.csv.gz")

@@ -7,13 +7,14 @@
 with the trace of the square root taken as sum(sqrt(eig(R S1 R))), R = sqrtm(S2) symmetric (from
 `eigh`): R S1 R is symmetric positive semi-definite and similar to S1 S2, so two symmetric
 eigen-decompositions replace the general (Schur) `scipy.linalg.sqrtm` that pytorch-fid and
-torch-fidelity call. On 2048-d Inception covariances that is 2 s instead of 10 s on a 2-core Xeon, and
-agrees with the sqrtm formula to 5e-14 relative for full-rank covariances (more samples than
-dimensions, as any FID takes); with fewer samples than dimensions sqrtm's own rounding (complex
-parts the tools discard) makes them differ by ~1e-7 relative (tests/test_eval_quality.py).
-`ReferenceFD` keeps R of a fixed reference for many calls (the bootstrap's resamples). What the *features* are is up to the caller; in adaflow they are the
-penultimate-layer features of the small per-dataset classifier (`adaflow.eval.classifier`), so the
-numbers are NOT Inception FIDs (see `adaflow.eval.quality`).
+torch-fidelity call. On 2048-d Inception covariances that took 2 s instead of 10 s on a 2-core Xeon
+(one call each, timed by hand, 2026-12-06) and agreed with the sqrtm formula to 5e-14 relative for
+full-rank covariances (more samples than dimensions, as any FID takes); with fewer samples than
+dimensions sqrtm's own rounding (complex parts the tools discard) makes them differ by up to ~1e-7
+relative (tests/test_eval_quality.py checks both cases). `ReferenceFD` keeps R of a fixed
+reference for many calls (the bootstrap's resamples). What the *features* are is up to the
+caller; in adaflow they are the penultimate-layer features of the small per-dataset classifier
+(`adaflow.eval.classifier`), so the numbers are NOT Inception FIDs (see `adaflow.eval.quality`).
 
 `StreamingStatistics` accumulates the sufficient statistics (count, sum, sum of outer products)
 batch by batch or shard by shard, so the mean and covariance of a large feature set never need

@@ -199,9 +199,10 @@ def progress(total: int, initial: int = 0, enabled: bool = True, stream=None):
 
 def _import_tensorboardx():
   """The tensorboardX module, imported without torch. tensorboardX imports torch whenever it is
-  installed, only to accept torch tensors as values (1.1 of its 1.4 s import on a 2-core Xeon, at
-  every `adaflow train` start); adaflow logs floats and numpy arrays. So during that import
-  `import torch` fails (a None entry in sys.modules, removed after), unless torch is loaded already."""
+  installed, only to accept torch tensors as values (1.1 of its 1.4 s import on a 2-core Xeon,
+  timed by hand, at every `adaflow train` start); adaflow logs floats and numpy arrays. So during
+  that import `import torch` fails (a None entry in sys.modules, removed after), unless torch is
+  loaded already."""
   if "tensorboardX" in sys.modules or "torch" in sys.modules:
     return importlib.import_module("tensorboardX")
   sys.modules["torch"] = None

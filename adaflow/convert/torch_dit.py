@@ -45,6 +45,7 @@ import os
 import re
 from typing import Any, Callable, Optional, Sequence
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -277,24 +278,6 @@ def _abstract_params(model) -> dict:
   return nn.meta.unbox(boxed)
 
 
-def _get(tree, path):
-  for p in path:
-    tree = tree[p]
-  return tree
-
-
-def _set(tree, path, value):
-  for p in path[:-1]:
-    tree = tree.setdefault(p, {})
-  tree[path[-1]] = value
-
-
-def _flat_paths(tree, prefix=()) -> list[tuple[str, ...]]:
-  if isinstance(tree, dict):
-    return [q for k in sorted(tree) for q in _flat_paths(tree[k], prefix + (k,))]
-  return [prefix]
-
-
 def _fixed_pos_embed(model) -> np.ndarray:
   return np.asarray(stage_position_embedding(model.hidden_size, tuple(model.image_size), model.patch_size, (1, 1)))
 
@@ -309,34 +292,32 @@ def torch_to_adaflow(state_dict: dict, layout: str, model, *, embedder_atol: flo
   fixed sin-cos code. Returns float32 numpy arrays.
   """
   _single_stage_model(model)
-  abstract = _abstract_params(model)["params"]
+  abstract = traverse_util.flatten_dict(_abstract_params(model)["params"])   # {path: ShapeDtypeStruct}
   sd = {k: np.asarray(v) for k, v in state_dict.items()}
   problems = _config_problems(model, describe_checkpoint(sd, layout), layout)
   table = entries(layout, len(model.block_specs), model.patch_size, model.in_channels)
   used, out = set(), {}
   mapped_paths = {e.path for e in table}
-  for path in _flat_paths(abstract):
+  for path in sorted(abstract):
     if path not in mapped_paths:
       problems.append(f"adaflow parameter {'/'.join(path)} has no source in the {layout} layout")
   for e in table:
-    try:
-      target = _get(abstract, e.path)
-    except KeyError:
+    target = abstract.get(e.path)
+    if target is None:
       problems.append(f"mapping targets {'/'.join(e.path)}, which this model does not have")
       continue
+    used.update(e.keys)
     missing = [k for k in e.keys if k not in sd]
     if missing:
       problems.extend(f"missing key {k} (for {'/'.join(e.path)})" for k in missing)
-      used.update(e.keys)
       continue
-    used.update(e.keys)
     expected = jax.eval_shape(e.to_torch, jax.ShapeDtypeStruct(target.shape, jnp.float32))
     bad = [(k, sd[k].shape, x.shape) for k, x in zip(e.keys, expected) if tuple(sd[k].shape) != tuple(x.shape)]
     if bad:
       problems.extend(f"shape mismatch for {k}: checkpoint {tuple(s)}, expected {tuple(x)} "
                       f"(adaflow {'/'.join(e.path)} {tuple(target.shape)})" for k, s, x in bad)
       continue
-    _set(out, e.path, np.asarray(e.to_jax(*[jnp.asarray(sd[k], jnp.float32) for k in e.keys]), np.float32))
+    out[e.path] = np.asarray(e.to_jax(*[jnp.asarray(sd[k], jnp.float32) for k in e.keys]), np.float32)
   # fixed buffers and duplicated embedders
   pos_key = "pos_embed" if layout == "dit" else "pos_embed.pos_embed"
   if pos_key in sd:
@@ -367,7 +348,7 @@ def torch_to_adaflow(state_dict: dict, layout: str, model, *, embedder_atol: flo
   if problems:
     raise ValueError(f"cannot convert the {layout}-layout checkpoint into this adaflow model "
                      f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
-  return {"params": out}
+  return {"params": traverse_util.unflatten_dict(out)}
 
 
 def adaflow_to_torch(params: dict, layout: str, model) -> dict[str, np.ndarray]:
@@ -377,10 +358,10 @@ def adaflow_to_torch(params: dict, layout: str, model) -> dict[str, np.ndarray]:
   the fixed buffer [1, N, D]. Load with `torch.from_numpy` + `load_state_dict`.
   """
   _single_stage_model(model)
-  p = params["params"] if "params" in params else params
+  p = traverse_util.flatten_dict(params["params"] if "params" in params else params)
   sd = {}
   for e in entries(layout, len(model.block_specs), model.patch_size, model.in_channels):
-    vals = e.to_torch(jnp.asarray(_get(p, e.path), jnp.float32))
+    vals = e.to_torch(jnp.asarray(p[e.path], jnp.float32))
     for k, v in zip(e.keys, vals):
       sd[k] = np.array(v, np.float32)   # writable copy (torch.from_numpy needs one)
   if layout == "dit":

@@ -36,16 +36,13 @@ from adaflow.data.pipeline import DatasetInfo
 from adaflow.data.pipeline import TrainBatches
 from adaflow.data.pipeline import to_model_range
 
-__all__ = ['DatasetInfo', 'TrainBatches', 'VALID_NAMES', 'get_info', 'make_source',
-           'make_train_batches', 'load_arrays', 'to_model_range']
-
 VALID_NAMES = ('digits', 'crops', 'folder', 'tfds:<tfds name>')
 
 _KINDS = {
     'digits': (embedded.digits_info, embedded.digits_source),
     'crops': (embedded.crops_info, embedded.crops_source),
-    'folder': (folder.folder_info, folder.folder_source),
-    'tfds': (tfds_source.tfds_info, tfds_source.tfds_source),
+    'folder': (folder.folder_info, folder.FolderSource),
+    'tfds': (tfds_source.tfds_info, tfds_source.TfdsSource),
 }
 
 

@@ -109,12 +109,12 @@ class FolderSource:
 
   def __init__(self, data_config: Any):
     self._s = _settings(data_config)
-    self._load(0)  # Validate the first image (shape, readability) before any JAX compile.
+    self[0]  # Validate the first image (shape, readability) before any JAX compile.
 
   def __len__(self) -> int:
     return len(self._s['files'])
 
-  def _load(self, index: int) -> dict:
+  def __getitem__(self, index: int) -> dict:
     path, label = self._s['files'][int(index)]
     size = self._s['size']
     try:
@@ -134,17 +134,10 @@ class FolderSource:
     image = pipeline.resize(pipeline.to_channels(image, self._s['channels']), size, size, self._s['resample'])
     return pipeline.example(image, label)
 
-  def __getitem__(self, index: int) -> dict:
-    return self._load(index)
-
   def info(self) -> pipeline.DatasetInfo:
     size, classes = self._s['size'], self._s['classes']
     return pipeline.DatasetInfo((size, size, self._s['channels']), len(classes), len(self),
                                 classes)
-
-
-def folder_source(data_config: Any) -> FolderSource:
-  return FolderSource(data_config)
 
 
 def folder_info(data_config: Any) -> pipeline.DatasetInfo:

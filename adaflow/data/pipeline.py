@@ -136,10 +136,11 @@ def _derived_seed(seed: int, stream: int) -> int:
 # ----------------------------------------------------------------------------- pipeline
 
 
-def _validate_seed(seed: Any) -> int:
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f'seed must be a non-negative integer, got {seed!r}.')
-  return int(seed)
+def _int_at_least(value: Any, name: str, minimum: int) -> int:
+  """``int(value)``; ValueError naming ``name`` unless it is an integer (not a bool) >= ``minimum`` (0 or 1)."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name} must be a {'non-negative' if minimum == 0 else 'positive'} integer, got {value!r}.")
+  return int(value)
 
 
 def shuffled_stream(source: Any, seed: int, random_flip: bool = False) -> grain.MapDataset:
@@ -166,25 +167,12 @@ class TrainBatches:
   together cover exactly the ``global_batch_size`` elements that a single process would get.
   """
 
-  def __init__(self, dataset: grain.MapDataset, batch_size_per_process: int,
-               global_batch_size: int):
-    self._dataset = dataset
+  def __init__(self, dataset: grain.MapDataset, batch_size_per_process: int):
+    self._dataset = dataset   # batched uint8 (infinite): {'image': uint8 [B_local, H, W, C], 'label'}
     self.batch_size_per_process = batch_size_per_process
-    self.global_batch_size = global_batch_size
-
-  @property
-  def dataset(self) -> grain.MapDataset:
-    """The underlying batched uint8 grain MapDataset (infinite)."""
-    return self._dataset
-
-  def uint8(self, step: int) -> dict:
-    """Batch ``step`` before scaling: {'image': uint8 [B_local, H, W, C], 'label': int32 [B]}."""
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-      raise ValueError(f'step must be a non-negative integer, got {step!r}.')
-    return self._dataset[int(step)]
 
   def __getitem__(self, step: int) -> dict:
-    batch = self.uint8(step)
+    batch = self._dataset[_int_at_least(step, 'step', 0)]
     return {'image': to_model_range(batch['image']),
             'label': np.asarray(batch['label'], np.int32)}
 
@@ -195,19 +183,15 @@ class TrainBatches:
 def local_batch_size(global_batch_size: int, process_count: int = 1,
                      process_index: int = 0) -> int:
   """Validates the batch/process layout and returns ``global_batch_size // process_count``."""
-  if isinstance(process_count, bool) or not isinstance(process_count, (int, np.integer)) \
-      or process_count < 1:
-    raise ValueError(f'process_count must be a positive integer, got {process_count!r}.')
+  process_count = _int_at_least(process_count, 'process_count', 1)
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index must be in [0, {process_count}), got {process_index!r}.')
-  if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, (int, np.integer)) \
-      or global_batch_size < 1:
-    raise ValueError(f'train.batch_size must be a positive integer, got {global_batch_size!r}.')
+  global_batch_size = _int_at_least(global_batch_size, 'train.batch_size', 1)
   if global_batch_size % process_count:
     raise ValueError(
         f'train.batch_size={global_batch_size} is not divisible by the process count '
         f'{process_count}; set train.batch_size to a multiple of {process_count}.')
-  return int(global_batch_size) // int(process_count)
+  return global_batch_size // process_count
 
 
 def train_batches_from_source(source: Any, *, global_batch_size: int, seed: int,
@@ -215,11 +199,11 @@ def train_batches_from_source(source: Any, *, global_batch_size: int, seed: int,
                               process_count: int = 1) -> TrainBatches:
   """Builds ``TrainBatches`` over ``source`` (see TrainBatches for the layout)."""
   local = local_batch_size(global_batch_size, process_count, process_index)
-  seed = _validate_seed(seed)
+  seed = _int_at_least(seed, 'seed', 0)
   ds = shuffled_stream(source, seed, random_flip)
   ds = ds[process_index::process_count]
   ds = ds.batch(local, drop_remainder=True)
-  return TrainBatches(ds, local, int(global_batch_size))
+  return TrainBatches(ds, local)
 
 
 def arrays_from_source(source: Any, num: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -228,8 +212,6 @@ def arrays_from_source(source: Any, num: int, seed: int = 0) -> tuple[np.ndarray
   Returns (images float32 [num, H, W, C] in [-1, 1], labels int32 [num]). When ``num`` exceeds
   the source length the stream continues into the next (reshuffled) epoch, repeating examples.
   """
-  if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
-    raise ValueError(f'num must be a positive integer, got {num!r}.')
-  seed = _validate_seed(seed)
-  batch = shuffled_stream(source, seed).batch(int(num), drop_remainder=True)[0]
+  num = _int_at_least(num, 'num', 1)
+  batch = shuffled_stream(source, _int_at_least(seed, 'seed', 0)).batch(num, drop_remainder=True)[0]
   return to_model_range(batch['image']), np.asarray(batch['label'], np.int32)

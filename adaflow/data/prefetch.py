@@ -31,13 +31,6 @@ import numpy as np
 THREAD_NAME = 'adaflow-prefetch'
 
 
-def check_depth(depth: Any) -> int:
-  """Validates ``data.prefetch`` (an int >= 0) and returns it; ValueError names the field."""
-  if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
-    raise ValueError(f'data.prefetch must be an integer >= 0 (0 = synchronous input), got {depth!r}.')
-  return int(depth)
-
-
 class Prefetcher:
   """``batches[step]`` for ``step in [start, stop)``, built ``depth`` steps ahead on threads.
 
@@ -50,17 +43,15 @@ class Prefetcher:
   """
 
   def __init__(self, batches: Any, *, start: int = 0, stop: Optional[int] = None, depth: int = 2):
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
+      raise ValueError(f'data.prefetch must be an integer >= 0 (0 = synchronous input), got {depth!r}.')
     self._batches = batches
-    self._depth = check_depth(depth)
+    self._depth = int(depth)
     self._start, self._stop = int(start), stop
     self._pending: collections.deque = collections.deque()    # (step, Future), increasing steps
     self._next = self._start                                   # next step to submit
     self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
     self._closed = False
-
-  @property
-  def depth(self) -> int:
-    return self._depth
 
   def _submit_ahead(self, upto: int) -> None:
     """Submits steps self._next .. upto - 1 (clipped to stop)."""

@@ -98,12 +98,12 @@ class TfdsSource:
     if len(static) >= 2 and None not in static[:2]:
       _check_shape(static, self._s, 'feature spec')
     if len(self._source) > 0:
-      self._load(0)  # Validate the first example's shape eagerly, before any JAX compile.
+      self[0]  # Validate the first example's shape eagerly, before any JAX compile.
 
   def __len__(self) -> int:
     return len(self._source)
 
-  def _load(self, index: int) -> dict:
+  def __getitem__(self, index: int) -> dict:
     record = self._source[int(index)]
     image = np.asarray(record[self._s['image_key']])
     _check_shape(image.shape, self._s, f'example {index}')
@@ -112,17 +112,10 @@ class TfdsSource:
     label = record[self._s['label_key']] if self._s['label_key'] else 0
     return pipeline.example(image, int(label))
 
-  def __getitem__(self, index: int) -> dict:
-    return self._load(index)
-
   def info(self) -> pipeline.DatasetInfo:
     size = self._s['size']
     return pipeline.DatasetInfo((size, size, self.channels), int(self.num_classes),
                                 len(self), self.class_names)
-
-
-def tfds_source(data_config: Any) -> TfdsSource:
-  return TfdsSource(data_config)
 
 
 def tfds_info(data_config: Any) -> pipeline.DatasetInfo:

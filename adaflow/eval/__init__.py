@@ -13,19 +13,3 @@ from adaflow.eval.classifier import (
 from adaflow.eval.bootstrap import Interval, fd_difference_interval, fd_interval
 from adaflow.eval.frechet import StreamingStatistics, feature_statistics, frechet_distance
 from adaflow.eval.quality import evaluate_samples, real_vs_real_fd
-
-__all__ = [
-    "ClassifierNet",
-    "FeatureClassifier",
-    "Interval",
-    "StreamingStatistics",
-    "build_classifier",
-    "evaluate_samples",
-    "fd_difference_interval",
-    "fd_interval",
-    "feature_statistics",
-    "frechet_distance",
-    "get_classifier",
-    "real_vs_real_fd",
-    "train_classifier",
-]

@@ -64,12 +64,11 @@ def resampled_fds(features: np.ndarray, ref: ReferenceFD, idx: np.ndarray) -> np
   return np.asarray([ref(*feature_statistics(features[i])) for i in idx])
 
 
-def fd_interval(features, reference, *, num_resamples: int = 200, seed: int = 0, level: float = 0.95,
-                indices: Optional[np.ndarray] = None) -> Interval:
+def fd_interval(features, reference, *, num_resamples: int = 200, seed: int = 0, level: float = 0.95) -> Interval:
   """FD of features [N, F] against `reference` = (mu_r, sigma_r), with its bootstrap interval."""
   features = np.asarray(features, np.float64)
   ref = reference if isinstance(reference, ReferenceFD) else ReferenceFD(*reference)
-  idx = resample_indices(len(features), num_resamples, seed) if indices is None else indices
+  idx = resample_indices(len(features), num_resamples, seed)
   return interval_from_resamples(ref(*feature_statistics(features)), resampled_fds(features, ref, idx), level,
                                  lower_bound=0.0)
 

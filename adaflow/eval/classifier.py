@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -58,16 +58,14 @@ HELDOUT_FRACTION = 0.1
 class ClassifierNet(nn.Module):
   """Conv feature extractor + linear head; returns (logits [B, K], features [B, 128])."""
   num_classes: int
-  widths: Sequence[int] = (32, 64, 128)
-  num_groups: int = 8
 
   @nn.compact
   def __call__(self, x):
     x = x.astype(jnp.float32)
-    for width in self.widths:
+    for width in (32, 64, 128):
       for _ in range(2):
         x = nn.Conv(width, (3, 3), padding="SAME")(x)
-        x = nn.GroupNorm(num_groups=self.num_groups)(x)
+        x = nn.GroupNorm(num_groups=8)(x)
         x = nn.relu(x)
       x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     features = x.mean(axis=(1, 2))
@@ -98,17 +96,14 @@ def supported_shape(image_shape) -> bool:
   return h == w and h % 8 == 0 and SIZE_RANGE[0] <= h <= SIZE_RANGE[1] and c in SUPPORTED_CHANNELS
 
 
-def needs_feature_net(config) -> bool:
-  """Whether a run of `config` uses this network before or at its end: the evaluation after
-  training, the dense base's FD of train-then-prune, a step-policy reward or a perceptual loss."""
-  return bool(config.eval.at_end or (config.grouped.enabled and config.grouped.eval_stage1)
-              or (config.objective == "step_selector" and config.selector.quality in ("classifier", "features"))
-              or (config.objective == "dqvae" and float(config.dqvae.perceptual_weight) > 0))
-
-
 def validate_evaluation(config, info) -> None:
-  """Refuses, before training, a run whose feature network could not be built for its data."""
-  if info is None or not needs_feature_net(config):
+  """Refuses, before training, a run whose feature network could not be built for its data, where the run
+  uses it before or at its end: the evaluation after training, the dense base's FD of train-then-prune, a
+  step-policy reward or a perceptual loss."""
+  if info is None or not (
+      config.eval.at_end or (config.grouped.enabled and config.grouped.eval_stage1)
+      or (config.objective == "step_selector" and config.selector.quality in ("classifier", "features"))
+      or (config.objective == "dqvae" and float(config.dqvae.perceptual_weight) > 0)):
     return
   fix = ("or eval.at_end=False (and no classifier reward / perceptual loss) and measure Inception FID with "
          "`adaflow eval fid`")
@@ -234,17 +229,13 @@ class FeatureClassifier:
     self._apply = jax.jit(self._model.apply)
 
   @property
-  def feature_dim(self) -> int:
-    return FEATURE_DIM
-
-  @property
   def network(self) -> ClassifierNet:
     """The Flax module (apply it with `params`), for callers that jit it into their own
     programs (adaflow.rl.rewards, the DQ-VAE perceptual loss)."""
     return self._model
 
-  def _run(self, images):
-    """Returns (logits [N, K] float32, features [N, F] float32) as numpy, batched by 512."""
+  def features_and_logits(self, images):
+    """One pass giving (features [N, F] float32, logits [N, K] float32) as numpy, batched by 512."""
     images = _check_images(images, self.image_shape)
     n = images.shape[0]
     logits_out, feats_out = [], []
@@ -258,23 +249,18 @@ class FeatureClassifier:
       logits_out.append(np.asarray(logits)[:m])
       feats_out.append(np.asarray(feats)[:m])
     if not logits_out:
-      return (np.zeros((0, self.num_classes), np.float32),
-              np.zeros((0, FEATURE_DIM), np.float32))
-    return np.concatenate(logits_out), np.concatenate(feats_out)
+      return (np.zeros((0, FEATURE_DIM), np.float32),
+              np.zeros((0, self.num_classes), np.float32))
+    return np.concatenate(feats_out), np.concatenate(logits_out)
 
   def features(self, images) -> np.ndarray:
-    return self._run(images)[1]
+    return self.features_and_logits(images)[0]
 
   def logits(self, images) -> np.ndarray:
-    return self._run(images)[0]
+    return self.features_and_logits(images)[1]
 
   def predict(self, images) -> np.ndarray:
     return np.argmax(self.logits(images), axis=-1).astype(np.int32)
-
-  def features_and_logits(self, images):
-    """One pass giving (features [N, F], logits [N, K])."""
-    logits, feats = self._run(images)
-    return feats, logits
 
   def accuracy(self, images, labels) -> float:
     return float(np.mean(self.predict(images) == np.asarray(labels)))
@@ -352,13 +338,6 @@ def _payload_template(num_classes: int, image_shape) -> dict:
   }
 
 
-def _restore(path: str, num_classes: int, image_shape, task: str) -> FeatureClassifier:
-  """Restores and validates a cached classifier; raises on any inconsistency."""
-  with ocp.StandardCheckpointer() as ckptr:
-    restored = ckptr.restore(path, _payload_template(num_classes, image_shape))
-  return _from_payload(restored, num_classes, image_shape, task)
-
-
 def _from_payload(payload: dict, num_classes: int, image_shape, task: str) -> FeatureClassifier:
   """The classifier of a `_cache_payload`, validated (shapes, dataset shape, finite, checksum)."""
   target = _payload_template(num_classes, image_shape)
@@ -378,16 +357,9 @@ def _from_payload(payload: dict, num_classes: int, image_shape, task: str) -> Fe
       heldout_accuracy=float(restored["heldout_accuracy"]), task=task)
 
 
-def _save(path: str, payload: dict):
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, payload, force=True)
-    ckptr.wait_until_finished()
-
-
 def build_classifier(images, labels, num_classes: int, seed: int = 0,
-                     steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
-                     heldout_fraction: float = HELDOUT_FRACTION, task: str = "classes"):
-  """Trains on a (1 - heldout_fraction) split, measures held-out accuracy, and computes the
+                     steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, task: str = "classes"):
+  """Trains on a (1 - HELDOUT_FRACTION) split, measures held-out accuracy, and computes the
   reference statistics over all `images`. Returns a FeatureClassifier. Task "instances" (`labels`
   unused): the first `num_exemplars(n)` images of the seeded permutation are the classes, and the
   accuracy reported is on them, mirrored (a view never trained on)."""
@@ -396,20 +368,16 @@ def build_classifier(images, labels, num_classes: int, seed: int = 0,
   perm = np.random.RandomState(seed).permutation(n)
   if task == "instances":
     num_classes = num_exemplars(n)
-    exemplars, ids = images[perm[:num_classes]], np.arange(num_classes)
-    params = train_classifier(exemplars, ids, num_classes, seed=seed, steps=steps, batch_size=batch_size,
-                              max_shift=INSTANCE_SHIFT)
-    clf = FeatureClassifier(params, num_classes, images.shape[1:], task=task)
-    clf.heldout_accuracy = clf.accuracy(exemplars[:, :, ::-1], ids)
-    clf.reference_stats = clf.feature_statistics(images)
-    return clf
-  labels = np.asarray(labels, np.int32)
-  num_heldout = max(1, int(round(n * heldout_fraction)))
-  held, train = perm[:num_heldout], perm[num_heldout:]
-  params = train_classifier(images[train], labels[train], num_classes, seed=seed,
-                            steps=steps, batch_size=batch_size)
-  clf = FeatureClassifier(params, num_classes, images.shape[1:])
-  clf.heldout_accuracy = clf.accuracy(images[held], labels[held])
+    x, y, max_shift = images[perm[:num_classes]], np.arange(num_classes), INSTANCE_SHIFT
+    held_x, held_y = x[:, :, ::-1], y
+  else:
+    labels = np.asarray(labels, np.int32)
+    held, train = np.split(perm, [max(1, int(round(n * HELDOUT_FRACTION)))])
+    x, y, max_shift = images[train], labels[train], 2
+    held_x, held_y = images[held], labels[held]
+  params = train_classifier(x, y, num_classes, seed=seed, steps=steps, batch_size=batch_size, max_shift=max_shift)
+  clf = FeatureClassifier(params, num_classes, images.shape[1:], task=task)
+  clf.heldout_accuracy = clf.accuracy(held_x, held_y)
   clf.reference_stats = clf.feature_statistics(images)
   return clf
 
@@ -436,8 +404,7 @@ def cache_dir(config, workdir: str) -> str:
 
 def get_classifier(data_config, cache_dir: str, seed: int = 0,
                    log: Callable[[str], Any] = print, steps: int = DEFAULT_STEPS,
-                   batch_size: int = DEFAULT_BATCH_SIZE,
-                   num_train: int | None = None, task: str | None = None) -> FeatureClassifier:
+                   batch_size: int = DEFAULT_BATCH_SIZE, task: str | None = None) -> FeatureClassifier:
   """Returns the dataset's evaluation network, from `cache_dir` if cached, else trained: a
   classifier of its labels, or for unlabeled data (`info.num_classes == 0`) the exemplar network
   (`task` picks one explicitly: "instances" works on labeled data too).
@@ -453,8 +420,7 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
   task = task or ("classes" if info.num_classes else "instances")
   if task not in TASKS or (task == "classes" and not info.num_classes):
     raise ValueError(f"task={task!r}: use one of {TASKS} ('classes' needs labeled data)")
-  if num_train is None:
-    num_train = min(int(info.num_examples), MAX_TRAIN_EXAMPLES) if info.num_examples else MAX_TRAIN_EXAMPLES
+  num_train = min(int(info.num_examples), MAX_TRAIN_EXAMPLES) if info.num_examples else MAX_TRAIN_EXAMPLES
   num_classes = int(info.num_classes) if task == "classes" else num_exemplars(num_train)
   key = cache_key(data_config, seed, steps, batch_size, task)
   name = str(_field(data_config, "name") or "data")
@@ -464,7 +430,9 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
 
   if agree(storage.exists(path)):   # one decision for all processes: save/restore are collective
     try:
-      clf = _restore(path, num_classes, image_shape, task)
+      with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(path, _payload_template(num_classes, image_shape))
+      clf = _from_payload(restored, num_classes, image_shape, task)
       log(f"[eval] loaded cached {what} {path} "
           f"(held-out accuracy {clf.heldout_accuracy:.4f}{_chance_warning(clf, steps)})")
       return clf
@@ -493,6 +461,8 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
   payload = agree(payload)
   clf = _from_payload(payload, num_classes, image_shape, task)
   storage.makedirs(cache_dir)
-  _save(path, payload)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path, payload, force=True)
+    ckptr.wait_until_finished()
   log(f"[eval] saved {what} to {path}")
   return clf

@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import chex
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -338,19 +339,11 @@ def make_feature_fn(params, *, resize: str = "tf", size: int = INPUT_SIZE):
 _BN_KEYS = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 
 
-def _flatten(tree, prefix=()):
-  for k, v in tree.items():
-    if isinstance(v, dict) or hasattr(v, "items"):
-      yield from _flatten(v, prefix + (k,))
-    else:
-      yield prefix + (k,), v
-
-
 def params_to_state_dict(params) -> Dict[str, np.ndarray]:
   """Flax params -> {torch key: numpy array} in the layout of the standard `.pth` file."""
   out = {}
   inv_bn = {v: k for k, v in _BN_KEYS.items()}
-  for path, value in _flatten(params):
+  for path, value in traverse_util.flatten_dict(params).items():
     value = np.asarray(value, np.float32)
     *module, kind, leaf = path
     if kind == "conv":
@@ -364,15 +357,13 @@ def params_to_state_dict(params) -> Dict[str, np.ndarray]:
   return out
 
 
-def state_dict_to_params(state_dict: Dict[str, Any], reference_params=None) -> Any:
+def state_dict_to_params(state_dict: Dict[str, Any]) -> Any:
   """{torch key: array} (the standard FID Inception state dict) -> Flax params.
 
   Checks that every parameter of `FIDInceptionV3` is present with the right shape and that no
   unexpected tensor is left over (`num_batches_tracked` and `AuxLogits.*` are ignored)."""
-  if reference_params is None:
-    reference_params = param_shapes()
   wanted = {k: v.shape for k, v in params_to_state_dict(
-      jax.tree.map(lambda s: np.zeros(s.shape, np.float32), reference_params)).items()}
+      jax.tree.map(lambda s: np.zeros(s.shape, np.float32), param_shapes())).items()}
   arrays = {k: np.asarray(v, np.float32) for k, v in state_dict.items()
             if not k.endswith("num_batches_tracked") and not k.startswith("AuxLogits.")}
   missing = sorted(set(wanted) - set(arrays))
@@ -453,10 +444,3 @@ def load_inception_params(path: Optional[str] = None) -> Any:
     raise ValueError(f"--inception={path}: unknown weights format {ext!r}; use .pth, "
                      ".safetensors or .npz.")
   return state_dict_to_params(sd)
-
-
-__all__: Sequence[str] = (
-    "FIDInceptionV3", "FEATURE_DIM", "INPUT_SIZE", "RESIZE_MODES", "default_weights_path",
-    "init_random_params", "load_inception_params", "make_feature_fn", "params_to_state_dict",
-    "preprocess", "resize_bilinear", "state_dict_to_params",
-)

@@ -23,19 +23,7 @@ import numpy as np
 
 from adaflow import data as data_lib
 from adaflow.eval.bootstrap import fd_interval
-from adaflow.eval.frechet import feature_statistics, frechet_distance
-
-_STATS_BATCH = 2048
-
-
-def _features_and_predictions(classifier, images):
-  """images [N, H, W, C] -> (features [N, F] float64, predicted classes [N])."""
-  feats, preds = [], []
-  for start in range(0, images.shape[0], _STATS_BATCH):
-    f, logits = classifier.features_and_logits(images[start:start + _STATS_BATCH])
-    feats.append(np.asarray(f, np.float64))
-    preds.append(np.argmax(logits, axis=-1))
-  return np.concatenate(feats), np.concatenate(preds).astype(np.int32)
+from adaflow.eval.frechet import frechet_distance
 
 
 def evaluate_samples(classifier, images, labels=None, *, num_resamples: int = 200) -> dict:
@@ -65,12 +53,10 @@ def evaluate_samples(classifier, images, labels=None, *, num_resamples: int = 20
     if labels.shape != (n,):
       raise ValueError(f"labels must have shape [{n}] to match the images; got {labels.shape}.")
   images = np.clip(images.astype(np.float32), -1.0, 1.0)
-  feats, preds = _features_and_predictions(classifier, images)
-  ref_mu, ref_sigma = classifier.reference_stats
-  fd = frechet_distance(*feature_statistics(feats), ref_mu, ref_sigma)
-  interval = fd_interval(feats, (ref_mu, ref_sigma), num_resamples=num_resamples)
-  class_acc = None if labels is None or classifier.task != "classes" else float(np.mean(preds == labels))
-  return dict(fd=fd, fd_low=interval.low, fd_high=interval.high, class_acc=class_acc, num=int(n))
+  feats, logits = classifier.features_and_logits(images)
+  interval = fd_interval(feats, classifier.reference_stats, num_resamples=num_resamples)
+  class_acc = None if labels is None or classifier.task != "classes" else float(np.mean(logits.argmax(-1) == labels))
+  return dict(fd=interval.value, fd_low=interval.low, fd_high=interval.high, class_acc=class_acc, num=int(n))
 
 
 def real_vs_real_fd(classifier, data_config, num: int, seed: int = 1) -> float:

@@ -33,8 +33,6 @@ class InceptionFeatures:
   mesh: Optional[Any] = None
 
   def __post_init__(self):
-    if self.resize not in inception_lib.RESIZE_MODES:
-      raise ValueError(f"resize={self.resize!r} is not one of {inception_lib.RESIZE_MODES} (--fid_resize).")
     if self.batch_size < 1:
       raise ValueError(f"feature batch_size must be >= 1 (--fid_batch); got {self.batch_size}.")
     if self.mesh is not None:

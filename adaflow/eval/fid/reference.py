@@ -19,9 +19,10 @@ import numpy as np
 from adaflow import data as data_lib
 from adaflow import storage
 from adaflow.eval.fid.features import InceptionFeatures, model_to_pixels
+from adaflow.eval.fid.shards import _atomic_savez
 from adaflow.eval.frechet import StreamingStatistics
 from adaflow.eval.inception import FEATURE_DIM
-from adaflow.parallel.host import agree, is_writer
+from adaflow.parallel.host import agree
 
 
 @dataclasses.dataclass
@@ -115,8 +116,7 @@ def save_reference(ref: Reference, path: str) -> None:
     arrays.update(mu_s=ref.mu_s, sigma_s=ref.sigma_s)
   if ref.activations is not None:
     arrays["activations"] = ref.activations
-  if is_writer():   # the other processes computed the same arrays
-    storage.save_npz(path, atomic=True, **arrays)
+  _atomic_savez(path, **arrays)   # from process 0 (the others computed the same arrays)
 
 
 def resolve_reference(ref_arg: str, data_config, features: InceptionFeatures, fid_dir: str, *, ref_num: int,
@@ -131,7 +131,8 @@ def resolve_reference(ref_arg: str, data_config, features: InceptionFeatures, fi
     split = ref_arg.split(":", 1)[1] if ":" in ref_arg else None
     source = f"dataset|{data_config.name}|{split}|{ref_num}"
     storage.makedirs(fid_dir)
-    cache = os.path.join(fid_dir, reference_cache_name(source, features))
+    h = hashlib.sha256(f"{source}|{features.key}|spatial".encode()).hexdigest()[:12]   # with sFID statistics
+    cache = os.path.join(fid_dir, f"ref_{h}.npz")
     if agree(storage.exists(cache)):   # process 0 decides: computing the reference is collective
       reference = load_reference(cache)
       reference.source = f"dataset {data_config.name} ({ref_num} images, cached {cache})"
@@ -142,8 +143,3 @@ def resolve_reference(ref_arg: str, data_config, features: InceptionFeatures, fi
   reference = load_reference(ref_arg, features)
   ref_images = reference_images(ref_arg) if with_pr and reference.activations is None else None
   return reference, ref_images
-
-
-def reference_cache_name(source: str, features: InceptionFeatures) -> str:
-  h = hashlib.sha256(f"{source}|{features.key}|spatial".encode()).hexdigest()[:12]   # with sFID statistics
-  return f"ref_{h}.npz"

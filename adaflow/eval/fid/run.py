@@ -27,7 +27,7 @@ from adaflow.eval.fid.features import InceptionFeatures
 from adaflow.eval.fid.reference import Reference
 from adaflow.eval.fid.scores import inception_score, precision_recall
 from adaflow.eval.fid.shards import generate_shards, shard_features, statistics_of_shards
-from adaflow.eval.frechet import StreamingStatistics, frechet_distance
+from adaflow.eval.frechet import frechet_distance
 from adaflow.flow.driver import generate_images
 from adaflow.parallel.host import is_writer
 
@@ -75,10 +75,7 @@ def run_fid(objective, params, mesh, *, out_dir: str, num: int, features: Incept
       "sample_method": method, "cfg_scale": float(cfg_scale), "seed": int(seed),
   }
   if reference.mu_s is not None:   # sFID: the same Frechet distance on the spatial features
-    spatial = StreamingStatistics()
-    for f in feats:
-      spatial.merge(StreamingStatistics().update(f["spatial"]))
-    mu_s, sigma_s = spatial.result()
+    mu_s, sigma_s = statistics_of_shards(feats, "spatial").result()
     if mu_s.shape != reference.mu_s.shape:
       raise ValueError(f"the reference's spatial statistics have {reference.mu_s.shape[0]} dims but this Inception "
                        f"gives {mu_s.shape[0]} (input size {features.size}); use the same --fid_input_size")

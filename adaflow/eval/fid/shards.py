@@ -89,9 +89,10 @@ def shard_features(sample_paths: list, features: InceptionFeatures, progress=Non
   return out
 
 
-def statistics_of_shards(shard_feats: list) -> StreamingStatistics:
-  """float64 streaming statistics merged over shards (equal to one-shot statistics)."""
+def statistics_of_shards(shard_feats: list, key: str = "pool") -> StreamingStatistics:
+  """float64 streaming statistics of the `key` features ("pool", or "spatial" for sFID) merged over
+  shards (equal to one-shot statistics)."""
   total = StreamingStatistics()
   for f in shard_feats:
-    total.merge(StreamingStatistics().update(f["pool"]))
+    total.merge(StreamingStatistics().update(f[key]))
   return total

@@ -53,7 +53,7 @@ class EinsumAttention(nn.Module):
     """x: [B, N, D] -> [B, N, D]."""
     b, n, _ = x.shape
     h, hd = self.num_heads, self.head_dim
-    qkv = layers.dense(3 * h * hd, axes=("embed", "heads"), dtype=self.dtype, name="qkv",
+    qkv = layers.Dense(3 * h * hd, axes=("embed", "heads"), dtype=self.dtype, name="qkv",
                        out_dtype=self.dtype if self.qkv_in_compute_dtype else jnp.float32)(x)
     qkv = qkv.reshape(b, n, 3, h, hd).transpose(2, 0, 3, 1, 4)          # [3, B, H, N, hd]
     q, k, v = qkv[0], qkv[1], qkv[2]
@@ -61,7 +61,7 @@ class EinsumAttention(nn.Module):
     probs = jax.nn.softmax(logits, axis=-1)                             # float32
     out = layers.matmul("bhqk,bhkd->bhqd", probs, v, self.dtype)
     out = out.transpose(0, 2, 1, 3).reshape(b, n, h * hd)
-    return layers.dense(self.hidden, axes=("heads", "embed"), dtype=self.dtype, name="proj")(out)
+    return layers.Dense(self.hidden, axes=("heads", "embed"), dtype=self.dtype, name="proj")(out)
 
 
 class Float32Mlp(nn.Module):
@@ -73,9 +73,9 @@ class Float32Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     """x: [B, N, D] -> [B, N, D]."""
-    x = layers.dense(self.mlp_dim, axes=("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
+    x = layers.Dense(self.mlp_dim, axes=("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
     x = nn.gelu(x, approximate=True)
-    return layers.dense(self.hidden, axes=("mlp", "embed"), dtype=self.dtype, name="fc2")(x)
+    return layers.Dense(self.hidden, axes=("mlp", "embed"), dtype=self.dtype, name="fc2")(x)
 
 
 def variants(hidden: int, heads: int, dtype) -> dict:

@@ -23,7 +23,7 @@ from adaflow.compose.sampler import ComposedSampler
 from adaflow.compose.spec import spec_from_config
 from adaflow.config_defaults import compose_defaults, merged_config, routing_defaults, selector_defaults
 from adaflow.models.routing.ratios import ratio_table, snapped_table
-from adaflow.models.routing.routed_dit import routed_dit_from_config
+from adaflow.models.routing.routed_dit import RoutedDiT
 from adaflow.models.routing.spec import spec_from_config as routing_spec_from_config
 from adaflow.models.dit import BlockSpec, dit_from_config
 from adaflow.models.grouped import group_key
@@ -130,9 +130,9 @@ class _Net:
       self.schedule = ppflow_lib.schedule_from_config(c, info.image_shape)
       m.stage_groups = tuple(self.schedule.groups)
     self.routed = c.objective == "routed_flow_matching"
-    self.model = (routed_dit_from_config(c, info.image_shape, info.num_classes) if self.routed
-                  else dit_from_config(m, info.image_shape, info.num_classes))
     self.spec = routing_spec_from_config(c) if self.routed else None
+    dit = dit_from_config(m, info.image_shape, info.num_classes)
+    self.model = RoutedDiT.from_dit(dit, self.spec) if self.routed else dit
     self.interpolant, self.null_label, self.info = flow.make_interpolant(c.flow), info.num_classes, info
 
   def init(self, rng):
@@ -174,7 +174,7 @@ def test_ppflow_run_samples_as_before(method):
   params = _perturb(_init(ref, 0))
   gen = generator_for(c, info)
   assert gen.spec.name() == "ppflow"
-  assert [s for _, s, _ in gen.segments(np.linspace(0, 1, STEPS + 1))] == [0, 1, 2]
+  assert [s for (_, s, _), _ in flow.joint_segments(np.linspace(0, 1, STEPS + 1), gen.partitions())] == [0, 1, 2]
   key = jax.random.PRNGKey(4)
   runs = ref.schedule.partition.segments(flow.time_grid(STEPS))
   want = _reference(lambda s: _guided(ref, params, _labels(), (1.0, 2.0, 3.0)[s], stage=s), _noise(key), runs, method)
@@ -192,7 +192,7 @@ def test_routed_run_samples_as_before(method):
   snapped = snapped_table(ratio_table(params, gen.spec.routing), gen.spec.routing)
   assert snapped.min() < 1.0                                 # some blocks really drop tokens
   key = jax.random.PRNGKey(5)
-  grid = ref.spec.partition.refine(flow.time_grid(STEPS))
+  grid = flow.refine_grid(flow.time_grid(STEPS), [flow.TimePartition(ref.spec.boundaries)])
   want = _reference(lambda _: _guided(ref, params, _labels(), 2.0), _noise(key), [(0, grid)], method)
   np.testing.assert_array_equal(np.asarray(_gen(gen, params, key, method)), np.asarray(want))
 
@@ -250,7 +250,7 @@ def test_selector_only_equals_step_selector_sample_grouped():
   i = int(np.argmax(want["steps"] == 2))
   dense = _Net(c, info)
   vel = _guided(dense, params, jnp.asarray(labels[i:i + 1]), c.sample.cfg_scale)
-  _close(got["images"][i:i + 1], flow.sample(vel, noise[i:i + 1], 2, c.sample.method))
+  _close(got["images"][i:i + 1], flow.integrate(vel, noise[i:i + 1], flow.time_grid(2), c.sample.method))
 
 
 # ---- combinations -----------------------------------------------------------------------------
@@ -269,7 +269,7 @@ def test_all_methods_compose_and_cost_less():
   c = _config(ppflow=True, routing=True, grouped=True, selector=True)
   info = _info(c)
   gen, params = _all_params(c, info)
-  segs = [(g, s) for g, s, _ in gen.segments(np.linspace(0, 1, STEPS + 1))]
+  segs = [(g, s) for (g, s, _), _ in flow.joint_segments(np.linspace(0, 1, STEPS + 1), gen.partitions())]
   assert segs == [(0, 0), (0, 1), (1, 1), (1, 2)]   # group edge .6 inserted: each run inside one (group, stage)
   policy = StepSelectorObjective(c, info, generator=gen, generator_params=params, classifier=None).init(
       jax.random.PRNGKey(1))

@@ -19,11 +19,16 @@ def gaussian_velocity(m, s):
   return v
 
 
+def sample(velocity_fn, noise, num_steps, method="euler", **solver_kw):
+  """`num_steps` uniform steps of `flow.integrate` from noise (t = 0) to data (t = 1)."""
+  return flow.integrate(velocity_fn, noise, flow.time_grid(num_steps), method, **solver_kw)
+
+
 @pytest.mark.parametrize("method,steps,tol", [("euler", 400, 0.03), ("heun", 40, 0.02)])
 def test_sampler_reproduces_gaussian_target(method, steps, tol):
   m, s = 1.5, 0.5
   x0 = jax.random.normal(jax.random.key(0), (20000, 1))
-  x1 = flow.sample(gaussian_velocity(m, s), x0, steps, method)
+  x1 = sample(gaussian_velocity(m, s), x0, steps, method)
   assert abs(float(x1.mean()) - m) < tol
   assert abs(float(x1.std()) - s) < tol
 
@@ -31,7 +36,7 @@ def test_sampler_reproduces_gaussian_target(method, steps, tol):
 def test_heun_is_more_accurate_than_euler_at_equal_steps():
   m, s = 1.5, 0.3
   x0 = jax.random.normal(jax.random.key(0), (4000, 1))
-  err = {k: abs(float(flow.sample(gaussian_velocity(m, s), x0, 8, k).std()) - s) for k in ("euler", "heun")}
+  err = {k: abs(float(sample(gaussian_velocity(m, s), x0, 8, k).std()) - s) for k in ("euler", "heun")}
   assert err["heun"] < err["euler"]
 
 
@@ -116,8 +121,8 @@ def test_ab2_is_second_order_with_one_call_per_step():
     return gaussian_velocity(m, s)(x, t)
   err = {}
   for n in (10, 20):
-    err[n] = float(jnp.max(jnp.abs(flow.sample(v, z, n, "ab2") - transport(m, s, z))))
-  euler = float(jnp.max(jnp.abs(flow.sample(gaussian_velocity(m, s), z, 10, "euler") - transport(m, s, z))))
+    err[n] = float(jnp.max(jnp.abs(sample(v, z, n, "ab2") - transport(m, s, z))))
+  euler = float(jnp.max(jnp.abs(sample(gaussian_velocity(m, s), z, 10, "euler") - transport(m, s, z))))
   assert err[10] < euler / 4, (err, euler)
   assert 3.0 < err[10] / err[20] < 5.0, err          # halving the step quarters the error
   assert len(calls) == 2                              # traced once per sample() call: one call per step
@@ -128,13 +133,13 @@ def test_sde_reproduces_gaussian_target(form, norm):
   m, s = 1.5, 0.5
   interp = LinearInterpolant()
   x0 = jax.random.normal(jax.random.key(0), (20000, 1))
-  x1 = flow.sample(gaussian_velocity(m, s), x0, 100, "sde", interpolant=interp, rng=jax.random.key(1),
-                   diffusion_form=form, diffusion_norm=norm)
+  x1 = sample(gaussian_velocity(m, s), x0, 100, "sde", interpolant=interp, rng=jax.random.key(1),
+              diffusion_form=form, diffusion_norm=norm)
   assert abs(float(x1.mean()) - m) < 0.02
   assert abs(float(x1.std()) - s) < 0.02
   # The path is stochastic: another key gives other samples (with the same statistics).
-  x2 = flow.sample(gaussian_velocity(m, s), x0, 100, "sde", interpolant=interp, rng=jax.random.key(2),
-                   diffusion_form=form, diffusion_norm=norm)
+  x2 = sample(gaussian_velocity(m, s), x0, 100, "sde", interpolant=interp, rng=jax.random.key(2),
+              diffusion_form=form, diffusion_norm=norm)
   assert float(jnp.max(jnp.abs(x1 - x2))) > 0.05
 
 
@@ -143,16 +148,16 @@ def test_sde_with_zero_diffusion_is_euler_and_last_step_is_deterministic():
   interp = LinearInterpolant()
   x0 = jax.random.normal(jax.random.key(0), (64, 1))
   kw = dict(interpolant=interp, rng=jax.random.key(3))
-  np.testing.assert_allclose(flow.sample(gaussian_velocity(m, s), x0, 8, "sde", diffusion_norm=0.0, **kw),
-                             flow.sample(gaussian_velocity(m, s), x0, 8, "euler"), atol=1e-6)
+  np.testing.assert_allclose(sample(gaussian_velocity(m, s), x0, 8, "sde", diffusion_norm=0.0, **kw),
+                             sample(gaussian_velocity(m, s), x0, 8, "euler"), atol=1e-6)
   # One step over [0, 1] is only the last step: deterministic, whatever the key.
-  one = [flow.sample(gaussian_velocity(m, s), x0, 1, "sde", interpolant=interp, rng=jax.random.key(k),
-                     diffusion_form="constant") for k in (4, 5)]
+  one = [sample(gaussian_velocity(m, s), x0, 1, "sde", interpolant=interp, rng=jax.random.key(k),
+                diffusion_form="constant") for k in (4, 5)]
   np.testing.assert_array_equal(one[0], one[1])
   with pytest.raises(ValueError, match="sample.method='sde' needs the objective's interpolant"):
-    flow.sample(gaussian_velocity(m, s), x0, 4, "sde")
+    sample(gaussian_velocity(m, s), x0, 4, "sde")
   with pytest.raises(ValueError, match="sample.diffusion_form"):
-    flow.sample(gaussian_velocity(m, s), x0, 4, "sde", diffusion_form="SBDM", **kw)
+    sample(gaussian_velocity(m, s), x0, 4, "sde", diffusion_form="SBDM", **kw)
 
 
 @pytest.mark.parametrize("prediction", ["noise", "data"])
@@ -166,12 +171,12 @@ def test_noise_and_data_prediction_stop_short_of_the_singular_endpoint(predictio
   z = jnp.linspace(-3, 3, 61)[:, None]
   data, noise = gaussian_posteriors(m, s)
   predict = data if prediction == "data" else noise
-  exact_v = transport(m, s, z) if method == "heun" else flow.sample(gaussian_velocity(m, s), z, 10, method)
+  exact_v = transport(m, s, z) if method == "heun" else sample(gaussian_velocity(m, s), z, 10, method)
   dev = {}
   for margin in (0.02, 0.0):
     interp = LinearInterpolant(prediction=prediction, endpoint_margin=margin)
     v = lambda x, t: interp.velocity(predict(x, t) + 1e-3, x, t)   # noqa: E731
-    out = flow.sample(v, z, 10, method, interpolant=interp)
+    out = sample(v, z, 10, method, interpolant=interp)
     dev[margin] = float(jnp.max(jnp.abs(out - exact_v)))
   assert dev[0.02] < 1e-2, dev
   singular = (prediction == "noise") or method == "heun"   # Euler / AB2 never evaluate at t = 1

@@ -12,10 +12,10 @@ import pytest
 from adaflow import methods
 from adaflow.config_defaults import merged_config, routing_defaults
 from adaflow.data.pipeline import DatasetInfo
-from adaflow.models.dit import DiTBlock
+from adaflow.models.dit import DiTBlock, dit_from_config
 from adaflow.models.routing.ratios import (bin_pair, project_ratios, ratio_loss, ratio_table, region_index, snap_index,
                                            snapped_table)
-from adaflow.models.routing.routed_dit import merge_params, routed_dit_from_config
+from adaflow.models.routing.routed_dit import RoutedDiT, merge_params
 from adaflow.models.routing.spec import RoutingSpec, spec_from_config
 from adaflow.models.routing.tokens import (gather_tokens, masked_block, num_kept, residual_scales, routed_block,
                                            scatter_tokens, token_rank, top_k_indices)
@@ -58,7 +58,7 @@ def _model(**routing_overrides):
   cfg.routing.target = 0.75
   for k, v in routing_overrides.items():
     cfg.routing[k] = v
-  model = routed_dit_from_config(cfg, (16, 16, 1), 10)
+  model = RoutedDiT.from_dit(dit_from_config(cfg.model, (16, 16, 1), 10), spec_from_config(cfg))
   x = jax.random.normal(jax.random.PRNGKey(0), (B, 16, 16, 1))
   t = jnp.array([0.1, 0.4, 0.9])
   y = jnp.array([1, 2, 3])
@@ -319,7 +319,7 @@ def test_routing_inside_a_patch_stage():
   cfg.model.stage_groups = ((2, 2), (1, 1))
   cfg.routing = routing_defaults()
   cfg.routing.bins = TEST_BINS
-  model = routed_dit_from_config(cfg, (16, 16, 1), 10)
+  model = RoutedDiT.from_dit(dit_from_config(cfg.model, (16, 16, 1), 10), spec_from_config(cfg))
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 1))
   t, y = jnp.array([0.2, 0.2]), jnp.array([0, 1])
   both = lambda m, *a: [m(*a, mode="train", stage=s) for s in (0, 1)]

@@ -50,9 +50,6 @@ class ComposedGenerator:
     self._specialized: dict = {}
 
   # ---- parameters ---------------------------------------------------------------------------
-  def dummy_inputs(self, batch: int = 1):
-    return model_lib.dummy_inputs(self.info, batch)
-
   def init(self, rng: jax.Array):
     """Boxed variables in the composed layout (every stage, routers/rho, every group)."""
     return model_lib.init_params(self.models, rng, self.info, self.grouped)
@@ -95,12 +92,6 @@ class ComposedGenerator:
     stages = self.spec.schedule.partition if self.spec.schedule is not None else one
     regions = flow.TimePartition(tuple(self.spec.routing.boundaries)) if self.routed else one
     return groups, stages, regions
-
-  def segments(self, grid: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-    """[(group, stage, sub_grid)]: the grid with every edge inserted, cut into runs of steps that
-    share (group, stage, routing region); each sub-grid shares its end point with the next one's
-    start (the `sample.edges = "insert"` grid)."""
-    return [(g, s, sub) for (g, s, _), sub in flow.joint_segments(grid, self.partitions())]
 
   def sampling_grid(self, steps: int, grid: Optional[np.ndarray] = None, edges: Optional[str] = None) -> np.ndarray:
     """The grid sampling integrates on: `steps` uniform steps (or `grid`) meeting the partition

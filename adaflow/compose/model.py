@@ -7,7 +7,6 @@ Parameters: one group -> the model's unboxed `{'params': ...}`; several groups -
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -27,10 +26,7 @@ def base_model(config, info, spec: ComposeSpec) -> DiT:
   if spec.schedule is not None:
     m.stage_groups = tuple(spec.schedule.groups)
   dit = dit_from_config(m, info.image_shape, info.num_classes)
-  if spec.routing is None:
-    return dit
-  fields = {f.name: getattr(dit, f.name) for f in dataclasses.fields(DiT) if f.init and f.name not in ("parent", "name")}
-  return RoutedDiT(**fields, routing=spec.routing)
+  return dit if spec.routing is None else RoutedDiT.from_dit(dit, spec.routing)
 
 
 def group_models(base: DiT, spec: ComposeSpec) -> tuple[DiT, ...]:

@@ -20,6 +20,7 @@ import numpy as np
 from adaflow.models.routing import spec as routing_spec
 from adaflow.models.routing.tokens import num_kept
 from adaflow.models.dit import BlockSpec
+from adaflow.models.patchify import stage_grid
 from adaflow.models.ppflow import PatchSchedule, parse_stages
 from adaflow.models.step_selector import parse_actions
 
@@ -39,11 +40,6 @@ class ComposeSpec:
   @property
   def num_stages(self) -> int:
     return 1 if self.schedule is None else self.schedule.num_stages
-
-  @property
-  def step_set(self) -> Optional[tuple[int, ...]]:
-    """The steps of the policy's actions (None: no policy)."""
-    return None if self.actions is None else tuple(n for _, n in self.actions)
 
   @property
   def num_groups(self) -> int:
@@ -72,9 +68,8 @@ def _flag(c, name: str) -> bool:
 
 def stage_tokens(model_config, image_shape: Sequence[int], groups: Sequence[tuple[int, int]]) -> list[int]:
   """Token count of each stage grouping for `model.patch_size` on images [H, W, C]."""
-  h, w = int(image_shape[0]), int(image_shape[1])
-  p = int(model_config.patch_size)
-  return [(h // (p * g[0])) * (w // (p * g[1])) for g in groups]
+  size = (int(image_shape[0]), int(image_shape[1]))
+  return [r * c for r, c in (stage_grid(size, int(model_config.patch_size), g) for g in groups)]
 
 
 def check_routing_fits(spec: routing_spec.RoutingSpec, tokens: Sequence[int]) -> None:
@@ -185,7 +180,7 @@ def validate_composed(config, info) -> None:
   if info is None:
     return
   spec = spec_from_config(config, info)
-  if spec.step_set is not None:
+  if spec.actions is not None:
     raise _err("compose.selector", "must be False for objective 'composed' (the step policy is trained separately "
                "with objective 'step_selector' on top of the composed generator; adaflow compose does both)")
   cells = spec.num_groups + spec.num_stages - 1      # upper bound on the non-empty (group x stage) cells

@@ -69,21 +69,17 @@ class TimePartition:
   def inner(self) -> tuple[float, ...]:
     return self.edges[1:-1]
 
-  def index(self, t):
+  def index(self, t, side: str = "right"):
     """Bucket of each time: t [...] -> int32 [...] (numpy or Python float in -> numpy out; a jax
-    array in -> jax array out, usable under jit)."""
+    array in -> jax array out, usable under jit). side="left": the bucket whose closed right end
+    holds t, (e_k, e_{k+1}] (t = 0 in the first)."""
     if isinstance(t, jax.Array):          # tracers are jax.Arrays too
       inner = jnp.asarray(self.inner, jnp.float32)
-      return jnp.clip(jnp.searchsorted(inner, t, side="right"), 0, self.num_buckets - 1).astype(jnp.int32)
+      return jnp.clip(jnp.searchsorted(inner, t, side=side), 0, self.num_buckets - 1).astype(jnp.int32)
     # float32 on the host too, so that host decisions and traced ones agree on every input.
     inner = np.asarray(self.inner, np.float32)
-    out = np.clip(np.searchsorted(inner, np.asarray(t, np.float32), side="right"), 0, self.num_buckets - 1)
+    out = np.clip(np.searchsorted(inner, np.asarray(t, np.float32), side=side), 0, self.num_buckets - 1)
     return out.astype(np.int32)
-
-  def refine(self, grid: np.ndarray) -> np.ndarray:
-    """The grid [n + 1] (increasing) with every edge strictly inside (grid[0], grid[-1]) inserted
-    as a grid point (edges within 1e-6 of a grid point are taken to be on it)."""
-    return refine_grid(grid, [self])
 
   def segments(self, grid: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """[(bucket, sub_grid)]: the refined grid cut into maximal runs of steps inside one bucket, in
@@ -91,11 +87,24 @@ class TimePartition:
     return [(keys[0], sub) for keys, sub in joint_segments(grid, [self])]
 
 
-def refine_grid(grid: np.ndarray, partitions: Sequence[TimePartition]) -> np.ndarray:
-  """`grid` with the inner edges of all `partitions` inserted (see `TimePartition.refine`)."""
-  grid = np.asarray(grid, np.float64)
-  if grid.ndim != 1 or len(grid) < 2 or np.any(np.diff(grid) <= 0):
+def _check_grid(grid) -> np.ndarray:
+  """`grid` as float64 [n + 1]; ValueError unless it is increasing with at least 2 points."""
+  g = np.asarray(grid, np.float64)
+  if g.ndim != 1 or len(g) < 2 or np.any(np.diff(g) <= 0):
     raise ValueError(f"a time grid must be increasing with at least 2 points, got {grid}")
+  return g
+
+
+def _runs(keys: Sequence) -> list[tuple[int, int]]:
+  """[(a, j)]: `keys` (not empty) cut into maximal runs keys[a:j] of equal keys, in order."""
+  starts = [0] + [j for j in range(1, len(keys)) if keys[j] != keys[j - 1]]
+  return list(zip(starts, starts[1:] + [len(keys)]))
+
+
+def refine_grid(grid: np.ndarray, partitions: Sequence[TimePartition]) -> np.ndarray:
+  """The grid [n + 1] (increasing) with every inner edge of `partitions` strictly inside (grid[0],
+  grid[-1]) inserted as a grid point (edges within 1e-6 of a grid point are taken to be on it)."""
+  grid = _check_grid(np.asarray(grid, np.float64))      # (the error shows the float64 grid)
   extra = []
   for p in partitions:
     for e in p.inner:
@@ -116,21 +125,14 @@ def joint_segments(grid: np.ndarray, partitions: Sequence[TimePartition]
   fine = refine_grid(grid, partitions)
   mids = 0.5 * (fine[:-1] + fine[1:])
   keys = list(zip(*[p.index(mids).tolist() for p in partitions])) if partitions else [()] * len(mids)
-  out, a = [], 0
-  for j in range(1, len(keys) + 1):
-    if j == len(keys) or keys[j] != keys[a]:
-      out.append((tuple(int(k) for k in keys[a]), fine[a:j + 1]))
-      a = j
-  return out
+  return [(tuple(int(k) for k in keys[a]), fine[a:j + 1]) for a, j in _runs(keys)]
 
 
 def snap_grid(grid: np.ndarray, edges: Sequence[float]) -> np.ndarray:
   """`grid` [n + 1] (increasing) with, for each edge in order, its nearest grid point moved onto it;
   an edge whose nearest point is an end of the grid or already moved stays off the grid. Moving the
   nearest point keeps the grid increasing (the edge lies between that point's neighbours)."""
-  g = np.array(grid, np.float64)
-  if g.ndim != 1 or len(g) < 2 or np.any(np.diff(g) <= 0):
-    raise ValueError(f"a time grid must be increasing with at least 2 points, got {grid}")
+  g = _check_grid(grid).copy()
   fixed = np.zeros(len(g), bool)
   fixed[[0, -1]] = True
   for e in edges:
@@ -156,13 +158,6 @@ def edge_grid(grid: np.ndarray, partitions: Sequence[TimePartition], rule: str) 
   return np.asarray(grid, np.float64)
 
 
-def _bucket_before(p: TimePartition, t: np.ndarray) -> np.ndarray:
-  """The bucket whose closed right end holds t: (e_k, e_{k+1}] (t = 0 in the first)."""
-  inner = np.asarray(p.inner, np.float32)
-  out = np.clip(np.searchsorted(inner, np.asarray(t, np.float32), side="left"), 0, p.num_buckets - 1)
-  return out.astype(np.int32)
-
-
 @dataclasses.dataclass(frozen=True)
 class StepRun:
   """Consecutive steps of a grid whose evaluations use the same buckets: `start` (one bucket per
@@ -178,15 +173,8 @@ def step_runs(grid: np.ndarray, partitions: Sequence[TimePartition]) -> list[Ste
   (start buckets, end buckets). A step lying inside one bucket (up to 1e-6 at its ends) has
   start == end, as `joint_segments` keys it; a step crossing edges starts in the bucket just
   after its start time and ends in the bucket just before its end time."""
-  g = np.asarray(grid, np.float64)
-  if g.ndim != 1 or len(g) < 2 or np.any(np.diff(g) <= 0):
-    raise ValueError(f"a time grid must be increasing with at least 2 points, got {grid}")
+  g = _check_grid(grid)
   a = [p.index(g[:-1] + _ON_GRID_TOL).tolist() for p in partitions]
-  b = [_bucket_before(p, g[1:] - _ON_GRID_TOL).tolist() for p in partitions]
+  b = [p.index(g[1:] - _ON_GRID_TOL, side="left").tolist() for p in partitions]
   keys = [(tuple(int(x[j]) for x in a), tuple(int(x[j]) for x in b)) for j in range(len(g) - 1)]
-  out, lo = [], 0
-  for j in range(1, len(keys) + 1):
-    if j == len(keys) or keys[j] != keys[lo]:
-      out.append(StepRun(keys[lo][0], keys[lo][1], g[lo:j + 1]))
-      lo = j
-  return out
+  return [StepRun(keys[lo][0], keys[lo][1], g[lo:hi + 1]) for lo, hi in _runs(keys)]

@@ -12,7 +12,7 @@ every input gets, so conditioning (c = t embedding + one learned vector) and the
 are those of every other model and every method runs unconditionally through the same code.
 The backbone serves every method: `stage` selects a PPFlow patch stage (one compiled program per
 stage, static token count); per-block `block_heads` / `block_mlp_dims` describe structurally pruned
-sub-models (train-then-prune); `block_fn` lets token routing wrap a block without copying it.
+sub-models (train-then-prune); token routing (`RoutedDiT`) overrides `run_blocks` without copying a block.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class Attention(nn.Module):
     # With the fused kernel qkv leaves the matmul in the compute dtype (its inputs are that dtype
     # anyway); the einsum path keeps it float32: XLA:CPU runs bf16-output GEMMs at about half the
     # speed of bf16-in / f32-out ones (experiments/results/cpu_gemm.md), and matmul casts anyway.
-    qkv = layers.dense(3 * h * hd, axes=("embed", "heads"), dtype=self.dtype, name="qkv",
+    qkv = layers.Dense(3 * h * hd, axes=("embed", "heads"), dtype=self.dtype, name="qkv",
                        out_dtype=self.dtype if fused else jnp.float32)(x)
     qkv = qkv.reshape(b, n, 3, h, hd)
     if fused:
@@ -87,7 +87,7 @@ class Attention(nn.Module):
       probs = jax.nn.softmax(logits, axis=-1)                      # float32
       out = layers.matmul("bhqk,bhkd->bhqd", probs, v, self.dtype).transpose(0, 2, 1, 3)
     out = checkpoint_name(out, "attention")       # kept by the "save_dots" remat policy
-    return layers.dense(self.hidden, axes=("heads", "embed"), dtype=self.dtype, name="proj")(
+    return layers.Dense(self.hidden, axes=("heads", "embed"), dtype=self.dtype, name="proj")(
         out.reshape(b, n, h * hd))
 
 
@@ -104,9 +104,9 @@ class Mlp(nn.Module):
     input to `dtype` anyway, and GELU is smooth and bounded in slope, so applying it in bf16 moves
     the result by about one bf16 ulp, the rounding fc2 would apply regardless. With float32 it is
     exact float32 as before."""
-    x = layers.dense(self.mlp_dim, axes=("embed", "mlp"), dtype=self.dtype, name="fc1", out_dtype=self.dtype)(x)
+    x = layers.Dense(self.mlp_dim, axes=("embed", "mlp"), dtype=self.dtype, name="fc1", out_dtype=self.dtype)(x)
     x = nn.gelu(x, approximate=True)
-    return layers.dense(self.hidden, axes=("mlp", "embed"), dtype=self.dtype, name="fc2")(x)
+    return layers.Dense(self.hidden, axes=("mlp", "embed"), dtype=self.dtype, name="fc2")(x)
 
 
 class DiTBlock(nn.Module):
@@ -126,9 +126,9 @@ class DiTBlock(nn.Module):
     attention / MLP residual branch (token routing scales a kept token's update by its router
     weight, see adaflow.models.routing.tokens.residual_scales); attn_mask: optional bool key mask
     [B, 1, 1, N] for the attention (see Attention)."""
-    mod = layers.dense(6 * self.hidden, axes=("embed", "cond"), dtype=self.dtype, name="adaLN",
+    mod = layers.Dense(6 * self.hidden, axes=("embed", "cond"), dtype=self.dtype, name="adaLN",
                        kernel_init=nn.initializers.zeros)(nn.silu(c))
-    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = layers.chunk(mod, 6)
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
     if self.num_heads > 0:
       h = layers.modulate(layers.layer_norm("norm1")(x), shift_a, scale_a)
       h = Attention(self.hidden, self.num_heads, self.head_dim, self.dtype, self.attention, name="attn")(h, attn_mask)
@@ -151,8 +151,8 @@ class TimestepEmbed(nn.Module):
     """t: [B] (already scaled) -> [B, D]."""
     init = nn.initializers.normal(0.02)
     f = layers.timestep_embedding(t, self.freq_dim, freq_shift=self.freq_shift)
-    h = layers.dense(self.hidden, axes=("freq", "embed"), dtype=self.dtype, name="fc1", kernel_init=init)(f)
-    return layers.dense(self.hidden, axes=("embed", "embed_out"), dtype=self.dtype, name="fc2",
+    h = layers.Dense(self.hidden, axes=("freq", "embed"), dtype=self.dtype, name="fc1", kernel_init=init)(f)
+    return layers.Dense(self.hidden, axes=("embed", "embed_out"), dtype=self.dtype, name="fc2",
                         kernel_init=init)(nn.silu(h))
 
 
@@ -163,9 +163,9 @@ class FinalLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
     """x: [B, N, D], c: [B, D] -> modulated, normalised tokens [B, N, D] (head applied by stage)."""
-    mod = layers.dense(2 * self.hidden, axes=("embed", "cond"), dtype=self.dtype, name="adaLN",
+    mod = layers.Dense(2 * self.hidden, axes=("embed", "cond"), dtype=self.dtype, name="adaLN",
                        kernel_init=nn.initializers.zeros)(nn.silu(c))
-    shift, scale = layers.chunk(mod, 2)
+    shift, scale = jnp.split(mod, 2, axis=-1)
     return layers.modulate(layers.layer_norm("norm")(x), shift, scale)
 
 
@@ -174,9 +174,6 @@ class BlockSpec:
   """Structure of one block: attention heads and MLP hidden channels (0 removes the branch)."""
   num_heads: int
   mlp_dim: int
-
-
-BlockFn = Callable[..., jax.Array]
 
 
 class DiT(nn.Module):
@@ -200,8 +197,7 @@ class DiT(nn.Module):
     scan_blocks: run identical blocks as one `lax.scan` body (compiled once, so compile time does
       not grow with depth) instead of an unrolled loop. Parameters keep their per-block names
       (`block_i`): they are stacked inside the step, so checkpoints, the torch converter and
-      pruning see the same tree either way. Uneven (pruned) blocks, `block_fn` (token routing) and
-      init use the loop.
+      pruning see the same tree either way. Uneven (pruned) blocks and init use the loop.
   """
   image_size: tuple[int, int]
   in_channels: int
@@ -274,24 +270,23 @@ class DiT(nn.Module):
     out = self.heads[stage](self.final(tokens, c))
     return out[..., : self.in_channels]
 
-  def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, *, stage: int = 0,
-               block_fn: Optional[BlockFn] = None) -> jax.Array:
+  def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, *, stage: int = 0, **kw) -> jax.Array:
     """x: [B, H, W, C]; t: [B] in [0, 1]; y: [B] int32 -> prediction [B, H, W, C] float32.
-
-    `block_fn(index, block, tokens, c)` (optional) runs block `index`; the default calls
-    `block(tokens, c)`. Token routing passes its own to run a block on a subset of tokens.
-    """
+    `kw` go to `run_blocks` (RoutedDiT's `mode`)."""
     chex.assert_rank(x, 4)
     chex.assert_shape(t, (x.shape[0],))
     chex.assert_shape(y, (x.shape[0],))
     c = self.condition(t, y, stage)
     tokens = self.embed(x, stage)
-    if block_fn is None and self.can_scan():
-      tokens = self._scan_blocks(tokens, c)
-    else:
-      for i, block in enumerate(self.block_modules):
-        tokens = block(tokens, c) if block_fn is None else block_fn(i, block, tokens, c)
-    return self.unembed(tokens, c, stage)
+    return self.unembed(self.run_blocks(tokens, c, t, **kw), c, stage)
+
+  def run_blocks(self, tokens: jax.Array, c: jax.Array, t: jax.Array) -> jax.Array:
+    """tokens [B, N, D] through every block with c [B, D] (t [B]: unused here; RoutedDiT routes by it)."""
+    if self.can_scan():
+      return self._scan_blocks(tokens, c)
+    for block in self.block_modules:
+      tokens = block(tokens, c)
+    return tokens
 
   def can_scan(self) -> bool:
     """Whether the blocks run as one scanned body: `scan_blocks` on, identical blocks (not pruned

@@ -133,10 +133,7 @@ class DQTransformer(nn.Module):
     chex.assert_rank([content, pos, seg], 2)
     h = self.hidden(content, pos, seg)
     pos_logits = self.pos_head(self.pos_norm(h))
-    b, n = content.shape
-    tgt_pos = jnp.concatenate([pos[:, 1:], jnp.full((b, 1), self.layout.no_pos, pos.dtype)], axis=1)
-    tgt_seg = jnp.concatenate([seg[:, 1:], jnp.full((b, 1), SEG_PAD, seg.dtype)], axis=1)
-    return pos_logits, self.content_logits(h, tgt_pos, tgt_seg)
+    return pos_logits, self.content_logits(h, *_shift_targets(pos, seg, self.layout.no_pos))
 
   def hidden(self, content, pos, seg):
     """Position-stack hidden states [B, L, W]."""
@@ -163,20 +160,28 @@ class DQTransformer(nn.Module):
   def step_position(self, content_i, pos_i, seg_i, i, cache):
     """Token i ([B] ids) -> (h_i [B, 1, W], position logits [B, Nf + 1], position-stack cache)."""
     h = self._token_embed(content_i[:, None], pos_i[:, None], seg_i[:, None], jnp.full((1, 1), i))
-    new = []
-    for blk, c in zip(self.pos_blocks, cache):
-      h, c = blk.step(h, c, i)
-      new.append(c)
-    return h, self.pos_head(self.pos_norm(h))[:, 0], tuple(new)
+    h, cache = _step_blocks(self.pos_blocks, h, cache, i)
+    return h, self.pos_head(self.pos_norm(h))[:, 0], cache
 
   def step_content(self, h_i, tgt_pos, tgt_seg, i, cache):
     """h_i [B, 1, W], the sampled next position/segment [B] -> (content logits [B, K + 1], cache)."""
-    c = h_i + self._target_embed(tgt_pos[:, None], tgt_seg[:, None])
-    new = []
-    for blk, kv in zip(self.content_blocks, cache):
-      c, kv = blk.step(c, kv, i)
-      new.append(kv)
-    return self.content_head(self.content_norm(c))[:, 0], tuple(new)
+    c, cache = _step_blocks(self.content_blocks, h_i + self._target_embed(tgt_pos[:, None], tgt_seg[:, None]), cache, i)
+    return self.content_head(self.content_norm(c))[:, 0], cache
+
+
+def _step_blocks(blocks, x, cache, i):
+  """Token i, x [B, 1, W], through `blocks` with their KV caches -> (x [B, 1, W], updated caches)."""
+  new = []
+  for blk, kv in zip(blocks, cache):
+    x, kv = blk.step(x, kv, i)
+    new.append(kv)
+  return x, tuple(new)
+
+
+def _shift_targets(pos, seg, no_pos: int):
+  """Row i's target is token i + 1: positions / segments [B, L] shifted left, the last row `no_pos` / SEG_PAD."""
+  pad = lambda x, v: jnp.concatenate([x[:, 1:], jnp.full((x.shape[0], 1), v, x.dtype)], axis=1)
+  return pad(pos, no_pos), pad(seg, SEG_PAD)
 
 
 def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
@@ -185,6 +190,12 @@ def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
     return logits
   kth = jax.lax.top_k(logits, k)[0][..., -1:]
   return jnp.where(logits >= kth, logits, NEG)
+
+
+def _draw(key: jax.Array, logits: jax.Array, allowed: jax.Array, temperature: float, top_k: int) -> jax.Array:
+  """One token per row among `allowed` [B, V]: logits [B, V] / temperature, masked, top-k filtered -> [B] int32."""
+  logits = top_k_filter(jnp.where(allowed, logits.astype(jnp.float32) / temperature, NEG), top_k)
+  return jax.random.categorical(key, jnp.where(allowed, logits, NEG), axis=-1).astype(jnp.int32)
 
 
 def sample_sequences(model: DQTransformer, params, rng: jax.Array, labels: jax.Array, *, top_k: int = 0,
@@ -234,23 +245,17 @@ def sample_sequences(model: DQTransformer, params, rng: jax.Array, labels: jax.A
     allowed = jnp.where((nseg == SEG_COARSE)[:, None], coarse_ok,
                         jnp.where((nseg == SEG_FINE)[:, None], fine_ok, ar[None] == nf))
     kp, kc = jax.random.split(jax.random.fold_in(rng, i))
-    plog = top_k_filter(jnp.where(allowed, plog.astype(jnp.float32) / temperature, NEG), top_k)
-    p = jax.random.categorical(kp, jnp.where(allowed, plog, NEG), axis=-1).astype(jnp.int32)
+    p = _draw(kp, plog, allowed, temperature, top_k)
     if cached:
       clog, ccache = model.apply(params, h, p, nseg, i, cache[1], method=DQTransformer.step_content)
     else:
-      pos2 = pos.at[:, i + 1].set(p)
-      seg2 = seg.at[:, i + 1].set(nseg)
-      tgt_pos = jnp.concatenate([pos2[:, 1:], jnp.full((b, 1), nf, jnp.int32)], axis=1)
-      tgt_seg = jnp.concatenate([seg2[:, 1:], jnp.full((b, 1), SEG_PAD, jnp.int32)], axis=1)
-      full_c = model.apply(params, full_h, tgt_pos, tgt_seg, method=DQTransformer.content_logits)
+      tgt = _shift_targets(pos.at[:, i + 1].set(p), seg.at[:, i + 1].set(nseg), nf)
+      full_c = model.apply(params, full_h, *tgt, method=DQTransformer.content_logits)
       clog = full_c[:, i]
       ccache = cache[1]
     is_end = p == nf
     callowed = jnp.where(is_end[:, None], jnp.arange(K + 1)[None] == K, jnp.arange(K + 1)[None] < K)
-    clog = top_k_filter(jnp.where(callowed, clog.astype(jnp.float32) / temperature, NEG), top_k)
-    c = jax.random.categorical(kc, jnp.where(callowed, clog, NEG), axis=-1).astype(jnp.int32)
-    c = jnp.where(nseg == SEG_PAD, lay.pad, c)
+    c = jnp.where(nseg == SEG_PAD, lay.pad, _draw(kc, clog, callowed, temperature, top_k))
     content = content.at[:, i + 1].set(c)
     pos = pos.at[:, i + 1].set(p)
     seg = seg.at[:, i + 1].set(nseg)

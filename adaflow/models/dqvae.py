@@ -156,8 +156,9 @@ def upsample2(x: jax.Array) -> jax.Array:
 class DQVAENet(nn.Module):
   """Encoder (fine + coarse heads), gate MLP, decoder, shared codebook (+ optional critic).
 
-  Codebook variables live in params['codebook'] = {'embed' [K, D], 'cluster_size' [K],
-  'embed_sum' [K, D]}; they get no gradients and are updated by EMA (`vq.ema_codebook_update`).
+  Codebook variables are the params 'codebook_embed' [K, D], 'codebook_cluster_size' [K] and
+  'codebook_embed_sum' [K, D] (`codebook_of` reads them as {'embed', 'cluster_size', 'embed_sum'});
+  they get no gradients and are updated by EMA (`vq.ema_codebook_update`).
   """
   width: int
   embed_dim: int
@@ -201,9 +202,6 @@ class DQVAENet(nn.Module):
 
   def critic(self, x):
     return self.disc(x)
-
-  def codebook(self):
-    return {"embed": self.embed, "cluster_size": self.cluster_size, "embed_sum": self.embed_sum}
 
   def __call__(self, x):
     """Touches every sub-module (for init). Returns the decoded fine-feature map."""
@@ -391,25 +389,24 @@ class DQTokenizer:
     c = self.encode_codes(params, images)
     return codes_to_sequence(self.layout, c["fine_mask"], c["codes_coarse"], c["codes_fine"], labels)
 
-  def decode_codes(self, params, fine_mask, codes_coarse, codes_fine):
-    """[B, Nc] bool, [B, Nc], [B, Nf] -> images [B, H, W, C]."""
-    b = fine_mask.shape[0]
+  def decode_codes(self, params, codes: dict):
+    """{'fine_mask' [B, Nc] bool, 'codes_coarse' [B, Nc], 'codes_fine' [B, Nf]} -> images [B, H, W, C]."""
+    b = codes["fine_mask"].shape[0]
     gc, gf = self.layout.gc, self.layout.gf
     embed = jnp.asarray(params["params"]["codebook_embed"])
-    qc = embed[codes_coarse].reshape(b, gc, gc, -1)
-    qf = embed[codes_fine].reshape(b, gf, gf, -1)
-    qmap = assemble_map(fine_mask.reshape(b, gc, gc), qc, qf)
+    qc = embed[codes["codes_coarse"]].reshape(b, gc, gc, -1)
+    qf = embed[codes["codes_fine"]].reshape(b, gf, gf, -1)
+    qmap = assemble_map(codes["fine_mask"].reshape(b, gc, gc), qc, qf)
     return self.net.apply(params, qmap, method=DQVAENet.decode)
 
   def decode(self, params, seq: dict):
     """Sequence dict [B, L] -> images [B, H, W, C] (inverts `encode` exactly, up to the decoder)."""
-    c = sequence_to_codes(self.layout, seq)
-    return self.decode_codes(params, c["fine_mask"], c["codes_coarse"], c["codes_fine"])
+    return self.decode_codes(params, sequence_to_codes(self.layout, seq))
 
   def reconstruct(self, params, images):
     """images -> (reconstruction [B, H, W, C], fine_mask [B, Nc])."""
     c = self.encode_codes(params, images)
-    return self.decode_codes(params, c["fine_mask"], c["codes_coarse"], c["codes_fine"]), c["fine_mask"]
+    return self.decode_codes(params, c), c["fine_mask"]
 
 
 def render_granularity(images: np.ndarray, fine_mask: np.ndarray, coarse_stride: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -108,17 +108,9 @@ class Dense(nn.Module):
     return checkpoint_name(y.astype(self.out_dtype), "dense")
 
 
-def dense(features: int, *, axes: tuple[str | None, str | None], dtype: Dtype, name: str,
-          kernel_init=xavier_uniform, bias_init=zeros, use_bias: bool = True,
-          out_dtype: Dtype = jnp.float32) -> Dense:
-  """A `Dense` layer with logical axis names `axes` for its kernel (see `Dense`)."""
-  return Dense(features, axes=tuple(axes), dtype=dtype, use_bias=use_bias, kernel_init=kernel_init,
-               bias_init=bias_init, out_dtype=out_dtype, name=name)
-
-
-def layer_norm(name: str, use_affine: bool = False, eps: float = 1e-6) -> nn.LayerNorm:
-  """LayerNorm computed in float32 (DiT uses no affine parameters in its blocks)."""
-  return nn.LayerNorm(epsilon=eps, use_bias=use_affine, use_scale=use_affine, dtype=jnp.float32,
+def layer_norm(name: str) -> nn.LayerNorm:
+  """LayerNorm computed in float32, eps 1e-6, without affine parameters (as in DiT's blocks)."""
+  return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=jnp.float32,
                       param_dtype=jnp.float32, name=name)
 
 
@@ -153,13 +145,10 @@ def sincos_2d(embed_dim: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def grid_position_embedding(embed_dim: int, grid_h: int, grid_w: int, step_h: float = 1.0,
-                            step_w: float = 1.0, offset_h: float = 0.0, offset_w: float = 0.0):
-  """[grid_h * grid_w, D] sin-cos code for a grid whose token (i, j) sits at
-  (offset_h + i * step_h, offset_w + j * step_w) in the reference coordinate frame."""
-  rows = offset_h + np.arange(grid_h) * step_h
-  cols = offset_w + np.arange(grid_w) * step_w
-  return sincos_2d(embed_dim, rows, cols)
+def grid_position_embedding(embed_dim: int, grid_h: int, grid_w: int, step_h: float = 1.0, step_w: float = 1.0):
+  """[grid_h * grid_w, D] sin-cos code for a grid whose token (i, j) sits at (i * step_h, j * step_w)
+  in the reference coordinate frame."""
+  return sincos_2d(embed_dim, np.arange(grid_h) * step_h, np.arange(grid_w) * step_w)
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0,
@@ -183,7 +172,3 @@ def dtype_from_name(name: str) -> Dtype:
   if name not in table:
     raise ValueError(f"model.dtype must be one of {sorted(table)}, got {name!r}")
   return table[name]
-
-
-def chunk(x: jax.Array, n: int, axis: int = -1) -> Sequence[jax.Array]:
-  return jnp.split(x, n, axis=axis)

@@ -72,7 +72,7 @@ def stage_position_embedding(hidden: int, image_size: tuple[int, int], patch: in
   (1, 1) this is exactly the DiT position embedding."""
   gh, gw = group
   rows, cols = stage_grid(image_size, patch, group)
-  return jnp.asarray(layers.grid_position_embedding(hidden, rows, cols, float(gh), float(gw), 0.0, 0.0))
+  return jnp.asarray(layers.grid_position_embedding(hidden, rows, cols, float(gh), float(gw)))
 
 
 class StagePatchEmbed(nn.Module):
@@ -88,7 +88,7 @@ class StagePatchEmbed(nn.Module):
     gh, gw = self.group
     x = space_to_depth(x, gh, gw) if (gh, gw) != (1, 1) else x
     tokens = patches(x, self.patch)
-    return layers.dense(self.hidden, axes=("patch", "embed"), dtype=self.dtype, name="proj")(tokens)
+    return layers.Dense(self.hidden, axes=("patch", "embed"), dtype=self.dtype, name="proj")(tokens)
 
 
 class StageUnpatchify(nn.Module):
@@ -105,7 +105,7 @@ class StageUnpatchify(nn.Module):
     gh, gw = self.group
     p = self.patch
     feats = gh * gw * p * p * self.out_channels
-    y = layers.dense(feats, axes=("embed", "patch"), dtype=self.dtype, name="linear",
+    y = layers.Dense(feats, axes=("embed", "patch"), dtype=self.dtype, name="linear",
                      kernel_init=nn.initializers.zeros)(tokens)
     rows, cols = stage_grid(self.image_size, p, self.group)
     y = unpatches(y.astype(jnp.float32), p, rows, cols)

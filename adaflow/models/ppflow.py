@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from adaflow.flow.partition import TimePartition
-from adaflow.flow.timesteps import t_cdf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,13 +135,6 @@ def schedule_from_config(config, image_shape: Sequence[int]) -> PatchSchedule:
 
 
 # ---- time sampling per stage ---------------------------------------------------------------
-
-def stage_fractions(schedule: PatchSchedule, flow_config) -> tuple[float, ...]:
-  """Probability mass of each stage under `flow.t_sampler`: the time spans (0.5/0.5,
-  0.5/0.25/0.25) for the uniform sampler of the paper; stage masses for logit-normal."""
-  cdf = [t_cdf(t, flow_config) for t in (0.0,) + schedule.t_ends]
-  return tuple(b - a for a, b in zip(cdf[:-1], cdf[1:]))
-
 
 def batch_split(batch_size: int, fractions: Sequence[float]) -> tuple[int, ...]:
   """Integer per-stage batch sizes summing to `batch_size`, proportional to `fractions`

@@ -71,10 +71,16 @@ def model_flops(model: DiT, blocks: Sequence[BlockSpec] | None = None, stage: in
   return fixed_flops(model, stage) + sum(block_flops(model.hidden_size, n, model.head_dim, s) for s in specs)
 
 
-def check_budget_args(num_groups, k, largest: str = "data") -> None:
-  """ValueError naming the config field for an impossible (N, k, largest)."""
+def check_num_groups(num_groups) -> int:
+  """`num_groups` as an int; ValueError naming `config.grouped.num_groups` unless it is an integer >= 1."""
   if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) or num_groups < 1:
     raise ValueError(f"config.grouped.num_groups: must be an integer >= 1, got {num_groups!r}")
+  return int(num_groups)
+
+
+def check_budget_args(num_groups, k, largest: str = "data") -> None:
+  """ValueError naming the config field for an impossible (N, k, largest)."""
+  check_num_groups(num_groups)
   if isinstance(k, bool) or not isinstance(k, (int, float, np.floating)) or not 0.0 < float(k) < 1.0:
     raise ValueError(f"config.grouped.k: the smallest budget fraction must be in (0, 1) "
                      f"(e.g. 0.5), got {k!r}")

@@ -19,13 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adaflow.flow.interpolants import Interpolant, log_snr_db
-
-
-def _check_n(num_groups) -> int:
-  if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) or num_groups < 1:
-    raise ValueError(f"config.grouped.num_groups: must be an integer >= 1 (number of timestep groups), "
-                     f"got {num_groups!r}")
-  return int(num_groups)
+from adaflow.prune.budget import check_num_groups
 
 
 def t_at_snr_db(snr_db: float, interpolant: Interpolant, iters: int = 80) -> float:
@@ -44,7 +38,7 @@ def group_edges(num_groups: int, interpolant: Interpolant,
                 snr_range_db: Sequence[float] = (-20.0, 20.0)) -> np.ndarray:
   """[N + 1] increasing edges in t, edges[0] = 0, edges[N] = 1, interior edges equally spaced in
   SNR dB over `snr_range_db` (see module docstring)."""
-  n = _check_n(num_groups)
+  n = check_num_groups(num_groups)
   lo, hi = (float(v) for v in snr_range_db)
   if not lo < hi:
     raise ValueError(f"config.grouped.snr_range_db: must be (low, high) with low < high in dB, got {tuple(snr_range_db)}")

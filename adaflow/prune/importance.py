@@ -67,20 +67,16 @@ def taylor(params: Any, model: DiT, loss_fn: Callable[[Any, Any], jax.Array], ba
   """|sum_unit g * w| averaged over `batches`; `loss_fn(params, batch) -> scalar` (jit-able) is
   the flow loss on the group's timesteps."""
   grad_fn = jax.jit(jax.grad(loss_fn))
-  acc = None
-  n = 0
+  per_batch = []      # [(heads, mlp, blocks)] of each batch
   for batch in batches:
     g = grad_fn(params, batch)
     gw = jax.tree_util.tree_map(lambda a, b: np.asarray(a, np.float64) * np.asarray(b, np.float64),
                                 jax.device_get(g), jax.device_get(params))
     imp = _unit_sums(gw, model, lambda v: v)
-    cur = Importance([np.abs(h) for h in imp.heads], [np.abs(m) for m in imp.mlp], np.abs(imp.blocks))
-    if acc is None:
-      acc = cur
-    else:
-      acc = Importance([a + c for a, c in zip(acc.heads, cur.heads)], [a + c for a, c in zip(acc.mlp, cur.mlp)],
-                       acc.blocks + cur.blocks)
-    n += 1
-  if acc is None:
+    per_batch.append(([np.abs(h) for h in imp.heads], [np.abs(m) for m in imp.mlp], np.abs(imp.blocks)))
+  if not per_batch:
     raise ValueError("config.grouped.importance_batches: taylor importance needs at least one batch")
-  return Importance([h / n for h in acc.heads], [m / n for m in acc.mlp], acc.blocks / n)
+  n = len(per_batch)
+  mean = lambda xs: sum(xs) / n      # 0 + x_0 + x_1 + ...: the batch order of a running sum
+  heads, mlp, blocks = zip(*per_batch)
+  return Importance([mean(h) for h in zip(*heads)], [mean(m) for m in zip(*mlp)], mean(blocks))

@@ -282,17 +282,7 @@ class ImportanceProposer(Proposer):
       ranked = sorted(history, key=lambda e: e.score)[: self.elite]
       parents = [e.structure.counts() for e in ranked]
     seen = {e.structure.key() for e in history} | {s.key() for s in out}
-    tries = 0
-    while len(out) < num and tries < 50 * num:
-      tries += 1
-      child = self.mutate(space, parents[tries % len(parents)], rng)
-      if not space.fits(child):
-        continue
-      s = space.structure(child)
-      if s.key() not in seen:
-        seen.add(s.key())
-        out.append(s)
-    return out
+    return _collect(space, out, seen, num, lambda i: self.mutate(space, parents[i % len(parents)], rng))
 
 
 class RandomProposer(Proposer):
@@ -301,18 +291,25 @@ class RandomProposer(Proposer):
   name = "random"
 
   def propose(self, space, history, round_index, num, rng):
-    out, seen = [], {e.structure.key() for e in history}
-    for _ in range(50 * num):
-      if len(out) >= num:
-        break
-      c = space.grow(space.shrink(space.full_counts(), rng=rng), rng=rng)   # random fill of what is left
-      if not space.fits(c):
-        continue
-      s = space.structure(c, rng=rng)
-      if s.key() not in seen:
-        seen.add(s.key())
-        out.append(s)
-    return out
+    draw = lambda i: space.grow(space.shrink(space.full_counts(), rng=rng), rng=rng)
+    return _collect(space, [], {e.structure.key() for e in history}, num, draw, rng)
+
+
+def _collect(space: SearchSpace, out: list[Structure], seen: set, num: int, draw: Callable[[int], Counts],
+             rng: Optional[np.random.Generator] = None) -> list[Structure]:
+  """`out` plus the structures (`space.structure(counts, rng)`) of counts `draw(i)`, i = 1, 2, ..., that
+  fit the budget and whose keys are not in `seen` (updated), until `out` holds `num` or after 50 * num draws."""
+  for i in range(1, 50 * num + 1):
+    if len(out) >= num:
+      break
+    c = draw(i)
+    if not space.fits(c):
+      continue
+    s = space.structure(c, rng=rng)
+    if s.key() not in seen:
+      seen.add(s.key())
+      out.append(s)
+  return out
 
 
 PROPOSERS = {"importance": ImportanceProposer, "random": RandomProposer}

@@ -99,16 +99,11 @@ def _slice_block(p: dict, heads: Sequence[int], mlp: Sequence[int], hd: int) -> 
     proj_k = proj_k.reshape(h_all, hd, -1)[idx].reshape(len(idx) * hd, -1)
     out["attn"] = {"qkv": {"kernel": k, "bias": bias},
                    "proj": {"kernel": proj_k, "bias": np.asarray(p["attn"]["proj"]["bias"])}}
-    for extra in ("norm1",):
-      if extra in p:
-        out[extra] = p[extra]
   if mlp:
     idx = np.asarray(mlp)
     f1, f2 = p["mlp"]["fc1"], p["mlp"]["fc2"]
     out["mlp"] = {"fc1": {"kernel": np.asarray(f1["kernel"])[:, idx], "bias": np.asarray(f1["bias"])[idx]},
                   "fc2": {"kernel": np.asarray(f2["kernel"])[idx], "bias": np.asarray(f2["bias"])}}
-    if "norm2" in p:
-      out["norm2"] = p["norm2"]
   return out
 
 

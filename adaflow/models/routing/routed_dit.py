@@ -1,7 +1,7 @@
 """DiffCR token routing (You et al., arXiv 2412.16822): layer- and timestep-adaptive, differentiable
 token-keep ratios on top of the DiT backbone, without a second copy of the block code.
 
-Per block i (the block itself is `adaflow.models.dit.DiTBlock`, wrapped via `DiT.block_fn`):
+Per block i (the block itself is `adaflow.models.dit.DiTBlock`, run by `RoutedDiT.run_blocks`):
 
     w      = sigmoid(Router_i(tokens))                 [B, N]     Router_i: Linear(D -> 1, no bias)
     idx    = sort(top_k(w, k))                          [B, k]     original token order kept
@@ -69,16 +69,15 @@ import dataclasses
 import functools
 from typing import Any, Optional, Sequence
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from adaflow.models import layers
-from adaflow.models.dit import DiT, dit_from_config
+from adaflow.models.dit import DiT
 from adaflow.models.routing.ratios import bin_pair, clamp_ratio, region_index, snap_index
-from adaflow.models.routing.spec import RoutingSpec, spec_from_config
+from adaflow.models.routing.spec import RoutingSpec
 from adaflow.models.routing.tokens import masked_block, num_kept, routed_block, token_rank
 
 MODES = ("train", "infer", "dense")
@@ -106,9 +105,7 @@ class RoutedDiT(DiT):
         len(row) != self.routing.num_regions or not set(row) <= set(self.routing.bins) for row in table)):
       raise ValueError(f"RoutingSpec.snapped must be [depth={len(self.block_specs)}][R={self.routing.num_regions}] "
                        f"ratios from routing.bins {self.routing.bins}, got {table}")
-    self.routers = [layers.dense(1, axes=("embed", None), dtype=jnp.float32, use_bias=False,
-                                 kernel_init=nn.initializers.normal(0.02), name=f"router_{i}")
-                    for i in range(len(self.block_specs))]
+    self.routers = [_router(name=f"router_{i}") for i in range(len(self.block_specs))]
     self.rho = self.param("rho", nn.with_logical_partitioning(
         nn.initializers.constant(self.routing.init_ratio / self.routing.ratio_lr_scale), ("layers", "regions")),
         (len(self.block_specs), self.routing.num_regions), jnp.float32)
@@ -124,8 +121,15 @@ class RoutedDiT(DiT):
     """tokens [B, N, D] -> w [B, N] = sigmoid(Linear(D -> 1, no bias))."""
     return jax.nn.sigmoid(self.routers[i](tokens)[..., 0])
 
-  def __call__(self, x, t, y, *, stage: int = 0, mode: str = "infer", block_fn=None):
-    """x: [B, H, W, C]; t: [B]; y: [B] -> [B, H, W, C]. See the class docstring for `mode`.
+  @classmethod
+  def from_dit(cls, dit: DiT, routing: RoutingSpec) -> "RoutedDiT":
+    """The routed model with the fields of `dit` (a DiT of `dit_from_config`)."""
+    fields = (f.name for f in dataclasses.fields(DiT) if f.init and f.name not in ("parent", "name"))
+    return cls(**{k: getattr(dit, k) for k in fields}, routing=routing)
+
+  def run_blocks(self, tokens, c, t, mode: str = "infer"):
+    """tokens [B, N, D]; c [B, D]; t [B] -> tokens [B, N, D] (`DiT.__call__` passes `mode`, see the
+    class docstring).
 
     Sampling ("infer") with identical blocks (`can_scan`) runs ONE scanned layer body (block +
     router + the bin switch, the layer's row of ratios as a scanned input): the program holds one
@@ -136,18 +140,11 @@ class RoutedDiT(DiT):
     (uneven) blocks keep the loop. Same function either way (tests/test_routing.py)."""
     if mode not in MODES:
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if block_fn is not None:
-      raise ValueError("RoutedDiT supplies its own block_fn")
     if mode == "dense":
-      return super().__call__(x, t, y, stage=stage)
-    chex.assert_rank(x, 4)
-    chex.assert_shape(t, (x.shape[0],))
-    chex.assert_shape(y, (x.shape[0],))
-    c = self.condition(t, y, stage)
-    tokens = self.embed(x, stage)
+      return super().run_blocks(tokens, c, t)
     ratios = self.ratios()
     if mode == "infer" and self.can_scan():
-      block, router = self.unbound_block(), self._unbound_router()
+      block, router = self.unbound_block(), _router(parent=None)
       bins, branch = self._inference_branches(ratios, range(len(self.block_specs)))
 
       def layer(x, xs):
@@ -156,16 +153,15 @@ class RoutedDiT(DiT):
         run = lambda *a, **kw: block.apply({"params": block_p}, *a, **kw)
         return self._route_infer(t, bins, branch_row, run, x, c, w, _switch_over_function)
 
-      tokens = self.scan_layers(layer, tokens, (self.stacked_params("block"), self.stacked_params("router"), branch))
-    else:
-      for i, block in enumerate(self.block_modules):
-        w = self.router_weights(i, tokens)
-        if mode == "train":
-          tokens = self._route_train(t, ratios[i], block, tokens, c, w)
-        else:
-          bins, branch = self._inference_branches(ratios, (i,))
-          tokens = self._route_infer(t, bins, branch[0], block, tokens, c, w, nn.switch)
-    return self.unembed(tokens, c, stage)
+      return self.scan_layers(layer, tokens, (self.stacked_params("block"), self.stacked_params("router"), branch))
+    for i, block in enumerate(self.block_modules):
+      w = self.router_weights(i, tokens)
+      if mode == "train":
+        tokens = self._route_train(t, ratios[i], block, tokens, c, w)
+      else:
+        bins, branch = self._inference_branches(ratios, (i,))
+        tokens = self._route_infer(t, bins, branch[0], block, tokens, c, w, nn.switch)
+    return tokens
 
   def _inference_branches(self, ratios: jax.Array, layer_ids: Sequence[int]) -> tuple[tuple[float, ...], jax.Array]:
     """(bins, branch): the ratio bins sampling compiles a block branch for, and per layer of
@@ -207,33 +203,23 @@ class RoutedDiT(DiT):
     `bins[branch_row[region of t[0]]]` (`branch_row` [R] int32, `_inference_branches`). `switch` is
     `nn.switch` for a bound block, `_switch_over_function` inside the scanned body."""
     n = tokens.shape[1]
-    branches = [self._bin_branch(ratio, n) for ratio in bins]
+    branches = [functools.partial(routed_block, k=num_kept(ratio, n), scale_mode=self.routing.scale) for ratio in bins]
     if len(branches) == 1:
       return branches[0](block, tokens, c, w)
     return switch(branch_row[region_index(t[0], self.routing.boundaries)], branches, block, tokens, c, w)
 
-  def _unbound_router(self) -> layers.Dense:
-    """`routers[i]` as a module to `apply` with one layer's slice of the stacked router params."""
-    return layers.Dense(1, axes=("embed", None), dtype=jnp.float32, use_bias=False, parent=None)
 
-  def _bin_branch(self, ratio: float, n: int):
-    scale = self.routing.scale
-    def branch(block, tokens, c, w):
-      return routed_block(block, tokens, c, w, num_kept(ratio, n), scale)
-    return branch
+def _router(**kw) -> layers.Dense:
+  """Router_i: Linear(D -> 1, no bias), float32. Bound as `router_{i}` in setup; unbound
+  (`parent=None`) it is applied with one layer's slice of the stacked router params."""
+  return layers.Dense(1, axes=("embed", None), dtype=jnp.float32, use_bias=False,
+                      kernel_init=nn.initializers.normal(0.02), **kw)
 
 
 def _switch_over_function(index, branches, block, *operands):
   """`nn.switch`'s signature for a block that is a function (closing over its params), which
   `jax.lax.switch` cannot take as an operand: each branch gets it bound."""
   return jax.lax.switch(index, [functools.partial(branch, block) for branch in branches], *operands)
-
-
-def routed_dit_from_config(config, image_shape: Sequence[int], num_classes: int) -> RoutedDiT:
-  """RoutedDiT with the DiT fields of `config.model` and the routing of `config.routing`."""
-  base = dit_from_config(config.model, image_shape, num_classes)
-  fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(DiT) if f.init and f.name not in ("parent", "name")}
-  return RoutedDiT(**fields, routing=spec_from_config(config))
 
 
 def merge_params(dense: Any, fresh: Any, path: str = "params") -> Any:

@@ -7,8 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from adaflow.flow.partition import TimePartition
-from adaflow.models.routing.tokens import SCALE_MODES, num_kept
+from adaflow.models.routing.tokens import SCALE_MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +31,6 @@ class RoutingSpec:
   @property
   def num_regions(self) -> int:
     return len(self.boundaries) - 1
-
-  @property
-  def partition(self) -> TimePartition:
-    """The timestep regions as buckets of flow time."""
-    return TimePartition(self.boundaries)
 
   @property
   def learned(self) -> bool:
@@ -103,17 +97,6 @@ def spec_from_config(config) -> RoutingSpec:
 
 
 def validate_routing_config(config, info=None) -> None:
-  """Checks `config.routing` for objective 'routed_flow_matching' (its objective's `validate` calls this)."""
+  """Checks `config.routing` for objective 'routed_flow_matching' (its objective's `validate` calls this).
+  Every bin keeps at least one token (`num_kept`), so `info` adds no check."""
   spec_from_config(config)
-  if info is not None:
-    n = _min_tokens(config, info)
-    if n is not None and num_kept(min(spec_from_config(config).bins), n) < 1:
-      raise _err("bins", f"the lowest bin keeps no token of {n}")
-
-
-def _min_tokens(config, info) -> Optional[int]:
-  m = config.model
-  h, w, _ = info.image_shape
-  p = m.patch_size
-  counts = [(h // (p * g[0])) * (w // (p * g[1])) for g in m.stage_groups]
-  return min(counts) if counts else None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import errno
 import importlib.metadata
 import os
 import sys
@@ -25,7 +24,7 @@ from adaflow.commands import compose, convert, convert_stages, core, fid, inspec
 from adaflow.commands.common import FLAGS
 from adaflow.errors import is_user_error
 from adaflow.parallel.distributed import initialize_runtime
-from adaflow.train.checkpoint import CheckpointWriteError, quiet_write_failures
+from adaflow.train.checkpoint import DISK_ERRNOS, CheckpointWriteError, quiet_write_failures
 
 # The command table: name ("eval fid" for two words) -> Command(name, fn, flags it reads).
 COMMANDS = {c.name: c for module in (core, fid, convert, convert_stages, inspect, compose) for c in module.COMMANDS}
@@ -33,7 +32,6 @@ HELP_ARGS = ("-h", "--help", "--helpshort", "--helpfull", "-help", "help")
 USAGE_EXIT = 2
 # `--config=<this file>:<workdir>` is a run's stored config (<workdir>/config.json), for overrides without --config.
 STORED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "commands", "stored_config.py")
-DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def version() -> str:

@@ -328,18 +328,9 @@ def _unknown(path: str, known) -> ValueError:
                     "(adaflow.config_defaults.base_config declares every field)")
 
 
-def check_known_fields(config, schema=None, prefix: str = "") -> None:
+def check_known_fields(config) -> None:
   """Raises one ValueError naming the first field of `config` that `base_config()` does not declare."""
-  schema = base_config() if schema is None else schema
-  for k in config.keys():
-    path = f"{prefix}{k}"
-    if k not in schema:
-      raise _unknown(path, schema.keys())
-    value, default = config[k], schema[k]
-    if isinstance(default, ml_collections.ConfigDict):
-      if not isinstance(value, (Mapping, ml_collections.ConfigDict)):
-        raise ValueError(f"config.{path}: is a section of fields, got {value!r}")
-      check_known_fields(value, default, path + ".")
+  _merge(base_config(), config, "", assign=False)
 
 
 def merged_config(given: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -364,7 +355,9 @@ _LEGACY_VALUES = {
 }
 
 
-def _merge(into: ml_collections.ConfigDict, given, prefix: str) -> None:
+def _merge(into: ml_collections.ConfigDict, given, prefix: str, assign: bool = True) -> None:
+  """Writes `given` over `into` field by field; `assign=False` only checks that `into` declares
+  every field of `given` (and a section where `into` has one), without writing or type checks."""
   for k in given.keys():
     path = f"{prefix}{k}"
     if k not in into:
@@ -373,13 +366,13 @@ def _merge(into: ml_collections.ConfigDict, given, prefix: str) -> None:
     if isinstance(into[k], ml_collections.ConfigDict):
       if not isinstance(value, (Mapping, ml_collections.ConfigDict)):
         raise ValueError(f"config.{path}: is a section of fields, got {value!r}")
-      _merge(into[k], value, path + ".")
-      continue
-    try:
-      into[k] = _tuples(value)
-    except TypeError:
-      raise ValueError(f"config.{path}: has type {type(value).__name__}, expected the type of its "
-                       f"default {into[k]!r}") from None
+      _merge(into[k], value, path + ".", assign)
+    elif assign:
+      try:
+        into[k] = _tuples(value)
+      except TypeError:
+        raise ValueError(f"config.{path}: has type {type(value).__name__}, expected the type of its "
+                         f"default {into[k]!r}") from None
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

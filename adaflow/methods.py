@@ -135,14 +135,6 @@ def composed_config(config, groups: Optional[tuple[Sequence[Sequence[BlockSpec]]
   return c
 
 
-def dit_objective(config, info) -> ComposedObjective:
-  """The composed objective of a DiT-family run (its preset's cells on)."""
-  preset = DIT_PRESETS[config.objective]
-  return ComposedObjective(composed_config(config), info,
-                           t_range=t_range_of(config) if preset.t_range else None,
-                           merge_init=preset.cells is None or "routing" in preset.cells)
-
-
 def generator_for(config, info) -> ComposedGenerator:
   """The sampler of a DiT-family run (any preset), reading the run's parameters as they are."""
   return ComposedGenerator(composed_config(config), info)
@@ -174,25 +166,19 @@ def step_selector_objective(config, info, load_run=None, workdir: str = ".") -> 
                                sample_config=gen_tr.config.sample)
 
 
-def load_tokenizer(workdir: str, load_run):
-  """(DQTokenizer, frozen params, tokenizer config) from a DQ-VAE workdir's latest checkpoint."""
-  tr, params, _ = load_run(workdir)
-  if tr.config.objective != "dqvae":
-    raise ValueError(f"config.tokenizer_workdir={workdir!r} holds a {tr.config.objective!r} run, "
-                     "not a DQ-VAE (objective 'dqvae'); train one with configs/quickstart_dqvae.py")
-  return tr.objective.tokenizer, to_host(params), tr.config
-
-
 def dq_transformer_objective(config, info, load_run=None, workdir: str = ".") -> DQTransformerObjective:
-  """The DQ-Transformer objective with the frozen tokenizer of `config.tokenizer_workdir`."""
+  """The DQ-Transformer objective with the frozen tokenizer (DQTokenizer, params) of the DQ-VAE run
+  in `config.tokenizer_workdir` (its latest checkpoint)."""
   del workdir
-  tok, tok_params, tok_cfg = load_tokenizer(config.tokenizer_workdir,
-                                            _need_load_run(load_run, "objective 'dq_transformer'"))
+  tr, tok_params, _ = _need_load_run(load_run, "objective 'dq_transformer'")(config.tokenizer_workdir)
+  if tr.config.objective != "dqvae":
+    raise ValueError(f"config.tokenizer_workdir={config.tokenizer_workdir!r} holds a {tr.config.objective!r} run, "
+                     "not a DQ-VAE (objective 'dqvae'); train one with configs/quickstart_dqvae.py")
   for field in ("name", "image_size", "channels"):
-    if tok_cfg.data[field] != config.data[field]:
+    if tr.config.data[field] != config.data[field]:
       raise ValueError(f"config.data.{field}={config.data[field]!r} differs from the tokenizer's "
-                       f"{tok_cfg.data[field]!r} ({config.tokenizer_workdir}); use the same data settings")
-  return DQTransformerObjective(config, info, (tok, tok_params))
+                       f"{tr.config.data[field]!r} ({config.tokenizer_workdir}); use the same data settings")
+  return DQTransformerObjective(config, info, (tr.objective.tokenizer, to_host(tok_params)))
 
 
 def dqvae_objective(config, info, load_run=None, workdir: str = ".") -> DQVAEObjective:
@@ -275,6 +261,8 @@ def build_objective(config, info, load_run=None, workdir: str = "."):
   other runs (frozen generator / tokenizer) for the objectives that need one; `workdir` is the
   run's (where the evaluation classifier is cached). Its `.generator` samples the run."""
   validate_objective(config, info)
-  if config.objective in DIT_PRESETS:
-    return dit_objective(config, info)
+  if config.objective in DIT_PRESETS:   # the composed objective, its preset's cells on
+    preset = DIT_PRESETS[config.objective]
+    return ComposedObjective(composed_config(config), info, t_range=t_range_of(config) if preset.t_range else None,
+                             merge_init=preset.cells is None or "routing" in preset.cells)
   return OTHER_FAMILIES[config.objective][1](config, info, load_run, workdir)

@@ -25,30 +25,26 @@ from adaflow.parallel.host import is_writer
 from adaflow.pipelines.recipe import load_composed, run_recipe
 
 
-def evaluate_composed(workdir: str, num: int, seed: int = 1234, log=print) -> dict:
-  """FD and class accuracy (adaflow.eval) of the finished recipe's composed sampler."""
-  config, info, params, policy = load_composed(workdir)
-  sampler = ComposedSampler(config, info, params, policy)
-  labels = balanced_labels(num, info.num_classes)
-  out = sampler.sample(jax.random.PRNGKey(seed), labels, batch_size=int(config.eval.batch_size))
-  clf = get_classifier(config.data, cache_dir(config, workdir), seed=int(config.eval.classifier_seed), log=log,
-                       steps=int(config.eval.classifier_steps))
-  res = evaluate_samples(clf, out["images"], labels)
-  res.update(methods=list(sampler.spec.enabled), average_steps=float(np.mean(out["steps"])),
-             flops_per_image=sampler.flops_per_image(out["actions"]))
-  return res
-
-
 def cmd_compose():
   """Train the composed model with the resumable recipe (all methods in one model)."""
   config, workdir = need("config"), need("workdir")
   run_recipe(config, workdir)
-  if config.eval.at_end:
-    res = evaluate_composed(workdir, int(config.eval.num_samples), int(config.eval.seed))
-    if not is_writer():
-      return
-    storage.write_json(os.path.join(workdir, "eval.json"), res, indent=2)
-    print("composed eval: " + json.dumps(res))
+  if not config.eval.at_end:
+    return
+  # FD / class accuracy of the finished recipe's sampler (`c`: its config, rebuilt from the stored one).
+  c, info, params, policy = load_composed(workdir)
+  sampler = ComposedSampler(c, info, params, policy)
+  labels = balanced_labels(int(config.eval.num_samples), info.num_classes)
+  out = sampler.sample(jax.random.PRNGKey(int(config.eval.seed)), labels, batch_size=int(c.eval.batch_size))
+  clf = get_classifier(c.data, cache_dir(c, workdir), seed=int(c.eval.classifier_seed),
+                       steps=int(c.eval.classifier_steps))
+  res = evaluate_samples(clf, out["images"], labels)
+  res.update(methods=list(sampler.spec.enabled), average_steps=float(np.mean(out["steps"])),
+             flops_per_image=sampler.flops_per_image(out["actions"]))
+  if not is_writer():
+    return
+  storage.write_json(os.path.join(workdir, "eval.json"), res, indent=2)
+  print("composed eval: " + json.dumps(res))
 
 
 COMMANDS = (Command("compose", cmd_compose),)

@@ -1,4 +1,4 @@
-"""`adaflow train | sample | eval`."""
+"""`adaflow train | sample | eval`; `sample` also covers AdaDiff (`--selector`) and DQ's coarse/fine map."""
 from __future__ import annotations
 
 import json
@@ -9,20 +9,20 @@ import jax
 import numpy as np
 
 from adaflow import storage
-from adaflow.commands.adadiff import sample_with_selector
 from adaflow.commands.common import FLAGS, Command, need
-from adaflow.commands.dq import sample_map
 from adaflow.eval.classifier import cache_dir
 from adaflow.eval.generate import evaluate_generator
 from adaflow.flow.driver import generate_images
 from adaflow.flow.partition import EDGE_RULES
 from adaflow.flow.samplers import METHODS
+from adaflow.models import dqvae as dq
+from adaflow.models.step_selector import action_label
 from adaflow.parallel import make_mesh
 from adaflow.parallel.host import is_writer
 from adaflow.parallel.precision import describe_compute_dtype
 from adaflow.pipelines.grouped import is_grouped_workdir, load_grouped, run_grouped
 from adaflow.train.images import save_grid
-from adaflow.train.loop import load_params, load_trainer_and_params, train
+from adaflow.train.loop import config_of, load_params, load_trainer_and_params, train
 from adaflow import methods
 
 flags.DEFINE_string("init", None, "Initialise parameters from this workdir's latest checkpoint (fine-tuning).")
@@ -35,6 +35,8 @@ flags.DEFINE_float("cfg", None, "`sample`: classifier-free guidance scale, 1 = n
 flags.DEFINE_enum("edges", None, list(EDGE_RULES), "`sample`: how the time grid meets PPFlow stage / timestep group / "
                   "routing region edges (overrides config.sample.edges): snap = the requested steps, grid points "
                   "moved onto the edges; insert = every edge added as a step; cross = uniform grid.")
+flags.DEFINE_string("selector", None, "`sample`: a step-selector (AdaDiff) workdir; samples with per-input step "
+                    "counts.")
 
 
 def cmd_train():
@@ -56,7 +58,7 @@ def cmd_train():
 
 def cmd_sample():
   """Write a grid of samples from a trained workdir (EMA parameters, config.sample)."""
-  if FLAGS.selector:  # AdaDiff: per-input step counts (adaflow/commands/adadiff.py)
+  if FLAGS.selector:  # AdaDiff: per-input step counts (sample_with_selector below)
     return sample_with_selector()
   generator, params, config, mesh, step = _load_generator(need("workdir"))
   s = config.sample
@@ -78,7 +80,7 @@ def cmd_sample():
     save_grid(np.clip(imgs, -1, 1), out, rows=min(k, FLAGS.num) if generator.num_classes else 0,
               upscale=max(1, 64 // imgs.shape[1]))
     print(f"wrote {out}")
-  # DQ: coarse/fine map picture (adaflow/commands/dq.py); a DQ run's generator is its objective.
+  # DQ: coarse/fine map picture (sample_map below); a DQ run's generator is its objective.
   if generator.has_maps:
     path = sample_map(generator, params, labels, config.seed, out)
     if is_writer():
@@ -92,6 +94,55 @@ def cmd_eval():
   result["step"] = step
   if is_writer():
     print(json.dumps(result, indent=2))
+
+
+def sample_with_selector() -> dict:
+  """`adaflow sample --selector <selector workdir>`: AdaDiff sampling, inputs grouped by step count.
+
+    adaflow sample --selector runs/adadiff [--workdir <generator workdir>] [--num 64] [--out grid.png]
+
+  The selector workdir (trained with `adaflow train --config configs/quickstart_adadiff.py --init
+  <generator workdir>`) stores the generator's workdir in its config; `--workdir` overrides it.
+  Writes a PNG grid (rows = classes) and `<out>.json` with each image's label and step count.
+  """
+  selector_dir = FLAGS.selector
+  config = FLAGS.config if FLAGS.config is not None else config_of(selector_dir)
+  if config.objective != "step_selector":
+    raise ValueError(f"--selector {selector_dir}: its config.objective is {config.objective!r}, "
+                     "expected 'step_selector' (train one with configs/quickstart_adadiff.py)")
+  if FLAGS.workdir:
+    config.selector.generator_workdir = storage.absolute(FLAGS.workdir)
+  tr, params, step = load_trainer_and_params(selector_dir, config)
+  obj = tr.objective
+  k = max(obj.num_classes, 1)
+  labels = np.sort((np.arange(FLAGS.num) % k).astype(np.int32))
+  res = obj.sample_grouped(params, jax.random.PRNGKey(tr.config.seed), labels)
+  out = FLAGS.out or os.path.join(selector_dir, "samples", f"adaptive_step_{step}.png")
+  if not is_writer():   # every process sampled the same images; process 0 writes them
+    return {}
+  save_grid(np.clip(res["images"], -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // res["images"].shape[1]))
+  counts = {action_label(a): int(np.sum(res["actions"] == i)) for i, a in enumerate(obj.actions)}
+  summary = {"selector_step": int(step), "generator_workdir": config.selector.generator_workdir,
+             "average_steps": float(np.mean(res["steps"])), "max_steps": obj.max_steps, "step_counts": counts,
+             "labels": labels.tolist(), "steps": res["steps"].astype(int).tolist()}
+  storage.write_json(os.path.splitext(out)[0] + ".json", summary, indent=1)
+  print(f"wrote {out}; average steps {summary['average_steps']:.2f} of max {obj.max_steps}; counts {counts}")
+  return summary
+
+
+def sample_map(objective, params, labels, seed: int, out: str) -> str:
+  """DQ: writes `<out minus .png>_map.png`: rows of images and their coarse/fine maps (red = fine
+  region with 4 codes, blue = coarse region with 1 code). Returns the path."""
+  labels = np.asarray(labels[:16], np.int32)
+  imgs, mask, extra = objective.images_and_maps(params, jax.random.PRNGKey(seed), labels)
+  base = extra if extra is not None else imgs    # the map is drawn over the input when there is one
+  maps = dq.render_granularity(np.clip(base, -1, 1), mask, objective.layout.coarse_stride)
+  rows = [r for r in (extra, np.clip(imgs, -1, 1), maps) if r is not None]
+  path = os.path.splitext(out)[0] + "_map.png"
+  grid = np.concatenate([np.repeat(r, 3, -1) if r.shape[-1] == 1 else r for r in rows])
+  if is_writer():
+    save_grid(grid, path, rows=len(rows), upscale=max(1, 64 // imgs.shape[1]))
+  return path
 
 
 def _load_generator(workdir: str):

@@ -81,11 +81,3 @@ class ObjectiveBase:
 
   def images_and_maps(self, params, rng: jax.Array, labels) -> tuple:
     raise ValueError(f"{type(self).__name__} has no code maps to show (has_maps is False)")
-
-
-def split_aux(objective, aux) -> tuple[dict, Any]:
-  """(metrics, side) of the aux that `objective.loss` returned."""
-  if objective.has_side:
-    metrics, side = aux
-    return dict(metrics), side
-  return dict(aux), None

@@ -17,27 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaflow import config as config_lib
+from adaflow.config import require
 from adaflow.models import dq_transformer as dqt
 from adaflow.models import dqvae as dq
 from adaflow.objectives.base import ObjectiveBase
 from adaflow.parallel.host import to_host
-
-
-def validate_dq_transformer(config, info) -> None:
-  """Checks `config.tokenizer_workdir` and `config.dq_transformer` (no compilation)."""
-  del info
-  req = config_lib._require  # pylint: disable=protected-access
-  req(bool(config.tokenizer_workdir), "tokenizer_workdir",
-      "must name a trained DQ-VAE workdir: pass --tokenizer <dqvae workdir> to `adaflow train`")
-  t = config.dq_transformer
-  req(int(t.width) % int(t.num_heads) == 0, "dq_transformer.width",
-      f"{t.width} is not divisible by dq_transformer.num_heads={t.num_heads}")
-  req(int(t.depth_pos) >= 1 and int(t.depth_content) >= 1, "dq_transformer.depth_pos",
-      "depth_pos and depth_content must be >= 1")
-  req(float(t.temperature) > 0, "dq_transformer.temperature", f"must be > 0, got {t.temperature}")
-  req(int(t.top_k) >= 0, "dq_transformer.top_k", f"must be >= 0 (0 = off), got {t.top_k}")
-  req(t.dtype in ("bfloat16", "float32"), "dq_transformer.dtype", f"must be bfloat16 or float32, got {t.dtype!r}")
 
 
 class DQTransformerObjective(ObjectiveBase):
@@ -47,7 +31,18 @@ class DQTransformerObjective(ObjectiveBase):
 
   @classmethod
   def validate(cls, config, info) -> None:
-    validate_dq_transformer(config, info)
+    """Checks `config.tokenizer_workdir` and `config.dq_transformer` (no compilation)."""
+    del info
+    require(bool(config.tokenizer_workdir), "tokenizer_workdir",
+            "must name a trained DQ-VAE workdir: pass --tokenizer <dqvae workdir> to `adaflow train`")
+    t = config.dq_transformer
+    require(int(t.width) % int(t.num_heads) == 0, "dq_transformer.width",
+            f"{t.width} is not divisible by dq_transformer.num_heads={t.num_heads}")
+    require(int(t.depth_pos) >= 1 and int(t.depth_content) >= 1, "dq_transformer.depth_pos",
+            "depth_pos and depth_content must be >= 1")
+    require(float(t.temperature) > 0, "dq_transformer.temperature", f"must be > 0, got {t.temperature}")
+    require(int(t.top_k) >= 0, "dq_transformer.top_k", f"must be >= 0 (0 = off), got {t.top_k}")
+    require(t.dtype in ("bfloat16", "float32"), "dq_transformer.dtype", f"must be bfloat16 or float32, got {t.dtype!r}")
 
   def __init__(self, config, info, tokenizer):
     """`tokenizer`: (DQTokenizer, its frozen params); loading it from `config.tokenizer_workdir` is

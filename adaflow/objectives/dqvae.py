@@ -26,50 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaflow import config as config_lib
+from adaflow.config import require
 from adaflow import data as data_lib
 from adaflow.models import dqvae as dq
 from adaflow.objectives.base import ObjectiveBase
 from adaflow.models.vq import codebook_statistics, ema_codebook_update, quantize, restart_candidates
-
-
-def _is_pow2(n) -> bool:
-  return isinstance(n, int) and n >= 2 and (n & (n - 1)) == 0
-
-
-def validate_dqvae_section(config, info, field: str = "dqvae") -> None:
-  """Checks `config.<field>` (also used by the DQ-Transformer for its tokenizer config)."""
-  d = config[field]
-  req = config_lib._require  # pylint: disable=protected-access
-  req(d.router in dq.ROUTERS, f"{field}.router", f"must be one of {dq.ROUTERS}, got {d.router!r}")
-  req(0.0 <= float(d.fine_fraction) <= 1.0, f"{field}.fine_fraction", f"must be in [0, 1], got {d.fine_fraction}")
-  req(_is_pow2(d.coarse_stride), f"{field}.coarse_stride", f"must be a power of two >= 2, got {d.coarse_stride!r}")
-  req(int(d.embed_dim) % 4 == 0 and d.embed_dim > 0, f"{field}.embed_dim",
-      f"must be a positive multiple of 4 (2-D positions), got {d.embed_dim}")
-  req(int(d.codebook_size) >= 2, f"{field}.codebook_size", f"must be >= 2, got {d.codebook_size}")
-  req(0.0 <= float(d.ema_decay) < 1.0, f"{field}.ema_decay", f"must be in [0, 1), got {d.ema_decay}")
-  req(int(d.width) >= 8, f"{field}.width", f"must be >= 8, got {d.width}")
-  req(float(d.gumbel_tau) > 0, f"{field}.gumbel_tau", "must be > 0")
-  req(0.0 <= float(d.gate_calibration_decay) < 1.0, f"{field}.gate_calibration_decay",
-      f"must be in [0, 1), got {d.gate_calibration_decay}")
-  req(d.gate_gradient in ("max", "both"), f"{field}.gate_gradient",
-      f"must be 'max' (the paper's) or 'both', got {d.gate_gradient!r}")
-  if info is not None:
-    h, w, _ = info.image_shape
-    req(h == w, "data.image_size", f"DQ-VAE needs square images, got {h}x{w}")
-    req(h % int(d.coarse_stride) == 0, f"{field}.coarse_stride",
-        f"image size {h} (data.image_size) is not divisible by coarse_stride {d.coarse_stride}; use a divisor")
-
-
-def validate_dqvae(config, info) -> None:
-  """Checks `config.dqvae` for objective 'dqvae' (no compilation)."""
-  validate_dqvae_section(config, info)
-  d = config.dqvae
-  config_lib._require(float(d.perceptual_weight) == 0 or int(d.perceptual_seed) != int(config.eval.classifier_seed),  # pylint: disable=protected-access
-                      "dqvae.perceptual_seed", f"{d.perceptual_seed} equals eval.classifier_seed: the reconstructions "
-                      "would be scored (rFD) by the network of their own loss; use another seed")
-  config_lib._require(float(config.train.weight_decay) == 0.0, "train.weight_decay",  # pylint: disable=protected-access
-                      "must be 0 for dqvae (weight decay would shrink the EMA codebook statistics)")
 
 
 def build_tokenizer(dq_cfg, info, entropy_images: Optional[np.ndarray] = None) -> dq.DQTokenizer:
@@ -82,8 +43,7 @@ def build_tokenizer(dq_cfg, info, entropy_images: Optional[np.ndarray] = None) -
   if dq_cfg.router == "entropy":
     if entropy_images is None:
       raise ValueError("dqvae.router='entropy' needs training images to set its threshold (entropy_images)")
-    imgs = entropy_images
-    threshold = dq.entropy_threshold(imgs, layout.coarse_stride, float(dq_cfg.fine_fraction),
+    threshold = dq.entropy_threshold(entropy_images, layout.coarse_stride, float(dq_cfg.fine_fraction),
                                      int(dq_cfg.entropy_bins))
   return dq.DQTokenizer(net, layout, dq_cfg.router, float(dq_cfg.fine_fraction), threshold, int(dq_cfg.entropy_bins))
 
@@ -96,7 +56,33 @@ class DQVAEObjective(ObjectiveBase):
 
   @classmethod
   def validate(cls, config, info) -> None:
-    validate_dqvae(config, info)
+    """Checks `config.dqvae` (no compilation)."""
+    d = config.dqvae
+    require(d.router in dq.ROUTERS, "dqvae.router", f"must be one of {dq.ROUTERS}, got {d.router!r}")
+    require(0.0 <= float(d.fine_fraction) <= 1.0, "dqvae.fine_fraction", f"must be in [0, 1], got {d.fine_fraction}")
+    stride = d.coarse_stride
+    require(isinstance(stride, int) and stride >= 2 and (stride & (stride - 1)) == 0, "dqvae.coarse_stride",
+            f"must be a power of two >= 2, got {stride!r}")
+    require(int(d.embed_dim) % 4 == 0 and d.embed_dim > 0, "dqvae.embed_dim",
+            f"must be a positive multiple of 4 (2-D positions), got {d.embed_dim}")
+    require(int(d.codebook_size) >= 2, "dqvae.codebook_size", f"must be >= 2, got {d.codebook_size}")
+    require(0.0 <= float(d.ema_decay) < 1.0, "dqvae.ema_decay", f"must be in [0, 1), got {d.ema_decay}")
+    require(int(d.width) >= 8, "dqvae.width", f"must be >= 8, got {d.width}")
+    require(float(d.gumbel_tau) > 0, "dqvae.gumbel_tau", "must be > 0")
+    require(0.0 <= float(d.gate_calibration_decay) < 1.0, "dqvae.gate_calibration_decay",
+            f"must be in [0, 1), got {d.gate_calibration_decay}")
+    require(d.gate_gradient in ("max", "both"), "dqvae.gate_gradient",
+            f"must be 'max' (the paper's) or 'both', got {d.gate_gradient!r}")
+    if info is not None:
+      h, w, _ = info.image_shape
+      require(h == w, "data.image_size", f"DQ-VAE needs square images, got {h}x{w}")
+      require(h % int(d.coarse_stride) == 0, "dqvae.coarse_stride",
+              f"image size {h} (data.image_size) is not divisible by coarse_stride {d.coarse_stride}; use a divisor")
+    require(float(d.perceptual_weight) == 0 or int(d.perceptual_seed) != int(config.eval.classifier_seed),
+            "dqvae.perceptual_seed", f"{d.perceptual_seed} equals eval.classifier_seed: the reconstructions "
+            "would be scored (rFD) by the network of their own loss; use another seed")
+    require(float(config.train.weight_decay) == 0.0, "train.weight_decay",
+            "must be 0 for dqvae (weight decay would shrink the EMA codebook statistics)")
 
   def __init__(self, config, info, tokenizer: dq.DQTokenizer, classifier=None):
     """`tokenizer` from `build_tokenizer` (with the entropy router's threshold images);

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from adaflow.config import require
 from adaflow import flow
 from adaflow import storage
 from adaflow.models import step_selector as sel
@@ -43,33 +44,6 @@ from adaflow.rl import reinforce as rl
 from adaflow.rl import rewards as rw
 
 
-def validate_selector(config, info) -> None:
-  """Checks `config.selector` for objective 'step_selector' (no compilation)."""
-  del info
-  s = config.selector
-  sel.parse_actions(s.actions, s.step_set, s.method or config.sample.method)
-  if s.cost not in sel.COSTS:
-    raise ValueError(f"config.selector.cost: must be one of {sel.COSTS}, got {s.cost!r}")
-  if s.quality not in rw.QUALITIES:
-    raise ValueError(f"config.selector.quality: must be one of {rw.QUALITIES}, got {s.quality!r}")
-  if not s.generator_workdir:
-    raise ValueError("config.selector.generator_workdir: the frozen generator is not set; pass "
-                     "`--init <generator workdir>` or --config.selector.generator_workdir=<dir>")
-  if not s.beta >= 0:
-    raise ValueError(f"config.selector.beta: must be >= 0, got {s.beta}")
-  if not s.entropy_coef >= 0:
-    raise ValueError(f"config.selector.entropy_coef: must be >= 0, got {s.entropy_coef}")
-  if not 0.0 <= s.baseline_decay < 1.0:
-    raise ValueError(f"config.selector.baseline_decay: must be in [0, 1), got {s.baseline_decay}")
-  if s.hidden < 1 or s.depth < 0:
-    raise ValueError("config.selector.hidden must be >= 1 and config.selector.depth >= 0")
-  if s.quality in ("classifier", "features") and int(s.classifier_seed) == int(config.eval.classifier_seed):
-    raise ValueError(f"config.selector.classifier_seed: {s.classifier_seed} equals eval.classifier_seed, so the "
-                     "policy would be scored (FD, accuracy) by the network it is rewarded with; use another seed")
-  if s.method and s.method not in flow.samplers.METHODS:
-    raise ValueError(f"config.selector.method: must be '' or one of {flow.samplers.METHODS}, got {s.method!r}")
-
-
 class StepSelectorObjective(ObjectiveBase):
   """REINFORCE training of `StepPolicy` against a frozen generator (see the module docstring)."""
 
@@ -77,7 +51,24 @@ class StepSelectorObjective(ObjectiveBase):
 
   @classmethod
   def validate(cls, config, info) -> None:
-    validate_selector(config, info)
+    """Checks `config.selector` (no compilation)."""
+    del info
+    s = config.selector
+    sel.parse_actions(s.actions, s.step_set, s.method or config.sample.method)
+    require(s.cost in sel.COSTS, "selector.cost", f"must be one of {sel.COSTS}, got {s.cost!r}")
+    require(s.quality in rw.QUALITIES, "selector.quality", f"must be one of {rw.QUALITIES}, got {s.quality!r}")
+    require(bool(s.generator_workdir), "selector.generator_workdir", "the frozen generator is not set; pass "
+            "`--init <generator workdir>` or --config.selector.generator_workdir=<dir>")
+    require(s.beta >= 0, "selector.beta", f"must be >= 0, got {s.beta}")
+    require(s.entropy_coef >= 0, "selector.entropy_coef", f"must be >= 0, got {s.entropy_coef}")
+    require(0.0 <= s.baseline_decay < 1.0, "selector.baseline_decay", f"must be in [0, 1), got {s.baseline_decay}")
+    if s.hidden < 1 or s.depth < 0:
+      raise ValueError("config.selector.hidden must be >= 1 and config.selector.depth >= 0")
+    require(s.quality not in ("classifier", "features") or int(s.classifier_seed) != int(config.eval.classifier_seed),
+            "selector.classifier_seed", f"{s.classifier_seed} equals eval.classifier_seed, so the "
+            "policy would be scored (FD, accuracy) by the network it is rewarded with; use another seed")
+    require(not s.method or s.method in flow.samplers.METHODS, "selector.method",
+            f"must be '' or one of {flow.samplers.METHODS}, got {s.method!r}")
 
   @staticmethod
   def use_init_workdir(config, workdir: str) -> bool:

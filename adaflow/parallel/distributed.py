@@ -93,8 +93,7 @@ def describe_environment() -> str:
   return "single process"
 
 
-def initialize_runtime(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
-                       process_id: Optional[int] = None, timeout_s: Optional[int] = None) -> bool:
+def initialize_runtime(timeout_s: Optional[int] = None) -> bool:
   """Initialises JAX's distributed runtime if the environment asks for it; returns True if it did.
 
   Idempotent (a second call does nothing). Wrong settings (missing or out-of-range process id,
@@ -105,9 +104,8 @@ def initialize_runtime(coordinator: Optional[str] = None, num_processes: Optiona
     return True
   if timeout_s is None:
     timeout_s = _env_int("ADAFLOW_INIT_TIMEOUT") or DEFAULT_TIMEOUT_S
-  coord = coordinator or os.environ.get("ADAFLOW_COORDINATOR")
-  n = num_processes if num_processes is not None else _env_int("ADAFLOW_NUM_PROCESSES")
-  pid = process_id if process_id is not None else _env_int("ADAFLOW_PROCESS_ID")
+  coord = os.environ.get("ADAFLOW_COORDINATOR")
+  n, pid = _env_int("ADAFLOW_NUM_PROCESSES"), _env_int("ADAFLOW_PROCESS_ID")
   if coord or n is not None or pid is not None:
     if not coord or n is None:
       raise ValueError("set ADAFLOW_COORDINATOR (host:port) and ADAFLOW_NUM_PROCESSES together (and "

@@ -30,9 +30,9 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
   return tuple(sizes)
 
 
-def make_mesh(mesh_config, devices=None) -> Mesh:
+def make_mesh(mesh_config) -> Mesh:
   """A GSPMD (auto axis types) mesh over all devices, in the order jax lists them."""
-  devices = jax.devices() if devices is None else devices
+  devices = jax.devices()
   shape = mesh_shape(mesh_config, len(devices))
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from adaflow.config import require
 from adaflow import data as data_lib
 from adaflow import flow
 from adaflow import methods
@@ -55,26 +56,22 @@ def _is_int(v) -> bool:
   return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def validate_grouped(config, info=None) -> None:
+def validate_grouped(config) -> None:
   """Checks `config.grouped` (run_grouped and the compose recipe call this); ValueError naming the field."""
   g = config.grouped
   budget_lib.check_budget_args(g.num_groups, g.k, g.largest)
   r = tuple(g.snr_range_db)
-  if len(r) != 2 or not float(r[0]) < float(r[1]):
-    raise ValueError(f"config.grouped.snr_range_db: must be (low_db, high_db) with low < high, got {r}")
+  require(len(r) == 2 and float(r[0]) < float(r[1]), "grouped.snr_range_db",
+          f"must be (low_db, high_db) with low < high, got {r}")
   for f, lo in (("stage1_steps", 1), ("stage2_steps", 0), ("rounds", 1), ("proposals_per_round", 1),
                 ("proxy_samples", 1), ("proxy_finetune_steps", 0), ("importance_batches", 1), ("mlp_granularity", 1)):
-    v = g[f]
-    if not _is_int(v) or v < lo:
-      raise ValueError(f"config.grouped.{f}: must be an integer >= {lo}, got {v!r}")
-  if g.importance not in importance_lib.METHODS:
-    raise ValueError(f"config.grouped.importance: must be one of {importance_lib.METHODS}, got {g.importance!r}")
-  if g.proposer not in PROPOSERS:
-    raise ValueError(f"config.grouped.proposer: must be one of {sorted(PROPOSERS)}, got {g.proposer!r}")
-  if not g.stage2_lr > 0:
-    raise ValueError(f"config.grouped.stage2_lr: must be positive, got {g.stage2_lr}")
-  if config.train.batch_size < g.num_groups:
-    raise ValueError(f"config.train.batch_size: {config.train.batch_size} < grouped.num_groups {g.num_groups}")
+    require(_is_int(g[f]) and g[f] >= lo, f"grouped.{f}", f"must be an integer >= {lo}, got {g[f]!r}")
+  require(g.importance in importance_lib.METHODS, "grouped.importance",
+          f"must be one of {importance_lib.METHODS}, got {g.importance!r}")
+  require(g.proposer in PROPOSERS, "grouped.proposer", f"must be one of {sorted(PROPOSERS)}, got {g.proposer!r}")
+  require(g.stage2_lr > 0, "grouped.stage2_lr", f"must be positive, got {g.stage2_lr}")
+  require(not config.train.batch_size < g.num_groups, "train.batch_size",
+          f"{config.train.batch_size} < grouped.num_groups {g.num_groups}")
 
 
 
@@ -111,7 +108,11 @@ def group_config(config, i: int, structure: Structure, t_range: tuple[float, flo
 # ---- pruning --------------------------------------------------------------------------------
 def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] = None, log=_log) -> dict:
   """Pruning pass for every group (see adaflow.prune.search); writes memory_bank.json and
-  result.json under `out_dir` and returns the result dict."""
+  result.json under `out_dir` and returns the result dict (a finished pass's result.json is read back)."""
+  result_path = os.path.join(out_dir, "result.json")
+  if agree(storage.exists(result_path)):   # one decision for all processes (pruning is collective)
+    log("pruning already finished (result.json); skipping")
+    return storage.read_json(result_path)
   g = config.grouped
   info = data_lib.get_info(config.data)
   base = dit_from_config(config.model, info.image_shape, info.num_classes)
@@ -121,7 +122,7 @@ def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] =
   budgets = budget_lib.group_budgets(g.num_groups, g.k, base_f, g.largest)
   proposer = proposer or make_proposer(g.proposer)
   storage.makedirs(out_dir)
-  bank_path, result_path = os.path.join(out_dir, "memory_bank.json"), os.path.join(out_dir, "result.json")
+  bank_path = os.path.join(out_dir, "memory_bank.json")
   bank = MemoryBank.load(bank_path)
   x_all, y_all = data_lib.load_arrays(config.data, int(g.proxy_samples), seed=int(config.seed) + 7919)
   train_batches = data_lib.make_train_batches(config.data, global_batch_size=min(int(config.train.batch_size), 64),
@@ -211,12 +212,7 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
 
   pdir = os.path.join(workdir, "prune")
   log(f"===== stage 2/3 (pruning): N={g.num_groups}, k={g.k}, largest={g.largest} -> {pdir} =====")
-  result_path = os.path.join(pdir, "result.json")
-  if agree(storage.exists(result_path)):   # one decision for all processes (pruning is collective)
-    log("pruning already finished (result.json); skipping")
-    result = storage.read_json(result_path)
-  else:
-    result = prune(config, base_params, pdir, proposer=proposer, log=log)
+  result = prune(config, base_params, pdir, proposer=proposer, log=log)
 
   base_model = dit_from_config(config.model, info.image_shape, info.num_classes)
   params = {}

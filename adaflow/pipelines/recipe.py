@@ -27,6 +27,7 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
+from adaflow.config import require
 from adaflow import data as data_lib
 from adaflow import storage
 from adaflow.config_defaults import merged_config
@@ -35,7 +36,7 @@ from adaflow.compose.spec import spec_from_config
 from adaflow.models.grouped import group_key
 from adaflow.models.step_selector import parse_actions
 from adaflow.pipelines.convert_stages import convert_workdir
-from adaflow.parallel.host import agree, barrier, is_writer
+from adaflow.parallel.host import barrier, is_writer
 from adaflow.pipelines.grouped import prune, validate_grouped
 from adaflow.pipelines.stages import run_stage
 from adaflow.prune.slicing import slice_params, Structure
@@ -106,8 +107,6 @@ def generator_config(config, upto: str, prune_result: Optional[dict] = None) -> 
     c.sample.cfg_scales = config.sample.cfg_scales
   c.compose.routing = bool(cc.routing)
   if upto in ("grouped", "final") and cc.grouped:
-    if prune_result is None:
-      raise ValueError("generator_config: the grouped stage needs the pruning result")
     c.compose.grouped = True
     c.compose.group_blocks = tuple(tuple((int(h), int(m)) for h, m in _blocks(gr)) for gr in prune_result["groups"])
     c.compose.group_edges = tuple(float(e) for e in prune_result["edges"])
@@ -158,10 +157,8 @@ def validate_recipe(config) -> None:
   for name, steps in (("dense_steps", cc.dense_steps), ("ppflow_steps", cc.ppflow_steps),
                       ("routing_steps", cc.routing_steps), ("grouped_steps", cc.grouped_steps),
                       ("selector_steps", cc.selector_steps)):
-    if not isinstance(steps, int) or steps < 0:
-      raise ValueError(f"config.compose.{name}: must be an integer >= 0, got {steps!r}")
-  if cc.dense_steps < 1:
-    raise ValueError("config.compose.dense_steps: the recipe starts from a dense DiT; needs >= 1 step")
+    require(isinstance(steps, int) and steps >= 0, f"compose.{name}", f"must be an integer >= 0, got {steps!r}")
+  require(cc.dense_steps >= 1, "compose.dense_steps", "the recipe starts from a dense DiT; needs >= 1 step")
   methods.validate(dense_config(config), info)
   if cc.ppflow:
     methods.validate(ppflow_config(config), info)
@@ -181,14 +178,14 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
   bs = int(config.train.batch_size)
   summary: dict[str, Any] = {"stages": {}, "batch_size": bs}
 
-  def stage(name: str, steps: int, fn) -> str:
+  def stage(name: str, steps: int, fn, count: str = "images", per_step: int = bs) -> str:
+    """Runs stage `name`; its summary row: dir, steps, and `count` (images, or the selector's labels)."""
     log(f"===== {name}: {steps} steps -> {os.path.join(workdir, name)} =====")
     d = run_stage(workdir, name, fn, {"steps": int(steps)}, log=log)
-    summary["stages"][name] = {"dir": d, "steps": int(steps)}
+    summary["stages"][name] = {"dir": d, "steps": int(steps), count: int(steps) * per_step}
     return d
 
   last = stage("dense", cc.dense_steps, lambda d: train(dense_config(config), d))
-  summary["stages"]["dense"]["images"] = cc.dense_steps * bs
 
   if cc.ppflow:
     def run_ppflow(d):
@@ -197,27 +194,20 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
         convert_workdir(last, pc, d, log=log)
       train(pc, d)
     last = stage("ppflow", cc.ppflow_steps, run_ppflow)
-    summary["stages"]["ppflow"]["images"] = cc.ppflow_steps * bs
 
   if cc.routing:
     prev = last
     last = stage("routed", cc.routing_steps,
                  lambda d: train(generator_config(config, "routed"), d,
                                  init_params=None if _has_checkpoint(d) else load_params(prev)))
-    summary["stages"]["routed"]["images"] = cc.routing_steps * bs
 
   result = None
   if cc.grouped:
     pdir = os.path.join(workdir, "prune")
-    rpath = os.path.join(pdir, "result.json")
     prev_params = load_params(last)
     n_stages = len(cc.stages) if cc.ppflow else 1
     log(f"===== prune: finest-stage view of {last} -> {pdir} =====")
-    if agree(storage.exists(rpath)):   # one decision for all processes (pruning is collective)
-      log("pruning already finished (result.json); skipping")
-      result = storage.read_json(rpath)
-    else:
-      result = prune(prune_view_config(config), finest_stage_view(prev_params, n_stages - 1), pdir, log=log)
+    result = prune(prune_view_config(config), finest_stage_view(prev_params, n_stages - 1), pdir, log=log)
     gcfg = generator_config(config, "grouped", result)
     prev = last
 
@@ -227,16 +217,14 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
         init = sliced_group_params(config, prev_params, result)
       train(gcfg, d, init_params=init)
     last = stage("grouped", cc.grouped_steps, run_grouped)
-    summary["stages"]["grouped"]["images"] = cc.grouped_steps * bs
     summary["prune"] = {"edges": result["edges"], "groups": [
         {k: gr[k] for k in ("group", "t_range", "budget_fraction", "flops_fraction", "counts")} for gr in result["groups"]]}
 
   summary["generator_dir"] = last
   summary["training_images"] = sum(s.get("images", 0) for s in summary["stages"].values())
   if cc.selector:
-    d = stage("selector", cc.selector_steps, lambda d: train(selector_config(config, last), d))
-    summary["selector_dir"] = d
-    summary["stages"]["selector"]["labels"] = cc.selector_steps * int(cc.selector_batch)
+    summary["selector_dir"] = stage("selector", cc.selector_steps, lambda d: train(selector_config(config, last), d),
+                                    "labels", int(cc.selector_batch))
   if is_writer():   # the other processes computed the same; one writes
     storage.write_json(os.path.join(workdir, "composed.json"), summary, indent=1)
   # The evaluation (`adaflow compose`, load_composed) reads it back on every process: none may

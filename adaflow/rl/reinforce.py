@@ -74,8 +74,7 @@ def reinforce_loss(logits: jax.Array, actions: jax.Array, rewards: jax.Array, ba
 def reinforce_train(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, features: np.ndarray,
                     reward_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], *, steps: int,
                     batch_size: int, rng: jax.Array, lr: float = 1e-2, entropy_coef: float = 0.01,
-                    baseline_decay: float = 0.9, use_baseline: bool = True, log_every: int = 0,
-                    log: Callable[[str], Any] = print) -> tuple[Any, list[dict]]:
+                    baseline_decay: float = 0.9) -> tuple[Any, list[dict]]:
   """REINFORCE on a fixed pool of inputs.
 
   apply_fn(params, features [B, F]) -> logits [B, A]; features: the pool [N, F];
@@ -97,7 +96,7 @@ def reinforce_train(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any
     logits_now = apply_fn(params, feats[idx])
     actions = jax.random.categorical(k_act, logits_now, axis=-1).astype(jnp.int32)
     rewards = reward_fn(idx, actions, k_rew)
-    b = current_baseline(baseline, rewards) if use_baseline else jnp.zeros((), jnp.float32)
+    b = current_baseline(baseline, rewards)
 
     def loss_fn(p):
       return reinforce_loss(apply_fn(p, feats[idx]), actions, rewards, b, entropy_coef)
@@ -112,6 +111,4 @@ def reinforce_train(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any
   for i in range(steps):
     params, opt_state, baseline, metrics = step(params, opt_state, baseline, jax.random.fold_in(rng, i))
     history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
-    if log_every and (i + 1) % log_every == 0:
-      log(f"reinforce step {i + 1}/{steps}: " + ", ".join(f"{k}={v:.4g}" for k, v in history[-1].items()))
   return params, history

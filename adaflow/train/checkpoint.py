@@ -39,7 +39,7 @@ from adaflow import storage
 
 CHECKSUM_KEY = "_state_checksum"
 
-_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}   # also the CLI's one-line errors
 # Not "RESOURCE_EXHAUSTED" alone: tensorstore's full-disk errors say "No space left" too, and an
 # XLA out-of-memory (or an object store's rate limit) is RESOURCE_EXHAUSTED without being a disk.
 _DISK_PHRASES = ("no space left", "read-only file system", "permission denied", "disk quota",
@@ -52,7 +52,7 @@ class CheckpointWriteError(OSError):
 
 def _is_disk_error(e: BaseException) -> bool:
   while e is not None:
-    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+    if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
       return True
     if any(p in str(e).lower() for p in _DISK_PHRASES):
       return True
@@ -341,15 +341,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   return None, None, None
 
 
-def restore_meta(workdir: str, step: Optional[int] = None) -> tuple[dict, int]:
-  """Reads only the JSON metadata (config) of a checkpoint; ValueError if there is none."""
+def restore_meta(workdir: str) -> tuple[dict, int]:
+  """(JSON metadata (config), step) of the latest checkpoint, read alone; ValueError if there is none."""
   mngr = make_manager(workdir, async_save=False)
   steps = sorted(mngr.all_steps())
   if not steps:
     raise ValueError(f"no checkpoint found under {checkpoint_dir(workdir)}; train first or pass --workdir")
-  step = steps[-1] if step is None else step
-  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  return meta, step
+  meta = mngr.restore(steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  return meta, steps[-1]
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adaflow.objectives.base import split_aux
 from adaflow.train.state import TrainState, ema_update
 
 
@@ -33,7 +32,8 @@ def make_train_step(objective, tx: optax.GradientTransformation, ema_decay: floa
       return loss, aux
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    metrics, side = split_aux(objective, aux)
+    metrics, side = aux if objective.has_side else (aux, None)   # has_side: aux is (metrics, side)
+    metrics = dict(metrics)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # Non-gradient updates (EMA codebook statistics from `side`, projections of routing ratios),

@@ -490,6 +490,19 @@ def test_fid_while_training_checks_its_inputs_before_training(tmp_path):
   assert not (w / "checkpoints").exists()
 
 
+def test_fid_while_training_accepts_a_reference_in_a_bucket(monkeypatch):
+  """eval.fid_ref=gs://... is checked through storage (as `adaflow eval fid --ref` is), not as a
+  local file: the hook once refused every bucket reference before training."""
+  from adaflow import storage
+  from adaflow.train.periodic_fid import PeriodicFID
+  there = "gs://bkt/VIRTUAL_imagenet64_labeled.npz"
+  monkeypatch.setattr(storage, "exists", lambda path: str(path) == there)
+  hook = PeriodicFID(_fid_config(**{"eval.fid_ref": there}), "gs://bkt/run", mesh=None)
+  assert hook.ref == there and hook.features is not None
+  with pytest.raises(ValueError, match="eval.fid_ref='gs://bkt/missing.npz' does not exist"):
+    PeriodicFID(_fid_config(**{"eval.fid_ref": "gs://bkt/missing.npz"}), "gs://bkt/run", mesh=None)
+
+
 @pytest.mark.slow   # 2 processes x (DiT + Inception compiles) and one 2048-d sqrtm: minutes on 2 busy cores
 def test_fid_while_training_on_two_processes(tmp_path):
   """`adaflow train` with eval.fid_every on 2 processes x 1 device: both exit 0 and process 0

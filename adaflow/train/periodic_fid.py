@@ -14,7 +14,7 @@ import os
 from typing import Optional
 
 from adaflow.eval.fid.features import InceptionFeatures, build_inception_features
-from adaflow.eval.fid.reference import resolve_reference
+from adaflow.eval.fid.reference import reference_exists, resolve_reference
 from adaflow.eval.fid.run import run_fid, run_tag
 from adaflow.eval import inception as inception_lib
 from adaflow.flow.driver import balanced_labels
@@ -46,7 +46,7 @@ class PeriodicFID(Hook):
     if not self.ref:
       raise ValueError("eval.fid_ref is unset but eval.fid_every > 0: set it to a reference .npz (e.g. ADM's "
                        "VIRTUAL_imagenet64_labeled.npz) or 'dataset' (statistics of eval.fid_ref_num training images)")
-    if not (self.ref == "dataset" or self.ref.startswith("dataset:") or os.path.isfile(self.ref)):
+    if not (self.ref == "dataset" or self.ref.startswith("dataset:") or reference_exists(self.ref)):
       raise ValueError(f"eval.fid_ref={self.ref!r} does not exist; give a reference .npz or 'dataset'")
     # Used only when the first FID runs, after training steps: checked now.
     for field in ("fid_gen_batch", "fid_shard"):

@@ -58,10 +58,15 @@ def _check_stats(path: str, ref: Reference) -> Reference:
   return ref
 
 
+def reference_exists(path: str) -> bool:
+  """Whether a reference .npz is there: a file locally, an object on gs:// (etils.epath)."""
+  return storage.exists(path) if storage.is_remote(path) else os.path.isfile(path)
+
+
 def load_reference(path: str, features: Optional[InceptionFeatures] = None, progress=None) -> Reference:
   """Reference statistics from an npz (see module docstring). `features` is needed only when the
   file holds images (`arr_0`) and no `mu`/`sigma`."""
-  if not (storage.exists(path) if storage.is_remote(path) else os.path.isfile(path)):
+  if not reference_exists(path):
     raise ValueError(f"--ref={path} does not exist; give a reference batch .npz (e.g. ADM's "
                      "VIRTUAL_imagenet64_labeled.npz) or --ref=dataset to use the run's dataset.")
   with storage.open_npz(path) as z:

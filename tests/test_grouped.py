@@ -255,6 +255,31 @@ def test_stage2_resumes_mid_group(tmp_path):
   assert jax.tree_util.tree_map(lambda a: a.shape, full.params) == jax.tree_util.tree_map(lambda a: a.shape, init)
 
 
+@pytest.mark.parametrize("edges_rule", ["snap", "insert"])
+def test_sampling_summary_counts_the_grid_the_grouped_sampler_uses(edges_rule):
+  """grouped.json's FLOPs: unpruned groups cost exactly dense's FLOPs when the sampler snaps the
+  grid onto the group edges (the default; the count once assumed the edges were inserted as extra
+  steps: 10/8 here); with sample.edges="insert" the extra steps are counted."""
+  from adaflow import data as data_lib
+  from adaflow.models.dit import dit_from_config
+  from adaflow.pipelines.grouped import grouped_generator, sampling_summary
+  c = tiny_config(**{"sample.steps": 8, "sample.method": "heun", "sample.cfg_scale": 3.0, "sample.edges": edges_rule})
+  info = data_lib.get_info(c.data)
+  base = dit_from_config(c.model, info.image_shape, info.num_classes)
+  full = Structure.full(base)
+  edges = [float(e) for e in group_edges(4, LinearInterpolant())]
+  assert sum(min(abs(e - k / 8) for k in range(9)) > 1e-3 for e in edges) == 2   # two edges fall between grid points
+  result = {"edges": edges, "groups": [{"flops": B.model_flops(base), "structure": full.to_json()} for _ in range(4)]}
+  summary = sampling_summary(c, result)
+  gen = grouped_generator(c, result)
+  steps = len(gen.sampling_grid(8)) - 1
+  assert sum(summary["steps_per_group"]) == steps and all(n > 0 for n in summary["steps_per_group"])
+  if edges_rule == "snap":
+    assert steps == 8 and summary["flops_fraction"] == 1.0
+  else:
+    assert steps == 10 and summary["flops_fraction"] == pytest.approx(10 / 8)
+
+
 @pytest.mark.slow
 def test_driver_end_to_end_and_resume(tmp_path):
   """The whole schedule through the driver; then group 1 interrupted mid stage 2 and resumed."""

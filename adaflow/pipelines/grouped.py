@@ -171,20 +171,20 @@ def prune(config, base_params: Any, out_dir: str, proposer: Optional[Proposer] =
 
 # ---- sampling cost --------------------------------------------------------------------------
 def sampling_summary(config, result: dict) -> dict:
-  """FLOPs per sampled image of the grouped model vs the dense base (same method, CFG; the grouped
-  sampler integrates the grid with the group edges inserted, which may add steps)."""
+  """FLOPs per sampled image of the grouped model vs the dense base (same steps, method, CFG), each
+  counted on the grid it samples with (adaflow.compose.flops): the grouped sampler meets the group
+  edges by `sample.edges` ("snap", the default, moves grid points onto them and keeps the step
+  count; "insert" adds them as steps)."""
   info = data_lib.get_info(config.data)
   base = dit_from_config(config.model, info.image_shape, info.num_classes)
   s = config.sample
-  grid = flow.time_grid(int(s.steps))
-  segments = flow.TimePartition(tuple(result["edges"])).segments(grid)
-  steps_g = [g for g, sub in segments for _ in range(len(sub) - 1)]
-  gf = [gr["flops"] for gr in result["groups"]]
-  grouped = budget_lib.sampling_flops(gf, steps_g, s.method, float(s.cfg_scale))
-  dense = budget_lib.sampling_flops([budget_lib.model_flops(base)], [0] * (len(grid) - 1), s.method,
-                                    float(s.cfg_scale))
+  generator = grouped_generator(config, result)
+  runs = generator.runs(generator.sampling_grid(int(s.steps)))
+  steps_g = [run.start[0] for run in runs for _ in range(len(run.grid) - 1)]
+  grouped = generator.sampling_flops(None, int(s.steps), s.method, float(s.cfg_scale))
+  dense = budget_lib.sampling_flops([budget_lib.model_flops(base)], [0] * int(s.steps), s.method, float(s.cfg_scale))
   return {"sampling_flops_per_image": grouped, "dense_sampling_flops_per_image": dense,
-          "flops_fraction": grouped / dense, "steps_per_group": [steps_g.count(i) for i in range(len(gf))]}
+          "flops_fraction": grouped / dense, "steps_per_group": [steps_g.count(i) for i in range(len(result["groups"]))]}
 
 
 def grouped_generator(config, result: dict) -> ComposedGenerator:

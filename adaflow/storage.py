@@ -20,7 +20,9 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import socket
+import tempfile
 import zipfile
 from typing import Any, Iterator, Union
 
@@ -163,6 +165,21 @@ def read_torch_file(path: str, flag: str) -> Any:
     raise ValueError(f"{flag}={path}: could not be read with torch.load(weights_only=True) ({type(e).__name__}: "
                      f"{(causes[-1] if causes else '')[:200]}); save the bare state dict "
                      "(torch.save(model.state_dict(), path)) or use safetensors") from None
+
+
+@contextlib.contextmanager
+def local_copy(path: PathLike) -> Iterator[str]:
+  """A local file path holding `path`'s bytes: the path itself when local; for an object-store URI
+  a temporary copy (same file extension), removed on exit. For readers that take file names only
+  (torch.load of a large file, safetensors, hashing)."""
+  if not is_remote(path):
+    yield os.fspath(path)
+    return
+  with tempfile.TemporaryDirectory() as tmp:
+    local = os.path.join(tmp, "copy" + os.path.splitext(os.fspath(path))[1])
+    with epath.Path(path).open("rb") as src, open(local, "wb") as dst:
+      shutil.copyfileobj(src, dst, 1 << 24)
+    yield local
 
 
 class _CheckedNpz:

@@ -182,6 +182,21 @@ assert sorted(storage.listdir(w)) == ["a.npz", "log.txt", "prune", "ratios.png",
 storage.rmtree(w + "/prune")
 assert not storage.exists(w + "/prune/memory_bank.json")
 assert storage.parent("gs://bkt") == "gs://bkt" and storage.parent(w) == "gs://bkt"
+# FID Inception weights on gs:// (eval.fid_inception / --inception): checked there, read from a local copy.
+import ml_collections, os
+from adaflow.eval.fid.features import check_weights
+ec = ml_collections.ConfigDict({"fid_random_inception": -1, "fid_inception": "gs://bkt/weights/none.pth"})
+try:
+  check_weights(ec)
+  raise SystemExit("missing gs:// weights were accepted")
+except ValueError as e:
+  assert str(e).startswith("eval.fid_inception: FID Inception weights not found at gs://bkt/weights/none.pth"), e
+storage.write_bytes("gs://bkt/weights/inception.npz", b"weights")
+ec.fid_inception = "gs://bkt/weights/inception.npz"
+check_weights(ec)
+with storage.local_copy(ec.fid_inception) as local:
+  assert local.endswith(".npz") and open(local, "rb").read() == b"weights"
+assert not os.path.exists(local)
 print("ok")
 """
   out = _run(["-c", script], env, cwd)

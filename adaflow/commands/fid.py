@@ -19,10 +19,9 @@ from absl import app, flags
 from adaflow import storage
 from adaflow.commands.common import FLAGS, Command, need
 from adaflow.config_defaults import base_config
-from adaflow.eval.fid.features import build_inception_features
+from adaflow.eval.fid.features import check_weights, features_from_config
 from adaflow.eval.fid.reference import resolve_reference
 from adaflow.eval.fid.run import run_fid, run_tag
-from adaflow.eval import inception as inception_lib
 from adaflow.flow.driver import balanced_labels
 from adaflow.parallel.host import is_writer
 from adaflow.train.loop import config_of, load_trainer_and_params
@@ -63,17 +62,11 @@ def fid_main():
   ec = config.eval
   if not ec.fid_ref:
     raise app.UsageError("--ref is required for this command (the run's config.eval.fid_ref is unset)")
-  random_seed = ec.fid_random_inception if ec.fid_random_inception >= 0 else None
-  if random_seed is None:   # fail on missing weights before restoring the checkpoint
-    path = os.path.expanduser(ec.fid_inception) if ec.fid_inception else inception_lib.default_weights_path()
-    if not os.path.isfile(path):
-      raise ValueError(inception_lib.missing_weights_message(path))
+  check_weights(ec)   # missing weights fail before the checkpoint is restored
   tr, params, step = load_trainer_and_params(workdir, config)
   if tr.info.image_shape[-1] not in (1, 3):
     raise ValueError(f"FID needs 1- or 3-channel images; data has shape {tr.info.image_shape}.")
-  features = build_inception_features(
-      ec.fid_inception, random_seed=random_seed, resize=ec.fid_resize, batch_size=ec.fid_batch,
-      size=ec.fid_input_size, mesh=tr.mesh)
+  features = features_from_config(ec, tr.mesh)
   fid_dir = os.path.join(workdir, "fid")
   storage.makedirs(fid_dir)
   reference, ref_images = resolve_reference(ec.fid_ref, config.data, features, fid_dir,

@@ -13,10 +13,9 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from adaflow.eval.fid.features import InceptionFeatures, build_inception_features
+from adaflow.eval.fid.features import InceptionFeatures, features_from_config
 from adaflow.eval.fid.reference import reference_exists, resolve_reference
 from adaflow.eval.fid.run import run_fid, run_tag
-from adaflow.eval import inception as inception_lib
 from adaflow.flow.driver import balanced_labels
 from adaflow.parallel.host import agree
 from adaflow.train.hooks import Hook
@@ -55,16 +54,7 @@ class PeriodicFID(Hook):
     if (self.ref == "dataset" or self.ref.startswith("dataset:")) and int(ec.fid_ref_num) < 2:
       raise ValueError(f"eval.fid_ref_num must be >= 2 images for eval.fid_ref={self.ref!r} (a covariance), "
                        f"got {ec.fid_ref_num}")
-    seed = int(ec.fid_random_inception)
-    weights = str(ec.fid_inception) or None
-    if seed < 0:
-      path = os.path.expanduser(weights) if weights else inception_lib.default_weights_path()
-      if not os.path.isfile(path):
-        raise ValueError("eval.fid_inception: " + inception_lib.missing_weights_message(path))
-    self.features = build_inception_features(
-        weights, random_seed=seed if seed >= 0 else None, resize=ec.fid_resize,
-        batch_size=int(ec.fid_batch), size=int(ec.fid_input_size),
-        mesh=mesh)
+    self.features = features_from_config(ec, mesh)
 
   def due(self, step: int) -> bool:
     return bool(self.every) and step > 0 and step % self.every == 0

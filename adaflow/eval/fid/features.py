@@ -10,6 +10,7 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 
+from adaflow import storage
 from adaflow.eval import inception as inception_lib
 from adaflow.parallel import batch_sharding
 from adaflow.parallel.host import to_global, to_host
@@ -79,17 +80,44 @@ class InceptionFeatures:
     return {"pool": np.concatenate(pools), "logits": np.concatenate(logits), "spatial": np.concatenate(spatial)}
 
 
+def weights_path(weights: Optional[str]) -> str:
+  """`eval.fid_inception` / `--inception` -> the file to read: the default location when empty."""
+  if not weights:
+    return inception_lib.default_weights_path()
+  return weights if storage.is_remote(weights) else os.path.expanduser(weights)
+
+
+def check_weights(eval_config) -> None:
+  """Before any sampling: the Inception weights `eval.fid_inception` names exist (a local file or a
+  gs:// object), unless `eval.fid_random_inception` asks for random weights."""
+  if int(eval_config.fid_random_inception) >= 0:
+    return
+  path = weights_path(str(eval_config.fid_inception))
+  if not (storage.exists(path) if storage.is_remote(path) else os.path.isfile(path)):
+    raise ValueError("eval.fid_inception: " + inception_lib.missing_weights_message(path))
+
+
+def features_from_config(eval_config, mesh=None) -> "InceptionFeatures":
+  """The Inception feature extractor `config.eval.fid_*` describe (weights checked first)."""
+  check_weights(eval_config)
+  seed = int(eval_config.fid_random_inception)
+  return build_inception_features(str(eval_config.fid_inception) or None, random_seed=seed if seed >= 0 else None,
+                                  resize=eval_config.fid_resize, batch_size=int(eval_config.fid_batch),
+                                  size=int(eval_config.fid_input_size), mesh=mesh)
+
+
 def build_inception_features(weights: Optional[str], *, random_seed: Optional[int] = None,
                              resize: str = "tf", batch_size: int = 100,
                              size: int = inception_lib.INPUT_SIZE, mesh=None) -> InceptionFeatures:
-  """The standard weights from `weights` (default location if None), or random weights when
-  `random_seed` is given (smoke tests only: such FIDs mean nothing)."""
+  """The standard weights from `weights` (a local path or gs:// URI; default location if None), or
+  random weights when `random_seed` is given (smoke tests only: such FIDs mean nothing)."""
   if random_seed is not None:
     params, identity = inception_lib.init_random_params(random_seed), f"random-{random_seed}"
   else:
-    path = os.path.expanduser(weights) if weights else inception_lib.default_weights_path()
-    params = inception_lib.load_inception_params(path)
-    identity = "sha256:" + inception_lib.file_sha256(path)[:16]
+    path = weights_path(weights)
+    with storage.local_copy(path) as local:
+      params = inception_lib.load_inception_params(local)
+      identity = "sha256:" + inception_lib.file_sha256(local)[:16]
   return InceptionFeatures(params, identity, resize=resize, batch_size=batch_size, size=size, mesh=mesh)
 
 

@@ -7,6 +7,7 @@ grids, FID shards, ...) reaches it through STORAGE_EMULATOR_HOST, tensorboardX's
 TENSORSTORE_GCS_HTTP_URL. Every command runs as `python -m adaflow.cli ...` in an empty working
 directory that must stay empty: nothing may land in a local folder literally named `gs:`.
 """
+import io
 import json
 import os
 import socket
@@ -85,6 +86,13 @@ def _read(url: str, name: str) -> bytes:
                                 timeout=10).read()
 
 
+def _write(url: str, name: str, data: bytes) -> None:
+  q = urllib.parse.urlencode({"uploadType": "media", "name": name})
+  req = urllib.request.Request(f"{url}/upload/storage/v1/b/{BUCKET}/o?{q}", data=data, method="POST",
+                               headers={"Content-Type": "application/octet-stream"})
+  urllib.request.urlopen(req, timeout=60).read()
+
+
 def _run(args, env, cwd, expect_ok=True):
   out = subprocess.run([sys.executable] + list(args), capture_output=True, text=True, env=env, cwd=str(cwd),
                        timeout=TIMEOUT)
@@ -116,9 +124,12 @@ def test_train_resume_sample_eval_fid_keep_everything_in_the_bucket(gcs, tmp_pat
   assert "resumed from gs://bkt/run/checkpoints/2" in train.stdout + train.stderr
   _run(cli + ["sample"] + common + ["--num=4"], env, cwd)
   ev = _run(cli + ["eval"] + common, env, cwd)
-  weights = tmp_path / "inception_random.npz"   # an input file: local, outside the working directory
+  # The Inception weights in the bucket too (eval.fid_inception / --inception on gs://).
   from adaflow.eval import inception as inception_lib
-  np.savez(str(weights), **inception_lib.params_to_state_dict(inception_lib.init_random_params(3)))
+  buf = io.BytesIO()
+  np.savez(buf, **inception_lib.params_to_state_dict(inception_lib.init_random_params(3)))
+  _write(url, "weights/inception_random.npz", buf.getvalue())
+  weights = f"gs://{BUCKET}/weights/inception_random.npz"
   fid = _run(cli + ["eval", "fid"] + common + ["--num=16", "--ref=dataset", "--fid_ref_num=16",
                                                f"--inception={weights}", "--fid_input_size=75", "--fid_batch=8",
                                                "--fid_gen_batch=8", "--fid_shard=8", "--nofid_progress"], env, cwd)

@@ -128,26 +128,6 @@ def test_ab2_is_second_order_with_one_call_per_step():
   assert len(calls) == 2                              # traced once per sample() call: one call per step
 
 
-def test_heun_traces_the_network_once_and_equals_the_two_call_step():
-  """Heun's loop holds one network call (XLA inlines each call, so two calls compile the network
-  twice); an `end_velocity_fn` (another network at the steps' ends) keeps the two-call step. Both
-  give the same numbers for the same network, and the history of a piecewise run."""
-  m, s = 1.5, 0.5
-  z = jax.random.normal(jax.random.key(0), (64, 3))
-  calls = []
-
-  def v(x, t):
-    calls.append(1)
-    return jnp.tanh(gaussian_velocity(m, s)(x, t))
-  one, (v1, h1) = flow.integrate(v, z, flow.time_grid(7), "heun", return_history=True)
-  assert len(calls) == 1
-  two, (v2, h2) = flow.integrate(v, z, flow.time_grid(7), "heun", end_velocity_fn=v, return_history=True)
-  assert len(calls) == 3
-  np.testing.assert_array_equal(np.asarray(one), np.asarray(two))
-  np.testing.assert_array_equal(np.asarray(v1), np.asarray(v2))
-  assert float(h1) == float(h2)
-
-
 @pytest.mark.parametrize("form,norm", [("sigma", 1.0), ("constant", 0.5), ("linear", 1.0)])
 def test_sde_reproduces_gaussian_target(form, norm):
   m, s = 1.5, 0.5

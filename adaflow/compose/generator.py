@@ -168,9 +168,8 @@ class ComposedGenerator:
       (g, s), (g_end, s_end) = run.start, run.end
       if restart and run.start != prev:
         history = None
-      end_fn = None if run.end == run.start else self.velocity_fn(params, g_end, s_end, labels, scales[s_end])
       x, history = flow.integrate(self.velocity_fn(params, g, s, labels, scales[s]), x, run.grid, method,
-                                  end_velocity_fn=end_fn,
+                                  end_velocity_fn=self.velocity_fn(params, g_end, s_end, labels, scales[s_end]),
                                   history=history, return_history=True, **dict(opts, rng=rng))
       prev = run.start     # the network of the run's first evaluations (ab2 evaluates only there)
     return x

@@ -112,6 +112,7 @@ def integrate(velocity_fn: VelocityFn, x: jax.Array, grid: np.ndarray, method: s
   def vel(x, t, fn=velocity_fn):
     return fn(x, jnp.full((b,), 1.0, jnp.float32) * jnp.clip(t, lo, hi))
 
+  end_fn = velocity_fn if end_velocity_fn is None else end_velocity_fn
   n = len(grid) - 1
   ends_at_data = bool(abs(float(grid[-1]) - 1.0) < 1e-6)
   h0 = 1.0 if history is None else history[1]
@@ -119,9 +120,6 @@ def integrate(velocity_fn: VelocityFn, x: jax.Array, grid: np.ndarray, method: s
                                                                      jnp.asarray(np.diff(grid)[:-1], jnp.float32)]),
                first=(np.arange(n) == 0) & (history is None), last=(np.arange(n) == n - 1) & ends_at_data,
                index=np.arange(n))
-  if method == "heun" and end_velocity_fn is None:
-    return _heun_one_call(vel, x, grid, history, return_history)
-  end_fn = velocity_fn if end_velocity_fn is None else end_velocity_fn
   steps = {k: jnp.asarray(v) for k, v in steps.items()}
 
   def body(carry, st):
@@ -147,26 +145,6 @@ def integrate(velocity_fn: VelocityFn, x: jax.Array, grid: np.ndarray, method: s
     return (jnp.where(st["last"], mean, mean + jnp.sqrt(2.0 * w * dt) * noise), v), None
 
   (x, v_last), _ = jax.lax.scan(body, (x, jnp.zeros_like(x) if history is None else history[0]), steps)
-  return (x, (v_last, jnp.asarray(grid[-1] - grid[-2], jnp.float32))) if return_history else x
-
-
-def _heun_one_call(vel: Callable, x: jax.Array, grid: np.ndarray, history: Optional[tuple], return_history: bool):
-  """Heun with one network in the compiled loop: a scan over half steps, the first evaluating at
-  (x, t), the second at (x + dt v, t_next), selected by the half step's parity. XLA inlines every
-  call of the network, so the two-call body compiles it twice; same evaluations, same arithmetic."""
-  t = jnp.asarray(np.repeat(grid[:-1], 2))
-  t_next = jnp.asarray(np.repeat(grid[1:], 2))
-  second = jnp.asarray(np.tile([False, True], len(grid) - 1))
-
-  def body(carry, st):
-    x, v_first = carry
-    dt = st["t_next"] - st["t"]
-    v = vel(jnp.where(st["second"], x + dt * v_first, x), jnp.where(st["second"], st["t_next"], st["t"]))
-    x_out = jnp.where(st["second"], x + dt * 0.5 * (v_first + v), x)
-    return (x_out, jnp.where(st["second"], v_first, v)), None
-
-  v0 = jnp.zeros_like(x) if history is None else history[0]
-  (x, v_last), _ = jax.lax.scan(body, (x, v0), dict(t=t, t_next=t_next, second=second))
   return (x, (v_last, jnp.asarray(grid[-1] - grid[-2], jnp.float32))) if return_history else x
 
 

@@ -36,7 +36,7 @@ from adaflow.models.grouped import group_key
 from adaflow.objectives.flow_loss import regression_loss
 from adaflow.parallel import make_mesh
 from adaflow.parallel.host import agree, is_writer
-from adaflow.pipelines.stages import run_stage, stage_done
+from adaflow.pipelines.stages import run_stage, stage_config, stage_done
 from adaflow.prune import budget as budget_lib
 from adaflow.prune import importance as importance_lib
 from adaflow.prune.groups import group_edges
@@ -87,22 +87,12 @@ def stage1_config(config) -> ml_collections.ConfigDict:
 def group_config(config, i: int, structure: Structure, t_range: tuple[float, float]) -> ml_collections.ConfigDict:
   """Stage-2 config of group i: its pruned blocks, its time range, the stage-2 schedule."""
   g = config.grouped
-  c = config.copy_and_resolve_references()
-  c.name = f"{config.name}_group{i}"
+  c = stage_config(config, f"group{i}", g.stage2_steps, lr=g.stage2_lr, warmup_steps=g.stage2_warmup_steps)
   c.objective = "grouped_finetune"
   c.model.blocks = [[s.num_heads, s.mlp_dim] for s in structure.block_specs()]
   c.grouped.group = i
   c.grouped.t_range = (float(t_range[0]), float(t_range[1]))
-  c.train.steps = int(g.stage2_steps)
-  c.train.lr = float(g.stage2_lr)
-  c.train.warmup_steps = int(g.stage2_warmup_steps)
-  c.train.ckpt_every = max(1, min(int(c.train.ckpt_every), int(g.stage2_steps) or 1))
-  c.train.log_every = max(1, min(int(c.train.log_every), int(g.stage2_steps) or 1))
-  c.train.final_samples = False
-  c.train.sample_every = 0
-  c.eval.at_end = False
   return c
-
 
 
 # ---- pruning --------------------------------------------------------------------------------

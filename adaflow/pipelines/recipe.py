@@ -38,7 +38,7 @@ from adaflow.models.step_selector import parse_actions
 from adaflow.pipelines.convert_stages import convert_workdir
 from adaflow.parallel.host import barrier, is_writer
 from adaflow.pipelines.grouped import prune, validate_grouped
-from adaflow.pipelines.stages import run_stage
+from adaflow.pipelines.stages import run_stage, stage_config
 from adaflow.prune.slicing import slice_params, Structure
 from adaflow.train import checkpoint as ckpt
 from adaflow import methods
@@ -60,22 +60,13 @@ def _has_checkpoint(path: str) -> bool:
 # ---- per-stage configs ----------------------------------------------------------------------
 def _base(config, name: str, steps: int, finetune: bool) -> ml_collections.ConfigDict:
   cc = config.compose
-  c = config.copy_and_resolve_references()
+  c = stage_config(config, name, steps, lr=cc.finetune_lr if finetune else None,
+                   warmup_steps=cc.finetune_warmup_steps if finetune else None)
   with c.unlocked():
     c.compose.ppflow = c.compose.routing = c.compose.grouped = c.compose.selector = False
     c.compose.stages, c.compose.group_blocks, c.compose.group_edges = (), (), ()
     c.model.stages = None
     c.sample.cfg_scales = None
-  c.name = f"{config.name}_{name}"
-  c.train.steps = int(steps)
-  if finetune:
-    c.train.lr = float(cc.finetune_lr)
-    c.train.warmup_steps = int(cc.finetune_warmup_steps)
-  c.train.ckpt_every = max(1, min(int(c.train.ckpt_every), int(steps) or 1))
-  c.train.log_every = max(1, min(int(c.train.log_every), int(steps) or 1))
-  c.train.final_samples = False
-  c.train.sample_every = 0
-  c.eval.at_end = False
   return c
 
 

@@ -33,6 +33,25 @@ def mark_stage_done(path: str, info: dict) -> None:
   barrier(f"stage done {path}")
 
 
+def stage_config(config, name: str, steps: int, *, lr: Optional[float] = None,
+                 warmup_steps: Optional[int] = None):
+  """`config` for training stage `name` of a multi-run job: `steps` steps (`lr` / `warmup_steps` when
+  given), at least one checkpoint and log row, no sample grids or evaluation (the job evaluates)."""
+  c = config.copy_and_resolve_references()
+  c.name = f"{config.name}_{name}"
+  c.train.steps = int(steps)
+  if lr is not None:
+    c.train.lr = float(lr)
+  if warmup_steps is not None:
+    c.train.warmup_steps = int(warmup_steps)
+  c.train.ckpt_every = max(1, min(int(c.train.ckpt_every), int(steps) or 1))
+  c.train.log_every = max(1, min(int(c.train.log_every), int(steps) or 1))
+  c.train.final_samples = False
+  c.train.sample_every = 0
+  c.eval.at_end = False
+  return c
+
+
 def run_stage(workdir: str, name: str, fn: Callable[[str], Any], info: Optional[dict] = None,
               log: Callable[[str], Any] = print) -> str:
   """Runs `fn(stage_dir)` for stage `name` unless `<workdir>/<name>` is already DONE; marks it

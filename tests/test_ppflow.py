@@ -1,4 +1,5 @@
 """PPFlow: patch schedule, per-stage shapes, batch split, conversion from a one-level DiT, objective."""
+import os
 import warnings
 
 import flax.linen as nn
@@ -257,9 +258,27 @@ def test_convert_rejects_mismatched_model():
                num_classes=10, stage_groups=GROUPS3, dtype=jnp.float32)
   with pytest.raises(ValueError, match="no parameter 'block_2'"):
     pp.convert_dense_params(dense, zeros_like_init(deeper), GROUPS3, 2, 3, 3)
+  with pytest.raises(ValueError, match="takes 12 values per token, the target's base patch 4x4x3"):
+    pp.convert_dense_params(dense, zeros_like_init(small_dit(GROUPS3)), GROUPS3, 4, 3, 3)
   with pytest.raises(ValueError, match="one-level DiT"):
     three = zeros_like_init(small_dit(GROUPS3))
     pp.convert_dense_params(three, three, GROUPS3, 2, 3, 3)
+  # `adaflow convert-stages` compares the two runs' configs first (a differing base patch was a
+  # numpy reshape error after the target's init compiled); a DiT size name counts as its dims.
+  from adaflow.pipelines.convert_stages import check_same_network
+  from adaflow.models.dit import DIT_SIZES
+  dense_cfg = tiny_config(**{"model.patch_size": 2})
+  check_same_network(dense_cfg, pp_config(), "W")
+  for field, value in (("patch_size", 4), ("hidden_size", 48), ("depth", 3), ("learn_sigma", True)):
+    other = pp_config()
+    other.model[field] = value
+    with pytest.raises(ValueError, match=rf"^config.model.{field}: the dense run W has {field}=.*, this PPFlow config {value}; "
+                                         rf".*--config.model.{field}="):
+      check_same_network(dense_cfg, other, "W")
+  named, dims = pp_config(), tiny_config(**{"model.patch_size": 2})
+  named.model.size = "S"
+  dims.model.depth, dims.model.hidden_size, dims.model.num_heads = DIT_SIZES["S"]
+  check_same_network(dims, named, "W")
 
 
 # ---- objective -------------------------------------------------------------------------------
@@ -337,3 +356,9 @@ def test_convert_stages_workdir_round_trip(tmp_path):
   assert int(state.step) == 2
   with pytest.raises(ValueError, match="config.objective"):
     convert_workdir(str(tmp_path / "dense"), dense_cfg, str(tmp_path / "bad"), log=lambda m: None)
+  # Another network than the dense run's (here its base patch): one line before anything is built.
+  other = pp_config(stages=((0.5, (8, 8)), (1.0, (4, 4))))
+  other.model.patch_size = 4
+  with pytest.raises(ValueError, match=r"^config.model.patch_size: the dense run .* has patch_size=2, this PPFlow config 4"):
+    convert_workdir(str(tmp_path / "dense"), other, str(tmp_path / "bad"), log=lambda m: None)
+  assert not os.path.exists(tmp_path / "bad")

@@ -215,6 +215,9 @@ def convert_dense_params(dense: Any, target: Any, groups: Sequence[tuple[int, in
                        f"(width, depth, heads) must match the target config's model")
     out[name] = jax.tree_util.tree_map(np.asarray, src[name])
   emb, head = src["embed_0"]["proj"], src["head_0"]["linear"]
+  if np.shape(emb["kernel"])[0] != patch * patch * in_channels:
+    raise ValueError(f"convert-stages: the source's patch embedding takes {np.shape(emb['kernel'])[0]} values per token, "
+                     f"the target's base patch {patch}x{patch}x{in_channels}; patch_size and channels must agree")
   for s, g in enumerate(groups):
     g = tuple(int(v) for v in g)
     out[f"embed_{s}"] = {"proj": {

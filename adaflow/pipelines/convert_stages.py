@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import jax
 
+from adaflow.models.dit import DIT_SIZES
 from adaflow.models.ppflow import convert_params_for
 from adaflow.train import checkpoint as ckpt
-from adaflow.train.loop import Trainer, load_params
+from adaflow.train.loop import Trainer, config_of, load_params
 from adaflow.train.sharded_state import init_state
 
 
@@ -16,6 +17,7 @@ def convert_workdir(dense_workdir: str, config, out_dir: str, log=print) -> str:
   if config.objective != "ppflow":
     raise ValueError("config.objective: convert-stages needs a PPFlow config (objective='ppflow' with "
                      f"model.stages), got {config.objective!r}")
+  check_same_network(config_of(dense_workdir), config, dense_workdir)
   tr = Trainer(config, out_dir, log=log)
   dense = load_params(dense_workdir)
   params = convert_params_for(tr.objective, dense, jax.random.PRNGKey(config.seed))
@@ -27,3 +29,18 @@ def convert_workdir(dense_workdir: str, config, out_dir: str, log=print) -> str:
   manager.close()
   log(f"wrote {ckpt.checkpoint_dir(out_dir)}/0: {tr.objective.spec.num_stages}-stage model from {dense_workdir}")
   return out_dir
+
+
+def check_same_network(dense_config, config, dense_workdir: str) -> None:
+  """Before anything is built: the PPFlow config's network (width, depth, heads, MLP ratio, sigma
+  output, and its base patch = the finest stage's) is the dense run's, which conversion keeps."""
+  def fields(m):
+    depth, hidden, heads = DIT_SIZES[m.size] if m.size else (m.depth, m.hidden_size, m.num_heads)
+    return dict(patch_size=m.patch_size, depth=depth, hidden_size=hidden, num_heads=heads, mlp_ratio=m.mlp_ratio,
+                learn_sigma=m.learn_sigma)
+  have, want = fields(dense_config.model), fields(config.model)
+  for field, value in want.items():
+    if have[field] != value:
+      raise ValueError(f"config.model.{field}: the dense run {dense_workdir} has {field}={have[field]!r}, this "
+                       f"PPFlow config {value!r}; convert-stages keeps the dense network (its patch is the finest "
+                       f"stage's): set --config.model.{field}={have[field]!r} or convert a dense run trained with {value!r}")

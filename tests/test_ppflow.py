@@ -279,6 +279,8 @@ def test_convert_rejects_mismatched_model():
   named.model.size = "S"
   dims.model.depth, dims.model.hidden_size, dims.model.num_heads = DIT_SIZES["S"]
   check_same_network(dims, named, "W")
+  named.model.size = "Q"            # not a size: left to the config check's own one-line error
+  check_same_network(dense_cfg, named, "W")
 
 
 # ---- objective -------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def check_same_network(dense_config, config, dense_workdir: str) -> None:
   """Before anything is built: the PPFlow config's network (width, depth, heads, MLP ratio, sigma
   output, and its base patch = the finest stage's) is the dense run's, which conversion keeps."""
   def fields(m):
-    depth, hidden, heads = DIT_SIZES[m.size] if m.size else (m.depth, m.hidden_size, m.num_heads)
+    depth, hidden, heads = DIT_SIZES.get(m.size, (m.depth, m.hidden_size, m.num_heads))   # a bad name: Trainer's error
     return dict(patch_size=m.patch_size, depth=depth, hidden_size=hidden, num_heads=heads, mlp_ratio=m.mlp_ratio,
                 learn_sigma=m.learn_sigma)
   have, want = fields(dense_config.model), fields(config.model)

@@ -14,6 +14,7 @@ from adaflow.train.loop import Trainer, train
     ({"sample.method": "rk45"}, "sample.method"),
     ({"flow.interpolant": "ddpm"}, "flow.interpolant"),
     ({"model.hidden_size": 30}, "model.hidden_size"),
+    ({"model.size": "Q"}, "model.size"),             # was a KeyError traceback
     ({"model.dtype": "int8"}, "model.dtype"),
     ({"model.remat": "everything"}, "model.remat"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, "mesh"),

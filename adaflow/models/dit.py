@@ -332,6 +332,9 @@ def dit_from_config(model_config, image_shape: Sequence[int], num_classes: int) 
   h, w, ch = image_shape
   depth, hidden, heads = model_config.depth, model_config.hidden_size, model_config.num_heads
   if model_config.size:
+    if model_config.size not in DIT_SIZES:
+      raise ValueError(f"config.model.size: must be '' (use depth / hidden_size / num_heads) or one of "
+                       f"{sorted(DIT_SIZES)}, got {model_config.size!r}")
     depth, hidden, heads = DIT_SIZES[model_config.size]
   groups = tuple(tuple(g) for g in model_config.stage_groups)
   blocks = model_config.blocks

@@ -40,6 +40,16 @@ def validate_train(config) -> None:
   require(isinstance(t.debug_nan_step, int), "train.debug_nan_step",
            f"must be an integer (-1 = off), got {t.debug_nan_step!r}")
   require(t.preemption_sync_every >= 1, "train.preemption_sync_every", "must be >= 1")
+  # AdamW and the schedule (adaflow/train/optim.py): out of range they train on silently, or NaN.
+  for field in ("b1", "b2"):
+    require(0.0 <= t[field] < 1.0, f"train.{field}", f"must be in [0, 1) (an Adam moment decay), got {t[field]}")
+  require(t.eps > 0, "train.eps", f"must be positive (Adam's denominator floor), got {t.eps}")
+  require(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0 (0 = off), got {t.weight_decay}")
+  require(t.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (the global-norm bound; 0 = no clipping), got {t.grad_clip}")
+  require(0.0 <= t.final_lr_fraction <= 1.0, "train.final_lr_fraction",
+           f"must be in [0, 1] (the learning rate at the last step, as a fraction of train.lr), got {t.final_lr_fraction}")
+  require(_is_int(t.grid_per_class) and t.grid_per_class >= 1, "train.grid_per_class",
+           f"must be an integer >= 1 (samples per class in the sample grids), got {t.grid_per_class!r}")
   validate_diagnostics(config)
 
 
@@ -97,6 +107,7 @@ def validate_flow(config) -> None:
            f"must be one of {PREDICTIONS}, got {f.prediction!r}")
   require(f.t_sampler in T_SAMPLERS, "flow.t_sampler",
            f"must be one of {T_SAMPLERS}, got {f.t_sampler!r}")
+  require(f.logit_std > 0, "flow.logit_std", f"must be positive (the logit-normal t sampler's spread), got {f.logit_std}")
   s = config.sample
   require(int(s.steps) >= 1, "sample.steps", f"must be >= 1, got {s.steps}")
   require(s.method in METHODS, "sample.method", f"must be one of {METHODS}, got {s.method!r}")
@@ -129,6 +140,9 @@ def validate_model(config, info) -> None:
     require(m.hidden_size % 4 == 0, "model.hidden_size", "must be divisible by 4 (2D sin-cos positions)")
     require(m.depth >= 1, "model.depth", f"must be >= 1, got {m.depth}")
   require(0.0 <= m.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
+  require(m.mlp_ratio > 0, "model.mlp_ratio", f"must be positive (MLP width / hidden_size), got {m.mlp_ratio}")
+  require(m.time_scale > 0, "model.time_scale", f"must be positive (t in [0, 1] is embedded as t x time_scale), "
+           f"got {m.time_scale}")
   require(isinstance(m.remat, bool) or m.remat in REMAT_POLICIES or m.remat in OFF_NAMES + FULL_NAMES, "model.remat",
            f"must be 'none' or a policy name in {sorted(REMAT_POLICIES)}, got {m.remat!r}")
   require(isinstance(m.scan_blocks, bool), "model.scan_blocks", f"must be True or False, got {m.scan_blocks!r}")

@@ -15,6 +15,17 @@ from adaflow.train.loop import Trainer, train
     ({"flow.interpolant": "ddpm"}, "flow.interpolant"),
     ({"model.hidden_size": 30}, "model.hidden_size"),
     ({"model.size": "Q"}, "model.size"),             # was a KeyError traceback
+    # These reached compilation (and trained on, or failed inside the first step or at the last grid):
+    ({"model.mlp_ratio": 0.0}, "model.mlp_ratio"),
+    ({"model.time_scale": 0.0}, "model.time_scale"),
+    ({"flow.logit_std": -1.0}, "flow.logit_std"),
+    ({"train.b1": -0.1}, "train.b1"),
+    ({"train.b2": 1.5}, "train.b2"),
+    ({"train.eps": 0.0}, "train.eps"),
+    ({"train.weight_decay": -1e-4}, "train.weight_decay"),
+    ({"train.grad_clip": -1.0}, "train.grad_clip"),
+    ({"train.final_lr_fraction": 1.5}, "train.final_lr_fraction"),
+    ({"train.grid_per_class": 0}, "train.grid_per_class"),
     ({"model.dtype": "int8"}, "model.dtype"),
     ({"model.remat": "everything"}, "model.remat"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, "mesh"),

@@ -57,6 +57,10 @@ def test_config_validation_names_fields():
   c.selector.classifier_seed = c.eval.classifier_seed
   with pytest.raises(ValueError, match=r"selector\.classifier_seed.*eval\.classifier_seed"):
     methods.validate(c)
+  c = selector_config()
+  c.selector.lr = 0.0
+  with pytest.raises(ValueError, match=r"config\.selector\.lr: must be positive"):
+    methods.validate(c)
 
 
 def test_use_init_workdir_sets_generator():

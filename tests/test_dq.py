@@ -240,6 +240,26 @@ def test_dqvae_config_errors():
   c.dqvae.perceptual_seed = c.eval.classifier_seed
   with pytest.raises(ValueError, match="dqvae.perceptual_seed.*eval.classifier_seed"):
     methods.validate(c, get_info(c.data))
+  # These reached compilation: negative loss weights trained on, an empty reconstruction bank failed
+  # in generate() after training, no entropy bins or threshold images failed in the router.
+  for field, value in (("l1_weight", -1.0), ("commitment", -0.25), ("restart_threshold", -0.1),
+                       ("recon_bank_per_class", 0), ("entropy_bins", 1), ("entropy_num_images", 0), ("disc_width", 0)):
+    with pytest.raises(ValueError, match=rf"config\.dqvae\.{field}: must be"):
+      methods.validate(_dq_config(**{field: value}), get_info(c.data))
+
+
+def test_dq_transformer_config_errors():
+  """Checked before the tokenizer is loaded or anything compiles; num_heads 0 was a ZeroDivisionError."""
+  from adaflow.objectives.dq_transformer import DQTransformerObjective
+  c = _dq_config()
+  c.objective, c.tokenizer_workdir = "dq_transformer", "/some/dqvae/run"
+  DQTransformerObjective.validate(c, None)
+  for field, value in (("num_heads", 0), ("mlp_ratio", 0.0), ("position_weight", -0.5), ("width", 0),
+                       ("temperature", 0.0), ("top_k", -1)):
+    bad = c.copy_and_resolve_references()
+    bad.dq_transformer[field] = value
+    with pytest.raises(ValueError, match=rf"config\.dq_transformer\.{field}: "):
+      DQTransformerObjective.validate(bad, None)
 
 
 def test_entropy_router_and_fixed_map():

@@ -93,6 +93,18 @@ def test_bad_n_k_rejected(n, k, largest, field):
     group_edges(0, LinearInterpolant())
 
 
+@pytest.mark.parametrize("overrides,field", [({"stage2_warmup_steps": -5}, "grouped.stage2_warmup_steps"),
+                                             ({"proxy_finetune_steps": 3, "proxy_lr": 0.0}, "grouped.proxy_lr")])
+def test_stage2_warmup_and_proxy_lr_are_checked(overrides, field):
+  """Both used to pass validation (a negative warmup reached the schedule, a zero proxy lr the search)."""
+  from adaflow.pipelines.grouped import validate_grouped
+  c = tiny_config()
+  validate_grouped(c)
+  c.grouped.update(overrides)
+  with pytest.raises(ValueError, match=rf"^config\.{field}: "):
+    validate_grouped(c)
+
+
 def test_analytic_flops_match_xla():
   # Unrolled blocks: XLA's cost analysis counts a scanned (while-loop) body only once.
   base = _dit(hidden_size=64, num_heads=2).clone(scan_blocks=False, parent=None)

@@ -36,7 +36,11 @@ class DQTransformerObjective(ObjectiveBase):
     require(bool(config.tokenizer_workdir), "tokenizer_workdir",
             "must name a trained DQ-VAE workdir: pass --tokenizer <dqvae workdir> to `adaflow train`")
     t = config.dq_transformer
-    require(int(t.width) % int(t.num_heads) == 0, "dq_transformer.width",
+    require(int(t.num_heads) >= 1, "dq_transformer.num_heads", f"must be >= 1, got {t.num_heads}")
+    require(float(t.mlp_ratio) > 0, "dq_transformer.mlp_ratio", f"must be > 0, got {t.mlp_ratio}")
+    require(float(t.position_weight) >= 0, "dq_transformer.position_weight",
+            f"must be >= 0 (the position losses' weight), got {t.position_weight}")
+    require(int(t.width) >= 1 and int(t.width) % int(t.num_heads) == 0, "dq_transformer.width",
             f"{t.width} is not divisible by dq_transformer.num_heads={t.num_heads}")
     require(int(t.depth_pos) >= 1 and int(t.depth_content) >= 1, "dq_transformer.depth_pos",
             "depth_pos and depth_content must be >= 1")

@@ -73,6 +73,14 @@ class DQVAEObjective(ObjectiveBase):
             f"must be in [0, 1), got {d.gate_calibration_decay}")
     require(d.gate_gradient in ("max", "both"), "dqvae.gate_gradient",
             f"must be 'max' (the paper's) or 'both', got {d.gate_gradient!r}")
+    for field in ("budget_weight", "commitment", "l1_weight", "l2_weight", "perceptual_weight", "disc_weight"):
+      require(float(d[field]) >= 0, f"dqvae.{field}", f"must be >= 0 (a loss weight; 0 = off), got {d[field]}")
+    require(float(d.restart_threshold) >= 0, "dqvae.restart_threshold",
+            f"must be >= 0 (0 = never restart a code), got {d.restart_threshold}")
+    # recon_bank_per_class: generate() draws from it after training; entropy_*: the entropy router's threshold.
+    for field, lo in (("num_res_blocks", 0), ("disc_width", 1), ("recon_bank_per_class", 1), ("entropy_bins", 2),
+                      ("entropy_num_images", 1)):
+      require(isinstance(d[field], int) and d[field] >= lo, f"dqvae.{field}", f"must be an integer >= {lo}, got {d[field]!r}")
     if info is not None:
       h, w, _ = info.image_shape
       require(h == w, "data.image_size", f"DQ-VAE needs square images, got {h}x{w}")

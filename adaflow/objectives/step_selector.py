@@ -62,6 +62,7 @@ class StepSelectorObjective(ObjectiveBase):
     require(s.beta >= 0, "selector.beta", f"must be >= 0, got {s.beta}")
     require(s.entropy_coef >= 0, "selector.entropy_coef", f"must be >= 0, got {s.entropy_coef}")
     require(0.0 <= s.baseline_decay < 1.0, "selector.baseline_decay", f"must be in [0, 1), got {s.baseline_decay}")
+    require(s.lr > 0, "selector.lr", f"must be positive (the compose recipe's policy learning rate), got {s.lr}")
     if s.hidden < 1 or s.depth < 0:
       raise ValueError("config.selector.hidden must be >= 1 and config.selector.depth >= 0")
     require(s.quality not in ("classifier", "features") or int(s.classifier_seed) != int(config.eval.classifier_seed),

@@ -64,12 +64,15 @@ def validate_grouped(config) -> None:
   require(len(r) == 2 and float(r[0]) < float(r[1]), "grouped.snr_range_db",
           f"must be (low_db, high_db) with low < high, got {r}")
   for f, lo in (("stage1_steps", 1), ("stage2_steps", 0), ("rounds", 1), ("proposals_per_round", 1),
-                ("proxy_samples", 1), ("proxy_finetune_steps", 0), ("importance_batches", 1), ("mlp_granularity", 1)):
+                ("proxy_samples", 1), ("proxy_finetune_steps", 0), ("importance_batches", 1), ("mlp_granularity", 1),
+                ("stage2_warmup_steps", 0)):
     require(_is_int(g[f]) and g[f] >= lo, f"grouped.{f}", f"must be an integer >= {lo}, got {g[f]!r}")
   require(g.importance in importance_lib.METHODS, "grouped.importance",
           f"must be one of {importance_lib.METHODS}, got {g.importance!r}")
   require(g.proposer in PROPOSERS, "grouped.proposer", f"must be one of {sorted(PROPOSERS)}, got {g.proposer!r}")
   require(g.stage2_lr > 0, "grouped.stage2_lr", f"must be positive, got {g.stage2_lr}")
+  require(g.proxy_finetune_steps == 0 or g.proxy_lr > 0, "grouped.proxy_lr",
+          f"must be positive when grouped.proxy_finetune_steps > 0, got {g.proxy_lr}")
   require(not config.train.batch_size < g.num_groups, "train.batch_size",
           f"{config.train.batch_size} < grouped.num_groups {g.num_groups}")
 

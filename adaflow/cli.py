@@ -120,6 +120,18 @@ def _config_file_error(name: str):
           "build it from adaflow.config_defaults.base_config() as configs/*.py do")
 
 
+def _undeclared_flag_error(name: str):
+  """One line when a flag of another command was given (absl parses every command's flags, so e.g.
+  `adaflow eval --num 100` would evaluate config.eval.num_samples images and ignore --num)."""
+  allowed = set(COMMANDS[name].flags) | {"debug"}
+  given = sorted(f for f in FLAGS if FLAGS[f].present and f not in allowed
+                 and FLAGS.find_module_defining_flag(f, "").startswith("adaflow"))
+  if not given:
+    return None
+  return (f"--{given[0]}: `adaflow {name}` has no such flag (its flags: {', '.join('--' + f for f in COMMANDS[name].flags)}; "
+          "config fields are set with --config.<field>=value, e.g. --config.eval.num_samples=5000)")
+
+
 def _flag_value(args, name: str):
   """The value of `--name=v` or `--name v` in `args` (the last one given), or None."""
   value = None
@@ -192,7 +204,7 @@ def main(argv=None):
       raise
     _error(f"--config: running the config file failed ({type(e).__name__}: {' '.join(str(e).split())}); "
            "--debug shows the traceback")
-  config_error = _config_file_error(name)
+  config_error = _config_file_error(name) or _undeclared_flag_error(name)
   if config_error and not debug:
     _error(config_error)
   # A failing checkpoint write is one `error:` line, not orbax's and tensorstore's thread tracebacks.

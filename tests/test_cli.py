@@ -75,6 +75,31 @@ def test_mistyped_command_suggests_the_nearest(capsys):
   assert err.count("\n") == 1
 
 
+def test_a_flag_of_another_command_is_one_line_not_ignored(capsys, tmp_path):
+  """absl parses every command's flags: `adaflow eval --num 1` evaluated config.eval.num_samples
+  images and `adaflow train --steps 5` trained the config's steps, each ignoring the flag."""
+  for argv, flag in ((["eval", f"--workdir={tmp_path}", "--num=1"], "num"),
+                     (["train", f"--workdir={tmp_path}", "--steps=5"], "steps"),
+                     (["convert-stages", f"--workdir={tmp_path}", "--out=x", "--fid_batch=3"], "fid_batch")):
+    code, _, err = _main(argv, capsys)
+    assert code == 2 and err.startswith(f"error: --{flag}: `adaflow {argv[0]}` has no such flag"), err
+    assert "--config.<field>=value" in err and err.count("\n") == 1
+  assert os.listdir(tmp_path) == []
+
+
+def test_eval_fid_counts_checked_before_the_checkpoint_is_read(capsys, tmp_path):
+  """`--num 1` / `--fid_ref_num 1` failed after sampling and feature extraction; now one line first
+  (the workdir here holds no run: nothing is read)."""
+  common = [f"--workdir={tmp_path}", f"--config={CLI_CONFIG}",
+            "--ref=dataset", "--fid_random_inception=0"]
+  for extra, want in ((["--num=1"], "--num=1: FID needs >= 2 images"),
+                      (["--num=8", "--fid_ref_num=1"], "--fid_ref_num=1: --ref=dataset needs >= 2 reference images"),
+                      (["--num=8", "--fid_shard=0"], "--fid_shard=0: must be >= 1")):
+    code, _, err = _main(["eval", "fid"] + common + extra, capsys)
+    assert code == 2 and err.startswith(f"error: {want}"), err
+  assert os.listdir(tmp_path) == []
+
+
 def test_a_config_file_that_does_not_load_is_one_line(tmp_path):
   """A missing file, a syntax or name error in it, no get_config(), or a get_config() that does not
   return a ConfigDict: one line naming --config and exit 2 (tracebacks before)."""

@@ -62,6 +62,14 @@ def fid_main():
   ec = config.eval
   if not ec.fid_ref:
     raise app.UsageError("--ref is required for this command (the run's config.eval.fid_ref is unset)")
+  # Before the checkpoint is restored and anything is sampled (these failed after the work before).
+  if num < 2:
+    raise app.UsageError(f"--num={num}: FID needs >= 2 images (a covariance)")
+  if (ec.fid_ref == "dataset" or ec.fid_ref.startswith("dataset:")) and int(ec.fid_ref_num) < 2:
+    raise app.UsageError(f"--fid_ref_num={ec.fid_ref_num}: --ref={ec.fid_ref} needs >= 2 reference images (a covariance)")
+  for flag in ("fid_batch", "fid_gen_batch", "fid_shard"):
+    if int(ec[flag]) < 1:
+      raise app.UsageError(f"--{flag}={ec[flag]}: must be >= 1 (images per batch / per shard file)")
   check_weights(ec)   # missing weights fail before the checkpoint is restored
   tr, params, step = load_trainer_and_params(workdir, config)
   if tr.info.image_shape[-1] not in (1, 3):

@@ -418,3 +418,34 @@ def test_quiet_write_failures_drops_only_the_reports_of_a_failed_write():
     absl_logger.removeHandler(handler)
     for name in ("absl", "asyncio"):
       logging.getLogger(name).filters.clear()
+
+
+def test_runs_that_sample_their_own_way_refuse_solver_flags_and_record_their_own_sampling(tmp_path, capsys,
+                                                                                       monkeypatch):
+  """A DQ-VAE run samples reconstructions (the DQ-Transformer top-k codes, the step policy its own
+  actions): `adaflow sample --steps/--method/--cfg/--edges` would be ignored, so they are one line
+  (exit 2) before sampling, and eval.json records how the run sampled, not config.sample's solver
+  (it said heun / 16 steps / CFG 2 for these runs); the start-up line names the DQ-VAE's float32."""
+  import numpy as np
+  from conftest import tiny_config
+  from adaflow.eval import generate as generate_lib
+  from adaflow.train.loop import load_trainer_and_params, train
+  c = tiny_config(objective="dqvae", **{"train.steps": 1, "train.ckpt_every": 1, "train.ema_decay": 0.0})
+  c.dqvae.coarse_stride, c.dqvae.width, c.dqvae.embed_dim, c.dqvae.codebook_size = 4, 16, 8, 16
+  w = str(tmp_path / "dqvae")
+  logged = []
+  train(c, w, log=logged.append)
+  assert "compute dtype float32 (the DQ-VAE's encoder, codebook and decoder)" in logged
+  capsys.readouterr()    # the training's progress line
+  for flags in (["--steps=3"], ["--method=euler", "--cfg=1.5"], ["--edges=insert"]):
+    code, _, err = _main(["sample", f"--workdir={w}", "--num=2", *flags], capsys)
+    assert code == 2 and err.count("\n") == 1 and "a 'dqvae' run samples its own way" in err, err
+    assert all(f.split("=")[0] in err for f in flags)
+  assert not os.path.exists(os.path.join(w, "samples"))
+  tr, params, _ = load_trainer_and_params(w)
+  monkeypatch.setattr(generate_lib, "get_classifier", lambda *a, **k: None)     # scored elsewhere
+  monkeypatch.setattr(generate_lib, "evaluate_samples", lambda clf, imgs, labels: {"num": len(imgs)})
+  c.eval.num_samples, c.eval.batch_size = 4, 4
+  result = generate_lib.evaluate_generator(tr.generator(), params, c, tr.mesh, "unused")
+  assert result["num"] == 4 and result["sample_method"] == "dqvae_reconstruction"
+  assert not {"sample_steps", "cfg_scale"} & set(result) and np.isfinite(result["images_per_second"])

@@ -241,6 +241,9 @@ def test_selector_only_equals_step_selector_sample_grouped():
   labels = np.arange(10, dtype=np.int32)
   want = ref.sample_grouped(policy, jax.random.PRNGKey(2), labels, batch_size=8)
   assert len(set(want["steps"].tolist())) == 2, "test needs a policy that picks both step counts"
+  # what eval.json records for the policy: its own actions and CFG scale, not config.sample's steps
+  assert ref.sampling_record(99, "sde", 7.0) == dict(sample_method="step_policy", actions=["euler:2", "euler:4"],
+                                                     cfg_scale=float(c.sample.cfg_scale))
   sampler = ComposedSampler(c, info, params, policy)
   got = sampler.sample(jax.random.PRNGKey(2), labels, batch_size=8)
   np.testing.assert_array_equal(got["steps"], want["steps"])

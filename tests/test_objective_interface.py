@@ -16,6 +16,15 @@ def test_every_objective_implements_the_protocol():
       assert hasattr(cls, member), f"{name} lacks {member}"
   assert {n for n, c in classes.items() if c.has_side} == {"dqvae", "step_selector"}
   assert {n for n, c in classes.items() if c.has_maps} == {"dqvae", "dq_transformer"}
+  # Each says what it computes in and how it samples (eval.json / FID record it); only the composed
+  # generator samples with the flow solver's steps / method / CFG scale (`adaflow sample --steps`).
+  for name, cls in classes.items():
+    assert cls.describe_compute is not ObjectiveBase.describe_compute, name
+    assert (cls.sampling_record is not ObjectiveBase.sampling_record) == (name != "composed"), name
+    assert not cls.uses_solver_settings
+  from adaflow.compose.generator import ComposedGenerator
+  assert ComposedGenerator.uses_solver_settings
+  assert ComposedGenerator.sampling_record(8, "heun", 2) == dict(sample_steps=8, sample_method="heun", cfg_scale=2.0)
 
 
 @pytest.mark.parametrize("name", sorted(set(DIT_PRESETS) - {"composed"}))

@@ -61,6 +61,11 @@ def cmd_sample():
   if FLAGS.selector:  # AdaDiff: per-input step counts (sample_with_selector below)
     return sample_with_selector()
   generator, params, config, mesh, step = _load_generator(need("workdir"))
+  solver_flags = [f"--{f}" for f in ("method", "steps", "cfg", "edges") if FLAGS[f].value is not None]
+  if solver_flags and not generator.uses_solver_settings:   # they would be ignored
+    how = generator.sampling_record(0, "", 0.0)["sample_method"]
+    raise ValueError(f"{' '.join(solver_flags)}: a {config.objective!r} run samples its own way ({how}), not "
+                     f"with the flow solver's steps / method / CFG scale; drop {' '.join(solver_flags)}")
   s = config.sample
   method = FLAGS.method or s.method
   steps = s.steps if FLAGS.steps is None else FLAGS.steps
@@ -68,8 +73,6 @@ def cmd_sample():
   if steps < 1 or cfg_scale < 0:
     raise ValueError(f"--steps must be >= 1 and --cfg >= 0 (1 = no guidance), got --steps={steps} --cfg={cfg_scale}")
   if FLAGS.edges:
-    if not hasattr(generator, "sampling_grid"):
-      raise ValueError(f"--edges: {config.objective!r} runs sample without time partitions; drop --edges")
     generator.config.sample.edges = FLAGS.edges     # read when the sampler is traced, below
   k = max(generator.num_classes, 1)
   labels = np.sort((np.arange(FLAGS.num) % k).astype(np.int32))
@@ -156,7 +159,7 @@ def _load_generator(workdir: str):
     return generator, params, config, make_mesh(config.mesh), "grouped"
   tr, params, step = load_trainer_and_params(workdir, FLAGS.config)
   if is_writer():
-    print(describe_compute_dtype(tr.config.model))
+    print(tr.objective.describe_compute())
   return tr.generator(), params, tr.config, tr.mesh, step
 
 

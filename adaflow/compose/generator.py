@@ -35,6 +35,7 @@ class ComposedGenerator:
   `generate(params, rng, labels, *, steps, method, cfg_scale, grid)`."""
 
   has_maps = False   # as on every objective that samples itself (adaflow.objectives.base): no DQ code maps
+  uses_solver_settings = True   # `generate` integrates with the flow solver's steps / method / CFG scale
 
   def __init__(self, config, info, spec: Optional[ComposeSpec] = None):
     self.config, self.info = config, info
@@ -61,6 +62,11 @@ class ComposedGenerator:
     """The tree whose `['params']['y_embed']` the AdaDiff policy reads: the last group's (the
     group at the data end, t ~ 1)."""
     return model_lib.group_params(params, self.spec, self.spec.num_groups - 1)
+
+  @staticmethod
+  def sampling_record(steps: int, method: str, cfg_scale: float) -> dict:
+    """The solver settings `generate` was called with, as eval.json and FID's result.json record them."""
+    return dict(sample_steps=int(steps), sample_method=method, cfg_scale=float(cfg_scale))
 
   def specialize(self, params: Any) -> "ComposedGenerator":
     """The generator to sample `params` with: for learned routing, one whose networks carry the

@@ -27,6 +27,7 @@ from adaflow.models.routing.routed_dit import merge_params
 from adaflow.models.ppflow import batch_split
 from adaflow.objectives import flow_loss
 from adaflow.objectives.base import ObjectiveBase
+from adaflow.parallel.precision import describe_compute_dtype
 
 
 def t_mass(flow_config, lo: float, hi: float) -> float:
@@ -83,6 +84,9 @@ class ComposedObjective(ObjectiveBase):
   @property
   def sampler(self) -> ComposedGenerator:
     return self.generator
+
+  def describe_compute(self) -> str:
+    return describe_compute_dtype(self.config.model)
 
   def init(self, rng: jax.Array):
     """Boxed variables in the composed layout (every stage, routers/rho, every group)."""

@@ -31,7 +31,7 @@ def evaluate_generator(generator, params, config, mesh: Mesh, cache_dir: str, lo
   first_s = marks[0][0] - t0
   steady_n, steady_s = n - marks[0][1], gen_s - first_s
   result = evaluate_samples(classifier, imgs, labels if generator.num_classes > 1 else None)
-  result.update(sample_steps=int(config.sample.steps), sample_method=config.sample.method,
-                cfg_scale=float(config.sample.cfg_scale), generate_seconds=gen_s, first_batch_seconds=first_s,
+  result.update(generator.sampling_record(config.sample.steps, config.sample.method, config.sample.cfg_scale))
+  result.update(generate_seconds=gen_s, first_batch_seconds=first_s,
                 images_per_second=(steady_n / steady_s) if steady_n > 0 and steady_s > 0 else n / max(gen_s, 1e-9))
   return result

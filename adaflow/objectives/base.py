@@ -73,6 +73,20 @@ class ObjectiveBase:
     generator."""
     return self
 
+  # The flow solver's settings (`steps`, `method`, `cfg_scale`; `adaflow sample --steps/--method/--cfg`)
+  # choose how `generate` samples: True for the DiT family's composed generator; the objectives that
+  # sample their own way (DQ, the step policy) ignore them, so those flags are refused there.
+  uses_solver_settings = False
+
+  def sampling_record(self, steps: int, method: str, cfg_scale: float) -> dict:
+    """What `generate(..., steps=, method=, cfg_scale=)` samples with, as eval.json and FID's
+    result.json record it; the objectives that sample their own way say how."""
+    raise NotImplementedError(f"{type(self).__name__}.sampling_record")
+
+  def describe_compute(self) -> str:
+    """The start-up log line of what this objective's networks compute in (training and sampling)."""
+    raise NotImplementedError(f"{type(self).__name__}.describe_compute")
+
   def specialize(self, params):
     """The sampler to sample `params` with, specialized to what is static in them (the composed
     generator reads routing's snapped ratios; `adaflow.flow.driver.generate_images` calls this)."""

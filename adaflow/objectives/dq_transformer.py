@@ -87,6 +87,16 @@ class DQTransformerObjective(ObjectiveBase):
     return dqt.sample_sequences(self.model, params, rng, labels, top_k=int(t.top_k),
                                 temperature=float(t.temperature), cached=cached, fixed_map=self.fixed_map)
 
+  def describe_compute(self) -> str:
+    return (f"compute dtype {self.config.dq_transformer.dtype} (dq_transformer.dtype); "
+            "the frozen DQ-VAE tokenizer float32")
+
+  def sampling_record(self, steps: int, method: str, cfg_scale: float) -> dict:
+    """Top-k sampling of the code sequence (no solver steps, no guidance), decoded by the tokenizer."""
+    del steps, method, cfg_scale
+    t = self.config.dq_transformer
+    return dict(sample_method="dq_transformer", top_k=int(t.top_k), temperature=float(t.temperature))
+
   def generate(self, params, rng: jax.Array, labels: jax.Array, **unused) -> jax.Array:
     """labels [B] -> images [B, H, W, C] (sampled code sequences decoded by the tokenizer)."""
     seq = self.sample_sequences(params, rng, labels)

@@ -219,6 +219,14 @@ class DQVAEObjective(ObjectiveBase):
       self._bank = np.stack(bank)
     return self._bank
 
+  def describe_compute(self) -> str:
+    return "compute dtype float32 (the DQ-VAE's encoder, codebook and decoder)"
+
+  def sampling_record(self, steps: int, method: str, cfg_scale: float) -> dict:
+    """A tokenizer "samples" reconstructions of real images (no solver steps, no guidance)."""
+    del steps, method, cfg_scale
+    return dict(sample_method="dqvae_reconstruction")
+
   def generate(self, params, rng: jax.Array, labels: jax.Array, **unused) -> jax.Array:
     """labels [B] -> reconstructions [B, H, W, C] of random real examples of those classes."""
     bank = jnp.asarray(self._reconstruction_bank())

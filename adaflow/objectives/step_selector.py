@@ -40,6 +40,7 @@ from adaflow.flow.driver import map_batches
 from adaflow.objectives.base import ObjectiveBase
 from adaflow.parallel import local_mesh
 from adaflow.parallel.host import to_host
+from adaflow.parallel.precision import describe_compute_dtype
 from adaflow.rl import reinforce as rl
 from adaflow.rl import rewards as rw
 
@@ -160,6 +161,15 @@ class StepSelectorObjective(ObjectiveBase):
     out = jnp.stack([self.generate_with_action(self.generator_params, labels, noise, a)
                      for a in range(len(self.actions))])
     return jax.lax.stop_gradient(out)
+
+  def describe_compute(self) -> str:
+    return f"policy float32; the frozen generator: {describe_compute_dtype(self.generator.config.model)}"
+
+  def sampling_record(self, steps: int, method: str, cfg_scale: float) -> dict:
+    """The policy picks each input's (solver, steps) among its actions, at the selector's CFG scale."""
+    del steps, method, cfg_scale
+    return dict(sample_method="step_policy", actions=[sel.action_label(a) for a in self.actions],
+                cfg_scale=self.cfg_scale)
 
   def generate(self, params, rng: jax.Array, labels: jax.Array, *, steps: Optional[int] = None,
                method: Optional[str] = None, cfg_scale: Optional[float] = None, grid=None) -> jax.Array:

@@ -35,7 +35,6 @@ from adaflow.config_defaults import merged_config
 from adaflow.data.prefetch import Prefetcher
 from adaflow.parallel import batch_sharding, make_mesh, replicated
 from adaflow.parallel.host import to_host
-from adaflow.parallel.precision import describe_compute_dtype
 from adaflow.train import checkpoint as ckpt
 from adaflow.train import diagnostics
 from adaflow.train.hooks import Checkpoints, FinalEvaluation, Metrics, NonFiniteLossError, PreemptionGuard, SampleGrids
@@ -199,7 +198,7 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
       log(f"{config.name}: {tr.info.image_shape} {tr.info.num_classes} classes, "
           f"{config_lib.num_params(state.params) / 1e6:.2f}M params, mesh {dict(tr.mesh.shape)}, "
           f"steps {start} -> {tc.steps}")
-      log(describe_compute_dtype(config.model))
+      log(tr.objective.describe_compute())
       for step in range(start, tc.steps):
         batch = tr.global_batch(batches[step])
         if step_fn is None:   # one compilation, which also gives the FLOPs per step

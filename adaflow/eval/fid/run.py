@@ -71,8 +71,8 @@ def run_fid(objective, params, mesh, *, out_dir: str, num: int, features: Incept
   result: Dict[str, Any] = {
       "fid": frechet_distance(mu, sigma, reference.mu, reference.sigma),
       "num": int(stats.count), "reference": reference.source, "inception": features.identity,
-      "resize": features.resize, "input_size": features.size, "sample_steps": int(steps),
-      "sample_method": method, "cfg_scale": float(cfg_scale), "seed": int(seed),
+      "resize": features.resize, "input_size": features.size,
+      **objective.sampling_record(steps, method, cfg_scale), "seed": int(seed),
   }
   if reference.mu_s is not None:   # sFID: the same Frechet distance on the spatial features
     mu_s, sigma_s = statistics_of_shards(feats, "spatial").result()

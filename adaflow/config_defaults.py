@@ -168,8 +168,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
 
-  # DQ-Transformer: the trained DQ-VAE workdir whose tokenizer is frozen (`--tokenizer` sets it).
+  # DQ-Transformer: the trained DQ-VAE workdir whose tokenizer is frozen (`--tokenizer` sets it), and
+  # its checkpoint step; -1 = the latest when training starts, then pinned (stored with the run).
   c.tokenizer_workdir = ""
+  c.tokenizer_step = -1
   c.routing = routing_defaults()
   c.compose = compose_defaults()
   c.selector = selector_defaults()
@@ -222,6 +224,7 @@ def selector_defaults() -> ml_collections.ConfigDict:
   """`config.selector`: the AdaDiff step policy (objective 'step_selector', compose.selector)."""
   return ml_collections.ConfigDict(dict(
       generator_workdir="",    # frozen flow-matching generator; `--init <workdir>` sets it
+      generator_step=-1,       # its checkpoint step; -1 = the latest when training starts, then pinned
       step_set=DEFAULT_STEP_SET,
       # (solver, steps) actions as "solver:steps" strings, e.g. ("euler:4", "ab2:8", "heun:8"); () =
       # step_set with selector.method (adaflow/models/step_selector.py parse_actions)

@@ -20,6 +20,7 @@ partition) and a preset row here; no new objective or sampler.
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from typing import Callable, Optional, Sequence
 
@@ -27,6 +28,7 @@ import ml_collections
 
 from adaflow import config as config_lib
 from adaflow import data as data_lib
+from adaflow import storage
 from adaflow.compose.generator import ComposedGenerator
 from adaflow.compose.objective import ComposedObjective
 from adaflow.compose.spec import validate_composed
@@ -147,13 +149,42 @@ def _need_load_run(load_run, what: str):
   return load_run
 
 
+def load_frozen_run(config, load_run, workdir: str, node: str, prefix: str, what: str):
+  """(Trainer, params) of the run this one builds on and freezes -- a DQ-Transformer's DQ-VAE
+  (`tokenizer_workdir` / `tokenizer_step`), a step policy's generator (`selector.generator_workdir` /
+  `selector.generator_step`) -- at the checkpoint step this run was trained with, so that training
+  that run further later cannot silently change this one (a retrained codebook makes a DQ-Transformer's
+  codes mean other pixels). `config[node]` holds `<prefix>_workdir` and `<prefix>_step`; the step is
+  `<prefix>_step` when >= 0, else the one stored in `workdir`'s config.json when it names the same
+  upstream run (this run resumed or sampled with a config file that leaves the step at -1), else the
+  latest; it is written into `config`, which the loop stores with the run."""
+  section = config[node] if node else config
+  upstream, field = section[f"{prefix}_workdir"], f"{node + '.' if node else ''}{prefix}_step"
+  step = int(section[f"{prefix}_step"])
+  stored_path = os.path.join(workdir, "config.json")
+  if step < 0 and storage.exists(stored_path):
+    stored = storage.read_json(stored_path)
+    stored = stored.get(node, {}) if node else stored
+    if stored.get(f"{prefix}_workdir") == upstream and int(stored.get(f"{prefix}_step", -1)) >= 0:
+      step = int(stored[f"{prefix}_step"])
+  try:
+    tr, params, got = _need_load_run(load_run, what)(upstream, step=step if step >= 0 else None)
+  except ValueError as e:
+    if step < 0:
+      raise
+    raise ValueError(f"config.{field}: this run was trained on step {step} of {upstream}, which is gone ({e}): "
+                     f"that run was trained further or its checkpoints pruned; train a new one (another --workdir) on "
+                     f"that run as it is now") from None
+  section[f"{prefix}_step"] = int(got)
+  return tr, params
+
+
 def step_selector_objective(config, info, load_run=None, workdir: str = ".") -> StepSelectorObjective:
   """The AdaDiff policy objective with its frozen generator (`selector.generator_workdir`) and,
   for the 'classifier' / 'features' qualities, the reward classifier (seed `selector.classifier_seed`,
   another network than the evaluation's) from the generator's cache."""
-  del workdir   # the classifier is cached beside the generator's run
-  s = config.selector
-  gen_tr, params, _ = _need_load_run(load_run, "objective 'step_selector'")(s.generator_workdir)
+  s = config.selector   # the reward classifier is cached beside the generator's run
+  gen_tr, params = load_frozen_run(config, load_run, workdir, "selector", "generator", "objective 'step_selector'")
   if tuple(gen_tr.info.image_shape) != tuple(info.image_shape) or gen_tr.info.num_classes != info.num_classes:
     raise ValueError(f"config.data: the generator in {s.generator_workdir} was trained on "
                      f"{tuple(gen_tr.info.image_shape)} with {gen_tr.info.num_classes} classes, this config "
@@ -168,9 +199,8 @@ def step_selector_objective(config, info, load_run=None, workdir: str = ".") -> 
 
 def dq_transformer_objective(config, info, load_run=None, workdir: str = ".") -> DQTransformerObjective:
   """The DQ-Transformer objective with the frozen tokenizer (DQTokenizer, params) of the DQ-VAE run
-  in `config.tokenizer_workdir` (its latest checkpoint)."""
-  del workdir
-  tr, tok_params, _ = _need_load_run(load_run, "objective 'dq_transformer'")(config.tokenizer_workdir)
+  in `config.tokenizer_workdir` (`load_frozen_run`: the checkpoint the run trained on)."""
+  tr, tok_params = load_frozen_run(config, load_run, workdir, "", "tokenizer", "objective 'dq_transformer'")
   if tr.config.objective != "dqvae":
     raise ValueError(f"config.tokenizer_workdir={config.tokenizer_workdir!r} holds a {tr.config.objective!r} run, "
                      "not a DQ-VAE (objective 'dqvae'); train one with configs/quickstart_dqvae.py")

@@ -342,3 +342,71 @@ def test_sequence_loss_learns_and_fixed_map_forces_positions():
   fixed = dq.fixed_fine_map(layout.nc, 0.5)
   s = jax.jit(lambda p: sample_sequences(model, p, jax.random.PRNGKey(0), jnp.array([0, 1]), fixed_map=fixed))(params)
   np.testing.assert_array_equal(dq.sequence_to_codes(layout, s)["fine_mask"], np.stack([fixed, fixed]))
+
+
+def test_load_frozen_run_pins_the_upstream_step(tmp_path):
+  """`load_frozen_run` (the DQ-Transformer's tokenizer, the step policy's generator): an explicit
+  step, else the step stored in this run's config.json for the same upstream run, else the latest;
+  the step used is written into the config; a pinned step that is gone is one line naming the field."""
+  import json
+  from adaflow.config_defaults import base_config
+  from adaflow.methods import load_frozen_run
+  steps = {"/up": [2, 4]}
+  asked = []
+
+  def load_run(workdir, step=None):
+    asked.append(step)
+    if step is not None and step not in steps[workdir]:
+      raise ValueError(f"{workdir}/checkpoints has no checkpoint at step {step} (it has steps {steps[workdir]})")
+    return "trainer", {"w": step}, step if step is not None else max(steps[workdir])
+  c = base_config()
+  c.selector.generator_workdir = "/up"
+  run = tmp_path / "run"
+  assert load_frozen_run(c, load_run, str(run), "selector", "generator", "x") == ("trainer", {"w": None})
+  assert c.selector.generator_step == 4 and asked == [None]            # a new run: the latest, pinned
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps({"selector": {"generator_workdir": "/up", "generator_step": 2}}))
+  c.selector.generator_step = -1                       # resumed with a config file: the stored pin
+  load_frozen_run(c, load_run, str(run), "selector", "generator", "x")
+  assert asked[-1] == 2 and c.selector.generator_step == 2
+  c.selector.generator_workdir, c.selector.generator_step, steps["/other"] = "/other", -1, [6]
+  load_frozen_run(c, load_run, str(run), "selector", "generator", "x")   # another upstream run: its latest
+  assert asked[-1] is None and c.selector.generator_step == 6
+  c.tokenizer_workdir, c.tokenizer_step = "/up", 3
+  with pytest.raises(ValueError, match=r"^config\.tokenizer_step: this run was trained on step 3 of /up, which is "
+                     r"gone \(/up/checkpoints has no checkpoint at step 3 \(it has steps \[2, 4\]\)\)"):
+    load_frozen_run(c, load_run, str(run), "", "tokenizer", "x")
+
+
+@pytest.mark.slow
+def test_dq_transformer_keeps_the_tokenizer_step_it_was_trained_on(tmp_path):
+  """The DQ-Transformer's codes mean what its DQ-VAE's codebook meant when it trained: the tokenizer's
+  step is pinned in the run's config (`tokenizer_step`), so training the DQ-VAE further does not
+  change it (it silently loaded the latest), and when that step is gone, sampling and resuming (with
+  a config file that leaves the step at -1) stop with one line naming the field."""
+  import shutil
+  from adaflow.methods import load_frozen_run
+  from adaflow.train.loop import config_of, load_trainer_and_params, train
+  v = _dq_config()
+  v.train.steps, v.train.ckpt_every, v.train.keep_checkpoints = 2, 2, 5
+  vw, tw = str(tmp_path / "dqvae"), str(tmp_path / "dqt")
+  train(v, vw, log=lambda m: None)
+  t = _dq_config()
+  t.objective, t.tokenizer_workdir, t.train.steps = "dq_transformer", vw, 1
+  t.dq_transformer.width, t.dq_transformer.depth_pos, t.dq_transformer.depth_content = 16, 1, 1
+  train(t.copy_and_resolve_references(), tw, log=lambda m: None)
+  assert config_of(tw).tokenizer_step == 2
+  v.train.steps = 4
+  train(v, vw, log=lambda m: None)                 # the DQ-VAE trained on: steps 2 and 4
+  tr, _, _ = load_trainer_and_params(tw)
+  _, step2, _ = load_trainer_and_params(vw, step=2)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(tr.objective.tokenizer_params),
+                         jax.device_get(step2))
+  shutil.rmtree(tmp_path / "dqvae" / "checkpoints" / "2")
+  with pytest.raises(ValueError, match=r"config\.tokenizer_step: this run was trained on step 2 of .*has steps \[4\]"):
+    load_trainer_and_params(tw)
+  t.train.steps = 2
+  with pytest.raises(ValueError, match=r"config\.tokenizer_step: this run was trained on step 2"):
+    train(t, tw, log=lambda m: None)             # t.tokenizer_step is -1: the stored pin is found
+  load_frozen_run(t, load_trainer_and_params, str(tmp_path / "new"), "", "tokenizer", "test")
+  assert t.tokenizer_step == 4                     # a new run takes the latest

@@ -113,8 +113,9 @@ def sample_with_selector() -> dict:
   if config.objective != "step_selector":
     raise ValueError(f"--selector {selector_dir}: its config.objective is {config.objective!r}, "
                      "expected 'step_selector' (train one with configs/quickstart_adadiff.py)")
-  if FLAGS.workdir:
+  if FLAGS.workdir:   # another generator: its latest checkpoint, not the step the policy was trained on
     config.selector.generator_workdir = storage.absolute(FLAGS.workdir)
+    config.selector.generator_step = -1
   tr, params, step = load_trainer_and_params(selector_dir, config)
   obj = tr.objective
   k = max(obj.num_classes, 1)

@@ -1,8 +1,9 @@
 """DQ-Transformer objective (stage 2 of DQ): next-position / next-code cross-entropy over the
 code sequences of a frozen DQ-VAE tokenizer.
 
-The tokenizer is passed in: `adaflow.methods.build_objective` loads the latest checkpoint of
-`config.tokenizer_workdir` (set by `adaflow train --tokenizer <dqvae workdir>`); its parameters are frozen constants of the step.
+The tokenizer is passed in: `adaflow.methods.build_objective` loads checkpoint `config.tokenizer_step`
+(the latest when the run starts, then pinned) of `config.tokenizer_workdir` (set by `adaflow train
+--tokenizer <dqvae workdir>`); its parameters are frozen constants of the step.
 Each batch is encoded on the fly (the DQ-VAE routes deterministically at encode time), then
     loss = CE(content) + 1/2 (CE(coarse positions) + CE(fine positions)).
 `generate` samples sequences with the KV-cached sampler (`dq_transformer.top_k`, `.temperature`)
@@ -35,6 +36,8 @@ class DQTransformerObjective(ObjectiveBase):
     del info
     require(bool(config.tokenizer_workdir), "tokenizer_workdir",
             "must name a trained DQ-VAE workdir: pass --tokenizer <dqvae workdir> to `adaflow train`")
+    require(isinstance(config.tokenizer_step, int) and config.tokenizer_step >= -1, "tokenizer_step",
+            f"must be a checkpoint step of the tokenizer run or -1 (the latest), got {config.tokenizer_step!r}")
     t = config.dq_transformer
     require(int(t.num_heads) >= 1, "dq_transformer.num_heads", f"must be >= 1, got {t.num_heads}")
     require(float(t.mlp_ratio) > 0, "dq_transformer.mlp_ratio", f"must be > 0, got {t.mlp_ratio}")

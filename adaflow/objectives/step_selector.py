@@ -2,7 +2,7 @@
 
 The generator (any flow-matching checkpoint) is passed in: `adaflow.methods.build_objective`
 loads it from `config.selector.generator_workdir` (`adaflow train --init <generator workdir>` sets
-it), with the evaluation classifier; it is a constant of this objective; the trainable state is the policy plus the REINFORCE baseline:
+it; checkpoint `selector.generator_step`, the latest when the run starts, then pinned), with the evaluation classifier; it is a constant of this objective; the trainable state is the policy plus the REINFORCE baseline:
 
     params = {'params': <StepPolicy params>, 'reinforce': {'value': f32[], 'initialized': f32[]}}
 
@@ -60,6 +60,8 @@ class StepSelectorObjective(ObjectiveBase):
     require(s.quality in rw.QUALITIES, "selector.quality", f"must be one of {rw.QUALITIES}, got {s.quality!r}")
     require(bool(s.generator_workdir), "selector.generator_workdir", "the frozen generator is not set; pass "
             "`--init <generator workdir>` or --config.selector.generator_workdir=<dir>")
+    require(isinstance(s.generator_step, int) and s.generator_step >= -1, "selector.generator_step",
+            f"must be a checkpoint step of the generator run or -1 (the latest), got {s.generator_step!r}")
     require(s.beta >= 0, "selector.beta", f"must be >= 0, got {s.beta}")
     require(s.entropy_coef >= 0, "selector.entropy_coef", f"must be >= 0, got {s.entropy_coef}")
     require(0.0 <= s.baseline_decay < 1.0, "selector.baseline_decay", f"must be in [0, 1), got {s.baseline_decay}")

@@ -316,15 +316,16 @@ def param_mismatch(got: Any, want: Any) -> str:
   return "; ".join(parts)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
-                   log: Callable[[str], None] = print) -> tuple[Optional[Any], Optional[dict], Optional[int]]:
-  """(state, meta, step) from the newest readable checkpoint, or (None, None, None) if none.
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, log: Callable[[str], None] = print,
+                   step: Optional[int] = None) -> tuple[Optional[Any], Optional[dict], Optional[int]]:
+  """(state, meta, step) from the newest readable checkpoint (only checkpoint `step` when given), or
+  (None, None, None) if none.
 
   `abstract_state` is a tree of `jax.ShapeDtypeStruct` with shardings: the restore lands directly
   on the current mesh, whatever mesh wrote the checkpoint. A checkpoint that cannot be read, or
   whose recomputed checksum differs from the stored one, is reported via `log` and skipped.
   """
-  for step in sorted(manager.all_steps(), reverse=True):
+  for step in [step] if step is not None else sorted(manager.all_steps(), reverse=True):
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))

@@ -239,8 +239,10 @@ def config_of(workdir: str) -> ml_collections.ConfigDict:
   return merged_config(meta["config"])
 
 
-def load_trainer_and_params(workdir: str, config: Optional[ml_collections.ConfigDict] = None, ema: bool = True):
-  """(Trainer, params, step): the latest readable checkpoint's EMA (or raw) params on this mesh.
+def load_trainer_and_params(workdir: str, config: Optional[ml_collections.ConfigDict] = None, ema: bool = True,
+                            step: Optional[int] = None):
+  """(Trainer, params, step): the latest readable checkpoint's EMA (or raw) params on this mesh, or
+  those of checkpoint `step` (ValueError naming the steps there are when it is gone).
 
   `config` overrides the stored one (e.g. other sampling settings); the model fields must agree
   with the checkpoint, which orbax checks shape by shape.
@@ -250,7 +252,10 @@ def load_trainer_and_params(workdir: str, config: Optional[ml_collections.Config
   manager = ckpt.make_manager(workdir, async_save=False)
   ckpt.check_model_matches(manager, tr.abstract_state)   # names the mismatch instead of "no readable checkpoint"
   abstract = ckpt.abstract_with_shardings(tr.abstract_state, tr.shardings)
-  state, _, step = ckpt.restore_latest(manager, abstract, log=tr.log)
+  if step is not None and step not in manager.all_steps():
+    raise ValueError(f"{ckpt.checkpoint_dir(workdir)} has no checkpoint at step {step} (it has steps "
+                     f"{sorted(manager.all_steps())})")
+  state, _, step = ckpt.restore_latest(manager, abstract, log=tr.log, step=step)
   if state is None:
     raise ValueError(f"no readable checkpoint under {ckpt.checkpoint_dir(workdir)}")
   return tr, (state.ema_params if ema else state.params), step

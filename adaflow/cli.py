@@ -24,6 +24,8 @@ from adaflow.commands import compose, convert, convert_stages, core, fid, inspec
 from adaflow.commands.common import FLAGS
 from adaflow.errors import is_user_error
 from adaflow.parallel.distributed import initialize_runtime
+from adaflow.parallel.host import is_writer
+from adaflow.pipelines.stages import StageStopped
 from adaflow.train.checkpoint import DISK_ERRNOS, CheckpointWriteError, quiet_write_failures
 
 # The command table: name ("eval fid" for two words) -> Command(name, fn, flags it reads).
@@ -226,6 +228,9 @@ def _run(name: str, rest: list, debug: bool) -> None:
     # sampling and evaluation span all hosts' devices just like training.
     initialize_runtime()
     COMMANDS[name]()
+  except StageStopped as e:   # a signal stopped a multi-stage job: saved, exit 0 as `adaflow train` does
+    if is_writer():
+      print(f"[adaflow] {e}", flush=True)
   except (app.UsageError, flags.Error, ValueError, OSError) as e:
     # Every process validates the same config and data, so each ends here the same way.
     message = _user_message(e)

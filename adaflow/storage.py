@@ -78,6 +78,11 @@ def rmtree(path: PathLike, ignore_errors: bool = False) -> None:
     epath.Path(path).rmtree()
 
 
+def remove(path: PathLike) -> None:
+  """Deletes a file; a missing one is not an error."""
+  epath.Path(path).unlink(missing_ok=True)
+
+
 def copy_tree(local_dir: str, dst: PathLike) -> None:
   """Copies the files under local directory `local_dir` to `dst` (local or remote), keeping the
   relative layout (for tools such as the profiler that can only write to a local directory)."""

@@ -100,10 +100,10 @@ from adaflow.models.step_selector import ACTION_METHODS, action_label
 from adaflow.pipelines import recipe as recipe_lib
 from adaflow.pipelines.convert_stages import convert_workdir
 from adaflow.pipelines.grouped import load_grouped, run_grouped
-from adaflow.pipelines.stages import run_stage, stage_done
+from adaflow.pipelines.stages import run_stage, stage_done, train_stage
 from adaflow.train import checkpoint as ckpt
 from adaflow.train.diagnostics import enable_compilation_cache
-from adaflow.train.loop import config_of, load_params, train
+from adaflow.train.loop import config_of, load_params
 from experiments.common import RESULTS, ROOT, machine_line, matmul_flags, utc_now
 from experiments.frontier_report import ADADIFF, COMPOSED, COMPOSED_POLICY, DENSE, PRUNE, ROUTED, plot, report
 
@@ -298,7 +298,7 @@ def ensure_base(args, log) -> str:
     return base
   cfg = base_train_config(args)
   log(f"base {base}: training {cfg.train.steps} steps x {cfg.train.batch_size} ({cfg.name})")
-  return run_stage(os.path.dirname(base), os.path.basename(base), lambda d: train(cfg, d), log=log)
+  return run_stage(os.path.dirname(base), os.path.basename(base), lambda d: train_stage(cfg, d), log=log)
 
 
 def check_reused(path: str, want: dict) -> None:
@@ -366,7 +366,7 @@ def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, ablatio
       pc.train.steps = ft_steps
       if not recipe_lib._has_checkpoint(d):
         convert_workdir(dense, pc, d, log=log)
-      train(pc, d)
+      train_stage(pc, d)
     return fn
   sets = ppflow_stages(c)
   label, stages = sets[-1]
@@ -379,7 +379,7 @@ def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, ablatio
       rc = recipe_lib._base(c, "routed" if fixed <= 0 else "mod", ft_steps, finetune=True)
       rc.objective = "routed_flow_matching"
       rc.routing.fixed_ratio = fixed
-      train(rc, d, init_params=None if recipe_lib._has_checkpoint(d) else load_params(dense))
+      train_stage(rc, d, init_params=None if recipe_lib._has_checkpoint(d) else load_params(dense))
     return fn
   once("routed", routed(0.0))
   if "mod" in ablations:
@@ -397,7 +397,7 @@ def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, ablatio
     run_grouped(gc, d, log=log)
   once("grouped", grouped)
 
-  once("adadiff", lambda d: train(recipe_lib.selector_config(c, dense), d))
+  once("adadiff", lambda d: train_stage(recipe_lib.selector_config(c, dense), d))
 
   def composed(split: bool):
     def fn(d):
@@ -428,7 +428,7 @@ def train_arms(c, dense: str, ft_steps: int, base_steps: int, work: str, ablatio
       sc.objective = "ppflow"
       sc.model.stages = stages
       sc.sample.cfg_scales = c.sample.cfg_scales
-      train(sc, d)
+      train_stage(sc, d)
     once(scratch_dir(label), scratch)
   return dirs, secs
 

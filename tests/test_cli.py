@@ -449,3 +449,17 @@ def test_runs_that_sample_their_own_way_refuse_solver_flags_and_record_their_own
   result = generate_lib.evaluate_generator(tr.generator(), params, c, tr.mesh, "unused")
   assert result["num"] == 4 and result["sample_method"] == "dqvae_reconstruction"
   assert not {"sample_steps", "cfg_scale"} & set(result) and np.isfinite(result["images_per_second"])
+
+
+def test_a_stopped_stage_ends_a_multi_stage_command_with_exit_0(capsys, monkeypatch):
+  """`adaflow compose` / a train-then-prune `adaflow train` whose stage a signal stopped: the stage
+  has saved its checkpoint (adaflow.pipelines.stages.StageStopped), the command says so and exits 0,
+  as `adaflow train` does on SIGTERM (tpu/README.md), instead of a traceback."""
+  from adaflow.pipelines.stages import StageStopped
+
+  def stopped():
+    raise StageStopped("stage W/routed stopped at step 20 of 30 (checkpoint saved), not marked done; "
+                       "run the same command again to resume")
+  monkeypatch.setitem(cli.COMMANDS, "compose", Command("compose", stopped, cli.COMMANDS["compose"].flags))
+  code, out, err = _main(["compose", "--workdir=/nonexistent"], capsys)
+  assert code == 0 and "[adaflow] stage W/routed stopped at step 20 of 30" in out and "Traceback" not in err

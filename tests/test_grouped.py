@@ -308,6 +308,7 @@ def test_driver_end_to_end_and_resume(tmp_path):
   summary = run_grouped(c, wd, log=lambda m: None)
   for d in ("stage1", "prune", "group_0", "group_1"):
     assert os.path.isdir(os.path.join(wd, d))
+  assert os.path.exists(os.path.join(wd, "train_complete.json"))    # the TPU watcher's sign of a finished job
   bank = json.load(open(os.path.join(wd, "prune", "memory_bank.json")))["entries"]
   assert {e["group"] for e in bank} == {0, 1}
   result = json.load(open(os.path.join(wd, "prune", "result.json")))

@@ -122,6 +122,46 @@ def test_sigint_in_process_checkpoints_and_returns(tmp_path):
          "returned normally, signal handlers restored; a second Ctrl-C raises KeyboardInterrupt at once")
 
 
+def _signal_at_start(seen, start_line, sig=signal.SIGINT):
+  """A train() log that sends `sig` to this process on the start-up line `start_line`."""
+  def log(msg):
+    seen.append(msg)
+    if start_line in msg:
+      os.kill(os.getpid(), sig)
+  return log
+
+
+def test_a_stop_at_the_last_step_is_honoured_and_a_stopped_stage_is_not_done(tmp_path, monkeypatch):
+  """A stop request the loop's own check cannot honour (during the last step: the run ends there
+  anyway) still stops the run: no train_complete.json (the TPU watcher's and a multi-stage job's
+  sign of a finished run; a shorter earlier run's is removed at the start) until the rerun. A stage
+  of a multi-run job (`train_stage`) that stopped is not marked DONE and ends the job with
+  StageStopped: the compose recipe went on from a half-trained stage to the next ones (the
+  signal forgotten) when a SIGTERM came during a stage."""
+  from adaflow.pipelines import stages
+  w = str(tmp_path / "run")
+  complete = os.path.join(w, "train_complete.json")
+  c = tiny_config(**{"train.steps": 2, "train.ckpt_every": 1})
+  train(c, w, log=QUIET)
+  assert os.path.exists(complete)
+  c.train.steps, seen = 3, []
+  state = train(c, w, log=_signal_at_start(seen, "steps 2 -> 3"))     # one step, the last
+  assert int(state.step) == 3 and steps_of(w)[-1] == 3 and not os.path.exists(complete)
+  assert any("stopping on SIGINT after step 3" in m for m in seen)
+  train(c, w, log=QUIET)                                               # the rerun completes it
+  assert json.load(open(complete))["step"] == 3
+
+  real = stages.train
+  monkeypatch.setattr(stages, "train", lambda cfg, d, **kw: real(cfg, d, log=_signal_at_start([], "steps 0 -> 2"), **kw))
+  c = tiny_config(**{"train.steps": 2, "train.ckpt_every": 1})
+  with pytest.raises(stages.StageStopped, match=r"stopped at step 1 of 2 .*not marked done"):
+    stages.run_stage(str(tmp_path), "stage", lambda d: stages.train_stage(c, d))
+  assert not os.path.exists(tmp_path / "stage" / "DONE")
+  monkeypatch.setattr(stages, "train", real)
+  stages.run_stage(str(tmp_path), "stage", lambda d: stages.train_stage(c, d))
+  assert os.path.exists(tmp_path / "stage" / "DONE") and steps_of(str(tmp_path / "stage"))[-1] == 2
+
+
 def test_preemption_guard_second_sigint_interrupts():
   with PreemptionGuard() as g:
     os.kill(os.getpid(), signal.SIGTERM)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from typing import Any, Optional
 
 import jax
@@ -36,14 +37,14 @@ from adaflow.models.grouped import group_key
 from adaflow.objectives.flow_loss import regression_loss
 from adaflow.parallel import make_mesh
 from adaflow.parallel.host import agree, is_writer
-from adaflow.pipelines.stages import run_stage, stage_config, stage_done
+from adaflow.pipelines.stages import run_stage, stage_config, stage_done, train_stage
 from adaflow.prune import budget as budget_lib
 from adaflow.prune import importance as importance_lib
 from adaflow.prune.groups import group_edges
 from adaflow.prune.search import (PROPOSERS, MemoryBank, Proposer, ProxyEvaluator, SearchSpace, make_proposer,
                                   search_group)
 from adaflow.prune.slicing import Structure, slice_params
-from adaflow.train.loop import config_of, load_params, train
+from adaflow.train.loop import config_of, load_params
 
 
 def _log(msg: str) -> None:
@@ -199,7 +200,7 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
     storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   log(f"===== stage 1/3: dense base, {g.stage1_steps} steps -> {os.path.join(workdir, 'stage1')} =====")
-  s1 = run_stage(workdir, "stage1", lambda d: train(stage1_config(config), d), {"steps": int(g.stage1_steps)},
+  s1 = run_stage(workdir, "stage1", lambda d: train_stage(stage1_config(config), d), {"steps": int(g.stage1_steps)},
                  log=log)
   base_params = load_params(s1)
 
@@ -222,7 +223,7 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
     log(f"----- group {i}: t in [{gr['t_range'][0]:.3f}, {gr['t_range'][1]:.3f}), counts {gr['counts']}, "
         f"{gr['flops_fraction']:.3f} F -> {gdir} -----")
     run_stage(workdir, f"group_{i}",
-              lambda d: train(group_config(config, i, structure, tuple(gr["t_range"])), d, init_params=sliced),
+              lambda d: train_stage(group_config(config, i, structure, tuple(gr["t_range"])), d, init_params=sliced),
               {"steps": int(g.stage2_steps)}, log=log)
     params[group_key(i)] = load_params(gdir)
 
@@ -241,6 +242,8 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
       storage.write_json(os.path.join(workdir, "eval.json"), res, indent=2)
     log("grouped eval: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
     summary["eval"] = res
+  if is_writer():   # the job's end, as `train` marks a finished run (tpu/resume_after_preemption.sh waits for it)
+    storage.write_json(os.path.join(workdir, "train_complete.json"), {"time": time.time()})
   return summary
 
 

@@ -38,11 +38,11 @@ from adaflow.models.step_selector import parse_actions
 from adaflow.pipelines.convert_stages import convert_workdir
 from adaflow.parallel.host import barrier, is_writer
 from adaflow.pipelines.grouped import prune, validate_grouped
-from adaflow.pipelines.stages import run_stage, stage_config
+from adaflow.pipelines.stages import run_stage, stage_config, train_stage
 from adaflow.prune.slicing import slice_params, Structure
 from adaflow.train import checkpoint as ckpt
 from adaflow import methods
-from adaflow.train.loop import load_params, train
+from adaflow.train.loop import load_params
 
 STAGES = ("dense", "ppflow", "routed", "grouped", "selector")
 
@@ -176,20 +176,20 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
     summary["stages"][name] = {"dir": d, "steps": int(steps), count: int(steps) * per_step}
     return d
 
-  last = stage("dense", cc.dense_steps, lambda d: train(dense_config(config), d))
+  last = stage("dense", cc.dense_steps, lambda d: train_stage(dense_config(config), d))
 
   if cc.ppflow:
     def run_ppflow(d):
       pc = ppflow_config(config)
       if not _has_checkpoint(d):
         convert_workdir(last, pc, d, log=log)
-      train(pc, d)
+      train_stage(pc, d)
     last = stage("ppflow", cc.ppflow_steps, run_ppflow)
 
   if cc.routing:
     prev = last
     last = stage("routed", cc.routing_steps,
-                 lambda d: train(generator_config(config, "routed"), d,
+                 lambda d: train_stage(generator_config(config, "routed"), d,
                                  init_params=None if _has_checkpoint(d) else load_params(prev)))
 
   result = None
@@ -206,7 +206,7 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
       init = None
       if not _has_checkpoint(d):
         init = sliced_group_params(config, prev_params, result)
-      train(gcfg, d, init_params=init)
+      train_stage(gcfg, d, init_params=init)
     last = stage("grouped", cc.grouped_steps, run_grouped)
     summary["prune"] = {"edges": result["edges"], "groups": [
         {k: gr[k] for k in ("group", "t_range", "budget_fraction", "flops_fraction", "counts")} for gr in result["groups"]]}
@@ -214,7 +214,7 @@ def run_recipe(config, workdir: str, log=_log) -> dict:
   summary["generator_dir"] = last
   summary["training_images"] = sum(s.get("images", 0) for s in summary["stages"].values())
   if cc.selector:
-    summary["selector_dir"] = stage("selector", cc.selector_steps, lambda d: train(selector_config(config, last), d),
+    summary["selector_dir"] = stage("selector", cc.selector_steps, lambda d: train_stage(selector_config(config, last), d),
                                     "labels", int(cc.selector_batch))
   if is_writer():   # the other processes computed the same; one writes
     storage.write_json(os.path.join(workdir, "composed.json"), summary, indent=1)

@@ -6,6 +6,11 @@ holds a DONE marker, and writes the marker only after the stage returned, so a r
 command skips finished stages and resumes an interrupted one (the trainer itself resumes from the
 stage's latest checkpoint).
 
+A stage that trains calls `train_stage`: when a signal (SIGTERM on preemption, Ctrl-C) stops its
+training before the last step, the checkpoint is saved and `StageStopped` ends the job there, so the
+stage is not marked DONE and no later stage starts from a half-trained one (the CLI exits 0, as
+`adaflow train` does on a stop; rerunning the command resumes the stage).
+
 Several processes: every process runs every stage (training is collective); process 0 decides
 whether a stage is done (`agree`) and alone writes the marker, and all wait until it is written.
 """
@@ -14,10 +19,28 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional
 
+import jax
+
 from adaflow import storage
 from adaflow.parallel.host import agree, barrier, is_writer
+from adaflow.train.loop import train
 
 MARKER = "DONE"
+
+
+class StageStopped(Exception):
+  """A stage's training stopped on a signal before its last step (checkpoint saved): the job ends."""
+
+
+def train_stage(config, stage_dir: str, **train_kwargs):
+  """`adaflow.train.loop.train` for one stage of a multi-run job; raises `StageStopped` when the run
+  returned on a stop request (every process stops at the same step) instead of completing: its
+  train_complete.json, which `train` writes only then, is missing (process 0's answer)."""
+  state = train(config, stage_dir, **train_kwargs)
+  if not agree(storage.exists(os.path.join(stage_dir, "train_complete.json"))):
+    raise StageStopped(f"stage {stage_dir} stopped at step {int(jax.device_get(state.step))} of "
+                       f"{config.train.steps} (checkpoint saved), not marked done; run the same command again to resume")
+  return state
 
 
 def stage_done(path: str) -> bool:

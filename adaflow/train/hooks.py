@@ -139,6 +139,16 @@ class PreemptionGuard:
     self._old = {}
     return False
 
+  def pending(self) -> bool:
+    """Collective: a stop was requested on any process (the loop ends without honouring a request
+    that came after its last check, e.g. during the last steps: the run then stops at its end)."""
+    if jax.process_count() == 1:
+      return self.requested is not None
+    stop = bool(np.max(multihost_utils.process_allgather(np.asarray(self.requested is not None, np.int32))))
+    if stop and self.requested is None:
+      self.requested = "signal on another process"
+    return stop
+
   def should_stop(self, manager, step: int) -> bool:
     if jax.process_count() == 1:
       return self.requested is not None

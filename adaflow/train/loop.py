@@ -168,6 +168,9 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   if jax.process_index() == 0:
     storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   start = int(jax.device_get(state.step))
+  complete_path = os.path.join(workdir, "train_complete.json")
+  if start < tc.steps and jax.process_index() == 0:
+    storage.remove(complete_path)   # a shorter earlier run's: this run is not complete until it is rewritten
   batches = data_lib.make_train_batches(config.data, global_batch_size=tc.batch_size, seed=config.seed,
                                         process_index=jax.process_index(), process_count=jax.process_count())
   # Host input overlaps the device step: batches[step + 1 ..] are built on threads (same batches).
@@ -211,10 +214,13 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
         if any(h.after_step(step + 1, state, metrics) for h in run_hooks):
           stopped = True
           break
+      ckpt.wait(manager)   # the last checkpoint is written under the guard: a signal cannot cut it short
+      # A request after the last check (the last steps never stop early) is honoured here: the final
+      # checkpoint is saved; final samples, evaluation and train_complete.json wait for the rerun.
+      stopped = stopped or (start < tc.steps and guard.pending())
 
     # ---- End: a stopped run says how to resume; a finished one gets its final samples and eval ----
     pbar.close()
-    ckpt.wait(manager)
     final_step = int(jax.device_get(state.step))
     if not stopped:
       writer.flush()
@@ -223,7 +229,7 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
       if jax.process_index() == 0 and final_step >= tc.steps:
         # Written last, and never on a stop: a watcher (tpu/resume_after_preemption.sh) relaunches
         # until it appears.
-        storage.write_json(os.path.join(workdir, "train_complete.json"), {"step": final_step, "time": time.time()})
+        storage.write_json(complete_path, {"step": final_step, "time": time.time()})
   manager.close()
   if stopped:
     log(f"stopping on {guard.requested} after step {final_step}: checkpoint saved to "

@@ -40,7 +40,7 @@ from adaflow.models.routing.spec import validate_routing_config
 from adaflow.objectives.dq_transformer import DQTransformerObjective
 from adaflow.objectives.dqvae import DQVAEObjective, build_tokenizer
 from adaflow.objectives.step_selector import StepSelectorObjective
-from adaflow.parallel.host import to_host
+from adaflow.parallel.host import agree, is_writer, to_host
 
 
 # ---- the DiT family: presets of the composed model ------------------------------------------------
@@ -149,6 +149,15 @@ def _need_load_run(load_run, what: str):
   return load_run
 
 
+def _stored_step(path: str, node: str, prefix: str, upstream: str) -> int:
+  """`<prefix>_step` of the config stored at `path` when it names the same upstream run, else -1."""
+  if not storage.exists(path):
+    return -1
+  stored = storage.read_json(path)
+  stored = stored.get(node, {}) if node else stored
+  return int(stored.get(f"{prefix}_step", -1)) if stored.get(f"{prefix}_workdir") == upstream else -1
+
+
 def load_frozen_run(config, load_run, workdir: str, node: str, prefix: str, what: str):
   """(Trainer, params) of the run this one builds on and freezes -- a DQ-Transformer's DQ-VAE
   (`tokenizer_workdir` / `tokenizer_step`), a step policy's generator (`selector.generator_workdir` /
@@ -161,12 +170,8 @@ def load_frozen_run(config, load_run, workdir: str, node: str, prefix: str, what
   section = config[node] if node else config
   upstream, field = section[f"{prefix}_workdir"], f"{node + '.' if node else ''}{prefix}_step"
   step = int(section[f"{prefix}_step"])
-  stored_path = os.path.join(workdir, "config.json")
-  if step < 0 and storage.exists(stored_path):
-    stored = storage.read_json(stored_path)
-    stored = stored.get(node, {}) if node else stored
-    if stored.get(f"{prefix}_workdir") == upstream and int(stored.get(f"{prefix}_step", -1)) >= 0:
-      step = int(stored[f"{prefix}_step"])
+  if step < 0:   # process 0 reads (another process could see the file half written by it) and tells all
+    step = agree(_stored_step(os.path.join(workdir, "config.json"), node, prefix, upstream) if is_writer() else -1)
   try:
     tr, params, got = _need_load_run(load_run, what)(upstream, step=step if step >= 0 else None)
   except ValueError as e:

@@ -12,15 +12,14 @@ def test_every_objective_implements_the_protocol():
   classes = dict({n: cls for n, (cls, _) in OTHER_FAMILIES.items()}, composed=ComposedObjective)
   for name, cls in classes.items():
     assert issubclass(cls, ObjectiveBase), name
-    for member in ("validate", "init", "loss", "after_update", "has_side", "sampler"):
+    for member in ("validate", "init", "loss", "after_update", "has_side", "sampler", "describe_compute"):
       assert hasattr(cls, member), f"{name} lacks {member}"
   assert {n for n, c in classes.items() if c.has_side} == {"dqvae", "step_selector"}
   assert {n for n, c in classes.items() if c.has_maps} == {"dqvae", "dq_transformer"}
   # Each says what it computes in and how it samples (eval.json / FID record it); only the composed
   # generator samples with the flow solver's steps / method / CFG scale (`adaflow sample --steps`).
   for name, cls in classes.items():
-    assert cls.describe_compute is not ObjectiveBase.describe_compute, name
-    assert (cls.sampling_record is not ObjectiveBase.sampling_record) == (name != "composed"), name
+    assert hasattr(cls, "sampling_record") == (name != "composed"), name    # the composed one's sampler has it
     assert not cls.uses_solver_settings
   from adaflow.compose.generator import ComposedGenerator
   assert ComposedGenerator.uses_solver_settings

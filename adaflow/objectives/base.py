@@ -38,6 +38,9 @@ class Objective(Protocol):
     """Params after the optimizer step -> params with the non-gradient updates applied
     (projections, EMA statistics); called by the train step every step."""
 
+  def describe_compute(self) -> str:
+    """The start-up log line of what this objective's networks compute in (training and sampling)."""
+
 
 class ObjectiveBase:
   """Defaults of an objective's optional abilities; objectives override what they have."""
@@ -68,24 +71,16 @@ class ObjectiveBase:
 
   @property
   def sampler(self):
-    """The run's sampler (`generate(params, rng, labels, *, steps, method, cfg_scale)`): the objectives
-    that sample their own way (DQ, the step policy) are their own; the DiT family's is its composed
-    generator."""
+    """The run's sampler: `generate(params, rng, labels, *, steps, method, cfg_scale)` and
+    `sampling_record(steps, method, cfg_scale)` (what `generate` samples with, as eval.json and FID's
+    result.json record it). The objectives that sample their own way (DQ, the step policy) are their
+    own and define `sampling_record`; the DiT family's is its composed generator."""
     return self
 
   # The flow solver's settings (`steps`, `method`, `cfg_scale`; `adaflow sample --steps/--method/--cfg`)
   # choose how `generate` samples: True for the DiT family's composed generator; the objectives that
   # sample their own way (DQ, the step policy) ignore them, so those flags are refused there.
   uses_solver_settings = False
-
-  def sampling_record(self, steps: int, method: str, cfg_scale: float) -> dict:
-    """What `generate(..., steps=, method=, cfg_scale=)` samples with, as eval.json and FID's
-    result.json record it; the objectives that sample their own way say how."""
-    raise NotImplementedError(f"{type(self).__name__}.sampling_record")
-
-  def describe_compute(self) -> str:
-    """The start-up log line of what this objective's networks compute in (training and sampling)."""
-    raise NotImplementedError(f"{type(self).__name__}.describe_compute")
 
   def specialize(self, params):
     """The sampler to sample `params` with, specialized to what is static in them (the composed

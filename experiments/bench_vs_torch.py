@@ -1,12 +1,14 @@
 """adaflow DiT (JAX, jit) vs diffusers DiTTransformer2DModel (PyTorch), side by side in one run.
 
     flock /tmp/adaflow-bench.lock python -m experiments.bench_vs_torch [--sizes S,B] [--reps 3]
-        [--batch 32] [--modes eager,bf16,compile] [--profile]
+        [--batch 32] [--modes eager,bf16,compile] [--dtype auto[,bfloat16,...]] [--profile]
 
 Same network on both sides: DiT-S/2 and DiT-B/2 on 32x32x3 images (256 tokens), 10 classes,
 batch 32, no learned sigma, LayerNorm eps 1e-6. adaflow runs its default `model.dtype="auto"`
 (float32 params; bf16 matmul inputs with float32 accumulation where the CPU has native bf16
-matmuls, float32 elsewhere; the CPU flags are in the results header); torch runs eager float32, eager
+matmuls, float32 elsewhere; the CPU flags are in the results header), or each `--dtype` setting
+given as a comma list (e.g. `auto,bfloat16` on an AVX2-only CPU: whether auto's float32 is the faster
+choice, in the same run; ratios divide by the first); torch runs eager float32, eager
 under `torch.autocast("cpu", bfloat16)`, and `torch.compile` (float32) when it works.
 
 Measured per contender (timed repetitions interleaved: every repetition times each contender
@@ -68,10 +70,25 @@ def make_inputs(batch: int, seed: int = 0):
 # adaflow
 
 
-def ada_label(dtype: str = "auto") -> str:
-  """The adaflow contender's row name: the compute dtype `model.dtype=dtype` resolves to on this CPU."""
+def ada_label(dtype: str = "auto", named: bool = False) -> str:
+  """The adaflow contender's row name: the compute dtype `model.dtype=dtype` resolves to on this CPU
+  (with the setting itself when `named`: several adaflow contenders in one run)."""
   from adaflow.parallel.precision import resolve_compute_dtype
-  return f"adaflow jit ({resolve_compute_dtype(dtype)[0]} compute, fp32 params)"
+  setting = f"model.dtype={dtype}: " if named else ""
+  return f"adaflow jit ({setting}{resolve_compute_dtype(dtype)[0]} compute, fp32 params)"
+
+
+def ada_labels(dtypes: str) -> dict[str, str]:
+  """`--dtype` (one setting or a comma list) -> {row name: model.dtype}; the first is the reference
+  every ratio divides by."""
+  names = [d for d in dtypes.split(",") if d]
+  return {ada_label(d, named=len(names) > 1): d for d in names}
+
+
+def xla_train_total(mem: dict):
+  """The train step's memory of a contender: XLA's buffer total (a dict) for adaflow, RSS bytes for torch."""
+  train = mem.get("train")
+  return train["total"] if isinstance(train, dict) else train
 
 
 class AdaflowContender:
@@ -308,10 +325,14 @@ def main():
   ap.add_argument("--profile", action="store_true")
   ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "vs_torch.md"))
   ap.add_argument("--note", default="", help="a sentence added to the results file (run conditions)")
-  ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-                  help="adaflow's model.dtype (compute dtype); XLA flags: set XLA_FLAGS for the run (recorded)")
+  ap.add_argument("--dtype", default="auto",
+                  help="adaflow's model.dtype (compute dtype), or a comma list (e.g. auto,bfloat16): one adaflow "
+                       "contender each, the first the reference; XLA flags: set XLA_FLAGS for the run (recorded)")
   ap.add_argument("--_torch_memory", default=None, help=argparse.SUPPRESS)
   a = ap.parse_args()
+  bad = [d for d in a.dtype.split(",") if d not in ("auto", "float32", "bfloat16")]
+  if bad or not a.dtype.strip(","):
+    ap.error(f"--dtype {a.dtype!r}: each setting must be auto, float32 or bfloat16 (comma-separated)")
   if a._torch_memory:
     size, batch, mode = a._torch_memory.split(",")
     print(json.dumps(torch_memory_child(size, int(batch), mode)))
@@ -326,10 +347,11 @@ def main():
   a.load_start = os.getloadavg()
   for size in a.sizes.split(","):
     t0 = time.time()
-    ada = AdaflowContender(size, a.batch, a.dtype)
+    adas = {name: AdaflowContender(size, a.batch, d) for name, d in ada_labels(a.dtype).items()}
+    ada = next(iter(adas.values()))
     m, tin, ttarget = build_torch(size, a.batch)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-    contenders = {ada_label(a.dtype): ada}
+    contenders = dict(adas)
     for mode in modes:
       try:
         contenders[f"torch {mode}"] = TorchContender(m, tin, ttarget, mode, opt)
@@ -346,16 +368,16 @@ def main():
           s = time.perf_counter()
           (c.run_forward if phase == "forward" else c.run_train)()
           times[name][phase].append(time.perf_counter() - s)
-      print(f"  rep {rep}: " + ", ".join(f"{n.split(' (')[0]} fwd {t['forward'][-1]:.2f}s train {t['train'][-1]:.2f}s"
+      print(f"  rep {rep}: " + ", ".join(f"{n.split(', fp32')[0]} fwd {t['forward'][-1]:.2f}s train {t['train'][-1]:.2f}s"
                                          for n, t in times.items()), flush=True)
-    mem = {ada_label(a.dtype): ada.memory()}
+    mem = {name: c.memory() for name, c in adas.items()}
     for mode in modes:
       if f"torch {mode}" in contenders and mode != "compile":
         mem[f"torch {mode}"] = torch_memory(size, a.batch, mode)
     if a.profile and size == a.sizes.split(",")[0]:
       profiles[size] = profile_adaflow(ada)
     results[size] = {"times": times, "mem": mem, "params": (ada.num_params, n_torch)}
-    del contenders, ada, m, opt
+    del contenders, adas, ada, m, opt
     write_report(a, results, notes, profiles, time.time() - started)   # after every size
 
 
@@ -385,12 +407,13 @@ def write_report(a, results, notes, profiles, elapsed):
   import jax
   import torch
   import diffusers
-  ada_name = ada_label(a.dtype)
+  ada_name = next(iter(ada_labels(a.dtype)))
   lines = ["# adaflow vs PyTorch (diffusers DiTTransformer2DModel): DiT-S/2 and DiT-B/2", "",
            f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()}-core CPU, no GPU. "
            f"Other jobs may have shared the CPU during the run.",
            f"- CPU flags (matmul-relevant): {cpu_flag_line()}; adaflow compute dtype: "
-           f"{describe_compute_dtype(types.SimpleNamespace(dtype=a.dtype, attention='auto'))}.",
+           + "; ".join(describe_compute_dtype(types.SimpleNamespace(dtype=d, attention='auto'))
+                     for d in ada_labels(a.dtype).values()) + ".",
            f"- Date: {utc_now()}; jax {jax.__version__}, "
            f"torch {torch.__version__}, diffusers {diffusers.__version__}; total run {elapsed / 60:.1f} min.",
            f"- Command: `{command_line(a)}`",
@@ -406,27 +429,27 @@ def write_report(a, results, notes, profiles, elapsed):
   for size, r in results.items():
     ada_t = r["times"][ada_name]
     af, at = median_rate(ada_t["forward"], a.batch), median_rate(ada_t["train"], a.batch)
-    am = r["mem"][ada_name]["train"]["total"]
+    am = xla_train_total(r["mem"][ada_name])
     for name, t in r["times"].items():
       f, tr = median_rate(t["forward"], a.batch), median_rate(t["train"], a.batch)
       mem = r["mem"].get(name, {})
-      mt = mem["train"]["total"] if name == ada_name else mem.get("train")
+      mt = xla_train_total(mem)
       ratio = lambda x, y: f"{x / y:.2f}x" if y and y == y else "-"
       lines.append(f"| DiT-{size}/2 | {name} | {f:.1f} | {tr:.1f} | {fmt_mb(mt)} | "
                    f"{'-' if name == ada_name else ratio(af, f)} | {'-' if name == ada_name else ratio(at, tr)} | "
                    f"{'-' if name == ada_name or not isinstance(mt, (int, float)) else f'{am / mt:.2f}x'} |")
-      if name != ada_name:
+      if name not in ada_labels(a.dtype):     # the bar compares with torch, not with another adaflow setting
         bar.append((size, name, at / tr))
   lines += ["", "Memory details (train step unless noted):", ""]
   for size, r in results.items():
-    m = r["mem"][ada_name]
-    lines.append(f"- DiT-{size}/2 adaflow: XLA buffers {fmt_mb(m['train']['total'])} total = arguments "
-                 f"{fmt_mb(m['train']['args'])} (params + AdamW state + batch) + temporaries {fmt_mb(m['train']['temp'])}; "
-                 f"forward {fmt_mb(m['forward']['total'])} (temporaries {fmt_mb(m['forward']['temp'])}). "
-                 f"Params: adaflow {r['params'][0] / 1e6:.2f}M, diffusers {r['params'][1] / 1e6:.2f}M (diffusers "
-                 f"keeps a timestep/label embedder per block).")
     for name, mm in r["mem"].items():
-      if name != ada_name:
+      if isinstance(mm.get("train"), dict):     # an adaflow contender: XLA's buffer plan
+        lines.append(f"- DiT-{size}/2 {name}: XLA buffers {fmt_mb(mm['train']['total'])} total = arguments "
+                     f"{fmt_mb(mm['train']['args'])} (params + AdamW state + batch) + temporaries "
+                     f"{fmt_mb(mm['train']['temp'])}; forward {fmt_mb(mm['forward']['total'])} (temporaries "
+                     f"{fmt_mb(mm['forward']['temp'])}). Params: adaflow {r['params'][0] / 1e6:.2f}M, diffusers "
+                     f"{r['params'][1] / 1e6:.2f}M (diffusers keeps a timestep/label embedder per block).")
+      else:
         lines.append(f"- DiT-{size}/2 {name}: RSS growth {fmt_mb(mm.get('train'))} in a train step, "
                      f"{fmt_mb(mm.get('forward'))} in a forward" + (f" ({mm['error']})" if "error" in mm else ""))
   lines += ["", "Memory methods differ: XLA's number is its exact buffer plan for the step; torch's is "

@@ -408,7 +408,8 @@ def write_report(a, results, notes, profiles, elapsed):
   import torch
   import diffusers
   ada_name = next(iter(ada_labels(a.dtype)))
-  lines = ["# adaflow vs PyTorch (diffusers DiTTransformer2DModel): DiT-S/2 and DiT-B/2", "",
+  models = " and ".join(f"DiT-{size}/2" for size in a.sizes.split(",") if size)
+  lines = [f"# adaflow vs PyTorch (diffusers DiTTransformer2DModel): {models}", "",
            f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()}-core CPU, no GPU. "
            f"Other jobs may have shared the CPU during the run.",
            f"- CPU flags (matmul-relevant): {cpu_flag_line()}; adaflow compute dtype: "

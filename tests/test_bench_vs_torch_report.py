@@ -53,3 +53,4 @@ def test_report_with_two_adaflow_dtypes(tmp_path):
   assert f"- DiT-S/2 {second}: XLA buffers 1000 MiB total" in text
   assert "--dtype auto,bfloat16 --out" in text
   assert "- DiT-S/2 vs torch eager: 2.00x -> meets the bar" in text and f"vs {second}:" not in text
+  assert text.startswith("# adaflow vs PyTorch (diffusers DiTTransformer2DModel): DiT-S/2\n")   # the sizes that ran

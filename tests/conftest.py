@@ -15,18 +15,21 @@ def pytest_configure(config):
   """Two settings for the whole test session, made before JAX is imported anywhere and inherited by
   the xdist workers and every CLI / multi-process subprocess they start:
 
-  - `JAX_DISABLE_MOST_OPTIMIZATIONS=1` (JAX's own switch: LLVM code generation at -O0, its expensive
-    passes off). The tests' programs are tiny and each is compiled, then run a few times, so most of
-    a test's CPU time is XLA's LLVM back end; the HLO the tests check (fusion, sharding, layouts,
-    memory and FLOP analyses) is the same as with optimizations on. The same programs run slower,
-    and float32 results can differ in the last bits from an optimized build (e.g. where LLVM would
-    fuse a multiply and an add), which no test compares against a stored number: every comparison is
-    between two runs of this session. A value the caller set is kept (`=0` tests the optimized build).
+  - In the default run (`-m "not slow"`, pytest.ini's), `JAX_DISABLE_MOST_OPTIMIZATIONS=1` (JAX's
+    own switch: LLVM code generation at -O0, its expensive passes off). Those tests' programs are
+    tiny and each is compiled, then run a few times, so most of their CPU time is XLA's LLVM back
+    end; the HLO they check (fusion, sharding, layouts, memory and FLOP analyses) is the same as with
+    optimizations on. The same programs run slower, and float32 results can differ in the last bits
+    from an optimized build (e.g. where LLVM would fuse a multiply and an add), which no test
+    compares against a stored number: every comparison is between two runs of this session. Slow
+    tests (long training, benchmarks) run more than they compile and keep the optimized build. A
+    value the caller set is kept (`=0` runs the default tests on the optimized build).
   - One persistent JAX compilation cache: the suite compiles the same small programs (the tiny
     DiT's step, its sampler, the classifier) over and over in fresh processes. A cache the caller set
     is kept; `JAX_COMPILATION_CACHE_DIR=` (empty) turns it off. Executables read back are the ones
     XLA compiled, so no number changes."""
-  os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+  if "not slow" in (config.getoption("markexpr") or ""):
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
   if "JAX_COMPILATION_CACHE_DIR" in os.environ:
     return
   path = tempfile.mkdtemp(prefix="adaflow-tests-jax-cache-")

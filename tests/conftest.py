@@ -20,8 +20,9 @@ def pytest_configure(config):
     tiny and each is compiled, then run a few times, so most of their CPU time is XLA's LLVM back
     end; the HLO they check (fusion, sharding, layouts, memory and FLOP analyses) is the same as with
     optimizations on. The same programs run slower, and float32 results can differ in the last bits
-    from an optimized build (e.g. where LLVM would fuse a multiply and an add), which no test
-    compares against a stored number: every comparison is between two runs of this session. Slow
+    from an optimized build (e.g. where LLVM would fuse a multiply and an add): the tests that
+    compare with stored images (tests/fixtures' old workdirs, atol 1e-6 / 1e-5) pass on both, and
+    every other comparison is between two runs of this session. Slow
     tests (long training, benchmarks) run more than they compile and keep the optimized build. A
     value the caller set is kept (`=0` runs the default tests on the optimized build).
   - One persistent JAX compilation cache: the suite compiles the same small programs (the tiny

@@ -16,6 +16,8 @@ table exactly as `adaflow train` builds them, with abstract state: the train ste
 `train.batch_size`) and the sampler (`--num` images, Heun `--steps`, the CLI's generate path),
 each with `model.scan_blocks` on (the default) and off (the per-layer loop every routed model
 used before routing scanned its layers). Writes experiments/results/compile_methods.md.
+`--methods --ref REV`: the train steps (scanned) with the code of git revision REV against this
+checkout, in alternating rounds (experiments/results/compile_vs_ref.md).
 """
 from __future__ import annotations
 
@@ -146,13 +148,12 @@ def method_child(arm: str, scan: bool, what: str, steps: int, num: int, trained:
   return {"arm": arm, "scan": scan, "what": what, "trained": trained, "lower_s": t1 - t0, "compile_s": t2 - t1, "cpu_s": c2 - c0}
 
 
-def run_methods(a) -> None:
-  from experiments.common import RESULTS, ROOT, machine_line, utc_now
-  out = a.out or os.path.join(RESULTS, "compile_methods.md")
+def method_rows(a, code_root: str, programs=("train", "sample"), layers=(True, False, "trained")):
+  """{(arm, layers, program): measurement} with the code in `code_root`, each row in a fresh process."""
   rows = {}
-  for what in ("train", "sample"):
+  for what in programs:
     for arm in METHOD_ARMS:
-      for scan in ((True,) if arm in ("dense", "ppflow") else (True, False, "trained")):
+      for scan in ((True,) if arm in ("dense", "ppflow") else layers):
         if scan == "trained" and what == "train":
           continue
         spec = f"{arm}:1:{what}:1" if scan == "trained" else f"{arm}:{int(scan)}:{what}:0"
@@ -160,7 +161,7 @@ def run_methods(a) -> None:
                "--steps", str(a.steps), "--num", str(a.num)]
         t0 = time.perf_counter()
         try:
-          r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=a.timeout)
+          r = subprocess.run(cmd, capture_output=True, text=True, cwd=code_root, timeout=a.timeout)
         except subprocess.TimeoutExpired:
           rows[arm, scan, what] = {"timeout": a.timeout}
           print(arm, scan, what, "timed out", flush=True)
@@ -170,7 +171,58 @@ def run_methods(a) -> None:
         m = json.loads(r.stdout.strip().splitlines()[-1])
         m["wall_s"] = time.perf_counter() - t0
         rows[arm, scan, what] = m
-        print(arm, scan, what, m, flush=True)
+        print(code_root, arm, scan, what, m, flush=True)
+  return rows
+
+
+def run_against_ref(a) -> None:
+  """`--ref REV`: the train steps (scanned layers) with the code of REV and of this checkout, in
+  `--rounds` rounds of alternating order, so that both see the same machine."""
+  import tempfile
+  from experiments.common import RESULTS, ROOT, export_revision, git, machine_line, utc_now
+  out = a.out or os.path.join(RESULTS, "compile_vs_ref.md")
+  ref_name = git("rev-parse", "--short", a.ref)
+  dirty = " + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+  head_name = git("rev-parse", "--short", "HEAD") + dirty
+  header, started = machine_line(), utc_now()
+  runs = {"ref": [], "head": []}
+  with tempfile.TemporaryDirectory(prefix="adaflow-compile-ref-") as ref_root:
+    export_revision(a.ref, ref_root)
+    for k in range(a.rounds):
+      for name in (("ref", "head") if k % 2 == 0 else ("head", "ref")):
+        runs[name].append(method_rows(a, ref_root if name == "ref" else ROOT, ("train",), (True,)))
+  total = lambda m: m["lower_s"] + m["compile_s"]
+  lines = [f"# Compile time of each method's train step: the code of {ref_name} against {head_name}", "",
+           f"- {header}; {started}.",
+           f"- Command: `python -m experiments.bench_compile --methods --ref {a.ref} --rounds {a.rounds}` (the rows of "
+           "`--methods`' train steps, scanned layers; abstract state, trace + lower, then XLA compile, each row in a "
+           f"fresh process, no compilation cache; {a.rounds} rounds, the two codes in alternating order; "
+           f"{ref_name} exported with `git archive` and run from there).",
+           "- Per row: the median over the rounds of trace + lower + compile seconds (wall) and of the CPU seconds "
+           "(user + system of the compiling process).", "",
+           f"| arm | total, {ref_name} (s) | total, {head_name} (s) | {head_name} / {ref_name} | CPU s, {ref_name} | "
+           f"CPU s, {head_name} | x dense, {ref_name} | x dense, {head_name} |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+  med = lambda name, key, f: float(sorted(f(r[key]) for r in runs[name])[len(runs[name]) // 2])
+  key = lambda arm: (arm, True, "train")
+  for arm in METHOD_ARMS:
+    t_ref, t_head = med("ref", key(arm), total), med("head", key(arm), total)
+    d_ref, d_head = med("ref", key("dense"), total), med("head", key("dense"), total)
+    lines.append(f"| {arm} | {t_ref:.1f} | {t_head:.1f} | {t_head / t_ref:.2f}x | "
+                 f"{med('ref', key(arm), lambda m: m['cpu_s']):.1f} | {med('head', key(arm), lambda m: m['cpu_s']):.1f} | "
+                 f"{t_ref / d_ref:.2f}x | {t_head / d_head:.2f}x |")
+  with open(out, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+def run_methods(a) -> None:
+  from experiments.common import RESULTS, ROOT, machine_line, utc_now
+  if a.ref:
+    run_against_ref(a)
+    return
+  out = a.out or os.path.join(RESULTS, "compile_methods.md")
+  rows = method_rows(a, ROOT)
   total = lambda m: m["lower_s"] + m["compile_s"]
   lines = ["# Compile time of each method's train step and sampler against dense's (crops 32x32 testbed)", "",
            f"- {machine_line()}; {utc_now()}.",
@@ -216,6 +268,9 @@ def main():
   ap.add_argument("--methods", action="store_true", help="each method's train step and sampler vs dense's")
   ap.add_argument("--steps", type=int, default=16, help="--methods: Heun steps of the sampler")
   ap.add_argument("--num", type=int, default=40, help="--methods: images per sampler call")
+  ap.add_argument("--ref", default=None, help="--methods: the train steps with the code of this git revision "
+                  "against this checkout (writes experiments/results/compile_vs_ref.md)")
+  ap.add_argument("--rounds", type=int, default=3, help="--ref: rounds, the two codes in alternating order")
   ap.add_argument("--_child", choices=("scan", "loop"), help=argparse.SUPPRESS)
   ap.add_argument("--_method", help=argparse.SUPPRESS)
   a = ap.parse_args()

@@ -25,6 +25,7 @@ from adaflow.commands.common import FLAGS
 from adaflow.errors import is_user_error
 from adaflow.parallel.distributed import initialize_runtime
 from adaflow.parallel.host import is_writer
+from adaflow.parallel.precision import apply_xla_cpu_defaults
 from adaflow.pipelines.stages import StageStopped
 from adaflow.train.checkpoint import DISK_ERRNOS, CheckpointWriteError, quiet_write_failures
 
@@ -224,8 +225,10 @@ def _run(name: str, rest: list, debug: bool) -> None:
       raise app.UsageError(f"unexpected argument {rest[0]!r} for `adaflow {name}`"
                            + (suggest(f"{name} {rest[0]}", subs) if subs else "; flags are written --name=value"))
     logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
-    # One distributed start-up for every command (pods, SLURM, ADAFLOW_*), before any JAX work:
-    # sampling and evaluation span all hosts' devices just like training.
+    # Before any JAX work: XLA reads its flags when the first backend starts. Then one distributed
+    # start-up for every command (pods, SLURM, ADAFLOW_*): sampling and evaluation span all hosts'
+    # devices just like training.
+    apply_xla_cpu_defaults()
     initialize_runtime()
     COMMANDS[name]()
   except StageStopped as e:   # a signal stopped a multi-stage job: saved, exit 0 as `adaflow train` does

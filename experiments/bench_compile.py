@@ -274,6 +274,8 @@ def main():
   ap.add_argument("--_child", choices=("scan", "loop"), help=argparse.SUPPRESS)
   ap.add_argument("--_method", help=argparse.SUPPRESS)
   a = ap.parse_args()
+  from adaflow.parallel.precision import apply_xla_cpu_defaults
+  apply_xla_cpu_defaults()        # as the CLI starts; the compile subprocesses inherit it
   if a._method:
     arm, scan, what, trained = a._method.split(":")
     print(json.dumps(method_child(arm, scan == "1", what, a.steps, a.num, trained == "1")), flush=True)

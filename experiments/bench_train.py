@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from adaflow.config_defaults import base_config
 from adaflow.data import make_train_batches
 from adaflow.flow.driver import make_generate_fn
+from adaflow.parallel.precision import apply_xla_cpu_defaults
 from adaflow.train.loop import Trainer
 from adaflow.train.sharded_state import init_state
 from experiments.common import RESULTS, time_calls, utc_now
@@ -95,6 +96,7 @@ def main():
   ap.add_argument("--sample-steps", type=int, default=16)
   ap.add_argument("--out", default=os.path.join(RESULTS, "train.md"))
   args = ap.parse_args()
+  apply_xla_cpu_defaults()        # as the CLI starts, before the backend does
   rows = []
   for dtype in ("bfloat16", "float32"):
     peak = matmul_peak(dtype)

@@ -49,7 +49,8 @@ import numpy as np
 # Not experiments.common.ROOT: that module imports jax, and the torch memory subprocess measures RSS without it.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "T": (2, 64, 2)}   # T: tiny, for a quick smoke run only
+# T: tiny, for a quick smoke run only; Q: the width and depth of configs/quickstart.py and the crops testbed
+SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "T": (2, 64, 2), "Q": (4, 128, 4)}
 IMAGE, CHANNELS, PATCH, CLASSES = 32, 3, 2, 10
 
 
@@ -337,6 +338,8 @@ def main():
     size, batch, mode = a._torch_memory.split(",")
     print(json.dumps(torch_memory_child(size, int(batch), mode)))
     return
+  from adaflow.parallel.precision import apply_xla_cpu_defaults
+  apply_xla_cpu_defaults()        # adaflow's XLA:CPU settings, as the CLI starts with (recorded in the command)
 
   import jax
   import torch

@@ -12,7 +12,7 @@ if ROOT not in sys.path:
 
 
 def pytest_configure(config):
-  """Two settings for the whole test session, made before JAX is imported anywhere and inherited by
+  """Three settings for the whole test session, made before JAX is imported anywhere and inherited by
   the xdist workers and every CLI / multi-process subprocess they start:
 
   - In the default run (`-m "not slow"`, pytest.ini's), `JAX_DISABLE_MOST_OPTIMIZATIONS=1` (JAX's
@@ -28,15 +28,19 @@ def pytest_configure(config):
   - One persistent JAX compilation cache: the suite compiles the same small programs (the tiny
     DiT's step, its sampler, the classifier) over and over in fresh processes. A cache the caller set
     is kept; `JAX_COMPILATION_CACHE_DIR=` (empty) turns it off. Executables read back are the ones
-    XLA compiled, so no number changes."""
+    XLA compiled, so no number changes.
+  - adaflow's XLA:CPU settings for this machine (`precision.apply_xla_cpu_defaults`, what the CLI
+    applies): in-process tests compute as `adaflow` commands do."""
   if "not slow" in (config.getoption("markexpr") or ""):
     os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
-    return
-  path = tempfile.mkdtemp(prefix="adaflow-tests-jax-cache-")
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  config.adaflow_jax_cache = path       # removed by the process that made it
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    path = tempfile.mkdtemp(prefix="adaflow-tests-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    config.adaflow_jax_cache = path       # removed by the process that made it
+  # Last: importing jax reads the two settings above (it starts no backend, so XLA_FLAGS still count).
+  from adaflow.parallel.precision import apply_xla_cpu_defaults
+  apply_xla_cpu_defaults()
 
 
 def pytest_unconfigure(config):

@@ -23,6 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 
+from adaflow.parallel.precision import apply_xla_cpu_defaults  # noqa: E402
+
+apply_xla_cpu_defaults()                     # as `adaflow train` does, before the backend starts
+
 jax.config.update("jax_num_cpu_devices", int(SPEC.get("devices", 1)))
 if SPEC.get("distributed"):
   d = SPEC["distributed"]

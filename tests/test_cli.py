@@ -281,6 +281,25 @@ def small_tmpfs(path, size: str):
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+def test_the_cli_starts_xla_with_adaflows_cpu_settings_and_says_so(tmp_path):
+  """`adaflow` adds its XLA:CPU setting for this machine to the user's XLA_FLAGS before the backend
+  starts: the start-up line names it, and where it applies no dot of the compiled programs (XLA's
+  own dump) went to YNNPACK. (The user's own YNNPACK setting winning: tests/test_precision.py.)"""
+  from adaflow.parallel import precision
+  dump = tmp_path / "hlo"
+  user = f"--xla_dump_to={dump} --xla_dump_hlo_as_text --xla_dump_hlo_pass_re=^$"
+  applied, _ = precision.xla_cpu_defaults(user, precision.cpu_flags(), precision.jaxlib.version.__version__,
+                                          "cpu", precision.accelerator_plugin())      # _run sets JAX_PLATFORMS=cpu
+  (code, out, err), = _run(["train", f"--config={CLI_CONFIG}", f"--workdir={tmp_path / 'w'}", "--config.train.steps=1",
+                            "--config.train.final_samples=False", "--config.eval.at_end=False"], env={"XLA_FLAGS": user})
+  assert code == 0, err[-2000:]
+  assert f"; XLA:CPU {precision.describe_xla_cpu(applied)}" in out + err
+  optimized = [p.read_text() for p in dump.glob("*after_optimizations.txt")]
+  assert any(" dot(" in text for text in optimized)          # the train step's programs were dumped
+  if precision.NO_NATIVE_BF16_XLA_FLAGS in applied:
+    assert not any("ynn_fusion" in text for text in optimized)
+
+
 def test_full_disk_during_a_checkpoint_write_is_one_line_exit_2_on_every_process(tmp_path):
   """A really full disk where a tmpfs can be mounted (root): 2 MiB hold the tiny model's checkpoints
   2 and 4, and step 6 is refused on both processes before orbax writes (a write failing on one
@@ -435,7 +454,7 @@ def test_runs_that_sample_their_own_way_refuse_solver_flags_and_record_their_own
   w = str(tmp_path / "dqvae")
   logged = []
   train(c, w, log=logged.append)
-  assert "compute dtype float32 (the DQ-VAE's encoder, codebook and decoder)" in logged
+  assert any(line.startswith("compute dtype float32 (the DQ-VAE's encoder, codebook and decoder)") for line in logged)
   capsys.readouterr()    # the training's progress line
   for flags in (["--steps=3"], ["--method=euler", "--cfg=1.5"], ["--edges=insert"]):
     code, _, err = _main(["sample", f"--workdir={w}", "--num=2", *flags], capsys)

@@ -52,3 +52,44 @@ def test_auto_is_the_default_and_validates():
   config_lib.validate_model(tiny_config(**{"model.dtype": "auto"}), info)
   with pytest.raises(ValueError, match=r"model\.dtype"):
     config_lib.validate_model(tiny_config(**{"model.dtype": "fp8"}), info)
+
+
+AVX2 = frozenset({"avx2", "fma"})
+
+
+def test_xla_cpu_defaults_only_without_native_bf16_and_never_over_the_users_setting():
+  off = precision.NO_NATIVE_BF16_XLA_FLAGS
+  # An AVX2-only CPU on the measured jaxlib: the setting is added after the user's other flags.
+  assert precision.xla_cpu_defaults("", AVX2, "0.10.2")[0] == off
+  flags, reason = precision.xla_cpu_defaults("--xla_force_host_platform_device_count=2", AVX2, "0.10.2")
+  assert flags == f"--xla_force_host_platform_device_count=2 {off}" and "YNNPACK" in reason
+  # The user's own YNNPACK setting wins, whatever the CPU.
+  mine = f"{precision.YNNPACK_FLAG}=dot"
+  assert precision.xla_cpu_defaults(mine, AVX2, "0.10.2") == (mine, "YNNPACK fusions as set in XLA_FLAGS")
+  # Native bf16 CPUs and other jaxlib releases (the flag is experimental; XLA aborts on an unknown
+  # flag) keep XLA's defaults.
+  assert precision.xla_cpu_defaults("", frozenset({"avx2", "avx512_bf16"}), "0.10.2")[0] == ""
+  assert precision.xla_cpu_defaults("", frozenset({"amx_bf16"}), "0.10.2")[0] == ""
+  flags, reason = precision.xla_cpu_defaults("", AVX2, "0.11.0")
+  assert flags == "" and "jaxlib 0.11.0" in reason
+  # Hosts of TPUs / GPUs keep XLA's defaults (their runtime may read XLA_FLAGS), unless told to run on CPU.
+  assert precision.xla_cpu_defaults("", AVX2, "0.10.2", accelerator="libtpu")[0] == ""
+  assert precision.xla_cpu_defaults("", AVX2, "0.10.2", jax_platforms="tpu,cpu")[0] == ""
+  assert precision.xla_cpu_defaults("", AVX2, "0.10.2", jax_platforms="cpu", accelerator="jax_plugins")[0] == off
+
+
+def test_apply_xla_cpu_defaults_sets_the_environment_once(monkeypatch):
+  monkeypatch.setattr(precision, "cpu_flags", lambda *a, **k: AVX2)
+  monkeypatch.setattr(precision.jaxlib.version, "__version__", "0.10.2")
+  monkeypatch.setattr(precision, "accelerator_plugin", lambda: "")
+  env = {}
+  precision.apply_xla_cpu_defaults(env)
+  assert env == {"XLA_FLAGS": precision.NO_NATIVE_BF16_XLA_FLAGS}
+  precision.apply_xla_cpu_defaults(env)           # idempotent: the setting is now the environment's
+  assert env == {"XLA_FLAGS": precision.NO_NATIVE_BF16_XLA_FLAGS}
+  assert "adaflow's default" in precision.describe_xla_cpu(env["XLA_FLAGS"])
+  monkeypatch.setattr(precision, "cpu_flags", lambda *a, **k: frozenset({"avx512_bf16"}))
+  env = {}
+  precision.apply_xla_cpu_defaults(env)
+  assert env == {}
+  assert precision.describe_xla_cpu("") == "XLA's default fusions"

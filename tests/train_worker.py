@@ -15,6 +15,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from adaflow.parallel.precision import apply_xla_cpu_defaults  # noqa: E402
+
+apply_xla_cpu_defaults()                     # as `adaflow train` does, before the backend starts
+
 from conftest import tiny_config  # noqa: E402
 from adaflow.train.loop import train  # noqa: E402
 from adaflow.train.metrics_log import read_metrics  # noqa: E402

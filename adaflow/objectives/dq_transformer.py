@@ -22,6 +22,7 @@ from adaflow.config import require
 from adaflow.models import dq_transformer as dqt
 from adaflow.models import dqvae as dq
 from adaflow.objectives.base import ObjectiveBase
+from adaflow.parallel.precision import describe_xla_backend
 from adaflow.parallel.host import to_host
 
 
@@ -92,7 +93,7 @@ class DQTransformerObjective(ObjectiveBase):
 
   def describe_compute(self) -> str:
     return (f"compute dtype {self.config.dq_transformer.dtype} (dq_transformer.dtype); "
-            "the frozen DQ-VAE tokenizer float32")
+            f"the frozen DQ-VAE tokenizer float32{describe_xla_backend()}")
 
   def sampling_record(self, steps: int, method: str, cfg_scale: float) -> dict:
     """Top-k sampling of the code sequence (no solver steps, no guidance), decoded by the tokenizer."""

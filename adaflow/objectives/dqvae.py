@@ -30,6 +30,7 @@ from adaflow.config import require
 from adaflow import data as data_lib
 from adaflow.models import dqvae as dq
 from adaflow.objectives.base import ObjectiveBase
+from adaflow.parallel.precision import describe_xla_backend
 from adaflow.models.vq import codebook_statistics, ema_codebook_update, quantize, restart_candidates
 
 
@@ -220,7 +221,7 @@ class DQVAEObjective(ObjectiveBase):
     return self._bank
 
   def describe_compute(self) -> str:
-    return "compute dtype float32 (the DQ-VAE's encoder, codebook and decoder)"
+    return f"compute dtype float32 (the DQ-VAE's encoder, codebook and decoder){describe_xla_backend()}"
 
   def sampling_record(self, steps: int, method: str, cfg_scale: float) -> dict:
     """A tokenizer "samples" reconstructions of real images (no solver steps, no guidance)."""

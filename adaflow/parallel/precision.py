@@ -5,16 +5,29 @@ bfloat16 matmul inputs pay off only where the backend multiplies bf16 natively: 
 bf16 tensor cores (compute capability >= 8.0) and CPUs with AVX512_BF16 or AMX-BF16. Elsewhere
 XLA emulates bf16 GEMMs by converting to fp32 (measured on a 2-core AVX2 CPU: a 2048^3 matmul runs
 at 82 GFLOP/s in bf16 vs 138 in fp32), so float32 is both faster and exact there.
+
+The same machines get one XLA:CPU setting before the backend starts (`apply_xla_cpu_defaults`):
+XLA hands every dot and reduction to YNNPACK by default, whose float32 kernels ran slower there than
+XLA's own (experiments/results/xla_cpu_end_to_end.md).
 """
 from __future__ import annotations
 
-from typing import Optional
+import importlib.util
+import os
+from typing import MutableMapping, Optional
 
 import jax
+import jaxlib.version
 
 DTYPE_NAMES = ("bfloat16", "float32", "float16")
 ATTENTION_IMPLS = ("einsum", "dot_product_attention")
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+YNNPACK_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+# Removes two fusion types from XLA's default list ('-' form): convolutions (the DQ-VAE's) stay as XLA
+# picks them. XLA aborts on a flag it does not know and this one is experimental, so it is set only
+# on the jaxlib release it was measured with.
+NO_NATIVE_BF16_XLA_FLAGS = f"{YNNPACK_FLAG}=-individual_dot,-reduce"
+XLA_CPU_DEFAULTS_JAXLIB = (0, 10)
 
 
 def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> frozenset[str]:
@@ -29,6 +42,63 @@ def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> frozenset[str]:
   except OSError:
     pass
   return frozenset()
+
+
+def accelerator_plugin() -> str:
+  """The JAX accelerator runtime installed here ("libtpu" or "jax_plugins": CUDA / ROCm), or ""."""
+  return next((name for name in ("libtpu", "jax_plugins") if importlib.util.find_spec(name)), "")
+
+
+def xla_cpu_defaults(xla_flags: str, flags: frozenset[str], jaxlib_version: str, jax_platforms: str = "",
+                     accelerator: str = "") -> tuple[str, str]:
+  """(the user's `xla_flags`, CPU feature `flags`, jaxlib version, $JAX_PLATFORMS, `accelerator_plugin()`)
+  -> (XLA_FLAGS to start with, reason). A YNNPACK setting already in `xla_flags` wins; adaflow adds
+  its own only where JAX computes on the CPU (JAX_PLATFORMS=cpu, or no accelerator runtime installed:
+  an accelerator's runtime may parse XLA_FLAGS with another XLA), on CPUs without native bf16 matmuls
+  (the machines where it was measured) and on jaxlib 0.10.x."""
+  if YNNPACK_FLAG in xla_flags:
+    return xla_flags, "YNNPACK fusions as set in XLA_FLAGS"
+  if jax_platforms != "cpu" and (jax_platforms or accelerator):
+    return xla_flags, f"XLA's default fusions (accelerator host: {jax_platforms or accelerator})"
+  native = sorted(set(NATIVE_BF16_CPU_FLAGS) & set(flags))
+  if native:
+    return xla_flags, f"XLA's default fusions (native bf16 matmuls: {', '.join(native)})"
+  if tuple(int(v) for v in jaxlib_version.split(".")[:2]) != XLA_CPU_DEFAULTS_JAXLIB:
+    return xla_flags, (f"XLA's default fusions (jaxlib {jaxlib_version}: adaflow's YNNPACK setting is for "
+                       f"{'.'.join(map(str, XLA_CPU_DEFAULTS_JAXLIB))}.x)")
+  return (f"{xla_flags} {NO_NATIVE_BF16_XLA_FLAGS}".strip(),
+          f"YNNPACK's dot and reduce fusions off: XLA's own float32 kernels are faster on CPUs without "
+          f"native bf16; set {YNNPACK_FLAG}=... in XLA_FLAGS to choose")
+
+
+def apply_xla_cpu_defaults(environ: Optional[MutableMapping[str, str]] = None) -> str:
+  """Adds adaflow's XLA:CPU settings for this machine to `environ["XLA_FLAGS"]` (default
+  `os.environ`) and returns why. XLA reads its flags once, when the first backend starts, so entry
+  points (the CLI, the tests, the benchmarks that time adaflow) call this before any JAX work; a
+  script using adaflow as a library calls it at its top."""
+  environ = os.environ if environ is None else environ
+  xla_flags, reason = xla_cpu_defaults(environ.get("XLA_FLAGS", ""), cpu_flags(), jaxlib.version.__version__,
+                                       environ.get("JAX_PLATFORMS", ""), accelerator_plugin())
+  if xla_flags:
+    environ["XLA_FLAGS"] = xla_flags
+  return reason
+
+
+def describe_xla_cpu(xla_flags: str) -> str:
+  """What the YNNPACK setting in `xla_flags` (this process's XLA_FLAGS) is, for the start-up line."""
+  if NO_NATIVE_BF16_XLA_FLAGS in xla_flags:
+    return "YNNPACK's dot and reduce fusions off (adaflow's default on CPUs without native bf16)"
+  if YNNPACK_FLAG in xla_flags:
+    return "YNNPACK fusions as set in XLA_FLAGS"
+  return "XLA's default fusions"
+
+
+def describe_xla_backend() -> str:
+  """"; XLA:CPU <its YNNPACK setting>" on the CPU backend, "" elsewhere: the tail of the start-up
+  line that names the compute dtype."""
+  if jax.default_backend() != "cpu":
+    return ""
+  return f"; XLA:CPU {describe_xla_cpu(os.environ.get('XLA_FLAGS', ''))}"
 
 
 def _gpu_has_bf16() -> tuple[bool, str]:
@@ -85,7 +155,7 @@ def resolve_attention(name: str, platform: Optional[str] = None) -> tuple[str, s
 
 def describe_compute_dtype(model_config) -> str:
   """One start-up log line: the compute dtype `model_config.dtype` and the attention core
-  `model_config.attention` resolve to, and why."""
+  `model_config.attention` resolve to, and why (and on CPU, the YNNPACK setting XLA started with)."""
   name, reason = resolve_compute_dtype(model_config.dtype)
   impl, why = resolve_attention(model_config.attention)
-  return f"compute dtype {name} ({reason}); attention {impl} ({why})"
+  return f"compute dtype {name} ({reason}); attention {impl} ({why}){describe_xla_backend()}"

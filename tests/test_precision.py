@@ -70,6 +70,8 @@ def test_xla_cpu_defaults_only_without_native_bf16_and_never_over_the_users_sett
   # flag) keep XLA's defaults.
   assert precision.xla_cpu_defaults("", frozenset({"avx2", "avx512_bf16"}), "0.10.2")[0] == ""
   assert precision.xla_cpu_defaults("", frozenset({"amx_bf16"}), "0.10.2")[0] == ""
+  assert precision.xla_cpu_defaults("", frozenset({"fp", "asimd", "bf16"}), "0.10.2")[0] == ""    # ARM
+  assert precision.xla_cpu_defaults("", frozenset(), "0.10.2")[0] == ""                           # unreadable
   flags, reason = precision.xla_cpu_defaults("", AVX2, "0.11.0")
   assert flags == "" and "jaxlib 0.11.0" in reason
   # Hosts of TPUs / GPUs keep XLA's defaults (their runtime may read XLA_FLAGS), unless told to run on CPU.

@@ -54,8 +54,9 @@ def xla_cpu_defaults(xla_flags: str, flags: frozenset[str], jaxlib_version: str,
   """(the user's `xla_flags`, CPU feature `flags`, jaxlib version, $JAX_PLATFORMS, `accelerator_plugin()`)
   -> (XLA_FLAGS to start with, reason). A YNNPACK setting already in `xla_flags` wins; adaflow adds
   its own only where JAX computes on the CPU (JAX_PLATFORMS=cpu, or no accelerator runtime installed:
-  an accelerator's runtime may parse XLA_FLAGS with another XLA), on CPUs without native bf16 matmuls
-  (the machines where it was measured) and on jaxlib 0.10.x."""
+  an accelerator's runtime may parse XLA_FLAGS with another XLA), on x86 CPUs with AVX2 and without
+  native bf16 matmuls (the machines where it was measured; not ARM or unreadable flags) and on
+  jaxlib 0.10.x."""
   if YNNPACK_FLAG in xla_flags:
     return xla_flags, "YNNPACK fusions as set in XLA_FLAGS"
   if jax_platforms != "cpu" and (jax_platforms or accelerator):
@@ -63,11 +64,13 @@ def xla_cpu_defaults(xla_flags: str, flags: frozenset[str], jaxlib_version: str,
   native = sorted(set(NATIVE_BF16_CPU_FLAGS) & set(flags))
   if native:
     return xla_flags, f"XLA's default fusions (native bf16 matmuls: {', '.join(native)})"
+  if "avx2" not in flags:
+    return xla_flags, "XLA's default fusions (not an AVX2 x86 CPU, where adaflow's setting was measured)"
   if tuple(int(v) for v in jaxlib_version.split(".")[:2]) != XLA_CPU_DEFAULTS_JAXLIB:
     return xla_flags, (f"XLA's default fusions (jaxlib {jaxlib_version}: adaflow's YNNPACK setting is for "
                        f"{'.'.join(map(str, XLA_CPU_DEFAULTS_JAXLIB))}.x)")
   return (f"{xla_flags} {NO_NATIVE_BF16_XLA_FLAGS}".strip(),
-          f"YNNPACK's dot and reduce fusions off: XLA's own float32 kernels are faster on CPUs without "
+          f"YNNPACK's dot and reduce fusions off: XLA's own float32 kernels are faster on AVX2 CPUs without "
           f"native bf16; set {YNNPACK_FLAG}=... in XLA_FLAGS to choose")
 
 
@@ -87,7 +90,7 @@ def apply_xla_cpu_defaults(environ: Optional[MutableMapping[str, str]] = None) -
 def describe_xla_cpu(xla_flags: str) -> str:
   """What the YNNPACK setting in `xla_flags` (this process's XLA_FLAGS) is, for the start-up line."""
   if NO_NATIVE_BF16_XLA_FLAGS in xla_flags:
-    return "YNNPACK's dot and reduce fusions off (adaflow's default on CPUs without native bf16)"
+    return "YNNPACK's dot and reduce fusions off (adaflow's default on AVX2 CPUs without native bf16)"
   if YNNPACK_FLAG in xla_flags:
     return "YNNPACK fusions as set in XLA_FLAGS"
   return "XLA's default fusions"

@@ -211,10 +211,11 @@ def test_self_fid_is_zero_and_shards_resume(tmp_path, random_params):
     calls.append(i)
     return gen(i, labels_i)
 
-  out = str(tmp_path / "run")
+  out = str(tmp_path / "samples_of_run")     # a directory named like a shard: only file names are rewritten
   paths = generate_shards(generate, labels, out, shard_size=4)
   assert calls == [0, 1, 2] and len(paths) == 3
   shard_feats = shard_features(paths, feats)
+  assert sorted(os.listdir(out)) == [f"{kind}_{i:05d}.npz" for kind in ("features", "samples") for i in range(3)]
   sharded = statistics_of_shards(shard_feats)
   assert sharded.count == 10
 
@@ -240,7 +241,7 @@ def test_self_fid_is_zero_and_shards_resume(tmp_path, random_params):
   # Resume: delete one shard (and its features) and tear another; only those are regenerated,
   # and the statistics are bit-identical.
   os.remove(paths[1])
-  os.remove(paths[1].replace("samples_", "features_"))
+  os.remove(os.path.join(out, "features_00001.npz"))
   with open(paths[2], "wb") as f:
     f.write(b"torn")
   calls.clear()

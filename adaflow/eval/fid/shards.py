@@ -71,7 +71,8 @@ def shard_features(sample_paths: list, features: InceptionFeatures, progress=Non
   cached ones come from another Inception / resize). Returns [{"pool", "logits"}] per shard."""
   out = []
   for path in sample_paths:
-    fpath = path.replace("samples_", "features_")
+    head, name = os.path.split(path)   # only the file's name: a directory may be called samples_* too
+    fpath = os.path.join(head, name.replace("samples_", "features_", 1))
     cached = _read_npz(fpath) if storage.exists(fpath) else None
     if agree(cached is not None and str(cached.get("inception", "")) == features.key and "spatial" in cached):
       out.append(cached)

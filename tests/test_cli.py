@@ -335,8 +335,8 @@ def test_fid_flags_only_write_into_the_runs_eval_fields(tmp_path, monkeypatch):
     ec = config.eval
     seen.append((ec.fid_batch, ec.fid_gen_batch, ec.fid_random_inception, ec.fid_ref, ec.fid_inception))
     raise RuntimeError("stop before restoring")
-  monkeypatch.setattr(fid, "config_of", lambda workdir: run)
-  monkeypatch.setattr(fid, "load_trainer_and_params", stop)
+  monkeypatch.setattr(fid, "stored_config", lambda workdir: run)
+  monkeypatch.setattr(fid, "load_generator", stop)
   weights = tmp_path / "inception.pth"
   weights.write_bytes(b"")
   flags.FLAGS.unparse_flags()

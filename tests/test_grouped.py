@@ -293,7 +293,7 @@ def test_sampling_summary_counts_the_grid_the_grouped_sampler_uses(edges_rule):
 
 
 @pytest.mark.slow
-def test_driver_end_to_end_and_resume(tmp_path):
+def test_driver_end_to_end_and_resume(tmp_path, capsys):
   """The whole schedule through the driver; then group 1 interrupted mid stage 2 and resumed."""
   from adaflow.config_defaults import grouped_defaults
   from adaflow.pipelines.grouped import run_grouped
@@ -322,6 +322,9 @@ def test_driver_end_to_end_and_resume(tmp_path):
   y = jax.numpy.arange(3) % 10
   imgs = obj.generate(params, jax.random.PRNGKey(0), y, steps=4, method="euler")
   assert imgs.shape == (3,) + tuple(obj.info.image_shape) and np.all(np.isfinite(imgs))
+  from test_compose import cli_fid     # `adaflow eval fid` of the workdir (it once looked for W/checkpoints)
+  fid = cli_fid(wd, capsys)
+  assert fid["step"] == "grouped" and fid["num"] == 8 and np.isfinite(fid["fid"])
   before = load_params(os.path.join(wd, "group_1"))
   os.remove(os.path.join(wd, "group_1", "DONE"))
   shutil.rmtree(os.path.join(wd, "group_1", "checkpoints", "4"))

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from adaflow import storage
-from adaflow.commands.common import FLAGS, Command, need
+from adaflow.commands.common import FLAGS, Command, load_generator, need
 from adaflow.eval.classifier import cache_dir
 from adaflow.eval.generate import evaluate_generator
 from adaflow.flow.driver import generate_images
@@ -17,10 +17,8 @@ from adaflow.flow.partition import EDGE_RULES
 from adaflow.flow.samplers import METHODS
 from adaflow.models import dqvae as dq
 from adaflow.models.step_selector import action_label
-from adaflow.parallel import make_mesh
 from adaflow.parallel.host import is_writer
-from adaflow.parallel.precision import describe_compute_dtype
-from adaflow.pipelines.grouped import is_grouped_workdir, load_grouped, run_grouped
+from adaflow.pipelines.grouped import run_grouped
 from adaflow.train.images import save_grid
 from adaflow.train.loop import config_of, load_params, load_trainer_and_params, train
 from adaflow import methods
@@ -60,7 +58,7 @@ def cmd_sample():
   """Write a grid of samples from a trained workdir (EMA parameters, config.sample)."""
   if FLAGS.selector:  # AdaDiff: per-input step counts (sample_with_selector below)
     return sample_with_selector()
-  generator, params, config, mesh, step = _load_generator(need("workdir"))
+  generator, params, config, _, mesh, step = load_generator(need("workdir"), FLAGS.config)
   solver_flags = [f"--{f}" for f in ("method", "steps", "cfg", "edges") if FLAGS[f].value is not None]
   if solver_flags and not generator.uses_solver_settings:   # they would be ignored
     how = generator.sampling_record(0, "", 0.0)["sample_method"]
@@ -92,7 +90,7 @@ def cmd_sample():
 
 def cmd_eval():
   """FD and class accuracy of a trained workdir (`adaflow eval fid`: Inception FID)."""
-  objective, params, config, mesh, step = _load_generator(need("workdir"))
+  objective, params, config, _, mesh, step = load_generator(need("workdir"), FLAGS.config)
   result = evaluate_generator(objective, params, config, mesh, cache_dir(config, FLAGS.workdir))
   result["step"] = step
   if is_writer():
@@ -147,21 +145,6 @@ def sample_map(objective, params, labels, seed: int, out: str) -> str:
   if is_writer():
     save_grid(grid, path, rows=len(rows), upscale=max(1, 64 // imgs.shape[1]))
   return path
-
-
-def _load_generator(workdir: str):
-  """(generator, params, config, mesh, step) of a training workdir (the run's objective's
-  generator: the composed one for the DiT family) or a train-then-prune workdir (stage1/ + prune/ +
-  group_i/: the composed generator with timestep groups, each group's fine-tuned sub-model)."""
-  if is_grouped_workdir(workdir):
-    generator, params, config = load_grouped(workdir, FLAGS.config)
-    if is_writer():
-      print(describe_compute_dtype(config.model))
-    return generator, params, config, make_mesh(config.mesh), "grouped"
-  tr, params, step = load_trainer_and_params(workdir, FLAGS.config)
-  if is_writer():
-    print(tr.objective.describe_compute())
-  return tr.generator(), params, tr.config, tr.mesh, step
 
 
 COMMANDS = (Command("train", cmd_train, ("config", "workdir", "init", "tokenizer")),

@@ -17,14 +17,13 @@ import os
 from absl import app, flags
 
 from adaflow import storage
-from adaflow.commands.common import FLAGS, Command, need
+from adaflow.commands.common import FLAGS, Command, load_generator, need, stored_config
 from adaflow.config_defaults import base_config
 from adaflow.eval.fid.features import check_weights, features_from_config
 from adaflow.eval.fid.reference import resolve_reference
 from adaflow.eval.fid.run import run_fid, run_tag
 from adaflow.flow.driver import balanced_labels
 from adaflow.parallel.host import is_writer
-from adaflow.train.loop import config_of, load_trainer_and_params
 
 # flag -> the config.eval field (FID while training reads it too) it writes; same defaults and "off" values.
 EVAL_FIELDS = {"ref": "fid_ref", "inception": "fid_inception", **{f: f for f in (
@@ -55,7 +54,7 @@ def fid_main():
   """Inception FID of a trained workdir (the FID-50K protocol; resumable sample shards)."""
   workdir = need("workdir")
   num = FLAGS.num if FLAGS["num"].present else 50000   # the FID-50K protocol
-  config = FLAGS.config if FLAGS.config is not None else config_of(workdir)
+  config = FLAGS.config if FLAGS.config is not None else stored_config(workdir)
   for flag, field in EVAL_FIELDS.items():
     if FLAGS[flag].present:
       config.eval[field] = FLAGS[flag].value
@@ -71,10 +70,11 @@ def fid_main():
     if int(ec[flag]) < 1:
       raise app.UsageError(f"--{flag}={ec[flag]}: must be >= 1 (images per batch / per shard file)")
   check_weights(ec)   # missing weights fail before the checkpoint is restored
-  tr, params, step = load_trainer_and_params(workdir, config)
-  if tr.info.image_shape[-1] not in (1, 3):
-    raise ValueError(f"FID needs 1- or 3-channel images; data has shape {tr.info.image_shape}.")
-  features = features_from_config(ec, tr.mesh)
+  generator, params, config, info, mesh, step = load_generator(workdir, config)
+  ec = config.eval     # the generator's config: a train-then-prune / compose workdir's is built from `config`
+  if info.image_shape[-1] not in (1, 3):
+    raise ValueError(f"FID needs 1- or 3-channel images; data has shape {info.image_shape}.")
+  features = features_from_config(ec, mesh)
   fid_dir = os.path.join(workdir, "fid")
   storage.makedirs(fid_dir)
   reference, ref_images = resolve_reference(ec.fid_ref, config.data, features, fid_dir,
@@ -82,13 +82,13 @@ def fid_main():
   s = config.sample
   seed = int(ec.seed)
   out_dir = os.path.join(fid_dir, run_tag(step, num, seed, s.steps, s.method, s.cfg_scale))
-  labels = balanced_labels(num, tr.objective.num_classes)
+  labels = balanced_labels(num, generator.num_classes)
   result = run_fid(
-      tr.generator(), params, tr.mesh, out_dir=out_dir, num=num, features=features, reference=reference,
+      generator, params, mesh, out_dir=out_dir, num=num, features=features, reference=reference,
       labels=labels, seed=seed, steps=s.steps, method=s.method, cfg_scale=s.cfg_scale,
       gen_batch=ec.fid_gen_batch, shard_size=ec.fid_shard, with_pr=FLAGS.fid_pr,
       pr_num=FLAGS.fid_pr_num, ref_images=ref_images, progress=FLAGS.fid_progress)
-  result["step"] = int(step)
+  result["step"] = step
   result["workdir"] = workdir
   if is_writer():
     print(json.dumps(result, indent=2))

@@ -236,11 +236,27 @@ def sliced_group_params(config, params: Any, result: dict) -> dict:
 
 
 # ---- loading the result ---------------------------------------------------------------------
-def load_composed(workdir: str, selector: Optional[bool] = None):
+def is_composed_workdir(workdir: str) -> bool:
+  """True for a finished `adaflow compose` workdir (W/composed.json)."""
+  return storage.exists(os.path.join(workdir, "composed.json"))
+
+
+def _stage_dir(workdir: str, recorded: str) -> str:
+  """A stage directory recorded in composed.json, found under `workdir` itself: the recorded path
+  is the one the recipe was given (relative to its working directory, or another mount), and
+  every stage directory is W/<stage name>."""
+  return os.path.join(workdir, os.path.basename(os.path.normpath(recorded)))
+
+
+def load_composed(workdir: str, selector: Optional[bool] = None,
+                  config: Optional[ml_collections.ConfigDict] = None):
   """(sampler config, dataset info, generator params, policy params or None) of a finished recipe.
-  `selector=False` gives the generator alone (no policy) even when the recipe trained one."""
+  `selector=False` gives the generator alone (no policy) even when the recipe trained one.
+  `config`: the recipe's config to use instead of the stored W/config.json (e.g. other sampling
+  settings); the sampler config is built from it as the recipe built the generator's."""
   summary = storage.read_json(os.path.join(workdir, "composed.json"))
-  config = merged_config(storage.read_json(os.path.join(workdir, "config.json")))
+  if config is None:
+    config = merged_config(storage.read_json(os.path.join(workdir, "config.json")))
   cc = config.compose
   result = None
   if cc.grouped:
@@ -250,6 +266,6 @@ def load_composed(workdir: str, selector: Optional[bool] = None):
   policy = None
   if use_selector:
     c.compose.selector = True
-    policy = load_params(summary["selector_dir"], ema=False)
+    policy = load_params(_stage_dir(workdir, summary["selector_dir"]), ema=False)
   info = data_lib.get_info(c.data)
-  return c, info, load_params(summary["generator_dir"]), policy
+  return c, info, load_params(_stage_dir(workdir, summary["generator_dir"])), policy

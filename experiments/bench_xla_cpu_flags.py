@@ -228,6 +228,10 @@ def main(argv=None):
   ap.add_argument("--_model_child", action="store_true", help=argparse.SUPPRESS)
   ap.add_argument("--_torch_child", action="store_true", help=argparse.SUPPRESS)
   a = ap.parse_args(argv)
+  if a.model and a.cli:
+    ap.error("--model and --cli measure different programs: give one")
+  if a.cli and not os.path.exists(os.path.join(ROOT, "configs", f"{a.cli}.py")):
+    ap.error(f"--cli {a.cli}: configs/{a.cli}.py does not exist (e.g. --cli quickstart)")
   a.out = a.out or os.path.join(RESULTS, "xla_cpu_end_to_end.md" if a.model or a.cli else "xla_cpu_flags.md")
   if a._model_child:
     print("RESULT " + json.dumps(model_child(a.model, a.batch, a.reps, a.dtype)))

@@ -573,3 +573,29 @@ def test_cli_samples_and_measures_a_compose_workdir_from_another_directory(tmp_p
   result = cli_fid(w, capsys)
   assert result["step"] == "composed" and result["num"] == 8 and np.isfinite(result["fid"])
   assert os.listdir(tmp_path / "elsewhere") == []
+
+
+def test_inspect_ratios_of_a_routed_model_with_timestep_groups(tmp_path, monkeypatch, capsys):
+  """`adaflow inspect ratios` of a composed model with routing and groups: one table and heat map per
+  group, each the group's own ratios (the workdir's loading is test_cli_samples_... above)."""
+  from absl import flags
+  from adaflow.commands import inspect
+  from adaflow.commands.common import LoadedGenerator
+  c = _config(routing=True, grouped=True)
+  c.objective = "composed"
+  info = _info(c)
+  gen = ComposedGenerator(c, info)
+  params = jax.device_get(_init(gen, 0))
+  params["group_1"]["params"]["rho"] = np.full_like(params["group_1"]["params"]["rho"], 0.4 / c.routing.ratio_lr_scale)
+  monkeypatch.setattr(inspect, "load_generator", lambda w, cfg: LoadedGenerator(gen, params, c, info, None, 7))
+  flags.FLAGS.unparse_flags()
+  try:
+    flags.FLAGS(["adaflow", f"--workdir={tmp_path}"])
+    inspect.cmd_inspect_ratios()
+  finally:
+    flags.FLAGS.unparse_flags()
+  out = capsys.readouterr().out
+  assert "timestep group 0 (t in [0.000, 0.600))" in out and "timestep group 1 (t in [0.600, 1.000))" in out
+  means = [float(line.split()[3].rstrip(",")) for line in out.splitlines() if line.startswith("mean learned ratio")]
+  assert means == [1.0, 0.4]
+  assert sorted(p.name for p in tmp_path.glob("*.png")) == ["ratios_group0.png", "ratios_group1.png"]

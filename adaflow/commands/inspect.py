@@ -2,7 +2,9 @@
 
 Prints the layers x timestep-regions table of the clamped learned ratios (EMA parameters of the
 latest checkpoint), the bin each snaps to at inference and the kept-token count, and saves a
-heat map (matplotlib) to `--out` (default `<workdir>/ratios.png`).
+heat map (matplotlib) to `--out` (default `<workdir>/ratios.png`). Any routed run: objective
+routed_flow_matching, a composed one with routing, or an `adaflow compose` workdir (its final
+generator); a model with timestep groups gets one table and map per group (`ratios_group<g>.png`).
 """
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ from absl import app
 import numpy as np
 
 from adaflow import storage
-from adaflow.commands.common import FLAGS, Command, need
+from adaflow.commands.common import FLAGS, Command, load_generator, need
+from adaflow.compose.model import group_params
 from adaflow.models.routing.ratios import ratio_table, snapped_table
 from adaflow.models.routing.tokens import num_kept
-from adaflow.train.loop import load_trainer_and_params
 
 
 def format_ratio_table(table: np.ndarray, snapped: np.ndarray, boundaries, num_tokens: int) -> str:
@@ -62,20 +64,28 @@ def save_heatmap(table: np.ndarray, boundaries, path: str, title: str = "learned
 def cmd_inspect_ratios():
   """Table and heat map of a routed run's learned kept-token ratios (DiffCR)."""
   workdir = need("workdir")
-  tr, params, step = load_trainer_and_params(workdir, FLAGS.config)
-  if tr.config.objective != "routed_flow_matching":
-    raise ValueError(f"{workdir} was trained with objective {tr.config.objective!r}; "
-                     "`inspect ratios` needs a routed_flow_matching run (config.objective)")
-  spec = tr.objective.spec.routing
-  table = ratio_table(params, spec)
-  snapped = snapped_table(table, spec)
-  model = tr.objective.model
-  n = (tr.info.image_shape[0] // model.patch_size) * (tr.info.image_shape[1] // model.patch_size)
-  print(f"{workdir} step {step}: kept-token ratio per layer x timestep region")
-  print(format_ratio_table(table, snapped, spec.boundaries, n))
-  out = FLAGS.out or os.path.join(workdir, "ratios.png")
-  save_heatmap(table, spec.boundaries, out, title=f"learned kept-token ratio, step {step}")
-  print(f"wrote {out}")
+  generator, params, config, info, _, step = load_generator(workdir, FLAGS.config)
+  if not getattr(generator, "routed", False):
+    raise ValueError(f"{workdir}: its model has no DiffCR routing (config.objective {config.objective!r}); `inspect "
+                     "ratios` needs a routed run: objective routed_flow_matching, or composed / an `adaflow compose` "
+                     "workdir with compose.routing")
+  spec = generator.spec.routing
+  p = int(config.model.patch_size)   # the finest stage's tokens (a PPFlow model's coarse stages keep fewer)
+  n = (info.image_shape[0] // p) * (info.image_shape[1] // p)
+  num_groups = generator.spec.num_groups if generator.grouped else 1
+  for g in range(num_groups):
+    table = ratio_table(group_params(params, generator.spec, g), spec)
+    snapped = snapped_table(table, spec)
+    which, suffix = "", ""
+    if generator.grouped:   # each timestep group of a pruned model learned its own ratios
+      edges = generator.spec.edges
+      which, suffix = f", timestep group {g} (t in [{edges[g]:.3f}, {edges[g + 1]:.3f}))", f"_group{g}"
+    print(f"{workdir} step {step}{which}: kept-token ratio per layer x timestep region")
+    print(format_ratio_table(table, snapped, spec.boundaries, n))
+    base, ext = os.path.splitext(FLAGS.out or os.path.join(workdir, "ratios.png"))
+    out = base + suffix + (ext or ".png")
+    save_heatmap(table, spec.boundaries, out, title=f"learned kept-token ratio, step {step}{which}")
+    print(f"wrote {out}")
 
 
 def cmd_inspect():

@@ -141,9 +141,16 @@ def test_training_is_deterministic():
 
 @pytest.fixture(scope="module")
 def digits_classifier(tmp_path_factory):
+  # TEST_STEPS runs of one small train step: running, not compiling, is its cost, so it takes the
+  # optimized build (conftest's -O0 suits programs compiled once and run little): ~2/3 of the time.
   logs = []
-  clf = ev.get_classifier(DIGITS, str(tmp_path_factory.mktemp("eval_cache")), seed=0,
-                          log=logs.append, steps=TEST_STEPS)
+  default = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    clf = ev.get_classifier(DIGITS, str(tmp_path_factory.mktemp("eval_cache")), seed=0,
+                            log=logs.append, steps=TEST_STEPS)
+  finally:
+    jax.config.update("jax_disable_most_optimizations", default)
   return clf, logs
 
 

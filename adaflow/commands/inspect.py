@@ -19,6 +19,7 @@ from adaflow.commands.common import FLAGS, Command, load_generator, need
 from adaflow.compose.model import group_params
 from adaflow.models.routing.ratios import ratio_table, snapped_table
 from adaflow.models.routing.tokens import num_kept
+from adaflow.parallel.host import is_writer
 
 
 def format_ratio_table(table: np.ndarray, snapped: np.ndarray, boundaries, num_tokens: int) -> str:
@@ -73,6 +74,8 @@ def cmd_inspect_ratios():
   p = int(config.model.patch_size)   # the finest stage's tokens (a PPFlow model's coarse stages keep fewer)
   n = (info.image_shape[0] // p) * (info.image_shape[1] // p)
   num_groups = generator.spec.num_groups if generator.grouped else 1
+  if not is_writer():   # every process read the same parameters; one prints and writes
+    return
   for g in range(num_groups):
     table = ratio_table(group_params(params, generator.spec, g), spec)
     snapped = snapped_table(table, spec)

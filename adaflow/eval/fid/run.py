@@ -37,7 +37,7 @@ def run_tag(step: int, num: int, seed: int, steps: int, method: str, cfg_scale: 
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-  if not enabled:
+  if not (enabled and is_writer()):   # one bar per job, as one log: process 0's
     return None, lambda: None
   bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
   return bar.update, bar.close

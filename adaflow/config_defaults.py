@@ -287,7 +287,9 @@ def dq_transformer_defaults() -> ml_collections.ConfigDict:
       depth_content=2,
       num_heads=4,
       mlp_ratio=4.0,
-      dtype="bfloat16",       # matmul inputs; params and accumulation float32
+      # Matmul inputs ("auto" as model.dtype: bfloat16 where matmuls are native bf16, else float32);
+      # params and accumulation float32.
+      dtype="auto",
       position_weight=0.5,    # the 1/2 in CE(content) + 1/2 (CE coarse pos + CE fine pos)
       top_k=0,                # 0 = no top-k filtering
       temperature=1.0,

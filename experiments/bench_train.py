@@ -1,9 +1,14 @@
 """Training and sampling throughput of a DiT on this machine, with XLA FLOPs and MFU.
 
     python -m experiments.bench_train [--size S/2] [--batch 32] [--image 32]
+    python -m experiments.bench_train --model dq_transformer [--batch 64]
 
 MFU is measured against this machine's own matmul peak, measured in the same run (a large
 bf16 x bf16 -> f32 matmul for bf16 models, f32 for f32 models). Writes experiments/results/train.md.
+`--model dq_transformer`: configs/quickstart_dqtransformer.py's train step and sampler in bf16 and
+float32 over a DQ-VAE tokenizer trained 20 steps here (configs/quickstart_dqvae.py; its codes only
+set the sequence lengths), with the dtype "auto" picks on this machine; writes
+experiments/results/train_dq_transformer.md.
 """
 from __future__ import annotations
 
@@ -21,7 +26,10 @@ from adaflow.flow.driver import make_generate_fn
 from adaflow.parallel.precision import apply_xla_cpu_defaults
 from adaflow.train.loop import Trainer
 from adaflow.train.sharded_state import init_state
-from experiments.common import RESULTS, time_calls, utc_now
+from adaflow.flow.driver import generate_images
+from adaflow.parallel.precision import resolve_compute_dtype
+from adaflow.train.loop import train
+from experiments.common import RESULTS, load_config, machine_line, time_calls, utc_now
 
 
 def flops_of(compiled) -> float:
@@ -87,16 +95,79 @@ def bench(size_patch: str, image: int, batch: int, dtype: str, reps: int, sample
               temp_bytes=getattr(mem, "temp_size_in_bytes", 0))
 
 
+def bench_dq_transformer(workdir: str, dtype: str, batch: int, reps: int, width: int = 0) -> dict:
+  """The quick-start DQ-Transformer at `dtype` over the tokenizer in `workdir`/dqvae: train img/s
+  (median step of `reps`) and sampling img/s (KV-cached sampler + decoding, one batch)."""
+  c = load_config("quickstart_dqtransformer")
+  c.tokenizer_workdir, c.dq_transformer.dtype = os.path.join(workdir, "dqvae"), dtype
+  c.train.batch_size, c.train.warmup_steps = batch, 0
+  if width:
+    c.dq_transformer.width = width
+  tr = Trainer(c, os.path.join(workdir, f"dqt_{dtype}"), log=lambda m: None)
+  state = init_state(tr.objective, tr.tx, tr.mesh, tr.root_rng, tr.shardings)
+  batch_np = make_train_batches(c.data, global_batch_size=batch, seed=0)[0]
+  gbatch = tr.global_batch(batch_np)
+  step = tr.jitted_step()
+  holder = {"s": state}
+
+  def run_step():
+    holder["s"], m = step(holder["s"], gbatch)
+    jax.block_until_ready(m)
+
+  run_step()
+  train_s = time_calls(run_step, reps)
+  params, labels = holder["s"].params, batch_np["label"]
+  gen = lambda: generate_images(tr.generator(), params, tr.mesh, jax.random.PRNGKey(0), labels, steps=1,
+                                method="euler", cfg_scale=1.0, batch_size=batch)
+  gen()
+  gen_s = time_calls(gen, max(2, reps // 3))
+  return dict(dtype=dtype, train_ips=batch / train_s, sample_ips=batch / gen_s,
+              codes=float(jax.device_get(step(holder["s"], gbatch)[1]["codes_per_image"])))
+
+
+def main_dq_transformer(args) -> None:
+  machine, start = machine_line(), utc_now()     # the load average before the work
+  workdir = "/tmp/adaflow_bench_train_dq"
+  v = load_config("quickstart_dqvae")
+  v.train.steps, v.train.ckpt_every, v.train.final_samples, v.train.writers = 20, 20, False, ""
+  train(v, os.path.join(workdir, "dqvae"), log=lambda m: None)       # resumes: trained once
+  auto = resolve_compute_dtype("auto")
+  rows = [bench_dq_transformer(workdir, dtype, args.batch, args.reps, args.dq_width) for dtype in ("bfloat16", "float32")]
+  for r in rows:
+    print(r, flush=True)
+  cmd = "python -m experiments.bench_train " + " ".join(sys.argv[1:])
+  width = args.dq_width or load_config("quickstart_dqtransformer").dq_transformer.width
+  lines = [f"# DQ-Transformer (configs/quickstart_dqtransformer.py, width {width}, crops 32x32) in bf16 and "
+           f"float32, batch {args.batch}", "", f"- Machine: {machine}. Date: {start}.", f"- Command: `{cmd}`",
+           f"- `dq_transformer.dtype=\"auto\"` (the default) picks {auto[0]} here ({auto[1]}).",
+           f"- Tokenizer: configs/quickstart_dqvae.py trained 20 steps ({rows[0]['codes']:.1f} codes per image "
+           "in the timed batch); train img/s is the median of the timed steps, sampling one batch of the "
+           "KV-cached sampler plus decoding.", "",
+           "| compute dtype | train img/s | sampling img/s |", "|---|---:|---:|"]
+  lines += [f"| {r['dtype']} | {r['train_ips']:.1f} | {r['sample_ips']:.1f} |" for r in rows]
+  lines += ["", f"bf16 / float32 in this run: train {rows[0]['train_ips'] / rows[1]['train_ips']:.2f}x, "
+            f"sampling {rows[0]['sample_ips'] / rows[1]['sample_ips']:.2f}x."]
+  out = args.out or os.path.join(RESULTS, "train_dq_transformer.md")
+  with open(out, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
 def main():
   ap = argparse.ArgumentParser(prog="python -m experiments.bench_train", description=__doc__.split("\n\n")[0])
+  ap.add_argument("--model", choices=("dit", "dq_transformer"), default="dit")
   ap.add_argument("--size", default="S/2")
   ap.add_argument("--image", type=int, default=32)
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--reps", type=int, default=10)
   ap.add_argument("--sample-steps", type=int, default=16)
-  ap.add_argument("--out", default=os.path.join(RESULTS, "train.md"))
+  ap.add_argument("--dq_width", type=int, default=0, help="dq_transformer: width (0: the config's 128)")
+  ap.add_argument("--out", default=None, help="default: results/train.md (dit), train_dq_transformer.md")
   args = ap.parse_args()
   apply_xla_cpu_defaults()        # as the CLI starts, before the backend does
+  if args.model == "dq_transformer":
+    return main_dq_transformer(args)
+  args.out = args.out or os.path.join(RESULTS, "train.md")
   rows = []
   for dtype in ("bfloat16", "float32"):
     peak = matmul_peak(dtype)

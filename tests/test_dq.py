@@ -255,11 +255,32 @@ def test_dq_transformer_config_errors():
   c.objective, c.tokenizer_workdir = "dq_transformer", "/some/dqvae/run"
   DQTransformerObjective.validate(c, None)
   for field, value in (("num_heads", 0), ("mlp_ratio", 0.0), ("position_weight", -0.5), ("width", 0),
-                       ("temperature", 0.0), ("top_k", -1)):
+                       ("temperature", 0.0), ("top_k", -1), ("dtype", "fp16")):
     bad = c.copy_and_resolve_references()
     bad.dq_transformer[field] = value
     with pytest.raises(ValueError, match=rf"config\.dq_transformer\.{field}: "):
       DQTransformerObjective.validate(bad, None)
+
+
+@pytest.mark.parametrize("flags,want", [({"avx2", "avx512_bf16"}, "bfloat16"), ({"avx2"}, "float32")])
+def test_dq_transformer_auto_dtype_follows_the_cpu_as_the_dit_does(monkeypatch, flags, want):
+  """`dq_transformer.dtype="auto"` (the default) computes in bf16 only where matmuls are native bf16:
+  on AVX2-only CPUs bf16 GEMMs are emulated and slower than float32 (issue #28), as for `model.dtype`."""
+  from adaflow.data import get_info
+  from adaflow.objectives.dq_transformer import DQTransformerObjective
+  from adaflow.objectives.dqvae import build_tokenizer
+  from adaflow.parallel import precision
+  monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+  c = _dq_config()
+  info = get_info(c.data)
+  tokenizer = build_tokenizer(c.dqvae, info)
+  c.objective = "dq_transformer"
+  assert c.dq_transformer.dtype == "auto"
+  objective = DQTransformerObjective(c, info, (tokenizer, {}))
+  assert objective.model.dtype == jnp.dtype(want)
+  assert objective.describe_compute().startswith(f"compute dtype {want} (auto: cpu")
+  c.dq_transformer.dtype = "float32"                # an explicit value wins everywhere
+  assert DQTransformerObjective(c, info, (tokenizer, {})).model.dtype == jnp.float32
 
 
 def test_entropy_router_and_fixed_map():

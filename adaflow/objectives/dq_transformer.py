@@ -21,8 +21,9 @@ import numpy as np
 from adaflow.config import require
 from adaflow.models import dq_transformer as dqt
 from adaflow.models import dqvae as dq
+from adaflow.models.layers import dtype_from_name
 from adaflow.objectives.base import ObjectiveBase
-from adaflow.parallel.precision import describe_xla_backend
+from adaflow.parallel.precision import describe_xla_backend, resolve_compute_dtype
 from adaflow.parallel.host import to_host
 
 
@@ -50,7 +51,8 @@ class DQTransformerObjective(ObjectiveBase):
             "depth_pos and depth_content must be >= 1")
     require(float(t.temperature) > 0, "dq_transformer.temperature", f"must be > 0, got {t.temperature}")
     require(int(t.top_k) >= 0, "dq_transformer.top_k", f"must be >= 0 (0 = off), got {t.top_k}")
-    require(t.dtype in ("bfloat16", "float32"), "dq_transformer.dtype", f"must be bfloat16 or float32, got {t.dtype!r}")
+    require(t.dtype in ("auto", "bfloat16", "float32"), "dq_transformer.dtype",
+            f"must be auto, bfloat16 or float32, got {t.dtype!r}")
 
   def __init__(self, config, info, tokenizer):
     """`tokenizer`: (DQTokenizer, its frozen params); loading it from `config.tokenizer_workdir` is
@@ -61,10 +63,11 @@ class DQTransformerObjective(ObjectiveBase):
     self.tokenizer, self.tokenizer_params = tok, jax.tree_util.tree_map(jnp.asarray, tok_params)
     self.layout = tok.layout
     t = config.dq_transformer
+    self.compute_dtype = resolve_compute_dtype(t.dtype, field="dq_transformer.dtype")   # (name, why)
     self.model = dqt.DQTransformer(self.layout, width=int(t.width), depth_pos=int(t.depth_pos),
                                    depth_content=int(t.depth_content), heads=int(t.num_heads),
                                    mlp_ratio=float(t.mlp_ratio),
-                                   dtype=jnp.bfloat16 if t.dtype == "bfloat16" else jnp.float32)
+                                   dtype=dtype_from_name(self.compute_dtype[0]))
     self.fixed_map = dq.fixed_fine_map(self.layout.nc, tok.fine_fraction) if tok.router == "fixed" else None
     # A fixed map makes every position deterministic: no position loss (the raster baseline).
     self.position_weight = 0.0 if self.fixed_map is not None else float(t.position_weight)
@@ -92,7 +95,7 @@ class DQTransformerObjective(ObjectiveBase):
                                 temperature=float(t.temperature), cached=cached, fixed_map=self.fixed_map)
 
   def describe_compute(self) -> str:
-    return (f"compute dtype {self.config.dq_transformer.dtype} (dq_transformer.dtype); "
+    return (f"compute dtype {self.compute_dtype[0]} ({self.compute_dtype[1]}); "
             f"the frozen DQ-VAE tokenizer float32{describe_xla_backend()}")
 
   def sampling_record(self, steps: int, method: str, cfg_scale: float) -> dict:

@@ -114,17 +114,18 @@ def _gpu_has_bf16() -> tuple[bool, str]:
 
 
 def resolve_compute_dtype(name: str, platform: Optional[str] = None,
-                          flags: Optional[frozenset[str]] = None) -> tuple[str, str]:
-  """`model.dtype` -> (dtype name, reason). Explicit names are returned as given; "auto" picks
-  bfloat16 on TPU, bf16-capable GPUs and CPUs with a native bf16 matmul flag, else float32.
+                          flags: Optional[frozenset[str]] = None, field: str = "model.dtype") -> tuple[str, str]:
+  """`model.dtype` (or the config `field` named) -> (dtype name, reason). Explicit names are
+  returned as given; "auto" picks bfloat16 on TPU, bf16-capable GPUs and CPUs with a native bf16
+  matmul flag, else float32.
 
   `platform` (default `jax.default_backend()`) and `flags` (default: /proc/cpuinfo) are arguments
   so that tests can stand in for other machines.
   """
   if name in DTYPE_NAMES:
-    return name, "set explicitly in model.dtype"
+    return name, f"set explicitly in {field}"
   if name != "auto":
-    raise ValueError(f"model.dtype must be 'auto' or one of {list(DTYPE_NAMES)}, got {name!r}")
+    raise ValueError(f"{field} must be 'auto' or one of {list(DTYPE_NAMES)}, got {name!r}")
   platform = platform or jax.default_backend()
   if platform == "tpu":
     return "bfloat16", "auto: TPU (native bf16 matmul units)"

@@ -205,7 +205,7 @@ def test_every_command_on_two_processes_matches_one_process(tmp_path):
                                               "--fid_input_size=75", "--fid_batch=8", "--fid_gen_batch=8",
                                               "--fid_shard=16"], procs, devs, cwd)
     # Only process 0 prints results, progress bars included, and writes files.
-    assert all("{" not in out for out, _ in ev[1:] + fid[1:])
+    assert all("{" not in out and "[eval]" not in out for out, _ in ev[1:] + fid[1:])
     assert "inception:" in fid[0][1] and all("inception:" not in err for _, err in fid[1:])
     runs[name] = dict(eval=_last_json(ev[0][0]), fid=_last_json(fid[0][0]), sample=_png(tmp_path / name / "cli.png"))
   two, one = runs["two"], runs["one"]

@@ -427,6 +427,7 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
   kind = "classifier" if task == "classes" else task
   path = storage.absolute(os.path.join(cache_dir, f"eval_{kind}_{name}_{key}"))
   what = "classifier" if task == "classes" else "exemplar network"
+  log = log if is_writer() else (lambda msg: None)   # one report per job, process 0's
 
   if agree(storage.exists(path)):   # one decision for all processes: save/restore are collective
     try:

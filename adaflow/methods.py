@@ -184,6 +184,15 @@ def load_frozen_run(config, load_run, workdir: str, node: str, prefix: str, what
   return tr, params
 
 
+def data_flags(source, config) -> str:
+  """The `--config.data.*` flags that give `config` the data settings of `source` (the config of the
+  run it builds on), for an error message; augmentation and input threads are left out."""
+  def value(v):
+    return repr(str(v)) if isinstance(v, (tuple, list)) or (isinstance(v, str) and " " in v) else str(v)
+  return " ".join(f"--config.data.{k}={value(v)}" for k, v in source.data.items()
+                  if k not in ("prefetch", "random_flip") and v is not None and config.data.get(k) != v)
+
+
 def step_selector_objective(config, info, load_run=None, workdir: str = ".") -> StepSelectorObjective:
   """The AdaDiff policy objective with its frozen generator (`selector.generator_workdir`) and,
   for the 'classifier' / 'features' qualities, the reward classifier (seed `selector.classifier_seed`,
@@ -193,7 +202,8 @@ def step_selector_objective(config, info, load_run=None, workdir: str = ".") -> 
   if tuple(gen_tr.info.image_shape) != tuple(info.image_shape) or gen_tr.info.num_classes != info.num_classes:
     raise ValueError(f"config.data: the generator in {s.generator_workdir} was trained on "
                      f"{tuple(gen_tr.info.image_shape)} with {gen_tr.info.num_classes} classes, this config "
-                     f"describes {tuple(info.image_shape)} with {info.num_classes}; use the generator's data config")
+                     f"describes {tuple(info.image_shape)} with {info.num_classes}; use the generator's data "
+                     f"config: {data_flags(gen_tr.config, config)}")
   classifier = None
   if s.quality in ("classifier", "features"):
     classifier = get_classifier(config.data, cache_dir(gen_tr.config, s.generator_workdir or "."),
@@ -212,7 +222,8 @@ def dq_transformer_objective(config, info, load_run=None, workdir: str = ".") ->
   for field in ("name", "image_size", "channels"):
     if tr.config.data[field] != config.data[field]:
       raise ValueError(f"config.data.{field}={config.data[field]!r} differs from the tokenizer's "
-                       f"{tr.config.data[field]!r} ({config.tokenizer_workdir}); use the same data settings")
+                       f"{tr.config.data[field]!r} ({config.tokenizer_workdir}); use the same data settings: "
+                       f"{data_flags(tr.config, config)}")
   return DQTransformerObjective(config, info, (tr.objective.tokenizer, to_host(tok_params)))
 
 

@@ -431,3 +431,27 @@ def test_dq_transformer_keeps_the_tokenizer_step_it_was_trained_on(tmp_path):
     train(t, tw, log=lambda m: None)             # t.tokenizer_step is -1: the stored pin is found
   load_frozen_run(t, load_trainer_and_params, str(tmp_path / "new"), "", "tokenizer", "test")
   assert t.tokenizer_step == 4                     # a new run takes the latest
+
+
+def test_a_run_on_another_runs_data_names_the_flags_that_match_it(tmp_path):
+  """A step policy (or DQ-Transformer) whose data is not its generator's (tokenizer's) stops before
+  anything compiles with the `--config.data.*` flags that make it so (they named no field before)."""
+  import types
+  from adaflow.config_defaults import base_config
+  from adaflow.data import get_info
+  from adaflow.methods import data_flags, step_selector_objective
+  gen_config = base_config()
+  gen_config.data.update(name="folder", data_dir="/my photos", image_size=24, channels=3, crop="center",
+                         random_flip=True)
+  fake = types.SimpleNamespace(config=gen_config, info=types.SimpleNamespace(image_shape=(24, 24, 3), num_classes=0))
+  c = base_config()
+  c.objective, c.selector.generator_workdir = "step_selector", "/gen"
+  flags = "--config.data.channels=3 --config.data.crop=center --config.data.data_dir='/my photos' " \
+          "--config.data.image_size=24 --config.data.name=folder"
+  assert data_flags(gen_config, c) == flags          # random_flip (augmentation) is not the data
+  with pytest.raises(ValueError, match=r"^config\.data: the generator in /gen was trained on \(24, 24, 3\) with 0 "
+                     r"classes, this config describes \(16, 16, 1\) with 10; use the generator's data config: "
+                     + flags.replace("(", r"\(")):
+    step_selector_objective(c, get_info(c.data), load_run=lambda w, step=None: (fake, {}, 1), workdir=str(tmp_path))
+  c.data.update(name="folder", data_dir="/my photos", image_size=24, channels=3, crop="center")
+  assert data_flags(gen_config, c) == ""

@@ -150,6 +150,9 @@ def test_a_stop_at_the_last_step_is_honoured_and_a_stopped_stage_is_not_done(tmp
   assert any("stopping on SIGINT after step 3" in m for m in seen)
   train(c, w, log=QUIET)                                               # the rerun completes it
   assert json.load(open(complete))["step"] == 3
+  c.train.steps, seen = 2, []                        # fewer steps than the run has: says so, trains none
+  assert int(train(c, w, log=seen.append).step) == 3 and steps_of(w)[-1] == 3
+  assert any("at step 3, train.steps=2 reached: no training" in m for m in seen)
 
   real = stages.train
   monkeypatch.setattr(stages, "train", lambda cfg, d, **kw: real(cfg, d, log=_signal_at_start([], "steps 0 -> 2"), **kw))

@@ -200,7 +200,8 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
     with guard, batches, prof:
       log(f"{config.name}: {tr.info.image_shape} {tr.info.num_classes} classes, "
           f"{config_lib.num_params(state.params) / 1e6:.2f}M params, mesh {dict(tr.mesh.shape)}, "
-          f"steps {start} -> {tc.steps}")
+          + (f"steps {start} -> {tc.steps}" if start < tc.steps else
+             f"at step {start}, train.steps={tc.steps} reached: no training (raise it to train on)"))
       log(tr.objective.describe_compute())
       for step in range(start, tc.steps):
         batch = tr.global_batch(batches[step])

@@ -60,16 +60,16 @@ def config_for(size_patch: str, image: int, batch: int, dtype: str):
   return c
 
 
-def bench(size_patch: str, image: int, batch: int, dtype: str, reps: int, sample_steps: int) -> dict:
-  c = config_for(size_patch, image, batch, dtype)
-  tr = Trainer(c, "/tmp/adaflow_bench_train", log=lambda m: None)
+def train_setup(c, workdir: str, batch: int):
+  """(Trainer, initial state, host batch, global batch, jitted train step) of config `c`."""
+  tr = Trainer(c, workdir, log=lambda m: None)
   state = init_state(tr.objective, tr.tx, tr.mesh, tr.root_rng, tr.shardings)
   batch_np = make_train_batches(c.data, global_batch_size=batch, seed=0)[0]
-  gbatch = tr.global_batch(batch_np)
-  step = tr.jitted_step()
-  compiled_step = step.lower(state, gbatch).compile()
-  step_flops = flops_of(compiled_step)
-  mem = compiled_step.memory_analysis()
+  return tr, state, batch_np, tr.global_batch(batch_np), tr.jitted_step()
+
+
+def time_train_steps(step, state, gbatch, reps: int):
+  """(median seconds per step over `reps` after one warm-up step, the state after them)."""
   holder = {"s": state}
 
   def run_step():
@@ -77,9 +77,18 @@ def bench(size_patch: str, image: int, batch: int, dtype: str, reps: int, sample
     jax.block_until_ready(m)
 
   run_step()
-  train_s = time_calls(run_step, reps)
+  return time_calls(run_step, reps), holder["s"]
 
-  params = holder["s"].ema_params
+
+def bench(size_patch: str, image: int, batch: int, dtype: str, reps: int, sample_steps: int) -> dict:
+  c = config_for(size_patch, image, batch, dtype)
+  tr, state, batch_np, gbatch, step = train_setup(c, "/tmp/adaflow_bench_train", batch)
+  compiled_step = step.lower(state, gbatch).compile()
+  step_flops = flops_of(compiled_step)
+  mem = compiled_step.memory_analysis()
+  train_s, state = time_train_steps(step, state, gbatch, reps)
+
+  params = state.ema_params
   fwd = jax.jit(lambda p, x, t, y: tr.objective.apply(p, x, t, y))
   x = jnp.asarray(batch_np["image"]); t = jnp.full((batch,), 0.5); y = jnp.asarray(batch_np["label"])
   fwd_flops = flops_of(fwd.lower(params, x, t, y).compile())
@@ -103,26 +112,15 @@ def bench_dq_transformer(workdir: str, dtype: str, batch: int, reps: int, width:
   c.train.batch_size, c.train.warmup_steps = batch, 0
   if width:
     c.dq_transformer.width = width
-  tr = Trainer(c, os.path.join(workdir, f"dqt_{dtype}"), log=lambda m: None)
-  state = init_state(tr.objective, tr.tx, tr.mesh, tr.root_rng, tr.shardings)
-  batch_np = make_train_batches(c.data, global_batch_size=batch, seed=0)[0]
-  gbatch = tr.global_batch(batch_np)
-  step = tr.jitted_step()
-  holder = {"s": state}
-
-  def run_step():
-    holder["s"], m = step(holder["s"], gbatch)
-    jax.block_until_ready(m)
-
-  run_step()
-  train_s = time_calls(run_step, reps)
-  params, labels = holder["s"].params, batch_np["label"]
+  tr, state, batch_np, gbatch, step = train_setup(c, os.path.join(workdir, f"dqt_{dtype}"), batch)
+  train_s, state = time_train_steps(step, state, gbatch, reps)
+  params, labels = state.params, batch_np["label"]
   gen = lambda: generate_images(tr.generator(), params, tr.mesh, jax.random.PRNGKey(0), labels, steps=1,
                                 method="euler", cfg_scale=1.0, batch_size=batch)
   gen()
   gen_s = time_calls(gen, max(2, reps // 3))
   return dict(dtype=dtype, train_ips=batch / train_s, sample_ips=batch / gen_s,
-              codes=float(jax.device_get(step(holder["s"], gbatch)[1]["codes_per_image"])))
+              codes=float(jax.device_get(step(state, gbatch)[1]["codes_per_image"])))
 
 
 def main_dq_transformer(args) -> None:

@@ -6,8 +6,9 @@ its rows of the command table `COMMANDS` below.
 
 `adaflow --help` lists the commands, `adaflow <command> --help` that command's flags. Bad input
 (config, data, checkpoint, command line) ends with one line, `error: <message>`, and exit status 2
-on every process, and so does a full or unwritable disk; `--debug` or `ADAFLOW_DEBUG=1` shows the
-traceback. Other exceptions are bugs and keep their traceback.
+on every process, and so does a full or unwritable disk; a process whose collective failed because
+another process died says so in one line and exits at once (not after JAX's heartbeat timeout).
+`--debug` or `ADAFLOW_DEBUG=1` shows the traceback. Other exceptions are bugs and keep their traceback.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from absl import app, flags, logging
 from adaflow.commands import compose, convert, convert_stages, core, fid, inspect
 from adaflow.commands.common import FLAGS
 from adaflow.errors import is_user_error
-from adaflow.parallel.distributed import initialize_runtime
+from adaflow.parallel.distributed import initialize_runtime, lost_peer_message
 from adaflow.parallel.host import is_writer
 from adaflow.parallel.precision import apply_xla_cpu_defaults
 from adaflow.pipelines.stages import StageStopped
@@ -234,6 +235,16 @@ def _run(name: str, rest: list, debug: bool) -> None:
   except StageStopped as e:   # a signal stopped a multi-stage job: saved, exit 0 as `adaflow train` does
     if is_writer():
       print(f"[adaflow] {e}", flush=True)
+  except RuntimeError as e:   # jax.errors.JaxRuntimeError: a collective failed
+    message = lost_peer_message(e)
+    if debug or (FLAGS.is_parsed() and FLAGS.debug) or message is None:
+      raise
+    # Exit at once: JAX's exit-time shutdown barrier would wait for the dead process's heartbeat
+    # timeout (over a minute) and then abort this one with a C++ stack trace. Skipping it loses
+    # nothing a kill would not: checkpoints are committed atomically.
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(USAGE_EXIT)
   except (app.UsageError, flags.Error, ValueError, OSError) as e:
     # Every process validates the same config and data, so each ends here the same way.
     message = _user_message(e)

@@ -294,3 +294,39 @@ def test_feature_network_failure_on_process_0_stops_every_process(tmp_path):
         p.kill()
   assert outs == ["process 0: data.path: cannot read the images",
                   "process 1: process 0 could not train the evaluation's classifier (its error says why)"]
+
+
+def test_a_killed_process_stops_the_others_at_once_with_one_line(tmp_path):
+  """kill -9 of process 1 while training: process 0's next collective fails. It must say so in one
+  `error:` line and exit 2 at once, not wait out JAX's heartbeat timeout (100 s) and then abort with a
+  C++ stack trace (exit 134, what it did before). No checkpoint falls in the window: a process
+  waiting in orbax's save barrier learns of the death only from that timeout, and JAX aborts it
+  itself then (its own message says another task died)."""
+  coord = f"127.0.0.1:{free_port()}"
+  w = tmp_path / "w"
+  args = ["train", f"--config={CLI_CONFIG}", f"--workdir={w}", "--config.train.steps=100000",
+          "--config.train.ckpt_every=100000", "--config.eval.at_end=False", "--config.train.final_samples=False"]
+  procs = []
+  for i in range(2):
+    env = _env()
+    env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", ADAFLOW_COORDINATOR=coord,
+               ADAFLOW_NUM_PROCESSES="2", ADAFLOW_PROCESS_ID=str(i))
+    procs.append(subprocess.Popen([sys.executable, "-m", "adaflow.cli"] + args, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path)))
+  try:
+    metrics = w / "metrics.jsonl"
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('"train"') >= 3):
+      time.sleep(0.2)
+    procs[1].kill()
+    _, err = procs[0].communicate(timeout=TIMEOUT)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  last = err.strip().splitlines()[-1]
+  assert procs[0].returncode == 2, err[-3000:]
+  assert last.startswith("error: process 0 of 2 lost another process in a collective"), last
+  assert "restart all 2 processes" in last and "Traceback" not in err and "Check failure" not in err
+  record("kill -9 of one of 2 training processes (between checkpoints)",
+         "the other printed one error line and exited 2 at its next collective")

@@ -144,3 +144,23 @@ def initialize_runtime(timeout_s: Optional[int] = None) -> bool:
   return True
 
 
+
+
+# Words of the runtime errors a collective raises on a process whose peer died (killed, crashed,
+# preempted without SIGTERM): gloo on CPU ("Connection reset by peer"), the coordination service
+# ("heartbeat", "UNAVAILABLE"), NCCL / DCN transports ("remote process exited", "socket closed").
+_LOST_PEER_WORDS = ("connection reset", "connection closed", "connection refused", "socket closed",
+                    "broken pipe", "heartbeat", "unavailable", "remote process", "peer")
+
+
+def lost_peer_message(e: BaseException) -> Optional[str]:
+  """The one line for a collective that failed because another process stopped; None for anything
+  else (a single process, another error: a bug keeps its traceback)."""
+  if jax.process_count() == 1 or not isinstance(e, jax.errors.JaxRuntimeError):
+    return None
+  first = " ".join(str(e).strip().splitlines()[0].split())[:240] if str(e).strip() else type(e).__name__
+  if not any(w in first.lower() for w in _LOST_PEER_WORDS):
+    return None
+  return (f"process {jax.process_index()} of {jax.process_count()} lost another process in a collective "
+          f"({first}); restart all {jax.process_count()} processes with the same command: checkpoints "
+          "saved so far are kept and training resumes from the latest")

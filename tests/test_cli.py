@@ -381,6 +381,12 @@ def test_sample_method_steps_cfg_flags_override_the_config(tmp_path, capsys, mon
   assert all(np.isfinite(v).all() for v in images.values())
   code, _, err = _main(["sample", f"--workdir={w}", "--method=rk4"], capsys)
   assert code == 2 and "--method" in err and err.count("\n") == 1
+  # An --out that cannot be written is one line before anything samples (it came after sampling).
+  for bad, why in ((tmp_path / "ab2.png" / "x.png", "is not writable"), (tmp_path / "x.xyz", "'.xyz'"),
+                   (tmp_path / "x.psd", "cannot write")):
+    code, _, err = _main(["sample", f"--workdir={w}", "--num=4", f"--out={bad}"], capsys)
+    assert code == 2 and err.startswith("error: --out ") and why in err and err.count("\n") == 1, err
+  assert len(seen) == 2
   # On 3 devices, which do not divide the run's train batch of 8: sampling needs no train batch, so
   # it loads and gives the 1-device images (it was refused naming config.train.batch_size).
   for devices in (1, 3):
@@ -482,3 +488,22 @@ def test_a_stopped_stage_ends_a_multi_stage_command_with_exit_0(capsys, monkeypa
   monkeypatch.setitem(cli.COMMANDS, "compose", Command("compose", stopped, cli.COMMANDS["compose"].flags))
   code, out, err = _main(["compose", "--workdir=/nonexistent"], capsys)
   assert code == 0 and "[adaflow] stage W/routed stopped at step 20 of 30" in out and "Traceback" not in err
+
+
+def test_sample_with_a_step_policy_writes_the_grid_and_each_images_step_count(tmp_path, capsys):
+  """`adaflow sample --selector <policy workdir>` (AdaDiff): a grid and `<out>.json` with each image's
+  label and step count (from the policy's step set); a bad --out is one line before any sampling."""
+  from conftest import tiny_config
+  from test_adadiff import selector_config
+  from adaflow.train.loop import train
+  gen, pol = str(tmp_path / "gen"), str(tmp_path / "pol")
+  train(tiny_config(**{"train.steps": 1, "train.ckpt_every": 1}), gen, log=lambda m: None)
+  train(selector_config(generator_workdir=gen, **{"train.steps": 1, "train.ckpt_every": 1}), pol, log=lambda m: None)
+  out = tmp_path / "grid.png"
+  code, stdout, err = _main(["sample", f"--selector={pol}", "--num=5", f"--out={out}"], capsys)
+  assert code == 0, err
+  summary = json.loads((tmp_path / "grid.json").read_text())
+  assert summary["labels"] == [0, 1, 2, 3, 4] and set(summary["steps"]) <= {1, 2} and len(summary["steps"]) == 5
+  assert summary["generator_workdir"] == gen and f"wrote {out}" in stdout and out.exists()
+  code, _, err = _main(["sample", f"--selector={pol}", "--num=5", f"--out={tmp_path / 'grid.xyz'}"], capsys)
+  assert code == 2 and err.startswith("error: --out ") and err.count("\n") == 1, err

@@ -19,7 +19,7 @@ from adaflow.models import dqvae as dq
 from adaflow.models.step_selector import action_label
 from adaflow.parallel.host import is_writer
 from adaflow.pipelines.grouped import run_grouped
-from adaflow.train.images import save_grid
+from adaflow.train.images import check_image_path, save_grid
 from adaflow.train.loop import config_of, load_params, load_trainer_and_params, train
 from adaflow import methods
 
@@ -72,11 +72,12 @@ def cmd_sample():
     raise ValueError(f"--steps must be >= 1 and --cfg >= 0 (1 = no guidance), got --steps={steps} --cfg={cfg_scale}")
   if FLAGS.edges:
     generator.config.sample.edges = FLAGS.edges     # read when the sampler is traced, below
+  out = FLAGS.out or os.path.join(FLAGS.workdir, "samples", f"cli_step_{step}.png")
+  check_image_path(out, "--out" if FLAGS.out else "--workdir")
   k = max(generator.num_classes, 1)
   labels = np.sort((np.arange(FLAGS.num) % k).astype(np.int32))
   imgs = generate_images(generator, params, mesh, jax.random.PRNGKey(config.seed), labels,
                          steps=steps, method=method, cfg_scale=cfg_scale)
-  out = FLAGS.out or os.path.join(FLAGS.workdir, "samples", f"cli_step_{step}.png")
   if is_writer():     # every process generated all images; one writes them
     save_grid(np.clip(imgs, -1, 1), out, rows=min(k, FLAGS.num) if generator.num_classes else 0,
               upscale=max(1, 64 // imgs.shape[1]))
@@ -115,11 +116,12 @@ def sample_with_selector() -> dict:
     config.selector.generator_workdir = storage.absolute(FLAGS.workdir)
     config.selector.generator_step = -1
   tr, params, step = load_trainer_and_params(selector_dir, config)
+  out = FLAGS.out or os.path.join(selector_dir, "samples", f"adaptive_step_{step}.png")
+  check_image_path(out, "--out" if FLAGS.out else "--selector")
   obj = tr.objective
   k = max(obj.num_classes, 1)
   labels = np.sort((np.arange(FLAGS.num) % k).astype(np.int32))
   res = obj.sample_grouped(params, jax.random.PRNGKey(tr.config.seed), labels)
-  out = FLAGS.out or os.path.join(selector_dir, "samples", f"adaptive_step_{step}.png")
   if not is_writer():   # every process sampled the same images; process 0 writes them
     return {}
   save_grid(np.clip(res["images"], -1, 1), out, rows=min(k, FLAGS.num), upscale=max(1, 64 // res["images"].shape[1]))

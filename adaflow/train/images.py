@@ -15,6 +15,25 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def image_format(path: str) -> str:
+  """PIL's format name for `path`'s extension; ValueError when PIL cannot write that format."""
+  ext = os.path.splitext(os.fspath(path))[1].lower()
+  fmt = Image.registered_extensions().get(ext)
+  if fmt is None or fmt not in Image.SAVE:   # unknown, or a format PIL only reads (.psd, .fits, ...)
+    raise ValueError(f"{path}: PIL cannot write images with the extension {ext!r}; use .png (or .jpg, .webp)")
+  return fmt
+
+
+def check_image_path(path: str, setting: str = "--out") -> None:
+  """Before sampling: `path` names a format PIL writes and its folder is writable (created here);
+  one ValueError naming `setting` otherwise, so that a bad path costs no sampling."""
+  try:
+    image_format(path)
+  except ValueError as e:
+    raise ValueError(f"{setting} {e}") from None
+  storage.check_writable(storage.parent(path), setting)
+
+
 def save_grid(images: np.ndarray, path: str, rows: int, upscale: int = 1) -> str:
   """images [N, H, W, C] in [-1, 1] laid out `rows` x ceil(N / rows) with 1-px gaps -> PNG
   (`rows` 0: about square, for samples without classes)."""
@@ -32,11 +51,7 @@ def save_grid(images: np.ndarray, path: str, rows: int, upscale: int = 1) -> str
   if upscale > 1:
     img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
   # Encoded in memory, then written in one piece: the same bytes as `img.save(path)`, to any path.
-  ext = os.path.splitext(os.fspath(path))[1].lower()
-  fmt = Image.registered_extensions().get(ext)
-  if fmt is None:
-    raise ValueError(f"{path}: unknown image extension {ext!r}; use .png")
   buf = io.BytesIO()
-  img.save(buf, format=fmt)
+  img.save(buf, format=image_format(path))
   storage.write_bytes(path, buf.getvalue())
   return path

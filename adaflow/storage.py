@@ -17,12 +17,14 @@ gs:// paths need `gcsfs` (epath's fsspec backend) unless TensorFlow is installed
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
 import shutil
 import socket
 import tempfile
+import time
 import zipfile
 from typing import Any, Iterator, Union
 
@@ -245,3 +247,46 @@ def check_writable(directory: PathLike, setting: str = "--workdir") -> None:
       reason = f"the bucket does not exist or these credentials cannot see it ({reason})"
     hint = _HINTS.get(path.split("://")[0] if is_remote(path) else "", _HINTS[""])
     raise ValueError(f"{setting} {path} is not writable: {reason}; {hint}") from e
+
+
+LOCK_FILE = ".adaflow.lock"
+
+
+@contextlib.contextmanager
+def exclusive_use(workdir: PathLike, setting: str = "--workdir") -> Iterator[None]:
+  """While active, this process holds an exclusive `flock` on `<workdir>/.adaflow.lock`: a second
+  run in the same workdir (started twice by hand or by a scheduler's retry while the first still
+  runs) fails with one ValueError naming the holder, instead of both silently writing over each
+  other's checkpoints and metrics. The kernel drops the lock when its process ends however it ends
+  (kill -9 too), so no lock is ever stale. Object stores have no locks and a filesystem without
+  flock support runs unlocked; a path that cannot be created is left to `check_writable`'s error.
+  """
+  path = os.fspath(workdir)
+  try:
+    if is_remote(path):
+      raise OSError("object store")
+    os.makedirs(path, exist_ok=True)
+    f = open(os.path.join(path, LOCK_FILE), "a+")
+  except OSError:
+    yield
+    return
+  try:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      locked = True
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      raise ValueError(f"{setting} {path} is in use by another run ({holder}): two runs in one workdir "
+                       "overwrite each other's checkpoints; wait for it to end or stop it, or pass another "
+                       f"{setting}") from None
+    except OSError:   # no flock on this filesystem (some network / FUSE mounts)
+      locked = False
+    if locked:
+      f.seek(0)
+      f.truncate()
+      f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+      f.flush()
+    yield
+  finally:
+    f.close()

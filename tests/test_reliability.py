@@ -288,6 +288,25 @@ def test_unwritable_checkpoint_dir_fails_before_training(tmp_path):
          "'checkpoint directory ... is not writable or the disk is full'")
 
 
+def test_a_second_run_in_a_workdir_in_use_is_refused_before_it_compiles(tmp_path, monkeypatch):
+  """Two `adaflow train` in one workdir (started twice, or a scheduler's retry while the first still
+  runs) both trained and wrote over each other's checkpoints and metrics; now the second one stops
+  with one error naming the first (its lock is held by this test here), before anything compiles,
+  and the workdir's checkpoints stay as they were. The lock is the kernel's: released at exit."""
+  from adaflow import storage
+  w = str(tmp_path / "w")
+  cfg = tiny_config(**{"train.steps": 2})
+  train(cfg, w, log=lambda m: None)
+  before = sorted(os.listdir(os.path.join(w, "checkpoints")))
+  monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled despite the lock"))
+  with storage.exclusive_use(w):
+    with pytest.raises(ValueError, match=r"--workdir .* is in use by another run \(pid \d+ on .*\)"):
+      train(tiny_config(**{"train.steps": 4}), w, log=lambda m: None)
+  assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == before
+  monkeypatch.undo()
+  assert int(train(tiny_config(**{"train.steps": 4}), w, log=lambda m: None).step) == 4   # released
+
+
 def test_free_space_check_before_a_save(tmp_path, monkeypatch):
   """The state's bytes + metadata against the disk's free space; a file system that cannot say
   (no statvfs) and an object store are not checked."""

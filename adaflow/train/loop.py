@@ -16,6 +16,7 @@ depend on the process count (tests/test_reliability.py, tests/test_multiprocess.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -158,6 +159,14 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   parse_writers(tc.writers)   # a selected writer that is not installed fails here
   fid = PeriodicFID(config, workdir, tr.mesh, log)   # eval.fid_every: weights / reference checked now
   ckpt.check_writable(workdir)   # creates the workdir; a bad path or bucket fails here
+  # Process 0 holds the workdir's lock to the end: a second run started in it fails here.
+  with storage.exclusive_use(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+    return _train(tr, fid, init_params)
+
+
+def _train(tr: Trainer, fid: PeriodicFID, init_params: Optional[Any]) -> Any:
+  """`train` after its checks, the workdir locked: restore or initialise, loop, finish."""
+  config, workdir, log, tc = tr.config, tr.workdir, tr.log, tr.config.train
   storage.makedirs(workdir)
   manager = ckpt.make_manager(workdir, max_to_keep=tc.keep_checkpoints,
                               keep_every=tc.keep_every)   # + milestones (multiples of keep_every)

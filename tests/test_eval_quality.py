@@ -196,10 +196,13 @@ def test_fd_noise_much_larger_than_real(digits_classifier):
     ev.real_vs_real_fd(clf, DIGITS, num=1000)  # 2000 > 1797 distinct images
 
 
-def test_corrupted_cache_is_detected_and_retrained(tmp_path):
+def test_corrupted_cache_is_detected_and_retrained(tmp_path, capsys):
   cache = str(tmp_path)
   logs = []
   first = ev.get_classifier(DIGITS, cache, seed=1, log=logs.append, steps=5)
+  # Minutes at larger sizes: a line before the training and a bar of its steps (stderr).
+  assert logs[0].startswith("[eval] training the classifier for 'digits' on ") and "5 steps" in logs[0], logs
+  assert "[eval] classifier: 100%" in capsys.readouterr().err
   entries = [e for e in os.listdir(cache) if e.startswith("eval_classifier_digits_")]
   assert len(entries) == 1
   files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(cache, entries[0]))

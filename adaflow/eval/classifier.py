@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from tqdm import tqdm
 
 from adaflow import data as data_lib
 from adaflow import storage
@@ -167,8 +168,10 @@ def _train_step(params, opt_state, x_all, y_all, data_key, step, total_steps, pe
 
 def train_classifier(images, labels, num_classes: int, seed: int = 0,
                      steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
-                     learning_rate: float = 3e-3, max_shift: int = 2):
+                     learning_rate: float = 3e-3, max_shift: int = 2,
+                     on_steps: Optional[Callable[[int], None]] = None):
   """Trains `ClassifierNet` on (images [N,H,W,C] in [-1,1], labels [N]); returns params.
+  `on_steps(n)` (a progress bar's update) is called as steps finish, every 10 steps.
 
   Adam with a linear-warmup + cosine-decay learning rate, batches drawn uniformly with
   replacement, each image shifted by up to `max_shift` pixels (edge padding). Deterministic
@@ -193,9 +196,12 @@ def train_classifier(images, labels, num_classes: int, seed: int = 0,
   total = jnp.asarray(steps, jnp.int32)
   peak = jnp.asarray(learning_rate, jnp.float32)
   for step in range(steps):
-    params, opt_state, _ = _train_step(
+    params, opt_state, loss = _train_step(
         params, opt_state, x_all, y_all, data_key, jnp.asarray(step, jnp.int32), total, peak,
         num_classes=num_classes, batch_size=batch_size, max_shift=max_shift)
+    if on_steps is not None and ((step + 1) % 10 == 0 or step + 1 == steps):
+      loss.block_until_ready()   # report finished steps, not dispatched ones
+      on_steps(10 if (step + 1) % 10 == 0 else (step + 1) % 10)
   return jax.tree.map(np.asarray, jax.device_get(params))
 
 
@@ -358,7 +364,8 @@ def _from_payload(payload: dict, num_classes: int, image_shape, task: str) -> Fe
 
 
 def build_classifier(images, labels, num_classes: int, seed: int = 0,
-                     steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, task: str = "classes"):
+                     steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, task: str = "classes",
+                     on_steps: Optional[Callable[[int], None]] = None):
   """Trains on a (1 - HELDOUT_FRACTION) split, measures held-out accuracy, and computes the
   reference statistics over all `images`. Returns a FeatureClassifier. Task "instances" (`labels`
   unused): the first `num_exemplars(n)` images of the seeded permutation are the classes, and the
@@ -375,7 +382,8 @@ def build_classifier(images, labels, num_classes: int, seed: int = 0,
     held, train = np.split(perm, [max(1, int(round(n * HELDOUT_FRACTION)))])
     x, y, max_shift = images[train], labels[train], 2
     held_x, held_y = images[held], labels[held]
-  params = train_classifier(x, y, num_classes, seed=seed, steps=steps, batch_size=batch_size, max_shift=max_shift)
+  params = train_classifier(x, y, num_classes, seed=seed, steps=steps, batch_size=batch_size, max_shift=max_shift,
+                            on_steps=on_steps)
   clf = FeatureClassifier(params, num_classes, images.shape[1:], task=task)
   clf.heldout_accuracy = clf.accuracy(held_x, held_y)
   clf.reference_stats = clf.feature_statistics(images)
@@ -450,8 +458,12 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
     try:
       images, labels = data_lib.load_arrays(data_config, num=num_train, seed=seed)
       t0 = time.time()
-      clf = build_classifier(images, labels, num_classes, seed=seed, steps=steps,
-                             batch_size=batch_size, task=task)
+      # Minutes at larger image sizes, once per dataset: say so and show the steps.
+      log(f"[eval] training the {what} for '{name}' on {len(images)} images ({steps} steps; once, then "
+          f"cached in {cache_dir})")
+      with tqdm(total=steps, desc=f"[eval] {what}", unit="step", dynamic_ncols=True, mininterval=1.0) as bar:
+        clf = build_classifier(images, labels, num_classes, seed=seed, steps=steps,
+                               batch_size=batch_size, task=task, on_steps=bar.update)
       log(f"[eval] trained {what} for '{name}' on {len(images)} images in "
           f"{time.time() - t0:.1f}s: held-out accuracy {clf.heldout_accuracy:.4f}{_chance_warning(clf, steps)}")
       payload = _cache_payload(clf, num_reference=len(images))

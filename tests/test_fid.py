@@ -381,6 +381,7 @@ def test_imagenet64_smoke_run_resumes(tmp_path):
 def test_cli_eval_fid_dispatches_to_fid(monkeypatch):
   from adaflow import cli
   from adaflow.cli import COMMANDS
+  cli.FLAGS.unparse_flags()   # absl keeps flag values across parses: an earlier test's --out / --selector
   called = []
   for name in ("eval fid", "eval"):   # the table's rows, with functions that record the dispatch
     monkeypatch.setitem(COMMANDS, name, COMMANDS[name]._replace(fn=lambda name=name: called.append(name)))

@@ -296,28 +296,37 @@ def test_feature_network_failure_on_process_0_stops_every_process(tmp_path):
                   "process 1: process 0 could not train the evaluation's classifier (its error says why)"]
 
 
-def test_a_killed_process_stops_the_others_at_once_with_one_line(tmp_path):
+def test_a_second_job_in_a_workdir_in_use_stops_and_a_killed_process_stops_the_others(tmp_path):
   """kill -9 of process 1 while training: process 0's next collective fails. It must say so in one
   `error:` line and exit 2 at once, not wait out JAX's heartbeat timeout (100 s) and then abort with a
-  C++ stack trace (exit 134, what it did before). No checkpoint falls in the window: a process
+  C++ stack trace (exit 134, what it did before). Before the kill, the same 2-process job started again
+  in the workdir stops on both processes (the lock). No checkpoint falls in the window: a process
   waiting in orbax's save barrier learns of the death only from that timeout, and JAX aborts it
   itself then (its own message says another task died)."""
   coord = f"127.0.0.1:{free_port()}"
   w = tmp_path / "w"
   args = ["train", f"--config={CLI_CONFIG}", f"--workdir={w}", "--config.train.steps=100000",
           "--config.train.ckpt_every=100000", "--config.eval.at_end=False", "--config.train.final_samples=False"]
-  procs = []
-  for i in range(2):
-    env = _env()
-    env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", ADAFLOW_COORDINATOR=coord,
-               ADAFLOW_NUM_PROCESSES="2", ADAFLOW_PROCESS_ID=str(i))
-    procs.append(subprocess.Popen([sys.executable, "-m", "adaflow.cli"] + args, stdout=subprocess.PIPE,
+  def launch(coord):
+    out = []
+    for i in range(2):
+      env = _env()
+      env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", ADAFLOW_COORDINATOR=coord,
+                 ADAFLOW_NUM_PROCESSES="2", ADAFLOW_PROCESS_ID=str(i))
+      out.append(subprocess.Popen([sys.executable, "-m", "adaflow.cli"] + args, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path)))
+    return out
+  procs = launch(coord)
   try:
     metrics = w / "metrics.jsonl"
     deadline = time.time() + TIMEOUT
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('"train"') >= 3):
       time.sleep(0.2)
+    # The same job started again while this one trains: both of its processes stop, before compiling.
+    again = launch(f"127.0.0.1:{free_port()}")
+    errs = [p.communicate(timeout=TIMEOUT)[1] for p in again]
+    assert [p.returncode for p in again] == [2, 2], errs
+    assert "is in use by another run (pid " in errs[0] and "is in use by another run (process 0's" in errs[1], errs
     procs[1].kill()
     _, err = procs[0].communicate(timeout=TIMEOUT)
   finally:

@@ -300,11 +300,13 @@ def test_a_second_run_in_a_workdir_in_use_is_refused_before_it_compiles(tmp_path
   before = sorted(os.listdir(os.path.join(w, "checkpoints")))
   monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled despite the lock"))
   with storage.exclusive_use(w):
-    with pytest.raises(ValueError, match=r"--workdir .* is in use by another run \(pid \d+ on .*\)"):
+    with pytest.raises(ValueError, match=r"--workdir .* is in use by another run \(pid \d+ on .*\)") as e:
       train(tiny_config(**{"train.steps": 4}), w, log=lambda m: None)
   assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == before
   monkeypatch.undo()
   assert int(train(tiny_config(**{"train.steps": 4}), w, log=lambda m: None).step) == 4   # released
+  record("a second run started in a workdir that a run is training in",
+         f"refused before compiling: '{str(e.value)[:90]}...'; checkpoints {before} untouched; lock released at exit")
 
 
 def test_free_space_check_before_a_save(tmp_path, monkeypatch):

@@ -144,8 +144,6 @@ def initialize_runtime(timeout_s: Optional[int] = None) -> bool:
   return True
 
 
-
-
 # Words of the runtime errors a collective raises on a process whose peer died (killed, crashed,
 # preempted without SIGTERM): gloo on CPU ("Connection reset by peer"), the coordination service
 # ("heartbeat", "UNAVAILABLE"), NCCL / DCN transports ("remote process exited", "socket closed").

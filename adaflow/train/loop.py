@@ -35,7 +35,7 @@ from adaflow import storage
 from adaflow.config_defaults import merged_config
 from adaflow.data.prefetch import Prefetcher
 from adaflow.parallel import batch_sharding, make_mesh, replicated
-from adaflow.parallel.host import to_host
+from adaflow.parallel.host import agree, to_host
 from adaflow.train import checkpoint as ckpt
 from adaflow.train import diagnostics
 from adaflow.train.hooks import Checkpoints, FinalEvaluation, Metrics, NonFiniteLossError, PreemptionGuard, SampleGrids
@@ -159,8 +159,17 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   parse_writers(tc.writers)   # a selected writer that is not installed fails here
   fid = PeriodicFID(config, workdir, tr.mesh, log)   # eval.fid_every: weights / reference checked now
   ckpt.check_writable(workdir)   # creates the workdir; a bad path or bucket fails here
-  # Process 0 holds the workdir's lock to the end: a second run started in it fails here.
-  with storage.exclusive_use(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+  # Process 0 holds the workdir's lock to the end: a second run started in it fails here, on every
+  # process (the others would go on alone to their first collective).
+  with contextlib.ExitStack() as held:
+    refused = None
+    if jax.process_index() == 0:
+      try:
+        held.enter_context(storage.exclusive_use(workdir))
+      except ValueError as e:
+        refused = e
+    if agree(refused is not None):
+      raise refused or ValueError(f"--workdir {workdir} is in use by another run (process 0's error names it)")
     return _train(tr, fid, init_params)
 
 

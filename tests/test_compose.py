@@ -599,3 +599,13 @@ def test_inspect_ratios_of_a_routed_model_with_timestep_groups(tmp_path, monkeyp
   means = [float(line.split()[3].rstrip(",")) for line in out.splitlines() if line.startswith("mean learned ratio")]
   assert means == [1.0, 0.4]
   assert sorted(p.name for p in tmp_path.glob("*.png")) == ["ratios_group0.png", "ratios_group1.png"]
+  # A heat-map path matplotlib cannot write is one error before the checkpoint is read (a traceback after).
+  monkeypatch.setattr(inspect, "load_generator", lambda w, cfg: pytest.fail("read the checkpoint"))
+  for bad, why in ((tmp_path / "r.xyz", "matplotlib cannot write 'xyz'"),
+                   (tmp_path / "ratios_group0.png" / "x.png", "is not writable")):   # a file as its folder
+    flags.FLAGS(["adaflow", f"--workdir={tmp_path}", f"--out={bad}"])
+    try:
+      with pytest.raises(ValueError, match=f"--out .*{why}"):
+        inspect.cmd_inspect_ratios()
+    finally:
+      flags.FLAGS.unparse_flags()

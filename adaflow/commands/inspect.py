@@ -62,9 +62,22 @@ def save_heatmap(table: np.ndarray, boundaries, path: str, title: str = "learned
   storage.write_bytes(path, buf.getvalue())
 
 
+def check_heatmap_path(path: str, setting: str) -> None:
+  """A format matplotlib writes (no extension: png) and a writable folder, before the checkpoint is
+  read; one ValueError naming `setting` otherwise (matplotlib's own error came after, as a traceback)."""
+  from matplotlib.backend_bases import FigureCanvasBase   # here, as in save_heatmap: a slow import
+  ext = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+  formats = FigureCanvasBase.get_supported_filetypes()
+  if ext not in formats:
+    raise ValueError(f"{setting} {path}: matplotlib cannot write {ext!r} images; use .png (or one of "
+                     f"{', '.join(sorted(formats))})")
+  storage.check_writable(storage.parent(path), setting)
+
+
 def cmd_inspect_ratios():
   """Table and heat map of a routed run's learned kept-token ratios (DiffCR)."""
   workdir = need("workdir")
+  check_heatmap_path(FLAGS.out or os.path.join(workdir, "ratios.png"), "--out" if FLAGS.out else "--workdir")
   generator, params, config, info, _, step = load_generator(workdir, FLAGS.config)
   if not getattr(generator, "routed", False):
     raise ValueError(f"{workdir}: its model has no DiffCR routing (config.objective {config.objective!r}); `inspect "

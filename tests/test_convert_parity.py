@@ -355,6 +355,8 @@ def test_convert_file_writes_checkpoint_that_restores(tmp_path, tiny):
   pt = tmp_path / "dit.pt"
   torch.save({"ema": ref.state_dict()}, pt)   # training-checkpoint style: the EMA weights are used
   cfg = _digits_config(tiny, True, 0.0)
+  with pytest.raises(ValueError, match=r"^--out .*dit.pt/out is not writable"):   # a file as its folder
+    convert_file(str(pt), "dit", cfg, str(pt / "out"), log=lambda s: None)
   params = convert_file(str(pt), "dit", cfg, str(tmp_path / "out_dit"), log=lambda s: None)
   tr, restored, step = load_trainer_and_params(str(tmp_path / "out_dit"))
   assert step == 0

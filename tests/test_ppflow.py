@@ -364,3 +364,5 @@ def test_convert_stages_workdir_round_trip(tmp_path):
   with pytest.raises(ValueError, match=r"^config.model.patch_size: the dense run .* has patch_size=2, this PPFlow config 4"):
     convert_workdir(str(tmp_path / "dense"), other, str(tmp_path / "bad"), log=lambda m: None)
   assert not os.path.exists(tmp_path / "bad")
+  with pytest.raises(ValueError, match=r"^--out .* is not writable"):   # a file as its folder: before converting
+    convert_workdir(str(tmp_path / "dense"), cfg, str(tmp_path / "dense" / "config.json" / "pp"), log=lambda m: None)

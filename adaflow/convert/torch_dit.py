@@ -410,6 +410,8 @@ def convert_file(path: str, layout: str, config, out_dir: Optional[str] = None, 
   info = data_lib.get_info(config.data)
   methods.validate(config, info)
   model = dit_from_config(config.model, info.image_shape, info.num_classes)
+  if out_dir:
+    storage.check_writable(out_dir, "--out")   # creates it; a bad path fails before the file is read
   sd = load_state_dict(path)
   params = torch_to_adaflow(sd, layout, model)
   log(f"converted {len(sd)} tensors ({sum(v.size for v in sd.values()) / 1e6:.2f}M values) from {path} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 
+from adaflow import storage
 from adaflow.models.dit import DIT_SIZES
 from adaflow.models.ppflow import convert_params_for
 from adaflow.train import checkpoint as ckpt
@@ -18,6 +19,7 @@ def convert_workdir(dense_workdir: str, config, out_dir: str, log=print) -> str:
     raise ValueError("config.objective: convert-stages needs a PPFlow config (objective='ppflow' with "
                      f"model.stages), got {config.objective!r}")
   check_same_network(config_of(dense_workdir), config, dense_workdir)
+  storage.check_writable(out_dir, "--out")   # creates it; a bad path fails before any conversion
   tr = Trainer(config, out_dir, log=log)
   dense = load_params(dense_workdir)
   params = convert_params_for(tr.objective, dense, jax.random.PRNGKey(config.seed))

@@ -309,6 +309,24 @@ def test_a_second_run_in_a_workdir_in_use_is_refused_before_it_compiles(tmp_path
          f"refused before compiling: '{str(e.value)[:90]}...'; checkpoints {before} untouched; lock released at exit")
 
 
+def test_unwritable_evaluation_and_compilation_caches_fail_before_the_first_step(tmp_path, monkeypatch):
+  """An evaluation cache (eval.cache_dir / $ADAFLOW_CACHE) that cannot be written failed after
+  training and after training the evaluation's network, with a traceback; an unwritable
+  train.compilation_cache_dir was a makedirs traceback. Both are one error before anything compiles."""
+  from adaflow.train import loop
+  monkeypatch.setattr(loop.diagnostics, "compile_step", lambda *a, **k: pytest.fail("compiled"))
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  monkeypatch.setenv("ADAFLOW_CACHE", str(blocker / "cache"))
+  with pytest.raises(ValueError, match=r"^eval.cache_dir \(or \$ADAFLOW_CACHE\) .*a_file/cache is not writable"):
+    train(tiny_config(**{"eval.at_end": True}), str(tmp_path / "w"), log=QUIET)
+  monkeypatch.delenv("ADAFLOW_CACHE")
+  with pytest.raises(ValueError, match=r"^train.compilation_cache_dir .*a_file/xla is not writable"):
+    train(tiny_config(**{"train.compilation_cache_dir": str(blocker / "xla")}), str(tmp_path / "w2"), log=QUIET)
+  record("unwritable evaluation cache / compilation cache",
+         "one ValueError naming eval.cache_dir / train.compilation_cache_dir before the first step compiles")
+
+
 def test_free_space_check_before_a_save(tmp_path, monkeypatch):
   """The state's bytes + metadata against the disk's free space; a file system that cannot say
   (no statvfs) and an object store are not checked."""

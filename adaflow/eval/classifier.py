@@ -410,6 +410,14 @@ def cache_dir(config, workdir: str) -> str:
       storage.parent(workdir), ".adaflow_cache")
 
 
+def writable_cache_dir(config, workdir: str) -> str:
+  """`cache_dir`, created and checked writable before the work whose network it will hold (one
+  ValueError naming eval.cache_dir): an unwritable one failed after training and the network's."""
+  path = cache_dir(config, workdir)
+  storage.check_writable(path, "eval.cache_dir (or $ADAFLOW_CACHE)")
+  return path
+
+
 def get_classifier(data_config, cache_dir: str, seed: int = 0,
                    log: Callable[[str], Any] = print, steps: int = DEFAULT_STEPS,
                    batch_size: int = DEFAULT_BATCH_SIZE, task: str | None = None) -> FeatureClassifier:

@@ -177,7 +177,7 @@ def enable_compilation_cache(path: str, min_compile_time_secs: float = 1.0, min_
     return False
   if "://" not in path:
     path = os.path.abspath(path)
-    os.makedirs(path, exist_ok=True)
+    storage.check_writable(path, "train.compilation_cache_dir")   # creates it; one line if it cannot
   current = jax.config.jax_compilation_cache_dir
   if current and current != path:
     # JAX opens the cache once, in the first directory it sees; start over for a new one.

@@ -24,7 +24,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from adaflow import storage
-from adaflow.eval.classifier import cache_dir
+from adaflow.eval.classifier import writable_cache_dir
 from adaflow.eval.generate import evaluate_generator
 from adaflow.flow.driver import generate_images
 from adaflow.train import checkpoint as ckpt
@@ -217,12 +217,14 @@ class FinalEvaluation(Hook):
 
   def __init__(self, trainer, writer, log):
     self.tr, self.writer, self.log = trainer, writer, log
+    c = trainer.config
+    self.cache = writable_cache_dir(c, trainer.workdir) if c.eval.at_end and c.train.steps > 0 else None
 
   def at_end(self, step, state) -> None:
     tr, c = self.tr, self.tr.config
-    if not (c.eval.at_end and c.train.steps > 0):
+    if self.cache is None:
       return
-    result = evaluate_generator(tr.generator(), state.ema_params, c, tr.mesh, cache_dir(c, tr.workdir), log=self.log)
+    result = evaluate_generator(tr.generator(), state.ema_params, c, tr.mesh, self.cache, log=self.log)
     result["step"] = step
     self.writer.write(step, {k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None},
                       kind="eval")

@@ -74,12 +74,48 @@ def tiny_config(**overrides):
   # The FD's feature network: 50 Adam steps instead of 300 (the tests check that evaluation runs and
   # agrees across processes, devices and resumes, not how good the network is); ~5x less CPU per test.
   c.eval.classifier_steps = 50
-  for k, v in overrides.items():
+  return set_fields(c, overrides)
+
+
+def set_fields(c, fields):
+  """Sets dotted config fields, e.g. {"train.steps": 8}; returns `c`."""
+  for k, v in fields.items():
     node = c
     parts = k.split(".")
     for p in parts[:-1]:
       node = node[p]
     node[parts[-1]] = v
+  return c
+
+
+def tiny_dqvae_config(**dqvae_fields):
+  """A DQ-VAE tokenizer of `tiny_config`'s digits 16x16 (4x4 coarse regions), fields of `dqvae` set
+  from the keywords."""
+  from adaflow.config_defaults import dqvae_defaults
+  c = tiny_config()
+  c.objective = "dqvae"
+  c.data.channels = 1
+  c.dqvae = dqvae_defaults()
+  c.dqvae.coarse_stride = 4
+  c.dqvae.width = 16
+  c.dqvae.embed_dim = 8
+  c.dqvae.codebook_size = 16
+  c.train.ema_decay = 0.0
+  for k, v in dqvae_fields.items():
+    c.dqvae[k] = v
+  return c
+
+
+def tiny_selector_config(generator_workdir="/nonexistent", **overrides):
+  """An AdaDiff step policy over the `tiny_config` generator in `generator_workdir` (steps 1 or 2)."""
+  from adaflow.config_defaults import selector_defaults
+  c = tiny_config(**overrides)
+  c.objective = "step_selector"
+  c.selector = selector_defaults()
+  c.selector.generator_workdir = generator_workdir
+  c.selector.step_set = (1, 2)
+  c.selector.quality = "closeness"
+  c.train.ema_decay = 0.0
   return c
 
 

@@ -5,7 +5,8 @@
 spec = {
   "devices": 2,                      # simulated CPU devices in this process (jax_num_cpu_devices)
   "distributed": {"coordinator": "127.0.0.1:PORT", "num_processes": 2, "process_id": 0} | null,
-  "runs": [{"workdir": ..., "overrides": {...}, "copy_from": optional workdir copied first}],
+  "runs": [{"workdir": ..., "overrides": {...}, "copy_from": optional workdir copied first,
+            "config": "tiny" (default) | "dqvae" | "selector", "generator": the selector's generator workdir}],
   "report_shardings": false,         # add per-leaf global/shard shapes of the last run's state
 }
 Runs `train` once per entry, in order, in this one process, and prints one JSON line (last line of
@@ -37,7 +38,7 @@ if SPEC.get("distributed"):
 
 import numpy as np  # noqa: E402
 
-from conftest import tiny_config  # noqa: E402
+from conftest import set_fields, tiny_config, tiny_dqvae_config, tiny_selector_config  # noqa: E402
 from adaflow.train.loop import NonFiniteLossError, train  # noqa: E402
 from adaflow.train.metrics_log import read_metrics  # noqa: E402
 
@@ -61,6 +62,14 @@ def leaf_report(tree):
   return out
 
 
+def build_config(run):
+  """The run's config: conftest's tiny DiT, DQ-VAE or step policy, then its dotted overrides."""
+  kind = run.get("config", "tiny")
+  base = {"tiny": tiny_config, "dqvae": tiny_dqvae_config,
+          "selector": lambda: tiny_selector_config(generator_workdir=run["generator"])}[kind]()
+  return set_fields(base, run["overrides"])
+
+
 def log(msg):
   print(f"[p{jax.process_index()}] {msg}", file=sys.stderr, flush=True)
 
@@ -73,7 +82,7 @@ def main():
     if run.get("copy_from") and jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("copy " + run["workdir"])
-    config = tiny_config(**run["overrides"])
+    config = build_config(run)
     res = {}
     try:
       state = train(config, run["workdir"], log=log)

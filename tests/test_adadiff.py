@@ -10,7 +10,7 @@ import pytest
 from adaflow.models import step_selector as sel
 from adaflow.rl import reinforce as rl
 from adaflow.rl import rewards as rw
-from conftest import tiny_config
+from conftest import tiny_config, tiny_selector_config
 
 
 # ---- step sets ---------------------------------------------------------------------------------
@@ -25,39 +25,27 @@ def test_valid_step_set():
   assert sel.validate_step_set(np.array([1, 3])) == (1, 3)
 
 
-def selector_config(generator_workdir="/nonexistent", **overrides):
-  from adaflow.config_defaults import selector_defaults
-  c = tiny_config(**overrides)
-  c.objective = "step_selector"
-  c.selector = selector_defaults()
-  c.selector.generator_workdir = generator_workdir
-  c.selector.step_set = (1, 2)
-  c.selector.quality = "closeness"
-  c.train.ema_decay = 0.0
-  return c
-
-
 def test_config_validation_names_fields():
   from adaflow import methods
-  c = selector_config()
+  c = tiny_selector_config()
   c.selector.step_set = (16, 8)
   with pytest.raises(ValueError, match=r"selector\.step_set"):
     methods.validate(c)
-  c = selector_config(generator_workdir="")
+  c = tiny_selector_config(generator_workdir="")
   with pytest.raises(ValueError, match=r"selector\.generator_workdir.*--init"):
     methods.validate(c)
-  c = selector_config()
+  c = tiny_selector_config()
   c.selector.quality = "psnr"
   with pytest.raises(ValueError, match=r"selector\.quality"):
     methods.validate(c)
   # The reward's classifier must not be the evaluation's (a policy scored by its own reward).
-  c = selector_config()
+  c = tiny_selector_config()
   c.selector.quality = "classifier"
   methods.validate(c)                                   # defaults: seeds 1 (reward) and 0 (eval)
   c.selector.classifier_seed = c.eval.classifier_seed
   with pytest.raises(ValueError, match=r"selector\.classifier_seed.*eval\.classifier_seed"):
     methods.validate(c)
-  c = selector_config()
+  c = tiny_selector_config()
   c.selector.lr = 0.0
   with pytest.raises(ValueError, match=r"config\.selector\.lr: must be positive"):
     methods.validate(c)
@@ -65,7 +53,7 @@ def test_config_validation_names_fields():
 
 def test_use_init_workdir_sets_generator():
   from adaflow.methods import uses_init_workdir
-  c = selector_config()
+  c = tiny_selector_config()
   assert uses_init_workdir(c, "some/gen") is True
   assert c.selector.generator_workdir == os.path.abspath("some/gen")
   c.objective = "flow_matching"
@@ -197,7 +185,7 @@ def _tiny_objective(**selector_overrides):
   info = data_lib.get_info(gen_config.data)
   gen = generator_for(gen_config, info)
   gen_params = jax.tree_util.tree_map(lambda x: x, __import__("flax").linen.meta.unbox(gen.init(jax.random.PRNGKey(0))))
-  c = selector_config()
+  c = tiny_selector_config()
   for k, v in selector_overrides.items():
     c.selector[k] = v
   return StepSelectorObjective(c, info, generator=gen, generator_params=gen_params), gen, gen_params
@@ -259,11 +247,11 @@ def test_train_loop_with_init_checkpoint_and_resume(tmp_path):
   from adaflow.train.loop import load_trainer_and_params
   gen_dir = str(tmp_path / "gen")
   train(tiny_config(**{"train.steps": 2}), gen_dir, log=lambda m: None)
-  c = selector_config(generator_workdir=gen_dir, **{"train.steps": 2})
+  c = tiny_selector_config(generator_workdir=gen_dir, **{"train.steps": 2})
   sel_dir = str(tmp_path / "sel")
   s2 = train(c, sel_dir, log=lambda m: None)
   assert set(s2.params) == {"params", "reinforce"}
-  c4 = selector_config(generator_workdir=gen_dir, **{"train.steps": 4})
+  c4 = tiny_selector_config(generator_workdir=gen_dir, **{"train.steps": 4})
   s4 = train(c4, sel_dir, log=lambda m: None)                   # resumes from step 2
   assert int(s4.step) == 4 and float(s4.params["reinforce"]["initialized"]) == 1.0
   tr, params, step = load_trainer_and_params(sel_dir)
@@ -284,11 +272,11 @@ def test_actions_default_to_the_step_set_with_one_solver():
   from adaflow import methods
   assert sel.parse_actions((), (4, 8), "heun") == (("heun", 4), ("heun", 8))
   assert sel.parse_actions(("euler:2", "ab2:8", "heun:4"), (4, 8), "heun") == (("euler", 2), ("ab2", 8), ("heun", 4))
-  c = selector_config()
+  c = tiny_selector_config()
   c.selector.actions = ("euler:2", "sde:4")
   with pytest.raises(ValueError, match=r"selector\.actions"):
     methods.validate(c)
-  c = selector_config()
+  c = tiny_selector_config()
   c.selector.cost = "seconds"
   with pytest.raises(ValueError, match=r"selector\.cost"):
     methods.validate(c)

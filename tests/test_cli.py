@@ -494,11 +494,11 @@ def test_sample_with_a_step_policy_writes_the_grid_and_each_images_step_count(tm
   """`adaflow sample --selector <policy workdir>` (AdaDiff): a grid and `<out>.json` with each image's
   label and step count (from the policy's step set); a bad --out is one line before any sampling."""
   from conftest import tiny_config
-  from test_adadiff import selector_config
+  from conftest import tiny_selector_config
   from adaflow.train.loop import train
   gen, pol = str(tmp_path / "gen"), str(tmp_path / "pol")
   train(tiny_config(**{"train.steps": 1, "train.ckpt_every": 1}), gen, log=lambda m: None)
-  train(selector_config(generator_workdir=gen, **{"train.steps": 1, "train.ckpt_every": 1}), pol, log=lambda m: None)
+  train(tiny_selector_config(generator_workdir=gen, **{"train.steps": 1, "train.ckpt_every": 1}), pol, log=lambda m: None)
   out = tmp_path / "grid.png"
   code, stdout, err = _main(["sample", f"--selector={pol}", "--num=5", f"--out={out}"], capsys)
   assert code == 0, err

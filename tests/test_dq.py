@@ -8,25 +8,7 @@ import pytest
 
 from adaflow.models import dqvae as dq
 from adaflow.models.vq import codebook_statistics, ema_codebook_update, quantize
-
-
-def _dq_config(**over):
-  from conftest import tiny_config
-  from adaflow.config_defaults import dqvae_defaults
-  c = tiny_config()
-  c.objective = "dqvae"
-  c.data.name = "digits"
-  c.data.image_size = 16
-  c.data.channels = 1
-  c.dqvae = dqvae_defaults()
-  c.dqvae.coarse_stride = 4
-  c.dqvae.width = 16
-  c.dqvae.embed_dim = 8
-  c.dqvae.codebook_size = 16
-  c.train.ema_decay = 0.0
-  for k, v in over.items():
-    c.dqvae[k] = v
-  return c
+from conftest import tiny_dqvae_config
 
 
 def _random_codes(rng, layout, b):
@@ -73,7 +55,7 @@ def test_sequence_round_trip():
 def test_tokenizer_decode_inverts_encode():
   from adaflow.objectives.dqvae import build_tokenizer
   from adaflow.data import get_info
-  c = _dq_config()
+  c = tiny_dqvae_config()
   info = get_info(c.data)
   tok = build_tokenizer(c.dqvae, info)
   params = nn.meta.unbox(tok.net.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1))))
@@ -155,7 +137,7 @@ def test_dqvae_train_step_updates_codebook_by_ema_only():
   from adaflow.train.optim import make_optimizer
   from adaflow.train.state import create_state
   from adaflow.train.step import make_train_step
-  c = _dq_config()
+  c = tiny_dqvae_config()
   info = get_info(c.data)
   obj = build_objective(c, info)
   params = nn.meta.unbox(obj.init(jax.random.PRNGKey(0)))
@@ -193,7 +175,7 @@ def test_gate_calibration_sets_encoding_fraction_and_both_estimator():
   gradient."""
   from adaflow.data import get_info
   from adaflow.methods import build_objective
-  c = _dq_config(fine_fraction=0.25, gate_calibration_decay=0.5)
+  c = tiny_dqvae_config(fine_fraction=0.25, gate_calibration_decay=0.5)
   info = get_info(c.data)
   obj = build_objective(c, info)
   params = nn.meta.unbox(obj.init(jax.random.PRNGKey(0)))
@@ -212,7 +194,7 @@ def test_gate_calibration_sets_encoding_fraction_and_both_estimator():
   calibrated = float(jnp.mean(encode_codes(params, x)["fine_mask"]))
   assert abs(calibrated - 0.25) < 0.02, calibrated
   # Estimators: equal loss value, different (non-zero) gate gradients.
-  c_both = _dq_config(fine_fraction=0.25, gate_gradient="both")
+  c_both = tiny_dqvae_config(fine_fraction=0.25, gate_gradient="both")
   obj_both = build_objective(c_both, info)
   (l_max, _), g_max = jax.jit(jax.value_and_grad(obj.loss, has_aux=True))(params, batch, jax.random.PRNGKey(5))
   (l_both, _), g_both = jax.jit(jax.value_and_grad(obj_both.loss, has_aux=True))(params, batch, jax.random.PRNGKey(5))
@@ -220,7 +202,7 @@ def test_gate_calibration_sets_encoding_fraction_and_both_estimator():
   gm, gb = g_max["params"]["gate_fc2"]["kernel"], g_both["params"]["gate_fc2"]["kernel"]
   assert float(jnp.abs(gb).max()) > 0 and float(jnp.abs(gm - gb).max()) > 1e-3 * float(jnp.abs(gb).max())
   assert float(jnp.abs(g_both["params"]["gate_threshold"])) == 0.0
-  c_bad = _dq_config(gate_gradient="sometimes")
+  c_bad = tiny_dqvae_config(gate_gradient="sometimes")
   from adaflow import methods
   with pytest.raises(ValueError, match="dqvae.gate_gradient"):
     methods.validate(c_bad, info)
@@ -229,13 +211,13 @@ def test_gate_calibration_sets_encoding_fraction_and_both_estimator():
 def test_dqvae_config_errors():
   from adaflow import methods
   from adaflow.data import get_info
-  c = _dq_config(coarse_stride=6)
+  c = tiny_dqvae_config(coarse_stride=6)
   with pytest.raises(ValueError, match="dqvae.coarse_stride"):
     methods.validate(c, get_info(c.data))
-  c = _dq_config(router="random")
+  c = tiny_dqvae_config(router="random")
   with pytest.raises(ValueError, match="dqvae.router"):
     methods.validate(c, get_info(c.data))
-  c = _dq_config(perceptual_weight=0.1)
+  c = tiny_dqvae_config(perceptual_weight=0.1)
   methods.validate(c, get_info(c.data))                # perceptual_seed 1, eval.classifier_seed 0
   c.dqvae.perceptual_seed = c.eval.classifier_seed
   with pytest.raises(ValueError, match="dqvae.perceptual_seed.*eval.classifier_seed"):
@@ -245,13 +227,13 @@ def test_dqvae_config_errors():
   for field, value in (("l1_weight", -1.0), ("commitment", -0.25), ("restart_threshold", -0.1),
                        ("recon_bank_per_class", 0), ("entropy_bins", 1), ("entropy_num_images", 0), ("disc_width", 0)):
     with pytest.raises(ValueError, match=rf"config\.dqvae\.{field}: must be"):
-      methods.validate(_dq_config(**{field: value}), get_info(c.data))
+      methods.validate(tiny_dqvae_config(**{field: value}), get_info(c.data))
 
 
 def test_dq_transformer_config_errors():
   """Checked before the tokenizer is loaded or anything compiles; num_heads 0 was a ZeroDivisionError."""
   from adaflow.objectives.dq_transformer import DQTransformerObjective
-  c = _dq_config()
+  c = tiny_dqvae_config()
   c.objective, c.tokenizer_workdir = "dq_transformer", "/some/dqvae/run"
   DQTransformerObjective.validate(c, None)
   for field, value in (("num_heads", 0), ("mlp_ratio", 0.0), ("position_weight", -0.5), ("width", 0),
@@ -271,7 +253,7 @@ def test_dq_transformer_auto_dtype_follows_the_cpu_as_the_dit_does(monkeypatch, 
   from adaflow.objectives.dqvae import build_tokenizer
   from adaflow.parallel import precision
   monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
-  c = _dq_config()
+  c = tiny_dqvae_config()
   info = get_info(c.data)
   tokenizer = build_tokenizer(c.dqvae, info)
   c.objective = "dq_transformer"
@@ -408,11 +390,11 @@ def test_dq_transformer_keeps_the_tokenizer_step_it_was_trained_on(tmp_path):
   import shutil
   from adaflow.methods import load_frozen_run
   from adaflow.train.loop import config_of, load_trainer_and_params, train
-  v = _dq_config()
+  v = tiny_dqvae_config()
   v.train.steps, v.train.ckpt_every, v.train.keep_checkpoints = 2, 2, 5
   vw, tw = str(tmp_path / "dqvae"), str(tmp_path / "dqt")
   train(v, vw, log=lambda m: None)
-  t = _dq_config()
+  t = tiny_dqvae_config()
   t.objective, t.tokenizer_workdir, t.train.steps = "dq_transformer", vw, 1
   t.dq_transformer.width, t.dq_transformer.depth_pos, t.dq_transformer.depth_content = 16, 1, 1
   train(t.copy_and_resolve_references(), tw, log=lambda m: None)

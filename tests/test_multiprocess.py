@@ -73,27 +73,44 @@ def two_process_specs(workdir, overrides, devices=2):
 OVER = {"train.steps": 10, "train.ckpt_every": 5, "train.batch_size": 8, "mesh.data": -1}
 
 
+def method_runs(root):
+  """The runs of one worker: the tiny DiT (OVER), a DQ-VAE tokenizer, and an AdaDiff step policy
+  over the DiT just trained: the two objectives that train outside the composed model."""
+  short = {"train.steps": 4, "train.ckpt_every": 4, "train.batch_size": 8, "mesh.data": -1}
+  return [{"workdir": str(root / "dit"), "overrides": OVER},
+          {"workdir": str(root / "dqvae"), "config": "dqvae", "overrides": short},
+          {"workdir": str(root / "policy"), "config": "selector", "generator": str(root / "dit"), "overrides": short}]
+
+
 def test_two_processes_match_single_process_four_devices(tmp_path):
-  (p0, err0), (p1, err1) = run_processes(two_process_specs(tmp_path / "multi", OVER))
-  (single, _), = run_processes([{"devices": 4, "runs": [{"workdir": str(tmp_path / "single"), "overrides": OVER}]}])
+  """The tiny DiT, then a DQ-VAE and a step policy (method_runs), each trained by 2 processes x 2
+  devices and by 1 process x 4 devices: the same losses and parameters."""
+  coord = f"127.0.0.1:{free_port()}"
+  (p0, err0), (p1, err1) = run_processes([
+      {"devices": 2, "distributed": {"coordinator": coord, "num_processes": 2, "process_id": i},
+       "runs": method_runs(tmp_path / "multi")} for i in range(2)])
+  (single, _), = run_processes([{"devices": 4, "runs": method_runs(tmp_path / "single")}])
   assert (p0["process_count"], p0["devices"], p1["process_index"]) == (2, 4, 1)
   assert single["process_count"] == 1 and single["devices"] == 4
   multi_losses, single_losses = p0["runs"][0]["losses"], single["runs"][0]["losses"]
   assert p0["runs"][0]["steps"] == list(range(1, 11))
   # Same global batch in the same order, same keys; only the cross-device reduction is carried out
   # by gloo between processes instead of in-process, so allow float32 reduction-order noise.
-  np.testing.assert_allclose(multi_losses, single_losses, rtol=1e-5)
-  np.testing.assert_allclose(p0["runs"][0]["param_sum"], single["runs"][0]["param_sum"], rtol=1e-5)
-  assert p0["runs"][0]["param_sum"] == p1["runs"][0]["param_sum"]     # processes agree exactly
+  for name, multi, one, other in zip(("dit", "dqvae", "policy"), p0["runs"], single["runs"], p1["runs"]):
+    assert multi["steps"] == one["steps"] == list(range(1, len(one["steps"]) + 1)), name
+    np.testing.assert_allclose(multi["losses"], one["losses"], rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(multi["param_sum"], one["param_sum"], rtol=1e-5, err_msg=name)
+    assert multi["param_sum"] == other["param_sum"], name     # the processes agree exactly
   # Only process 0 writes logs: one metrics row per step (no duplicates from process 1).
-  with open(tmp_path / "multi" / "metrics.jsonl") as f:
+  with open(tmp_path / "multi" / "dit" / "metrics.jsonl") as f:
     assert len([json.loads(l) for l in f if '"train"' in l]) == 10
   # orbax coordinated one checkpoint per save step, both processes' shards included.
-  assert sorted(os.listdir(tmp_path / "multi" / "checkpoints")) == ["10", "5"]
+  assert sorted(os.listdir(tmp_path / "multi" / "dit" / "checkpoints")) == ["10", "5"]
   diff = float(np.max(np.abs(np.asarray(multi_losses) - np.asarray(single_losses)) / np.abs(single_losses)))
   record("2 processes x 2 CPU devices (loopback coordinator, gloo) vs 1 process x 4 devices",
-         f"10-step losses match within rtol 1e-5 (max relative difference {diff:.2e}); one metrics row per "
-         f"step (process 0 only); orbax wrote checkpoints 5 and 10 from both processes")
+         f"10-step DiT losses match within rtol 1e-5 (max relative difference {diff:.2e}), and so do a DQ-VAE's and a "
+         f"step policy's 4 steps; one metrics row per step (process 0 only); orbax wrote checkpoints 5 and 10 from "
+         f"both processes")
 
 
 @pytest.mark.slow

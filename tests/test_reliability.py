@@ -19,7 +19,7 @@ from conftest import tiny_config
 from adaflow.train import checkpoint as ckpt
 from adaflow.train.loop import NonFiniteLossError, PreemptionGuard, Trainer, train
 from adaflow.train.metrics_log import read_metrics
-from test_multiprocess import finish, record, run_processes, start
+from test_multiprocess import CLI_CONFIG, finish, record, run_processes, start
 
 QUIET = lambda m: None
 
@@ -320,11 +320,26 @@ def test_unwritable_evaluation_and_compilation_caches_fail_before_the_first_step
   monkeypatch.setenv("ADAFLOW_CACHE", str(blocker / "cache"))
   with pytest.raises(ValueError, match=r"^eval.cache_dir \(or \$ADAFLOW_CACHE\) .*a_file/cache is not writable"):
     train(tiny_config(**{"eval.at_end": True}), str(tmp_path / "w"), log=QUIET)
+  # `adaflow compose` evaluates after its last stage: checked before the first.
+  from adaflow import cli
+  from adaflow.commands import compose
+  monkeypatch.setattr(compose, "run_recipe", lambda *a, **k: pytest.fail("trained"))
+  cli.FLAGS.unparse_flags()
+  with pytest.raises(SystemExit) as stop:
+    cli.main(["adaflow", "compose", f"--config={CLI_CONFIG}", f"--workdir={tmp_path / 'c'}"])
+  assert stop.value.code == 2
+  # The network a step policy's reward or a DQ-VAE's perceptual loss uses (built with the objective,
+  # before compilation) is not trained into a cache it cannot write.
+  from adaflow.eval import classifier
+  monkeypatch.setattr(classifier, "build_classifier", lambda *a, **k: pytest.fail("trained the network"))
+  with pytest.raises(ValueError, match=r"^eval.cache_dir \(or \$ADAFLOW_CACHE\) .*a_file/reward is not writable"):
+    classifier.get_classifier(tiny_config().data, str(blocker / "reward"), log=QUIET)
   monkeypatch.delenv("ADAFLOW_CACHE")
   with pytest.raises(ValueError, match=r"^train.compilation_cache_dir .*a_file/xla is not writable"):
     train(tiny_config(**{"train.compilation_cache_dir": str(blocker / "xla")}), str(tmp_path / "w2"), log=QUIET)
   record("unwritable evaluation cache / compilation cache",
-         "one ValueError naming eval.cache_dir / train.compilation_cache_dir before the first step compiles")
+         "one ValueError naming eval.cache_dir / train.compilation_cache_dir before the first step compiles "
+         "(train, adaflow compose before its first stage, the reward / perceptual network before it trains)")
 
 
 def test_free_space_check_before_a_save(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from adaflow import storage
 from adaflow.commands.common import Command, need
 from adaflow.compose.sampler import ComposedSampler
 from adaflow.eval import evaluate_samples, get_classifier
-from adaflow.eval.classifier import cache_dir
+from adaflow.eval.classifier import writable_cache_dir
 from adaflow.flow.driver import balanced_labels
 from adaflow.parallel.host import is_writer
 from adaflow.pipelines.recipe import load_composed, run_recipe
@@ -28,6 +28,8 @@ from adaflow.pipelines.recipe import load_composed, run_recipe
 def cmd_compose():
   """Train the composed model with the resumable recipe (all methods in one model)."""
   config, workdir = need("config"), need("workdir")
+  # The final evaluation's cache is checked before the first stage: an unwritable one failed after them all.
+  cache = writable_cache_dir(config, workdir) if config.eval.at_end else None
   run_recipe(config, workdir)
   if not config.eval.at_end:
     return
@@ -36,7 +38,7 @@ def cmd_compose():
   sampler = ComposedSampler(c, info, params, policy)
   labels = balanced_labels(int(config.eval.num_samples), info.num_classes)
   out = sampler.sample(jax.random.PRNGKey(int(config.eval.seed)), labels, batch_size=int(c.eval.batch_size))
-  clf = get_classifier(c.data, cache_dir(c, workdir), seed=int(c.eval.classifier_seed),
+  clf = get_classifier(c.data, cache, seed=int(c.eval.classifier_seed),
                        steps=int(c.eval.classifier_steps))
   res = evaluate_samples(clf, out["images"], labels)
   res.update(methods=list(sampler.spec.enabled), average_steps=float(np.mean(out["steps"])),

@@ -464,6 +464,7 @@ def get_classifier(data_config, cache_dir: str, seed: int = 0,
   payload, failure = _payload_template(num_classes, image_shape), None
   if is_writer():
     try:
+      storage.check_writable(cache_dir, "eval.cache_dir (or $ADAFLOW_CACHE)")   # before the network trains, not after
       images, labels = data_lib.load_arrays(data_config, num=num_train, seed=seed)
       t0 = time.time()
       # Minutes at larger image sizes, once per dataset: say so and show the steps.

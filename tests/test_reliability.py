@@ -309,6 +309,39 @@ def test_a_second_run_in_a_workdir_in_use_is_refused_before_it_compiles(tmp_path
          f"refused before compiling: '{str(e.value)[:90]}...'; checkpoints {before} untouched; lock released at exit")
 
 
+def test_a_pipeline_in_a_workdir_in_use_is_refused_before_its_first_stage(tmp_path, monkeypatch):
+  """`adaflow compose` and train-then-prune run several trainings and a pruning pass between them;
+  each training locked only its own stage directory, so a second pipeline in the same workdir ran the
+  pruning pass beside the first and rewrote its config.json. The pipeline now holds the top
+  workdir's lock through every stage. Train-then-prune's final evaluation cache is checked before
+  stage 1 (it failed after every stage)."""
+  from adaflow import storage
+  from adaflow.config_defaults import compose_defaults, grouped_defaults, routing_defaults
+  from adaflow.pipelines import grouped, recipe
+  for module in (grouped, recipe):
+    monkeypatch.setattr(module, "run_stage", lambda *a, **k: pytest.fail("ran a stage"))
+  composed = tiny_config()
+  composed.routing, composed.compose = routing_defaults(), compose_defaults()
+  composed.compose.routing = True
+  pruned = tiny_config(**{"eval.at_end": True})
+  pruned.grouped = grouped_defaults()
+  for name, run, config in (("compose", recipe.run_recipe, composed), ("grouped", grouped.run_grouped, pruned)):
+    w = tmp_path / name
+    w.mkdir()
+    (w / "config.json").write_text("the first run's")
+    with storage.exclusive_use(w):
+      with pytest.raises(ValueError, match=r"--workdir .* is in use by another run \(pid \d+ on .*\)"):
+        run(config, str(w), log=QUIET)
+    assert (w / "config.json").read_text() == "the first run's", name
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  monkeypatch.setenv("ADAFLOW_CACHE", str(blocker / "cache"))
+  with pytest.raises(ValueError, match=r"^eval.cache_dir \(or \$ADAFLOW_CACHE\) .*a_file/cache is not writable"):
+    grouped.run_grouped(pruned, str(tmp_path / "grouped2"), log=QUIET)
+  record("a second adaflow compose / train-then-prune in a workdir in use",
+         "refused before its first stage (config.json untouched); the pipeline's lock covers its pruning pass")
+
+
 def test_unwritable_evaluation_and_compilation_caches_fail_before_the_first_step(tmp_path, monkeypatch):
   """An evaluation cache (eval.cache_dir / $ADAFLOW_CACHE) that cannot be written failed after
   training and after training the evaluation's network, with a traceback; an unwritable

@@ -30,7 +30,7 @@ from adaflow import flow
 from adaflow import methods
 from adaflow import storage
 from adaflow.compose.generator import ComposedGenerator
-from adaflow.eval.classifier import cache_dir
+from adaflow.eval.classifier import writable_cache_dir
 from adaflow.eval.generate import evaluate_generator
 from adaflow.models.dit import dit_from_config
 from adaflow.models.grouped import group_key
@@ -44,7 +44,7 @@ from adaflow.prune.groups import group_edges
 from adaflow.prune.search import (PROPOSERS, MemoryBank, Proposer, ProxyEvaluator, SearchSpace, make_proposer,
                                   search_group)
 from adaflow.prune.slicing import Structure, slice_params
-from adaflow.train.loop import config_of, load_params
+from adaflow.train.loop import config_of, load_params, workdir_lock
 
 
 def _log(msg: str) -> None:
@@ -194,8 +194,17 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
   validate_grouped(config)
   info = data_lib.get_info(config.data)
   methods.validate(config, info, num_devices=jax.device_count(), num_processes=jax.process_count())
-  g = config.grouped
   storage.check_writable(workdir, "--workdir")   # creates it; a bad path or bucket fails before stage 1
+  # The final evaluation's cache is checked before stage 1: an unwritable one failed after every stage.
+  cache = writable_cache_dir(config, workdir) if config.eval.at_end else None
+  # Held through every stage and the pruning pass (each stage's training locks its own directory too).
+  with workdir_lock(workdir):
+    return _run_stages(config, workdir, info, cache, proposer, log)
+
+
+def _run_stages(config, workdir: str, info, cache: Optional[str], proposer: Optional[Proposer], log) -> dict:
+  """`run_grouped` after its checks, the workdir locked."""
+  g = config.grouped
   if is_writer():   # the other processes computed the same; one writes
     storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
@@ -236,7 +245,7 @@ def run_grouped(config, workdir: str, proposer: Optional[Proposer] = None, log=_
       f"(steps per group {summary['steps_per_group']})")
   if config.eval.at_end:
     res = evaluate_generator(grouped_generator(config, result), params, config, make_mesh(config.mesh),
-                             cache_dir(config, workdir), log=log)
+                             cache, log=log)
     res.update(flops_fraction=summary["flops_fraction"], sampling_flops_per_image=summary["sampling_flops_per_image"])
     if is_writer():   # the other processes computed the same; one writes
       storage.write_json(os.path.join(workdir, "eval.json"), res, indent=2)

@@ -42,7 +42,7 @@ from adaflow.pipelines.stages import run_stage, stage_config, train_stage
 from adaflow.prune.slicing import slice_params, Structure
 from adaflow.train import checkpoint as ckpt
 from adaflow import methods
-from adaflow.train.loop import load_params
+from adaflow.train.loop import load_params, workdir_lock
 
 STAGES = ("dense", "ppflow", "routed", "grouped", "selector")
 
@@ -162,8 +162,15 @@ def validate_recipe(config) -> None:
 def run_recipe(config, workdir: str, log=_log) -> dict:
   """Runs (or resumes) every enabled stage; returns the summary written to W/composed.json."""
   validate_recipe(config)
-  cc = config.compose
   storage.check_writable(workdir, "--workdir")   # creates it; a bad path or bucket fails before stage 1
+  # Held through every stage and the pruning pass between them (each stage's training locks its own directory too).
+  with workdir_lock(workdir):
+    return _run_stages(config, workdir, log)
+
+
+def _run_stages(config, workdir: str, log) -> dict:
+  """`run_recipe` after its checks, the workdir locked."""
+  cc = config.compose
   if is_writer():   # the other processes computed the same; one writes
     storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   bs = int(config.train.batch_size)

@@ -159,8 +159,16 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
   parse_writers(tc.writers)   # a selected writer that is not installed fails here
   fid = PeriodicFID(config, workdir, tr.mesh, log)   # eval.fid_every: weights / reference checked now
   ckpt.check_writable(workdir)   # creates the workdir; a bad path or bucket fails here
-  # Process 0 holds the workdir's lock to the end: a second run started in it fails here, on every
-  # process (the others would go on alone to their first collective).
+  with workdir_lock(workdir):   # a second run started in it fails here
+    return _train(tr, fid, init_params)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Process 0 holds `workdir`'s lock (`storage.exclusive_use`) while the block runs. When another
+  run holds it, every process raises process 0's error here: the others would otherwise go on alone
+  to their first collective. `train` and the multi-stage pipelines (whose stages each lock their own
+  directory) take it."""
   with contextlib.ExitStack() as held:
     refused = None
     if jax.process_index() == 0:
@@ -170,7 +178,7 @@ def train(config, workdir: str, init_params: Optional[Any] = None, log=_log) -> 
         refused = e
     if agree(refused is not None):
       raise refused or ValueError(f"--workdir {workdir} is in use by another run (process 0's error names it)")
-    return _train(tr, fid, init_params)
+    yield
 
 
 def _train(tr: Trainer, fid: PeriodicFID, init_params: Optional[Any]) -> Any:

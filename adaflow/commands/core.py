@@ -10,7 +10,7 @@ import numpy as np
 
 from adaflow import storage
 from adaflow.commands.common import FLAGS, Command, load_generator, need
-from adaflow.eval.classifier import writable_cache_dir
+from adaflow.eval.classifier import cache_dir
 from adaflow.eval.generate import evaluate_generator
 from adaflow.flow.driver import generate_images
 from adaflow.flow.partition import EDGE_RULES
@@ -92,7 +92,9 @@ def cmd_sample():
 def cmd_eval():
   """FD and class accuracy of a trained workdir (`adaflow eval fid`: Inception FID)."""
   objective, params, config, _, mesh, step = load_generator(need("workdir"), FLAGS.config)
-  result = evaluate_generator(objective, params, config, mesh, writable_cache_dir(config, FLAGS.workdir))
+  # get_classifier refuses an unwritable cache before it trains a network; one that already holds the
+  # network is read, writable or not.
+  result = evaluate_generator(objective, params, config, mesh, cache_dir(config, FLAGS.workdir))
   result["step"] = step
   if is_writer():
     print(json.dumps(result, indent=2))
